@@ -1,0 +1,1 @@
+"""The hospital side: ClientApp, local training and evaluation, site tooling."""

@@ -1,0 +1,238 @@
+"""The run config: one typed, frozen view of Flower's flat ``run_config``.
+
+Every default lives in the dataclasses below (the same values as
+``[tool.flwr.app.config]`` in pyproject.toml, which a test keeps in step).
+Flower hands apps a flat mapping with dotted keys (``train.lr``); ``RunConfig``
+parses it once, checks every type and choice, and rejects unknown keys, so a
+typo in ``--run-config`` fails loudly instead of silently using a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+from common.keys import OptimizerName, StrategyName, Task, choices
+
+FlatValue = bool | int | float | str
+
+
+class ConfigError(ValueError):
+    """A run-config key is unknown, has the wrong type or an invalid value."""
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """How the server runs rounds and aggregates."""
+
+    strategy: str = StrategyName.FEDAVG.value
+    num_rounds: int = 3
+    fraction_train: float = 1.0
+    min_sites: int = 2
+    external_sites: tuple[str, ...] = ()  # evaluate only, never train
+    round_timeout_s: float = 3600.0
+    server_lr: float = 0.1  # fedadam / fedyogi / fedavgm
+    server_momentum: float = 0.9  # fedavgm
+    trim_beta: float = 0.2  # fedtrimmedavg: fraction cut at each end
+    krum_byzantine: int = 0  # krum: number of malicious sites tolerated
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local training at a site."""
+
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 1e-3
+    optimizer: str = OptimizerName.ADAM.value
+    weight_decay: float = 1e-4
+    amp: bool = True  # mixed precision, used only when a GPU is present
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network; an empty name picks the task's default."""
+
+    name: str = ""
+    width: int = 16  # channels of the first stage; later stages double
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How a site's manifest becomes tensors."""
+
+    site_root: str = ""  # simulation: folder with one sub-folder per site
+    channels: tuple[str, ...] = ("arterial", "portal", "delayed")
+    spatial_dims: int = 2  # 2: slices stored as (X, Y) or (X, Y, 1); 3: volumes
+    roi_size: int = 64  # pixels of the lesion-centred crop after resampling
+    spacing_mm: float = 1.5  # in-plane spacing every site is resampled to
+    window_min: float = -150.0  # CT window (HU) mapped to [0, 1]
+    window_max: float = 250.0
+    augment: bool = True
+    cache_dir: str = ""  # where preprocessed cases are cached; "" = none
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Site-side evaluation."""
+
+    threshold: float = 0.5  # operating point for sensitivity/specificity
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """Where the ServerApp writes the run folder."""
+
+    run_dir: str = "runs/flwr"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a federated run needs to know, typed and validated."""
+
+    task: str = Task.MALIGNANCY.value
+    seed: int = 2026
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def __post_init__(self) -> None:
+        _check_choice("task", self.task, Task)
+        _check_choice("federation.strategy", self.federation.strategy, StrategyName)
+        _check_choice("train.optimizer", self.train.optimizer, OptimizerName)
+        positive = {
+            "federation.num-rounds": self.federation.num_rounds,
+            "federation.min-sites": self.federation.min_sites,
+            "federation.round-timeout-s": self.federation.round_timeout_s,
+            "train.local-epochs": self.train.local_epochs,
+            "train.batch-size": self.train.batch_size,
+            "train.lr": self.train.lr,
+            "model.width": self.model.width,
+            "data.roi-size": self.data.roi_size,
+            "data.spacing-mm": self.data.spacing_mm,
+        }
+        for key, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"{key} = {value!r}: must be > 0")
+        if not 0.0 < self.federation.fraction_train <= 1.0:
+            raise ConfigError(
+                f"federation.fraction-train = {self.federation.fraction_train!r}: "
+                "must be in (0, 1]"
+            )
+        if not 0.0 <= self.federation.trim_beta < 0.5:
+            raise ConfigError(
+                f"federation.trim-beta = {self.federation.trim_beta!r}: must be in [0, 0.5)"
+            )
+        if not 0.0 < self.eval.threshold < 1.0:
+            raise ConfigError(f"eval.threshold = {self.eval.threshold!r}: must be in (0, 1)")
+        if self.data.window_max <= self.data.window_min:
+            raise ConfigError(
+                f"data.window-max = {self.data.window_max!r} must exceed "
+                f"data.window-min = {self.data.window_min!r}"
+            )
+        if self.data.spatial_dims not in (2, 3):
+            raise ConfigError(f"data.spatial-dims = {self.data.spatial_dims!r}: must be 2 or 3")
+        if not self.data.channels:
+            raise ConfigError("data.channels is empty: name at least one image channel")
+
+    @classmethod
+    def from_flat(cls, flat: Mapping[str, Any]) -> RunConfig:
+        """Parse Flower's flat run config; missing keys take their default."""
+        top: dict[str, Any] = {}
+        sections: dict[str, dict[str, Any]] = {}
+        valid = valid_keys()
+        for key, value in flat.items():
+            if key not in valid:
+                raise ConfigError(
+                    f"unknown run-config key {key!r}; valid keys: {', '.join(sorted(valid))}"
+                )
+            section, _, name = key.rpartition(".")
+            attr = name.replace("-", "_")
+            if section:
+                section_cls = _section_type(section)
+                sections.setdefault(section, {})[attr] = _coerce(
+                    key, value, _field_type(section_cls, attr)
+                )
+            else:
+                top[attr] = _coerce(key, value, _field_type(cls, attr))
+        for section, values in sections.items():
+            top[section] = _section_type(section)(**values)
+        return cls(**top)
+
+    def to_flat(self) -> dict[str, FlatValue]:
+        """The inverse of ``from_flat``: what travels in a Flower ConfigRecord."""
+        flat: dict[str, FlatValue] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                for sub in fields(value):
+                    key = f"{f.name}.{sub.name.replace('_', '-')}"
+                    flat[key] = _flatten_value(getattr(value, sub.name))
+            else:
+                flat[f.name.replace("_", "-")] = _flatten_value(value)
+        return flat
+
+    def replace(self, overrides: Mapping[str, Any]) -> RunConfig:
+        """A copy with some flat keys overridden (validated like ``from_flat``)."""
+        return RunConfig.from_flat({**self.to_flat(), **overrides})
+
+
+def valid_keys() -> set[str]:
+    """Every flat key ``RunConfig.from_flat`` accepts."""
+    return set(RunConfig().to_flat())
+
+
+def _section_type(section: str) -> type:
+    return _field_type(RunConfig, section)
+
+
+def _field_type(cls: type, attr: str) -> Any:
+    return get_type_hints(cls)[attr]
+
+
+def _flatten_value(value: Any) -> FlatValue:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, bool | int | float | str):
+        return value
+    raise TypeError(f"cannot flatten {value!r}")
+
+
+def _coerce(key: str, value: Any, target: Any) -> Any:
+    """Check a flat value against its field type; ints widen to floats only."""
+    origin = get_origin(target)
+    if origin in (Union, types.UnionType):  # pragma: no cover - no optional fields yet
+        target = next(a for a in get_args(target) if a is not type(None))
+        origin = get_origin(target)
+    if origin is tuple:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} = {value!r}: expected a comma-separated string")
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    if target is bool:
+        if isinstance(value, bool):
+            return value
+    elif target is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif target is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif target is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - guards against a new field type
+        raise TypeError(f"unsupported config field type {target!r} for {key}")
+    raise ConfigError(
+        f"{key} = {value!r}: expected {target.__name__}, got {type(value).__name__}"
+    )
+
+
+def _check_choice(key: str, value: str, enum: Any) -> None:
+    if value not in {m.value for m in enum}:
+        raise ConfigError(f"{key} = {value!r}: must be one of {choices(enum)}")

@@ -1,0 +1,101 @@
+"""Names that cross the wire or the config: message keys, record keys, choices.
+
+Kept in one place so that ServerApp, ClientApp and the simulation driver never
+disagree on a spelling.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class RecordKey(StrEnum):
+    """Keys of the records inside a Message's RecordDict."""
+
+    ARRAYS = "arrays"  # global or local model weights (ArrayRecord)
+    CONFIG = "config"  # round config: flattened run config + round number
+    METRICS = "metrics"  # numeric summaries a site returns (MetricRecord)
+    SITE = "site"  # site identity and data summary (ConfigRecord)
+
+
+class MetricKey(StrEnum):
+    """Metric names a site reports (all are aggregates, never per-case values)."""
+
+    NUM_EXAMPLES = "num-examples"  # Flower's weighting key
+    TRAIN_LOSS = "train-loss"
+    LOSS = "loss"
+    N = "n"
+    N_POS = "n-pos"
+    N_NEG = "n-neg"
+    AUC = "auc"
+    AUC_VAR = "auc-var"
+    ACCURACY = "accuracy"
+    SENSITIVITY = "sensitivity"
+    SPECIFICITY = "specificity"
+    DICE = "dice"
+    DICE_SD = "dice-sd"
+    SECONDS = "seconds"
+
+
+class SiteKey(StrEnum):
+    """Fields of the site-identity record a ClientApp returns to a query."""
+
+    NAME = "name"
+    N_TRAIN = "n-train"
+    N_TEST = "n-test"
+    MANIFEST_SHA256 = "manifest-sha256"
+
+
+class ConfigKey(StrEnum):
+    """Keys the server adds to the round config next to the run config."""
+
+    ROUND = "server-round"  # Flower strategies inject this one themselves
+    PHASE = "phase"
+
+
+class Task(StrEnum):
+    """Learning tasks hepafed knows how to build a model and a pipeline for."""
+
+    MALIGNANCY = "lesion-malignancy"
+    SEGMENTATION = "lesion-segmentation"
+
+
+class StrategyName(StrEnum):
+    """Server aggregation strategies selectable by name (Flower's own)."""
+
+    FEDAVG = "fedavg"
+    FEDAVGM = "fedavgm"
+    FEDADAM = "fedadam"
+    FEDYOGI = "fedyogi"
+    FEDMEDIAN = "fedmedian"
+    FEDTRIMMEDAVG = "fedtrimmedavg"
+    KRUM = "krum"
+
+
+class OptimizerName(StrEnum):
+    """Local optimisers a site can use."""
+
+    ADAM = "adam"
+    ADAMW = "adamw"
+    SGD = "sgd"
+
+
+class Split(StrEnum):
+    """Values of a manifest's split column."""
+
+    TRAIN = "train"
+    VAL = "val"
+    TEST = "test"
+
+
+def choices(enum: type[StrEnum]) -> str:
+    """The valid values of an enum, quoted, for error messages."""
+    return ", ".join(repr(m.value) for m in enum)
+
+
+class NodeKey(StrEnum):
+    """Keys of a SuperNode's ``node_config`` (site identity lives there)."""
+
+    SITE_DIR = "site-dir"  # deployment: the hospital's site folder
+    SITE_NAME = "site-name"  # optional display name; defaults to the folder name
+    PARTITION_ID = "partition-id"  # simulation: Flower's index of the virtual node

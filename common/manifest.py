@@ -1,0 +1,277 @@
+"""A site's manifest: the CSV that lists its cases, and its validation.
+
+A site is a folder with ``manifest.csv``. Columns:
+
+- ``case_id`` (required, unique);
+- ``image_<channel>`` for every channel of ``data.channels`` (e.g.
+  ``image_arterial``): a NIfTI file or a DICOM series folder, relative to the
+  site folder or absolute;
+- ``mask``: the lesion mask (0/1) on the same grid, needed by both tasks
+  (classification crops a lesion-centred region of interest from it);
+- ``label``: 0 (benign) or 1 (malignant), required for ``lesion-malignancy``;
+- ``split`` (optional): ``train``, ``val`` or ``test``. Without the column every
+  case is assigned by a stable hash of its id (25 % test, see ``hash_split``);
+- any other column is acquisition or case metadata (vendor, kernel, slice
+  thickness, contrast timing...) and is kept as text.
+
+``read_manifest`` checks the table; ``check_images`` opens every file. Both
+report *every* problem, each naming the file, the row, the case and the field,
+so that ``hepafed site check`` can print them all at once. Nothing is ever
+dropped silently: a manifest with a problem is rejected as a whole.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from common.keys import Split, Task, choices
+
+MANIFEST_NAME = "manifest.csv"
+TEST_FRACTION_BY_HASH = 0.25
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a site's data, precise enough to fix it."""
+
+    file: str
+    field: str
+    message: str
+    row: int | None = None  # 1-based data row (the header is row 0)
+    case_id: str | None = None
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.row is not None:
+            where += f", row {self.row}"
+        if self.case_id:
+            where += f" (case {self.case_id!r})"
+        return f"{where}: {self.field}: {self.message}"
+
+
+class ManifestError(ValueError):
+    """A site's manifest or images are invalid; ``problems`` lists every issue."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = tuple(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{len(self.problems)} problem(s) in site data:\n{lines}")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One row of a manifest with paths resolved against the site folder."""
+
+    case_id: str
+    images: tuple[Path, ...]  # one per channel, in ``channels`` order
+    mask: Path | None
+    label: int | None
+    split: str
+    row: int
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SiteManifest:
+    """A validated manifest: the site's cases and where they came from."""
+
+    site_dir: Path
+    channels: tuple[str, ...]
+    cases: tuple[Case, ...]
+    sha256: str  # of the manifest file's bytes, for provenance
+
+    @property
+    def name(self) -> str:
+        return self.site_dir.name
+
+    @property
+    def path(self) -> Path:
+        return self.site_dir / MANIFEST_NAME
+
+    def split(self, split: str) -> tuple[Case, ...]:
+        """The cases of one split, in manifest order."""
+        return tuple(c for c in self.cases if c.split == split)
+
+
+def hash_split(case_id: str, test_fraction: float = TEST_FRACTION_BY_HASH) -> str:
+    """A split that depends only on the case id, so it never changes between runs."""
+    digest = hashlib.sha256(case_id.encode("utf-8")).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    return Split.TEST.value if u < test_fraction else Split.TRAIN.value
+
+
+def read_manifest(site_dir: Path | str, channels: Sequence[str], task: str) -> SiteManifest:
+    """Parse and check a site's manifest table (files must exist; not opened here)."""
+    site_dir = Path(site_dir)
+    path = site_dir / MANIFEST_NAME
+    fname = str(path)
+    if not path.is_file():
+        raise ManifestError(
+            [Problem(fname, "manifest", f"not found: a site folder needs a {MANIFEST_NAME}")]
+        )
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ManifestError([Problem(fname, "manifest", f"not UTF-8 text: {e}")]) from e
+    reader = csv.DictReader(text.splitlines())
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    image_cols = [f"image_{ch}" for ch in channels]
+    required = ["case_id", *image_cols, "mask"]
+    if task == Task.MALIGNANCY:
+        required.append("label")
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise ManifestError(
+            [
+                Problem(
+                    fname,
+                    "header",
+                    f"missing column(s) {', '.join(missing)}; the header is {', '.join(header)}",
+                )
+            ]
+        )
+    known = {*required, "label", "split"}
+    problems: list[Problem] = []
+    cases: list[Case] = []
+    seen: dict[str, int] = {}
+    has_split = "split" in header
+    for row_no, row in enumerate(reader, start=1):
+        row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+        cid = row.get("case_id", "")
+
+        def bad(fld: str, msg: str, row_no: int = row_no, cid: str = cid) -> None:
+            problems.append(Problem(fname, fld, msg, row_no, cid or None))
+
+        if not cid:
+            bad("case_id", "empty: every case needs an id")
+        elif cid in seen:
+            bad("case_id", f"duplicate of row {seen[cid]}: case ids must be unique")
+        else:
+            seen[cid] = row_no
+        images = tuple(_resolve(site_dir, row[c]) for c in image_cols)
+        for col, img in zip(image_cols, images, strict=True):
+            if not row[col]:
+                bad(col, "empty: give the image path for this channel")
+            elif not img.exists():
+                bad(col, f"file not found: {img}")
+        mask = _resolve(site_dir, row["mask"]) if row.get("mask") else None
+        if mask is None:
+            bad("mask", "empty: both tasks need the lesion mask")
+        elif not mask.exists():
+            bad("mask", f"file not found: {mask}")
+        label = _parse_label(row.get("label", ""), task, bad)
+        split = row.get("split", "") if has_split else hash_split(cid)
+        if split not in {s.value for s in Split}:
+            bad("split", f"{split!r} is not a valid split; use one of {choices(Split)}")
+        metadata = {k: v for k, v in row.items() if k not in known}
+        cases.append(Case(cid, images, mask, label, split, row_no, metadata))
+    if not cases and not problems:
+        problems.append(Problem(fname, "manifest", "lists no cases"))
+    if problems:
+        raise ManifestError(problems)
+    return SiteManifest(site_dir, tuple(channels), tuple(cases), hashlib.sha256(raw).hexdigest())
+
+
+def check_images(manifest: SiteManifest, spatial_dims: int = 2) -> list[Problem]:
+    """Open every image and mask; report unreadable files, shape and value problems."""
+    from monai.transforms import LoadImage  # heavy import, only when checking
+
+    loader = LoadImage(image_only=True)
+    problems: list[Problem] = []
+    fname = str(manifest.path)
+    cols = [f"image_{ch}" for ch in manifest.channels]
+    for case in manifest.cases:
+
+        def bad(fld: str, msg: str, case: Case = case) -> None:
+            problems.append(Problem(fname, fld, msg, case.row, case.case_id))
+
+        shapes: dict[str, tuple[int, ...]] = {}
+        for col, img_path in [*zip(cols, case.images, strict=True), ("mask", case.mask)]:
+            if img_path is None:
+                continue
+            try:
+                arr = np.asarray(loader(str(img_path)))
+            except Exception as e:  # any reader failure is the same problem for a user
+                bad(col, f"unreadable image {img_path}: {type(e).__name__}: {e}")
+                continue
+            shape = _spatial_shape(arr.shape)
+            if shape is None:
+                bad(col, f"has {arr.shape[-1]} components in shape {arr.shape}; "
+                    "give one file per channel (multi-phase series are separate columns)")
+                continue
+            if spatial_dims == 2 and len(shape) == 3 and shape[2] != 1:
+                bad(col, f"shape {arr.shape} is a volume, but data.spatial-dims = 2 expects "
+                    "single slices (X, Y) or (X, Y, 1)")
+                continue
+            shapes[col] = shape
+            if not np.isfinite(arr).all():
+                n_bad = int((~np.isfinite(arr)).sum())
+                bad(col, f"{n_bad} NaN/Inf voxel(s) in {img_path}")
+            if col == "mask":
+                values = np.unique(arr)
+                if not np.isin(values, (0, 1)).all():
+                    bad("mask", f"values {values[:6].tolist()} are not binary 0/1")
+                elif not (arr > 0).any():
+                    bad("mask", "is empty: the case has no lesion voxel")
+        if len(set(shapes.values())) > 1:
+            listed = ", ".join(f"{k} {v}" for k, v in shapes.items())
+            bad("shape", f"channels and mask differ in shape: {listed}")
+    return problems
+
+
+def validate_site(
+    site_dir: Path | str, channels: Sequence[str], task: str, spatial_dims: int = 2
+) -> SiteManifest:
+    """Read the manifest and open every file; raise ``ManifestError`` on any problem."""
+    manifest = read_manifest(site_dir, channels, task)
+    problems = check_images(manifest, spatial_dims)
+    if problems:
+        raise ManifestError(problems)
+    return manifest
+
+
+def _resolve(site_dir: Path, value: str) -> Path:
+    p = Path(value)
+    return p if p.is_absolute() else site_dir / p
+
+
+def _parse_label(value: str, task: str, report: Callable[[str, str], None]) -> int | None:
+    """The 0/1 label, or None (reported through ``report`` when it is required)."""
+    if not value:
+        if task == Task.MALIGNANCY:
+            report("label", "empty: lesion-malignancy needs 0 (benign) or 1 (malignant)")
+        return None
+    try:
+        label = int(float(value)) if float(value).is_integer() else None
+    except ValueError:
+        label = None
+    if label not in (0, 1):
+        report("label", f"{value!r} is out of range: use 0 (benign) or 1 (malignant)")
+        return None
+    return label
+
+
+def _spatial_shape(shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The spatial shape of a single-channel image, or None if it has components."""
+    if len(shape) == 4:
+        if shape[3] != 1:
+            return None
+        shape = shape[:3]
+    if len(shape) == 2:
+        shape = (*shape, 1)
+    return tuple(int(s) for s in shape)
+
+
+def list_site_dirs(root: Path | str) -> list[Path]:
+    """Site folders (those holding a manifest) under ``root``, sorted by name."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"site root {root} is not a folder")
+    return sorted(p for p in root.iterdir() if (p / MANIFEST_NAME).is_file())

@@ -1,0 +1,88 @@
+"""Networks by name, from MONAI, small by default so a CPU round takes seconds."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from monai.networks.nets import UNet, BasicUNet, DenseNet, ResNet
+from torch import nn
+
+from common.config import RunConfig
+from common.keys import Task
+
+Builder = Callable[[int, int, int], nn.Module]  # (spatial_dims, in_channels, width)
+
+
+def _resnet(dims: int, in_ch: int, w: int) -> nn.Module:
+    # A ResNet-10 (one basic block per stage), BatchNorm, one logit.
+    return ResNet(
+        block="basic",
+        layers=(1, 1, 1, 1),
+        block_inplanes=(w, 2 * w, 4 * w, 8 * w),
+        spatial_dims=dims,
+        n_input_channels=in_ch,
+        conv1_t_size=5,
+        num_classes=1,
+    )
+
+
+def _densenet(dims: int, in_ch: int, w: int) -> nn.Module:
+    return DenseNet(
+        spatial_dims=dims,
+        in_channels=in_ch,
+        out_channels=1,
+        init_features=w,
+        growth_rate=max(4, w // 2),
+        block_config=(2, 4, 4),
+    )
+
+
+def _unet(dims: int, in_ch: int, w: int) -> nn.Module:
+    # MONAI's UNet: InstanceNorm without affine parameters or running statistics.
+    return UNet(
+        spatial_dims=dims,
+        in_channels=in_ch,
+        out_channels=1,
+        channels=(w, 2 * w, 4 * w, 8 * w),
+        strides=(2, 2, 2),
+        num_res_units=1,
+    )
+
+
+def _basicunet(dims: int, in_ch: int, w: int) -> nn.Module:
+    return BasicUNet(
+        spatial_dims=dims,
+        in_channels=in_ch,
+        out_channels=1,
+        features=(w, w, 2 * w, 4 * w, 8 * w, w),
+    )
+
+
+MODELS: dict[str, dict[str, Builder]] = {
+    Task.MALIGNANCY.value: {"resnet": _resnet, "densenet": _densenet},
+    Task.SEGMENTATION.value: {"unet": _unet, "basicunet": _basicunet},
+}
+DEFAULT_MODEL = {Task.MALIGNANCY.value: "resnet", Task.SEGMENTATION.value: "unet"}
+
+
+class ModelError(ValueError):
+    """The configured network does not exist for the task."""
+
+
+def model_name(cfg: RunConfig) -> str:
+    """The configured network, or the task's default when ``model.name`` is empty."""
+    return cfg.model.name or DEFAULT_MODEL[cfg.task]
+
+
+def build_model(cfg: RunConfig) -> nn.Module:
+    """The network for ``cfg.task``, seeded by ``cfg.seed`` so every party builds the same."""
+    import torch
+
+    name = model_name(cfg)
+    builders = MODELS[cfg.task]
+    if name not in builders:
+        valid = ", ".join(repr(n) for n in builders)
+        raise ModelError(f"model.name = {name!r} is not a {cfg.task} network; use one of {valid}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return builders[name](cfg.data.spatial_dims, len(cfg.data.channels), cfg.model.width)

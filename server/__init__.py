@@ -1,0 +1,1 @@
+"""The coordinating side: ServerApp, strategies, update validation, run records."""

@@ -1,0 +1,76 @@
+"""The run folder: resolved config, per-round per-site metrics, checkpoints.
+
+Layout::
+
+    RUN_DIR/config.json     resolved flat run config and the sites that joined
+    RUN_DIR/rounds.jsonl    one JSON object per round and phase, metrics by site name
+    RUN_DIR/checkpoint.pt   model state, config and round, written atomically
+
+A checkpoint is replaced only once the new one is completely on disk, so an
+interrupted write never leaves a corrupt file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from common.config import RunConfig
+
+CONFIG_FILE = "config.json"
+ROUNDS_FILE = "rounds.jsonl"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+class RunRecorder:
+    """Appends what happens in a run to its folder."""
+
+    def __init__(self, run_dir: Path | str) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    def start(self, cfg: RunConfig, sites: list[Mapping[str, Any]]) -> None:
+        """Record the resolved config and site list; start a fresh rounds log."""
+        doc = {"config": cfg.to_flat(), "sites": list(sites)}
+        _write_atomic(self.run_dir / CONFIG_FILE, json.dumps(doc, indent=2).encode())
+        (self.run_dir / ROUNDS_FILE).write_text("")
+
+    def log_round(self, entry: Mapping[str, Any]) -> None:
+        """Append one round/phase record as a JSON line (flushed immediately)."""
+        with (self.run_dir / ROUNDS_FILE).open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry, sort_keys=True) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def checkpoint(
+        self, state: Mapping[str, torch.Tensor], cfg: RunConfig, server_round: int
+    ) -> Path:
+        """Write model state, config and round together, atomically."""
+        payload = {"model": dict(state), "config": cfg.to_flat(), "round": server_round}
+        path = self.run_dir / CHECKPOINT_FILE
+        tmp = path.with_suffix(".tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+        return path
+
+
+def read_rounds(run_dir: Path | str) -> list[dict[str, Any]]:
+    """All records of ``rounds.jsonl`` in order."""
+    lines = (Path(run_dir) / ROUNDS_FILE).read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def load_checkpoint(path: Path | str) -> dict[str, Any]:
+    """A checkpoint written by ``RunRecorder.checkpoint``."""
+    return torch.load(Path(path), map_location="cpu", weights_only=True)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

@@ -1,0 +1,179 @@
+"""The `hepafed` command line: simulate, phantom, site check."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+import tomllib
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import common  # noqa: F401  (sets Flower's no-telemetry, no-install environment)
+from common.config import ConfigError, RunConfig
+from common.keys import MetricKey, Split
+from common.manifest import ManifestError, check_images, read_manifest
+
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` pairs (TOML values, like ``flwr run --run-config``) to a dict."""
+    out: dict[str, Any] = {}
+    for item in items:
+        for token in item.split():
+            key, sep, value = token.partition("=")
+            if not sep:
+                raise ConfigError(f"--run-config {token!r}: expected key=value")
+            try:
+                out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+            except tomllib.TOMLDecodeError:
+                out[key.strip()] = value  # a bare word is a string
+    return out
+
+
+class _ProgressHandler(logging.Handler):
+    """Prints progress lines with the elapsed wall time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.start = time.monotonic()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        elapsed = time.monotonic() - self.start
+        print(f"[{elapsed:6.1f}s] {record.getMessage()}", file=sys.stderr, flush=True)
+
+
+def _show_progress() -> None:
+    logger = logging.getLogger("hepafed.progress")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(_ProgressHandler())
+    logger.propagate = False
+
+
+def _fmt_auc(metrics: dict[str, float]) -> str:
+    if MetricKey.AUC not in metrics:
+        return "n/a"
+    text = f"{metrics[MetricKey.AUC]:.3f}"
+    if MetricKey.AUC_VAR in metrics:
+        from common.stats import AUCResult
+
+        lo, hi = AUCResult(metrics[MetricKey.AUC], metrics[MetricKey.AUC_VAR], 0, 0).ci()
+        text += f" [{lo:.3f}, {hi:.3f}]"
+    elif "models" in metrics:
+        text += f" (mean of {int(metrics['models'])})"
+    return text
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from simulations.simulate import simulate
+
+    _show_progress()
+    summary = simulate(
+        scenario=args.scenario,
+        data_dir=Path(args.data_dir),
+        run_dir=Path(args.out) if args.out else None,
+        overrides=parse_overrides(args.run_config),
+        quick=args.quick,
+        verbose=args.verbose,
+    )
+    header = ("site", "role", "n test", "federated AUC [95% CI]", "local-only AUC", "pooled AUC")
+    rows = [
+        (r.site, r.role, str(r.n_test), _fmt_auc(r.federated), _fmt_auc(r.local_only),
+         _fmt_auc(r.pooled))
+        for r in summary.rows
+    ]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+    print()
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    s = summary.seconds
+    print(
+        f"\nscenario {summary.scenario}: total {s['total']:.0f}s (phantom {s['phantom']:.0f}s, "
+        f"federation {s['federation']:.0f}s, baselines {s['baselines']:.0f}s)"
+    )
+    print(f"run folder: {summary.run_dir}")
+    return EXIT_OK
+
+
+def cmd_phantom(args: argparse.Namespace) -> int:
+    from simulations.phantom import generate_phantom
+    from simulations.scenario import load_scenario
+
+    spec = load_scenario(args.scenario)
+    out = generate_phantom(spec, Path(args.out), seed=args.seed)
+    print(f"phantom {spec.name!r} ({len(spec.sites)} sites) in {out}")
+    return EXIT_OK
+
+
+def cmd_site_check(args: argparse.Namespace) -> int:
+    cfg = RunConfig().replace(parse_overrides(args.run_config))
+    try:
+        manifest = read_manifest(Path(args.site_dir), cfg.data.channels, cfg.task)
+        problems = check_images(manifest, cfg.data.spatial_dims)
+    except ManifestError as e:
+        problems = list(e.problems)
+        manifest = None
+    if manifest is not None:
+        splits = Counter(c.split for c in manifest.cases)
+        labels = Counter(c.label for c in manifest.cases)
+        print(f"site {manifest.name}: {len(manifest.cases)} cases in {manifest.path}")
+        print("  splits: " + ", ".join(f"{s}={splits.get(s, 0)}" for s in (x.value for x in Split)))
+        print(f"  labels: benign={labels.get(0, 0)} malignant={labels.get(1, 0)}")
+        print(f"  channels: {', '.join(manifest.channels)}")
+    if problems:
+        print(f"{len(problems)} problem(s):", file=sys.stderr)
+        for p in problems:
+            print(f"  - {p}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    print("  no problems found")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hepafed", description="Federated multi-center learning for liver imaging."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("simulate", help="simulate a multi-hospital federation with baselines")
+    p.add_argument("--scenario", default="liver-5", help="bundled name or TOML path")
+    p.add_argument("--quick", action="store_true", help="3 rounds of 1 epoch")
+    p.add_argument("--run-config", action="append", default=[], metavar="'KEY=VALUE ...'")
+    p.add_argument("--data-dir", default="data", help="phantom and cache folder")
+    p.add_argument("--out", help="run folder (default runs/simulate-<scenario>-<time>)")
+    p.add_argument("--verbose", action="store_true", help="show Flower's own logs")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("phantom", help="write a multi-center phantom in the site data contract")
+    p.add_argument("--scenario", default="liver-5", help="bundled name or TOML path")
+    p.add_argument("--out", required=True, help="output folder (one sub-folder per site)")
+    p.add_argument("--seed", type=int, default=None, help="default: the scenario's seed")
+    p.set_defaults(func=cmd_phantom)
+
+    p = sub.add_parser("site", help="site tooling")
+    site_sub = p.add_subparsers(dest="site_command", required=True)
+    c = site_sub.add_parser("check", help="validate a site's manifest and images (read-only)")
+    c.add_argument("site_dir", help="the site folder holding manifest.csv")
+    c.add_argument("--run-config", action="append", default=[], metavar="'KEY=VALUE ...'")
+    c.set_defaults(func=cmd_site_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"hepafed: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Run the real ServerApp and ClientApp in Flower's simulation engine.
+
+Each simulated hospital is a Flower virtual SuperNode whose ``partition-id``
+indexes the site folders under ``data.site-root``: the same manifests and
+loaders a deployed hospital uses.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+from flwr.simulation import run_simulation
+
+from client.app import app as client_app
+from common.config import RunConfig
+from common.manifest import list_site_dirs
+from server.app import serve
+
+
+def simulation_backend(num_cpus_per_site: int = 1) -> dict[str, object]:
+    """Ray settings: one CPU (and a GPU share when present) per simulated site."""
+    import torch
+
+    gpus = 0.5 if torch.cuda.is_available() else 0.0
+    return {
+        "client_resources": {"num_cpus": num_cpus_per_site, "num_gpus": gpus},
+        "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False},
+    }
+
+
+def run_federated(cfg: RunConfig, verbose: bool = False) -> None:
+    """Run ``cfg`` with one simulated SuperNode per site folder under ``data.site-root``."""
+    n_sites = len(list_site_dirs(cfg.data.site_root))
+    server_app = ServerApp()
+
+    @server_app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        serve(grid, cfg)
+
+    flwr_logger = logging.getLogger("flwr")
+    level = flwr_logger.level
+    if not verbose:
+        flwr_logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=n_sites,
+                backend_config=simulation_backend(),  # type: ignore[arg-type]
+                verbose_logging=verbose,
+            )
+    finally:
+        flwr_logger.setLevel(level)

@@ -1,0 +1,122 @@
+"""The MONAI pipeline's output shapes and values, and the model factory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from common.config import RunConfig
+from common.data import augment_batch, concat_splits, crop_size, load_split
+from common.manifest import read_manifest
+from common.models import ModelError, build_model, model_name
+from common.weights import WeightsError, load_arrays, shared_state, to_arrays
+
+
+def _cfg(**kw: object) -> RunConfig:
+    return RunConfig().replace({"data.roi-size": 32, **kw})
+
+
+def test_pipeline_shapes_window_and_lesion_centre(site_factory: Callable[..., Path]) -> None:
+    site = site_factory(n_cases=6, spacing=1.5)
+    cfg = _cfg()
+    m = read_manifest(site, cfg.data.channels, cfg.task)
+    train = load_split(m, "train", cfg.data, cfg.task)
+    assert train.images.shape == (4, 3, 32, 32) and train.images.dtype == torch.float32
+    assert train.masks.shape == (4, 1, 32, 32)
+    assert 0.0 <= float(train.images.min()) and float(train.images.max()) <= 1.0
+    assert train.labels.tolist() == [0.0, 1.0, 1.0, 0.0]
+    assert set(torch.unique(train.masks).tolist()) == {0.0, 1.0}
+    # the crop is centred on the lesion: its centre of mass sits near the middle
+    ys, xs = torch.nonzero(train.masks[0, 0], as_tuple=True)
+    assert abs(ys.float().mean() - 15.5) < 2 and abs(xs.float().mean() - 15.5) < 2
+
+
+def test_resampling_to_common_spacing(site_factory: Callable[..., Path]) -> None:
+    # The same lesion drawn at 1.0 mm and at 2.0 mm pixels covers the same area in mm;
+    # after resampling to 1.5 mm both crops show it at about the same pixel count.
+    fine = site_factory("fine", n_cases=3, spacing=1.0, seed=5)
+    coarse = site_factory("coarse", n_cases=3, spacing=2.0, seed=5)
+    cfg = _cfg()
+    counts = []
+    for site in (fine, coarse):
+        m = read_manifest(site, cfg.data.channels, cfg.task)
+        counts.append(float(load_split(m, "train", cfg.data, cfg.task).masks[0].sum()))
+    # equal radius in pixels: the 2 mm lesion is 4x larger in mm^2, so 4x the
+    # resampled 1.5 mm pixels (up to interpolation at the rim)
+    assert counts[1] / counts[0] == pytest.approx(4.0, rel=0.1)
+
+
+def test_persistent_cache_gives_identical_tensors(
+    site_factory: Callable[..., Path], tmp_path: Path
+) -> None:
+    site = site_factory(n_cases=3)
+    cfg = _cfg(**{"data.cache-dir": str(tmp_path / "cache")})
+    m = read_manifest(site, cfg.data.channels, cfg.task)
+    first = load_split(m, "train", cfg.data, cfg.task)
+    assert any((tmp_path / "cache" / "site-a").iterdir())
+    second = load_split(m, "train", cfg.data, cfg.task)
+    assert torch.equal(first.images, second.images)
+    both = concat_splits([first, second])
+    assert len(both) == 4 and both.case_ids[:2] == first.case_ids
+
+
+def test_segmentation_crop_is_larger() -> None:
+    cfg = _cfg(task="lesion-segmentation")
+    assert crop_size(cfg.data, cfg.task) == (64, 64)
+    assert crop_size(cfg.data, "lesion-malignancy") == (32, 32)
+
+
+def test_augmentation_keeps_image_and_mask_aligned() -> None:
+    g = torch.Generator().manual_seed(0)
+    img = torch.zeros(8, 1, 16, 16)
+    img[:, :, 2:5, 10:14] = 1.0
+    mask = (img > 0).float()
+    out_i, out_m = augment_batch(img, mask, g)
+    assert out_i.shape == img.shape and out_m.shape == mask.shape
+    for i in range(8):
+        bright = out_i[i, 0] > out_i[i, 0].mean()
+        assert torch.equal(bright, out_m[i, 0] > 0)
+    assert not all(torch.equal(out_m[i], mask[i]) for i in range(8))  # something moved
+
+
+@pytest.mark.parametrize(
+    ("task", "name", "out_shape"),
+    [
+        ("lesion-malignancy", "resnet", (2, 1)),
+        ("lesion-malignancy", "densenet", (2, 1)),
+        ("lesion-segmentation", "unet", (2, 1, 64, 64)),
+        ("lesion-segmentation", "basicunet", (2, 1, 64, 64)),
+    ],
+)
+def test_model_factory(task: str, name: str, out_shape: tuple[int, ...]) -> None:
+    cfg = _cfg(task=task, **{"model.name": name})
+    model = build_model(cfg)
+    same = build_model(cfg)  # seeded by the run: every party builds identical weights
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                 same.state_dict().values(), strict=True))
+    x = torch.zeros(2, 3, *crop_size(cfg.data, task))
+    assert tuple(model(x).shape) == out_shape
+
+
+def test_model_factory_errors_and_defaults() -> None:
+    assert model_name(_cfg()) == "resnet"
+    assert model_name(_cfg(task="lesion-segmentation")) == "unet"
+    with pytest.raises(ModelError, match=r"'unet' is not a lesion-malignancy network; use one "
+                       r"of 'resnet', 'densenet'"):
+        build_model(_cfg(**{"model.name": "unet"}))
+
+
+def test_weights_travel_without_integer_buffers() -> None:
+    model = build_model(_cfg())
+    arrays = to_arrays(model)
+    assert not any("num_batches_tracked" in k for k in arrays)
+    assert set(arrays) == set(shared_state(model))
+    other = build_model(_cfg(seed=99))
+    load_arrays(other, arrays)
+    assert all(torch.equal(v, shared_state(other)[k]) for k, v in shared_state(model).items())
+    wide = build_model(_cfg(**{"model.width": 8}))
+    with pytest.raises(WeightsError, match="have shape"):
+        load_arrays(wide, arrays)
