@@ -10,10 +10,9 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.site import open_site, site_evaluate, site_train
 from common.config import RunConfig
 from common.keys import ConfigKey, RecordKey, SiteKey, Split
-
-from client.site import open_site, site_evaluate, site_train
 
 app = ClientApp()
 
@@ -21,7 +20,7 @@ app = ClientApp()
 def _run_config(msg: Message) -> tuple[RunConfig, int]:
     """The run config the server sent with this message, and the round number."""
     flat = dict(msg.content[RecordKey.CONFIG])
-    server_round = int(flat.pop(ConfigKey.ROUND, 0))
+    server_round = int(str(flat.pop(ConfigKey.ROUND, 0)))
     return RunConfig.from_flat(flat), server_round
 
 
@@ -50,7 +49,7 @@ def train(msg: Message, context: Context) -> Message:
     content = RecordDict(
         {
             RecordKey.ARRAYS: ArrayRecord(state),
-            RecordKey.METRICS: MetricRecord(metrics),
+            RecordKey.METRICS: MetricRecord(dict(metrics)),
             RecordKey.SITE: ConfigRecord({SiteKey.NAME.value: site.name}),
         }
     )
@@ -65,7 +64,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     metrics = site_evaluate(site, msg.content[RecordKey.ARRAYS], cfg)
     content = RecordDict(
         {
-            RecordKey.METRICS: MetricRecord(metrics),
+            RecordKey.METRICS: MetricRecord(dict(metrics)),
             RecordKey.SITE: ConfigRecord({SiteKey.NAME.value: site.name}),
         }
     )

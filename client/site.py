@@ -13,15 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from client.trainer import evaluate, train_local
 from common.config import RunConfig
 from common.data import SplitTensors, load_split
-from common.device import Compute, derive_seed, select_compute, seed_everything
+from common.device import Compute, derive_seed, seed_everything, select_compute
 from common.keys import MetricKey, NodeKey, Split
 from common.manifest import SiteManifest, list_site_dirs, read_manifest
 from common.models import build_model
 from common.weights import load_arrays, shared_state
-
-from client.trainer import evaluate, train_local
 
 
 class SiteConfigError(ValueError):
@@ -68,7 +67,7 @@ def open_site(node_config: Mapping[str, Any], cfg: RunConfig) -> Site:
 
 def site_train(
     site: Site, weights: Any, cfg: RunConfig, server_round: int, compute: Compute | None = None
-) -> tuple[Any, dict[str, float]]:
+) -> tuple[Any, dict[str, Any]]:
     """Train the received global model on the site's train split.
 
     Returns the updated shared state dict and aggregate metrics.
@@ -79,7 +78,7 @@ def site_train(
     model = build_model(cfg)
     load_arrays(model, weights)
     result = train_local(model, site.split(Split.TRAIN, cfg), cfg, compute, seed)
-    metrics = {
+    metrics: dict[str, Any] = {
         MetricKey.NUM_EXAMPLES.value: float(len(site.manifest.split(Split.TRAIN))),
         MetricKey.TRAIN_LOSS.value: result.loss,
         MetricKey.SECONDS.value: result.seconds,

@@ -148,7 +148,7 @@ def segmentation_summary(probs: torch.Tensor, masks: torch.Tensor) -> dict[str, 
     if n == 0:
         return out
     metric = DiceMetric(include_background=True, reduction="none", ignore_empty=False)
-    dice = metric((probs >= 0.5).float(), masks).view(-1).numpy()
+    dice = torch.as_tensor(metric((probs >= 0.5).float(), masks)).view(-1).numpy()
     out[MetricKey.DICE] = float(dice.mean())
     out[MetricKey.DICE_SD] = float(dice.std(ddof=1)) if n > 1 else 0.0
     eps = 1e-7

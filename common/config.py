@@ -18,6 +18,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 from common.keys import OptimizerName, StrategyName, Task, choices
 
 FlatValue = bool | int | float | str
+FlatConfig = dict[str, Any]  # what Flower records accept: str -> bool | int | float | str
 
 
 class ConfigError(ValueError):
@@ -122,8 +123,7 @@ class RunConfig:
                 raise ConfigError(f"{key} = {value!r}: must be > 0")
         if not 0.0 < self.federation.fraction_train <= 1.0:
             raise ConfigError(
-                f"federation.fraction-train = {self.federation.fraction_train!r}: "
-                "must be in (0, 1]"
+                f"federation.fraction-train = {self.federation.fraction_train!r}: must be in (0, 1]"
             )
         if not 0.0 <= self.federation.trim_beta < 0.5:
             raise ConfigError(
@@ -165,9 +165,9 @@ class RunConfig:
             top[section] = _section_type(section)(**values)
         return cls(**top)
 
-    def to_flat(self) -> dict[str, FlatValue]:
+    def to_flat(self) -> FlatConfig:
         """The inverse of ``from_flat``: what travels in a Flower ConfigRecord."""
-        flat: dict[str, FlatValue] = {}
+        flat: FlatConfig = {}
         for f in fields(self):
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):
@@ -228,9 +228,7 @@ def _coerce(key: str, value: Any, target: Any) -> Any:
             return value
     else:  # pragma: no cover - guards against a new field type
         raise TypeError(f"unsupported config field type {target!r} for {key}")
-    raise ConfigError(
-        f"{key} = {value!r}: expected {target.__name__}, got {type(value).__name__}"
-    )
+    raise ConfigError(f"{key} = {value!r}: expected {target.__name__}, got {type(value).__name__}")
 
 
 def _check_choice(key: str, value: str, enum: Any) -> None:

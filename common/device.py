@@ -29,9 +29,7 @@ class Compute:
 
     def grad_scaler(self) -> torch.amp.GradScaler:
         """A loss scaler for fp16 (bf16 needs none); disabled on CPU."""
-        return torch.amp.GradScaler(
-            self.device.type, enabled=self.amp_dtype is torch.float16
-        )
+        return torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
 
 
 def select_compute(amp: bool = True, prefer: str | None = None) -> Compute:

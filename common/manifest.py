@@ -203,12 +203,18 @@ def check_images(manifest: SiteManifest, spatial_dims: int = 2) -> list[Problem]
                 continue
             shape = _spatial_shape(arr.shape)
             if shape is None:
-                bad(col, f"has {arr.shape[-1]} components in shape {arr.shape}; "
-                    "give one file per channel (multi-phase series are separate columns)")
+                bad(
+                    col,
+                    f"has {arr.shape[-1]} components in shape {arr.shape}; "
+                    "give one file per channel (multi-phase series are separate columns)",
+                )
                 continue
             if spatial_dims == 2 and len(shape) == 3 and shape[2] != 1:
-                bad(col, f"shape {arr.shape} is a volume, but data.spatial-dims = 2 expects "
-                    "single slices (X, Y) or (X, Y, 1)")
+                bad(
+                    col,
+                    f"shape {arr.shape} is a volume, but data.spatial-dims = 2 expects "
+                    "single slices (X, Y) or (X, Y, 1)",
+                )
                 continue
             shapes[col] = shape
             if not np.isfinite(arr).all():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from monai.networks.nets import UNet, BasicUNet, DenseNet, ResNet
+from monai.networks.nets import BasicUNet, DenseNet, ResNet, UNet
 from torch import nn
 
 from common.config import RunConfig
@@ -17,8 +17,8 @@ def _resnet(dims: int, in_ch: int, w: int) -> nn.Module:
     # A ResNet-10 (one basic block per stage), BatchNorm, one logit.
     return ResNet(
         block="basic",
-        layers=(1, 1, 1, 1),
-        block_inplanes=(w, 2 * w, 4 * w, 8 * w),
+        layers=[1, 1, 1, 1],
+        block_inplanes=[w, 2 * w, 4 * w, 8 * w],
         spatial_dims=dims,
         n_input_channels=in_ch,
         conv1_t_size=5,

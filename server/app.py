@@ -13,7 +13,6 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from common.config import RunConfig
-
 from server.federation import run_federation
 from server.records import RunRecorder
 

@@ -23,7 +23,6 @@ from common.config import RunConfig
 from common.keys import ConfigKey, RecordKey, SiteKey
 from common.models import build_model
 from common.weights import to_arrays
-
 from server.exchange import exchange
 from server.records import RunRecorder
 from server.strategies import build_strategy
@@ -122,9 +121,7 @@ def run_federation(grid: Grid, cfg: RunConfig, recorder: RunRecorder) -> ArrayRe
         )
     names = {s.node_id: s.name for s in sites}
     recorder.start(cfg, [asdict(s) for s in sites])
-    log.info(
-        "sites: %s", ", ".join(f"{s.name} ({s.role}, {s.n_train}/{s.n_test})" for s in sites)
-    )
+    log.info("sites: %s", ", ".join(f"{s.name} ({s.role}, {s.n_train}/{s.n_test})" for s in sites))
 
     model = build_model(cfg)
     arrays = to_arrays(model)

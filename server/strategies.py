@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flwr.serverapp.strategy import (
     FedAdam,
     FedAvg,
@@ -20,7 +22,7 @@ from common.keys import MetricKey, RecordKey, StrategyName
 def build_strategy(cfg: RunConfig, n_train_sites: int) -> Strategy:
     """The strategy named by ``federation.strategy`` (names validated by RunConfig)."""
     fed = cfg.federation
-    common = {
+    common: dict[str, Any] = {
         "fraction_train": fed.fraction_train,
         "fraction_evaluate": 1.0,
         "min_train_nodes": min(fed.min_sites, n_train_sites),

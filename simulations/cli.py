@@ -82,8 +82,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     )
     header = ("site", "role", "n test", "federated AUC [95% CI]", "local-only AUC", "pooled AUC")
     rows = [
-        (r.site, r.role, str(r.n_test), _fmt_auc(r.federated), _fmt_auc(r.local_only),
-         _fmt_auc(r.pooled))
+        (
+            r.site,
+            r.role,
+            str(r.n_test),
+            _fmt_auc(r.federated),
+            _fmt_auc(r.local_only),
+            _fmt_auc(r.pooled),
+        )
         for r in summary.rows
     ]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]

@@ -131,7 +131,9 @@ def final_evaluation(run_dir: Path) -> dict[str, dict[str, float]]:
     return evals[-1]["sites"]
 
 
-def _mean_of_models(local: Mapping[str, Mapping[str, dict[str, float]]], site: str) -> dict[str, float]:
+def _mean_of_models(
+    local: Mapping[str, Mapping[str, dict[str, float]]], site: str
+) -> dict[str, float]:
     """For a site without its own model: the average AUC of the others' local models."""
     aucs = [m[site][MetricKey.AUC] for m in local.values() if MetricKey.AUC in m.get(site, {})]
     if not aucs:

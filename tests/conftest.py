@@ -52,10 +52,17 @@ def make_site(
             path = f"images/{cid}_{phase}.nii.gz"
             write_nifti(site / path, img.astype(np.int16)[..., None], (spacing, spacing, 2.5))
             row[f"image_{phase}"] = path
-        write_nifti(site / f"masks/{cid}.nii.gz", lesion.astype(np.uint8)[..., None],
-                    (spacing, spacing, 2.5))
-        row.update(mask=f"masks/{cid}.nii.gz", label=str(label), split=splits[i % len(splits)],
-                   vendor="test-vendor")
+        write_nifti(
+            site / f"masks/{cid}.nii.gz",
+            lesion.astype(np.uint8)[..., None],
+            (spacing, spacing, 2.5),
+        )
+        row.update(
+            mask=f"masks/{cid}.nii.gz",
+            label=str(label),
+            split=splits[i % len(splits)],
+            vendor="test-vendor",
+        )
         rows.append(row)
     with (site / "manifest.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))

@@ -26,7 +26,7 @@ def test_pipeline_shapes_window_and_lesion_centre(site_factory: Callable[..., Pa
     train = load_split(m, "train", cfg.data, cfg.task)
     assert train.images.shape == (4, 3, 32, 32) and train.images.dtype == torch.float32
     assert train.masks.shape == (4, 1, 32, 32)
-    assert 0.0 <= float(train.images.min()) and float(train.images.max()) <= 1.0
+    assert float(train.images.min()) >= 0.0 and float(train.images.max()) <= 1.0
     assert train.labels.tolist() == [0.0, 1.0, 1.0, 0.0]
     assert set(torch.unique(train.masks).tolist()) == {0.0, 1.0}
     # the crop is centred on the lesion: its centre of mass sits near the middle
@@ -95,8 +95,10 @@ def test_model_factory(task: str, name: str, out_shape: tuple[int, ...]) -> None
     cfg = _cfg(task=task, **{"model.name": name})
     model = build_model(cfg)
     same = build_model(cfg)  # seeded by the run: every party builds identical weights
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
-                                                 same.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(model.state_dict().values(), same.state_dict().values(), strict=True)
+    )
     x = torch.zeros(2, 3, *crop_size(cfg.data, task))
     assert tuple(model(x).shape) == out_shape
 
@@ -104,8 +106,11 @@ def test_model_factory(task: str, name: str, out_shape: tuple[int, ...]) -> None
 def test_model_factory_errors_and_defaults() -> None:
     assert model_name(_cfg()) == "resnet"
     assert model_name(_cfg(task="lesion-segmentation")) == "unet"
-    with pytest.raises(ModelError, match=r"'unet' is not a lesion-malignancy network; use one "
-                       r"of 'resnet', 'densenet'"):
+    with pytest.raises(
+        ModelError,
+        match=r"'unet' is not a lesion-malignancy network; use one "
+        r"of 'resnet', 'densenet'",
+    ):
         build_model(_cfg(**{"model.name": "unet"}))
 
 

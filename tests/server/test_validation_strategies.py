@@ -76,9 +76,7 @@ def test_every_strategy_name_builds_flowers_strategy(name: str) -> None:
 
 
 def test_strategy_parameters_come_from_config() -> None:
-    cfg = RunConfig().replace(
-        {"federation.strategy": "fedtrimmedavg", "federation.trim-beta": 0.3}
-    )
+    cfg = RunConfig().replace({"federation.strategy": "fedtrimmedavg", "federation.trim-beta": 0.3})
     assert build_strategy(cfg, 4).beta == 0.3  # type: ignore[attr-defined]
     cfg = RunConfig().replace({"federation.strategy": "fedadam", "federation.server-lr": 0.05})
     assert build_strategy(cfg, 4).eta == 0.05  # type: ignore[attr-defined]

@@ -43,7 +43,11 @@ def test_two_sites_two_rounds_learn_and_report_by_site(
 
     rounds = read_rounds(run_dir)
     assert [(r["round"], r["phase"]) for r in rounds] == [
-        (0, "evaluate"), (1, "train"), (1, "evaluate"), (2, "train"), (2, "evaluate")
+        (0, "evaluate"),
+        (1, "train"),
+        (1, "evaluate"),
+        (2, "train"),
+        (2, "evaluate"),
     ]
     for r in rounds:
         assert set(r["sites"]) == {"hospital-x", "hospital-y"}  # site names, not node ids
@@ -70,9 +74,7 @@ def _kill_local_superlink(port: str) -> None:
 
 
 @pytest.mark.slow
-def test_flwr_run_dot_runs_the_same_apps(
-    site_factory: Callable[..., Path], tmp_path: Path
-) -> None:
+def test_flwr_run_dot_runs_the_same_apps(site_factory: Callable[..., Path], tmp_path: Path) -> None:
     for name, seed in (("hospital-x", 1), ("hospital-y", 2)):
         site_factory(name, n_cases=12, seed=seed)
     home = tmp_path / "flwr-home"
@@ -98,15 +100,29 @@ def test_flwr_run_dot_runs_the_same_apps(
     flwr = Path(sys.executable).with_name("flwr")
     try:
         proc = subprocess.run(
-            [str(flwr), "run", ".", "--stream", "--run-config", run_config,
-             "--federation-config", "num-supernodes=2"],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+            [
+                str(flwr),
+                "run",
+                ".",
+                "--stream",
+                "--run-config",
+                run_config,
+                "--federation-config",
+                "num-supernodes=2",
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
         )
     finally:
         _kill_local_superlink(control)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rounds = read_rounds(run_dir)
     assert [(r["round"], r["phase"]) for r in rounds] == [
-        (0, "evaluate"), (1, "train"), (1, "evaluate")
+        (0, "evaluate"),
+        (1, "train"),
+        (1, "evaluate"),
     ]
     assert set(rounds[-1]["sites"]) == {"hospital-x", "hospital-y"}

@@ -1,0 +1,1 @@
+"""Multi-center phantom data, scenarios, simulation drivers, the hepafed CLI."""
