@@ -108,6 +108,16 @@ def hash_split(case_id: str, test_fraction: float = TEST_FRACTION_BY_HASH) -> st
 
 def read_manifest(site_dir: Path | str, channels: Sequence[str], task: str) -> SiteManifest:
     """Parse and check a site's manifest table (files must exist; not opened here)."""
+    manifest, problems = parse_manifest(site_dir, channels, task)
+    if problems:
+        raise ManifestError(problems)
+    return manifest
+
+
+def parse_manifest(
+    site_dir: Path | str, channels: Sequence[str], task: str
+) -> tuple[SiteManifest, list[Problem]]:
+    """The manifest's cases and every problem found in the table (raises only if unusable)."""
     site_dir = Path(site_dir)
     path = site_dir / MANIFEST_NAME
     fname = str(path)
@@ -174,9 +184,8 @@ def read_manifest(site_dir: Path | str, channels: Sequence[str], task: str) -> S
         cases.append(Case(cid, images, mask, label, split, row_no, metadata))
     if not cases and not problems:
         problems.append(Problem(fname, "manifest", "lists no cases"))
-    if problems:
-        raise ManifestError(problems)
-    return SiteManifest(site_dir, tuple(channels), tuple(cases), hashlib.sha256(raw).hexdigest())
+    manifest = SiteManifest(site_dir, tuple(channels), tuple(cases), hashlib.sha256(raw).hexdigest())
+    return manifest, problems
 
 
 def check_images(manifest: SiteManifest, spatial_dims: int = 2) -> list[Problem]:
@@ -194,8 +203,8 @@ def check_images(manifest: SiteManifest, spatial_dims: int = 2) -> list[Problem]
 
         shapes: dict[str, tuple[int, ...]] = {}
         for col, img_path in [*zip(cols, case.images, strict=True), ("mask", case.mask)]:
-            if img_path is None:
-                continue
+            if img_path is None or not img_path.exists():
+                continue  # reported by the table check
             try:
                 arr = np.asarray(loader(str(img_path)))
             except Exception as e:  # any reader failure is the same problem for a user
@@ -232,12 +241,23 @@ def check_images(manifest: SiteManifest, spatial_dims: int = 2) -> list[Problem]
     return problems
 
 
+def inspect_site(
+    site_dir: Path | str, channels: Sequence[str], task: str, spatial_dims: int = 2
+) -> tuple[SiteManifest, list[Problem]]:
+    """Check the table and open every existing file; return all problems, raise none.
+
+    Raises ``ManifestError`` only when the manifest itself is unusable (missing,
+    not text, missing columns).
+    """
+    manifest, problems = parse_manifest(site_dir, channels, task)
+    return manifest, problems + check_images(manifest, spatial_dims)
+
+
 def validate_site(
     site_dir: Path | str, channels: Sequence[str], task: str, spatial_dims: int = 2
 ) -> SiteManifest:
     """Read the manifest and open every file; raise ``ManifestError`` on any problem."""
-    manifest = read_manifest(site_dir, channels, task)
-    problems = check_images(manifest, spatial_dims)
+    manifest, problems = inspect_site(site_dir, channels, task, spatial_dims)
     if problems:
         raise ManifestError(problems)
     return manifest

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import logging
 import sys
 import time
@@ -15,7 +16,7 @@ from typing import Any
 import common  # noqa: F401  (sets Flower's no-telemetry, no-install environment)
 from common.config import ConfigError, RunConfig
 from common.keys import MetricKey, Split
-from common.manifest import ManifestError, check_images, read_manifest
+from common.manifest import ManifestError, SiteManifest, inspect_site
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 
@@ -24,15 +25,19 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     """``key=value`` pairs (TOML values, like ``flwr run --run-config``) to a dict."""
     out: dict[str, Any] = {}
     for item in items:
-        for token in item.split():
-            key, sep, value = token.partition("=")
-            if not sep:
-                raise ConfigError(f"--run-config {token!r}: expected key=value")
+        pairs = _PAIR.findall(item)
+        leftover = _PAIR.sub("", item).strip()
+        if leftover or not pairs:
+            raise ConfigError(f"--run-config {item!r}: expected key=value pairs, e.g. train.lr=0.01")
+        for key, value in pairs:
             try:
-                out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+                out[key] = tomllib.loads(f"v = {value}")["v"]
             except tomllib.TOMLDecodeError:
-                out[key.strip()] = value  # a bare word is a string
+                out[key] = value  # a bare word is a string
     return out
+
+
+_PAIR = re.compile(r"""([\w.\-]+)=('[^']*'|"[^"]*"|\S+)""")
 
 
 class _ProgressHandler(logging.Handler):
@@ -119,12 +124,13 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 
 def cmd_site_check(args: argparse.Namespace) -> int:
     cfg = RunConfig().replace(parse_overrides(args.run_config))
+    manifest: SiteManifest | None
     try:
-        manifest = read_manifest(Path(args.site_dir), cfg.data.channels, cfg.task)
-        problems = check_images(manifest, cfg.data.spatial_dims)
+        manifest, problems = inspect_site(
+            Path(args.site_dir), cfg.data.channels, cfg.task, cfg.data.spatial_dims
+        )
     except ManifestError as e:
-        problems = list(e.problems)
-        manifest = None
+        manifest, problems = None, list(e.problems)
     if manifest is not None:
         splits = Counter(c.split for c in manifest.cases)
         labels = Counter(c.label for c in manifest.cases)
