@@ -119,79 +119,87 @@ def run_federation(grid: Grid, cfg: RunConfig, recorder: RunRecorder) -> ArrayRe
             f"{len(trainers)} site(s) can train ({[s.name for s in trainers]}), "
             f"fewer than federation.min-sites = {fed.min_sites}"
         )
-    names = {s.node_id: s.name for s in sites}
     recorder.start(cfg, [asdict(s) for s in sites])
     log.info("sites: %s", ", ".join(f"{s.name} ({s.role}, {s.n_train}/{s.n_test})" for s in sites))
-
-    model = build_model(cfg)
-    arrays = to_arrays(model)
-    strategy = build_strategy(cfg, len(trainers))
-    train_view = cast(Grid, _NodeView(s.node_id for s in trainers))
-    eval_view = cast(Grid, _NodeView(s.node_id for s in sites if s.n_test > 0))
-    config = ConfigRecord(cfg.to_flat())
-
-    _evaluate_round(grid, strategy, eval_view, 0, arrays, config, fed, names, recorder)
+    rounds = _Rounds(grid, cfg, recorder, sites, trainers)
+    arrays = to_arrays(build_model(cfg))
+    rounds.evaluate(0, arrays)
     for rnd in range(1, fed.num_rounds + 1):
+        arrays = rounds.train(rnd, arrays)
+        recorder.checkpoint(arrays.to_torch_state_dict(), cfg, rnd)
+        rounds.evaluate(rnd, arrays)
+    return arrays
+
+
+class _Rounds:
+    """One federation's round mechanics: who trains, who evaluates, what is logged."""
+
+    def __init__(
+        self,
+        grid: Grid,
+        cfg: RunConfig,
+        recorder: RunRecorder,
+        sites: list[SiteInfo],
+        trainers: list[SiteInfo],
+    ) -> None:
+        self.grid, self.cfg, self.recorder = grid, cfg, recorder
+        self.names = {s.node_id: s.name for s in sites}
+        self.strategy = build_strategy(cfg, len(trainers))
+        self.train_view = cast(Grid, _NodeView(s.node_id for s in trainers))
+        self.eval_view = cast(Grid, _NodeView(s.node_id for s in sites if s.n_test > 0))
+        self.config = ConfigRecord(cfg.to_flat())
+
+    def _send(self, messages: Iterable[Message], label: str) -> list[Message]:
+        timeout = self.cfg.federation.round_timeout_s
+        return exchange(self.grid, messages, timeout, label, self.names)
+
+    def _site(self, msg: Message) -> str:
+        return self.names.get(msg.metadata.src_node_id, str(msg.metadata.src_node_id))
+
+    def train(self, rnd: int, arrays: ArrayRecord) -> ArrayRecord:
+        """Local training at the training sites; validated updates are aggregated."""
         start = time.monotonic()
-        messages = strategy.configure_train(rnd, arrays, config, train_view)
-        replies = exchange(
-            grid, messages, fed.round_timeout_s, f"round {rnd}/{fed.num_rounds} train", names
-        )
+        messages = self.strategy.configure_train(rnd, arrays, self.config, self.train_view)
+        replies = self._send(messages, f"round {rnd}/{self.cfg.federation.num_rounds} train")
         accepted, rejected = [], {}
         for reply in replies:
             problem = update_problem(reply, arrays)
-            site = names.get(reply.metadata.src_node_id, str(reply.metadata.src_node_id))
             if problem is None:
                 accepted.append(reply)
             else:
+                site = self._site(reply)
                 rejected[site] = problem
                 log.warning("round %d: update from %s rejected: %s", rnd, site, problem)
-        new_arrays, _ = strategy.aggregate_train(rnd, accepted)
-        if new_arrays is not None:
-            arrays = new_arrays
-        recorder.log_round(
+        new_arrays, _ = self.strategy.aggregate_train(rnd, accepted)
+        self.recorder.log_round(
             {
                 "round": rnd,
                 "phase": "train",
-                "sites": _metrics_by_site(accepted, names),
+                "sites": _metrics_by_site(accepted, self.names),
                 "rejected": rejected,
                 "seconds": time.monotonic() - start,
             }
         )
-        recorder.checkpoint(arrays.to_torch_state_dict(), cfg, rnd)
-        _evaluate_round(grid, strategy, eval_view, rnd, arrays, config, fed, names, recorder)
-    return arrays
+        return new_arrays if new_arrays is not None else arrays
 
-
-def _evaluate_round(
-    grid: Grid,
-    strategy: Any,
-    view: Grid,
-    rnd: int,
-    arrays: ArrayRecord,
-    config: ConfigRecord,
-    fed: Any,
-    names: dict[int, str],
-    recorder: RunRecorder,
-) -> None:
-    start = time.monotonic()
-    config[ConfigKey.ROUND.value] = rnd
-    messages = strategy.configure_evaluate(rnd, arrays, config, view)
-    replies = exchange(grid, messages, fed.round_timeout_s, f"round {rnd} evaluate", names)
-    failed = {
-        names.get(r.metadata.src_node_id, "?"): r.error.reason for r in replies if r.has_error()
-    }
-    for site, reason in failed.items():
-        log.warning("round %d: evaluation at %s failed: %s", rnd, site, reason)
-    recorder.log_round(
-        {
-            "round": rnd,
-            "phase": "evaluate",
-            "sites": _metrics_by_site([r for r in replies if not r.has_error()], names),
-            "failed": failed,
-            "seconds": time.monotonic() - start,
-        }
-    )
+    def evaluate(self, rnd: int, arrays: ArrayRecord) -> None:
+        """Every site with a test split scores ``arrays``; summaries are logged by site."""
+        start = time.monotonic()
+        self.config[ConfigKey.ROUND.value] = rnd
+        messages = self.strategy.configure_evaluate(rnd, arrays, self.config, self.eval_view)
+        replies = self._send(messages, f"round {rnd} evaluate")
+        failed = {self._site(r): r.error.reason for r in replies if r.has_error()}
+        for site, reason in failed.items():
+            log.warning("round %d: evaluation at %s failed: %s", rnd, site, reason)
+        self.recorder.log_round(
+            {
+                "round": rnd,
+                "phase": "evaluate",
+                "sites": _metrics_by_site([r for r in replies if not r.has_error()], self.names),
+                "failed": failed,
+                "seconds": time.monotonic() - start,
+            }
+        )
 
 
 def _metrics_by_site(replies: list[Message], names: dict[int, str]) -> dict[str, dict[str, Any]]:
