@@ -30,7 +30,7 @@ class FederationConfig:
     """How the server runs rounds and aggregates."""
 
     strategy: str = StrategyName.FEDAVG.value
-    num_rounds: int = 3
+    num_rounds: int = 10
     fraction_train: float = 1.0
     min_sites: int = 2
     external_sites: tuple[str, ...] = ()  # evaluate only, never train
@@ -45,7 +45,7 @@ class FederationConfig:
 class TrainConfig:
     """Local training at a site."""
 
-    local_epochs: int = 1
+    local_epochs: int = 2
     batch_size: int = 32
     lr: float = 1e-3
     optimizer: str = OptimizerName.ADAM.value

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from torch import nn
+
 from client.trainer import evaluate, train_local
 from common.config import RunConfig
 from common.data import SplitTensors, concat_splits, load_split
@@ -53,19 +55,22 @@ def load_sites(cfg: RunConfig) -> list[SiteData]:
     return out
 
 
-def train_and_evaluate(
-    cfg: RunConfig,
-    train: SplitTensors,
-    sites: Sequence[SiteData],
-    seed_tag: str,
-    compute: Compute,
-) -> SiteMetrics:
-    """Train one model for rounds x local epochs and score it at every site."""
+def train_baseline(
+    cfg: RunConfig, train: SplitTensors, seed_tag: str, compute: Compute
+) -> nn.Module:
+    """One model trained for as many epochs as the federation (rounds x local epochs)."""
     seed = derive_seed(cfg.seed, seed_tag)
     seed_everything(seed)
     model = build_model(cfg)
     epochs = cfg.federation.num_rounds * cfg.train.local_epochs
     train_local(model, train, cfg, compute, seed, epochs=epochs)
+    return model
+
+
+def evaluate_at_sites(
+    model: nn.Module, cfg: RunConfig, sites: Sequence[SiteData], compute: Compute
+) -> SiteMetrics:
+    """The model's summary metrics on every site's test split."""
     return {s.name: evaluate(model, s.test, cfg, compute) for s in sites if len(s.test)}
 
 
@@ -78,15 +83,22 @@ def local_only(
     for site in sites:
         if site.name in trainers:
             log.info("baseline local-only: training at %s (%d cases)", site.name, len(site.train))
-            out[site.name] = train_and_evaluate(
-                cfg, site.train, sites, f"local-only/{site.name}", compute
-            )
+            model = train_baseline(cfg, site.train, f"local-only/{site.name}", compute)
+            out[site.name] = evaluate_at_sites(model, cfg, sites, compute)
     return out
 
 
-def pooled(cfg: RunConfig, sites: Sequence[SiteData], trainers: Sequence[str]) -> SiteMetrics:
-    """The centralised model on the union of the training sites' train splits."""
+def pooled(
+    cfg: RunConfig, sites: Sequence[SiteData], trainers: Sequence[str]
+) -> tuple[SiteMetrics, dict[str, float]]:
+    """The centralised model on the union of the training sites' train splits.
+
+    Returns its metrics at every site, and on all training sites' test cases
+    together (the in-distribution figure the phantom's difficulty is tuned to).
+    """
     compute = select_compute(cfg.train.amp)
     train = concat_splits([s.train for s in sites if s.name in trainers])
     log.info("baseline pooled: training on %d cases from %d sites", len(train), len(trainers))
-    return train_and_evaluate(cfg, train, sites, "pooled", compute)
+    model = train_baseline(cfg, train, "pooled", compute)
+    internal = concat_splits([s.test for s in sites if s.name in trainers])
+    return evaluate_at_sites(model, cfg, sites, compute), evaluate(model, internal, cfg, compute)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import re
 import logging
+import re
 import sys
 import time
 import tomllib
@@ -28,7 +28,9 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
         pairs = _PAIR.findall(item)
         leftover = _PAIR.sub("", item).strip()
         if leftover or not pairs:
-            raise ConfigError(f"--run-config {item!r}: expected key=value pairs, e.g. train.lr=0.01")
+            raise ConfigError(
+                f"--run-config {item!r}: expected key=value pairs, e.g. train.lr=0.01"
+            )
         for key, value in pairs:
             try:
                 out[key] = tomllib.loads(f"v = {value}")["v"]
@@ -103,6 +105,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     print("  ".join("-" * w for w in widths))
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    print(
+        f"\npooled model on all training sites' test cases: AUC {_fmt_auc(summary.pooled_internal)}"
+    )
     s = summary.seconds
     print(
         f"\nscenario {summary.scenario}: total {s['total']:.0f}s (phantom {s['phantom']:.0f}s, "
@@ -182,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args))
-    except (ConfigError, ValueError, FileNotFoundError) as e:
+    except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"hepafed: error: {e}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -53,6 +53,7 @@ class SimulationSummary:
     scenario: str
     run_dir: str
     rows: list[SiteRow]
+    pooled_internal: dict[str, float]  # pooled model on all training sites' test cases
     seconds: dict[str, float]
 
 
@@ -100,7 +101,7 @@ def simulate(
     sites = load_sites(cfg)
     trainers = [s.name for s in spec.sites if s.role != "external"]
     local = local_only(cfg, sites, trainers)
-    pool = pooled(cfg, sites, trainers)
+    pool, pool_internal = pooled(cfg, sites, trainers)
     seconds["baselines"] = time.monotonic() - t
     seconds["total"] = time.monotonic() - t0
 
@@ -118,7 +119,7 @@ def simulate(
                 pooled=pool.get(site.name, {}),
             )
         )
-    summary = SimulationSummary(spec.name, str(run_dir), rows, seconds)
+    summary = SimulationSummary(spec.name, str(run_dir), rows, pool_internal, seconds)
     (run_dir / SUMMARY_FILE).write_text(json.dumps(asdict(summary), indent=2))
     return summary
 
