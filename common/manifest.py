@@ -184,7 +184,9 @@ def parse_manifest(
         cases.append(Case(cid, images, mask, label, split, row_no, metadata))
     if not cases and not problems:
         problems.append(Problem(fname, "manifest", "lists no cases"))
-    manifest = SiteManifest(site_dir, tuple(channels), tuple(cases), hashlib.sha256(raw).hexdigest())
+    manifest = SiteManifest(
+        site_dir, tuple(channels), tuple(cases), hashlib.sha256(raw).hexdigest()
+    )
     return manifest, problems
 
 

@@ -17,7 +17,9 @@ def test_parse_overrides_uses_toml_values() -> None:
     assert parse_overrides(["federation.strategy=fedadam"]) == {"federation.strategy": "fedadam"}
 
 
-def test_site_check_ok(site_factory: Callable[..., Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_site_check_ok(
+    site_factory: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     site = site_factory(n_cases=6)
     assert main(["site", "check", str(site)]) == 0
     out = capsys.readouterr().out
@@ -51,8 +53,18 @@ def test_bad_run_config_is_a_usage_error(
 @pytest.mark.slow
 def test_simulate_quick_on_liver_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
-    code = main(["simulate", "--scenario", "liver-2", "--quick", "--data-dir",
-                 str(tmp_path / "data"), "--out", str(out)])
+    code = main(
+        [
+            "simulate",
+            "--scenario",
+            "liver-2",
+            "--quick",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())

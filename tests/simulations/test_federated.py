@@ -83,8 +83,11 @@ def test_flwr_run_dot_runs_the_same_apps(site_factory: Callable[..., Path], tmp_
         '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local-in-memory:"\n'
     )
     port, control = "39291", "39293"
+    bin_dir = Path(sys.executable).parent
     env = {
         **os.environ,
+        # `flwr run` starts `flower-superlink` from PATH, as for a user whose venv is active
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
         "FLWR_HOME": str(home),
         "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": port,
         "FLWR_LOCAL_CONTROL_API_PORT": control,
@@ -97,7 +100,7 @@ def test_flwr_run_dot_runs_the_same_apps(site_factory: Callable[..., Path], tmp_
         f"federation.num-rounds=1 data.site-root='{tmp_path / 'sites'}' "
         f"data.roi-size=32 output.run-dir='{run_dir}'"
     )
-    flwr = Path(sys.executable).with_name("flwr")
+    flwr = bin_dir / "flwr"
     try:
         proc = subprocess.run(
             [

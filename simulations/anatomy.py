@@ -1,0 +1,406 @@
+"""The patient of one case: body, liver, vessels, one lesion, and how they take up contrast.
+
+``sample_case`` draws everything random about a patient from a site's case mix
+(from the case's own random stream), before any image is made. Geometry is
+analytic (outlines with signed distances, tubes, an ellipsoid lesion), so the
+scanner can sample it at any resolution. Enhancement is physical: every tissue
+has a time-enhancement curve (HU above its unenhanced value against seconds
+after injection) driven by two input curves, the aorta (hepatic artery) and
+the portal vein; ``enhancement`` samples them at a site's acquisition times.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+from scipy.signal import lfilter
+
+from simulations.scenario import SiteProfile
+
+LESION_TYPES = ("hcc", "atypical-hcc", "cyst", "hemangioma", "flash-hemangioma")
+MALIGNANT_TYPES = ("hcc", "atypical-hcc")
+FLASH_MAX_MM = 20.0  # flash-filling hemangiomas are small
+BASE_HU = {  # unenhanced attenuation of each tissue
+    "air": -1000.0,
+    "fat": -100.0,
+    "muscle": 50.0,
+    "soft": 38.0,
+    "cortex": 700.0,
+    "marrow": 220.0,
+    "blood": 40.0,
+    "liver": 58.0,
+    "fibrosis": 48.0,
+    "capsule": 45.0,
+    "necrosis": 28.0,
+}
+NODULE_KAPPA = 16.0  # angular concentration of a hemangioma's peripheral nodules
+TIME_S = np.arange(0.0, 800.0)  # curves are computed on a 1 s grid after injection
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A 2D outline: an ellipse with radial harmonics ``r(t) = 1 + sum a_k cos(k t + p_k)``."""
+
+    cx: float
+    cy: float
+    ax: float
+    ay: float
+    rot: float = 0.0
+    ks: tuple[int, ...] = ()
+    amps: tuple[float, ...] = ()
+    phases: tuple[float, ...] = ()
+
+    def normalised(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Radius relative to the outline (< 1 inside), and cos, sin of the polar angle."""
+        dx, dy = x - self.cx, y - self.cy
+        c, s = math.cos(self.rot), math.sin(self.rot)
+        u = (c * dx + s * dy) / self.ax
+        v = (-s * dx + c * dy) / self.ay
+        rho = np.sqrt(u * u + v * v) + 1e-6
+        cos1, sin1 = u / rho, v / rho
+        radius = np.ones_like(rho)
+        cos_k, sin_k = cos1, sin1
+        for k in range(1, max(self.ks, default=0) + 1):  # cos(k t), sin(k t) by recurrence
+            if k > 1:
+                cos_k, sin_k = cos_k * cos1 - sin_k * sin1, sin_k * cos1 + cos_k * sin1
+            for kk, a, p in zip(self.ks, self.amps, self.phases, strict=True):
+                if kk == k:  # a cos(k t + p)
+                    radius += a * (cos_k * math.cos(p) - sin_k * math.sin(p))
+        return rho / radius, cos1, sin1
+
+    def sdf(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Approximate signed distance in mm (negative inside), measured along rays."""
+        rho = self.normalised(x, y)[0]
+        return (rho - 1.0) * np.sqrt((x - self.cx) ** 2 + (y - self.cy) ** 2) / rho
+
+
+@dataclass(frozen=True)
+class Lesion:
+    """The lesion: type, ellipsoid geometry and the parameters of its enhancement."""
+
+    kind: str  # one of LESION_TYPES
+    size_mm: float  # longest in-plane diameter
+    centre: tuple[float, float, float]  # mm
+    outline: Shape  # in-plane outline, semi-axes in mm
+    half_depth_mm: float  # semi-axis along z
+    edge_mm: float  # margin transition width (sharp cyst .. ill-defined HCC)
+    base_hu: float
+    hcc_coeffs: tuple[float, float, float] = (0.0, 0.0, 0.0)  # arterial, blood, portal uptake
+    capsule_rel: float = 0.0  # capsule thickness relative to the radius (0 = none)
+    necrosis_rel: float = 0.0  # radius of a non-enhancing core, relative (0 = none)
+    nodule_angles: tuple[float, ...] = ()  # hemangioma: peripheral nodules
+    fill_edge_s: float = 0.0  # hemangioma: periphery fills this long after arrival
+    fill_centre_s: float = 0.0  # ... and the centre this much later
+    blood_fraction: float = 0.0  # hemangioma: blood volume of the cavernous spaces
+
+
+@dataclass(frozen=True)
+class Case:
+    """One patient: everything random about a case except image textures and noise."""
+
+    label: int  # 1 malignant, 0 benign
+    lesion: Lesion
+    cirrhosis: float  # severity: 0 normal liver, 0.5-1 cirrhotic
+    liver_hu: float  # unenhanced parenchyma: about 58 HU, 25-45 HU in a fatty liver
+    body: Shape
+    fat_mm: float  # subcutaneous fat thickness
+    muscle_mm: float  # abdominal wall thickness
+    liver: tuple[Shape, Shape]  # right and left lobe (union)
+    vessels: tuple[tuple[float, ...], ...]  # x0 y0 z0 x1 y1 z1 r0 r1 kind (0 portal, 1 hepatic)
+    discs: tuple[tuple[float, float, float], ...]  # spine, aorta, IVC: x, y, radius
+    motion: tuple[tuple[float, float, float], ...]  # lesion shift per phase (mm), portal = 0
+    arrival_s: float  # patient's bolus arrival offset (cardiac output)
+    gain: float  # iodine contrast gain: patient size and the site's kVp
+
+
+def liver_polar(
+    liver: tuple[Shape, Shape], x: np.ndarray, y: np.ndarray
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per lobe: relative radius and distance from the lobe centre (computed once per case)."""
+    return [
+        (lobe.normalised(x, y)[0], np.sqrt((x - lobe.cx) ** 2 + (y - lobe.cy) ** 2))
+        for lobe in liver
+    ]
+
+
+def liver_sdf(polar: list[tuple[np.ndarray, np.ndarray]], z: float) -> np.ndarray:
+    """Signed distance (mm) to the liver, two lobes whose sections shrink away from z = 0."""
+    taper = math.sqrt(min(1.0, max(0.05, 1.0 - (z / 95.0) ** 2)))
+    # scaling an outline by ``taper`` divides the relative radius by it
+    return np.minimum.reduce([dist - dist * taper / rho for rho, dist in polar])
+
+
+# --- physiology ------------------------------------------------------------
+
+
+def _gamma(t: np.ndarray, t0: float, tpeak: float, peak: float, alpha: float) -> np.ndarray:
+    """Gamma-variate first pass of a bolus: zero before t0, maximum ``peak`` at ``tpeak``."""
+    x = np.clip((t - t0) / (tpeak - t0), 0.0, None)
+    return peak * x**alpha * np.exp(alpha * (1.0 - x))
+
+
+def _equilibrium(t: np.ndarray, onset: float, level: float, width: float) -> np.ndarray:
+    """Recirculated contrast: rises around ``onset``, then slow renal clearance."""
+    clearance = np.exp(-np.clip(t - onset, 0.0, None) / 450.0)
+    return level / (1.0 + np.exp(-(t - onset) / width)) * clearance
+
+
+def _uptake(curve: np.ndarray, tau_s: float) -> np.ndarray:
+    """One-compartment tissue response: the input convolved with exp(-t / tau)."""
+    a = 1.0 - math.exp(-1.0 / tau_s)
+    return np.asarray(lfilter([a], [1.0, a - 1.0], curve))
+
+
+def enhancement(case: Case, times_s: tuple[float, float, float]) -> dict[str, np.ndarray]:
+    """HU above unenhanced for every tissue at the three acquisition times, shape (3,)."""
+    t = TIME_S
+    arterial_fp = _gamma(t, 13.0, 27.0, 230.0, 2.5)
+    blood_eq = _equilibrium(t, 28.0, 130.0, 6.0)
+    aorta = arterial_fp + blood_eq
+    portal = _gamma(t, 18.0, 55.0, 80.0, 3.0) + _equilibrium(t, 42.0, 125.0, 8.0)
+    hepatic = np.interp(t - 8.0, t, portal, left=0.0)
+    c = case.cirrhosis  # cirrhosis: less portal perfusion, some arterial compensation
+    a_fp, a_eq, a_pv = case.lesion.hcc_coeffs
+    curves = {
+        "aorta": aorta,
+        "portal": portal,
+        "hepatic": hepatic,
+        "blood_pool": np.interp(t - 3.0, t, aorta, left=0.0),
+        "liver": _uptake((0.09 + 0.04 * c) * aorta + (0.34 - 0.10 * c) * portal, 14.0),
+        "fibrosis": _uptake(0.15 * portal, 8.0) + 0.8 * _uptake(blood_eq, 150.0),
+        "muscle": _uptake(0.06 * aorta + 0.04 * portal, 30.0),
+        "soft": _uptake(0.10 * aorta + 0.15 * portal, 20.0),
+        "marrow": _uptake(0.05 * aorta, 30.0),
+        "hcc": _uptake(a_fp * arterial_fp + a_eq * blood_eq + a_pv * portal, 7.0),
+        "capsule": _uptake(0.10 * aorta + 0.12 * portal, 10.0) + 0.7 * _uptake(blood_eq, 60.0),
+    }
+    sample_at = np.asarray(times_s, dtype=np.float64) - case.arrival_s
+    return {k: case.gain * np.interp(sample_at, t, v) for k, v in curves.items()}
+
+
+# --- sampling a case -------------------------------------------------------
+
+
+def _lesion_size(site: SiteProfile, rng: np.random.Generator, high: float) -> float:
+    """Log-normal diameter, truncated to the site's range by redrawing."""
+    low = site.lesion_size_min_mm
+    high = max(low + 1.0, min(high, site.lesion_size_max_mm))
+    for _ in range(200):
+        size = site.lesion_size_median_mm * math.exp(site.lesion_size_spread * rng.normal())
+        if low <= size <= high:
+            return size
+    return float(np.clip(site.lesion_size_median_mm, low, high))
+
+
+def _lesion(
+    kind: str,
+    size: float,
+    centre: tuple[float, float, float],
+    site: SiteProfile,
+    rng: np.random.Generator,
+) -> Lesion:
+    a = size / 2.0
+    wobble = {"cyst": 0.02, "hemangioma": 0.08, "flash-hemangioma": 0.05}.get(kind, 0.07)
+    outline = Shape(
+        0.0,
+        0.0,
+        a,
+        a * rng.uniform(0.75, 1.0),
+        rng.uniform(0, math.pi),
+        (2, 3, 4),
+        tuple(rng.uniform(0, wobble, 3)),
+        tuple(rng.uniform(0, 2 * math.pi, 3)),
+    )
+    geometry = Lesion(
+        kind=kind,
+        size_mm=size,
+        centre=centre,
+        outline=outline,
+        half_depth_mm=a * rng.uniform(0.7, 1.0),
+        edge_mm=0.0,
+        base_hu=0.0,
+    )
+    if kind == "cyst":
+        return replace(geometry, edge_mm=0.2, base_hu=rng.uniform(0.0, 18.0))
+    if kind == "flash-hemangioma":  # fills at once: homogeneous arterial enhancement
+        return replace(
+            geometry,
+            edge_mm=0.6,
+            base_hu=rng.normal(40.0, 4.0),
+            fill_edge_s=rng.uniform(0.0, 4.0),
+            fill_centre_s=rng.uniform(0.0, 6.0),
+            blood_fraction=rng.uniform(0.7, 0.95),
+        )
+    if kind == "hemangioma":  # peripheral nodules, centripetal fill-in
+        # sclerosing hemangiomas fill slowly, with few nodules: a hypovascular mimic
+        slow = rng.random() < site.slow_hemangioma_fraction
+        n_nodules = rng.integers(0, 3) if slow else rng.integers(3, 7)
+        return replace(
+            geometry,
+            edge_mm=0.6,
+            base_hu=rng.normal(40.0, 4.0),
+            nodule_angles=tuple(rng.uniform(-math.pi, math.pi, n_nodules)),
+            fill_edge_s=rng.uniform(40.0, 90.0) if slow else rng.uniform(20.0, 40.0),
+            fill_centre_s=size * rng.uniform(2.0, 8.0),
+            blood_fraction=rng.uniform(0.25, 0.5) if slow else rng.uniform(0.65, 0.9),
+        )
+    spread = math.exp(0.45 * rng.normal())  # tumour grade: arterial supply varies a lot
+    if kind == "hcc":  # arterial hyperenhancement, washout
+        coeffs = (0.45 * spread, 0.36 * rng.uniform(0.7, 1.3), 0.0)
+    elif rng.random() < 0.5:  # atypical: arterial hyperenhancement without washout
+        coeffs = (0.40 * spread, 0.36, rng.uniform(0.15, 0.30))
+    else:  # atypical: hypovascular, no arterial hyperenhancement
+        coeffs = (rng.uniform(0.03, 0.15), rng.uniform(0.2, 0.3), rng.uniform(0.05, 0.15))
+    capsule = kind == "hcc" and rng.random() < site.capsule_fraction
+    return replace(
+        geometry,
+        edge_mm=0.5 if capsule else 1.2,
+        base_hu=rng.normal(44.0, 5.0),
+        hcc_coeffs=coeffs,
+        capsule_rel=min(0.3, rng.uniform(1.0, 2.0) / a) if capsule else 0.0,
+        necrosis_rel=rng.uniform(0.3, 0.55) if size > 35 and rng.random() < 0.5 else 0.0,
+    )
+
+
+def _vessels(rng: np.random.Generator, scale: float) -> tuple[tuple[float, ...], ...]:
+    """Portal branches from the hilum and hepatic veins from the IVC, as tapering tubes."""
+    rows: list[tuple[float, ...]] = []
+    hilum = np.array([-35.0, 8.0, -12.0]) + rng.normal(0, 4, 3)
+    confluence = np.array([-22.0, -22.0, 50.0]) + rng.normal(0, 4, 3)
+    for kind, start, radius, targets in (
+        (0, hilum, 5.5, [(-105, -20), (-95, 40), (-60, 70), (-20, 55), (25, 45), (-75, -45)]),
+        (1, confluence, 5.0, [(-112, 5), (-50, 65), (15, 50)]),
+    ):
+        for tx, ty in targets:
+            end = np.array([tx * scale, ty * scale, 0.0]) + rng.normal(0, 8, 3)
+            end[2] = start[2] + rng.uniform(-35, 45) if kind == 0 else rng.uniform(-40, 10)
+            rows.append((*start, *end, radius * rng.uniform(0.8, 1.1), 1.8, kind))
+            mid = start + rng.uniform(0.4, 0.7) * (end - start)
+            rows.append((*mid, *(mid + rng.normal(0, 25, 3)), 2.8, 1.2, kind))
+    return tuple(tuple(float(v) for v in row) for row in rows)
+
+
+def _place(
+    liver: tuple[Shape, Shape],
+    radius: float,
+    fov: tuple[float, float, float],
+    rng: np.random.Generator,
+) -> tuple[float, float, float]:
+    """A lesion centre inside the liver, clear of its edge, and inside the field of view."""
+    z = rng.uniform(-20.0, 20.0)
+    x, y = rng.uniform(-125.0, 60.0, 400), rng.uniform(-75.0, 75.0, 400)
+    outside_fov = np.maximum(abs(x - fov[0]), abs(y - fov[1])) - (fov[2] / 2 - radius - 6.0)
+    depth = -liver_sdf(liver_polar(liver, x, y), z)
+    for margin in (radius + 6.0, 0.6 * radius, 0.0):
+        ok = (depth > margin) & (outside_fov < 0)
+        if ok.any():
+            i = int(np.argmax(ok))
+            return (float(x[i]), float(y[i]), z)
+    i = int(np.argmax(depth - 10.0 * np.maximum(outside_fov, 0.0)))
+    return (float(x[i]), float(y[i]), z)
+
+
+def _shift(rng: np.random.Generator, sd_mm: float) -> tuple[float, float, float]:
+    """Breath-hold difference between phases: mostly craniocaudal (z), half in-plane."""
+    dx, dy = rng.normal(0.0, sd_mm / 2, 2)
+    return (float(dx), float(dy), float(rng.normal(0.0, sd_mm)))
+
+
+def sample_case(
+    site: SiteProfile, label: int, rng: np.random.Generator, fov_centre: tuple[float, float]
+) -> Case:
+    """Draw one patient with a lesion of the given label (1 malignant) from the case mix."""
+    if label == 1:
+        kind = "atypical-hcc" if rng.random() < site.atypical_hcc_fraction else "hcc"
+    else:
+        types = ["cyst", "hemangioma", "flash-hemangioma"]
+        kind = types[int(rng.choice(3, p=site.benign_mix.probabilities()))]
+    size = _lesion_size(site, rng, FLASH_MAX_MM if kind == "flash-hemangioma" else math.inf)
+    cirrhosis = rng.uniform(0.5, 1.0) if rng.random() < site.cirrhosis_fraction else 0.0
+    s = rng.uniform(0.92, 1.06)  # patient size
+
+    def lobe(cx: float, cy: float, ax: float, ay: float, rot: float, grow: float) -> Shape:
+        return Shape(
+            cx * s + rng.normal(0, 3),
+            cy * s + rng.normal(0, 3),
+            ax * s * grow,
+            ay * s * grow,
+            rot + rng.normal(0, 0.05),
+            (2, 3, 4, 5),
+            tuple(rng.uniform(0, 0.05, 4)),
+            tuple(rng.uniform(0, 2 * math.pi, 4)),
+        )
+
+    # cirrhosis: atrophic right lobe, hypertrophic left lobe
+    liver = (
+        lobe(-60.0, 5.0, 58.0, 72.0, 0.0, 0.88 if cirrhosis else 1.0),
+        lobe(8.0, 42.0, 50.0, 25.0, -0.35, 1.12 if cirrhosis else 1.0),
+    )
+    centre = _place(liver, size / 2.0, (*fov_centre, site.fov_mm), rng)
+    jitter = float(np.clip(rng.normal(0.0, site.bolus_jitter_s), -15.0, 15.0))
+    gain = float(np.clip(rng.normal(1.0, 0.2), 0.6, 1.4)) * (120.0 / site.kvp) ** 1.2
+    return Case(
+        label=label,
+        lesion=_lesion(kind, size, centre, site, rng),
+        cirrhosis=cirrhosis,
+        liver_hu=(
+            rng.uniform(25.0, 45.0)
+            if rng.random() < site.steatosis_fraction
+            else rng.normal(BASE_HU["liver"], 4.0)
+        ),
+        body=Shape(0.0, 0.0, 150.0 * rng.uniform(0.94, 1.06), 112.0 * rng.uniform(0.94, 1.06)),
+        fat_mm=rng.uniform(10.0, 26.0),
+        muscle_mm=rng.uniform(6.0, 11.0),
+        liver=liver,
+        vessels=_vessels(rng, s),
+        discs=(
+            (0.0, -66.0, 18.0 * s),
+            (16.0, -40.0, rng.uniform(9.0, 12.0)),
+            (-24.0, -30.0, rng.uniform(9.0, 12.0)),
+        ),
+        motion=tuple(
+            _shift(rng, site.motion_mm) if phase != 1 else (0.0, 0.0, 0.0) for phase in range(3)
+        ),
+        arrival_s=jitter,
+        gain=gain,
+    )
+
+
+# --- the lesion at a point ---------------------------------------------------
+
+
+def lesion_hu(
+    lesion: Lesion,
+    r: np.ndarray,
+    angle: tuple[np.ndarray, np.ndarray],
+    enh: dict[str, float],
+    t_s: float,
+    texture: np.ndarray,
+) -> np.ndarray:
+    """Lesion HU in one phase at points of normalised radius ``r`` and polar angle (cos, sin).
+
+    ``enh`` holds each tissue's enhancement in this phase, ``t_s`` the time since the
+    bolus reached the patient (the hemangioma fill-in front depends on it).
+    """
+    if lesion.kind == "cyst":
+        return np.full(r.shape, lesion.base_hu, np.float32)
+    if lesion.kind in ("hemangioma", "flash-hemangioma"):
+        nodule = np.zeros_like(r)
+        for phi in lesion.nodule_angles:
+            closeness = angle[0] * math.cos(phi) + angle[1] * math.sin(phi)  # cos(t - phi)
+            nodule = np.maximum(nodule, np.exp(NODULE_KAPPA * (closeness - 1.0)))
+        nodule *= np.exp(-(((r - 0.85) / 0.2) ** 2))  # nodules sit at the periphery
+        depth = np.clip(1.0 - r, 0.0, 1.0) ** 0.8
+        t_fill = 20.0 + (1.0 - nodule) * (lesion.fill_edge_s + lesion.fill_centre_s * depth)
+        filled = 1.0 / (1.0 + np.exp(-(t_s - t_fill) / 5.0))
+        return lesion.base_hu + lesion.blood_fraction * enh["blood_pool"] * filled
+    tumour = lesion.base_hu + enh["hcc"] * (1.0 + 0.15 * texture)
+    if lesion.necrosis_rel:
+        viable = 1.0 / (1.0 + np.exp(-(r - lesion.necrosis_rel) / 0.05))
+        tumour = viable * tumour + (1.0 - viable) * BASE_HU["necrosis"]
+    if lesion.capsule_rel:
+        rim = np.clip((r - (1.0 - lesion.capsule_rel)) / 0.05, 0.0, 1.0)
+        tumour = tumour + rim * (BASE_HU["capsule"] + enh["capsule"] - tumour)
+    return tumour
