@@ -35,7 +35,8 @@ def exchange(
         for msg in arrived:
             pending.discard(msg.metadata.reply_to_message_id)
             replies.append(msg)
-            site = (names or {}).get(msg.metadata.src_node_id, str(msg.metadata.src_node_id))
+            node = msg.metadata.src_node_id
+            site = (names or {}).get(node, f"node {node}")
             log.info(
                 "%s: %d/%d sites done (%s) [%.1fs]",
                 label,

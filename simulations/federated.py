@@ -32,9 +32,17 @@ def simulation_backend(num_cpus_per_site: int = 1) -> dict[str, object]:
     }
 
 
+def _not_the_run_simulation_notice(record: logging.LogRecord) -> bool:
+    """Drop Flower's notice that ``run_simulation`` is deprecated (we know; see README)."""
+    return "run_simulation" not in str(record.args)
+
+
 def run_federated(cfg: RunConfig, verbose: bool = False) -> None:
     """Run ``cfg`` with one simulated SuperNode per site folder under ``data.site-root``."""
     n_sites = len(list_site_dirs(cfg.data.site_root))
+    # Ray's future default (sites with num_gpus=0 keep the visible-device variable); silences
+    # its FutureWarning and changes nothing for sites that are given a GPU share
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     server_app = ServerApp()
 
     @server_app.main()
@@ -45,6 +53,7 @@ def run_federated(cfg: RunConfig, verbose: bool = False) -> None:
     level = flwr_logger.level
     if not verbose:
         flwr_logger.setLevel(logging.WARNING)
+    flwr_logger.addFilter(_not_the_run_simulation_notice)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -57,3 +66,4 @@ def run_federated(cfg: RunConfig, verbose: bool = False) -> None:
             )
     finally:
         flwr_logger.setLevel(level)
+        flwr_logger.removeFilter(_not_the_run_simulation_notice)
