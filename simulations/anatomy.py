@@ -17,11 +17,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy.signal import lfilter
 
-from simulations.scenario import SiteProfile
+from simulations.scenario import FLASH_MAX_MM, SiteProfile
 
 LESION_TYPES = ("hcc", "atypical-hcc", "cyst", "hemangioma", "flash-hemangioma")
 MALIGNANT_TYPES = ("hcc", "atypical-hcc")
-FLASH_MAX_MM = 20.0  # flash-filling hemangiomas are small
 BASE_HU = {  # unenhanced attenuation of each tissue
     "air": -1000.0,
     "fat": -100.0,
@@ -183,10 +182,28 @@ def enhancement(case: Case, times_s: tuple[float, float, float]) -> dict[str, np
 # --- sampling a case -------------------------------------------------------
 
 
-def _lesion_size(site: SiteProfile, rng: np.random.Generator, high: float) -> float:
-    """Log-normal diameter, truncated to the site's range by redrawing."""
-    low = site.lesion_size_min_mm
-    high = max(low + 1.0, min(high, site.lesion_size_max_mm))
+def lesion_size_bounds(site: SiteProfile, kind: str) -> tuple[float, float]:
+    """The diameters (mm) a lesion of this kind may have at this site.
+
+    [``lesion_size_min_mm``, ``lesion_size_max_mm``], the upper bound lowered to
+    ``FLASH_MAX_MM`` for a flash hemangioma. The scenario check rejects bounds that leave
+    a type the site can draw no size; for a site built in code that does, ValueError.
+    """
+    low, high = site.lesion_size_min_mm, site.lesion_size_max_mm
+    if kind == "flash-hemangioma":
+        high = min(high, FLASH_MAX_MM)
+    if not low <= high:
+        cap = f", and at most {FLASH_MAX_MM:g} mm" if kind == "flash-hemangioma" else ""
+        raise ValueError(
+            f"site {site.name!r}: no {kind} diameter lies between lesion_size_min_mm "
+            f"({low:g}) and lesion_size_max_mm ({site.lesion_size_max_mm:g}){cap}"
+        )
+    return low, high
+
+
+def _lesion_size(site: SiteProfile, rng: np.random.Generator, kind: str) -> float:
+    """Log-normal diameter, truncated to the kind's bounds at the site by redrawing."""
+    low, high = lesion_size_bounds(site, kind)
     for _ in range(200):
         size = site.lesion_size_median_mm * math.exp(site.lesion_size_spread * rng.normal())
         if low <= size <= high:
@@ -317,7 +334,7 @@ def sample_case(
     else:
         types = ["cyst", "hemangioma", "flash-hemangioma"]
         kind = types[int(rng.choice(3, p=site.benign_mix.probabilities()))]
-    size = _lesion_size(site, rng, FLASH_MAX_MM if kind == "flash-hemangioma" else math.inf)
+    size = _lesion_size(site, rng, kind)
     cirrhosis = rng.uniform(0.5, 1.0) if rng.random() < site.cirrhosis_fraction else 0.0
     s = rng.uniform(0.92, 1.06)  # patient size
 

@@ -12,12 +12,14 @@ case index, purpose), so a case never depends on the others and the same
 scenario and seed give byte-identical files (gzip is written with mtime 0).
 The phantom is built in a temporary sibling folder and renamed into place, so
 an interrupted run never leaves half a phantom; a folder that already holds
-the same phantom is reused as it is.
+the same phantom, with every file its manifests list present and of the size
+written, is reused as it is.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import io
 import json
@@ -25,6 +27,7 @@ import logging
 import os
 import secrets
 import shutil
+import stat
 import time
 import zlib
 from pathlib import Path
@@ -34,13 +37,17 @@ import nibabel as nib
 import numpy as np
 
 from simulations import anatomy, scanner
-from simulations.scenario import Scenario, SiteProfile
+from simulations.scenario import Scenario, SiteProfile, validate_scenario
 
 log = logging.getLogger("hepafed.progress")
 
-GENERATOR_VERSION = "1.0"  # bump whenever the same scenario and seed would give other files
+# bump whenever the same scenario and seed would give other files (or phantom.json changes);
+# 2.0: affine in RAS+ patient millimetres, per-site byte totals in phantom.json
+GENERATOR_VERSION = "2.0"
 PHASES = ("arterial", "portal", "delayed")
 PHANTOM_JSON = "phantom.json"
+MANIFEST_CSV = "manifest.csv"
+FILE_COLUMNS = ("image_arterial", "image_portal", "image_delayed", "mask")
 MANIFEST_COLUMNS = (
     "case_id",
     "image_arterial",
@@ -82,16 +89,18 @@ def case_rng(seed: int, site: str, index: int, stream: int) -> np.random.Generat
 
 
 def labels_and_splits(site: SiteProfile, seed: int) -> tuple[np.ndarray, list[str]]:
-    """Exact prevalence, and a test split stratified by label (all test if external)."""
+    """Exact prevalence, and a test split stratified by label (all test if external).
+
+    The counts are ``site.split_sizes`` (which the scenario check also uses); this draws
+    which cases they are.
+    """
     rng = np.random.default_rng([seed, site_key(site.name)])
-    n_malignant = round(site.prevalence * site.n_cases)
+    n_malignant, n_test = site.split_sizes
     labels = rng.permutation(np.arange(site.n_cases) < n_malignant).astype(int)
     split = ["train"] * site.n_cases
     for value in (0, 1):
         members = np.flatnonzero(labels == value)
-        fraction = 1.0 if site.role == "external" else site.test_fraction
-        n_test = round(fraction * len(members))
-        for i in rng.permutation(members)[:n_test]:
+        for i in rng.permutation(members)[: n_test[value]]:
             split[i] = "test"
     return labels, split
 
@@ -150,22 +159,22 @@ def write_site(site: SiteProfile, seed: int, dims: int, site_dir: Path) -> dict[
     (site_dir / "masks").mkdir()
     labels, splits = labels_and_splits(site, seed)
     rows = []
-    headers: dict[tuple[tuple[int, ...], str], bytes] = {}  # same grid for every case
+    n_bytes = 0  # of every file listed in the manifest, and the manifest
     for index in range(site.n_cases):
         case_id = f"{site.name}-{index + 1:04d}"
         case, grid, images, mask = simulate_case(site, seed, index, int(labels[index]), dims)
-        for array in (images[0], mask):
-            key = (array.shape, array.dtype.str)
-            if key not in headers:
-                headers[key] = nifti_header(array.shape, array.dtype, grid.affine())
+        affine = grid.affine()  # per case: the slices sit at the lesion's height
+        image_header = nifti_header(images[0].shape, images.dtype, affine)
         row = {"case_id": case_id}
         for p, phase in enumerate(PHASES):
             row[f"image_{phase}"] = f"images/{case_id}_{phase}.nii.gz"
-            blob = nifti_gz(images[p], grid.affine(), headers[images[p].shape, "<i2"])
+            blob = nifti_gz(images[p], affine, image_header)
             (site_dir / row[f"image_{phase}"]).write_bytes(blob)
+            n_bytes += len(blob)
         row["mask"] = f"masks/{case_id}.nii.gz"
-        blob = nifti_gz(mask, grid.affine(), headers[mask.shape, "|u1"])
+        blob = nifti_gz(mask, affine)
         (site_dir / row["mask"]).write_bytes(blob)
+        n_bytes += len(blob)
         row.update(
             label=str(case.label),
             split=splits[index],
@@ -188,7 +197,8 @@ def write_site(site: SiteProfile, seed: int, dims: int, site_dir: Path) -> dict[
     writer = csv.DictWriter(buffer, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    (site_dir / "manifest.csv").write_text(buffer.getvalue(), encoding="utf-8")
+    manifest = buffer.getvalue().encode("utf-8")
+    (site_dir / MANIFEST_CSV).write_bytes(manifest)
     return {
         "name": site.name,
         "role": site.role,
@@ -196,14 +206,15 @@ def write_site(site: SiteProfile, seed: int, dims: int, site_dir: Path) -> dict[
         "n_malignant": int(labels.sum()),
         "n_test": splits.count("test"),
         "matrix": list(grid.shape),
+        "bytes": n_bytes + len(manifest),
     }
 
 
-def _identity(scenario: Scenario, seed: int) -> dict[str, Any]:
-    """What makes two phantoms the same: scenario, seed, dims and generator version."""
+def _identity(scenario: Scenario) -> dict[str, Any]:
+    """What makes two phantoms the same: scenario (with its seed), dims and generator version."""
     return {
         "scenario": scenario.name,
-        "seed": seed,
+        "seed": scenario.seed,
         "dims": scenario.dims,
         "generator_version": GENERATOR_VERSION,
         "resolved_scenario": scenario.to_dict(),
@@ -218,17 +229,72 @@ def _read_identity(out_dir: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _is_complete(out_dir: Path, identity: dict[str, Any]) -> bool:
-    found = _read_identity(out_dir)
-    if found is None or {k: found.get(k) for k in identity} != identity:
-        return False
-    return all(
-        (out_dir / s["name"] / "manifest.csv").is_file()
-        for s in identity["resolved_scenario"]["sites"]
+def _site_problem(site_dir: Path, summary: dict[str, Any], n_cases: int) -> str | None:
+    """Why a written site folder is not intact, or None: stat checks only, no hashing.
+
+    Its manifest must list ``n_cases`` cases, every image and mask it lists must be a
+    non-empty file, and their sizes and the manifest's must add up to ``summary["bytes"]``
+    (as written), which catches a truncated file.
+    """
+    manifest = site_dir / MANIFEST_CSV
+    try:
+        text = manifest.read_bytes()
+        rows = list(csv.DictReader(io.StringIO(text.decode("utf-8"))))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return f"{manifest} is missing or unreadable"
+    if len(rows) != n_cases:
+        return f"{manifest} lists {len(rows)} cases, not {n_cases}"
+    total = len(text)
+    for row in rows:
+        for column in FILE_COLUMNS:
+            path = site_dir / (row.get(column) or "?")
+            try:
+                info = path.stat()
+            except OSError:
+                info = None
+            if info is None or not stat.S_ISREG(info.st_mode) or info.st_size == 0:
+                return f"{path} is missing or empty"
+            total += info.st_size
+    if total != summary.get("bytes"):
+        return (
+            f"the files of {site_dir} add up to {total} bytes, not the "
+            f"{summary.get('bytes')} written: one was changed or truncated"
+        )
+    return None
+
+
+def _stale(found: dict[str, Any] | None, identity: dict[str, Any]) -> str | None:
+    """How a phantom.json read from disk differs from this phantom's, or None if it does not."""
+    if found is None:
+        return f"no readable {PHANTOM_JSON}"
+    differing = [k for k in identity if found.get(k) != identity[k]]
+    return f"{PHANTOM_JSON} differs in " + ", ".join(differing) if differing else None
+
+
+def _damage(out_dir: Path, found: dict[str, Any], identity: dict[str, Any]) -> str | None:
+    """What is missing or altered in the files of a phantom whose phantom.json matches."""
+    written = found.get("sites")
+    summaries = (
+        {s.get("name"): s for s in written if isinstance(s, dict)}
+        if isinstance(written, list)
+        else {}
     )
+    for site in identity["resolved_scenario"]["sites"]:
+        if site["name"] not in summaries:
+            return f"{PHANTOM_JSON} has no summary of site {site['name']!r}"
+        problem = _site_problem(out_dir / site["name"], summaries[site["name"]], site["n_cases"])
+        if problem is not None:
+            return problem
+    return None
 
 
-def _check_replaceable(out_dir: Path, scenario: Scenario, seed: int) -> None:
+def _reusable(out_dir: Path, identity: dict[str, Any]) -> bool:
+    """Whether ``out_dir`` holds this phantom, complete and intact."""
+    found = _read_identity(out_dir)
+    return _stale(found, identity) is None and _damage(out_dir, found or {}, identity) is None
+
+
+def _check_replaceable(out_dir: Path, scenario: Scenario) -> None:
     """Refuse to touch a non-empty folder unless it holds a phantom of this scenario+seed."""
     if not out_dir.exists() or (out_dir.is_dir() and not any(out_dir.iterdir())):
         return
@@ -238,15 +304,12 @@ def _check_replaceable(out_dir: Path, scenario: Scenario, seed: int) -> None:
             f"{out_dir} exists and is not an empty folder or a phantom (no readable "
             f"{PHANTOM_JSON}); refusing to overwrite it: choose another --out or remove it"
         )
-    if (found.get("scenario"), found.get("seed")) != (scenario.name, seed):
+    if (found.get("scenario"), found.get("seed")) != (scenario.name, scenario.seed):
         raise PhantomExistsError(
             f"{out_dir} holds the phantom of scenario {found.get('scenario')!r} seed "
-            f"{found.get('seed')!r}, not {scenario.name!r} seed {seed}; refusing to overwrite "
-            "it: choose another --out or remove it"
+            f"{found.get('seed')!r}, not {scenario.name!r} seed {scenario.seed}; refusing to "
+            "overwrite it: choose another --out or remove it"
         )
-    log.info(
-        "phantom %s: %s holds an older or edited version; regenerating", scenario.name, out_dir
-    )
 
 
 def _move_into_place(tmp: Path, out_dir: Path, identity: dict[str, Any]) -> None:
@@ -261,7 +324,8 @@ def _move_into_place(tmp: Path, out_dir: Path, identity: dict[str, Any]) -> None
     try:
         tmp.rename(out_dir)
     except OSError:
-        if not _is_complete(out_dir, identity):  # not another process finishing the same
+        # another process may have finished the same phantom in the meantime
+        if not _reusable(out_dir, identity):
             raise
         shutil.rmtree(tmp, ignore_errors=True)
     if old is not None:
@@ -269,14 +333,34 @@ def _move_into_place(tmp: Path, out_dir: Path, identity: dict[str, Any]) -> None
 
 
 def generate_phantom(scenario: Scenario, out_dir: Path, seed: int | None = None) -> Path:
-    """Write (or reuse) the scenario's phantom in ``out_dir``; return ``out_dir``."""
-    seed = scenario.seed if seed is None else int(seed)
+    """Write (or reuse) the scenario's phantom in ``out_dir``; return ``out_dir``.
+
+    ``seed`` replaces the scenario's seed: it is the seed used, and the one recorded in
+    ``phantom.json``, at the top and in the resolved scenario. Raises ScenarioError if the
+    scenario breaks a rule of the scenario check (``scenario.validate_scenario``), and
+    PhantomExistsError if ``out_dir`` holds something it must not replace.
+    """
+    if seed is not None:
+        scenario = dataclasses.replace(scenario, seed=int(seed))
+    validate_scenario(scenario)
     out_dir = Path(out_dir)
-    identity = _identity(scenario, seed)
-    if _is_complete(out_dir, identity):
-        log.info("phantom %s (seed %d): reusing %s", scenario.name, seed, out_dir)
+    identity = _identity(scenario)
+    found = _read_identity(out_dir)
+    stale = _stale(found, identity)
+    damage = _damage(out_dir, found, identity) if found is not None and stale is None else None
+    if found is not None and stale is None and damage is None:
+        log.info("phantom %s (seed %d): reusing %s", scenario.name, scenario.seed, out_dir)
         return out_dir
-    _check_replaceable(out_dir, scenario, seed)
+    _check_replaceable(out_dir, scenario)
+    if damage is not None:  # unexpected: files of a finished phantom went missing or changed
+        log.warning("phantom %s: %s is damaged (%s); regenerating", scenario.name, out_dir, damage)
+    elif found is not None:
+        log.info(
+            "phantom %s: %s holds an older or edited version (%s); regenerating",
+            scenario.name,
+            out_dir,
+            stale,
+        )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     tmp.mkdir()
@@ -284,7 +368,7 @@ def generate_phantom(scenario: Scenario, out_dir: Path, seed: int | None = None)
         summaries = []
         for site in scenario.sites:
             start = time.monotonic()
-            summaries.append(write_site(site, seed, scenario.dims, tmp / site.name))
+            summaries.append(write_site(site, scenario.seed, scenario.dims, tmp / site.name))
             log.info(
                 "phantom %s: %s, %d cases in %.1f s",
                 scenario.name,

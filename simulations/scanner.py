@@ -47,7 +47,12 @@ KERNEL_TABLE: dict[str, Kernel] = {
 
 @dataclass(frozen=True)
 class Grid:
-    """Voxel centres in patient millimetres (x right-to-left, y posterior-to-anterior)."""
+    """Voxel centres in the patient's millimetres (``anatomy``'s frame).
+
+    x grows towards the patient's left, y from posterior to anterior, z from inferior
+    to superior (an L, A, S frame); the origin is the centre of the body outline, with
+    z = 0 at the liver's largest section.
+    """
 
     x: np.ndarray  # (nx,) pixel centres
     y: np.ndarray  # (ny,)
@@ -65,8 +70,15 @@ class Grid:
         return ((np.arange(k) + 0.5) / k - 0.5) * self.thickness_mm
 
     def affine(self) -> np.ndarray:
-        """Diagonal NIfTI affine: pixel spacing in x and y, slice thickness in z (mm)."""
-        return np.diag([self.spacing_mm, self.spacing_mm, self.thickness_mm, 1.0])
+        """NIfTI voxel-to-world affine: voxel (i, j, k) to RAS+ millimetres.
+
+        World x is the patient's right, so it is the grid's x negated: the first voxel
+        axis runs from the patient's right to left (nibabel's axis codes L, A, S). World
+        coordinates are the patient's: (-x, y, z) of the voxel centre.
+        """
+        affine = np.diag([-self.spacing_mm, self.spacing_mm, self.thickness_mm, 1.0])
+        affine[:3, 3] = (-float(self.x[0]), float(self.y[0]), float(self.z[0]))
+        return affine
 
 
 def acquisition_grid(site: SiteProfile, lesion_z_mm: float, dims: int) -> Grid:

@@ -30,6 +30,8 @@ KERNELS = ("soft", "standard", "sharp")
 ROLES = ("train", "external")
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 SCENARIO_FOLDER = "scenarios"  # inside the ``simulations`` package (package data)
+FLASH_MAX_MM = 20.0  # flash-filling hemangiomas are small: never larger than this
+MATRIX_MAX = 1024  # pixels per in-plane side
 
 
 class ScenarioError(ValueError):
@@ -75,7 +77,6 @@ class SiteProfile:
     vendor: str = "generic"
     scanner_model: str = "ct-64"
     kvp: int = _range(120, 70, 150)
-    field_strength_t: float | None = _range(None, 0.2, 7.0)  # MRI only; empty for CT
     # scanner
     kernel: str = _choice("standard", KERNELS)
     hu_scale: float = _range(1.0, 0.8, 1.2)
@@ -109,7 +110,31 @@ class SiteProfile:
     @property
     def matrix_size(self) -> int:
         """Pixels per in-plane side: field of view over pixel spacing."""
-        return max(8, round(self.fov_mm / self.pixel_spacing_mm))
+        return matrix_size(self.fov_mm, self.pixel_spacing_mm)
+
+    @property
+    def split_sizes(self) -> tuple[int, tuple[int, int]]:
+        """Malignant cases, and test cases per label (benign, malignant); see ``split_sizes``."""
+        return split_sizes(self.n_cases, self.prevalence, self.test_fraction, self.role)
+
+
+def matrix_size(fov_mm: float, pixel_spacing_mm: float) -> int:
+    """Pixels per in-plane side: field of view over pixel spacing, at least 8."""
+    return max(8, round(fov_mm / pixel_spacing_mm))
+
+
+def split_sizes(
+    n_cases: int, prevalence: float, test_fraction: float, role: str
+) -> tuple[int, tuple[int, int]]:
+    """Malignant cases of a site, and how many of each label (benign, malignant) are test.
+
+    Exactly round(prevalence x n_cases) cases are malignant; round(fraction x count) cases
+    of each label go to the test split, fraction = ``test_fraction`` (1 at an external site).
+    ``phantom.labels_and_splits`` draws which cases, the scenario check uses the counts.
+    """
+    n_malignant = round(prevalence * n_cases)
+    fraction = 1.0 if role == "external" else test_fraction
+    return n_malignant, (round(fraction * (n_cases - n_malignant)), round(fraction * n_malignant))
 
 
 @dataclass(frozen=True)
@@ -154,7 +179,6 @@ Rule = tuple[Any, float | None, float | None]
 KINDS = {
     "int": "int",
     "float": "float",
-    "float | None": "float",
     "str": "str",
     "BenignMix": "table",
 }
@@ -248,13 +272,16 @@ class _Checker:
         return good
 
 
-def _benign_mix(check: _Checker, key: str, raw: dict[str, Any], base: BenignMix) -> BenignMix:
-    """A benign mix table over ``base`` (keys not given keep their value)."""
+def _benign_mix(
+    check: _Checker, key: str, raw: dict[str, Any], base: BenignMix
+) -> tuple[BenignMix, bool]:
+    """A benign mix table over ``base`` (keys not given keep their value); False if bad."""
+    n_before = len(check.problems)
     good = check.table(key, raw, MIX_RULES)
     mix = dataclasses.replace(base, **{k: float(v) for k, v in good.items()})
     if sum(dataclasses.astuple(mix)) <= 0:
         check.add(key, raw, "weights must not all be 0")
-    return mix
+    return mix, len(check.problems) == n_before
 
 
 def _coerce(values: dict[str, Any]) -> dict[str, Any]:
@@ -262,75 +289,174 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
     return {k: float(v) if SITE_RULES[k][0] == "float" else v for k, v in values.items()}
 
 
-def _site(
-    check: _Checker, index: int, raw: dict[str, Any], defaults: dict[str, Any]
-) -> SiteProfile | None:
-    prefix = f"site[{index}]"
-    n_before = len(check.problems)
-    values = {**defaults, **check.table(prefix, raw, SITE_RULES)}
-    if isinstance(raw.get("benign_mix"), dict):
-        base = defaults.get("benign_mix", BenignMix())
-        values["benign_mix"] = _benign_mix(check, f"{prefix}.benign_mix", raw["benign_mix"], base)
-    if "name" not in raw:
-        check.add(f"{prefix}.name", _MISSING, "missing required key (the site's folder name)")
-    if len(check.problems) > n_before:
+def _built_in() -> dict[str, Any]:
+    """The built-in default of every site parameter that has one (all but ``name``)."""
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(SiteProfile):
+        if f.default is not dataclasses.MISSING:
+            values[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            values[f.name] = f.default_factory()
+    return values
+
+
+def _split_problem(site: dict[str, Any], name: str) -> str | None:
+    """Why a site's split leaves no test cases (or a training site no train cases), if so."""
+    n, prevalence, fraction, role = (
+        site[k] for k in ("n_cases", "prevalence", "test_fraction", "role")
+    )
+
+    def fine(n_cases: int, test_fraction: float) -> bool:
+        n_test = sum(split_sizes(n_cases, prevalence, test_fraction, role)[1])
+        return n_test >= 1 and (role == "external" or n_test < n_cases)
+
+    if fine(n, fraction):
         return None
-    site = SiteProfile(**_coerce(values))
-    if not site.arterial_delay_s < site.portal_delay_s < site.delayed_delay_s:
+    n_malignant, (test_benign, test_malignant) = split_sizes(n, prevalence, fraction, role)
+    empty = "test" if test_benign + test_malignant == 0 else "train"
+    used = 1.0 if role == "external" else fraction
+    advice = []
+    fractions = [f / 100 for f in range(1, 91) if fine(n, f / 100)]
+    if fractions and role == "train":
+        low, high = fractions[0], fractions[-1]
+        advice.append(
+            f"test_fraction = {low:g}" if low == high else f"test_fraction in [{low:g}, {high:g}]"
+        )
+    # no site size helps a training site with test_fraction 0
+    larger = next((m for m in range(n + 1, 100_001) if fine(m, fraction)), None) if used else None
+    if larger is not None:
+        advice.append(f"n_cases = {larger} or more")
+    return (
+        f"leaves site {name} no {empty} cases: round({used:g} x {n - n_malignant}) = "
+        f"{test_benign} of its {n - n_malignant} benign and round({used:g} x {n_malignant}) = "
+        f"{test_malignant} of its {n_malignant} malignant cases go to the test split"
+        + (f"; use {' or '.join(advice)}" if advice else "")
+    )
+
+
+def _cross_checks(check: _Checker, prefix: str, site: dict[str, Any], bad: set[str]) -> None:
+    """Rules between keys of one site, each made when every key it involves is valid.
+
+    ``site`` holds the resolved values (built-in defaults, ``[defaults]``, the site's own
+    keys); ``bad`` the keys whose own value (given by the site or by ``[defaults]``) is
+    invalid: a rule involving one of them is skipped rather than judged on a stand-in.
+    """
+
+    def usable(*keys: str) -> bool:
+        return not bad.intersection(keys)
+
+    arterial, portal, delayed = (
+        site[k] for k in ("arterial_delay_s", "portal_delay_s", "delayed_delay_s")
+    )
+    if usable("arterial_delay_s", "portal_delay_s", "delayed_delay_s") and not (
+        arterial < portal < delayed
+    ):
         check.add(
             f"{prefix}.portal_delay_s",
-            site.portal_delay_s,
-            f"must lie between arterial_delay_s ({site.arterial_delay_s:g}) and "
-            f"delayed_delay_s ({site.delayed_delay_s:g})",
+            portal,
+            f"must lie between arterial_delay_s ({arterial:g}) and delayed_delay_s ({delayed:g})",
         )
-    if not site.lesion_size_min_mm < site.lesion_size_max_mm:
+    low, high = site["lesion_size_min_mm"], site["lesion_size_max_mm"]
+    if usable("lesion_size_min_mm", "lesion_size_max_mm") and not low < high:
         check.add(
             f"{prefix}.lesion_size_max_mm",
-            site.lesion_size_max_mm,
-            f"must be larger than lesion_size_min_mm ({site.lesion_size_min_mm:g})",
+            high,
+            f"must be larger than lesion_size_min_mm ({low:g})",
         )
-    if site.fov_mm / site.pixel_spacing_mm > 1024:
+    flash = site["benign_mix"].flash_hemangioma
+    if usable("lesion_size_min_mm", "benign_mix") and flash > 0 and low > FLASH_MAX_MM:
+        check.add(
+            f"{prefix}.lesion_size_min_mm",
+            low,
+            f"must be at most {FLASH_MAX_MM:g} while benign_mix.flash_hemangioma > 0 "
+            f"({flash:g}): flash hemangiomas are at most {FLASH_MAX_MM:g} mm; lower "
+            "lesion_size_min_mm or set benign_mix.flash_hemangioma = 0",
+        )
+    fov, spacing = site["fov_mm"], site["pixel_spacing_mm"]
+    if usable("fov_mm", "pixel_spacing_mm") and matrix_size(fov, spacing) > MATRIX_MAX:
         check.add(
             f"{prefix}.fov_mm",
-            site.fov_mm,
-            f"gives more than 1024 pixels at pixel_spacing_mm {site.pixel_spacing_mm:g}",
+            fov,
+            f"gives more than {MATRIX_MAX} pixels at pixel_spacing_mm {spacing:g}",
         )
-    return site if len(check.problems) == n_before else None
+    if usable("n_cases", "prevalence", "test_fraction", "role"):
+        name = repr(site["name"]) if "name" in site else prefix
+        problem = _split_problem(site, name)
+        if problem is not None:
+            check.add(f"{prefix}.test_fraction", site["test_fraction"], problem)
+
+
+def _defaults(check: _Checker, raw: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
+    """The valid ``[defaults]`` values, and the site keys whose default is invalid."""
+    raw = dict(raw)
+    if "name" in raw:
+        check.add("defaults.name", raw.pop("name"), "a site name cannot have a default")
+    good = check.table("defaults", raw, SITE_RULES)
+    bad = {k for k in raw if k in SITE_RULES} - good.keys()
+    if isinstance(raw.get("benign_mix"), dict):
+        good["benign_mix"], ok = _benign_mix(
+            check, "defaults.benign_mix", raw["benign_mix"], BenignMix()
+        )
+        if not ok:
+            bad.add("benign_mix")
+    return good, bad
+
+
+def _site(
+    check: _Checker,
+    index: int,
+    raw: dict[str, Any],
+    defaults: dict[str, Any],
+    bad_defaults: set[str],
+) -> tuple[SiteProfile | None, str | None]:
+    """Check one ``[[site]]`` table: its profile (None if it has a problem) and valid name."""
+    prefix = f"site[{index}]"
+    n_before = len(check.problems)
+    good = check.table(prefix, raw, SITE_RULES)
+    # a key is bad for this site if its own value is, or if it inherits a bad default
+    # (a site's benign_mix merges over the default one, so a bad default mix stays bad)
+    bad = {k for k in raw if k in SITE_RULES} - good.keys()
+    bad |= {k for k in bad_defaults if k not in raw or k == "benign_mix"}
+    values = {**defaults, **good}
+    if isinstance(raw.get("benign_mix"), dict):
+        base = defaults.get("benign_mix", BenignMix())
+        values["benign_mix"], ok = _benign_mix(
+            check, f"{prefix}.benign_mix", raw["benign_mix"], base
+        )
+        if not ok:
+            bad.add("benign_mix")
+    if "name" not in raw:
+        check.add(f"{prefix}.name", _MISSING, "missing required key (the site's folder name)")
+    _cross_checks(check, prefix, {**_built_in(), **_coerce(values)}, bad)
+    site = SiteProfile(**_coerce(values)) if len(check.problems) == n_before else None
+    return site, good.get("name")
 
 
 def parse_scenario(data: dict[str, Any], file: str) -> Scenario:
-    """Validate a parsed TOML document; raise ScenarioError listing every problem."""
+    """Validate a parsed TOML document; raise ScenarioError listing every problem.
+
+    ``file`` names the source in every message (the path as the user gave it).
+    """
     check = _Checker(file)
     top = check.table("", data, TOP_RULES)
     for key in ("name", "seed", "site"):
         if key not in data:
             check.add(key, _MISSING, f"missing required key ({EXPECTED[TOP_RULES[key][0]]})")
-    defaults: dict[str, Any] = {}
-    if "defaults" in top:
-        raw_defaults = dict(top["defaults"])
-        if "name" in raw_defaults:
-            check.add(
-                "defaults.name", raw_defaults.pop("name"), "a site name cannot have a default"
-            )
-        defaults = check.table("defaults", raw_defaults, SITE_RULES)
-        if isinstance(raw_defaults.get("benign_mix"), dict):
-            defaults["benign_mix"] = _benign_mix(
-                check, "defaults.benign_mix", raw_defaults["benign_mix"], BenignMix()
-            )
+    defaults, bad_defaults = _defaults(check, top["defaults"]) if "defaults" in top else ({}, set())
     sites: list[SiteProfile] = []
     seen: dict[str, int] = {}
     for i, raw in enumerate(top.get("site", [])):
-        site = _site(check, i, raw, defaults)
-        if site is None:
-            continue
-        if site.name in seen:
-            check.add(
-                f"site[{i}].name",
-                site.name,
-                f"duplicate site name (already used by site[{seen[site.name]}])",
-            )
-        seen.setdefault(site.name, i)
-        sites.append(site)
+        site, name = _site(check, i, raw, defaults, bad_defaults)
+        if name is not None:
+            if name in seen:
+                check.add(
+                    f"site[{i}].name",
+                    name,
+                    f"duplicate site name (already used by site[{seen[name]}])",
+                )
+            seen.setdefault(name, i)
+        if site is not None:
+            sites.append(site)
     if "site" in top and not top["site"]:
         check.add("site", [], "a scenario needs at least one [[site]]")
     if check.problems:
@@ -345,6 +471,16 @@ def parse_scenario(data: dict[str, Any], file: str) -> Scenario:
     )
 
 
+def validate_scenario(scenario: Scenario) -> None:
+    """Make the checks of a scenario file on a scenario built or changed in code.
+
+    Raises ScenarioError naming ``scenario.source`` (or the scenario) in every message.
+    """
+    data = scenario.to_dict()
+    data["site"] = data.pop("sites")
+    parse_scenario(data, scenario.source or f"scenario {scenario.name!r}")
+
+
 def list_scenarios() -> list[str]:
     """Names of the bundled scenarios (``simulations/scenarios/*.toml``)."""
     folder = resources.files("simulations").joinpath(SCENARIO_FOLDER)
@@ -352,13 +488,16 @@ def list_scenarios() -> list[str]:
 
 
 def load_scenario(name_or_path: str | Path) -> Scenario:
-    """A bundled scenario by name (``"liver-5"``) or a scenario file by path."""
+    """A bundled scenario by name (``"liver-5"``) or a scenario file by path.
+
+    Messages name a file by its path as given (a bundled one by its installed path).
+    """
     text = str(name_or_path)
     if isinstance(name_or_path, Path) or text.endswith(".toml") or "/" in text or "\\" in text:
         path = Path(name_or_path)
         if not path.is_file():
-            raise ScenarioError([f"{path}: scenario file not found"])
-        raw, file = path.read_bytes(), path.name
+            raise ScenarioError([f"{text}: scenario file not found"])
+        raw, file = path.read_bytes(), text
     else:
         if text not in list_scenarios():
             raise ScenarioError(
@@ -368,8 +507,8 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
                     + " (or give the path of a .toml file)"
                 ]
             )
-        raw = resources.files("simulations").joinpath(SCENARIO_FOLDER, f"{text}.toml").read_bytes()
-        file = f"{text}.toml"
+        bundled = resources.files("simulations").joinpath(SCENARIO_FOLDER, f"{text}.toml")
+        raw, file = bundled.read_bytes(), str(bundled)
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:

@@ -7,6 +7,8 @@ import dataclasses
 import gzip
 import hashlib
 import json
+import logging
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,9 +16,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import ndimage, optimize, stats
 
-from simulations import phantom, scanner
+from simulations import anatomy, phantom, scanner
 from simulations.anatomy import LESION_TYPES, MALIGNANT_TYPES
 from simulations.phantom import (
     MANIFEST_COLUMNS,
@@ -25,7 +29,15 @@ from simulations.phantom import (
     generate_phantom,
     simulate_case,
 )
-from simulations.scenario import BenignMix, Scenario, SiteProfile, load_scenario
+from simulations.scenario import (
+    FLASH_MAX_MM,
+    BenignMix,
+    Scenario,
+    ScenarioError,
+    SiteProfile,
+    load_scenario,
+    parse_scenario,
+)
 
 
 def read_manifest(site_dir: Path) -> list[dict[str, str]]:
@@ -55,6 +67,12 @@ def liver2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Scenario,
     spec = load_scenario("liver-2")
     out = tmp_path_factory.mktemp("phantom") / "liver-2"
     yield spec, generate_phantom(spec, out)
+
+
+def tiny(name: str, n_cases: int, **changes: object) -> SiteProfile:
+    """A small, fast site; test_fraction 0.5 gives 3 or 4 cases a test and a train split."""
+    base: dict[str, object] = {"test_fraction": 0.5, "fov_mm": 120.0, "pixel_spacing_mm": 2.0}
+    return SiteProfile(name, n_cases=n_cases, **{**base, **changes})  # type: ignore[arg-type]
 
 
 def quiet(site: SiteProfile, **changes: object) -> SiteProfile:
@@ -132,11 +150,18 @@ def test_external_site_writes_every_case_as_test(tmp_path: Path) -> None:
     assert [r["split"] for r in rows] == ["test"] * 6
 
 
-def test_images_are_int16_hu_with_spacing_in_the_affine(liver2: tuple) -> None:
+def world_centre(affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """World (RAS+ mm) position of the centre of an image's first slice."""
+    centre = (np.array(shape[:2]) - 1) / 2.0
+    return np.asarray(affine @ np.r_[centre, 0.0, 1.0])[:3]
+
+
+def test_images_are_int16_hu_with_spacing_and_position_in_the_affine(liver2: tuple) -> None:
     spec, out = liver2
     for site in spec.sites:
         n = site.matrix_size
-        expected_affine = np.diag([site.pixel_spacing_mm] * 2 + [site.slice_thickness_mm, 1.0])
+        # the first voxel axis runs to the patient's left, so world x (RAS: right) is negated
+        axes = np.diag([-site.pixel_spacing_mm, site.pixel_spacing_mm, site.slice_thickness_mm])
         for r in read_manifest(out / site.name)[:5]:
             mask = nib.load(out / site.name / r["mask"])
             assert mask.get_data_dtype() == np.uint8 and mask.shape == (n, n, 1)
@@ -145,13 +170,73 @@ def test_images_are_int16_hu_with_spacing_in_the_affine(liver2: tuple) -> None:
             for phase in PHASES:
                 img = nib.load(out / site.name / r[f"image_{phase}"])
                 assert img.get_data_dtype() == np.int16 and img.shape == (n, n, 1)
-                np.testing.assert_allclose(img.affine, expected_affine)
+                np.testing.assert_allclose(img.affine[:3, :3], axes, atol=1e-6)
+                np.testing.assert_allclose(img.affine, mask.affine)
+                assert nib.aff2axcodes(img.affine) == ("L", "A", "S")
+                # the field of view is centred 30 mm right of the body's midline, 5 mm
+                # posterior to its centre; the slice is at the lesion's height
+                x, y, z = world_centre(img.affine, img.shape)
+                assert (x, y) == (pytest.approx(30.0, abs=1e-3), pytest.approx(-5.0, abs=1e-3))
+                assert -20.0 <= z <= 20.0
                 assert int(img.header["sform_code"]) == int(img.header["qform_code"]) == 1
                 assert img.header.get_xyzt_units()[0] == "mm"
                 hu = np.asarray(img.dataobj)
                 assert hu.min() < -900  # air around the body
                 assert -50 < np.median(hu[values > 0]) < 300  # lesions: water to enhancing tissue
                 assert hu.max() > 150  # bone, enhanced vessels
+
+
+def largest_region(mask: np.ndarray) -> np.ndarray:
+    regions, n = ndimage.label(mask)
+    assert n > 0
+    sizes = ndimage.sum(mask, regions, range(1, n + 1))
+    return np.asarray(regions == 1 + int(np.argmax(sizes)))
+
+
+def following(hu: np.ndarray, *curves: np.ndarray) -> np.ndarray:
+    """Pixels whose HU in the three phases ``hu`` (3, nx, ny) is the sum of ``curves``."""
+    expected = np.sum(curves, axis=0)[:, None, None]
+    return np.asarray(np.all(np.abs(hu - expected) < 3.0, axis=0))
+
+
+def world_centroid(region: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """RAS+ mm of the centroid of a region of a slice, through an image's affine."""
+    return np.asarray(affine @ np.r_[np.argwhere(region).mean(axis=0), 0.0, 1.0])[:3]
+
+
+def test_anatomy_is_where_the_affine_says_liver_right_aorta_left_of_the_ivc(
+    tmp_path: Path,
+) -> None:
+    # noise-free, motionless, non-cirrhotic cases with a field of view holding the whole body
+    site = quiet(
+        tiny("a", 4, fov_mm=400.0),
+        cirrhosis_fraction=0.0,
+        prevalence=0.0,
+        benign_mix=BenignMix(1.0, 0.0, 0.0),  # cysts: no lesion enhancement
+    )
+    out = generate_phantom(Scenario("o", 4, (site,)), tmp_path / "o") / "a"
+    times = (site.arterial_delay_s, site.portal_delay_s, site.delayed_delay_s)
+    for index, r in enumerate(read_manifest(out)):
+        images = [nib.load(out / r[f"image_{phase}"]) for phase in PHASES]
+        affine = images[0].affine
+        assert nib.aff2axcodes(affine) == ("L", "A", "S")
+        hu = np.stack([np.asarray(img.dataobj)[..., 0].astype(np.float64) for img in images])
+        # find the structures by their HU in the three phases (the model's own curves)
+        case = simulate_case(site, 4, index, 0, dims=2)[0]
+        enh = anatomy.enhancement(case, times)
+        blood = np.full(3, anatomy.BASE_HU["blood"])
+        aorta = world_centroid(largest_region(following(hu, blood, enh["aorta"])), affine)
+        ivc = world_centroid(largest_region(following(hu, blood, enh["hepatic"])), affine)
+        parenchyma = np.abs(hu[1] - case.liver_hu - enh["liver"][1]) < 15.0  # portal phase
+        liver = world_centroid(largest_region(parenchyma), affine)
+        body = world_centroid(hu[1] > -500.0, affine)
+        # the body is centred on world x = y = 0 (isocentre) ...
+        np.testing.assert_allclose(body[:2], (0.0, 0.0), atol=2.0)
+        # ... the liver lies on the patient's right (RAS +x), the aorta left of the midline
+        # and the IVC right of it, both posterior (RAS -y)
+        assert liver[0] > 20.0
+        assert aorta[0] < -5.0 and ivc[0] > 5.0
+        assert aorta[1] < -20.0 and ivc[1] < -20.0
 
 
 def test_matrix_follows_field_of_view_and_pixel_spacing() -> None:
@@ -174,6 +259,15 @@ def test_same_seed_gives_byte_identical_files_and_another_seed_differs(
     first = digests(out)
     images = [k for k in first if k.endswith("_portal.nii.gz")]
     assert sum(first[k] != other[k] for k in images) == len(images)
+
+
+def test_a_seed_override_is_the_seed_recorded_and_used(tmp_path: Path) -> None:
+    site = tiny("a", 3)
+    out = generate_phantom(Scenario("s", 1, (site,)), tmp_path / "override", seed=9)
+    meta = json.loads((out / "phantom.json").read_text())
+    assert meta["seed"] == meta["resolved_scenario"]["seed"] == 9
+    # byte-identical to the phantom of a scenario whose own seed is 9, phantom.json included
+    assert digests(out) == digests(generate_phantom(Scenario("s", 9, (site,)), tmp_path / "own"))
 
 
 def test_nifti_bytes_are_reproducible_gzip_with_zero_mtime() -> None:
@@ -200,8 +294,54 @@ def test_existing_identical_phantom_is_reused_without_rewriting(liver2: tuple) -
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
 
 
+@pytest.mark.parametrize("damage", ["deleted", "emptied", "truncated", "mask deleted", "row cut"])
+def test_a_damaged_phantom_is_regenerated_not_reused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str
+) -> None:
+    spec = Scenario("s", 1, (tiny("a", 3), tiny("b", 3)))
+    out = generate_phantom(spec, tmp_path / "p")
+    before = digests(out)
+    row = read_manifest(out / "b")[1]
+    image, mask, manifest = out / "b" / row["image_delayed"], out / "b" / row["mask"], out / "b"
+    if damage == "deleted":
+        image.unlink()
+    elif damage == "emptied":
+        image.write_bytes(b"")
+    elif damage == "truncated":  # not empty: caught by the byte total in phantom.json
+        image.write_bytes(image.read_bytes()[:-100])
+    elif damage == "mask deleted":
+        mask.unlink()
+    else:
+        lines = (manifest / "manifest.csv").read_text().splitlines(keepends=True)
+        (manifest / "manifest.csv").write_text("".join(lines[:-1]))
+    with caplog.at_level(logging.INFO, logger="hepafed.progress"):
+        assert generate_phantom(spec, out) == out
+    assert digests(out) == before  # the same phantom again, complete
+    reason = {
+        "deleted": f"{image} is missing or empty",
+        "emptied": f"{image} is missing or empty",
+        "truncated": "add up to",
+        "mask deleted": f"{mask} is missing or empty",
+        "row cut": "lists 2 cases, not 3",
+    }[damage]
+    [record] = [r for r in caplog.records if "regenerating" in r.getMessage()]
+    assert record.levelno == logging.WARNING  # not expected: the user should hear of it
+    assert f"{out} is damaged" in record.getMessage() and reason in record.getMessage()
+    assert [p.name for p in tmp_path.iterdir()] == ["p"]
+
+
+def test_a_damaged_phantom_of_another_seed_is_still_refused(tmp_path: Path) -> None:
+    spec = Scenario("s", 1, (tiny("a", 3),))
+    out = generate_phantom(spec, tmp_path / "p")
+    first = read_manifest(out / "a")[0]
+    (out / "a" / first["image_portal"]).unlink()
+    with pytest.raises(PhantomExistsError, match=r"scenario 's' seed 1, not 's' seed 2"):
+        generate_phantom(spec, out, seed=2)
+    assert not (out / "a" / first["image_portal"]).exists()  # nothing touched
+
+
 def test_edited_scenario_with_same_name_and_seed_replaces_the_phantom(tmp_path: Path) -> None:
-    site = SiteProfile("a", n_cases=4, fov_mm=120.0, pixel_spacing_mm=2.0)
+    site = tiny("a", 4)
     out = generate_phantom(Scenario("s", 1, (site,)), tmp_path / "p")
     bigger = Scenario("s", 1, (dataclasses.replace(site, n_cases=6),))
     generate_phantom(bigger, out)
@@ -214,7 +354,7 @@ def test_edited_scenario_with_same_name_and_seed_replaces_the_phantom(tmp_path: 
 
 
 def test_refuses_to_overwrite_a_folder_that_is_not_this_phantom(tmp_path: Path) -> None:
-    site = SiteProfile("a", n_cases=4, fov_mm=120.0, pixel_spacing_mm=2.0)
+    site = tiny("a", 4)
     spec = Scenario("s", 1, (site,))
     foreign = tmp_path / "mine"
     foreign.mkdir()
@@ -229,12 +369,25 @@ def test_refuses_to_overwrite_a_folder_that_is_not_this_phantom(tmp_path: Path) 
     assert (generate_phantom(spec, tmp_path / "empty") / "phantom.json").is_file()
 
 
+def test_a_scenario_built_in_code_gets_the_checks_of_a_scenario_file(tmp_path: Path) -> None:
+    # 4 cases, 2 malignant: round(0.25 x 2) = 0 test cases of each label
+    small = SiteProfile("small", n_cases=4, fov_mm=120.0, pixel_spacing_mm=2.0)
+    with pytest.raises(
+        ScenarioError,
+        match=r"^scenario 's': site\[0\]\.test_fraction = 0\.25: leaves site 'small' no test cases",
+    ):
+        generate_phantom(Scenario("s", 1, (small,)), tmp_path / "p")
+    with pytest.raises(ScenarioError, match=r"seed = -1: must be in \[0, "):
+        generate_phantom(Scenario("s", 1, (tiny("a", 3),)), tmp_path / "p", seed=-1)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_interrupted_run_leaves_no_partial_phantom(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sites = (
-        SiteProfile("a", n_cases=3, fov_mm=120.0, pixel_spacing_mm=2.0),
-        SiteProfile("b", n_cases=3, fov_mm=120.0, pixel_spacing_mm=2.0),
+        tiny("a", 3),
+        tiny("b", 3),
     )
     spec = Scenario("s", 1, sites)
     real = phantom.write_site
@@ -262,19 +415,79 @@ def test_interrupted_run_leaves_no_partial_phantom(
 
 
 def test_three_d_scenarios_write_volumes_through_the_same_generator(tmp_path: Path) -> None:
-    site = SiteProfile(
-        "a", n_cases=3, fov_mm=150.0, pixel_spacing_mm=1.6, slice_thickness_mm=2.5, z_extent_mm=40.0
+    site = tiny(
+        "a", 3, fov_mm=150.0, pixel_spacing_mm=1.6, slice_thickness_mm=2.5, z_extent_mm=40.0
     )
     out = generate_phantom(Scenario("vol", 2, (site,), dims=3), tmp_path / "vol")
     for r in read_manifest(out / "a"):
         img = nib.load(out / "a" / r["image_portal"])
         assert img.shape == (94, 94, 16) and img.get_data_dtype() == np.int16
-        np.testing.assert_allclose(img.affine, np.diag([1.6, 1.6, 2.5, 1.0]))
+        np.testing.assert_allclose(img.affine[:3, :3], np.diag([-1.6, 1.6, 2.5]), atol=1e-6)
+        middle = img.affine @ np.array([46.5, 46.5, 7.5, 1.0])  # centre of the slab
+        np.testing.assert_allclose(middle[:2], (30.0, -5.0), atol=1e-3)
+        assert -20.0 <= middle[2] <= 20.0  # the lesion's height
         mask = np.asarray(nib.load(out / "a" / r["mask"]).dataobj)
         assert mask.shape == (94, 94, 16)
         slices = np.flatnonzero(mask.any(axis=(0, 1)))
         assert 7 <= slices.mean() <= 8.5  # the lesion is in the middle of the slab
         assert len(slices) >= min(2, float(r["lesion_size_mm"]) * 0.7 / 2.5)
+
+
+# --- lesion sizes --------------------------------------------------------------
+
+MIX_KEYS = {"cyst": "cyst", "hemangioma": "hemangioma", "flash-hemangioma": "flash_hemangioma"}
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    low=st.floats(4.0, 100.0),
+    width=st.one_of(st.floats(0.0, 1.0), st.floats(0.0, 40.0)),
+    median=st.floats(5.0, 80.0),
+    spread=st.floats(0.0, 1.5),
+    kind=st.sampled_from(LESION_TYPES),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_sampled_lesion_sizes_respect_the_bounds_or_the_scenario_is_refused(
+    low: float, width: float, median: float, spread: float, kind: str, seed: int
+) -> None:
+    high = min(max(low + width, 5.0), 120.0)
+    # only the lesion type under test can be drawn (cysts stand in at a malignant case)
+    drawn = MIX_KEYS.get(kind, "cyst")
+    benign = {key: float(key == drawn) for key in MIX_KEYS.values()}
+    raw = {
+        "name": "a",
+        "lesion_size_min_mm": low,
+        "lesion_size_max_mm": high,
+        "lesion_size_median_mm": median,
+        "lesion_size_spread": spread,
+        "atypical_hcc_fraction": float(kind == "atypical-hcc"),
+        "benign_mix": benign,
+    }
+    try:
+        spec = parse_scenario({"name": "s", "seed": 1, "site": [raw]}, "s.toml")
+    except ScenarioError as error:
+        # refused only when no size is possible, with a message naming the keys
+        if low >= high:
+            assert "site[0].lesion_size_max_mm" in str(error)
+        else:
+            assert kind == "flash-hemangioma" and low > FLASH_MAX_MM
+            assert "site[0].lesion_size_min_mm" in str(error)
+            assert "benign_mix.flash_hemangioma" in str(error)
+        return
+    label = int(kind in MALIGNANT_TYPES)
+    case = anatomy.sample_case(
+        spec.sites[0], label, np.random.default_rng(seed), scanner.FOV_CENTRE_MM
+    )
+    assert case.lesion.kind == kind
+    assert low <= case.lesion.size_mm <= high
+    assert kind != "flash-hemangioma" or case.lesion.size_mm <= FLASH_MAX_MM
+    assert math.isfinite(case.lesion.size_mm)
+
+
+def test_a_site_built_in_code_with_no_possible_size_is_an_error() -> None:
+    site = SiteProfile("a", lesion_size_min_mm=25.0, benign_mix=BenignMix(0.0, 0.0, 1.0))
+    with pytest.raises(ValueError, match=r"no flash-hemangioma diameter lies between"):
+        simulate_case(site, 1, 0, 0, dims=2)
 
 
 # --- physics -------------------------------------------------------------------

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import simulations
+from simulations.phantom import labels_and_splits
 from simulations.scenario import (
     SITE_RULES,
     BenignMix,
@@ -187,12 +188,153 @@ def test_to_dict_resolves_every_site_parameter() -> None:
             '[site]\nname = "a"\n',
             "liver-x.toml: site = {'name': 'a'}: must be an array of [[site]] tables, not dict",
         ),
+        (  # the phantom is CT only: no MRI field strength
+            '[[site]]\nname = "a"\nfield_strength_t = 1.5\n',
+            "liver-x.toml: site[0].field_strength_t = 1.5: unknown key; valid keys are name,",
+        ),
+        (
+            '[[site]]\nname = "a"\nlesion_size_min_mm = 30.0\nlesion_size_max_mm = 30.5\n',
+            "liver-x.toml: site[0].lesion_size_min_mm = 30.0: must be at most 20 while "
+            "benign_mix.flash_hemangioma > 0 (0.3): flash hemangiomas are at most 20 mm; lower "
+            "lesion_size_min_mm or set benign_mix.flash_hemangioma = 0",
+        ),
+        (
+            '[[site]]\nname = "a"\nlesion_size_min_mm = 12.0\nlesion_size_max_mm = 12.0\n',
+            "liver-x.toml: site[0].lesion_size_max_mm = 12.0: must be larger than "
+            "lesion_size_min_mm (12)",
+        ),
+        (  # 2 benign and 2 malignant cases: round(0.25 x 2) = 0 test cases of each
+            '[[site]]\nname = "small"\nn_cases = 4\n',
+            "liver-x.toml: site[0].test_fraction = 0.25: leaves site 'small' no test cases: "
+            "round(0.25 x 2) = 0 of its 2 benign and round(0.25 x 2) = 0 of its 2 malignant "
+            "cases go to the test split; use test_fraction in [0.26, 0.74] or n_cases = 5 or more",
+        ),
+        (
+            '[[site]]\nname = "a"\nn_cases = 2\ntest_fraction = 0.9\n',
+            "liver-x.toml: site[0].test_fraction = 0.9: leaves site 'a' no train cases: "
+            "round(0.9 x 1) = 1 of its 1 benign and round(0.9 x 1) = 1 of its 1 malignant cases "
+            "go to the test split; use n_cases = 9 or more",
+        ),
+        (
+            '[[site]]\nname = "a"\ntest_fraction = 0.0\n',
+            "liver-x.toml: site[0].test_fraction = 0.0: leaves site 'a' no test cases: round(0 x "
+            "82) = 0 of its 82 benign and round(0 x 68) = 0 of its 68 malignant cases go to the "
+            "test split; use test_fraction in [0.01, 0.9]",
+        ),
     ],
 )
 def test_each_mistake_names_file_key_value_and_valid_values(
     tmp_path: Path, body: str, expected: str
 ) -> None:
     assert expected in error_of(tmp_path, HEADER + body)
+
+
+def test_flash_hemangiomas_need_not_cap_sizes_when_none_are_drawn(tmp_path: Path) -> None:
+    body = (
+        '[[site]]\nname = "a"\nlesion_size_min_mm = 30.0\nbenign_mix = { flash_hemangioma = 0 }\n'
+    )
+    assert load_scenario(write(tmp_path, HEADER + body)).sites[0].lesion_size_min_mm == 30.0
+
+
+@pytest.mark.parametrize("n_cases", [2, 3, 4, 7])
+def test_an_external_site_has_every_case_in_its_test_split(tmp_path: Path, n_cases: int) -> None:
+    body = f'[[site]]\nname = "a"\nrole = "external"\nn_cases = {n_cases}\ntest_fraction = 0.0\n'
+    site = load_scenario(write(tmp_path, HEADER + body)).sites[0]
+    assert labels_and_splits(site, seed=3)[1] == ["test"] * n_cases
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n_cases=st.integers(2, 60),
+    prevalence=st.floats(0.0, 1.0),
+    test_fraction=st.floats(0.0, 0.9),
+)
+def test_an_accepted_training_site_has_train_and_test_cases(
+    n_cases: int, prevalence: float, test_fraction: float
+) -> None:
+    site = {"name": "a", "n_cases": n_cases, "prevalence": prevalence}
+    site["test_fraction"] = test_fraction
+    try:
+        spec = parse_scenario({"name": "s", "seed": 1, "site": [site]}, "s.toml")
+    except ScenarioError as error:
+        assert str(error).startswith("s.toml: site[0].test_fraction = ")
+        assert "leaves site 'a' no t" in str(error) and "; use " in str(error)
+        return
+    labels, splits = labels_and_splits(spec.sites[0], seed=1)
+    assert 1 <= splits.count("test") <= n_cases - 1
+    assert labels.sum() == round(prevalence * n_cases)
+
+
+def test_cross_key_rules_are_checked_next_to_single_key_errors(tmp_path: Path) -> None:
+    message = error_of(
+        tmp_path,
+        HEADER
+        + """
+[[site]]
+name = "a"
+kernel = "ultra"
+arterial_delay_s = 45.0
+portal_delay_s = 42.0
+lesion_size_min_mm = 30.0
+lesion_size_max_mm = 20.0
+[[site]]
+name = "a"
+n_cases = "many"
+""",
+    )
+    problems = [line.split(": ")[1] for line in message.splitlines()]
+    assert problems == [
+        "site[0].kernel = 'ultra'",
+        "site[0].portal_delay_s = 42.0",
+        "site[0].lesion_size_max_mm = 20.0",
+        "site[0].lesion_size_min_mm = 30.0",  # flash hemangiomas (weight 0.3) are <= 20 mm
+        "site[1].n_cases = 'many'",
+        "site[1].name = 'a'",  # a duplicate, reported although site[1] has another error
+    ]
+
+
+def test_a_rule_involving_an_invalid_value_is_not_judged_on_a_stand_in(tmp_path: Path) -> None:
+    # the site's arterial_delay_s is out of range: the delay order is not checked against
+    # the value from [defaults] (45 s, after portal_delay_s), which the site replaces
+    body = """
+[defaults]
+arterial_delay_s = 45.0
+[[site]]
+name = "a"
+arterial_delay_s = 100.0
+portal_delay_s = 42.0
+"""
+    message = error_of(tmp_path, HEADER + body)
+    assert message.splitlines() == [
+        f"{tmp_path / 'liver-x.toml'}: site[0].arterial_delay_s = 100.0: must be in [10, 60]"
+    ]
+    # the same for a bad value in [defaults] that a site inherits
+    body = '[defaults]\nportal_delay_s = 500.0\n[[site]]\nname = "a"\n'
+    assert error_of(tmp_path, HEADER + body).splitlines() == [
+        f"{tmp_path / 'liver-x.toml'}: defaults.portal_delay_s = 500.0: must be in [40, 120]"
+    ]
+
+
+def test_messages_name_the_file_by_the_path_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "studies").mkdir()
+    path = write(tmp_path / "studies", HEADER + '[[site]]\nname = "a"\nkvp = 300\n', "bad.toml")
+    write(tmp_path / "studies", "name = [unclosed\n", "broken.toml")
+    monkeypatch.chdir(tmp_path)
+    for as_given, shown in (
+        ("studies/bad.toml", "studies/bad.toml"),
+        ("./studies/bad.toml", "./studies/bad.toml"),
+        (path, str(path)),
+        (str(path), str(path)),
+    ):
+        with pytest.raises(ScenarioError) as info:
+            load_scenario(as_given)
+        assert str(info.value) == f"{shown}: site[0].kvp = 300: must be in [70, 150]"
+    with pytest.raises(ScenarioError, match=r"^studies/broken\.toml: not valid TOML"):
+        load_scenario("studies/broken.toml")
+    with pytest.raises(ScenarioError, match=r"^studies/nope\.toml: scenario file not found"):
+        load_scenario("studies/nope.toml")
 
 
 def test_missing_top_level_keys_are_errors(tmp_path: Path) -> None:
@@ -251,6 +393,7 @@ def test_values_in_range_are_accepted_unchanged(
 ) -> None:
     site: dict[str, Any] = {
         "name": "a",
+        "role": "external",  # every case is test: any n_cases and prevalence give a split
         "prevalence": prevalence,
         "n_cases": n_cases,
         "slice_thickness_mm": thickness,
