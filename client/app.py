@@ -21,6 +21,8 @@ def _run_config(msg: Message) -> tuple[RunConfig, int]:
     """The run config the server sent with this message, and the round number."""
     flat = dict(msg.content[RecordKey.CONFIG])
     server_round = int(str(flat.pop(ConfigKey.ROUND, 0)))
+    for key in ConfigKey:  # the other server-added keys are not run-config keys
+        flat.pop(key, None)
     return RunConfig.from_flat(flat), server_round
 
 
@@ -60,11 +62,12 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the global model on this site's test split; reply with summaries."""
     cfg, _ = _run_config(msg)
+    split = str(msg.content[RecordKey.CONFIG].get(ConfigKey.EVAL_SPLIT, Split.TEST.value))
     site = open_site(context.node_config, cfg)
-    metrics = site_evaluate(site, msg.content[RecordKey.ARRAYS], cfg)
+    summary = site_evaluate(site, msg.content[RecordKey.ARRAYS], cfg, split)
     content = RecordDict(
         {
-            RecordKey.METRICS: MetricRecord(dict(metrics)),
+            RecordKey.METRICS: MetricRecord(summary.to_record()),
             RecordKey.SITE: ConfigRecord({SiteKey.NAME.value: site.name}),
         }
     )

@@ -13,13 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from client.trainer import evaluate, train_local
+from client.evaluation import summarize
+from client.trainer import train_local
 from common.config import RunConfig
-from common.data import SplitTensors, load_split
+from common.data import SplitTensors, concat_splits, load_split
 from common.device import Compute, derive_seed, seed_everything, select_compute
-from common.keys import MetricKey, NodeKey, Split
+from common.keys import EVAL_ALL, MetricKey, NodeKey, Split
 from common.manifest import SiteManifest, list_site_dirs, read_manifest
 from common.models import build_model
+from common.summary import SiteSummary
 from common.weights import load_arrays, shared_state
 
 
@@ -35,6 +37,10 @@ class Site:
     manifest: SiteManifest
 
     def split(self, split: str, cfg: RunConfig) -> SplitTensors:
+        """One manifest split, or every case with ``split = "all"`` (a site that never trained)."""
+        if split == EVAL_ALL:
+            parts = [load_split(self.manifest, s, cfg.data, cfg.task) for s in Split]
+            return concat_splits([p for p in parts if len(p)])
         return load_split(self.manifest, split, cfg.data, cfg.task)
 
 
@@ -87,11 +93,14 @@ def site_train(
 
 
 def site_evaluate(
-    site: Site, weights: Any, cfg: RunConfig, compute: Compute | None = None
-) -> dict[str, float]:
-    """Evaluate the received model on the site's held-out test split (summaries only)."""
+    site: Site,
+    weights: Any,
+    cfg: RunConfig,
+    split: str = Split.TEST,
+    compute: Compute | None = None,
+) -> SiteSummary:
+    """Evaluate the received model on one split (``"all"``: every case); summaries only."""
     compute = compute or select_compute(cfg.train.amp)
     model = build_model(cfg)
     load_arrays(model, weights)
-    summary = evaluate(model, site.split(Split.TEST, cfg), cfg, compute)
-    return {str(k): v for k, v in summary.items()}
+    return summarize(model, site.split(split, cfg), cfg, compute)

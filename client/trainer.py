@@ -1,7 +1,7 @@
-"""Local training and evaluation at a site: plain functions on tensors.
+"""Local training at a site: plain functions on tensors.
 
 The ClientApp, the local-only baseline and the pooled baseline all call these,
-so the three are trained by exactly the same code.
+so the three are trained by exactly the same code (evaluation: ``client.evaluation``).
 """
 
 from __future__ import annotations
@@ -9,17 +9,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from monai.metrics import DiceMetric
 from torch import nn
 
 from common.config import RunConfig
 from common.data import SplitTensors, augment_batch
 from common.device import Compute
-from common.keys import MetricKey, OptimizerName, Task
-from common.stats import delong_auc
-from common.tasks import loss_function, probabilities, targets
+from common.keys import OptimizerName
+from common.tasks import loss_function, targets
 
 
 @dataclass(frozen=True)
@@ -83,76 +80,3 @@ def train_local(
             total += float(loss.detach()) * len(idx)
             count += len(idx)
     return TrainResult(count, total / max(count, 1), time.perf_counter() - start)
-
-
-@torch.no_grad()
-def predict(
-    model: nn.Module, images: torch.Tensor, compute: Compute, batch_size: int = 64
-) -> torch.Tensor:
-    """Probabilities for every case (classification: (N,); segmentation: voxel maps)."""
-    model.to(compute.device).eval()
-    out = []
-    for lo in range(0, len(images), batch_size):
-        x = images[lo : lo + batch_size].to(compute.device, non_blocking=True)
-        with compute.autocast():
-            logits = model(x)
-        out.append(probabilities(logits).cpu())
-    if not out:
-        return torch.zeros(0)
-    probs = torch.cat(out)
-    return probs.view(-1) if probs.ndim == 2 and probs.shape[1] == 1 else probs
-
-
-def evaluate(
-    model: nn.Module, data: SplitTensors, cfg: RunConfig, compute: Compute
-) -> dict[str, float]:
-    """Summary metrics of ``model`` on one split: counts, loss, AUC or Dice."""
-    probs = predict(model, data.images, compute)
-    if cfg.task == Task.MALIGNANCY:
-        return classification_summary(data.labels.numpy(), probs.numpy(), cfg.eval.threshold)
-    return segmentation_summary(probs, data.masks)
-
-
-def classification_summary(
-    labels: np.ndarray, probs: np.ndarray, threshold: float
-) -> dict[str, float]:
-    """Counts, log loss, AUC with DeLong variance, and the 2x2 table's rates."""
-    y = labels.astype(int)
-    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
-    p = np.clip(probs.astype(float), 1e-7, 1 - 1e-7)
-    out: dict[str, float] = {
-        MetricKey.NUM_EXAMPLES: float(len(y)),
-        MetricKey.N: float(len(y)),
-        MetricKey.N_POS: float(n_pos),
-        MetricKey.N_NEG: float(n_neg),
-        MetricKey.LOSS: float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))) if len(y) else 0.0,
-    }
-    pred = p >= threshold
-    if len(y):
-        out[MetricKey.ACCURACY] = float((pred == (y == 1)).mean())
-    if n_pos:
-        out[MetricKey.SENSITIVITY] = float((pred & (y == 1)).sum() / n_pos)
-    if n_neg:
-        out[MetricKey.SPECIFICITY] = float((~pred & (y == 0)).sum() / n_neg)
-    if n_pos >= 2 and n_neg >= 2:
-        auc = delong_auc(y, p)
-        out[MetricKey.AUC] = auc.auc
-        out[MetricKey.AUC_VAR] = auc.variance
-    return out
-
-
-def segmentation_summary(probs: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:
-    """Counts and the mean and SD of per-case Dice (MONAI ``DiceMetric``)."""
-    n = len(masks)
-    out: dict[str, float] = {MetricKey.NUM_EXAMPLES: float(n), MetricKey.N: float(n)}
-    if n == 0:
-        return out
-    metric = DiceMetric(include_background=True, reduction="none", ignore_empty=False)
-    dice = torch.as_tensor(metric((probs >= 0.5).float(), masks)).view(-1).numpy()
-    out[MetricKey.DICE] = float(dice.mean())
-    out[MetricKey.DICE_SD] = float(dice.std(ddof=1)) if n > 1 else 0.0
-    eps = 1e-7
-    p = probs.clamp(eps, 1 - eps)
-    bce = -(masks * p.log() + (1 - masks) * (1 - p).log()).mean()
-    out[MetricKey.LOSS] = float(bce)
-    return out

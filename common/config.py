@@ -15,7 +15,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-from common.keys import OptimizerName, StrategyName, Task, choices
+from common.keys import (
+    EvalDesign,
+    OptimizerName,
+    PoolingMethod,
+    StrategyName,
+    Task,
+    choices,
+)
 
 FlatValue = bool | int | float | str
 FlatConfig = dict[str, Any]  # what Flower records accept: str -> bool | int | float | str
@@ -78,9 +85,21 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Site-side evaluation."""
+    """Evaluation: what sites summarise, how the server designs and reports it."""
 
-    threshold: float = 0.5  # operating point for sensitivity/specificity
+    design: str = EvalDesign.HOLDOUT.value  # holdout | loso | cross-site
+    local_only: bool = False  # holdout: also train and evaluate each site's local-only model
+    thresholds: tuple[float, ...] = (0.5,)  # 2x2 tables; the first is the operating point
+    min_cases: int = 20  # a site with fewer test cases reports "insufficient data"
+    min_per_class: int = 5  # ... or with fewer positives or negatives than this
+    calibration_bins: int = 10  # equal-width probability bins for reliability and ECE
+    roc_points: int = 51  # sensitivity reported at this many evenly spaced FPRs in [0, 1]
+    histogram_bins: int = 32  # per-channel intensity histogram of the model input, on [0, 1]
+    embedding_dims: int = 8  # random projection of the penultimate-layer embedding
+    level: float = 0.95  # confidence level of every interval in the report
+    pooling: str = "REML"  # random-effects tau^2 estimator: REML | DL | PM
+    hartung_knapp: bool = False  # t-based pooled CIs (Hartung-Knapp) instead of z
+    margin: float = 0.05  # flag a site whose AUC falls more than this below pooled internal
 
 
 @dataclass(frozen=True)
@@ -129,8 +148,27 @@ class RunConfig:
             raise ConfigError(
                 f"federation.trim-beta = {self.federation.trim_beta!r}: must be in [0, 0.5)"
             )
-        if not 0.0 < self.eval.threshold < 1.0:
-            raise ConfigError(f"eval.threshold = {self.eval.threshold!r}: must be in (0, 1)")
+        _check_choice("eval.design", self.eval.design, EvalDesign)
+        _check_choice("eval.pooling", self.eval.pooling, PoolingMethod)
+        if not self.eval.thresholds or not all(0.0 < t < 1.0 for t in self.eval.thresholds):
+            raise ConfigError(
+                f"eval.thresholds = {self.eval.thresholds!r}: give one or more values in (0, 1)"
+            )
+        if not 0.5 <= self.eval.level < 1.0:
+            raise ConfigError(f"eval.level = {self.eval.level!r}: must be in [0.5, 1)")
+        if not 0.0 <= self.eval.margin < 1.0:
+            raise ConfigError(f"eval.margin = {self.eval.margin!r}: must be in [0, 1)")
+        at_least = {
+            "eval.min-cases": (self.eval.min_cases, 4),
+            "eval.min-per-class": (self.eval.min_per_class, 2),
+            "eval.calibration-bins": (self.eval.calibration_bins, 2),
+            "eval.roc-points": (self.eval.roc_points, 2),
+            "eval.histogram-bins": (self.eval.histogram_bins, 2),
+            "eval.embedding-dims": (self.eval.embedding_dims, 1),
+        }
+        for key, (value, low) in at_least.items():
+            if value < low:
+                raise ConfigError(f"{key} = {value!r}: must be >= {low}")
         if self.data.window_max <= self.data.window_min:
             raise ConfigError(
                 f"data.window-max = {self.data.window_max!r} must exceed "
@@ -213,7 +251,13 @@ def _coerce(key: str, value: Any, target: Any) -> Any:
     if origin is tuple:
         if not isinstance(value, str):
             raise ConfigError(f"{key} = {value!r}: expected a comma-separated string")
-        return tuple(part.strip() for part in value.split(",") if part.strip())
+        parts = tuple(part.strip() for part in value.split(",") if part.strip())
+        if get_args(target)[0] is float:
+            try:
+                return tuple(float(part) for part in parts)
+            except ValueError:
+                raise ConfigError(f"{key} = {value!r}: expected comma-separated numbers") from None
+        return parts
     if target is bool:
         if isinstance(value, bool):
             return value

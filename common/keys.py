@@ -51,6 +51,7 @@ class ConfigKey(StrEnum):
 
     ROUND = "server-round"  # Flower strategies inject this one themselves
     PHASE = "phase"
+    EVAL_SPLIT = "eval-split"  # "test" (default) or "all": a site left out of training
 
 
 class Task(StrEnum):
@@ -88,6 +89,9 @@ class Split(StrEnum):
     TEST = "test"
 
 
+EVAL_ALL = "all"  # ConfigKey.EVAL_SPLIT value: score every case (a site left out of training)
+
+
 def choices(enum: type[StrEnum]) -> str:
     """The valid values of an enum, quoted, for error messages."""
     return ", ".join(repr(m.value) for m in enum)
@@ -99,3 +103,19 @@ class NodeKey(StrEnum):
     SITE_DIR = "site-dir"  # deployment: the hospital's site folder
     SITE_NAME = "site-name"  # optional display name; defaults to the folder name
     PARTITION_ID = "partition-id"  # simulation: Flower's index of the virtual node
+
+
+class EvalDesign(StrEnum):
+    """How the final models are evaluated (``eval.design``)."""
+
+    HOLDOUT = "holdout"  # the global model on every site's test split and the external sites
+    LOSO = "loso"  # leave one site out: federate without k, evaluate on k and the others
+    CROSS_SITE = "cross-site"  # {global, each site's local-only model} x every site
+
+
+class PoolingMethod(StrEnum):
+    """Random-effects estimators of tau^2 (``eval.pooling``), as metafor names them."""
+
+    REML = "REML"
+    DL = "DL"
+    PM = "PM"

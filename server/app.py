@@ -1,7 +1,8 @@
-"""The ServerApp: reads the run config and runs the federation.
+"""The ServerApp: reads the run config, runs the evaluation design, writes the report.
 
 The same app serves ``hepafed simulate``, ``flwr run .`` and a deployed
-SuperLink; all federation logic lives in ``server.federation``.
+SuperLink; the federation's mechanics live in ``server.federation``, the
+designs in ``server.designs`` and the report in ``server.report``.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from common.config import RunConfig
-from server.federation import run_federation
+from server.designs import run_design
+from server.federation import connect
 from server.records import RunRecorder
+from server.reporting import write_report
 
 app = ServerApp()
 log = logging.getLogger("hepafed.progress")
@@ -27,8 +30,11 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def serve(grid: Grid, cfg: RunConfig) -> Path:
-    """Run the federation for ``cfg`` and return the run folder."""
+    """Run the design of ``cfg``, write evaluations and the report; the run folder."""
     recorder = RunRecorder(Path(cfg.output.run_dir))
-    run_federation(grid, cfg, recorder)
-    log.info("run finished; results in %s", recorder.run_dir)
+    federation = connect(grid, cfg, recorder)
+    evaluations = run_design(federation)
+    recorder.write_evaluations([e.to_dict() for e in evaluations])
+    write_report(recorder.run_dir)
+    log.info("run finished; results and report in %s", recorder.run_dir)
     return recorder.run_dir

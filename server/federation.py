@@ -1,10 +1,13 @@
-"""The federated run: discover sites, then train, validate, aggregate, evaluate.
+"""The federation's mechanics: discover sites, train, validate, aggregate, evaluate.
 
-Flower strategies do the sampling and the aggregation maths; this loop adds
-what a multi-center study needs around them: it knows each node's site name,
-keeps designated external sites out of training, validates every update before
-aggregation, evaluates the global model at every site after each round (and
-the initial model as round 0), and records everything by site name.
+Flower strategies do the sampling and the aggregation maths; ``Federation``
+adds what a multi-center study needs around them: it knows each node's site
+name, trains only the sites it is told to (designated external sites never
+train; a leave-one-site-out fold leaves one more out), validates every update
+before aggregation, evaluates the model at every site after each round (the
+initial model as round 0), trains local-only models on request, and records
+everything by site name. Which federations run and what is evaluated at the
+end is the evaluation design's business (``server.designs``).
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ from typing import Any, cast
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
 
 from common.config import RunConfig
-from common.keys import ConfigKey, RecordKey, SiteKey
+from common.keys import ConfigKey, RecordKey, SiteKey, Split
 from common.models import build_model
+from common.summary import SiteSummary
 from common.weights import to_arrays
 from server.exchange import exchange
 from server.records import RunRecorder
@@ -107,47 +112,37 @@ def discover_sites(grid: Grid, cfg: RunConfig, node_ids: list[int]) -> list[Site
     return sorted(sites, key=lambda s: s.name)
 
 
-def run_federation(grid: Grid, cfg: RunConfig, recorder: RunRecorder) -> ArrayRecord:
-    """Run ``federation.num-rounds`` rounds; return the final global weights."""
+def connect(grid: Grid, cfg: RunConfig, recorder: RunRecorder) -> Federation:
+    """Wait for the sites, learn their names and roles, and start the run record."""
     random.seed(cfg.seed)  # Flower samples nodes with the global `random` module
     fed = cfg.federation
     node_ids = wait_for_nodes(grid, fed.min_sites, fed.round_timeout_s)
     sites = discover_sites(grid, cfg, node_ids)
-    trainers = [s for s in sites if s.role == ROLE_TRAIN and s.n_train > 0]
-    if len(trainers) < fed.min_sites:
-        raise FederationError(
-            f"{len(trainers)} site(s) can train ({[s.name for s in trainers]}), "
-            f"fewer than federation.min-sites = {fed.min_sites}"
-        )
     recorder.start(cfg, [asdict(s) for s in sites])
     log.info("sites: %s", ", ".join(f"{s.name} ({s.role}, {s.n_train}/{s.n_test})" for s in sites))
-    rounds = _Rounds(grid, cfg, recorder, sites, trainers)
-    arrays = to_arrays(build_model(cfg))
-    rounds.evaluate(0, arrays)
-    for rnd in range(1, fed.num_rounds + 1):
-        arrays = rounds.train(rnd, arrays)
-        recorder.checkpoint(arrays.to_torch_state_dict(), cfg, rnd)
-        rounds.evaluate(rnd, arrays)
-    return arrays
+    return Federation(grid, cfg, recorder, sites)
 
 
-class _Rounds:
-    """One federation's round mechanics: who trains, who evaluates, what is logged."""
+class Federation:
+    """The connected sites of one run and what can be done with them."""
 
     def __init__(
-        self,
-        grid: Grid,
-        cfg: RunConfig,
-        recorder: RunRecorder,
-        sites: list[SiteInfo],
-        trainers: list[SiteInfo],
+        self, grid: Grid, cfg: RunConfig, recorder: RunRecorder, sites: list[SiteInfo]
     ) -> None:
-        self.grid, self.cfg, self.recorder = grid, cfg, recorder
+        self.grid, self.cfg, self.recorder, self.sites = grid, cfg, recorder, sites
         self.names = {s.node_id: s.name for s in sites}
-        self.strategy = build_strategy(cfg, len(trainers))
-        self.train_view = cast(Grid, _NodeView(s.node_id for s in trainers))
-        self.eval_view = cast(Grid, _NodeView(s.node_id for s in sites if s.n_test > 0))
-        self.config = ConfigRecord(cfg.to_flat())
+
+    @property
+    def trainers(self) -> list[SiteInfo]:
+        """Sites that may train: not designated external, with training cases."""
+        return [s for s in self.sites if s.role == ROLE_TRAIN and s.n_train > 0]
+
+    def initial_arrays(self) -> ArrayRecord:
+        """The untrained model every federation and local-only model starts from."""
+        return to_arrays(build_model(self.cfg))
+
+    def _config(self, **extra: Any) -> ConfigRecord:
+        return ConfigRecord({**self.cfg.to_flat(), **extra})
 
     def _send(self, messages: Iterable[Message], label: str) -> list[Message]:
         timeout = self.cfg.federation.round_timeout_s
@@ -156,11 +151,39 @@ class _Rounds:
     def _site(self, msg: Message) -> str:
         return self.names.get(msg.metadata.src_node_id, str(msg.metadata.src_node_id))
 
-    def train(self, rnd: int, arrays: ArrayRecord) -> ArrayRecord:
-        """Local training at the training sites; validated updates are aggregated."""
+    # ---- federated training ----------------------------------------------------------------
+
+    def train_global(self, trainers: list[SiteInfo], model: str = "global") -> ArrayRecord:
+        """``federation.num-rounds`` rounds among ``trainers``; the final global weights.
+
+        After every round the model is checkpointed and evaluated at every site
+        with a test split (progress monitoring; rounds.jsonl, tagged ``model``).
+        """
+        fed = self.cfg.federation
+        if len(trainers) < fed.min_sites:
+            raise FederationError(
+                f"{model}: {len(trainers)} site(s) can train ({[s.name for s in trainers]}), "
+                f"fewer than federation.min-sites = {fed.min_sites}"
+            )
+        strategy = build_strategy(self.cfg, len(trainers))
+        train_view = cast(Grid, _NodeView(s.node_id for s in trainers))
+        eval_view = cast(Grid, _NodeView(s.node_id for s in self.sites if s.n_test > 0))
+        arrays = self.initial_arrays()
+        self._monitor(strategy, 0, arrays, eval_view, model)
+        for rnd in range(1, fed.num_rounds + 1):
+            arrays = self._train_round(strategy, rnd, arrays, train_view, model)
+            self.recorder.checkpoint(arrays.to_torch_state_dict(), self.cfg, rnd, model)
+            self._monitor(strategy, rnd, arrays, eval_view, model)
+        return arrays
+
+    def _train_round(
+        self, strategy: Strategy, rnd: int, arrays: ArrayRecord, view: Grid, model: str
+    ) -> ArrayRecord:
+        """Local training at the sampled sites; validated updates are aggregated."""
         start = time.monotonic()
-        messages = self.strategy.configure_train(rnd, arrays, self.config, self.train_view)
-        replies = self._send(messages, f"round {rnd}/{self.cfg.federation.num_rounds} train")
+        messages = strategy.configure_train(rnd, arrays, self._config(), view)
+        label = f"{_prefix(model)}round {rnd}/{self.cfg.federation.num_rounds} train"
+        replies = self._send(messages, label)
         accepted, rejected = [], {}
         for reply in replies:
             problem = update_problem(reply, arrays)
@@ -170,9 +193,10 @@ class _Rounds:
                 site = self._site(reply)
                 rejected[site] = problem
                 log.warning("round %d: update from %s rejected: %s", rnd, site, problem)
-        new_arrays, _ = self.strategy.aggregate_train(rnd, accepted)
+        new_arrays, _ = strategy.aggregate_train(rnd, accepted)
         self.recorder.log_round(
             {
+                "model": model,
                 "round": rnd,
                 "phase": "train",
                 "sites": _metrics_by_site(accepted, self.names),
@@ -182,17 +206,20 @@ class _Rounds:
         )
         return new_arrays if new_arrays is not None else arrays
 
-    def evaluate(self, rnd: int, arrays: ArrayRecord) -> None:
+    def _monitor(
+        self, strategy: Strategy, rnd: int, arrays: ArrayRecord, view: Grid, model: str
+    ) -> None:
         """Every site with a test split scores ``arrays``; summaries are logged by site."""
         start = time.monotonic()
-        self.config[ConfigKey.ROUND.value] = rnd
-        messages = self.strategy.configure_evaluate(rnd, arrays, self.config, self.eval_view)
-        replies = self._send(messages, f"round {rnd} evaluate")
+        config = self._config(**{ConfigKey.ROUND.value: rnd})
+        messages = strategy.configure_evaluate(rnd, arrays, config, view)
+        replies = self._send(messages, f"{_prefix(model)}round {rnd} evaluate")
         failed = {self._site(r): r.error.reason for r in replies if r.has_error()}
         for site, reason in failed.items():
             log.warning("round %d: evaluation at %s failed: %s", rnd, site, reason)
         self.recorder.log_round(
             {
+                "model": model,
                 "round": rnd,
                 "phase": "evaluate",
                 "sites": _metrics_by_site([r for r in replies if not r.has_error()], self.names),
@@ -200,6 +227,88 @@ class _Rounds:
                 "seconds": time.monotonic() - start,
             }
         )
+
+    # ---- local-only models -----------------------------------------------------------------
+
+    def train_local_only(self, site: SiteInfo) -> ArrayRecord:
+        """The site trains the initial model alone for rounds x local epochs; its weights."""
+        cfg = self.cfg
+        epochs = cfg.federation.num_rounds * cfg.train.local_epochs
+        config = ConfigRecord(
+            {
+                **cfg.replace({"train.local-epochs": epochs}).to_flat(),
+                ConfigKey.ROUND.value: 0,
+            }
+        )
+        initial = self.initial_arrays()
+        content = RecordDict({RecordKey.ARRAYS: initial, RecordKey.CONFIG: config})
+        message = Message(content, dst_node_id=site.node_id, message_type=MessageType.TRAIN)
+        replies = self._send([message], f"local-only model at {site.name}")
+        if not replies:
+            raise FederationError(f"{site.name} did not return its local-only model in time")
+        reply = replies[0]
+        if reply.has_error():
+            raise FederationError(
+                f"local-only training at {site.name} failed: {reply.error.reason}"
+            )
+        problem = update_problem(reply, initial)
+        if problem is not None:
+            raise FederationError(f"local-only model from {site.name} rejected: {problem}")
+        arrays = cast(ArrayRecord, next(iter(reply.content.array_records.values())))
+        self.recorder.checkpoint(arrays.to_torch_state_dict(), cfg, 0, f"local-{site.name}")
+        return arrays
+
+    # ---- final evaluation ------------------------------------------------------------------
+
+    def evaluate(
+        self, arrays: ArrayRecord, splits: dict[str, str], model: str
+    ) -> dict[str, SiteSummary]:
+        """Summaries of ``arrays`` at the sites named in ``splits`` (site -> split to score).
+
+        A site that fails or does not answer is logged and recorded as missing;
+        the others' summaries are returned.
+        """
+        start = time.monotonic()
+        messages = []
+        for site in self.sites:
+            if site.name in splits:
+                config = self._config(
+                    **{ConfigKey.ROUND.value: 0, ConfigKey.EVAL_SPLIT.value: splits[site.name]}
+                )
+                content = RecordDict({RecordKey.ARRAYS: arrays, RecordKey.CONFIG: config})
+                messages.append(
+                    Message(content, dst_node_id=site.node_id, message_type=MessageType.EVALUATE)
+                )
+        replies = self._send(messages, f"evaluate {model}")
+        out: dict[str, SiteSummary] = {}
+        failed: dict[str, str] = {}
+        for reply in replies:
+            name = self._site(reply)
+            if reply.has_error():
+                failed[name] = str(reply.error.reason)
+                log.warning("evaluation of %s at %s failed: %s", model, name, reply.error.reason)
+                continue
+            out[name] = SiteSummary.from_record(next(iter(reply.content.metric_records.values())))
+        failed.update({s: "no reply" for s in splits if s not in out and s not in failed})
+        self.recorder.log_round(
+            {
+                "model": model,
+                "phase": "final-evaluate",
+                "splits": splits,
+                "failed": failed,
+                "seconds": time.monotonic() - start,
+            }
+        )
+        return dict(sorted(out.items()))
+
+
+def default_splits(sites: Iterable[SiteInfo]) -> dict[str, str]:
+    """Every site scores its test split (external sites' cases are all test cases)."""
+    return {s.name: Split.TEST.value for s in sites if s.n_test > 0}
+
+
+def _prefix(model: str) -> str:
+    return "" if model == "global" else f"{model}: "
 
 
 def _metrics_by_site(replies: list[Message], names: dict[int, str]) -> dict[str, dict[str, Any]]:

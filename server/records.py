@@ -4,7 +4,9 @@ Layout::
 
     RUN_DIR/config.json     resolved flat run config and the sites that joined
     RUN_DIR/rounds.jsonl    one JSON object per round and phase, metrics by site name
-    RUN_DIR/checkpoint.pt   model state, config and round, written atomically
+    RUN_DIR/checkpoint.pt   global model state, config and round, written atomically
+    RUN_DIR/checkpoint-MODEL.pt   the same for the design's other models (e.g. a LOSO fold)
+    RUN_DIR/evaluations.json      every final evaluation: model, site, role, summary
 
 A checkpoint is replaced only once the new one is completely on disk, so an
 interrupted write never leaves a corrupt file.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ from common.config import RunConfig
 CONFIG_FILE = "config.json"
 ROUNDS_FILE = "rounds.jsonl"
 CHECKPOINT_FILE = "checkpoint.pt"
+EVALUATIONS_FILE = "evaluations.json"
 
 
 class RunRecorder:
@@ -47,16 +51,49 @@ class RunRecorder:
             fh.flush()
             os.fsync(fh.fileno())
 
+    def write_evaluations(self, evaluations: list[Mapping[str, Any]]) -> Path:
+        """Replace RUN_DIR/evaluations.json with ``evaluations`` (atomically)."""
+        path = self.run_dir / EVALUATIONS_FILE
+        _write_atomic(path, json.dumps(list(evaluations), indent=1).encode())
+        return path
+
     def checkpoint(
-        self, state: Mapping[str, torch.Tensor], cfg: RunConfig, server_round: int
+        self,
+        state: Mapping[str, torch.Tensor],
+        cfg: RunConfig,
+        server_round: int,
+        model: str = "global",
     ) -> Path:
         """Write model state, config and round together, atomically."""
-        payload = {"model": dict(state), "config": cfg.to_flat(), "round": server_round}
-        path = self.run_dir / CHECKPOINT_FILE
+        payload = {
+            "model": dict(state),
+            "config": cfg.to_flat(),
+            "round": server_round,
+            "model_id": model,
+        }
+        path = self.run_dir / checkpoint_name(model)
         tmp = path.with_suffix(".tmp")
         torch.save(payload, tmp)
         os.replace(tmp, path)
         return path
+
+
+def checkpoint_name(model: str) -> str:
+    """checkpoint.pt for the global model, checkpoint-MODEL.pt (file-safe) for others."""
+    if model == "global":
+        return CHECKPOINT_FILE
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", model)
+    return f"checkpoint-{safe}.pt"
+
+
+def read_evaluations(run_dir: Path | str) -> list[dict[str, Any]]:
+    """The final evaluations of a run (``RunRecorder.write_evaluations``)."""
+    return list(json.loads((Path(run_dir) / EVALUATIONS_FILE).read_text(encoding="utf-8")))
+
+
+def read_config(run_dir: Path | str) -> dict[str, Any]:
+    """RUN_DIR/config.json: ``{"config": flat run config, "sites": [...]}``."""
+    return dict(json.loads((Path(run_dir) / CONFIG_FILE).read_text(encoding="utf-8")))
 
 
 def read_rounds(run_dir: Path | str) -> list[dict[str, Any]]:

@@ -1,12 +1,12 @@
-"""The two reference points of every simulated federation, on the same splits.
+"""The pooled baseline of a simulated federation, on the same splits.
 
-- local-only: each training hospital trains alone on its own train split;
-- pooled: one centralised model on all training hospitals' train splits
-  (the upper bound that privacy rules out in practice).
-
-Both train for as many epochs as the federation's rounds x local epochs, with
-the same trainer, seeds and preprocessing, and are evaluated on every site's
-held-out test split, the external hospital included.
+One centralised model on all training hospitals' train splits: the upper bound
+that privacy rules out in practice, so it exists only in simulation. It trains
+for as many epochs as the federation's rounds x local epochs, with the same
+trainer, seeds and preprocessing, and is evaluated through the same site-side
+summaries on every site's held-out test split, the external hospital included.
+(The other reference point, each hospital's local-only model, is trained by
+the federation itself through the ClientApp: ``eval.local-only``.)
 """
 
 from __future__ import annotations
@@ -18,17 +18,20 @@ from pathlib import Path
 
 from torch import nn
 
-from client.trainer import evaluate, train_local
+from client.evaluation import summarize
+from client.trainer import train_local
 from common.config import RunConfig
 from common.data import SplitTensors, concat_splits, load_split
 from common.device import Compute, derive_seed, seed_everything, select_compute
 from common.keys import Split
 from common.manifest import list_site_dirs, read_manifest
 from common.models import build_model
+from common.summary import SiteSummary
+from server.designs import EXTERNAL, INTERNAL, Evaluation
 
 log = logging.getLogger("hepafed.progress")
 
-SiteMetrics = dict[str, dict[str, float]]  # evaluation site -> metrics
+POOLED = "pooled"  # the model id of the centralised baseline
 
 
 @dataclass(frozen=True)
@@ -67,38 +70,28 @@ def train_baseline(
     return model
 
 
-def evaluate_at_sites(
-    model: nn.Module, cfg: RunConfig, sites: Sequence[SiteData], compute: Compute
-) -> SiteMetrics:
-    """The model's summary metrics on every site's test split."""
-    return {s.name: evaluate(model, s.test, cfg, compute) for s in sites if len(s.test)}
-
-
-def local_only(
-    cfg: RunConfig, sites: Sequence[SiteData], trainers: Sequence[str]
-) -> dict[str, SiteMetrics]:
-    """For each training site, its own model's metrics at every site."""
-    compute = select_compute(cfg.train.amp)
-    out = {}
-    for site in sites:
-        if site.name in trainers:
-            log.info("baseline local-only: training at %s (%d cases)", site.name, len(site.train))
-            model = train_baseline(cfg, site.train, f"local-only/{site.name}", compute)
-            out[site.name] = evaluate_at_sites(model, cfg, sites, compute)
-    return out
-
-
 def pooled(
     cfg: RunConfig, sites: Sequence[SiteData], trainers: Sequence[str]
-) -> tuple[SiteMetrics, dict[str, float]]:
-    """The centralised model on the union of the training sites' train splits.
+) -> tuple[list[Evaluation], SiteSummary]:
+    """The centralised model's evaluation at every site, and on all internal test cases.
 
-    Returns its metrics at every site, and on all training sites' test cases
-    together (the in-distribution figure the phantom's difficulty is tuned to).
+    The second value is the in-distribution figure the phantom's difficulty
+    is tuned to: the pooled model on the training sites' test cases together.
     """
     compute = select_compute(cfg.train.amp)
     train = concat_splits([s.train for s in sites if s.name in trainers])
     log.info("baseline pooled: training on %d cases from %d sites", len(train), len(trainers))
-    model = train_baseline(cfg, train, "pooled", compute)
+    model = train_baseline(cfg, train, POOLED, compute)
+    evaluations = [
+        Evaluation(
+            POOLED,
+            s.name,
+            INTERNAL if s.name in trainers else EXTERNAL,
+            Split.TEST.value,
+            summarize(model, s.test, cfg, compute),
+        )
+        for s in sites
+        if len(s.test)
+    ]
     internal = concat_splits([s.test for s in sites if s.name in trainers])
-    return evaluate_at_sites(model, cfg, sites, compute), evaluate(model, internal, cfg, compute)
+    return evaluations, summarize(model, internal, cfg, compute)

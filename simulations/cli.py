@@ -1,4 +1,4 @@
-"""The `hepafed` command line: simulate, phantom, site check."""
+"""The `hepafed` command line: simulate, report, phantom, site check."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any
 
 import common  # noqa: F401  (sets Flower's no-telemetry, no-install environment)
 from common.config import ConfigError, RunConfig
-from common.keys import MetricKey, Split
+from common.keys import EvalDesign, MetricKey, Split
 from common.manifest import ManifestError, SiteManifest, inspect_site
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
@@ -86,7 +86,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         overrides=parse_overrides(args.run_config),
         quick=args.quick,
         verbose=args.verbose,
+        design=args.design,
     )
+    from server.reporting import format_summary
+
+    print()
+    print(format_summary(summary.report))
+    if not summary.rows:
+        return _print_footer(summary)
     header = ("site", "role", "n test", "federated AUC [95% CI]", "local-only AUC", "pooled AUC")
     rows = [
         (
@@ -105,15 +112,29 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     print("  ".join("-" * w for w in widths))
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
-    print(
-        f"\npooled model on all training sites' test cases: AUC {_fmt_auc(summary.pooled_internal)}"
-    )
+    if summary.pooled_internal:
+        print(
+            "\npooled model on all training sites' test cases: "
+            f"AUC {_fmt_auc(summary.pooled_internal)}"
+        )
+    return _print_footer(summary)
+
+
+def _print_footer(summary: Any) -> int:
     s = summary.seconds
-    print(
-        f"\nscenario {summary.scenario}: total {s['total']:.0f}s (phantom {s['phantom']:.0f}s, "
-        f"federation {s['federation']:.0f}s, baselines {s['baselines']:.0f}s)"
-    )
-    print(f"run folder: {summary.run_dir}")
+    parts = ", ".join(f"{k} {v:.0f}s" for k, v in s.items() if k != "total")
+    print(f"\nscenario {summary.scenario}: total {s['total']:.0f}s ({parts})")
+    print(f"run folder: {summary.run_dir} (report.html, report.json)")
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from server.reporting import format_summary, load_report, render
+
+    report = load_report(args.run_dir)
+    html = render(args.run_dir)
+    print(format_summary(report))
+    print(f"\nreport: {html}")
     return EXIT_OK
 
 
@@ -165,7 +186,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default="data", help="phantom and cache folder")
     p.add_argument("--out", help="run folder (default runs/simulate-<scenario>-<time>)")
     p.add_argument("--verbose", action="store_true", help="show Flower's own logs")
+    p.add_argument(
+        "--design",
+        choices=[d.value for d in EvalDesign],
+        default=None,
+        help="evaluation design (default: eval.design, holdout)",
+    )
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("report", help="re-render a run's report.html from its report.json")
+    p.add_argument("run_dir", help="run folder holding report.json (or the file itself)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("phantom", help="write a multi-center phantom in the site data contract")
     p.add_argument("--scenario", default="liver-5", help="bundled name or TOML path")

@@ -1,10 +1,14 @@
 """`hepafed simulate`: phantom -> federation -> baselines -> per-site comparison.
 
 1. generate (or reuse) the scenario's phantom hospitals on disk;
-2. run the real ServerApp/ClientApp in Flower's simulation engine, the
-   scenario's external hospitals evaluating only;
-3. train the local-only and pooled baselines on the same splits and seeds;
-4. write ``summary.json`` next to the federation's records and return it.
+2. run the real ServerApp/ClientApp in Flower's simulation engine with the
+   chosen evaluation design (``eval.design``), the scenario's external
+   hospitals evaluating only; the server also trains each hospital's
+   local-only model through its ClientApp (``eval.local-only``);
+3. train the pooled baseline (all training hospitals' data centralised,
+   simulation only) on the same splits and seeds;
+4. write the report (``report.json``, ``report.html``) and ``summary.json``
+   next to the federation's records and return the summary.
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from common.config import RunConfig
-from common.keys import MetricKey
-from server.records import read_rounds
-from simulations.baselines import load_sites, local_only, pooled
+from common.keys import EvalDesign
+from server.designs import GLOBAL, Evaluation, local_model
+from server.records import RunRecorder, read_evaluations
+from server.reporting import write_report
+from simulations.baselines import POOLED, load_sites, pooled
 from simulations.federated import run_federated
 from simulations.phantom import generate_phantom
 from simulations.scenario import Scenario, load_scenario
@@ -36,24 +42,26 @@ QUICK_OVERRIDES: dict[str, Any] = {"federation.num-rounds": 3, "train.local-epoc
 
 @dataclass(frozen=True)
 class SiteRow:
-    """One hospital's held-out performance under the three training regimes."""
+    """One hospital's held-out performance under the three training regimes (records)."""
 
     site: str
     role: str
     n_test: int
-    federated: dict[str, float]
-    local_only: dict[str, float]  # own model; external: mean of the local models
-    pooled: dict[str, float]
+    federated: dict[str, Any]
+    local_only: dict[str, Any]  # own model; a site without one: mean AUC of the local models
+    pooled: dict[str, Any]
 
 
 @dataclass(frozen=True)
 class SimulationSummary:
-    """What `hepafed simulate` reports; also written to RUN_DIR/summary.json."""
+    """What `hepafed simulate` returns; also written to RUN_DIR/summary.json."""
 
     scenario: str
+    design: str
     run_dir: str
     rows: list[SiteRow]
-    pooled_internal: dict[str, float]  # pooled model on all training sites' test cases
+    pooled_internal: dict[str, Any]  # pooled model on all training sites' test cases
+    report: dict[str, Any]
     seconds: dict[str, float]
 
 
@@ -69,6 +77,7 @@ def simulate(
     overrides: Mapping[str, Any] | None = None,
     quick: bool = False,
     verbose: bool = False,
+    design: str | None = None,
 ) -> SimulationSummary:
     """Run the whole comparison; see the module docstring."""
     seconds: dict[str, float] = {}
@@ -79,10 +88,13 @@ def simulate(
     seconds["phantom"] = time.monotonic() - t0
 
     run_dir = run_dir or default_run_dir(spec.name)
+    settings: dict[str, Any] = {**(QUICK_OVERRIDES if quick else {}), **(overrides or {})}
+    if design is not None:
+        settings["eval.design"] = design
     cfg = RunConfig().replace(
         {
-            **(QUICK_OVERRIDES if quick else {}),
-            **(overrides or {}),
+            "eval.local-only": True,  # the comparison table shows local-only models
+            **settings,
             "data.site-root": str(phantom_dir.resolve()),
             "data.cache-dir": str((data_dir / "cache" / phantom_dir.name).resolve()),
             "data.spatial-dims": spec.dims,
@@ -93,53 +105,69 @@ def simulate(
     _check_scenario_fits(cfg, spec)
 
     t = time.monotonic()
-    log.info("federation: %s, %d rounds", cfg.federation.strategy, cfg.federation.num_rounds)
+    log.info(
+        "federation: %s, %d rounds, %s design",
+        cfg.federation.strategy,
+        cfg.federation.num_rounds,
+        cfg.eval.design,
+    )
     run_federated(cfg, verbose=verbose)
     seconds["federation"] = time.monotonic() - t
 
-    t = time.monotonic()
-    sites = load_sites(cfg)
-    trainers = [s.name for s in spec.sites if s.role != "external"]
-    local = local_only(cfg, sites, trainers)
-    pool, pool_internal = pooled(cfg, sites, trainers)
-    seconds["baselines"] = time.monotonic() - t
+    evaluations = [Evaluation.from_dict(d) for d in read_evaluations(run_dir)]
+    pool_internal: dict[str, Any] = {}
+    if cfg.eval.design != EvalDesign.LOSO:  # one pooled model per fold is not simulated
+        t = time.monotonic()
+        pooled_evals, internal = pooled(cfg, load_sites(cfg), spec.training_sites)
+        evaluations += pooled_evals
+        pool_internal = internal.to_record()
+        RunRecorder(run_dir).write_evaluations([e.to_dict() for e in evaluations])
+        seconds["baselines"] = time.monotonic() - t
+    report = write_report(run_dir)
     seconds["total"] = time.monotonic() - t0
 
-    final = final_evaluation(run_dir)
-    rows = []
-    for site in sites:
-        own = local.get(site.name, {}).get(site.name)
-        rows.append(
-            SiteRow(
-                site=site.name,
-                role="external" if site.name in spec.external_sites else "train",
-                n_test=len(site.test),
-                federated=final.get(site.name, {}),
-                local_only=own if own is not None else _mean_of_models(local, site.name),
-                pooled=pool.get(site.name, {}),
-            )
-        )
-    summary = SimulationSummary(spec.name, str(run_dir), rows, pool_internal, seconds)
-    (run_dir / SUMMARY_FILE).write_text(json.dumps(asdict(summary), indent=2))
+    rows = comparison_rows(evaluations, spec)
+    summary = SimulationSummary(
+        spec.name, cfg.eval.design, str(run_dir), rows, pool_internal, report, seconds
+    )
+    doc = asdict(summary)
+    del doc["report"]  # report.json is next to it
+    (run_dir / SUMMARY_FILE).write_text(json.dumps(doc, indent=2))
     return summary
 
 
-def final_evaluation(run_dir: Path) -> dict[str, dict[str, float]]:
-    """Per-site metrics of the last evaluation round in RUN_DIR/rounds.jsonl."""
-    evals = [r for r in read_rounds(run_dir) if r["phase"] == "evaluate"]
-    if not evals:
-        raise RuntimeError(f"{run_dir} has no evaluation round: the federation did not finish")
-    return evals[-1]["sites"]
-
-
-def _mean_of_models(
-    local: Mapping[str, Mapping[str, dict[str, float]]], site: str
-) -> dict[str, float]:
-    """For a site without its own model: the average AUC of the others' local models."""
-    aucs = [m[site][MetricKey.AUC] for m in local.values() if MetricKey.AUC in m.get(site, {})]
-    if not aucs:
-        return {}
-    return {MetricKey.AUC.value: sum(aucs) / len(aucs), "models": float(len(aucs))}
+def comparison_rows(evaluations: list[Evaluation], spec: Scenario) -> list[SiteRow]:
+    """Per site: the global, its own local-only (or the mean of them) and the pooled model."""
+    by = {(e.model, e.site): e for e in evaluations}
+    rows = []
+    for site in spec.sites:
+        own = by.get((GLOBAL, site.name))
+        if own is None:
+            continue
+        local = by.get((local_model(site.name), site.name))
+        if local is not None:
+            local_rec = local.summary.to_record()
+        else:
+            others = [
+                e.summary.auc
+                for e in evaluations
+                if e.model.startswith("local-") and e.site == site.name and e.summary.auc
+            ]
+            local_rec = (
+                {"auc": sum(others) / len(others), "models": float(len(others))} if others else {}
+            )
+        pool = by.get((POOLED, site.name))
+        rows.append(
+            SiteRow(
+                site=site.name,
+                role=site.role,
+                n_test=own.summary.n,
+                federated=own.summary.to_record(),
+                local_only=local_rec,
+                pooled=pool.summary.to_record() if pool else {},
+            )
+        )
+    return rows
 
 
 def _check_scenario_fits(cfg: RunConfig, spec: Scenario) -> None:

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from client.evaluation import summarize
 from client.site import SiteConfigError, open_site, resolve_site_dir, site_evaluate, site_train
-from client.trainer import classification_summary, evaluate, train_local
+from client.trainer import train_local
 from common.config import RunConfig
 from common.device import derive_seed, select_compute
 from common.models import build_model
@@ -36,12 +37,13 @@ def test_training_learns_the_synthetic_signal(site_factory: Callable[..., Path])
     compute = select_compute(prefer="cpu")
     model = build_model(cfg)
     test = s.split("test", cfg)
-    before = evaluate(model, test, cfg, compute)["auc"]
+    before = summarize(model, test, cfg, compute).auc
     result = train_local(model, s.split("train", cfg), cfg, compute, seed=1, epochs=6)
-    after = evaluate(model, test, cfg, compute)
+    after = summarize(model, test, cfg, compute)
     assert result.num_examples == 6 * 40 and np.isfinite(result.loss)
-    assert after["auc"] >= 0.9 > before
-    assert after["n"] == 20 and after["n-pos"] == 10 and after["n-neg"] == 10
+    assert before is not None and after.auc is not None
+    assert after.auc >= 0.9 > before
+    assert after.n == 20 and after.n_pos == 10 and after.n_neg == 10
 
 
 def test_site_jobs_are_reproducible_and_summaries_only(site_factory: Callable[..., Path]) -> None:
@@ -54,20 +56,7 @@ def test_site_jobs_are_reproducible_and_summaries_only(site_factory: Callable[..
     assert all(torch.equal(state1[k], state2[k]) for k in state1)
     assert metrics1["num-examples"] == 8.0 and metrics1["train-loss"] == metrics2["train-loss"]
     summary = site_evaluate(s, arrays, cfg)
-    # only scalars leave the site: no per-case scores, ids or images
-    assert all(isinstance(v, float) for v in summary.values())
-    assert summary["n"] == 4.0
-
-
-def test_classification_summary_hand_computed() -> None:
-    labels = np.array([1, 1, 0, 0, 0])
-    probs = np.array([0.9, 0.4, 0.6, 0.2, 0.1])
-    out = classification_summary(labels, probs, threshold=0.5)
-    assert out["sensitivity"] == 0.5 and out["specificity"] == pytest.approx(2 / 3)
-    assert out["accuracy"] == pytest.approx(3 / 5)
-    assert out["auc"] == pytest.approx(5 / 6)  # 5 of 6 (pos, neg) pairs ordered
-    expected_loss = -np.mean(np.log([0.9, 0.4, 0.4, 0.8, 0.9]))
-    assert out["loss"] == pytest.approx(expected_loss)
+    assert summary.n == 4 and summary.insufficient  # 4 test cases < eval.min-cases
 
 
 def test_node_without_site_is_a_named_error(tmp_path: Path) -> None:

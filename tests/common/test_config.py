@@ -43,7 +43,10 @@ def test_unknown_key_lists_valid_keys() -> None:
         ("federation.num-rounds", True, r"expected int, got bool"),
         ("data.window-max", -500.0, r"must exceed data.window-min"),
         ("data.spatial-dims", 4, r"must be 2 or 3"),
-        ("eval.threshold", 1.0, r"must be in \(0, 1\)"),
+        ("eval.thresholds", "0.5,1.0", r"give one or more values in \(0, 1\)"),
+        ("eval.thresholds", "0.5,high", "expected comma-separated numbers"),
+        ("eval.design", "kfold", "must be one of"),
+        ("eval.min-cases", 2, "must be >= 4"),
     ],
 )
 def test_bad_values_name_key_and_valid_choices(key: str, value: object, message: str) -> None:

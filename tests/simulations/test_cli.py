@@ -63,6 +63,8 @@ def test_simulate_quick_on_liver_2(tmp_path: Path, capsys: pytest.CaptureFixture
             str(tmp_path / "data"),
             "--out",
             str(out),
+            "--run-config",
+            "eval.min-cases=8 eval.min-per-class=3",  # liver-2 has 10 test cases per site
         ]
     )
     assert code == 0
@@ -76,3 +78,15 @@ def test_simulate_quick_on_liver_2(tmp_path: Path, capsys: pytest.CaptureFixture
             assert 0.0 <= row[regime]["auc"] <= 1.0, (row["site"], regime)
     assert {"phantom", "federation", "baselines", "total"} <= set(summary["seconds"])
     assert (out / "rounds.jsonl").is_file() and (out / "checkpoint.pt").is_file()
+    # the report holds the federated, local-only and pooled models at every site
+    report = json.loads((out / "report.json").read_text())
+    models = {(c["model"], c["site"]) for c in report["matrix"]}
+    for site in sites:
+        assert {("global", site), (f"local-{site}", site), ("pooled", site)} <= models
+    assert "pooled internal AUC" in printed and "report.html" in printed
+    # `hepafed report` re-renders the page from report.json alone
+    (out / "report.html").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.html").is_file()
+    assert main(["report", str(tmp_path)]) == 2  # no report.json there: a clear usage error
+    assert "does not exist" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,7 +14,8 @@ import pytest
 import torch
 
 from common.config import RunConfig
-from server.records import load_checkpoint, read_rounds
+from server.records import load_checkpoint, read_evaluations, read_rounds
+from server.report import model_sha256
 from simulations.federated import run_federated
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,13 +44,15 @@ def test_two_sites_two_rounds_learn_and_report_by_site(
     run_federated(cfg)
 
     rounds = read_rounds(run_dir)
-    assert [(r["round"], r["phase"]) for r in rounds] == [
+    assert [(r.get("round"), r["phase"]) for r in rounds] == [
         (0, "evaluate"),
         (1, "train"),
         (1, "evaluate"),
         (2, "train"),
         (2, "evaluate"),
+        (None, "final-evaluate"),
     ]
+    rounds = rounds[:-1]
     for r in rounds:
         assert set(r["sites"]) == {"hospital-x", "hospital-y"}  # site names, not node ids
     assert rounds[1]["sites"]["hospital-x"]["num-examples"] == 40
@@ -59,6 +63,58 @@ def test_two_sites_two_rounds_learn_and_report_by_site(
     ckpt = load_checkpoint(run_dir / "checkpoint.pt")
     assert ckpt["round"] == 2 and ckpt["config"]["federation.num-rounds"] == 2
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    # the holdout design's final evaluation is the report's input, by site name
+    report = json.loads((run_dir / "report.json").read_text())
+    rows = {r["site"]: r for r in report["sites"]}
+    assert set(rows) == {"hospital-x", "hospital-y"}
+    for site, row in rows.items():
+        assert row["model"] == "global" and row["role"] == "internal"
+        assert row["auc"]["estimate"] == pytest.approx(final[site])
+    pooled = report["pooled"]["internal"]
+    perfect = {s for s, a in final.items() if a == 1.0}  # a logit cannot pool AUC = 1
+    assert pooled["k"] == 2 - len(perfect) and set(pooled["excluded"]) == perfect
+    assert report["provenance"]["model_sha256"]["global"] == model_sha256(ckpt["model"])
+    assert (run_dir / "report.html").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_loso_design_leaves_each_site_out_once(
+    site_factory: Callable[..., Path], tmp_path: Path
+) -> None:
+    for name, seed in (("hospital-x", 1), ("hospital-y", 2), ("hospital-z", 3)):
+        site_factory(name, n_cases=30, seed=seed)
+    run_dir = tmp_path / "run"
+    cfg = RunConfig().replace(
+        {
+            "data.site-root": str(tmp_path / "sites"),
+            "data.roi-size": 32,
+            "federation.num-rounds": 1,
+            "eval.design": "loso",
+            "eval.min-cases": 10,
+            "output.run-dir": str(run_dir),
+        }
+    )
+    run_federated(cfg)
+    evaluations = read_evaluations(run_dir)
+    trained = {}
+    for fold in ("hospital-x", "hospital-y", "hospital-z"):
+        model = f"without-{fold}"
+        cells = {e["site"]: e for e in evaluations if e["model"] == model}
+        assert cells[fold]["role"] == "external" and cells[fold]["split"] == "all"
+        assert cells[fold]["summary"]["n"] == 30  # every case of the left-out site
+        others = [s for s in cells if s != fold]
+        assert all(
+            cells[s]["role"] == "internal" and cells[s]["summary"]["n"] == 10 for s in others
+        )
+        trained[model] = load_checkpoint(run_dir / f"checkpoint-{model}.pt")["model"]
+    # three different federations, three different models
+    keys = list(trained["without-hospital-x"])
+    assert not torch.equal(
+        trained["without-hospital-x"][keys[0]], trained["without-hospital-y"][keys[0]]
+    )
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["design"] == "loso" and len(report["gaps"]) == 3
+    assert [r["site"] for r in report["sites"]] == ["hospital-x", "hospital-y", "hospital-z"]
 
 
 def _kill_local_superlink(port: str) -> None:
@@ -123,9 +179,11 @@ def test_flwr_run_dot_runs_the_same_apps(site_factory: Callable[..., Path], tmp_
         _kill_local_superlink(control)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rounds = read_rounds(run_dir)
-    assert [(r["round"], r["phase"]) for r in rounds] == [
+    assert [(r.get("round"), r["phase"]) for r in rounds] == [
         (0, "evaluate"),
         (1, "train"),
         (1, "evaluate"),
+        (None, "final-evaluate"),
     ]
-    assert set(rounds[-1]["sites"]) == {"hospital-x", "hospital-y"}
+    assert set(rounds[-2]["sites"]) == {"hospital-x", "hospital-y"}
+    assert (run_dir / "report.json").is_file() and (run_dir / "report.html").is_file()

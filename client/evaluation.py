@@ -1,0 +1,227 @@
+"""Site-side evaluation: a model's predictions on local cases -> a ``SiteSummary``.
+
+Per-case probabilities, labels, masks and embeddings exist only inside these
+functions; what they return is the aggregate summary of ``common.summary``.
+The ClientApp, the local-only and the pooled baselines all evaluate through
+``summarize``, so every number in a report is computed the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from monai.metrics import DiceMetric, compute_hausdorff_distance
+from torch import nn
+
+from common.config import EvalConfig, RunConfig
+from common.data import SplitTensors
+from common.device import Compute
+from common.keys import Task
+from common.stats import (
+    brier_score,
+    calibration_bins,
+    calibration_glm,
+    delong_auc,
+    dice_summary,
+    roc_at_fpr,
+)
+from common.summary import SiteSummary, Table2x2, fpr_grid, histogram_edges
+from common.tasks import probabilities
+
+EPS = 1e-7
+
+
+def summarize(
+    model: nn.Module, data: SplitTensors, cfg: RunConfig, compute: Compute
+) -> SiteSummary:
+    """Evaluate ``model`` on ``data`` and keep only the aggregate summary."""
+    if cfg.task == Task.MALIGNANCY:
+        probs, embedding = predict(model, data.images, compute, cfg.seed, cfg.eval.embedding_dims)
+        return classification_summary(
+            data.labels.numpy(), probs.numpy(), cfg.eval, data.images, embedding
+        )
+    probs, _ = predict(model, data.images, compute, cfg.seed, 0)
+    return segmentation_summary(probs, data.masks, cfg.eval, data.images, cfg.data.spacing_mm)
+
+
+def sufficient(n_pos: int, n_neg: int, ev: EvalConfig) -> bool:
+    """The minimum-size guard: enough cases, and of each class, for meaningful statistics."""
+    return n_pos + n_neg >= ev.min_cases and min(n_pos, n_neg) >= ev.min_per_class
+
+
+def classification_summary(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    ev: EvalConfig,
+    images: torch.Tensor | None = None,
+    embedding: np.ndarray | None = None,
+) -> SiteSummary:
+    """Counts, AUC and DeLong variance, 2x2 tables, ROC grid, calibration, drift inputs."""
+    y = labels.astype(int)
+    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+    if not sufficient(n_pos, n_neg, ev):
+        return SiteSummary(n=len(y), n_pos=n_pos, n_neg=n_neg, insufficient=True)
+    p = np.clip(probs.astype(float), EPS, 1 - EPS)
+    auc = delong_auc(y, p)
+    tables = []
+    for t in ev.thresholds:
+        called = p >= t
+        tables.append(
+            Table2x2(
+                t,
+                tp=int((called & (y == 1)).sum()),
+                fp=int((called & (y == 0)).sum()),
+                fn=int((~called & (y == 1)).sum()),
+                tn=int((~called & (y == 0)).sum()),
+            )
+        )
+    bins = calibration_bins(y, p, ev.calibration_bins)
+    recal = calibration_glm(y, p)
+    mean, cov = embedding_moments(embedding)
+    return SiteSummary(
+        n=len(y),
+        n_pos=n_pos,
+        n_neg=n_neg,
+        loss=float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))),
+        auc=auc.auc,
+        auc_var=auc.variance,
+        tables=tuple(tables),
+        roc_tpr=roc_at_fpr(y, p, fpr_grid(ev.roc_points)).tpr,
+        cal_count=tuple(int(v) for v in bins.count),
+        cal_sum_p=tuple(float(v) for v in bins.sum_p),
+        cal_sum_y=tuple(round(v) for v in bins.sum_y),
+        cal_sum_sq=tuple(float(v) for v in bins.sum_sq_error),
+        brier=brier_score(y, p),
+        cal_citl=recal.citl,
+        cal_citl_se=recal.citl_se,
+        cal_slope=recal.slope,
+        cal_slope_se=recal.slope_se,
+        cal_intercept=recal.intercept,
+        cal_intercept_se=recal.intercept_se,
+        hist_counts=intensity_histograms(images, ev.histogram_bins) if images is not None else (),
+        emb_mean=mean,
+        emb_cov=cov,
+    )
+
+
+def segmentation_summary(
+    probs: torch.Tensor,
+    masks: torch.Tensor,
+    ev: EvalConfig,
+    images: torch.Tensor | None = None,
+    spacing_mm: float = 1.0,
+) -> SiteSummary:
+    """Per-case Dice (MONAI ``DiceMetric``) and HD95, summarised; intensity histograms."""
+    n = len(masks)
+    if n < ev.min_cases:
+        return SiteSummary(n=n, insufficient=True)
+    pred = (probs >= 0.5).float()
+    dice = DiceMetric(include_background=True, reduction="none", ignore_empty=False)
+    d = torch.as_tensor(dice(pred, masks)).view(-1).double().numpy()
+    spacing = [spacing_mm] * (masks.ndim - 2)
+    hd_cases = compute_hausdorff_distance(pred, masks, percentile=95, spacing=spacing)
+    hd = hd_cases.view(-1).double().numpy()
+    finite = hd[np.isfinite(hd)]  # inf/nan where a predicted or true mask is empty
+    p = probs.clamp(EPS, 1 - EPS)
+    bce = -(masks * p.log() + (1 - masks) * (1 - p).log()).mean()
+    ds = dice_summary(d, ev.level)
+    return SiteSummary(
+        n=n,
+        loss=float(bce),
+        dice_mean=ds.mean,
+        dice_sd=ds.sd,
+        dice_median=ds.median,
+        dice_q1=ds.q1,
+        dice_q3=ds.q3,
+        hd95_mean=float(finite.mean()) if finite.size else None,
+        hd95_n=int(finite.size),
+        hist_counts=intensity_histograms(images, ev.histogram_bins) if images is not None else (),
+    )
+
+
+def intensity_histograms(images: torch.Tensor, bins: int) -> tuple[tuple[int, ...], ...]:
+    """Per-channel counts of the model input's voxels on ``bins`` equal bins over [0, 1]."""
+    edges = histogram_edges(bins)
+    out = []
+    for c in range(images.shape[1]):
+        values = images[:, c].reshape(-1).float().numpy()
+        counts, _ = np.histogram(np.clip(values, 0.0, 1.0), bins=edges)
+        out.append(tuple(int(v) for v in counts))
+    return tuple(out)
+
+
+def embedding_moments(
+    embedding: np.ndarray | None,
+) -> tuple[tuple[float, ...], tuple[tuple[float, ...], ...]]:
+    """Mean and covariance (ddof = 1) of the projected embedding; empty without one."""
+    if embedding is None or len(embedding) < 2:
+        return (), ()
+    mean = embedding.mean(axis=0)
+    cov = np.atleast_2d(np.cov(embedding, rowvar=False, ddof=1))
+    return tuple(float(v) for v in mean), tuple(tuple(float(v) for v in row) for row in cov)
+
+
+def projection(features: int, dims: int, seed: int) -> torch.Tensor:
+    """A fixed Gaussian random projection (features -> dims), identical at every site.
+
+    Seeded by the run seed only, so all sites project into the same space and
+    their embedding Gaussians can be compared (Johnson-Lindenstrauss scaling).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(features, dims, generator=gen) / dims**0.5
+
+
+def last_linear(model: nn.Module) -> nn.Linear | None:
+    """The network's final fully connected layer, whose input is the embedding."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
+@contextlib.contextmanager
+def capture_embedding(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Collect the penultimate-layer features of every forward pass inside the block."""
+    captured: list[torch.Tensor] = []
+    layer = last_linear(model)
+    if layer is None:
+        yield captured
+        return
+
+    def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        captured.append(inputs[0].detach().float().flatten(1).cpu())
+
+    handle = layer.register_forward_pre_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    images: torch.Tensor,
+    compute: Compute,
+    seed: int,
+    embedding_dims: int,
+    batch_size: int = 64,
+) -> tuple[torch.Tensor, np.ndarray | None]:
+    """Probabilities for every case and, when asked, the projected embedding (N, dims)."""
+    model.to(compute.device).eval()
+    out = []
+    with capture_embedding(model) as features:
+        for lo in range(0, len(images), batch_size):
+            x = images[lo : lo + batch_size].to(compute.device, non_blocking=True)
+            with compute.autocast():
+                logits = model(x)
+            out.append(probabilities(logits).float().cpu())
+    probs = torch.cat(out) if out else torch.zeros(0)
+    if probs.ndim == 2 and probs.shape[1] == 1:
+        probs = probs.view(-1)
+    embedding = None
+    if embedding_dims and features:
+        feats = torch.cat(features)
+        embedding = (feats @ projection(feats.shape[1], embedding_dims, seed)).numpy()
+    return probs, embedding

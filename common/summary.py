@@ -1,0 +1,194 @@
+"""What a site reports about a model on its data: the evaluation summary.
+
+Only aggregates cross the wire: counts, the AUC with its DeLong variance, 2x2
+tables at the configured thresholds, sensitivities on a fixed false-positive
+rate grid, calibration bin counts and sums, the Brier score and a logistic
+recalibration fit, per-channel intensity histograms on fixed bins, and the mean
+and covariance of a fixed low-dimensional projection of the penultimate-layer
+embedding. Every list has a length fixed by the run config (``eval.*``), never
+by the number of cases, so no per-case value can hide in one.
+
+A site with fewer than ``eval.min-cases`` cases, or fewer than
+``eval.min-per-class`` positives or negatives, reports its counts and
+``insufficient`` only.
+
+``SiteSummary.to_record`` / ``from_record`` are the one encoding both sides use
+(a Flower ``MetricRecord`` holds numbers and lists of numbers).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+RecordValue = int | float | list[int] | list[float]
+
+
+# SiteSummary's optional scalar fields and their record keys
+SCALAR_KEYS = {
+    "loss": "loss",
+    "auc": "auc",
+    "auc_var": "auc-var",
+    "brier": "brier",
+    "cal_citl": "cal-citl",
+    "cal_citl_se": "cal-citl-se",
+    "cal_slope": "cal-slope",
+    "cal_slope_se": "cal-slope-se",
+    "cal_intercept": "cal-intercept",
+    "cal_intercept_se": "cal-intercept-se",
+    "dice_mean": "dice",
+    "dice_sd": "dice-sd",
+    "dice_median": "dice-median",
+    "dice_q1": "dice-q1",
+    "dice_q3": "dice-q3",
+    "hd95_mean": "hd95",
+}
+
+
+@dataclass(frozen=True)
+class Table2x2:
+    """Counts at one threshold: a case is called positive when its probability >= threshold."""
+
+    threshold: float
+    tp: int
+    fp: int
+    fn: int
+    tn: int
+
+
+@dataclass(frozen=True)
+class SiteSummary:
+    """One site's evaluation of one model (all fields are aggregates)."""
+
+    n: int
+    n_pos: int = 0
+    n_neg: int = 0
+    insufficient: bool = False
+    loss: float | None = None
+    # classification
+    auc: float | None = None
+    auc_var: float | None = None
+    tables: tuple[Table2x2, ...] = ()
+    roc_tpr: tuple[float, ...] = ()  # sensitivity at linspace(0, 1, eval.roc-points)
+    cal_count: tuple[int, ...] = ()  # cases per equal-width probability bin
+    cal_sum_p: tuple[float, ...] = ()  # sum of predicted probabilities per bin
+    cal_sum_y: tuple[int, ...] = ()  # positives per bin
+    cal_sum_sq: tuple[float, ...] = ()  # sum of squared errors (p - y)^2 per bin
+    brier: float | None = None
+    cal_citl: float | None = None  # calibration-in-the-large: glm(y ~ offset(logit p))
+    cal_citl_se: float | None = None
+    cal_slope: float | None = None  # logistic recalibration: glm(y ~ logit p)
+    cal_slope_se: float | None = None
+    cal_intercept: float | None = None  # ... and its intercept
+    cal_intercept_se: float | None = None
+    # segmentation
+    dice_mean: float | None = None
+    dice_sd: float | None = None
+    dice_median: float | None = None
+    dice_q1: float | None = None
+    dice_q3: float | None = None
+    hd95_mean: float | None = None
+    hd95_n: int = 0  # cases with a finite HD95 (both masks non-empty)
+    # drift
+    hist_counts: tuple[tuple[int, ...], ...] = ()  # channel x bin, model input on [0, 1]
+    emb_mean: tuple[float, ...] = ()
+    emb_cov: tuple[tuple[float, ...], ...] = field(default=())  # d x d (ddof = 1)
+
+    # ---- the wire format -------------------------------------------------------------------
+
+    def to_record(self) -> dict[str, RecordValue]:
+        """Flat keys -> numbers or lists of numbers (a Flower MetricRecord's content)."""
+        out: dict[str, RecordValue] = {
+            "num-examples": self.n,  # Flower's weighting key
+            "n": self.n,
+            "n-pos": self.n_pos,
+            "n-neg": self.n_neg,
+            "insufficient": int(self.insufficient),
+        }
+        scalars = {key: getattr(self, attr) for attr, key in SCALAR_KEYS.items()}
+        # a non-finite value (e.g. a calibration slope that cannot be estimated) is left out
+        out.update({k: float(v) for k, v in scalars.items() if v is not None and math.isfinite(v)})
+        if self.hd95_n:
+            out["hd95-n"] = self.hd95_n
+        if self.tables:
+            out["thresholds"] = [t.threshold for t in self.tables]
+            for cell in ("tp", "fp", "fn", "tn"):
+                out[cell] = [int(getattr(t, cell)) for t in self.tables]
+        lists: dict[str, list[float] | list[int]] = {
+            "roc-tpr": list(self.roc_tpr),
+            "cal-count": [int(v) for v in self.cal_count],
+            "cal-sum-p": list(self.cal_sum_p),
+            "cal-sum-y": [int(v) for v in self.cal_sum_y],
+            "cal-sum-sq": list(self.cal_sum_sq),
+            "emb-mean": list(self.emb_mean),
+            "emb-cov": [v for row in self.emb_cov for v in row],
+            "hist": [int(v) for row in self.hist_counts for v in row],
+        }
+        out.update({k: v for k, v in lists.items() if v})
+        if self.hist_counts:
+            out["hist-channels"] = len(self.hist_counts)
+        return out
+
+    @classmethod
+    def from_record(cls, record: Any) -> SiteSummary:
+        """Parse what ``to_record`` wrote (a MetricRecord or a plain mapping)."""
+        r = dict(record)
+
+        def num(key: str) -> float | None:
+            return float(r[key]) if key in r else None
+
+        def seq(key: str) -> list[float]:
+            return [float(v) for v in r.get(key, [])]
+
+        tables = tuple(
+            Table2x2(float(t), int(tp), int(fp), int(fn), int(tn))
+            for t, tp, fp, fn, tn in zip(
+                r.get("thresholds", []),
+                r.get("tp", []),
+                r.get("fp", []),
+                r.get("fn", []),
+                r.get("tn", []),
+                strict=True,
+            )
+        )
+        hist: tuple[tuple[int, ...], ...] = ()
+        if "hist" in r:
+            channels = int(r["hist-channels"])
+            flat = np.asarray(r["hist"], dtype=np.int64).reshape(channels, -1)
+            hist = tuple(tuple(int(v) for v in row) for row in flat)
+        emb_mean = tuple(seq("emb-mean"))
+        cov: tuple[tuple[float, ...], ...] = ()
+        if emb_mean:
+            d = len(emb_mean)
+            cov_flat = np.asarray(seq("emb-cov"), dtype=float).reshape(d, d)
+            cov = tuple(tuple(float(v) for v in row) for row in cov_flat)
+        return cls(
+            **{attr: num(key) for attr, key in SCALAR_KEYS.items()},
+            n=int(r.get("n", 0)),
+            n_pos=int(r.get("n-pos", 0)),
+            n_neg=int(r.get("n-neg", 0)),
+            insufficient=bool(r.get("insufficient", 0)),
+            tables=tables,
+            roc_tpr=tuple(seq("roc-tpr")),
+            cal_count=tuple(int(v) for v in r.get("cal-count", [])),
+            cal_sum_p=tuple(seq("cal-sum-p")),
+            cal_sum_y=tuple(int(v) for v in r.get("cal-sum-y", [])),
+            cal_sum_sq=tuple(seq("cal-sum-sq")),
+            hd95_n=int(r.get("hd95-n", 0)),
+            hist_counts=hist,
+            emb_mean=emb_mean,
+            emb_cov=cov,
+        )
+
+
+def fpr_grid(points: int) -> np.ndarray:
+    """The false-positive rates every site reports sensitivity at."""
+    return np.linspace(0.0, 1.0, points)
+
+
+def histogram_edges(bins: int) -> np.ndarray:
+    """Bin edges of the intensity histograms (model input scaled to [0, 1])."""
+    return np.linspace(0.0, 1.0, bins + 1)

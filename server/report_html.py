@@ -1,0 +1,2035 @@
+"""The cross-site report as one self-contained HTML page (``report.json`` -> ``report.html``).
+
+``render_html(report)`` turns the document built by ``server.report`` (layout:
+``server/report.schema.json``) into a page for clinical researchers: a plain
+language guide, the headline pooled internal vs external comparison, the
+flags, the per-site table, forest plots, the internal vs external gaps, ROC
+curves, reliability diagrams, drift vs degradation, the model x site matrix
+and the provenance.
+
+The page needs no network at all: the CSS is inline, every figure is an SVG
+drawn here, there is no JavaScript, no font and no image to fetch. Every string
+that comes from the report (site names come from hospitals) is escaped. The
+output depends on the report alone, so the same report gives the same bytes.
+Missing values (null in the JSON) are shown as "n/a", never as a number.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+__all__ = ["render_html"]
+
+SVG_NS = "http://www.w3.org/2000/svg"
+
+INTERNAL_COLOUR = "#1d4e89"
+EXTERNAL_COLOUR = "#c2410c"
+FLAG_COLOUR = "#b91c1c"
+GRID_COLOUR = "#e5e7eb"
+AXIS_COLOUR = "#6b7280"
+TEXT_COLOUR = "#1f2937"
+MUTED_COLOUR = "#6b7280"
+# Okabe-Ito (colour-blind safe) without its yellow, then darker extras; repeats after ten sites
+SITE_PALETTE = (
+    "#0072b2",
+    "#d55e00",
+    "#009e73",
+    "#cc79a7",
+    "#e69f00",
+    "#56b4e9",
+    "#332288",
+    "#882255",
+    "#117733",
+    "#6b7280",
+)
+MINUS = "\u2212"
+NUM_CLASS = ' class="num"'
+SUPERSCRIPT = str.maketrans(
+    "-0123456789", "\u207b\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079"
+)
+CHAR_WIDTH = 0.6  # average glyph width in em, to size SVG text boxes
+
+DESIGN_NAMES = {
+    "holdout": "Hold-out",
+    "loso": "Leave-one-site-out",
+    "cross-site": "Cross-site",
+}
+DESIGN_NOTES = {
+    "holdout": "One federated (global) model was trained on the training sites. It was "
+    "evaluated on each training site's held-out test patients (internal) and on the "
+    "designated external sites, which never contributed training data (external).",
+    "loso": "Leave-one-site-out: for every training site, a model was federated without it "
+    "and evaluated on all of that site's patients. Each row of the per-site table is a site "
+    "scored by the model that never saw it (external); internal figures are each site's "
+    "test-split AUC averaged over the folds it trained in.",
+    "cross-site": "Cross-site: the federated (global) model plus one model trained at each "
+    "site alone, each evaluated at every site. The per-site table shows the global model; "
+    "the model \u00d7 site matrix shows every combination.",
+}
+TASK_NAMES = {
+    "lesion-malignancy": "Lesion malignancy classification",
+    "lesion-segmentation": "Lesion segmentation",
+}
+SEGMENTATION = "lesion-segmentation"
+FLAG_NAMES = {
+    "below-prediction-interval": "Below prediction interval",
+    "drop-exceeds-margin": "AUC drop exceeds margin",
+    "insufficient-data": "Insufficient data",
+    "no-evaluation": "No evaluation received",
+}
+FLAG_SHORT = {
+    "below-prediction-interval": "below PI",
+    "drop-exceeds-margin": "drop > margin",
+    "insufficient-data": "too few cases",
+    "no-evaluation": "no report",
+}
+
+
+# ---- formatting -------------------------------------------------------------------------------
+
+
+def esc(value: object) -> str:
+    """HTML-escape any value (quotes included, so it is safe in attributes too)."""
+    return html.escape(str(value), quote=True)
+
+
+def _finite(x: object) -> float | None:
+    """``x`` as a float when it is a finite number, else None (bool is not a number here)."""
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        return None
+    v = float(x)
+    return v if math.isfinite(v) else None
+
+
+def fmt(x: object, digits: int = 3, signed: bool = False) -> str:
+    """A number with fixed decimals and a true minus sign; "n/a" when missing."""
+    v = _finite(x)
+    if v is None:
+        return "n/a"
+    text = f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
+    if float(text) == 0:  # no "-0.000" or "+0.000"
+        text = f"{0.0:.{digits}f}"
+    return text.replace("-", MINUS)
+
+
+def fmt_sig(x: object, sig: int = 3) -> str:
+    """``sig`` significant digits in fixed notation (drift measures span decades)."""
+    v = _finite(x)
+    if v is None:
+        return "n/a"
+    if v == 0:
+        return "0"
+    if abs(v) < 1e-4:
+        mantissa, exponent = f"{v:.{sig - 1}e}".split("e")
+        power = str(int(exponent)).translate(SUPERSCRIPT)
+        return f"{mantissa}\u00d710{power}".replace("-", MINUS)
+    decimals = max(0, sig - 1 - math.floor(math.log10(abs(v))))
+    return f"{v:.{decimals}f}".replace("-", MINUS)
+
+
+def fmt_p(p: object) -> str:
+    """A p-value as "0.083", "<0.001" or ">0.999"."""
+    v = _finite(p)
+    if v is None:
+        return "n/a"
+    if v < 0.001:
+        return "<0.001"
+    if v > 0.999:
+        return ">0.999"
+    return f"{v:.3f}"
+
+
+def p_eq(p: object) -> str:
+    """ "p = 0.083", "p < 0.001" or "p > 0.999" for running text."""
+    text = fmt_p(p)
+    return f"p {text[0]} {text[1:]}" if text[0] in "<>" else f"p = {text}"
+
+
+def fmt_pct(x: object, digits: int = 1) -> str:
+    """A proportion on [0, 1] as a percentage."""
+    v = _finite(x)
+    return "n/a" if v is None else f"{100 * v:.{digits}f}%"
+
+
+def fmt_ci(lo: object, hi: object, digits: int = 3) -> str:
+    """An interval "lo<en dash>hi"; "lo to hi" when a bound is negative (no dash-minus clash)."""
+    a, b = _finite(lo), _finite(hi)
+    if a is None and b is None:
+        return "n/a"
+    sep = " to " if (a is not None and a < 0) or (b is not None and b < 0) else "\u2013"
+    return f"{fmt(a, digits)}{sep}{fmt(b, digits)}"
+
+
+def fmt_date(created: object) -> str:
+    """ISO 8601 timestamp as "23 Nov 2026, 13:54 UTC" (the raw text if it does not parse)."""
+    try:
+        when = datetime.fromisoformat(str(created))
+    except ValueError:
+        return str(created)
+    offset = when.utcoffset()
+    zone = "UTC" if offset is not None and offset.total_seconds() == 0 else ""
+    return f"{when.day} {when:%b %Y, %H:%M} {zone}".strip()
+
+
+def _n(x: float) -> str:
+    """An SVG coordinate (two decimals at most, no trailing zeros)."""
+    text = f"{x:.2f}".rstrip("0").rstrip(".")
+    return "0" if text in ("", "-0") else text
+
+
+def _clip(text: str, chars: int) -> str:
+    """``text`` cut to ``chars`` characters with an ellipsis."""
+    return text if len(text) <= chars else text[: max(1, chars - 1)] + "\u2026"
+
+
+def _text_width(text: str, size: float) -> float:
+    return len(text) * size * CHAR_WIDTH
+
+
+def _get(obj: Any, *keys: str) -> Any:
+    """Nested ``obj[k1][k2]...``; None as soon as a level is missing or not a mapping."""
+    for key in keys:
+        if not isinstance(obj, Mapping):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def _est_ci(block: Any, digits: int = 3) -> str:
+    """A table cell's content: the estimate, its interval on a second line."""
+    if not isinstance(block, Mapping) or _finite(block.get("estimate")) is None:
+        return '<span class="na">n/a</span>'
+    ci = fmt_ci(block.get("lo"), block.get("hi"), digits)
+    return f'{fmt(block["estimate"], digits)}<span class="ci">{ci}</span>'
+
+
+def _nice_step(span: float) -> float:
+    for step in (0.01, 0.02, 0.05, 0.1, 0.2, 0.25, 0.5, 1.0, 2.0, 5.0):
+        if span / step <= 8:
+            return step
+    return 10 ** math.ceil(math.log10(span / 8))
+
+
+def _ticks(lo: float, hi: float) -> list[float]:
+    step = _nice_step(hi - lo)
+    first = math.ceil(lo / step - 1e-9)
+    last = math.floor(hi / step + 1e-9)
+    return [round(i * step, 10) for i in range(first, last + 1)]
+
+
+def _tick_label(v: float, step: float) -> str:
+    """A tick value with as many decimals as the tick step needs."""
+    decimals = len(f"{step:.6f}".rstrip("0").partition(".")[2])
+    return fmt(v, decimals)
+
+
+# ---- SVG building blocks ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One row of a forest plot."""
+
+    label: str
+    role: str
+    n: int | None
+    estimate: float | None
+    lo: float | None
+    hi: float | None
+    note: str = ""
+    flagged: bool = False
+
+
+@dataclass(frozen=True)
+class _Pooled:
+    """A pooled row of a forest plot: diamond (CI) and line (prediction interval)."""
+
+    label: str
+    role: str
+    estimate: float
+    lo: float | None
+    hi: float | None
+    pi_lo: float | None
+    pi_hi: float | None
+
+
+def _marker(role: str, x: float, y: float, size: float = 9.0) -> str:
+    """Internal: filled square; external: open circle (shape, not only colour, differs)."""
+    if role == "external":
+        return (
+            f'<circle cx="{_n(x)}" cy="{_n(y)}" r="{_n(size / 2 + 0.5)}" fill="#fff" '
+            f'stroke="{EXTERNAL_COLOUR}" stroke-width="2"/>'
+        )
+    h = size / 2
+    return (
+        f'<rect x="{_n(x - h)}" y="{_n(y - h)}" width="{_n(size)}" height="{_n(size)}" '
+        f'fill="{INTERNAL_COLOUR}"/>'
+    )
+
+
+def _diamond(role: str, x_lo: float, x: float, x_hi: float, y: float, h: float = 8.0) -> str:
+    colour = EXTERNAL_COLOUR if role == "external" else INTERNAL_COLOUR
+    fill = "#fff" if role == "external" else colour
+    points = f"{_n(x_lo)},{_n(y)} {_n(x)},{_n(y - h)} {_n(x_hi)},{_n(y)} {_n(x)},{_n(y + h)}"
+    return f'<polygon points="{points}" fill="{fill}" stroke="{colour}" stroke-width="2"/>'
+
+
+def _text(
+    x: float,
+    y: float,
+    text: str,
+    cls: str = "",
+    anchor: str = "start",
+    extra: str = "",
+) -> str:
+    c = f' class="{cls}"' if cls else ""
+    a = f' text-anchor="{anchor}"' if anchor != "start" else ""
+    return f'<text x="{_n(x)}" y="{_n(y)}"{c}{a}{extra}>{esc(text)}</text>'
+
+
+def _line(x1: float, y1: float, x2: float, y2: float, stroke: str, extra: str = "") -> str:
+    return (
+        f'<line x1="{_n(x1)}" y1="{_n(y1)}" x2="{_n(x2)}" y2="{_n(y2)}" stroke="{stroke}"{extra}/>'
+    )
+
+
+def _legend_swatch(kind: str, x: float, y: float) -> str:
+    """Legend glyphs shared by the figures."""
+    if kind == "internal":
+        return _marker("internal", x + 6, y - 4)
+    if kind == "external":
+        return _marker("external", x + 6, y - 4)
+    if kind == "pooled-internal":
+        return _diamond("internal", x, x + 8, x + 16, y - 4, 6)
+    if kind == "pooled-external":
+        return _diamond("external", x, x + 8, x + 16, y - 4, 6)
+    if kind == "pi":
+        return _line(x, y - 4, x + 16, y - 4, INTERNAL_COLOUR, ' stroke-width="1.5"')
+    return ""
+
+
+# ---- the page ---------------------------------------------------------------------------------
+
+
+def render_html(report: Mapping[str, Any]) -> str:
+    """The report as one self-contained HTML page (see the module docstring)."""
+    return _Page(report).page()
+
+
+class _Page:
+    """Renders one report; holds the id counter and the site -> colour map."""
+
+    def __init__(self, report: Mapping[str, Any]) -> None:
+        self.r = report
+        self.counter = 0
+        self.task = str(report.get("task", ""))
+        self.design = str(report.get("design", ""))
+        self.segmentation = self.task == SEGMENTATION
+        self.level = _finite(_get(report, "settings", "level")) or 0.95
+        self.level_pct = f"{100 * self.level:g}%"
+        self.rows: list[Mapping[str, Any]] = list(report.get("sites") or [])
+        self.flags: list[Mapping[str, Any]] = list(report.get("flags") or [])
+        self.pooled: Mapping[str, Any] = report.get("pooled") or {}
+        names: list[str] = []
+        sources: list[Iterable[Any]] = [
+            (s.get("name") for s in report.get("sites_joined") or []),
+            (r.get("site") for r in self.rows),
+            (c.get("site") for c in report.get("matrix") or []),
+            (c.get("site") for c in _get(report, "curves", "roc") or []),
+            (c.get("site") for c in _get(report, "curves", "reliability") or []),
+        ]
+        for source in sources:
+            for name in source:
+                if name is not None and str(name) not in names:
+                    names.append(str(name))
+        self.site_order = names
+        self.colours = {n: SITE_PALETTE[i % len(SITE_PALETTE)] for i, n in enumerate(names)}
+        self.flag_numbers: dict[tuple[str, str], list[int]] = {}
+        for i, f in enumerate(self.flags, start=1):
+            key = (str(f.get("site", "")), str(f.get("model", "")))
+            self.flag_numbers.setdefault(key, []).append(i)
+
+    # ---- helpers ----
+
+    def uid(self, prefix: str) -> str:
+        self.counter += 1
+        return f"{prefix}-{self.counter}"
+
+    def svg(self, width: float, height: float, title: str, desc: str, cls: str, body: str) -> str:
+        """An accessible inline SVG: role img, <title> and <desc> referenced by aria."""
+        t, d = self.uid("svg-title"), self.uid("svg-desc")
+        return (
+            f'<svg xmlns="{SVG_NS}" class="chart {cls}" role="img" '
+            f'viewBox="0 0 {_n(width)} {_n(height)}" width="{_n(width)}" height="{_n(height)}" '
+            f'aria-labelledby="{t} {d}" aria-label="{esc(title)}">'
+            f'<title id="{t}">{esc(title)}</title><desc id="{d}">{esc(desc)}</desc>'
+            f"{body}</svg>"
+        )
+
+    def operating_table(self, row: Mapping[str, Any]) -> Mapping[str, Any]:
+        tables = row.get("thresholds") or []
+        op = _finite(_get(self.r, "settings", "operating_threshold"))
+        for t in tables:
+            if op is not None and _finite(t.get("threshold")) == op:
+                return dict(t)
+        return dict(tables[0]) if tables else {}
+
+    def row_flags(self, site: object, model: object) -> list[int]:
+        return self.flag_numbers.get((str(site), str(model)), [])
+
+    def threshold_text(self) -> str:
+        op = _finite(_get(self.r, "settings", "operating_threshold"))
+        return "the operating threshold" if op is None else f"threshold {op:g}"
+
+    # ---- sections ----
+
+    def page(self) -> str:
+        design = DESIGN_NAMES.get(self.design, self.design)
+        task = TASK_NAMES.get(self.task, self.task)
+        created = fmt_date(self.r.get("created", ""))
+        title = f"Cross-site performance report \u2014 {design}, {task}, {created}"
+        sections = [
+            self.header(design, task, created),
+            self.how_to_read(),
+            self.headline(),
+            self.flag_list(),
+            self.site_table(),
+            self.forest_section(),
+            self.internal_external(),
+            self.roc_section(),
+            self.reliability_section(),
+            self.drift_section(),
+            self.matrix_section(),
+            self.provenance_section(),
+        ]
+        return (
+            "<!DOCTYPE html>\n"
+            '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            '<meta name="color-scheme" content="light">\n'
+            f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+            '<main class="report">\n' + "\n".join(sections) + "\n</main>\n"
+            f"{self.footer()}\n</body>\n</html>\n"
+        )
+
+    def header(self, design: str, task: str, created: str) -> str:
+        joined = self.r.get("sites_joined") or []
+        n_ext = sum(1 for s in joined if s.get("role") == "external")
+        sites = f"{len(joined)} joined" + (f" ({n_ext} designated external)" if n_ext else "")
+        items = [
+            ("Design", design),
+            ("Task", task),
+            ("Created", created),
+            ("Sites", sites),
+            ("Intervals", f"{self.level_pct} confidence"),
+        ]
+        meta = "".join(f"<div><dt>{esc(k)}</dt><dd>{esc(v)}</dd></div>" for k, v in items)
+        nav = [
+            ("summary", "Summary"),
+            ("flags", "Flags"),
+            ("per-site", "Per-site results"),
+            ("forest", "Forest plots"),
+            ("internal-external", "Internal vs external"),
+            ("roc", "ROC curves"),
+            ("calibration", "Calibration"),
+            ("drift", "Drift vs degradation"),
+            ("matrix", "Model \u00d7 site matrix"),
+            ("provenance", "Provenance"),
+        ]
+        links = "".join(f'<li><a href="#{a}">{esc(t)}</a></li>' for a, t in nav)
+        return (
+            '<header class="masthead">'
+            '<p class="eyebrow">hepafed \u00b7 federated liver imaging</p>'
+            "<h1>Cross-site performance report</h1>"
+            f'<p class="subtitle">{esc(design)} design \u00b7 {esc(task)} \u00b7 {esc(created)}</p>'
+            f'<dl class="meta">{meta}</dl>'
+            f'<nav aria-label="Sections"><ul>{links}</ul></nav>'
+            "</header>"
+        )
+
+    def how_to_read(self) -> str:
+        s = self.r.get("settings") or {}
+        margin = fmt(s.get("margin"), 3)
+        pooling = esc(s.get("pooling", "REML"))
+        hk = " with Hartung\u2013Knapp (t-based) intervals" if s.get("hartung_knapp") else ""
+        bullets = [
+            "Each hospital evaluated the model on its own patients and sent back summary "
+            "statistics only; no images or per-patient results left the hospital.",
+            esc(DESIGN_NOTES.get(self.design, "")),
+            "<strong>Internal</strong> sites (filled squares \u25a0) contributed training data; "
+            "<strong>external</strong> sites (open circles \u25cb) did not. The external result is "
+            "the better guide to how the model would perform at a new hospital.",
+        ]
+        if self.segmentation:
+            bullets.append(
+                "<strong>Dice</strong> measures the overlap between the predicted and the "
+                "reference lesion outline: 0 = none, 1 = perfect. <strong>HD95</strong> is the "
+                "95th-percentile distance between the outlines in millimetres (lower is better)."
+            )
+        else:
+            bullets += [
+                "<strong>AUC</strong> (area under the ROC curve) is the probability that the "
+                "model scores a randomly chosen malignant lesion above a benign one: 0.5 is "
+                "chance, 1 is perfect. Sensitivity, specificity, PPV and NPV are given at "
+                f"{esc(self.threshold_text())}.",
+                "<strong>Calibration</strong>: a slope of 1 and a calibration-in-the-large "
+                "(CITL) of 0 mean predicted risks match observed rates; slope &lt; 1 means "
+                "predictions are too extreme, &gt; 1 too timid; CITL &gt; 0 means risks are "
+                "underestimated. ECE and Brier: lower is better.",
+            ]
+        if self.segmentation:
+            intervals = (
+                f"Ranges under each value are {self.level_pct} confidence intervals of the mean "
+                "(t distribution). Dice is not pooled across sites."
+            )
+            flagged = (
+                "A site is <strong>flagged</strong> (\u26a0) when it had too few cases for "
+                "statistics or when it did not report."
+            )
+        else:
+            intervals = (
+                f"Ranges under each value are {self.level_pct} confidence intervals. Pooled "
+                f"values combine sites by random-effects meta-analysis ({pooling}, logit "
+                f"scale{hk}); the <strong>prediction interval</strong> is where the value of a "
+                "new, similar hospital is expected to fall. I\u00b2 is the share of variation "
+                "between sites that is not due to chance."
+            )
+            flagged = (
+                "A site is <strong>flagged</strong> (\u26a0) when its AUC lies below the pooled "
+                f"internal prediction interval or more than {margin} below the pooled internal "
+                "AUC, when it had too few cases for statistics, or when it did not report."
+            )
+        bullets += [
+            intervals,
+            "<strong>Drift</strong> compares a site's data with the training sites' data: the "
+            "relative Fr\u00e9chet distance of the model's internal image features (0 = "
+            "identical), and the Wasserstein-1 distance (W1, in units of the CT window width) "
+            "and population stability index (PSI; &lt; 0.1 small, &gt; 0.25 large) of the "
+            "image intensities.",
+            flagged,
+        ]
+        items = "".join(f"<li>{b}</li>" for b in bullets if b)
+        return (
+            '<section id="how-to-read" class="guide" aria-labelledby="how-to-read-h">'
+            '<h2 id="how-to-read-h">How to read this report</h2>'
+            f"<ul>{items}</ul></section>"
+        )
+
+    def headline(self) -> str:
+        internal = self.pooled.get("internal")
+        external = self.pooled.get("external")
+        diff = _get(self.pooled, "difference", "auc")
+        cards: list[str] = []
+        if self.segmentation:
+            dice = [
+                _finite(_get(r, "dice", "estimate")) for r in self.rows if not r.get("insufficient")
+            ]
+            values = [d for d in dice if d is not None]
+            usable = sum(1 for r in self.rows if not r.get("insufficient"))
+            cards.append(
+                _card(
+                    "Sites with statistics",
+                    f"{usable} of {len(self.rows)}",
+                    "Dice and HD95 are reported per site; they are not pooled.",
+                )
+            )
+            cards.append(
+                _card(
+                    "Mean Dice across sites",
+                    (f"{fmt(min(values))}\u2013{fmt(max(values))}" if values else "n/a"),
+                    "Lowest to highest site mean (see the per-site table).",
+                )
+            )
+        else:
+            internal_label = "Pooled internal AUC" + (
+                " (mean over folds)" if self.design == "loso" else ""
+            )
+            cards.append(self.pooled_card(internal_label, internal, "internal"))
+            cards.append(self.pooled_card("Pooled external AUC", external, "external"))
+            if isinstance(diff, Mapping) and _finite(diff.get("estimate")) is not None:
+                cards.append(
+                    _card(
+                        "Internal \u2212 external AUC",
+                        fmt(diff.get("estimate"), 3, signed=True),
+                        f"{self.level_pct} CI {fmt_ci(diff.get('lo'), diff.get('hi'))}"
+                        f"<br>{p_eq(diff.get('p'))} (z test)",
+                    )
+                )
+            else:
+                cards.append(
+                    _card(
+                        "Internal \u2212 external AUC",
+                        "n/a",
+                        "Needs both a pooled internal and a pooled external AUC.",
+                    )
+                )
+            auc = _get(internal, "auc")
+            if isinstance(auc, Mapping):
+                cards.append(
+                    _card(
+                        "Heterogeneity between internal sites",
+                        f"I\u00b2 = {fmt(auc.get('i2'), 1)}%",
+                        f"\u03c4\u00b2 = {fmt(auc.get('tau2'), 3)} (logit scale)"
+                        f"<br>Cochran's Q = {fmt(auc.get('q'), 2)}, {p_eq(auc.get('q_p'))}",
+                        half=True,
+                    )
+                )
+            else:
+                cards.append(
+                    _card(
+                        "Heterogeneity between internal sites",
+                        "n/a",
+                        "No pooled internal AUC.",
+                        half=True,
+                    )
+                )
+        flagged = sorted({str(f.get("site", "")) for f in self.flags})
+        total = len({*(str(r.get("site")) for r in self.rows), *flagged})
+        names = ", ".join(esc(n) for n in flagged) if flagged else "No site needs attention."
+        cards.append(
+            _card(
+                "Flagged sites",
+                f"{len(flagged)} of {total}",
+                names,
+                warn=bool(flagged),
+                half=not self.segmentation,
+            )
+        )
+        sentence = self.headline_sentence()
+        return (
+            '<section id="summary" aria-labelledby="summary-h">'
+            '<h2 id="summary-h">Summary</h2>'
+            f'<div class="cards">{"".join(cards)}</div>{sentence}</section>'
+        )
+
+    def pooled_card(self, label: str, block: Any, role: str) -> str:
+        auc = _get(block, "auc")
+        if not isinstance(auc, Mapping) or _finite(auc.get("estimate")) is None:
+            why = "No site with a usable AUC" + (
+                " (no external site in this design)." if role == "external" else "."
+            )
+            return _card(label, "n/a", why, role=role)
+        k = block.get("k")
+        sites = "site" if k == 1 else "sites"
+        pi = auc.get("prediction_interval") or {}
+        detail = (
+            f"{self.level_pct} CI {fmt_ci(auc.get('lo'), auc.get('hi'))} \u00b7 k = {esc(k)} "
+            f"{sites}<br>Prediction interval {fmt_ci(pi.get('lo'), pi.get('hi'))}"
+        )
+        return _card(label, fmt(auc.get("estimate")), detail, role=role)
+
+    def headline_sentence(self) -> str:
+        diff = _get(self.pooled, "difference", "auc")
+        if self.segmentation or not isinstance(diff, Mapping):
+            return ""
+        d = _finite(diff.get("estimate"))
+        lo, hi = _finite(diff.get("lo")), _finite(diff.get("hi"))
+        if d is None:
+            return ""
+        direction = "lower" if d > 0 else "higher"
+        if lo is not None and hi is not None:
+            verdict = (
+                "the interval includes zero, so the data are compatible with no difference"
+                if lo <= 0 <= hi
+                else "the interval excludes zero"
+            )
+        else:
+            verdict = "its confidence interval could not be computed"
+        return (
+            '<p class="lede">Pooled AUC was '
+            f"<strong>{fmt(abs(d))} {direction}</strong> at external than at internal sites "
+            f"({self.level_pct} CI {fmt_ci(lo, hi)}, {p_eq(diff.get('p'))}); {verdict}.</p>"
+        )
+
+    def flag_list(self) -> str:
+        head = '<section id="flags" aria-labelledby="flags-h"><h2 id="flags-h">Flags</h2>'
+        if not self.flags:
+            return head + '<p class="ok">\u2713 No site was flagged.</p></section>'
+        items = []
+        for i, f in enumerate(self.flags, start=1):
+            kind = str(f.get("kind", ""))
+            meta = " \u00b7 ".join(
+                esc(v) for v in (f.get("site"), f.get("model"), f.get("role")) if v
+            )
+            items.append(
+                f'<li id="flag-{i}" class="flag"><span class="flag-icon" aria-hidden="true">'
+                f'\u26a0</span><div><p class="flag-head"><span class="flag-id">F{i}</span> '
+                f"{esc(FLAG_NAMES.get(kind, kind))}</p>"
+                f'<p class="flag-msg">{esc(f.get("message", ""))}</p>'
+                f'<p class="flag-meta">{meta}</p></div></li>'
+            )
+        return head + f'<ol class="flags">{"".join(items)}</ol></section>'
+
+    def flag_cell(self, row: Mapping[str, Any]) -> str:
+        numbers = self.row_flags(row.get("site"), row.get("model"))
+        if not numbers:
+            return '<td class="flagcell"><span class="visually-hidden">none</span></td>'
+        links = []
+        for i in numbers:
+            f = self.flags[i - 1]
+            short = FLAG_SHORT.get(str(f.get("kind")), str(f.get("kind")))
+            links.append(
+                f'<span class="fl"><span aria-hidden="true">\u26a0</span> '
+                f'<a href="#flag-{i}" title="{esc(f.get("message", ""))}">F{i}</a>'
+                f'<span class="flag-short">{esc(short)}</span></span>'
+            )
+        return f'<td class="flagcell">{"".join(links)}</td>'
+
+    def site_table(self) -> str:
+        head = (
+            '<section id="per-site" aria-labelledby="per-site-h">'
+            '<h2 id="per-site-h">Per-site results</h2>'
+        )
+        if not self.rows:
+            return head + '<p class="empty">No site evaluations in this report.</p></section>'
+        table = self.segmentation_table() if self.segmentation else self.classification_table()
+        joined = [str(s.get("name")) for s in self.r.get("sites_joined") or []]
+        in_rows = {str(r.get("site")) for r in self.rows}
+        missing = [n for n in joined if n not in in_rows]
+        note = ""
+        if missing:
+            note = (
+                '<p class="note">Joined but without a row here: '
+                f"{', '.join(esc(m) for m in missing)}"
+                + (
+                    " (in this design the table lists each site under the model that left it "
+                    "out; designated external sites are scored by every fold \u2014 see the "
+                    "model \u00d7 site matrix)."
+                    if self.design == "loso"
+                    else " (see the flags and the model \u00d7 site matrix)."
+                )
+                + "</p>"
+            )
+        caption = (
+            '<p class="note">Values are estimates with their '
+            f"{self.level_pct} confidence interval below. Sensitivity, specificity, PPV and NPV "
+            f"at {esc(self.threshold_text())}. Prevalence is the share of malignant lesions. "
+            "Drift is measured against the internal sites of the same model.</p>"
+            if not self.segmentation
+            else f'<p class="note">Dice: mean with {self.level_pct} CI; median with '
+            "interquartile range. HD95 in millimetres over cases where both outlines are "
+            "non-empty.</p>"
+        )
+        return head + caption + f'<div class="table-wrap">{table}</div>' + note + "</section>"
+
+    def _ident_cells(self, r: Mapping[str, Any]) -> str:
+        role = str(r.get("role", ""))
+        split = '<span class="ci">all cases</span>' if r.get("split") == "all" else ""
+        return (
+            f'<th scope="row" class="site">{esc(r.get("site", ""))}'
+            f'<span class="sub">{esc(r.get("model", ""))}</span></th>'
+            f"<td>{_role_badge(role)}{split}</td>"
+            f'<td class="num">{esc(r.get("n", ""))}</td>'
+        )
+
+    def classification_table(self) -> str:
+        thr = _finite(_get(self.r, "settings", "operating_threshold"))
+        at = f"At threshold {thr:g}" if thr is not None else "At the operating threshold"
+        groups = (
+            '<tr class="group"><td colspan="5"></td>'
+            f'<th colspan="4" scope="colgroup">{esc(at)}</th>'
+            '<th colspan="4" scope="colgroup">Calibration</th>'
+            '<th colspan="3" scope="colgroup">Drift vs internal sites</th>'
+            "<td></td></tr>"
+        )
+        cols = [
+            ("Site / model", "Site, and below it the model evaluated there"),
+            ("Role", "internal: the site trained the model; external: it did not"),
+            ("n", "Number of cases evaluated"),
+            ("Prev.", "Prevalence: share of malignant lesions"),
+            ("AUC", f"Area under the ROC curve ({self.level_pct} CI, DeLong)"),
+            ("Sens.", "Sensitivity (Wilson CI)"),
+            ("Spec.", "Specificity (Wilson CI)"),
+            ("PPV", "Positive predictive value (Wilson CI)"),
+            ("NPV", "Negative predictive value (Wilson CI)"),
+            ("Slope", "Calibration slope (1 = ideal)"),
+            ("CITL", "Calibration-in-the-large, logit scale (0 = ideal)"),
+            ("ECE", "Expected calibration error"),
+            ("Brier", "Brier score"),
+            ("Fr\u00e9chet", "Relative Fr\u00e9chet distance of the image-feature embeddings"),
+            ("W1", "Wasserstein-1 distance of input intensities (CT window widths)"),
+            ("PSI", "Population stability index of input intensities"),
+            ("Flags", "Flags raised for this site (see the list above)"),
+        ]
+        header = "".join(
+            f'<th scope="col"{NUM_CLASS if 2 <= i < len(cols) - 1 else ""} title="{esc(t)}">'
+            f"{esc(c)}</th>"
+            for i, (c, t) in enumerate(cols)
+        )
+        body = []
+        for r in self.rows:
+            cls = ' class="flagged"' if self.row_flags(r.get("site"), r.get("model")) else ""
+            if r.get("insufficient"):
+                body.append(
+                    f"<tr{cls}>{self._ident_cells(r)}"
+                    f'<td colspan="13" class="insufficient">Insufficient data: {esc(r.get("n"))} '
+                    f"cases ({esc(r.get('n_pos'))} malignant, {esc(r.get('n_neg'))} benign) "
+                    "\u2014 below the minimum for reporting statistics</td>"
+                    f"{self.flag_cell(r)}</tr>"
+                )
+                continue
+            op = self.operating_table(r)
+            cal = r.get("calibration") or {}
+            drift = r.get("drift") or {}
+            cells = [
+                f'<td class="num">{fmt_pct(r.get("prevalence"))}</td>',
+                f'<td class="num auc">{_est_ci(r.get("auc"))}</td>',
+                f'<td class="num">{_est_ci(op.get("sensitivity"))}</td>',
+                f'<td class="num">{_est_ci(op.get("specificity"))}</td>',
+                f'<td class="num">{_est_ci(op.get("ppv"))}</td>',
+                f'<td class="num">{_est_ci(op.get("npv"))}</td>',
+                f'<td class="num">{_est_ci(cal.get("slope"), 2)}</td>',
+                f'<td class="num">{_est_ci(cal.get("citl"), 2)}</td>',
+                f'<td class="num">{fmt(cal.get("ece"))}</td>',
+                f'<td class="num">{fmt(cal.get("brier"))}</td>',
+                f'<td class="num">{fmt_sig(drift.get("frechet_relative"))}</td>',
+                f'<td class="num">{fmt_sig(drift.get("wasserstein1"))}</td>',
+                f'<td class="num">{fmt_sig(drift.get("psi"))}</td>',
+            ]
+            body.append(f"<tr{cls}>{self._ident_cells(r)}{''.join(cells)}{self.flag_cell(r)}</tr>")
+        return (
+            '<table class="data sites"><caption class="visually-hidden">Per-site results'
+            "</caption>"
+            f"<thead>{groups}<tr>{header}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        )
+
+    def segmentation_table(self) -> str:
+        cols = [
+            "Site / model",
+            "Role",
+            "n",
+            f"Dice, mean ({self.level_pct} CI)",
+            "Dice, median (IQR)",
+            "Dice SD",
+            "HD95, mm (cases)",
+            "Fr\u00e9chet",
+            "W1",
+            "PSI",
+            "Flags",
+        ]
+        header = "".join(
+            f'<th scope="col"{NUM_CLASS if 2 <= i < len(cols) - 1 else ""}>{esc(c)}</th>'
+            for i, c in enumerate(cols)
+        )
+        body = []
+        for r in self.rows:
+            cls = ' class="flagged"' if self.row_flags(r.get("site"), r.get("model")) else ""
+            if r.get("insufficient"):
+                body.append(
+                    f"<tr{cls}>{self._ident_cells(r)}"
+                    f'<td colspan="7" class="insufficient">Insufficient data: {esc(r.get("n"))} '
+                    "cases \u2014 below the minimum for reporting statistics</td>"
+                    f"{self.flag_cell(r)}</tr>"
+                )
+                continue
+            dice = r.get("dice") or {}
+            hd = r.get("hd95_mm") or {}
+            drift = r.get("drift") or {}
+            iqr = fmt_ci(dice.get("q1"), dice.get("q3"))
+            cells = [
+                f'<td class="num">{_est_ci(dice)}</td>',
+                f'<td class="num">{fmt(dice.get("median"))}<span class="ci">{iqr}</span></td>',
+                f'<td class="num">{fmt(dice.get("sd"))}</td>',
+                f'<td class="num">{fmt(hd.get("mean"), 1)}'
+                f'<span class="ci">{esc(hd.get("n", 0))} cases</span></td>',
+                f'<td class="num">{fmt_sig(drift.get("frechet_relative"))}</td>',
+                f'<td class="num">{fmt_sig(drift.get("wasserstein1"))}</td>',
+                f'<td class="num">{fmt_sig(drift.get("psi"))}</td>',
+            ]
+            body.append(f"<tr{cls}>{self._ident_cells(r)}{''.join(cells)}{self.flag_cell(r)}</tr>")
+        return (
+            '<table class="data sites"><caption class="visually-hidden">Per-site results'
+            f"</caption><thead><tr>{header}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        )
+
+    # ---- forest plots ----
+
+    def forest_section(self) -> str:
+        head = '<section id="forest" aria-labelledby="forest-h"><h2 id="forest-h">Forest plots</h2>'
+        if not self.rows:
+            return head + '<p class="empty">No site evaluations to plot.</p></section>'
+        figures = []
+        if self.segmentation:
+            items = [self.forest_item(r, _get(r, "dice")) for r in self.rows]
+            figures.append(
+                self.forest_figure(
+                    "forest-dice",
+                    "Mean Dice by site",
+                    "Dice",
+                    items,
+                    [],
+                    None,
+                    "Dice is not pooled across sites.",
+                )
+            )
+        else:
+            measures = [
+                ("auc", "AUC by site", "AUC", 0.5),
+                ("sensitivity", "Sensitivity by site", "Sensitivity", None),
+                ("specificity", "Specificity by site", "Specificity", None),
+            ]
+            for key, title, axis, chance in measures:
+                items = [
+                    self.forest_item(
+                        r, r.get("auc") if key == "auc" else self.operating_table(r).get(key)
+                    )
+                    for r in self.rows
+                ]
+                pooled = []
+                notes = []
+                for role in ("internal", "external"):
+                    block = self.pooled.get(role)
+                    est = _get(block, key)
+                    if isinstance(est, Mapping) and _finite(est.get("estimate")) is not None:
+                        pi = est.get("prediction_interval") or {}
+                        extra = f", I\u00b2 {fmt(est.get('i2'), 1)}%" if role == "internal" else ""
+                        pooled.append(
+                            _Pooled(
+                                f"Pooled {role} (k = {_get(block, 'k')}{extra})",
+                                role,
+                                float(est["estimate"]),
+                                _finite(est.get("lo")),
+                                _finite(est.get("hi")),
+                                _finite(pi.get("lo")),
+                                _finite(pi.get("hi")),
+                            )
+                        )
+                    elif block is not None and key != "auc" and self.design == "loso":
+                        notes.append(
+                            f"No pooled {role} {axis.lower()}: fold models differ, so their "
+                            "2\u00d72 counts cannot be combined."
+                        )
+                    elif block is None:
+                        notes.append(f"No pooled {role} estimate (no usable site).")
+                if key != "auc":
+                    notes.insert(0, f"At {self.threshold_text()}.")
+                else:
+                    notes += self.excluded_notes()
+                figures.append(
+                    self.forest_figure(
+                        f"forest-{key}", title, axis, items, pooled, chance, " ".join(notes)
+                    )
+                )
+        pooled_legend = (
+            ""
+            if self.segmentation
+            else " \u00b7 \u25c6 pooled estimate (width = CI) with its prediction interval as a "
+            "thin line \u00b7 dashed vertical: pooled internal estimate \u00b7 dotted: chance "
+            "(AUC 0.5)"
+        )
+        legend = (
+            '<p class="note">\u25a0 internal site \u00b7 \u25cb external site \u00b7 horizontal '
+            f"line: {self.level_pct} CI{pooled_legend}.</p>"
+        )
+        return head + legend + "".join(figures) + "</section>"
+
+    def excluded_notes(self) -> list[str]:
+        """Why sites were left out of the pooled AUCs (``pooled.*.excluded``)."""
+        notes = []
+        for role in ("internal", "external"):
+            excluded = _get(self.pooled, role, "excluded")
+            if isinstance(excluded, Mapping) and excluded:
+                why = "; ".join(f"{site}: {reason}" for site, reason in excluded.items())
+                notes.append(f"Left out of the pooled {role} AUC: {why}.")
+        return notes
+
+    def forest_item(self, row: Mapping[str, Any], block: Any) -> _Item:
+        flagged = bool(self.row_flags(row.get("site"), row.get("model")))
+        label = str(row.get("site", ""))
+        # loso rows are each site under "without-SITE": the model is implied, not repeated
+        if self.design != "loso" and any(r.get("model") != row.get("model") for r in self.rows):
+            label = f"{label} ({row.get('model', '')})"
+        n = row.get("n") if isinstance(row.get("n"), int) else None
+        if row.get("insufficient"):
+            return _Item(
+                label, str(row.get("role")), n, None, None, None, "insufficient data", flagged
+            )
+        if not isinstance(block, Mapping) or _finite(block.get("estimate")) is None:
+            return _Item(label, str(row.get("role")), n, None, None, None, "not estimable", flagged)
+        return _Item(
+            label,
+            str(row.get("role")),
+            n,
+            _finite(block.get("estimate")),
+            _finite(block.get("lo")),
+            _finite(block.get("hi")),
+            "",
+            flagged,
+        )
+
+    def forest_figure(
+        self,
+        fig_id: str,
+        title: str,
+        axis: str,
+        items: Sequence[_Item],
+        pooled: Sequence[_Pooled],
+        chance: float | None,
+        note: str,
+    ) -> str:
+        svg = self.forest_svg(title, axis, items, pooled, chance)
+        caption = f"<strong>{esc(title)}.</strong>" + (f" {esc(note)}" if note else "")
+        return (
+            f'<figure id="{fig_id}" class="figure forest"><figcaption>{caption}</figcaption>'
+            f"{svg}</figure>"
+        )
+
+    def forest_svg(
+        self,
+        title: str,
+        axis: str,
+        items: Sequence[_Item],
+        pooled: Sequence[_Pooled],
+        chance: float | None,
+    ) -> str:
+        width, row_h, top, pooled_h = 920.0, 24.0, 40.0, 34.0
+        x_label, x_role, x_n = 12.0, 230.0, 318.0
+        x0, x1, x_text = 344.0, 724.0, 744.0
+        values: list[float] = []
+        for it in items:
+            values += [v for v in (it.estimate, it.lo, it.hi) if v is not None]
+        for p in pooled:
+            values += [v for v in (p.estimate, p.lo, p.hi, p.pi_lo, p.pi_hi) if v is not None]
+        if chance is not None:
+            values.append(chance)
+        lo = math.floor(min(values, default=0.0) * 10 - 1e-9) / 10
+        hi = math.ceil(max(values, default=1.0) * 10 + 1e-9) / 10
+        lo, hi = max(0.0, lo), min(1.0, hi)
+        if hi - lo < 0.2:
+            lo, hi = (max(0.0, hi - 0.2), hi) if hi - 0.2 >= 0 else (0.0, 0.2)
+
+        def sx(v: float) -> float:
+            return x0 + (v - lo) / (hi - lo) * (x1 - x0)
+
+        n_rows = len(items)
+        y_sep = top + n_rows * row_h + 6
+        y_pooled = y_sep + 8
+        height = y_pooled + len(pooled) * pooled_h + 54
+        out: list[str] = [
+            f'<rect x="0" y="0" width="{_n(width)}" height="{_n(height)}" fill="#fff"/>',
+            _text(x_label, 22, "Site", "th"),
+            _text(x_role, 22, "Role", "th"),
+            _text(x_n, 22, "n", "th", "end"),
+            _text((x0 + x1) / 2, 22, axis, "th", "middle"),
+            _text(x_text, 22, f"{axis} ({self.level_pct} CI)", "th"),
+            _line(x_label, 30, width - 10, 30, "#9ca3af"),
+        ]
+        axis_bottom = y_pooled + len(pooled) * pooled_h
+        ticks = _ticks(lo, hi)
+        step = _nice_step(hi - lo)
+        for i in range(1, n_rows, 2):  # zebra stripes first, so the grid stays visible
+            out.append(
+                f'<rect x="{_n(x_label - 6)}" y="{_n(top + i * row_h)}" '
+                f'width="{_n(width - x_label - 4)}" height="{_n(row_h)}" fill="#f8fafc"/>'
+            )
+        for t in ticks:
+            out.append(_line(sx(t), top - 6, sx(t), axis_bottom, GRID_COLOUR))
+        if chance is not None and lo <= chance <= hi:
+            out.append(
+                _line(
+                    sx(chance),
+                    top - 6,
+                    sx(chance),
+                    axis_bottom,
+                    AXIS_COLOUR,
+                    ' stroke-dasharray="2 3"',
+                )
+            )
+        ref = next((p for p in pooled if p.role == "internal"), None)
+        if ref is not None:
+            out.append(
+                _line(
+                    sx(ref.estimate),
+                    top - 6,
+                    sx(ref.estimate),
+                    axis_bottom,
+                    INTERNAL_COLOUR,
+                    ' stroke-dasharray="5 4" stroke-opacity="0.7"',
+                )
+            )
+        for i, it in enumerate(items):
+            y = top + i * row_h + row_h / 2
+            label = _clip(it.label, 28 if it.flagged else 30)
+            warn = " \u26a0" if it.flagged else ""
+            out.append(
+                f"<g><title>{esc(it.label)} ({esc(it.role)}): "
+                f"{esc(_item_text(it))}</title>"
+                + _text(x_label, y + 4, label + warn, "lbl" + (" flagged" if it.flagged else ""))
+                + _text(x_role, y + 4, it.role, "muted")
+                + _text(x_n, y + 4, "" if it.n is None else str(it.n), "num", "end")
+            )
+            if it.estimate is None:
+                out.append(_text(x0 + 6, y + 4, it.note, "muted ital"))
+                out.append(_text(x_text, y + 4, it.note, "muted ital") + "</g>")
+                continue
+            colour = EXTERNAL_COLOUR if it.role == "external" else INTERNAL_COLOUR
+            if it.lo is not None and it.hi is not None:
+                out.append(
+                    _line(sx(it.lo), y, sx(it.hi), y, colour, ' stroke-width="2"')
+                    + _line(sx(it.lo), y - 4, sx(it.lo), y + 4, colour, ' stroke-width="1.5"')
+                    + _line(sx(it.hi), y - 4, sx(it.hi), y + 4, colour, ' stroke-width="1.5"')
+                )
+            out.append(_marker(it.role, sx(it.estimate), y))
+            out.append(_text(x_text, y + 4, _item_text(it), "num") + "</g>")
+        if pooled:
+            out.append(_line(x_label, y_sep, width - 10, y_sep, "#9ca3af"))
+        for j, p in enumerate(pooled):
+            y = y_pooled + j * pooled_h + pooled_h / 2 - 2
+            pi_text = (
+                f"PI {fmt_ci(p.pi_lo, p.pi_hi)}"
+                if p.pi_lo is not None and p.pi_hi is not None
+                else ""
+            )
+            g = [
+                f"<g><title>{esc(p.label)}: {esc(_pooled_text(p))}; prediction interval "
+                f"{esc(fmt_ci(p.pi_lo, p.pi_hi))}</title>"
+            ]
+            g.append(_text(x_label, y + 4, p.label, "lbl strong"))
+            colour = EXTERNAL_COLOUR if p.role == "external" else INTERNAL_COLOUR
+            if p.pi_lo is not None and p.pi_hi is not None:
+                g.append(
+                    _line(sx(p.pi_lo), y, sx(p.pi_hi), y, colour, ' stroke-width="1.5"')
+                    + _line(sx(p.pi_lo), y - 5, sx(p.pi_lo), y + 5, colour)
+                    + _line(sx(p.pi_hi), y - 5, sx(p.pi_hi), y + 5, colour)
+                )
+            lo_x = sx(p.lo if p.lo is not None else p.estimate)
+            hi_x = sx(p.hi if p.hi is not None else p.estimate)
+            g.append(_diamond(p.role, lo_x, sx(p.estimate), hi_x, y))
+            g.append(_text(x_text, y, _pooled_text(p), "num strong"))
+            g.append(_text(x_text, y + 12, pi_text, "muted small"))
+            out.append("".join(g) + "</g>")
+        y_axis = axis_bottom + 4
+        out.append(_line(x0, y_axis, x1, y_axis, AXIS_COLOUR))
+        for t in ticks:
+            out.append(_line(sx(t), y_axis, sx(t), y_axis + 5, AXIS_COLOUR))
+            out.append(_text(sx(t), y_axis + 18, _tick_label(t, step), "tick", "middle"))
+        out.append(_text((x0 + x1) / 2, y_axis + 36, axis, "axis", "middle"))
+        desc = "; ".join(f"{it.label}: {_item_text(it)}" for it in items)
+        desc += "".join(f"; {p.label}: {_pooled_text(p)}" for p in pooled)
+        return self.svg(width, height, f"Forest plot: {title}", desc, "forest-svg", "".join(out))
+
+    # ---- internal vs external ----
+
+    def internal_external(self) -> str:
+        head = (
+            '<section id="internal-external" aria-labelledby="ie-h">'
+            '<h2 id="ie-h">Internal vs external</h2>'
+        )
+        if self.segmentation:
+            return head + (
+                '<p class="empty">Not applicable: the internal vs external comparison uses the '
+                "AUC, which segmentation does not report. Compare Dice by role in the per-site "
+                "table.</p></section>"
+            )
+        parts = [head]
+        diff = _get(self.pooled, "difference", "auc")
+        if isinstance(diff, Mapping):
+            parts.append(
+                '<table class="data compact"><caption>Pooled internal minus pooled external AUC'
+                "</caption><thead><tr>"
+                '<th scope="col">Pooled internal AUC</th><th scope="col">Pooled external AUC</th>'
+                f'<th scope="col">Difference ({self.level_pct} CI)</th><th scope="col">z</th>'
+                '<th scope="col">p</th></tr></thead><tbody><tr>'
+                f'<td class="num">{_est_ci(_get(self.pooled, "internal", "auc"))}</td>'
+                f'<td class="num">{_est_ci(_get(self.pooled, "external", "auc"))}</td>'
+                f'<td class="num">{fmt(diff.get("estimate"), 3, True)}'
+                f'<span class="ci">{fmt_ci(diff.get("lo"), diff.get("hi"))}</span></td>'
+                f'<td class="num">{fmt(diff.get("z"), 2)}</td>'
+                f'<td class="num">{fmt_p(diff.get("p"))}</td></tr></tbody></table>'
+            )
+        else:
+            parts.append(
+                '<p class="empty">No pooled difference: it needs both a pooled internal and a '
+                "pooled external AUC.</p>"
+            )
+        if self.design == "loso":
+            parts.append(self.fold_table())
+        else:
+            parts.append(self.gap_table())
+        parts.append(
+            '<p class="note">A gap is the pooled internal AUC of the model the site did not '
+            "train minus the site's own AUC (positive = worse at the site), with a z test that "
+            "treats the two as independent.</p>"
+        )
+        return "".join(parts) + "</section>"
+
+    def gap_table(self) -> str:
+        gaps = list(self.r.get("gaps") or [])
+        if not gaps:
+            return '<p class="empty">No per-site gaps: no external site has an AUC.</p>'
+        rows = []
+        for g in gaps:
+            d = g.get("gap") or {}
+            flags = self.row_flags(g.get("site"), g.get("model"))
+            tr = '<tr class="flagged">' if flags else "<tr>"
+            rows.append(
+                f'{tr}<th scope="row" class="site">'
+                f"{esc(g.get('site', ''))}{_flag_mark(flags)}</th>"
+                f'<td class="model">{esc(g.get("model", ""))}</td>'
+                f'<td class="num">{fmt(g.get("internal_auc"))}</td>'
+                f'<td class="num">{fmt(g.get("external_auc"))}</td>'
+                f'<td class="num">{fmt(d.get("estimate"), 3, True)}'
+                f'<span class="ci">{fmt_ci(d.get("lo"), d.get("hi"))}</span></td>'
+                f'<td class="num">{fmt_p(d.get("p"))}</td></tr>'
+            )
+        return (
+            '<table class="data compact"><caption>Per external site</caption><thead><tr>'
+            '<th scope="col">Site</th><th scope="col">Model</th>'
+            '<th scope="col">Pooled internal AUC</th><th scope="col">Site AUC</th>'
+            f'<th scope="col">Gap ({self.level_pct} CI)</th><th scope="col">p</th>'
+            f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        )
+
+    def fold_table(self) -> str:
+        folds = list(self.r.get("folds") or [])
+        if not folds:
+            return '<p class="empty">No folds in this report.</p>'
+        gaps = {str(g.get("model")): g for g in self.r.get("gaps") or []}
+        rows_by_model = {str(r.get("model")): r for r in self.rows}
+        body = []
+        for f in folds:
+            model = str(f.get("model", ""))
+            g = gaps.get(model) or {}
+            row = rows_by_model.get(model) or {}
+            left_out = g.get("site") or row.get("site") or model.removeprefix("without-")
+            block = f.get("internal")
+            auc = _get(block, "auc")
+            k = _get(block, "k")
+            k_text = f'<span class="ci">k = {esc(k)}</span>' if k is not None else ""
+            internal = (
+                f'{fmt(auc.get("estimate"))}<span class="ci">'
+                f"{fmt_ci(auc.get('lo'), auc.get('hi'))}</span>{k_text}"
+                if isinstance(auc, Mapping)
+                else '<span class="na">n/a</span>'
+            )
+            d = g.get("gap") or {}
+            flags = self.row_flags(left_out, model)
+            flagged = ' class="flagged"' if flags else ""
+            body.append(
+                f'<tr{flagged}><td class="model">{esc(model)}</td>'
+                f'<th scope="row" class="site">{esc(left_out)}{_flag_mark(flags)}</th>'
+                f'<td class="num">{internal}</td>'
+                f'<td class="num">{_est_ci(row.get("auc"))}</td>'
+                f'<td class="num">{fmt(d.get("estimate"), 3, True)}'
+                f'<span class="ci">{fmt_ci(d.get("lo"), d.get("hi"))}</span></td>'
+                f'<td class="num">{fmt_p(d.get("p"))}</td></tr>'
+            )
+        return (
+            '<table class="data compact"><caption>Per fold (leave-one-site-out)</caption>'
+            '<thead><tr><th scope="col">Fold model</th><th scope="col">Left-out site</th>'
+            f'<th scope="col">Fold\'s pooled internal AUC ({self.level_pct} CI)</th>'
+            '<th scope="col">External AUC at left-out site</th>'
+            f'<th scope="col">Gap ({self.level_pct} CI)</th><th scope="col">p</th></tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table>"
+        )
+
+    # ---- ROC ----
+
+    def auc_of(self, site: object, model: object) -> Mapping[str, Any] | None:
+        for cell in self.r.get("matrix") or []:
+            if cell.get("site") == site and cell.get("model") == model:
+                auc = cell.get("auc")
+                return auc if isinstance(auc, Mapping) else None
+        for row in self.rows:
+            if row.get("site") == site and row.get("model") == model:
+                auc = row.get("auc")
+                return auc if isinstance(auc, Mapping) else None
+        return None
+
+    def roc_section(self) -> str:
+        head = '<section id="roc" aria-labelledby="roc-h"><h2 id="roc-h">ROC curves</h2>'
+        curves = list(_get(self.r, "curves", "roc") or [])
+        fpr = [float(v) for v in _get(self.r, "curves", "fpr") or []]
+        if not curves or len(fpr) < 2:
+            why = (
+                "Not applicable to segmentation."
+                if self.segmentation
+                else "No site sent a ROC curve."
+            )
+            return head + f'<p class="empty">{why}</p></section>'
+        models = _unique(str(c.get("model")) for c in curves)
+        figures = []
+        for model in models:
+            group = [c for c in curves if str(c.get("model")) == model]
+            title = "ROC curves" if len(models) == 1 else f"ROC curves, model {model}"
+            svg = self.roc_svg(title, group, fpr)
+            figures.append(
+                f'<figure class="figure roc"><figcaption><strong>{esc(title)}</strong>'
+                f"</figcaption>{svg}</figure>"
+            )
+        grid = ' class="grid-2"' if len(models) > 1 else ""
+        note = (
+            '<p class="note">Each curve shows the best sensitivity a site reached without '
+            "exceeding each false-positive rate. Solid lines: internal sites; dashed lines: "
+            "external sites. The diagonal is chance.</p>"
+        )
+        return head + note + f"<div{grid}>{''.join(figures)}</div></section>"
+
+    def roc_svg(self, title: str, curves: Sequence[Mapping[str, Any]], fpr: Sequence[float]) -> str:
+        x0, y0, size = 58.0, 16.0, 320.0
+        legend_x = x0 + size + 24
+        entry_h = 34.0
+        width = legend_x + 200
+        height = max(y0 + size + 52, y0 + len(curves) * entry_h + 20)
+
+        def sx(v: float) -> float:
+            return x0 + v * size
+
+        def sy(v: float) -> float:
+            return y0 + (1 - v) * size
+
+        out = [f'<rect x="0" y="0" width="{_n(width)}" height="{_n(height)}" fill="#fff"/>']
+        for t in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0):
+            out.append(_line(sx(t), y0, sx(t), y0 + size, GRID_COLOUR))
+            out.append(_line(x0, sy(t), x0 + size, sy(t), GRID_COLOUR))
+            out.append(_text(sx(t), y0 + size + 16, f"{t:.1f}", "tick", "middle"))
+            out.append(_text(x0 - 6, sy(t) + 4, f"{t:.1f}", "tick", "end"))
+        out.append(
+            f'<rect x="{_n(x0)}" y="{_n(y0)}" width="{_n(size)}" height="{_n(size)}" '
+            f'fill="none" stroke="{AXIS_COLOUR}"/>'
+        )
+        out.append(_line(sx(0), sy(0), sx(1), sy(1), "#9ca3af", ' stroke-dasharray="4 4"'))
+        out.append(
+            _text(
+                x0 + size / 2,
+                y0 + size + 36,
+                "False-positive rate (1 \u2212 specificity)",
+                "axis",
+                "middle",
+            )
+        )
+        out.append(
+            _text(
+                16,
+                y0 + size / 2,
+                "Sensitivity",
+                "axis",
+                "middle",
+                f' transform="rotate(-90 16 {_n(y0 + size / 2)})"',
+            )
+        )
+        desc = []
+        for i, c in enumerate(curves):
+            site = str(c.get("site", ""))
+            role = str(c.get("role", ""))
+            colour = self.colours.get(site, SITE_PALETTE[0])
+            tpr = [_finite(v) for v in c.get("tpr") or []]
+            path = _step_path(fpr, tpr, sx, sy)
+            dash = ' stroke-dasharray="7 4"' if role == "external" else ""
+            auc = self.auc_of(c.get("site"), c.get("model"))
+            auc_text = f"AUC {fmt(auc.get('estimate'))}" if auc else "AUC n/a"
+            out.append(
+                f"<g><title>{esc(site)} ({esc(role)}), {esc(auc_text)}</title>"
+                f'<path d="{path}" fill="none" stroke="{colour}" stroke-width="2"{dash}/></g>'
+            )
+            ly = y0 + i * entry_h + 10
+            out.append(
+                _line(legend_x, ly, legend_x + 26, ly, colour, f' stroke-width="2.5"{dash}')
+                + _text(legend_x + 34, ly + 4, _clip(site, 22), "lbl")
+                + _text(legend_x + 34, ly + 18, f"{role} \u00b7 {auc_text}", "muted small")
+            )
+            desc.append(f"{site} ({role}) {auc_text}")
+        return self.svg(width, height, title, "; ".join(desc), "roc-svg", "".join(out))
+
+    # ---- reliability ----
+
+    def reliability_section(self) -> str:
+        head = (
+            '<section id="calibration" aria-labelledby="cal-h">'
+            '<h2 id="cal-h">Calibration: reliability diagrams</h2>'
+        )
+        entries = list(_get(self.r, "curves", "reliability") or [])
+        if not entries:
+            why = (
+                "Not applicable to segmentation."
+                if self.segmentation
+                else "No site sent calibration bins."
+            )
+            return head + f'<p class="empty">{why}</p></section>'
+        models = _unique(str(e.get("model")) for e in entries)
+        parts = [
+            head,
+            '<p class="note">Each point is one probability bin: mean predicted risk (x) against '
+            "the observed rate of malignancy (y); its area and label show the number of cases. "
+            "Points on the diagonal are perfectly calibrated; below it, the model overestimates "
+            "risk. Squares: internal site; circles: external site.</p>",
+        ]
+        for model in models:
+            group = [e for e in entries if str(e.get("model")) == model]
+            if len(models) > 1:
+                parts.append(f'<h3 class="model-head">Model {esc(model)}</h3>')
+            panels = "".join(
+                f'<figure class="figure reliability">{self.reliability_svg(e)}</figure>'
+                for e in group
+            )
+            parts.append(f'<div class="grid-panels">{panels}</div>')
+        return "".join(parts) + "</section>"
+
+    def reliability_svg(self, e: Mapping[str, Any]) -> str:
+        width, height = 236.0, 266.0
+        x0, y0, size = 44.0, 46.0, 176.0
+        site = str(e.get("site", ""))
+        role = str(e.get("role", ""))
+        model = str(e.get("model", ""))
+
+        def sx(v: float) -> float:
+            return x0 + v * size
+
+        def sy(v: float) -> float:
+            return y0 + (1 - v) * size
+
+        row = next(
+            (r for r in self.rows if r.get("site") == site and r.get("model") == model), None
+        )
+        ece = _get(row, "calibration", "ece") if row else None
+        slope = _get(row, "calibration", "slope", "estimate") if row else None
+        sub = f"{role}" + (f" \u00b7 ECE {fmt(ece)}" if ece is not None else "")
+        sub += f" \u00b7 slope {fmt(slope, 2)}" if slope is not None else ""
+        colour = self.colours.get(site, SITE_PALETTE[0])
+        out = [
+            f'<rect x="0" y="0" width="{_n(width)}" height="{_n(height)}" fill="#fff"/>',
+            _text(8, 18, _clip(site, 30), "lbl strong"),
+            _text(8, 34, sub, "muted small"),
+        ]
+        for t in (0.0, 0.25, 0.5, 0.75, 1.0):
+            out.append(_line(sx(t), y0, sx(t), y0 + size, GRID_COLOUR))
+            out.append(_line(x0, sy(t), x0 + size, sy(t), GRID_COLOUR))
+        for t in (0.0, 0.5, 1.0):
+            out.append(_text(sx(t), y0 + size + 14, f"{t:.1f}", "tick", "middle"))
+            out.append(_text(x0 - 5, sy(t) + 4, f"{t:.1f}", "tick", "end"))
+        out.append(
+            f'<rect x="{_n(x0)}" y="{_n(y0)}" width="{_n(size)}" height="{_n(size)}" '
+            f'fill="none" stroke="{AXIS_COLOUR}"/>'
+        )
+        out.append(_line(sx(0), sy(0), sx(1), sy(1), "#9ca3af", ' stroke-dasharray="4 4"'))
+        out.append(_text(x0 + size / 2, y0 + size + 32, "Mean predicted risk", "axis", "middle"))
+        out.append(
+            _text(
+                14,
+                y0 + size / 2,
+                "Observed rate",
+                "axis",
+                "middle",
+                f' transform="rotate(-90 14 {_n(y0 + size / 2)})"',
+            )
+        )
+        pts = []
+        counts = [int(c) for c in e.get("count") or [] if isinstance(c, int)]
+        max_count = max(counts, default=0)
+        for p, o, c in zip(
+            e.get("mean_predicted") or [],
+            e.get("observed_rate") or [],
+            e.get("count") or [],
+            strict=False,
+        ):
+            pv, ov = _finite(p), _finite(o)
+            if pv is None or ov is None or not c:
+                continue
+            pts.append((pv, ov, int(c)))
+        if len(pts) > 1:
+            d = " ".join(
+                f"{'M' if i == 0 else 'L'}{_n(sx(pv))},{_n(sy(ov))}"
+                for i, (pv, ov, _) in enumerate(pts)
+            )
+            out.append(f'<path d="{d}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
+        for pv, ov, c in pts:
+            r = 3 + 7 * math.sqrt(c / max_count) if max_count else 3
+            # same shapes as everywhere: internal square (filled), external circle (open)
+            marker = (
+                f'<circle cx="{_n(sx(pv))}" cy="{_n(sy(ov))}" r="{_n(r)}" fill="#fff" '
+                f'fill-opacity="0.6" stroke="{colour}" stroke-width="2"/>'
+                if role == "external"
+                else f'<rect x="{_n(sx(pv) - r)}" y="{_n(sy(ov) - r)}" width="{_n(2 * r)}" '
+                f'height="{_n(2 * r)}" fill="{colour}" fill-opacity="0.4" stroke="{colour}" '
+                'stroke-width="1.5"/>'
+            )
+            anchor_right = sx(pv) + r + 3 + _text_width(str(c), 10) < x0 + size
+            lx = sx(pv) + r + 3 if anchor_right else sx(pv) - r - 3
+            out.append(
+                f"<g><title>predicted {fmt(pv)}, observed {fmt(ov)}, {c} cases</title>{marker}"
+                + _text(lx, sy(ov) + 4, str(c), "tick", "start" if anchor_right else "end")
+                + "</g>"
+            )
+        if not pts:
+            out.append(_text(x0 + size / 2, y0 + size / 2, "no populated bins", "muted", "middle"))
+        desc = "; ".join(f"bin predicted {fmt(pv)} observed {fmt(ov)} n {c}" for pv, ov, c in pts)
+        return self.svg(
+            width,
+            height,
+            f"Reliability diagram: {site} ({model}, {role})",
+            desc or "no populated bins",
+            "reliability-svg",
+            "".join(out),
+        )
+
+    # ---- drift vs degradation ----
+
+    def drift_section(self) -> str:
+        head = (
+            '<section id="drift" aria-labelledby="drift-h">'
+            '<h2 id="drift-h">Drift vs degradation</h2>'
+        )
+        dvd = self.r.get("drift_vs_degradation") or {}
+        points = [
+            p
+            for p in dvd.get("points") or []
+            if _finite(p.get("drift")) is not None and _finite(p.get("auc_drop")) is not None
+        ]
+        sp = dvd.get("spearman") or {}
+        if _finite(sp.get("rho")) is not None:
+            corr = (
+                f"Spearman \u03c1 = {fmt(sp.get('rho'), 2)} ({p_eq(sp.get('p'))}, "
+                f"n = {esc(sp.get('n'))} sites)."
+            )
+        else:
+            corr = (
+                "Spearman \u03c1 not computed: it needs at least 3 sites with varying drift and "
+                f"AUC drop (n = {esc(sp.get('n', len(points)))})."
+            )
+        if not points:
+            why = (
+                "Not applicable to segmentation (no AUC)."
+                if self.segmentation
+                else "No site has both an AUC and an embedding drift."
+            )
+            return head + f'<p class="empty">{why} {corr}</p></section>'
+        svg = self.drift_svg(points)
+        caption = (
+            "AUC drop (pooled internal AUC minus the site's AUC; positive = worse) against "
+            "embedding drift (relative Fr\u00e9chet distance to the internal sites; 0 = "
+            f"identical). {corr}"
+        )
+        return (
+            head + f'<figure id="drift-scatter" class="figure scatter">{svg}'
+            f"<figcaption>{caption}</figcaption></figure></section>"
+        )
+
+    def drift_svg(self, points: Sequence[Mapping[str, Any]]) -> str:
+        width, height = 820.0, 420.0
+        x0, x1, y0, y1 = 76.0, 600.0, 20.0, 360.0
+        xs = [float(p["drift"]) for p in points]
+        ys = [float(p["auc_drop"]) for p in points]
+        margin = _finite(_get(self.r, "settings", "margin"))
+        x_hi = max(xs) * 1.15 if max(xs) > 0 else 1.0
+        y_vals = [*ys, 0.0] + ([margin] if margin is not None else [])
+        y_lo, y_hi = min(y_vals), max(y_vals)
+        pad = max(0.02, (y_hi - y_lo) * 0.12)
+        y_lo, y_hi = y_lo - pad, y_hi + pad
+        x_ticks, y_ticks = _ticks(0.0, x_hi), _ticks(y_lo, y_hi)
+        x_step, y_step = _nice_step(x_hi), _nice_step(y_hi - y_lo)
+
+        def sx(v: float) -> float:
+            return x0 + v / x_hi * (x1 - x0)
+
+        def sy(v: float) -> float:
+            return y1 - (v - y_lo) / (y_hi - y_lo) * (y1 - y0)
+
+        out = [f'<rect x="0" y="0" width="{_n(width)}" height="{_n(height)}" fill="#fff"/>']
+        for t in x_ticks:
+            out.append(_line(sx(t), y0, sx(t), y1, GRID_COLOUR))
+            out.append(_text(sx(t), y1 + 16, _tick_label(t, x_step), "tick", "middle"))
+        for t in y_ticks:
+            out.append(_line(x0, sy(t), x1, sy(t), GRID_COLOUR))
+            out.append(_text(x0 - 6, sy(t) + 4, _tick_label(t, y_step), "tick", "end"))
+        out.append(
+            f'<rect x="{_n(x0)}" y="{_n(y0)}" width="{_n(x1 - x0)}" height="{_n(y1 - y0)}" '
+            f'fill="none" stroke="{AXIS_COLOUR}"/>'
+        )
+        out.append(_line(x0, sy(0), x1, sy(0), AXIS_COLOUR, ' stroke-width="1.2"'))
+        out.append(_text(x1 - 4, sy(0) - 5, "no drop", "muted small", "end"))
+        if margin is not None:
+            out.append(
+                _line(x0, sy(margin), x1, sy(margin), FLAG_COLOUR, ' stroke-dasharray="6 4"')
+            )
+            out.append(
+                _text(x1 - 4, sy(margin) - 5, f"flag margin {fmt(margin)}", "flagtext small", "end")
+            )
+        out.append(
+            _text(
+                (x0 + x1) / 2,
+                y1 + 38,
+                "Embedding drift (relative Fr\u00e9chet distance)",
+                "axis",
+                "middle",
+            )
+        )
+        out.append(
+            _text(
+                18,
+                (y0 + y1) / 2,
+                "AUC drop vs pooled internal",
+                "axis",
+                "middle",
+                f' transform="rotate(-90 18 {_n((y0 + y1) / 2)})"',
+            )
+        )
+        placed: list[tuple[float, float, float, float]] = [
+            (sx(x) - 7, sy(y) - 7, sx(x) + 7, sy(y) + 7) for x, y in zip(xs, ys, strict=True)
+        ]
+        desc = []
+        for p, x, y in zip(points, xs, ys, strict=True):
+            site = str(p.get("site", ""))
+            role = str(p.get("role", ""))
+            label = _clip(site, 24)
+            px, py = sx(x), sy(y)
+            lx, ly, anchor = _place_label(label, px, py, placed, (x0, y0, x1, y1))
+            flagged = bool(self.row_flags(p.get("site"), p.get("model")))
+            out.append(
+                f"<g><title>{esc(site)} ({esc(role)}): drift {fmt_sig(x)}, AUC drop "
+                f"{fmt(y, 3, True)}</title>{_marker(role, px, py, 10)}"
+                + _text(
+                    lx,
+                    ly,
+                    label + (" \u26a0" if flagged else ""),
+                    "lbl" + (" flagged" if flagged else ""),
+                    anchor,
+                )
+                + "</g>"
+            )
+            desc.append(f"{site} ({role}): drift {fmt_sig(x)}, AUC drop {fmt(y, 3, True)}")
+        lx = x1 + 24
+        out.append(_text(lx, y0 + 12, "Legend", "th"))
+        out.append(
+            _legend_swatch("internal", lx, y0 + 36)
+            + _text(lx + 22, y0 + 36, "internal site", "lbl")
+        )
+        out.append(
+            _legend_swatch("external", lx, y0 + 58)
+            + _text(lx + 22, y0 + 58, "external site", "lbl")
+        )
+        out.append(
+            _line(lx, y0 + 76, lx + 16, y0 + 76, FLAG_COLOUR, ' stroke-dasharray="6 4"')
+            + _text(lx + 22, y0 + 80, "flag margin", "lbl")
+        )
+        out.append(_text(lx + 22, y0 + 102, "\u26a0 flagged site", "lbl"))
+        return self.svg(
+            width, height, "Drift vs degradation", "; ".join(desc), "scatter-svg", "".join(out)
+        )
+
+    # ---- matrix ----
+
+    def matrix_section(self) -> str:
+        head = (
+            '<section id="matrix" aria-labelledby="matrix-h">'
+            '<h2 id="matrix-h">Model \u00d7 site matrix</h2>'
+        )
+        cells = list(self.r.get("matrix") or [])
+        if not cells:
+            return head + '<p class="empty">No evaluations.</p></section>'
+        models = _unique(str(c.get("model")) for c in cells)
+        sites = [s for s in self.site_order if any(str(c.get("site")) == s for c in cells)]
+        lookup: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+        for c in cells:
+            lookup.setdefault((str(c.get("model")), str(c.get("site"))), []).append(c)
+        metric = "Dice" if self.segmentation else f"AUC ({self.level_pct} CI)"
+        header = '<th scope="col">Model</th>' + "".join(
+            f'<th scope="col">{esc(s)}</th>' for s in sites
+        )
+        body = []
+        for m in models:
+            tds = []
+            for s in sites:
+                entries = lookup.get((m, s), [])
+                if not entries:
+                    tds.append(
+                        '<td class="cell none">\u2014<span class="visually-hidden">'
+                        "not evaluated</span></td>"
+                    )
+                    continue
+                tds.append(self.matrix_cell(entries))
+            body.append(f'<tr><th scope="row" class="model">{esc(m)}</th>{"".join(tds)}</tr>')
+        return (
+            head + f'<p class="note">Every model evaluated at every site: {esc(metric)}, number '
+            "of cases and role. Shaded cells: the site trained that model (internal); a dash: "
+            "not evaluated.</p>"
+            '<div class="table-wrap"><table class="data matrix"><caption class="visually-hidden">'
+            f"Model by site matrix</caption><thead><tr>{header}</tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table></div></section>"
+        )
+
+    def matrix_cell(self, entries: Sequence[Mapping[str, Any]]) -> str:
+        parts = []
+        role = str(entries[0].get("role", ""))
+        for c in entries:
+            split = ", all cases" if c.get("split") == "all" else ""
+            role_text = f"{c.get('role', '')}{split}"
+            meta = f'<span class="ci">n {esc(c.get("n", ""))} \u00b7 {esc(role_text)}</span>'
+            if c.get("insufficient"):
+                parts.append(f'<span class="na">insufficient data</span>{meta}')
+            elif self.segmentation or "dice" in c:
+                parts.append(f"Dice {fmt(c.get('dice'))}{meta}")
+            else:
+                parts.append(f"{_est_ci(c.get('auc'))}{meta}")
+        cls = "internal" if role == "internal" else "external"
+        return f'<td class="cell num {cls}">{"".join(parts)}</td>'
+
+    # ---- provenance ----
+
+    def provenance_section(self) -> str:
+        prov = self.r.get("provenance") or {}
+        items = [
+            ("Code version", prov.get("code_version")),
+            ("Run folder", prov.get("run_dir")),
+            ("Report created", self.r.get("created")),
+            ("Report format version", self.r.get("report_version")),
+        ]
+        dl = "".join(
+            f"<div><dt>{esc(k)}</dt><dd><code>{esc(v)}</code></dd></div>"
+            for k, v in items
+            if v not in (None, "")
+        )
+        models = prov.get("model_sha256") or {}
+        model_rows = "".join(
+            f'<tr><th scope="row" class="model">{esc(m)}</th><td>{_hash(h)}</td></tr>'
+            for m, h in models.items()
+        )
+        model_table = (
+            '<table class="data compact"><caption>Model weights (SHA-256)</caption>'
+            '<thead><tr><th scope="col">Model</th><th scope="col">SHA-256</th></tr></thead>'
+            f"<tbody>{model_rows}</tbody></table>"
+            if model_rows
+            else '<p class="empty">No model hashes recorded.</p>'
+        )
+        manifests = prov.get("manifest_sha256") or {}
+        joined = list(self.r.get("sites_joined") or [])
+        names = _unique([*(str(s.get("name")) for s in joined), *map(str, manifests)])
+        by_name = {str(s.get("name")): s for s in joined}
+        site_rows = []
+        for n in names:
+            s = by_name.get(n, {})
+            h = manifests.get(n, s.get("manifest_sha256", ""))
+            site_rows.append(
+                f'<tr><th scope="row" class="site">{esc(n)}</th>'
+                f"<td>{esc(s.get('role', 'n/a'))}</td>"
+                f'<td class="num">{esc(s.get("n_train", "n/a"))}</td>'
+                f'<td class="num">{esc(s.get("n_test", "n/a"))}</td>'
+                f"<td>{_hash(h)}</td></tr>"
+            )
+        site_table = (
+            '<table class="data compact"><caption>Sites that joined, and their manifests'
+            '</caption><thead><tr><th scope="col">Site</th><th scope="col">Role</th>'
+            '<th scope="col">Training cases</th><th scope="col">Test cases</th>'
+            '<th scope="col">Manifest SHA-256</th></tr></thead>'
+            f"<tbody>{''.join(site_rows)}</tbody></table>"
+        )
+        settings = self.r.get("settings") or {}
+        settings_rows = "".join(
+            f'<tr><th scope="row">{esc(k)}</th><td><code>{esc(_plain(v))}</code></td></tr>'
+            for k, v in settings.items()
+        )
+        config = prov.get("config") or {}
+        config_rows = "".join(
+            f'<tr><th scope="row"><code>{esc(k)}</code></th><td><code>{esc(_plain(v))}</code>'
+            "</td></tr>"
+            for k, v in config.items()
+        )
+        config_block = (
+            f"<details><summary>Resolved run configuration ({len(config)} settings)</summary>"
+            f'<table class="data kv"><thead><tr><th scope="col">Key</th><th scope="col">Value'
+            f"</th></tr></thead><tbody>{config_rows}</tbody></table></details>"
+            if config
+            else '<p class="empty">No run configuration recorded.</p>'
+        )
+        return (
+            '<section id="provenance" aria-labelledby="prov-h"><h2 id="prov-h">Provenance</h2>'
+            f'<dl class="meta prov">{dl}</dl><div class="grid-2 tables">{model_table}'
+            f'<table class="data compact"><caption>Report settings</caption><thead><tr>'
+            '<th scope="col">Setting</th><th scope="col">Value</th></tr></thead>'
+            f"<tbody>{settings_rows}</tbody></table></div>{site_table}{config_block}</section>"
+        )
+
+    def footer(self) -> str:
+        version = self.r.get("report_version", "")
+        code = _get(self.r, "provenance", "code_version")
+        made = f" \u00b7 hepafed {esc(code)}" if code else ""
+        return (
+            '<footer class="foot"><p>Report format version '
+            f'<span class="report-version">{esc(version)}</span>{made} \u00b7 Computed from '
+            "site summary statistics only; no patient-level data were shared.</p></footer>"
+        )
+
+
+# ---- small pieces ----------------------------------------------------------------------------
+
+
+def _unique(values: Iterable[str]) -> list[str]:
+    seen: list[str] = []
+    for v in values:
+        if v not in seen:
+            seen.append(v)
+    return seen
+
+
+def _plain(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return ", ".join(_plain(v) for v in value)
+    return str(value)
+
+
+def _hash(value: object) -> str:
+    text = str(value or "")
+    if not text:
+        return '<span class="na">n/a</span>'
+    short = text[:12] + ("\u2026" if len(text) > 12 else "")
+    return f'<code class="hash" title="{esc(text)}">{esc(short)}</code>'
+
+
+def _flag_mark(numbers: Sequence[int]) -> str:
+    """A warning sign after a name, linked to the first of its flags."""
+    if not numbers:
+        return ""
+    ids = ", ".join(f"F{i}" for i in numbers)
+    return f' <a class="flag-mark" href="#flag-{numbers[0]}" title="flags {ids}">\u26a0 {ids}</a>'
+
+
+def _role_badge(role: str) -> str:
+    cls = "external" if role == "external" else "internal" if role == "internal" else "other"
+    return f'<span class="badge {cls}">{esc(role or "n/a")}</span>'
+
+
+def _card(
+    label: str, value: str, detail: str, role: str = "", warn: bool = False, half: bool = False
+) -> str:
+    """A headline card; ``detail`` is trusted HTML built here from escaped parts."""
+    cls = "card" + (f" {role}" if role else "") + (" warn" if warn else "")
+    cls += " half" if half else ""
+    return (
+        f'<div class="{cls}"><p class="card-label">{esc(label)}</p>'
+        f'<p class="card-value">{esc(value)}</p><p class="card-detail">{detail}</p></div>'
+    )
+
+
+def _item_text(it: _Item) -> str:
+    if it.estimate is None:
+        return it.note
+    if it.lo is None or it.hi is None:
+        return fmt(it.estimate)
+    return f"{fmt(it.estimate)} ({fmt_ci(it.lo, it.hi)})"
+
+
+def _pooled_text(p: _Pooled) -> str:
+    return f"{fmt(p.estimate)} ({fmt_ci(p.lo, p.hi)})"
+
+
+def _step_path(
+    fpr: Sequence[float],
+    tpr: Sequence[float | None],
+    sx: Any,
+    sy: Any,
+) -> str:
+    """Step-after path: sensitivity stays at TPR(t_i) until the next grid point."""
+    d: list[str] = []
+    prev: float | None = None
+    for i, (x, y) in enumerate(zip(fpr, tpr, strict=False)):
+        if y is None:
+            prev = None
+            continue
+        if prev is None:
+            d.append(f"M{_n(sx(x))},{_n(sy(y))}")
+        else:
+            d.append(f"H{_n(sx(x))}")
+            if y != prev:
+                d.append(f"V{_n(sy(y))}")
+        prev = y
+        if i == len(fpr) - 1:
+            break
+    return "".join(d)
+
+
+def _place_label(
+    label: str,
+    px: float,
+    py: float,
+    placed: list[tuple[float, float, float, float]],
+    bounds: tuple[float, float, float, float],
+) -> tuple[float, float, str]:
+    """A label position next to (px, py) that overlaps no earlier label or marker."""
+    w, h = _text_width(label + "  ", 12), 14.0
+    candidates = [
+        (px + 9, py + 4, "start", (px + 9, py - 9, px + 9 + w, py + 5)),
+        (px - 9, py + 4, "end", (px - 9 - w, py - 9, px - 9, py + 5)),
+        (px, py - 12, "middle", (px - w / 2, py - 24, px + w / 2, py - 10)),
+        (px, py + 22, "middle", (px - w / 2, py + 10, px + w / 2, py + 24)),
+        (px + 9, py + 18, "start", (px + 9, py + 5, px + 9 + w, py + 19)),
+        (px + 9, py - 10, "start", (px + 9, py - 23, px + 9 + w, py - 9)),
+        (px - 9, py + 18, "end", (px - 9 - w, py + 5, px - 9, py + 19)),
+        (px - 9, py - 10, "end", (px - 9 - w, py - 23, px - 9, py - 9)),
+    ]
+    bx0, by0, bx1, by1 = bounds
+
+    def clear(box: tuple[float, float, float, float]) -> bool:
+        if box[0] < bx0 or box[2] > bx1 or box[1] < by0 or box[3] > by1:
+            return False
+        own = (px - 7, py - 7, px + 7, py + 7)
+        return all(
+            b == own or box[2] <= b[0] or box[0] >= b[2] or box[3] <= b[1] or box[1] >= b[3]
+            for b in placed
+        )
+
+    for x, y, anchor, box in candidates:
+        if clear(box):
+            placed.append(box)
+            return x, y, anchor
+    x, y, anchor, box = candidates[0] if px + 9 + w <= bx1 else candidates[1]
+    placed.append(box)
+    _ = h
+    return x, y, anchor
+
+
+CSS = """
+:root{--ink:#1f2937;--muted:#6b7280;--line:#d1d5db;--soft:#f3f4f6;--int:#1d4e89;
+--ext:#c2410c;--flag:#b91c1c;--flagbg:#fef2f2;--ok:#166534;
+--font:system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue","DejaVu Sans",Arial,sans-serif}
+*{box-sizing:border-box}
+html{-webkit-text-size-adjust:100%}
+body{margin:0;background:#f5f6f8;color:var(--ink);font:15px/1.5 var(--font)}
+.report,.foot{max-width:1240px;margin:0 auto;padding:0 24px}
+.masthead{max-width:1240px;margin:0 auto;padding:28px 24px 8px}
+.eyebrow{margin:0;color:var(--muted);font-size:12px;letter-spacing:.08em;text-transform:uppercase}
+h1{margin:4px 0 2px;font-size:28px;line-height:1.2;font-weight:650}
+.subtitle{margin:0 0 14px;color:var(--muted);font-size:15px}
+h2{font-size:20px;margin:0 0 12px;padding-bottom:6px;border-bottom:2px solid var(--ink)}
+h3{font-size:16px;margin:18px 0 8px}
+section{background:#fff;border:1px solid var(--line);border-radius:6px;padding:20px 22px;
+margin:0 0 18px}
+dl.meta{display:flex;flex-wrap:wrap;gap:8px 28px;margin:0 0 12px}
+dl.meta div{min-width:0}
+dl.meta dt{font-size:11px;text-transform:uppercase;letter-spacing:.06em;color:var(--muted)}
+dl.meta dd{margin:0;font-weight:600}
+dl.prov dd{font-weight:400}
+nav ul{list-style:none;display:flex;flex-wrap:wrap;gap:4px 6px;margin:6px 0 14px;padding:0}
+nav a{display:inline-block;padding:3px 10px;border:1px solid var(--line);border-radius:14px;
+color:var(--int);text-decoration:none;font-size:13px;background:#fff}
+nav a:hover{background:var(--soft)}
+.guide{background:#f8fafc}
+.guide ul{margin:0;padding-left:20px}
+.guide li{margin:3px 0}
+.cards{display:grid;grid-template-columns:repeat(6,1fr);gap:12px}
+.card{grid-column:span 2}
+.card.half{grid-column:span 3}
+.card{border:1px solid var(--line);border-top:4px solid var(--muted);border-radius:6px;
+padding:12px 14px;background:#fff}
+.card.internal{border-top-color:var(--int)}
+.card.external{border-top-color:var(--ext)}
+.card.warn{border-top-color:var(--flag);background:var(--flagbg)}
+.card-label{margin:0;font-size:12px;text-transform:uppercase;letter-spacing:.05em;color:var(--muted)}
+.card-value{margin:2px 0;font-size:28px;font-weight:700;font-variant-numeric:tabular-nums}
+.card.warn .card-value{color:var(--flag)}
+.card-detail{margin:0;font-size:13px;color:#374151;font-variant-numeric:tabular-nums}
+.lede{margin:14px 0 0;font-size:15px}
+.ok{color:var(--ok);font-weight:600;margin:0}
+ol.flags{list-style:none;margin:0;padding:0;display:grid;gap:8px}
+.flag{display:flex;gap:12px;align-items:flex-start;border:1px solid #fecaca;
+border-left:6px solid var(--flag);background:var(--flagbg);border-radius:4px;padding:10px 14px}
+.flag-icon{color:var(--flag);font-size:22px;line-height:1}
+.flag p{margin:0}
+.flag-head{font-weight:700;color:var(--flag);font-size:14px}
+.flag-id{display:inline-block;background:var(--flag);color:#fff;border-radius:3px;
+padding:0 6px;margin-right:4px;font-size:12px}
+.flag-msg{font-size:15px;font-weight:600}
+.flag-meta{font-size:12px;color:var(--muted)}
+.note{color:#4b5563;font-size:13px;margin:6px 0 10px}
+.empty{color:var(--muted);font-style:italic}
+.table-wrap{overflow-x:auto}
+table.data{border-collapse:collapse;font-size:12.5px;font-variant-numeric:tabular-nums;
+margin:0 0 12px}
+table.data caption{text-align:left;font-weight:600;font-size:14px;padding:4px 0 6px}
+table.data th,table.data td{padding:5px 6px;border-bottom:1px solid #e5e7eb;
+vertical-align:top;text-align:left}
+table.data thead th{background:var(--soft);font-size:12px;border-bottom:2px solid #9ca3af;
+vertical-align:bottom;white-space:nowrap}
+table.data thead th[title]{text-decoration:underline dotted;cursor:help}
+table.data tr.group td{border-bottom:none}
+table.data tr.group th{background:#fff;border-bottom:1px solid #9ca3af;text-align:center;
+font-size:11px;text-transform:uppercase;letter-spacing:.05em;color:var(--muted)}
+table.sites{width:100%;font-size:12px}
+table.sites th,table.sites td{padding:5px 5px}
+table.data tr.group th{white-space:normal}
+table.data td.num{text-align:right;white-space:nowrap}
+td.num .ci{display:block;font-size:11px;color:var(--muted)}
+td .ci{display:block;font-size:11px;color:var(--muted)}
+th.site{white-space:nowrap;font-weight:600}
+th.site .sub{display:block;font-weight:400;font-size:11px;color:var(--muted);
+white-space:normal;max-width:9em}
+table.data thead th.num{text-align:right}
+td.model,th.model{white-space:nowrap;font-size:12px}
+td.auc{font-weight:600}
+tr.flagged{background:var(--flagbg)}
+table.sites tr.flagged th.site{box-shadow:inset 4px 0 0 var(--flag)}
+a.flag-mark{color:var(--flag);font-size:11px;text-decoration:none}
+td.flagcell{color:var(--flag);font-weight:600;min-width:52px}
+td.flagcell a{color:var(--flag)}
+.fl{display:block;white-space:nowrap}
+.fl+.fl{margin-top:3px}
+.flag-short{display:block;white-space:normal;font-size:10.5px;font-weight:400;line-height:1.25}
+td.insufficient{color:#92400e;font-style:italic;background:repeating-linear-gradient(
+45deg,#fffbeb,#fffbeb 6px,#fef3c7 6px,#fef3c7 12px)}
+.na{color:var(--muted)}
+.badge{display:inline-block;padding:0 7px;border-radius:10px;font-size:11px;font-weight:600;
+border:1.5px solid currentColor;white-space:nowrap}
+.badge.internal{color:#fff;background:var(--int);border-color:var(--int)}
+.badge.external{color:var(--ext);background:#fff}
+.badge.other{color:var(--muted)}
+table.compact{width:auto}
+table.data.compact td.num{text-align:left}
+table.matrix td.cell{min-width:104px}
+table.matrix td.internal{background:#eef4fb}
+table.matrix td.external{background:#fff}
+table.matrix td.none{color:var(--muted);text-align:center}
+table.kv code{font-size:12px}
+.figure{margin:0 0 16px}
+.figure figcaption{font-size:13px;color:#4b5563;margin:0 0 4px;max-width:940px}
+.figure figcaption strong{color:var(--ink);font-size:14px}
+.scatter figcaption{margin-top:4px}
+svg.chart{display:block;max-width:100%;height:auto;font-family:var(--font)}
+svg.chart text{fill:var(--ink);font-size:12px}
+svg.chart .th{font-weight:700;font-size:12px}
+svg.chart .lbl{font-size:12px}
+svg.chart .strong{font-weight:700}
+svg.chart .muted{fill:var(--muted)}
+svg.chart .small{font-size:10.5px}
+svg.chart .ital{font-style:italic}
+svg.chart .num{font-variant-numeric:tabular-nums}
+svg.chart .tick{font-size:11px;fill:#4b5563}
+svg.chart .axis{font-size:12px;fill:#374151}
+svg.chart .flagged,svg.chart .flagtext{fill:var(--flag)}
+svg.chart .flagged{font-weight:700}
+.grid-2{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:8px 24px;
+align-items:start}
+.grid-panels{display:grid;grid-template-columns:repeat(auto-fill,minmax(205px,1fr));gap:10px}
+.grid-panels .figure{border:1px solid #e5e7eb;border-radius:4px;margin:0}
+.model-head{font-size:14px;color:#374151}
+details{margin-top:8px}
+summary{cursor:pointer;font-weight:600;color:var(--int)}
+code{font-family:"DejaVu Sans Mono",Menlo,Consolas,monospace;font-size:12px}
+code.hash{background:var(--soft);padding:1px 4px;border-radius:3px}
+.foot{color:var(--muted);font-size:12px;padding-bottom:28px}
+.visually-hidden{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0);
+white-space:nowrap}
+@media print{
+@page{size:A4 landscape;margin:11mm}
+body{background:#fff;font-size:11px}
+*{-webkit-print-color-adjust:exact;print-color-adjust:exact}
+.report,.masthead,.foot{max-width:none;padding:0}
+nav{display:none}
+section{border:none;border-radius:0;padding:0;margin:0 0 14px}
+h2{break-after:avoid}
+.figure,.card,.flag,tr,.grid-panels .figure{break-inside:avoid}
+thead{display:table-header-group}
+table.data,table.sites{font-size:10px}
+table.sites th,table.sites td{padding:3px 3px}
+td .ci,td.num .ci,th.site .sub{font-size:9px}
+th.site .sub{max-width:12em}
+.table-wrap{overflow:visible}
+details>summary{list-style:none}
+details::details-content{content-visibility:visible;display:contents}
+a{color:inherit;text-decoration:none}
+}
+"""

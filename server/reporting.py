@@ -1,0 +1,229 @@
+"""Report files: build ``report.json`` from a run folder, render HTML, print a summary.
+
+``write_report(run_dir)`` reads what the run recorded (config.json,
+evaluations.json, rounds.jsonl, the checkpoints), builds the report
+(``server.report``), validates it against ``report.schema.json`` and writes
+``report.json`` and the self-contained ``report.html``. ``render(run_dir)``
+re-renders the HTML from ``report.json`` alone (``hepafed report RUN_DIR``).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import subprocess
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from server.designs import Evaluation
+from server.records import (
+    checkpoint_name,
+    load_checkpoint,
+    read_config,
+    read_evaluations,
+    read_rounds,
+)
+from server.report import SCHEMA_FILE, build_report, model_sha256
+from server.report_html import render_html
+
+REPORT_JSON = "report.json"
+REPORT_HTML = "report.html"
+
+
+class ReportError(ValueError):
+    """A run folder or report file cannot be turned into a report."""
+
+
+def schema() -> dict[str, Any]:
+    """The published JSON Schema of ``report.json``."""
+    text = resources.files("server").joinpath(SCHEMA_FILE).read_text(encoding="utf-8")
+    return dict(json.loads(text))
+
+
+def validate(report: dict[str, Any]) -> None:
+    """Raise ``ReportError`` naming the first path that breaks the schema."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = sorted(validator.iter_errors(report), key=lambda e: list(e.absolute_path))
+    if errors:
+        e = errors[0]
+        where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
+        raise ReportError(f"report does not match {SCHEMA_FILE} at {where}: {e.message}")
+
+
+def code_version() -> str:
+    """hepafed's installed version, plus the git commit when run from a checkout."""
+    try:
+        version = importlib.metadata.version("hepafed")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{version}+g{commit}" if commit else version
+
+
+def provenance(run_dir: Path, sites: list[dict[str, Any]], models: list[str]) -> dict[str, Any]:
+    """Model hashes, manifest hashes, code version and the resolved config's source."""
+    hashes = {}
+    for model in models:
+        path = run_dir / checkpoint_name(model)
+        if path.exists():
+            hashes[model] = model_sha256(load_checkpoint(path)["model"])
+    return {
+        "run_dir": str(run_dir.resolve()),
+        "model_sha256": hashes,
+        "manifest_sha256": {str(s["name"]): str(s.get("manifest_sha256", "")) for s in sites},
+        "code_version": code_version(),
+    }
+
+
+def failed_evaluations(run_dir: Path) -> dict[str, dict[str, str]]:
+    """model -> site -> reason, for final evaluations a site did not deliver."""
+    out: dict[str, dict[str, str]] = {}
+    for entry in read_rounds(run_dir):
+        if entry.get("phase") == "final-evaluate" and entry.get("failed"):
+            out.setdefault(entry["model"], {}).update(entry["failed"])
+    return out
+
+
+def write_report(run_dir: Path | str, extra: list[Evaluation] | None = None) -> dict[str, Any]:
+    """Build, validate and write report.json and report.html for a finished run."""
+    run_dir = Path(run_dir)
+    try:
+        recorded = read_config(run_dir)
+        evaluations = [Evaluation.from_dict(d) for d in read_evaluations(run_dir)]
+    except (OSError, ValueError, KeyError) as err:
+        raise ReportError(f"{run_dir} is not a finished hepafed run: {err}") from err
+    evaluations += extra or []
+    models = sorted({e.model for e in evaluations})
+    report = build_report(
+        evaluations,
+        recorded["config"],
+        recorded["sites"],
+        provenance={
+            **provenance(run_dir, recorded["sites"], models),
+            "config": recorded["config"],
+        },
+        failed=failed_evaluations(run_dir),
+    )
+    validate(report)
+    _write_atomic(run_dir / REPORT_JSON, json.dumps(report, indent=1, allow_nan=False))
+    _write_atomic(run_dir / REPORT_HTML, render_html(report))
+    return report
+
+
+def load_report(path: Path | str) -> dict[str, Any]:
+    """A report.json (or the run folder holding one), validated against the schema."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / REPORT_JSON
+    try:
+        report = dict(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise ReportError(
+            f"{path} does not exist: run `hepafed simulate` or a federation first"
+        ) from None
+    except json.JSONDecodeError as err:
+        raise ReportError(f"{path} is not valid JSON: {err}") from None
+    validate(report)
+    return report
+
+
+def render(path: Path | str) -> Path:
+    """Re-render report.html next to report.json from the JSON alone."""
+    report = load_report(path)
+    target = (Path(path) if Path(path).is_dir() else Path(path).parent) / REPORT_HTML
+    _write_atomic(target, render_html(report))
+    return target
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def format_summary(report: dict[str, Any]) -> str:
+    """The terminal summary: per-site table, pooled internal vs external, gaps, flags."""
+    level = round(100 * report["settings"]["level"])
+    lines = [f"report ({report['design']} design, {report['task']})", ""]
+    head = (
+        f"{'site':<12} {'model':<22} {'role':<9} {'n':>4} {'prev':>5}  "
+        f"{'AUC [' + str(level) + '% CI]':<22} {'sens':>5} {'spec':>5} {'slope':>5} "
+        f"{'ECE':>5}  {'drift':>6}"
+    )
+    lines += [head, "-" * len(head)]
+    for r in report["sites"]:
+        if r["insufficient"]:
+            lines.append(
+                f"{r['site']:<12} {r['model']:<22} {r['role']:<9} {r['n']:>4}  insufficient data"
+            )
+            continue
+        auc = r.get("auc")
+        auc_txt = f"{auc['estimate']:.3f} [{auc['lo']:.3f}, {auc['hi']:.3f}]" if auc else "n/a"
+        op = r.get("thresholds", [{}])[0] if r.get("thresholds") else {}
+        sens = _fmt(op.get("sensitivity", {}).get("estimate"))
+        spec = _fmt(op.get("specificity", {}).get("estimate"))
+        cal = r.get("calibration", {})
+        slope = _fmt(cal.get("slope", {}).get("estimate"), 2)
+        ece = _fmt(cal.get("ece"))
+        drift = _fmt(r["drift"].get("frechet_relative"), 3)
+        prev = _fmt(r.get("prevalence"), 2)
+        lines.append(
+            f"{r['site']:<12} {r['model']:<22} {r['role']:<9} {r['n']:>4} {prev:>5}  "
+            f"{auc_txt:<22} {sens:>5} {spec:>5} {slope:>5} {ece:>5}  {drift:>6}"
+        )
+    lines.append("")
+    pooled = report["pooled"]
+    for role in ("internal", "external"):
+        block = pooled.get(role)
+        if block:
+            a = block["auc"]
+            pi = a["prediction_interval"]
+            lines.append(
+                f"pooled {role:<8} AUC {a['estimate']:.3f} [{a['lo']:.3f}, {a['hi']:.3f}]"
+                f"  k={block['k']}  I²={a['i2']:.1f}%  tau²={a['tau2']:.4f}"
+                f"  prediction interval [{_fmt(pi['lo'])}, {_fmt(pi['hi'])}]"
+            )
+    diff = (pooled.get("difference") or {}).get("auc")
+    if diff:
+        lines.append(
+            f"internal - external AUC {diff['estimate']:+.3f} "
+            f"[{diff['lo']:+.3f}, {diff['hi']:+.3f}], p = {_fmt(diff['p'], 4)}"
+        )
+    for g in report["gaps"]:
+        d = g["gap"]
+        lines.append(
+            f"gap at {g['site']} ({g['model']}): internal {g['internal_auc']:.3f} vs "
+            f"{g['external_auc']:.3f}, difference {d['estimate']:+.3f} "
+            f"[{d['lo']:+.3f}, {d['hi']:+.3f}], p = {_fmt(d['p'], 4)}"
+        )
+    sp = report["drift_vs_degradation"]["spearman"]
+    if sp["rho"] is not None:
+        lines.append(
+            f"drift vs AUC drop: Spearman rho {sp['rho']:+.2f} (p = {_fmt(sp['p'], 3)}, "
+            f"n = {sp['n']})"
+        )
+    lines.append("")
+    if report["flags"]:
+        lines.append("flags:")
+        lines += [f"  [{f['kind']}] {f['message']}" for f in report["flags"]]
+    else:
+        lines.append("flags: none")
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"

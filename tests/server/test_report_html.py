@@ -1,0 +1,346 @@
+"""report.html: content, escaping, self-containment, odd report shapes, and a real browser.
+
+The pure-Python tests read the HTML as text. The Chromium tests load the page
+in headless Chromium (``/usr/bin/chromium``): they are skipped where it is not
+installed, unless ``HEPAFED_REQUIRE_CHROMIUM=1`` (set in CI), which makes a
+missing browser a failure.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import struct
+import subprocess
+import zlib
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server.report_html import fmt, fmt_ci, fmt_p, fmt_sig, render_html
+from tests.server.test_report_schema import (
+    EXAMPLES,
+    example,
+    holdout_with_problems,
+    loso_report,
+    segmentation_report,
+)
+
+CHROMIUM = Path("/usr/bin/chromium")
+ALLOWED_URLS = {"http://www.w3.org/2000/svg", "http://www.w3.org/1999/xhtml"}
+EVIL = '<script>alert("x")</script> & Co'
+VOID = {"meta", "br", "hr", "img", "input", "link", "wbr", "col", "source"}
+
+
+def page(report: dict[str, Any]) -> str:
+    return render_html(report)
+
+
+def site_names(report: dict[str, Any]) -> set[str]:
+    names = {r["site"] for r in report["sites"]}
+    names |= {s["name"] for s in report["sites_joined"]}
+    return names | {c["site"] for c in report["matrix"]}
+
+
+class TagBalance(HTMLParser):
+    """Fails on a closing tag that does not match the open one (void elements aside)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag not in VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes <{self.stack[-1] if self.stack else None}>")
+            return
+        self.stack.pop()
+
+
+# ---- pure Python ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_page_has_every_site_flag_and_figure(name: str) -> None:
+    report = example(name)
+    html = page(report)
+    assert html.startswith("<!DOCTYPE html>")
+    for site in site_names(report):
+        assert site in html
+    for flag in report["flags"]:
+        assert flag["message"] in html  # plain text in these examples, so escaping is a no-op
+    assert html.count('class="chart forest-svg"') == 3  # AUC, sensitivity, specificity
+    for fig in ('id="forest-auc"', 'id="forest-sensitivity"', 'id="forest-specificity"'):
+        assert fig in html
+    models = {c["model"] for c in report["curves"]["roc"]}
+    assert html.count('class="chart roc-svg"') == len(models)
+    assert html.count('class="chart reliability-svg"') == len(report["curves"]["reliability"])
+    assert html.count('class="chart scatter-svg"') == 1
+    assert 'class="report-version">1.0<' in html
+    assert html.count("<svg") == html.count("</svg>")
+    assert f"Spearman \u03c1 = {report['drift_vs_degradation']['spearman']['rho']:.2f}" in html
+
+
+def test_loso_page_has_the_per_fold_table() -> None:
+    report = example("report-loso.json")
+    html = page(report)
+    assert "Per fold (leave-one-site-out)" in html
+    for fold in report["folds"]:
+        assert f'<td class="model">{fold["model"]}</td>' in html
+    # hospital-e is scored by every fold but has no row of its own: the page says so
+    assert "Joined but without a row here: hospital-e" in html
+
+
+def test_page_is_self_contained() -> None:
+    for name in EXAMPLES:
+        html = page(example(name))
+        urls = set(re.findall(r"https?://[^\s\"'<>)]+", html))
+        assert urls <= ALLOWED_URLS, urls - ALLOWED_URLS
+        lowered = html.lower()
+        for forbidden in ("<script", "<link", "@import", "url(", "src=", "<img", "<iframe"):
+            assert forbidden not in lowered, forbidden
+
+
+def test_page_is_well_formed_and_accessible() -> None:
+    html = page(example("report-loso.json"))
+    checker = TagBalance()
+    checker.feed(html)
+    checker.close()
+    assert checker.errors == [] and checker.stack == []
+    svgs = re.findall(r"<svg [^>]*>", html)
+    assert svgs and all('role="img"' in s and "aria-labelledby=" in s for s in svgs)
+    assert html.count("<svg") == html.count("<title id=")
+    tables = html.count("<table")
+    assert tables and html.count("<thead>") == tables
+    assert '<html lang="en">' in html and '<meta charset="utf-8">' in html
+    ids = re.findall(r' id="([^"]+)"', html)
+    assert len(ids) == len(set(ids)), "duplicate element ids"
+
+
+def test_site_names_from_hospitals_are_escaped() -> None:
+    text = json.dumps(example("report-holdout.json"))
+    report = json.loads(text.replace("hospital-a", json.dumps(EVIL)[1:-1]))
+    report["flags"].append(
+        {
+            "site": EVIL,
+            "model": "global",
+            "role": "internal",
+            "kind": "drop-exceeds-margin",
+            "message": f"{EVIL}: AUC 0.658 is 0.032 below the pooled internal AUC",
+        }
+    )
+    html = page(report)
+    assert "<script" not in html.lower()
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; Co" in html
+    # in attributes too (tooltips, aria labels): no raw "<" or unescaped quote inside a value
+    assert not re.search(r'(title|aria-label)="[^"]*<', html)
+    assert 'title="&lt;script&gt;alert(&quot;x&quot;)' in html  # the flag marker's tooltip
+    assert "<title>&lt;script&gt;alert(&quot;x&quot;)" in html  # SVG tooltips
+
+
+def test_rendering_is_deterministic() -> None:
+    report = example("report-loso.json")
+    first = page(report)
+    assert page(copy.deepcopy(report)) == first
+    assert page(json.loads(json.dumps(report))) == first
+
+
+def test_insufficient_site_missing_report_and_flags() -> None:
+    report = holdout_with_problems()
+    html = page(report)
+    assert "Insufficient data: 6 cases (1 malignant, 5 benign)" in html
+    assert "did not report an evaluation of global" in html
+    assert "No evaluation received" in html
+    assert html.count('class="flag"') == len(report["flags"])
+
+
+def test_null_pooled_blocks_and_empty_curves() -> None:
+    report = example("report-holdout.json")
+    report["pooled"] = {"internal": None, "external": None, "difference": None}
+    report["gaps"] = []
+    report["drift_vs_degradation"]["points"] = []
+    report["drift_vs_degradation"]["spearman"] = {"rho": None, "p": None, "n": 0}
+    report["curves"]["roc"] = []
+    report["curves"]["reliability"] = []
+    report["sites"][0]["auc"]["lo"] = None  # NaN-safe nulls inside a row too
+    report["sites"][1]["calibration"]["slope"] = {"estimate": None, "lo": None, "hi": None}
+    html = page(report)
+    assert "Needs both a pooled internal and a pooled external AUC." in html
+    assert "No pooled internal AUC." in html
+    assert "No site sent a ROC curve." in html
+    assert "No site sent calibration bins." in html
+    assert "Spearman \u03c1 not computed" in html
+    assert 'class="chart forest-svg"' in html and "roc-svg" not in html
+
+
+def test_segmentation_report() -> None:
+    report = segmentation_report()
+    html = page(report)
+    assert "Lesion segmentation" in html
+    assert "Dice, mean (95% CI)" in html and "HD95, mm (cases)" in html
+    assert 'id="forest-dice"' in html
+    assert "Insufficient data: 5 cases" in html
+    assert "Not applicable to segmentation." in html
+    assert "AUC (95% CI)" not in html
+    for site in ("a", "b", "e", "tiny"):
+        assert f'<th scope="row" class="site">{site}<' in html
+
+
+def test_built_loso_report_with_designated_external_site() -> None:
+    report = loso_report()
+    html = page(report)
+    assert "Leave-one-site-out" in html
+    assert "Fold model" in html and "without-a" in html
+
+
+def test_number_formats() -> None:
+    assert fmt(0.65800001) == "0.658"
+    assert fmt(-0.0144) == "\u22120.014"
+    assert fmt(-0.0001) == "0.000"  # no negative zero
+    assert fmt(0.11, signed=True) == "+0.110"
+    assert fmt(None) == fmt(float("nan")) == "n/a"
+    assert fmt_p(0.08330888) == "0.083"
+    assert fmt_p(0.0004) == "<0.001"
+    assert fmt_p(1.0) == ">0.999"
+    assert fmt_ci(0.495, 0.821) == "0.495\u20130.821"
+    assert fmt_ci(-0.0144, 0.234) == "\u22120.014 to 0.234"
+    assert fmt_sig(0.0026168) == "0.00262"
+    assert fmt_sig(0.1686) == "0.169"
+    assert fmt_sig(3.17e-5) == "3.17\u00d710\u207b\u2075"
+
+
+# ---- headless Chromium -----------------------------------------------------------------------
+
+
+def require_chromium() -> Path:
+    """The browser; skip without it, or fail when CI demands it (HEPAFED_REQUIRE_CHROMIUM=1)."""
+    if CHROMIUM.exists():
+        return CHROMIUM
+    if os.environ.get("HEPAFED_REQUIRE_CHROMIUM") == "1":
+        pytest.fail(
+            f"HEPAFED_REQUIRE_CHROMIUM=1 but {CHROMIUM} is missing: "
+            "apt-get install chromium (Debian/Ubuntu) to run the browser tests"
+        )
+    pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
+
+
+def run_chromium(
+    chromium: Path, tmp_path: Path, html_file: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
+    profile = tmp_path / "profile"
+    profile.mkdir(exist_ok=True)
+    cmd = [
+        str(chromium),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        # any network request would fail and be logged as a console error
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        f"--user-data-dir={profile}",
+        "--enable-logging=stderr",
+        "--v=0",
+        *args,
+        html_file.as_uri(),
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
+
+
+def console_problems(stderr: str) -> list[str]:
+    """Console messages (any, since the page has no script) and uncaught errors."""
+    return [ln for ln in stderr.splitlines() if ":CONSOLE" in ln or "Uncaught" in ln]
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_chromium_loads_the_page(tmp_path: Path, name: str) -> None:
+    chromium = require_chromium()
+    report = example(name)
+    html_file = tmp_path / "report.html"
+    html_file.write_text(page(report), encoding="utf-8")
+    done = run_chromium(chromium, tmp_path, html_file, "--dump-dom")
+    assert done.returncode == 0, done.stderr[-2000:]
+    dom = done.stdout
+    for site in site_names(report):
+        assert site in dom
+    for cls in ("forest-svg", "roc-svg", "reliability-svg", "scatter-svg"):
+        assert f"chart {cls}" in dom, cls
+    assert dom.count("<svg") >= 6
+    assert console_problems(done.stderr) == []
+
+
+def test_chromium_screenshot_is_not_blank(tmp_path: Path) -> None:
+    chromium = require_chromium()
+    html_file = tmp_path / "report.html"
+    html_file.write_text(page(example("report-holdout.json")), encoding="utf-8")
+    png = tmp_path / "report.png"
+    done = run_chromium(
+        chromium, tmp_path, html_file, f"--screenshot={png}", "--window-size=1280,2400"
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert png.exists() and png.stat().st_size > 20_000
+    width, height, pixels = read_png(png.read_bytes())
+    assert (width, height) == (1280, 2400)
+    colours = set(pixels)
+    assert len(colours) > 200, f"only {len(colours)} distinct colours: blank page?"
+    white = pixels.count((255, 255, 255))
+    assert white < 0.9 * len(pixels)
+    assert console_problems(done.stderr) == []
+
+
+def read_png(data: bytes) -> tuple[int, int, list[tuple[int, int, int]]]:
+    """Width, height and RGB pixels (every 7th column) of an 8-bit RGB(A) PNG."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    pos, idat = 8, b""
+    width = height = bpp = 0
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+        if kind == b"IHDR":
+            width, height, depth, colour_type, _, _, interlace = struct.unpack(">IIBBBBB", body)
+            assert depth == 8 and interlace == 0 and colour_type in (2, 6), "unexpected PNG"
+            bpp = 3 if colour_type == 2 else 4
+        elif kind == b"IDAT":
+            idat += body
+        elif kind == b"IEND":
+            break
+    raw = zlib.decompress(idat)
+    stride = width * bpp
+    prev = bytearray(stride)
+    pixels: list[tuple[int, int, int]] = []
+    for row in range(height):
+        start = row * (stride + 1)
+        method, line = raw[start], bytearray(raw[start + 1 : start + 1 + stride])
+        if method == 1:
+            for x in range(bpp, stride):
+                line[x] = (line[x] + line[x - bpp]) & 0xFF
+        elif method == 2:
+            line = bytearray((a + b) & 0xFF for a, b in zip(line, prev, strict=True))
+        elif method == 3:
+            for x in range(stride):
+                left = line[x - bpp] if x >= bpp else 0
+                line[x] = (line[x] + (left + prev[x]) // 2) & 0xFF
+        elif method == 4:
+            for x in range(stride):
+                a = line[x - bpp] if x >= bpp else 0
+                b, c = prev[x], prev[x - bpp] if x >= bpp else 0
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                pred = a if pa <= pb and pa <= pc else b if pb <= pc else c
+                line[x] = (line[x] + pred) & 0xFF
+        for x in range(0, width, 7):
+            pixels.append((line[x * bpp], line[x * bpp + 1], line[x * bpp + 2]))
+        prev = line
+    return width, height, pixels

@@ -1,0 +1,327 @@
+"""report.schema.json: real reports validate, damaged copies are rejected at the right path.
+
+The two examples under ``tests/server/data`` are report.json files written by
+``hepafed simulate`` (a 5-hospital phantom, one external hospital): a holdout run
+and a leave-one-site-out run. Reports built by ``server.report.build_report``
+for the shapes the examples lack (segmentation, insufficient sites, missing
+evaluations, cross-site) must validate too, so the schema tracks the producer.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from common.config import RunConfig
+from common.summary import SiteSummary, Table2x2
+from server.designs import Evaluation
+from server.report import REPORT_VERSION, build_report
+from server.reporting import ReportError, schema, validate
+
+DATA = Path(__file__).parent / "data"
+EXAMPLES = ("report-holdout.json", "report-loso.json")
+
+
+def example(name: str) -> dict[str, Any]:
+    return dict(json.loads((DATA / name).read_text(encoding="utf-8")))
+
+
+def error_paths(report: dict[str, Any]) -> list[tuple[Any, ...]]:
+    validator = Draft202012Validator(schema())
+    return [tuple(e.absolute_path) for e in validator.iter_errors(report)]
+
+
+# ---- reports of other shapes, built by the producer -----------------------------------------
+
+SITES = [
+    {"node_id": i, "name": n, "role": r, "n_train": 90, "n_test": 60, "manifest_sha256": "ab" * 32}
+    for i, (n, r) in enumerate([("a", "train"), ("b", "train"), ("c", "train"), ("e", "external")])
+]
+PROVENANCE = {
+    "run_dir": "/runs/x",
+    "model_sha256": {"global": "0" * 64},
+    "manifest_sha256": {"a": "ab" * 32, "e": ""},
+    "code_version": "0.1.0",
+    "config": {"task": "lesion-malignancy", "eval.level": 0.95, "train.amp": True},
+}
+
+
+def config(**kw: object) -> dict[str, Any]:
+    return dict(RunConfig().replace({"eval.histogram-bins": 4, **kw}).to_flat())
+
+
+def classification(auc: float, var: float, shift: float = 0.0) -> SiteSummary:
+    return SiteSummary(
+        n=60,
+        n_pos=30,
+        n_neg=30,
+        auc=auc,
+        auc_var=var,
+        tables=(Table2x2(0.5, 24, 6, 6, 24),),
+        roc_tpr=tuple(min(1.0, 0.2 + i / 10) for i in range(11)),
+        cal_count=(30, 30),
+        cal_sum_p=(6.0, 24.0),
+        cal_sum_y=(6, 24),
+        cal_sum_sq=(3.0, 3.0),
+        brier=0.1,
+        cal_citl=0.1,
+        cal_citl_se=0.2,
+        cal_slope=0.9,
+        cal_slope_se=0.1,
+        cal_intercept=0.05,
+        cal_intercept_se=0.2,
+        hist_counts=((10, 20, 20, 10),),
+        emb_mean=(shift, 0.0),
+        emb_cov=((1.0, 0.0), (0.0, 1.0)),
+    )
+
+
+def segmentation(dice: float | None, n: int = 40) -> SiteSummary:
+    if dice is None:
+        return SiteSummary(n=n, insufficient=True)
+    return SiteSummary(
+        n=n,
+        dice_mean=dice,
+        dice_sd=0.1,
+        dice_median=dice,
+        dice_q1=dice - 0.05,
+        dice_q3=dice + 0.05,
+        hd95_mean=4.5,
+        hd95_n=n - 1,
+        hist_counts=((10, 20, 20, 10),),
+    )
+
+
+def holdout_with_problems() -> dict[str, Any]:
+    evals = [
+        Evaluation("global", "a", "internal", "test", classification(0.90, 0.001)),
+        Evaluation("global", "b", "internal", "test", classification(0.86, 0.0014)),
+        Evaluation("global", "e", "external", "test", classification(0.70, 0.002, 2.0)),
+        Evaluation("global", "tiny", "external", "test", SiteSummary(6, 1, 5, insufficient=True)),
+    ]
+    failed = {"global": {"c": "no reply within federation.round-timeout-s"}}
+    return build_report(evals, config(), SITES, provenance=PROVENANCE, failed=failed)
+
+
+def segmentation_report() -> dict[str, Any]:
+    evals = [
+        Evaluation("global", "a", "internal", "test", segmentation(0.8)),
+        Evaluation("global", "b", "internal", "test", segmentation(0.75)),
+        Evaluation("global", "e", "external", "test", segmentation(0.6)),
+        Evaluation("global", "tiny", "external", "test", segmentation(None, 5)),
+    ]
+    cfg = config(task="lesion-segmentation")
+    return build_report(evals, cfg, SITES, provenance=PROVENANCE)
+
+
+def loso_report() -> dict[str, Any]:
+    evals = []
+    for out in "abc":
+        model = f"without-{out}"
+        for site in "abc":
+            role, split = ("external", "all") if site == out else ("internal", "test")
+            auc = 0.75 if site == out else 0.88
+            evals.append(Evaluation(model, site, role, split, classification(auc, 0.002)))
+        evals.append(Evaluation(model, "e", "external", "test", classification(0.7, 0.002)))
+    return build_report(evals, config(**{"eval.design": "loso"}), SITES, provenance=PROVENANCE)
+
+
+def cross_site_report() -> dict[str, Any]:
+    evals = []
+    for model in ("global", "local-a", "local-b"):
+        for site in "abe":
+            inside = (model == "global" and site != "e") or model == f"local-{site}"
+            role = "internal" if inside else "external"
+            evals.append(Evaluation(model, site, role, "test", classification(0.8, 0.002)))
+    cfg = config(**{"eval.design": "cross-site"})
+    return build_report(evals, cfg, SITES, provenance=PROVENANCE)
+
+
+BUILT: dict[str, Callable[[], dict[str, Any]]] = {
+    "holdout-with-problems": holdout_with_problems,
+    "segmentation": segmentation_report,
+    "loso": loso_report,
+    "cross-site": cross_site_report,
+}
+
+
+# ---- the schema itself -----------------------------------------------------------------------
+
+
+def test_schema_is_a_valid_draft_2020_12_schema_with_identity() -> None:
+    s = schema()
+    Draft202012Validator.check_schema(s)
+    assert s["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert s["$id"] and s["title"] and s["description"]
+    assert s["properties"]["report_version"]["const"] == REPORT_VERSION
+    assert s["additionalProperties"] is False
+
+
+def test_every_property_says_what_it_means() -> None:
+    missing: list[str] = []
+
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, dict):
+            for name, sub in node.get("properties", {}).items():
+                if not sub.get("description"):
+                    missing.append(f"{where}/{name}")
+            for key, sub in node.items():
+                if key != "if":  # conditions, not definitions
+                    walk(sub, f"{where}/{key}")
+        elif isinstance(node, list):
+            for i, sub in enumerate(node):
+                walk(sub, f"{where}/{i}")
+
+    walk(schema(), "")
+    assert not missing, f"properties without a description: {missing}"
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_example_reports_validate(name: str) -> None:
+    report = example(name)
+    assert error_paths(report) == []
+    validate(report)  # what write_report and load_report use
+
+
+@pytest.mark.parametrize("name", sorted(BUILT))
+def test_reports_of_every_shape_built_by_the_server_validate(name: str) -> None:
+    report = json.loads(json.dumps(BUILT[name](), allow_nan=False))
+    assert error_paths(report) == []
+
+
+def test_built_reports_exercise_the_nullable_and_optional_parts() -> None:
+    seg = segmentation_report()
+    assert seg["pooled"] == {"internal": None, "external": None, "difference": None}
+    assert seg["curves"]["roc"] == [] and seg["drift_vs_degradation"]["spearman"]["rho"] is None
+    problems = holdout_with_problems()
+    assert any(r["insufficient"] for r in problems["sites"])
+    assert {f["kind"] for f in problems["flags"]} >= {"insufficient-data", "no-evaluation"}
+
+
+# ---- damaged reports ---------------------------------------------------------------------------
+
+
+def _set(path: tuple[Any, ...], value: Any) -> Callable[[dict[str, Any]], None]:
+    def mutate(report: dict[str, Any]) -> None:
+        node: Any = report
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+
+    return mutate
+
+
+def _delete(path: tuple[Any, ...]) -> Callable[[dict[str, Any]], None]:
+    def mutate(report: dict[str, Any]) -> None:
+        node: Any = report
+        for key in path[:-1]:
+            node = node[key]
+        del node[path[-1]]
+
+    return mutate
+
+
+# (name, example, mutation, path where the error must be reported)
+DAMAGE: list[tuple[str, str, Callable[[dict[str, Any]], None], tuple[Any, ...]]] = [
+    ("missing top-level key", EXAMPLES[0], _delete(("pooled",)), ()),
+    ("missing site count", EXAMPLES[0], _delete(("sites", 0, "n")), ("sites", 0)),
+    ("count as string", EXAMPLES[0], _set(("sites", 0, "n"), "45"), ("sites", 0, "n")),
+    ("extra top-level key", EXAMPLES[0], _set(("comment",), "hi"), ()),
+    ("wrong report version", EXAMPLES[0], _set(("report_version",), "2.0"), ("report_version",)),
+    (
+        "AUC as string",
+        EXAMPLES[0],
+        _set(("sites", 0, "auc", "estimate"), "0.658"),
+        ("sites", 0, "auc", "estimate"),
+    ),
+    ("AUC above 1", EXAMPLES[1], _set(("sites", 1, "auc", "hi"), 1.2), ("sites", 1, "auc", "hi")),
+    (
+        "I² above 100 percent",
+        EXAMPLES[0],
+        _set(("pooled", "internal", "auc", "i2"), 120.0),
+        ("pooled", "internal"),
+    ),
+    (
+        "AUC variance null",
+        EXAMPLES[0],
+        _set(("sites", 2, "auc", "variance"), None),
+        ("sites", 2, "auc", "variance"),
+    ),
+    ("unknown settings key", EXAMPLES[0], _set(("settings", "alpha"), 0.05), ("settings",)),
+    ("unknown design", EXAMPLES[0], _set(("design",), "bootstrap"), ("design",)),
+    (
+        "manifest hash not hex",
+        EXAMPLES[0],
+        _set(("sites_joined", 0, "manifest_sha256"), "not-a-hash"),
+        ("sites_joined", 0, "manifest_sha256"),
+    ),
+    (
+        "unknown sites_joined key",
+        EXAMPLES[1],
+        _set(("sites_joined", 0, "address"), "10.0.0.1"),
+        ("sites_joined", 0),
+    ),
+    ("unknown flag kind", EXAMPLES[0], _set(("flags", 0, "kind"), "odd"), ("flags", 0, "kind")),
+    ("loso without folds", EXAMPLES[1], _delete(("folds",)), ()),
+    ("holdout with folds", EXAMPLES[0], _set(("folds",), []), ()),
+    (
+        "insufficient row with an AUC",
+        EXAMPLES[0],
+        _set(("sites", 0, "insufficient"), True),
+        ("sites", 0),
+    ),
+    (
+        "W1 without PSI",
+        EXAMPLES[0],
+        _delete(("sites", 0, "drift", "psi")),
+        ("sites", 0, "drift"),
+    ),
+    (
+        "Spearman rho outside [-1, 1]",
+        EXAMPLES[1],
+        _set(("drift_vs_degradation", "spearman", "rho"), 1.5),
+        ("drift_vs_degradation", "spearman", "rho"),
+    ),
+    (
+        "config value not a scalar",
+        EXAMPLES[0],
+        _set(("provenance", "config", "eval.thresholds"), [0.5]),
+        ("provenance", "config", "eval.thresholds"),
+    ),
+    (
+        "model hash truncated",
+        EXAMPLES[1],
+        _set(("provenance", "model_sha256", "without-hospital-a"), "0799"),
+        ("provenance", "model_sha256", "without-hospital-a"),
+    ),
+    (
+        "negative case count in the matrix",
+        EXAMPLES[1],
+        _set(("matrix", 3, "n"), -1),
+        ("matrix", 3, "n"),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "name", "where"),
+    [pytest.param(m, n, w, id=label) for label, n, m, w in DAMAGE],
+)
+def test_damaged_reports_are_rejected_naming_the_path(
+    mutate: Callable[[dict[str, Any]], None], name: str, where: tuple[Any, ...]
+) -> None:
+    report = copy.deepcopy(example(name))
+    mutate(report)
+    paths = error_paths(report)
+    assert paths, "the damaged report validated"
+    assert where in paths, f"no error at {where}: {paths}"
+    with pytest.raises(ReportError) as err:
+        validate(report)
+    location = "/".join(str(p) for p in where) or "(top level)"
+    assert f"at {location}" in str(err.value)
