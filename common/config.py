@@ -40,6 +40,8 @@ class FederationConfig:
     num_rounds: int = 10
     fraction_train: float = 1.0
     min_sites: int = 2
+    expected_sites: int = 0  # wait for this many sites before starting (0: min-sites + grace)
+    join_grace_s: float = 10.0  # with expected-sites = 0: start once no site joined for this long
     external_sites: tuple[str, ...] = ()  # evaluate only, never train
     round_timeout_s: float = 3600.0
     server_lr: float = 0.1  # fedadam / fedyogi / fedavgm
@@ -140,6 +142,11 @@ class RunConfig:
         for key, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{key} = {value!r}: must be > 0")
+        if self.federation.expected_sites < 0 or self.federation.join_grace_s < 0:
+            raise ConfigError(
+                "federation.expected-sites and federation.join-grace-s must be >= 0, got "
+                f"{self.federation.expected_sites!r} and {self.federation.join_grace_s!r}"
+            )
         if not 0.0 < self.federation.fraction_train <= 1.0:
             raise ConfigError(
                 f"federation.fraction-train = {self.federation.fraction_train!r}: must be in (0, 1]"

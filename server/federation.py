@@ -64,16 +64,32 @@ class _NodeView:
         return list(self._ids)
 
 
-def wait_for_nodes(grid: Grid, n: int, timeout_s: float) -> list[int]:
-    """Node ids once at least ``n`` nodes are connected, or a FederationError."""
-    deadline = time.monotonic() + timeout_s
-    while len(ids := list(grid.get_node_ids())) < n:
-        if time.monotonic() > deadline:
+def wait_for_nodes(
+    grid: Grid, expected: int, minimum: int, timeout_s: float, grace_s: float
+) -> list[int]:
+    """The connected node ids once the federation has assembled.
+
+    With ``expected`` > 0 (``federation.expected-sites``), wait for that many
+    nodes. Otherwise wait for ``minimum`` nodes, then keep waiting while more
+    join, until no new node has connected for ``grace_s`` seconds: sites start
+    at different times and a site must not miss the run because it was a
+    second late. A FederationError after ``timeout_s`` names the shortfall.
+    """
+    target = expected or minimum
+    start = time.monotonic()
+    while len(ids := list(grid.get_node_ids())) < target:
+        if time.monotonic() - start > timeout_s:
+            key = "federation.expected-sites" if expected else "federation.min-sites"
             raise FederationError(
-                f"only {len(ids)} site node(s) connected after {timeout_s:.0f}s; "
-                f"federation.min-sites = {n}"
+                f"only {len(ids)} site node(s) connected after {timeout_s:.0f}s; {key} = {target}"
             )
-        time.sleep(0.5)
+        time.sleep(0.2)
+    if not expected:
+        last_change, count = time.monotonic(), len(ids)
+        while time.monotonic() - last_change < grace_s:
+            time.sleep(0.2)
+            if len(ids := list(grid.get_node_ids())) != count:
+                last_change, count = time.monotonic(), len(ids)
     return sorted(ids)
 
 
@@ -116,7 +132,9 @@ def connect(grid: Grid, cfg: RunConfig, recorder: RunRecorder) -> Federation:
     """Wait for the sites, learn their names and roles, and start the run record."""
     random.seed(cfg.seed)  # Flower samples nodes with the global `random` module
     fed = cfg.federation
-    node_ids = wait_for_nodes(grid, fed.min_sites, fed.round_timeout_s)
+    node_ids = wait_for_nodes(
+        grid, fed.expected_sites, fed.min_sites, fed.round_timeout_s, fed.join_grace_s
+    )
     sites = discover_sites(grid, cfg, node_ids)
     recorder.start(cfg, [asdict(s) for s in sites])
     log.info("sites: %s", ", ".join(f"{s.name} ({s.role}, {s.n_train}/{s.n_test})" for s in sites))

@@ -31,8 +31,9 @@ variances (the fold estimates share patients, so treating them as perfectly
 correlated is the conservative choice); pooled internal sensitivity and
 specificity are therefore not given for ``loso`` (2x2 counts of different
 models cannot be averaged), only pooled external ones. Designated external
-sites are scored by every fold; they appear in the model x site matrix, not
-in the per-site rows or the pooling, so that each site counts once.
+sites are scored by every fold: each fold's evaluation is a row with its gap
+against that fold's pooled internal AUC, but they are not in the pooled
+external estimate, which counts each left-out training site once.
 
 Each row carries its ``reference``: the pooled internal AUC it is compared
 with (holdout: all internal sites; loso: the internal sites of the fold that
@@ -475,15 +476,16 @@ def _loso(primary: Sequence[Evaluation], cfg: ReportSettings) -> dict[str, Any]:
         f: pooled_block({e.site: e.summary for e in by_fold[f] if e.role == INTERNAL}, cfg)
         for f in folds
     }
+    # designated external sites are external to every fold: one row per fold
+    designated = [
+        e for f in folds for e in by_fold[f] if e.role == EXTERNAL and loso_model(e.site) != f
+    ]
+    scored = left_out + designated
     rows = _site_rows(
-        left_out, cfg, {f: [e for e in by_fold[f] if e.role == INTERNAL] for f in folds}, blocks
+        scored, cfg, {f: [e for e in by_fold[f] if e.role == INTERNAL] for f in folds}, blocks
     )
     fold_rows = [{"model": f, "internal": blocks[f]} for f in folds]
-    gaps = []
-    for f in folds:
-        gap = _gap(next((e for e in left_out if e.model == f), None), blocks[f], cfg)
-        if gap is not None:
-            gaps.append(gap)
+    gaps = [g for e in scored if (g := _gap(e, blocks[e.model], cfg)) is not None]
     # a site's internal AUC: mean over the folds it trained in (conservative variance)
     internal_means: dict[str, SiteSummary] = {}
     for site in sorted({e.site for e in primary if e.role == INTERNAL}):
@@ -506,7 +508,7 @@ def _loso(primary: Sequence[Evaluation], cfg: ReportSettings) -> dict[str, Any]:
         "interval is conservative; the per-fold gaps compare independent patients"
     )
     body = _body(rows, pooled_int, pooled_ext, gaps, cfg, difference_note)
-    return {**body, "folds": fold_rows, "curves": _curves(left_out, cfg)}
+    return {**body, "folds": fold_rows, "curves": _curves(scored, cfg)}
 
 
 def _pooled_difference(

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from server.designs import loso_model
+
 __all__ = ["render_html"]
 
 SVG_NS = "http://www.w3.org/2000/svg"
@@ -1149,8 +1151,13 @@ class _Page:
             )
         if self.design == "loso":
             parts.append(self.fold_table())
+            designated = [
+                g for g in self.r.get("gaps") or [] if g.get("model") != _loso_model(g.get("site"))
+            ]
+            if designated:  # designated external sites, scored by every fold
+                parts.append(self.gap_table(designated, "Designated external sites, per fold"))
         else:
-            parts.append(self.gap_table())
+            parts.append(self.gap_table(list(self.r.get("gaps") or []), "Per external site"))
         parts.append(
             '<p class="note">A gap is the pooled internal AUC of the model the site did not '
             "train minus the site's own AUC (positive = worse at the site), with a z test that "
@@ -1158,8 +1165,7 @@ class _Page:
         )
         return "".join(parts) + "</section>"
 
-    def gap_table(self) -> str:
-        gaps = list(self.r.get("gaps") or [])
+    def gap_table(self, gaps: list[Mapping[str, Any]], caption: str) -> str:
         if not gaps:
             return '<p class="empty">No per-site gaps: no external site has an AUC.</p>'
         rows = []
@@ -1178,7 +1184,7 @@ class _Page:
                 f'<td class="num">{fmt_p(d.get("p"))}</td></tr>'
             )
         return (
-            '<table class="data compact"><caption>Per external site</caption><thead><tr>'
+            f'<table class="data compact"><caption>{esc(caption)}</caption><thead><tr>'
             '<th scope="col">Site</th><th scope="col">Model</th>'
             '<th scope="col">Pooled internal AUC</th><th scope="col">Site AUC</th>'
             f'<th scope="col">Gap ({self.level_pct} CI)</th><th scope="col">p</th>'
@@ -1189,8 +1195,17 @@ class _Page:
         folds = list(self.r.get("folds") or [])
         if not folds:
             return '<p class="empty">No folds in this report.</p>'
-        gaps = {str(g.get("model")): g for g in self.r.get("gaps") or []}
-        rows_by_model = {str(r.get("model")): r for r in self.rows}
+        # each fold's own left-out site (designated external sites have their own table)
+        gaps = {
+            str(g.get("model")): g
+            for g in self.r.get("gaps") or []
+            if g.get("model") == _loso_model(g.get("site"))
+        }
+        rows_by_model = {
+            str(r.get("model")): r
+            for r in self.rows
+            if r.get("model") == _loso_model(r.get("site"))
+        }
         body = []
         for f in folds:
             model = str(f.get("model", ""))
@@ -2033,3 +2048,8 @@ details::details-content{content-visibility:visible;display:contents}
 a{color:inherit;text-decoration:none}
 }
 """
+
+
+def _loso_model(site: object) -> str:
+    """The leave-one-site-out fold that left ``site`` out."""
+    return loso_model(str(site))

@@ -40,6 +40,8 @@ def _not_the_run_simulation_notice(record: logging.LogRecord) -> bool:
 def run_federated(cfg: RunConfig, verbose: bool = False) -> None:
     """Run ``cfg`` with one simulated SuperNode per site folder under ``data.site-root``."""
     n_sites = len(list_site_dirs(cfg.data.site_root))
+    if cfg.federation.expected_sites == 0:  # one virtual node per site folder: wait for all
+        cfg = cfg.replace({"federation.expected-sites": n_sites})
     # Ray's future default (sites with num_gpus=0 keep the visible-device variable); silences
     # its FutureWarning and changes nothing for sites that are given a GPU share
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")

@@ -99,6 +99,7 @@ def simulate(
             "data.cache-dir": str((data_dir / "cache" / phantom_dir.name).resolve()),
             "data.spatial-dims": spec.dims,
             "federation.external-sites": ",".join(spec.external_sites),
+            "federation.expected-sites": len(spec.sites),
             "output.run-dir": str(run_dir.resolve()),
         }
     )

@@ -200,8 +200,18 @@ def test_loso_gap_per_fold_and_each_site_external_once() -> None:
                 )
         evals.append(Evaluation(model, "e", "external", "test", summary(0.7, 0.002)))
     report = build_report(evals, config(**{"eval.design": "loso"}), SITES)
-    assert [r["site"] for r in report["sites"]] == ["a", "b", "c"]
-    assert all(r["role"] == "external" and r["split"] == "all" for r in report["sites"])
+    # the left-out sites once each, then the designated external site under every fold
+    assert [(r["site"], r["model"]) for r in report["sites"]] == [
+        ("a", "without-a"),
+        ("b", "without-b"),
+        ("c", "without-c"),
+        ("e", "without-a"),
+        ("e", "without-b"),
+        ("e", "without-c"),
+    ]
+    assert all(r["role"] == "external" for r in report["sites"])
+    assert [r["split"] for r in report["sites"]] == ["all"] * 3 + ["test"] * 3
+    assert len(report["gaps"]) == 6
     assert [f["model"] for f in report["folds"]] == ["without-a", "without-b", "without-c"]
     gap_a = next(g for g in report["gaps"] if g["site"] == "a")
     fold_a = pool_auc([AUCResult(0.84, 0.001, 30, 30), AUCResult(0.90, 0.001, 30, 30)])

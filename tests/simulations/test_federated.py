@@ -153,7 +153,8 @@ def test_flwr_run_dot_runs_the_same_apps(site_factory: Callable[..., Path], tmp_
     }
     run_dir = tmp_path / "run"
     run_config = (
-        f"federation.num-rounds=1 data.site-root='{tmp_path / 'sites'}' "
+        f"federation.num-rounds=1 federation.expected-sites=2 "
+        f"data.site-root='{tmp_path / 'sites'}' "
         f"data.roi-size=32 output.run-dir='{run_dir}'"
     )
     flwr = bin_dir / "flwr"
