@@ -210,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("site_dir", help="the site folder holding manifest.csv")
     c.add_argument("--run-config", action="append", default=[], metavar="'KEY=VALUE ...'")
     c.set_defaults(func=cmd_site_check)
+    from simulations.deploy_cli import add_deploy_commands  # certs, server, run, site init/start
+
+    add_deploy_commands(sub, site_sub)
     return parser
 
 

@@ -1,0 +1,173 @@
+"""Certificates, site keys and the command lines, without starting Flower."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from client.node import (
+    SuperNodeOptions,
+    check_site_folder,
+    init_site_folder,
+    read_node_config,
+    supernode_command,
+)
+from common.crypto import certificate_hosts, create_certificates, create_site_keys
+from server.deploy import (
+    ControlConnection,
+    RunRequest,
+    SuperLinkOptions,
+    check_superlink_files,
+    run_command,
+    superlink_command,
+)
+from simulations.cli import build_parser, main
+from simulations.deploy_cli import run_dir_of
+from tests.deploy import ROOT
+
+
+def test_certificates_have_sans_chain_to_the_ca_and_private_keys_are_0600(
+    tmp_path: Path,
+) -> None:
+    files = create_certificates(tmp_path, ["127.0.0.1", "localhost", "superlink.example.org"])
+    ca = x509.load_pem_x509_certificate(files.ca_cert.read_bytes())
+    server = x509.load_pem_x509_certificate(files.server_cert.read_bytes())
+    server.verify_directly_issued_by(ca)
+    san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
+    assert san.get_values_for_type(x509.DNSName) == ["localhost", "superlink.example.org"]
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    for key in (files.ca_key, files.server_key):
+        assert key.stat().st_mode & 0o777 == 0o600
+    with pytest.raises(FileExistsError):
+        create_certificates(tmp_path, ["127.0.0.1"])
+
+
+def test_site_keys_are_what_flower_supernode_auth_reads(tmp_path: Path) -> None:
+    files = create_site_keys(tmp_path, comment="site-a")
+    private = serialization.load_ssh_private_key(files.private_key.read_bytes(), None)
+    public = serialization.load_ssh_public_key(files.public_key.read_bytes())
+    assert isinstance(private, ec.EllipticCurvePrivateKey)
+    assert isinstance(private.curve, ec.SECP384R1)
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    assert public.public_numbers() == private.public_key().public_numbers()
+    assert files.private_key.stat().st_mode & 0o777 == 0o600
+    from flwr.cli.supernode.register import try_load_public_key
+
+    assert try_load_public_key(files.public_key)  # Flower's own loader accepts it
+
+
+def test_site_folder_has_keys_and_templates(tmp_path: Path) -> None:
+    folder = init_site_folder("hospital-a", tmp_path / "a")
+    assert read_node_config(folder.root) == {"site-name": "hospital-a"}
+    header = folder.manifest_template.read_text().splitlines()[0].split(",")
+    assert {"case_id", "image_arterial", "mask", "label", "split"} <= set(header)
+    assert init_site_folder("hospital-a", tmp_path / "a", exist_ok=True) == folder
+    with pytest.raises(FileExistsError):
+        init_site_folder("hospital-a", tmp_path / "a")
+    assert check_site_folder(tmp_path / "missing")
+    assert check_site_folder(folder.root)  # no manifest.csv
+
+
+def test_superlink_command_is_secure_by_default(tmp_path: Path) -> None:
+    cmd = superlink_command(SuperLinkOptions(state_dir=tmp_path, certs_dir=tmp_path / "c"))
+    assert cmd[0] == "flower-superlink"
+    for flag in ("--ssl-ca-certfile", "--ssl-certfile", "--ssl-keyfile", "--enable-supernode-auth"):
+        assert flag in cmd
+    assert "--insecure" not in cmd
+    assert "--disable-runtime-dependency-installation" in cmd
+    assert cmd[cmd.index("--isolation") + 1] == "subprocess"
+    assert cmd[cmd.index("--database") + 1] == str(tmp_path / "superlink.db")
+    insecure = superlink_command(SuperLinkOptions(state_dir=tmp_path, insecure=True))
+    assert "--insecure" in insecure and "--enable-supernode-auth" not in insecure
+    with pytest.raises(ValueError, match="--insecure"):
+        SuperLinkOptions(state_dir=tmp_path)
+
+
+def test_supernode_command_is_secure_by_default(tmp_path: Path) -> None:
+    options = SuperNodeOptions(
+        superlink="link.example.org:9093",
+        site_dir=tmp_path / "data",
+        site_name="hospital-a",
+        private_key=tmp_path / "site_key",
+        ca=tmp_path / "ca.pem",
+    )
+    cmd = supernode_command(options)
+    assert cmd[:3] == ["flower-supernode", "--superlink", "link.example.org:9093"]
+    assert cmd[cmd.index("--root-certificates") + 1] == str(tmp_path / "ca.pem")
+    assert cmd[cmd.index("--auth-supernode-private-key") + 1] == str(tmp_path / "site_key")
+    assert cmd[cmd.index("--node-config") + 1] == (
+        f"site-dir='{tmp_path / 'data'}' site-name='hospital-a'"
+    )
+    assert "--insecure" not in cmd and "--allow-runtime-dependency-installation" not in cmd
+    with pytest.raises(ValueError, match="--insecure"):
+        SuperNodeOptions(superlink="x:1", site_dir=tmp_path, site_name="a")
+
+
+def test_flower_cli_connection_and_run_command(tmp_path: Path) -> None:
+    toml = ControlConnection("10.0.0.5:9093", tmp_path / "ca.pem").config_toml()
+    assert 'address = "10.0.0.5:9093"' in toml and "root-certificates" in toml
+    assert "insecure = true" in ControlConnection("h:1", insecure=True).config_toml()
+    with pytest.raises(ValueError):
+        ControlConnection("no-port", tmp_path / "ca.pem")
+    cmd = run_command(RunRequest(ROOT, ("federation.num-rounds=2",)))
+    assert cmd[:3] == ["flwr", "run", str(ROOT)] and "--stream" in cmd
+    assert cmd[-2:] == ["--run-config", "federation.num-rounds=2"]
+    assert run_dir_of(ROOT, ["output.run-dir='/srv/r1' seed=1"]) == "/srv/r1"
+    assert run_dir_of(ROOT, []) == "runs/flwr"
+
+
+def test_cli_has_the_deploy_commands() -> None:
+    parser = build_parser()
+    for argv in (
+        ["certs", "init", "--out", "c", "--host", "127.0.0.1"],
+        ["site", "init", "hospital-a", "--out", "k"],
+        ["site", "start", "--site-dir", "d", "--keys", "k", "--superlink", "h:1", "--ca", "c"],
+        ["server", "start", "--certs", "c", "--state", "s"],
+        ["server", "register-site", "k.pub", "--ca", "c"],
+        ["run", "--superlink", "h:1", "--ca", "c", "--run-config", "seed=1"],
+    ):
+        assert callable(parser.parse_args(argv).func)
+
+
+def test_certs_init_adds_loopback_and_server_start_checks_the_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    certs = tmp_path / "certs"
+    assert main(["certs", "init", "--out", str(certs), "--host", "fl.example.org"]) == 0
+    assert set(certificate_hosts(certs / "server.pem")) == {
+        "fl.example.org",
+        "localhost",
+        "127.0.0.1",
+    }
+    assert main(["certs", "init", "--out", str(certs), "--host", "fl.example.org"]) == 2
+    again = ["certs", "init", "--out", str(certs), "--host", "fl.example.org", "--exist-ok"]
+    assert main(again) == 0
+    assert "kept" in capsys.readouterr().out
+    check_superlink_files(SuperLinkOptions(state_dir=tmp_path, certs_dir=certs))
+    narrow = create_certificates(tmp_path / "narrow", ["fl.example.org"])
+    with pytest.raises(ValueError, match="127.0.0.1"):
+        check_superlink_files(SuperLinkOptions(state_dir=tmp_path, certs_dir=narrow.ca_cert.parent))
+    check_superlink_files(
+        SuperLinkOptions(state_dir=tmp_path, certs_dir=narrow.ca_cert.parent, host="fl.example.org")
+    )
+
+
+def test_site_start_refuses_a_folder_without_manifest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys = tmp_path / "keys"
+    assert main(["site", "init", "hospital-a", "--out", str(keys)]) == 0
+    (tmp_path / "data").mkdir()
+    argv = ["site", "start", "--site-dir", str(tmp_path / "data"), "--keys", str(keys)]
+    argv += ["--superlink", "127.0.0.1:1", "--ca", str(tmp_path / "missing.pem")]
+    assert main(argv) == 2  # the CA file does not exist
+    create_certificates(tmp_path / "certs", ["127.0.0.1"])
+    argv[-1] = str(tmp_path / "certs" / "ca.pem")
+    assert main(argv) == 1
+    assert "manifest.csv does not exist" in capsys.readouterr().err
