@@ -11,6 +11,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from client.site import open_site, site_evaluate, site_train
+from common.acquisition import acquisition_json
 from common.config import RunConfig
 from common.keys import ConfigKey, RecordKey, SiteKey, Split
 
@@ -28,7 +29,13 @@ def _run_config(msg: Message) -> tuple[RunConfig, int]:
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Report the site's name, case counts and manifest hash."""
+    """Report the site's name, case counts, manifest hash and acquisition summary.
+
+    The acquisition summary (``SiteKey.ACQUISITION``) is JSON text of
+    ``common.acquisition.acquisition_summary``: counts per vendor, scanner model
+    and kernel and ranges of slice thickness, kVp, field strength and contrast
+    timing over the site's cases; no per-case value.
+    """
     cfg, _ = _run_config(msg)
     site = open_site(context.node_config, cfg)
     info = ConfigRecord(
@@ -37,6 +44,7 @@ def query(msg: Message, context: Context) -> Message:
             SiteKey.N_TRAIN.value: len(site.manifest.split(Split.TRAIN)),
             SiteKey.N_TEST.value: len(site.manifest.split(Split.TEST)),
             SiteKey.MANIFEST_SHA256.value: site.manifest.sha256,
+            SiteKey.ACQUISITION.value: acquisition_json(site.manifest.cases),
         }
     )
     return Message(RecordDict({RecordKey.SITE: info}), reply_to=msg)

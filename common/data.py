@@ -9,6 +9,8 @@ costs no per-case framework overhead.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,6 @@ from monai.transforms import (
     CropForegroundd,
     EnsureChannelFirstd,
     EnsureTyped,
-    LoadImaged,
     MapTransform,
     Orientationd,
     ResizeWithPadOrCropd,
@@ -32,10 +33,12 @@ from monai.transforms import (
 )
 
 from common.config import DataConfig
+from common.images import LoadSiteImaged
 from common.keys import Task
 from common.manifest import Case, SiteManifest
 
 IMAGE, MASK, LABEL = "image", "mask", "label"
+CACHE_VERSION = "2"  # bump when the deterministic transforms change
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # NIfTI world axes
 
 SitePreprocess = Callable[[dict[str, Any]], dict[str, Any]]
@@ -81,7 +84,7 @@ def deterministic_transforms(
     spacing = (cfg.spacing_mm,) * cfg.spatial_dims
     modes = ["bilinear"] * len(channels) + ["nearest"]
     steps: list[Any] = [
-        LoadImaged(keys=keys, image_only=True),
+        LoadSiteImaged(keys),  # NIfTI or DICOM series folder (common.images)
         EnsureChannelFirstd(keys=keys),
     ]
     if cfg.spatial_dims == 2:
@@ -110,12 +113,59 @@ def deterministic_transforms(
 
 
 def case_record(case: Case, channels: Sequence[str]) -> dict[str, Any]:
-    """The dict a MONAI dictionary transform chain starts from."""
+    """The dict a MONAI dictionary transform chain starts from.
+
+    ``fingerprint`` (size and modification time of every file read) is ignored
+    by the transforms; it is part of the record so that the on-disk cache,
+    which hashes the record, never serves a case whose files have changed.
+    """
     record: dict[str, Any] = {ch: str(p) for ch, p in zip(channels, case.images, strict=True)}
     record[MASK] = str(case.mask)
     record[LABEL] = float("nan") if case.label is None else float(case.label)
     record["case_id"] = case.case_id
+    files = [*case.images, *([case.mask] if case.mask is not None else [])]
+    record["fingerprint"] = [_file_fingerprint(Path(p)) for p in files]
     return record
+
+
+def _file_fingerprint(path: Path) -> list[Any]:
+    """(size, mtime) of a file, or of every file in a DICOM series folder."""
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    out: list[Any] = []
+    for f in files:
+        try:
+            st = f.stat()
+        except OSError:
+            out.append([f.name, None])  # a missing file fails loudly in the loader itself
+            continue
+        out.append([f.name, st.st_size, st.st_mtime_ns])
+    return out
+
+
+def pipeline_key(cfg: DataConfig, task: str, site_preprocess: MapTransform | None) -> str:
+    """A short hash of everything that shapes a preprocessed case.
+
+    The cache lives in a sub-folder named by it, so changing the window, the
+    spacing, the crop, the channels, the task or the site-preprocessing hook
+    never reuses tensors made with other settings.
+    """
+    settings = {
+        "version": CACHE_VERSION,
+        "task": task,
+        "channels": list(cfg.channels),
+        "spatial_dims": cfg.spatial_dims,
+        "roi_size": cfg.roi_size,
+        "spacing_mm": cfg.spacing_mm,
+        "window": [cfg.window_min, cfg.window_max],
+        # a hook names itself by class, plus its ``cache_key`` if its output depends on state
+        "preprocess": None
+        if site_preprocess is None
+        else [
+            f"{type(site_preprocess).__module__}.{type(site_preprocess).__qualname__}",
+            str(getattr(site_preprocess, "cache_key", "")),
+        ],
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def load_split(
@@ -131,7 +181,7 @@ def load_split(
     transform = deterministic_transforms(cfg, task, site_preprocess)
     dataset: Dataset
     if cfg.cache_dir:
-        cache = Path(cfg.cache_dir) / manifest.name
+        cache = Path(cfg.cache_dir) / manifest.name / pipeline_key(cfg, task, site_preprocess)
         cache.mkdir(parents=True, exist_ok=True)
         dataset = PersistentDataset(records, transform=transform, cache_dir=cache)
     else:

@@ -44,6 +44,8 @@ class SiteKey(StrEnum):
     N_TRAIN = "n-train"
     N_TEST = "n-test"
     MANIFEST_SHA256 = "manifest-sha256"
+    # JSON text of common.acquisition.acquisition_summary: counts and ranges, never per case
+    ACQUISITION = "acquisition"
 
 
 class ConfigKey(StrEnum):

@@ -14,6 +14,13 @@ A site is a folder with ``manifest.csv``. Columns:
 - any other column is acquisition or case metadata (vendor, kernel, slice
   thickness, contrast timing...) and is kept as text.
 
+For an image cell naming a DICOM series folder, the acquisition tags of the
+series' first file (``common.dicom.acquisition_metadata``: ``vendor``,
+``scanner_model``, ``kernel``, ``slice_thickness_mm``, ``kvp``,
+``field_strength_t``, ``modality``, ``contrast_agent``, ``<channel>_delay_s``)
+fill the case's metadata; a non-empty manifest cell of the same name wins, and
+among channels the first one (in ``channels`` order) that has a tag wins.
+
 ``read_manifest`` checks the table; ``check_images`` opens every file. Both
 report *every* problem, each naming the file, the row, the case and the field,
 so that ``hepafed site check`` can print them all at once. Nothing is ever
@@ -30,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.dicom import DicomSeriesError, acquisition_metadata, is_dicom_source, read_series
 from common.keys import Split, Task, choices
 
 MANIFEST_NAME = "manifest.csv"
@@ -107,7 +115,7 @@ def hash_split(case_id: str, test_fraction: float = TEST_FRACTION_BY_HASH) -> st
 
 
 def read_manifest(site_dir: Path | str, channels: Sequence[str], task: str) -> SiteManifest:
-    """Parse and check a site's manifest table (files must exist; not opened here)."""
+    """Parse and check a site's manifest table (files must exist; only DICOM headers are read)."""
     manifest, problems = parse_manifest(site_dir, channels, task)
     if problems:
         raise ManifestError(problems)
@@ -180,7 +188,9 @@ def parse_manifest(
         split = row.get("split", "") if has_split else hash_split(cid)
         if split not in {s.value for s in Split}:
             bad("split", f"{split!r} is not a valid split; use one of {choices(Split)}")
-        metadata = {k: v for k, v in row.items() if k not in known}
+        metadata = _with_dicom_metadata(
+            {k: v for k, v in row.items() if k not in known}, channels, images
+        )
         cases.append(Case(cid, images, mask, label, split, row_no, metadata))
     if not cases and not problems:
         problems.append(Problem(fname, "manifest", "lists no cases"))
@@ -190,11 +200,28 @@ def parse_manifest(
     return manifest, problems
 
 
-def check_images(manifest: SiteManifest, spatial_dims: int = 2) -> list[Problem]:
-    """Open every image and mask; report unreadable files, shape and value problems."""
-    from monai.transforms import LoadImage  # heavy import, only when checking
+def _with_dicom_metadata(
+    metadata: dict[str, str], channels: Sequence[str], images: Sequence[Path]
+) -> dict[str, str]:
+    """Manifest metadata completed by the DICOM headers of the case's series (cells win)."""
+    for channel, img in zip(channels, images, strict=True):
+        if not (is_dicom_source(img) and img.exists()):
+            continue
+        for key, value in acquisition_metadata(img, channel).items():
+            if not metadata.get(key):
+                metadata[key] = value
+    return metadata
 
-    loader = LoadImage(image_only=True)
+
+def check_images(manifest: SiteManifest, spatial_dims: int = 2) -> list[Problem]:
+    """Open every image and mask; report unreadable files, shape and value problems.
+
+    A DICOM series folder is first checked header by header
+    (``common.dicom.read_series``): non-DICOM files, mixed series, missing or
+    duplicate slices and uneven slice spacing are named before any voxel loads.
+    """
+    from common.images import load_image  # heavy import (MONAI), only when checking
+
     problems: list[Problem] = []
     fname = str(manifest.path)
     cols = [f"image_{ch}" for ch in manifest.channels]
@@ -207,8 +234,14 @@ def check_images(manifest: SiteManifest, spatial_dims: int = 2) -> list[Problem]
         for col, img_path in [*zip(cols, case.images, strict=True), ("mask", case.mask)]:
             if img_path is None or not img_path.exists():
                 continue  # reported by the table check
+            if img_path.is_dir():
+                try:
+                    read_series(img_path)
+                except DicomSeriesError as e:
+                    bad(col, str(e))
+                    continue
             try:
-                arr = np.asarray(loader(str(img_path)))
+                arr = np.asarray(load_image(img_path))
             except Exception as e:  # any reader failure is the same problem for a user
                 bad(col, f"unreadable image {img_path}: {type(e).__name__}: {e}")
                 continue

@@ -12,11 +12,12 @@ end is the evaluation design's business (``server.designs``).
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
@@ -52,6 +53,8 @@ class SiteInfo:
     n_train: int
     n_test: int
     manifest_sha256: str
+    # common.acquisition.acquisition_summary of the site's cases (counts and ranges only)
+    acquisition: dict[str, Any] = field(default_factory=dict)
 
 
 class _NodeView:
@@ -114,6 +117,7 @@ def discover_sites(grid: Grid, cfg: RunConfig, node_ids: list[int]) -> list[Site
                 int(cast(int, info[SiteKey.N_TRAIN])),
                 int(cast(int, info[SiteKey.N_TEST])),
                 str(info[SiteKey.MANIFEST_SHA256]),
+                parse_acquisition(info.get(SiteKey.ACQUISITION), name),
             )
         )
     names = [s.name for s in sites]
@@ -126,6 +130,20 @@ def discover_sites(grid: Grid, cfg: RunConfig, node_ids: list[int]) -> list[Site
             f"federation.external-sites names {unknown}, but the sites that joined are {names}"
         )
     return sorted(sites, key=lambda s: s.name)
+
+
+def parse_acquisition(value: object, site: str) -> dict[str, Any]:
+    """A site's acquisition summary from its query reply ({} when it sent none)."""
+    if value is None or value == "":
+        return {}
+    try:
+        summary = json.loads(str(value))
+    except json.JSONDecodeError as e:
+        msg = f"site {site} sent an acquisition summary that is not JSON: {e}"
+        raise FederationError(msg) from e
+    if not isinstance(summary, dict):
+        raise FederationError(f"site {site} sent an acquisition summary that is not an object")
+    return summary
 
 
 def connect(grid: Grid, cfg: RunConfig, recorder: RunRecorder) -> Federation:

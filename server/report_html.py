@@ -1723,12 +1723,16 @@ class _Page:
                 f"<td>{esc(s.get('role', 'n/a'))}</td>"
                 f'<td class="num">{esc(s.get("n_train", "n/a"))}</td>'
                 f'<td class="num">{esc(s.get("n_test", "n/a"))}</td>'
+                f"{_acquisition_cells(s.get('acquisition'))}"
                 f"<td>{_hash(h)}</td></tr>"
             )
         site_table = (
-            '<table class="data compact"><caption>Sites that joined, and their manifests'
+            '<table class="data compact"><caption>Sites that joined, their acquisition '
+            "(cases per value; slice thickness min&ndash;max) and their manifests"
             '</caption><thead><tr><th scope="col">Site</th><th scope="col">Role</th>'
             '<th scope="col">Training cases</th><th scope="col">Test cases</th>'
+            '<th scope="col">Vendor</th><th scope="col">Scanner model</th>'
+            '<th scope="col">Kernel</th><th scope="col">Slice thickness (mm)</th>'
             '<th scope="col">Manifest SHA-256</th></tr></thead>'
             f"<tbody>{''.join(site_rows)}</tbody></table>"
         )
@@ -1770,6 +1774,31 @@ class _Page:
 
 
 # ---- small pieces ----------------------------------------------------------------------------
+
+
+def _acquisition_cells(acq: object) -> str:
+    """Vendor, scanner model, kernel and slice thickness cells of a site's acquisition summary.
+
+    Categorical fields show each value with its case count when a site has several;
+    slice thickness shows min-max (one number when all cases agree).
+    """
+    a = acq if isinstance(acq, Mapping) else {}
+
+    def counts(key: str) -> str:
+        c = a.get(key)
+        if not isinstance(c, Mapping) or not c:
+            return '<td class="na">n/a</td>'
+        if len(c) == 1:
+            return f"<td>{esc(next(iter(c)))}</td>"
+        return "<td>" + ", ".join(f"{esc(k)} ({esc(v)})" for k, v in c.items()) + "</td>"
+
+    rng = a.get("slice_thickness_mm")
+    if isinstance(rng, Mapping) and _finite(rng.get("min")) is not None:
+        lo, hi = (f"{_finite(rng.get(k)) or 0:g}" for k in ("min", "max"))
+        thickness = f'<td class="num">{lo if lo == hi else f"{lo}&ndash;{hi}"}</td>'
+    else:
+        thickness = '<td class="num na">n/a</td>'
+    return counts("vendor") + counts("scanner_model") + counts("kernel") + thickness
 
 
 def _unique(values: Iterable[str]) -> list[str]:

@@ -8,14 +8,13 @@ import re
 import sys
 import time
 import tomllib
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import common  # noqa: F401  (sets Flower's no-telemetry, no-install environment)
 from common.config import ConfigError, RunConfig
-from common.keys import EvalDesign, MetricKey, Split
+from common.keys import EvalDesign, MetricKey
 from common.manifest import ManifestError, SiteManifest, inspect_site
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
@@ -149,6 +148,7 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 
 
 def cmd_site_check(args: argparse.Namespace) -> int:
+    """Validate a site folder and print its summary (read-only; exit 1 on any problem)."""
     cfg = RunConfig().replace(parse_overrides(args.run_config))
     manifest: SiteManifest | None
     try:
@@ -158,12 +158,9 @@ def cmd_site_check(args: argparse.Namespace) -> int:
     except ManifestError as e:
         manifest, problems = None, list(e.problems)
     if manifest is not None:
-        splits = Counter(c.split for c in manifest.cases)
-        labels = Counter(c.label for c in manifest.cases)
-        print(f"site {manifest.name}: {len(manifest.cases)} cases in {manifest.path}")
-        print("  splits: " + ", ".join(f"{s}={splits.get(s, 0)}" for s in (x.value for x in Split)))
-        print(f"  labels: benign={labels.get(0, 0)} malignant={labels.get(1, 0)}")
-        print(f"  channels: {', '.join(manifest.channels)}")
+        from common.acquisition import format_survey, survey_site
+
+        print("\n".join(format_survey(survey_site(manifest))))
     if problems:
         print(f"{len(problems)} problem(s):", file=sys.stderr)
         for p in problems:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 
@@ -125,3 +127,26 @@ def test_weights_travel_without_integer_buffers() -> None:
     wide = build_model(_cfg(**{"model.width": 8}))
     with pytest.raises(WeightsError, match="have shape"):
         load_arrays(wide, arrays)
+
+
+def test_the_cache_never_serves_tensors_made_with_other_settings_or_files(
+    site_factory: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Same cache folder: another crop size or a changed image file is recomputed."""
+    site = site_factory(n_cases=6)
+    cache = str(tmp_path / "cache")
+    small = RunConfig().replace({"data.roi-size": 32, "data.cache-dir": cache})
+    manifest = read_manifest(site, small.data.channels, small.task)
+    large = small.replace({"data.roi-size": 48})
+    first = load_split(manifest, "train", small.data, small.task)
+    assert first.images.shape[-1] == 32
+    assert load_split(manifest, "train", large.data, large.task).images.shape[-1] == 48
+    again = load_split(manifest, "train", small.data, small.task)
+    assert torch.equal(first.images, again.images)  # the cache itself still serves hits
+    case = manifest.split("train")[0]
+    img = nib.load(case.images[0])
+    data = np.asarray(img.dataobj)
+    nib.save(nib.Nifti1Image((data + 100).astype(np.int16), img.affine), str(case.images[0]))
+    changed = load_split(manifest, "train", small.data, small.task)
+    assert not torch.equal(first.images[0], changed.images[0])
+    assert torch.equal(first.images[1:], changed.images[1:])

@@ -148,6 +148,36 @@ def test_site_names_from_hospitals_are_escaped() -> None:
     assert "<title>&lt;script&gt;alert(&quot;x&quot;)" in html  # SVG tooltips
 
 
+def _joined_row(html: str, site: str) -> str:
+    """The row of the "Sites that joined" table for one site."""
+    table = html[html.index("<caption>Sites that joined") :]
+    table = table[: table.index("</table>")]
+    row = table[table.index(f'<th scope="row" class="site">{site}</th>') :]
+    return row[: row.index("</tr>")]
+
+
+def test_sites_that_joined_show_their_acquisition() -> None:
+    html = page(example(EXAMPLES[0]))
+    assert '<th scope="col">Vendor</th><th scope="col">Scanner model</th>' in html
+    assert '<th scope="col">Kernel</th><th scope="col">Slice thickness (mm)</th>' in html
+    row = _joined_row(html, "hospital-b")
+    assert "<td>GE</td><td>Revolution CT</td><td>soft</td>" in row
+    assert '<td class="num">2.5</td>' in row
+    built = page(holdout_with_problems())
+    row = _joined_row(built, "a")  # several vendors: each with its case count, thickness range
+    assert "<td>GE (100), Siemens (50)</td>" in row and "<td>STANDARD (100), Br40 (50)</td>" in row
+    assert '<td class="num">0.625&ndash;2.5</td>' in row
+    row = _joined_row(built, "c")  # a site that sent no acquisition summary
+    assert row.count('class="na">n/a</td>') == 3 and 'class="num na">n/a</td>' in row
+
+
+def test_acquisition_values_from_hospitals_are_escaped() -> None:
+    report = example(EXAMPLES[0])
+    report["sites_joined"][0]["acquisition"]["vendor"] = {EVIL: 180}
+    html = page(report)
+    assert "<script>" not in html and "&lt;script&gt;" in html
+
+
 def test_rendering_is_deterministic() -> None:
     report = example("report-loso.json")
     first = page(report)

@@ -43,6 +43,22 @@ SITES = [
     {"node_id": i, "name": n, "role": r, "n_train": 90, "n_test": 60, "manifest_sha256": "ab" * 32}
     for i, (n, r) in enumerate([("a", "train"), ("b", "train"), ("c", "train"), ("e", "external")])
 ]
+# acquisition summaries as sites send them: full (CT), MRI, empty; site "c" sent none
+SITES[0]["acquisition"] = {
+    "n_cases": 150,
+    "vendor": {"GE": 100, "Siemens": 50},
+    "scanner_model": {"Revolution CT": 100, "SOMATOM Force": 50},
+    "kernel": {"STANDARD": 100, "Br40": 50},
+    "slice_thickness_mm": {"n": 150, "min": 0.625, "median": 1.25, "max": 2.5},
+    "kvp": {"n": 150, "min": 100.0, "median": 120.0, "max": 120.0},
+    "contrast_delay_s": {"arterial": {"n": 150, "min": 30.0, "median": 35.0, "max": 40.0}},
+}
+SITES[1]["acquisition"] = {
+    "n_cases": 150,
+    "vendor": {"Philips": 150},
+    "field_strength_t": {"n": 150, "min": 1.5, "median": 3.0, "max": 3.0},
+}
+SITES[3]["acquisition"] = {"n_cases": 150}
 PROVENANCE = {
     "run_dir": "/runs/x",
     "model_sha256": {"global": "0" * 64},
@@ -195,6 +211,15 @@ def test_reports_of_every_shape_built_by_the_server_validate(name: str) -> None:
     assert error_paths(report) == []
 
 
+def test_acquisition_summaries_reach_sites_joined() -> None:
+    for name in EXAMPLES:
+        joined = {s["name"]: s for s in example(name)["sites_joined"]}
+        assert joined["hospital-a"]["acquisition"]["vendor"] == {"Siemens": 180}
+    built = {s["name"]: s for s in BUILT["holdout-with-problems"]()["sites_joined"]}
+    assert built["a"]["acquisition"] == SITES[0]["acquisition"]
+    assert "acquisition" not in built["c"]  # optional: reports from older sites validate
+
+
 def test_built_reports_exercise_the_nullable_and_optional_parts() -> None:
     seg = segmentation_report()
     assert seg["pooled"] == {"internal": None, "external": None, "difference": None}
@@ -266,6 +291,24 @@ DAMAGE: list[tuple[str, str, Callable[[dict[str, Any]], None], tuple[Any, ...]]]
         EXAMPLES[1],
         _set(("sites_joined", 0, "address"), "10.0.0.1"),
         ("sites_joined", 0),
+    ),
+    (
+        "per-case values in an acquisition summary",
+        EXAMPLES[0],
+        _set(("sites_joined", 1, "acquisition", "kvp"), [120, 100, 120]),
+        ("sites_joined", 1, "acquisition", "kvp"),
+    ),
+    (
+        "unknown acquisition key",
+        EXAMPLES[1],
+        _set(("sites_joined", 2, "acquisition", "case_ids"), "x"),
+        ("sites_joined", 2, "acquisition"),
+    ),
+    (
+        "vendor count as text",
+        EXAMPLES[0],
+        _set(("sites_joined", 0, "acquisition", "vendor", "Siemens"), "180"),
+        ("sites_joined", 0, "acquisition", "vendor", "Siemens"),
     ),
     ("unknown flag kind", EXAMPLES[0], _set(("flags", 0, "kind"), "odd"), ("flags", 0, "kind")),
     ("loso without folds", EXAMPLES[1], _delete(("folds",)), ()),

@@ -42,6 +42,56 @@ def test_site_check_lists_every_problem_and_modifies_nothing(
     assert before == {p: p.read_bytes() for p in site.rglob("*") if p.is_file()}
 
 
+def test_site_check_summary_of_a_phantom_site(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from simulations.phantom import generate_phantom
+    from simulations.scenario import load_scenario
+
+    root = generate_phantom(load_scenario("liver-2"), tmp_path / "phantom")
+    site = root / "site-b"
+    before = {p: p.read_bytes() for p in site.rglob("*") if p.is_file()}
+    assert main(["site", "check", str(site)]) == 0
+    out = capsys.readouterr().out
+    assert "site site-b: 40 cases" in out and "channels: arterial, portal, delayed" in out
+    assert "image sources: NIfTI=120" in out
+    assert "image size (voxels), min/median/max: x 100/100/100; y 100/100/100; z 1/1/1" in out
+    assert "voxel spacing (mm), min/median/max: x 1.8/1.8/1.8; y 1.8/1.8/1.8; z 3/3/3" in out
+    assert "vendor: GE=40" in out and "scanner model: Revolution CT=40" in out
+    assert "kernel: soft=40" in out
+    assert "slice thickness (mm): min 3, median 3, max 3 (40 cases)" in out
+    assert "kVp: min 120, median 120, max 120 (40 cases)" in out
+    assert "field strength (T): not recorded" in out
+    assert "arterial: min 30, median 30, max 30 (40 cases)" in out
+    assert "no problems found" in out
+    assert before == {p: p.read_bytes() for p in site.rglob("*") if p.is_file()}
+
+
+def test_site_check_summary_of_a_dicom_site(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.dicom_series import make_mixed_site
+
+    site = make_mixed_site(tmp_path, n_pairs=2)
+    config = ["--run-config", "data.channels=ct data.spatial-dims=3"]
+    before = {p: p.read_bytes() for p in site.rglob("*") if p.is_file()}
+    assert main(["site", "check", str(site), *config]) == 0
+    out = capsys.readouterr().out
+    assert "site site-dicom: 4 cases" in out and "image sources: DICOM series=2, NIfTI=2" in out
+    assert "image size (voxels), min/median/max: x 24/24/24; y 20/20/20; z 6/6/6" in out
+    assert "voxel spacing (mm), min/median/max: x 0.8/0.8/0.8; y 0.7/0.7/0.7; z 2/2/2" in out
+    assert "vendor: GE MEDICAL SYSTEMS=2" in out and "kernel: STANDARD=2" in out
+    assert "slice thickness (mm): min 2, median 2, max 2 (2 cases)" in out
+    assert "ct: min 35.5, median 35.5, max 35.5 (2 cases)" in out
+    assert before == {p: p.read_bytes() for p in site.rglob("*") if p.is_file()}
+
+    (site / "dicom/case1/slice004.dcm").unlink()
+    assert main(["site", "check", str(site), *config]) == 1
+    err = capsys.readouterr().err
+    assert "1 problem(s)" in err and "(case 'dcm-1'): image_ct: DICOM series" in err
+    assert "inconsistent slice spacing" in err
+
+
 def test_bad_run_config_is_a_usage_error(
     site_factory: Callable[..., Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

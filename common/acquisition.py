@@ -1,0 +1,208 @@
+"""What a site's images are and how they were acquired, summarised as counts and ranges.
+
+Two consumers:
+
+- ``acquisition_summary`` (and its JSON text, ``acquisition_json``) is what a
+  ClientApp sends the server in its ``query`` reply (``SiteKey.ACQUISITION``)
+  and what the report shows per site: case counts per vendor, scanner model and
+  kernel, and min/median/max of slice thickness, kVp, field strength and
+  contrast timing. Aggregates only: no per-case value leaves the site.
+- ``survey_site`` / ``format_survey`` is the summary ``hepafed site check``
+  prints: cases, splits, labels, channels, image sizes and voxel spacing (from
+  image headers, no voxel data), and the same acquisition summary.
+
+Values come from a case's metadata: manifest columns, completed by DICOM
+headers for series folders (see ``common.manifest``).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from common.dicom import DELAY_SUFFIX, DicomSeriesError
+from common.keys import Split
+from common.manifest import Case, SiteManifest
+
+CATEGORICAL_FIELDS = ("vendor", "scanner_model", "kernel")
+NUMERIC_FIELDS = ("slice_thickness_mm", "kvp", "field_strength_t")
+CONTRAST_FIELD = "contrast_delay_s"  # summary key: one range per ``<channel>_delay_s`` column
+LABELS = {
+    "vendor": "vendor",
+    "scanner_model": "scanner model",
+    "kernel": "kernel",
+    "slice_thickness_mm": "slice thickness (mm)",
+    "kvp": "kVp",
+    "field_strength_t": "field strength (T)",
+}
+AXES = ("x", "y", "z")
+
+
+def value_range(values: Iterable[float]) -> dict[str, float] | None:
+    """``{"n", "min", "median", "max"}`` of the values, or None if there are none."""
+    vals = sorted(values)
+    if not vals:
+        return None
+    return {"n": len(vals), "min": vals[0], "median": statistics.median(vals), "max": vals[-1]}
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text) if text else None
+    except ValueError:
+        return None
+
+
+def acquisition_summary(cases: Sequence[Case]) -> dict[str, Any]:
+    """Counts and ranges of the cases' acquisition metadata (fields nobody recorded are left out).
+
+    ``{"n_cases": N, "vendor": {value: count}, "scanner_model": {...}, "kernel": {...},
+    "slice_thickness_mm": {"n", "min", "median", "max"}, "kvp": ..., "field_strength_t": ...,
+    "contrast_delay_s": {channel: {"n", "min", "median", "max"}}}``
+    """
+    out: dict[str, Any] = {"n_cases": len(cases)}
+    for name in CATEGORICAL_FIELDS:
+        counts = Counter(c.metadata[name] for c in cases if c.metadata.get(name))
+        if counts:
+            out[name] = dict(sorted(counts.items()))
+    for name in NUMERIC_FIELDS:
+        rng = value_range(v for c in cases if (v := _number(c.metadata.get(name))) is not None)
+        if rng is not None:
+            out[name] = rng
+    channels = sorted(
+        {k[: -len(DELAY_SUFFIX)] for c in cases for k in c.metadata if k.endswith(DELAY_SUFFIX)}
+    )
+    delays = {}
+    for ch in channels:
+        key = f"{ch}{DELAY_SUFFIX}"
+        rng = value_range(v for c in cases if (v := _number(c.metadata.get(key))) is not None)
+        if rng is not None:
+            delays[ch] = rng
+    if delays:
+        out[CONTRAST_FIELD] = delays
+    return out
+
+
+def acquisition_json(cases: Sequence[Case]) -> str:
+    """``acquisition_summary`` as compact JSON text (a Flower ConfigRecord holds strings)."""
+    return json.dumps(acquisition_summary(cases), sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class SiteSurvey:
+    """What ``hepafed site check`` prints about a site."""
+
+    name: str
+    manifest: str
+    n_cases: int
+    splits: dict[str, int]
+    labels: dict[str, int]
+    channels: tuple[str, ...]
+    size: dict[str, dict[str, float]]  # axis -> range of image sizes (voxels)
+    spacing: dict[str, dict[str, float]]  # axis -> range of voxel spacing (mm)
+    sources: dict[str, int]  # "NIfTI" / "DICOM series" / "DICOM file" -> image count
+    acquisition: dict[str, Any] = field(default_factory=dict)
+
+
+def survey_site(manifest: SiteManifest) -> SiteSurvey:
+    """Summarise a parsed manifest; image geometry comes from headers only."""
+    from common.dicom import is_dicom_source
+    from common.images import image_geometry
+
+    sizes: list[tuple[int, ...]] = []
+    spacings: list[tuple[float, ...]] = []
+    sources: Counter[str] = Counter()
+    for case in manifest.cases:
+        for img in case.images:
+            if not img.exists():
+                continue  # reported as a problem
+            sources[
+                ("DICOM series" if img.is_dir() else "DICOM file")
+                if is_dicom_source(img)
+                else "NIfTI"
+            ] += 1
+            try:
+                geo = image_geometry(img)
+            except (DicomSeriesError, OSError, ValueError, AttributeError):
+                continue  # unreadable: check_images names it
+            sizes.append(geo.shape)
+            spacings.append(geo.spacing)
+    splits = Counter(c.split for c in manifest.cases)
+    labels = Counter(c.label for c in manifest.cases)
+    return SiteSurvey(
+        name=manifest.name,
+        manifest=str(manifest.path),
+        n_cases=len(manifest.cases),
+        splits={s.value: splits.get(s.value, 0) for s in Split},
+        labels={
+            "benign": labels.get(0, 0),
+            "malignant": labels.get(1, 0),
+            "none": labels.get(None, 0),
+        },
+        channels=manifest.channels,
+        size=_per_axis(sizes),
+        spacing=_per_axis(spacings),
+        sources=dict(sources),
+        acquisition=acquisition_summary(manifest.cases),
+    )
+
+
+def _per_axis(rows: Sequence[tuple[float, ...]]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for i, axis in enumerate(AXES):
+        rng = value_range(float(r[i]) for r in rows if len(r) > i)
+        if rng is not None:
+            out[axis] = rng
+    return out
+
+
+def _g(x: float) -> str:
+    return f"{x:g}"
+
+
+def _fmt_range(rng: dict[str, float]) -> str:
+    return f"min {_g(rng['min'])}, median {_g(rng['median'])}, max {_g(rng['max'])}"
+
+
+def format_survey(s: SiteSurvey) -> list[str]:
+    """The lines ``hepafed site check`` prints (first line unindented)."""
+    lines = [f"site {s.name}: {s.n_cases} cases in {s.manifest}"]
+    lines.append("  splits: " + ", ".join(f"{k}={v}" for k, v in s.splits.items()))
+    label_text = f"benign={s.labels['benign']} malignant={s.labels['malignant']}"
+    if s.labels["none"]:
+        label_text += f" unlabelled={s.labels['none']}"
+    lines.append(f"  labels: {label_text}")
+    lines.append(f"  channels: {', '.join(s.channels)}")
+    lines.append("  image sources: " + ", ".join(f"{k}={v}" for k, v in sorted(s.sources.items())))
+    for title, ranges in (("image size (voxels)", s.size), ("voxel spacing (mm)", s.spacing)):
+        per_axis = "; ".join(
+            f"{axis} {_g(r['min'])}/{_g(r['median'])}/{_g(r['max'])}" for axis, r in ranges.items()
+        )
+        lines.append(f"  {title}, min/median/max: {per_axis or 'no readable header'}")
+    acq = s.acquisition
+    lines.append("  acquisition (cases per value; ranges over cases):")
+    for name in CATEGORICAL_FIELDS:
+        counts = acq.get(name)
+        text = ", ".join(f"{k}={v}" for k, v in counts.items()) if counts else "not recorded"
+        lines.append(f"    {LABELS[name]}: {text}")
+    for name in NUMERIC_FIELDS:
+        rng = acq.get(name)
+        text = f"{_fmt_range(rng)} ({rng['n']} cases)" if rng else "not recorded"
+        lines.append(f"    {LABELS[name]}: {text}")
+    delays = acq.get(CONTRAST_FIELD) or {}
+    if delays:
+        lines.append("    contrast timing (s after bolus start):")
+        order = [
+            *(c for c in s.channels if c in delays),
+            *(c for c in delays if c not in s.channels),
+        ]
+        for ch in order:
+            rng = delays[ch]
+            lines.append(f"      {ch}: {_fmt_range(rng)} ({rng['n']} cases)")
+    else:
+        lines.append("    contrast timing: not recorded")
+    return lines
