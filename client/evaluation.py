@@ -64,7 +64,11 @@ def classification_summary(
     n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
     if not sufficient(n_pos, n_neg, ev):
         return SiteSummary(n=len(y), n_pos=n_pos, n_neg=n_neg, insufficient=True)
-    p = np.clip(probs.astype(float), EPS, 1 - EPS)
+    # ranks, tables, bins and Brier use the probabilities as they are (clipping would tie
+    # a confident model's scores); only the log loss needs them kept off 0 and 1, and the
+    # calibration GLM clips on its own
+    p = probs.astype(float)
+    p_log = np.clip(p, EPS, 1 - EPS)
     auc = delong_auc(y, p)
     tables = []
     for t in ev.thresholds:
@@ -85,7 +89,7 @@ def classification_summary(
         n=len(y),
         n_pos=n_pos,
         n_neg=n_neg,
-        loss=float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))),
+        loss=float(-np.mean(y * np.log(p_log) + (1 - y) * np.log(1 - p_log))),
         auc=auc.auc,
         auc_var=auc.variance,
         tables=tuple(tables),

@@ -18,6 +18,7 @@ headers for series folders (see ``common.manifest``).
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -51,10 +52,12 @@ def value_range(values: Iterable[float]) -> dict[str, float] | None:
 
 
 def _number(text: str | None) -> float | None:
+    """A finite number, or None (blank, unparsable, NaN and infinities are not values)."""
     try:
-        return float(text) if text else None
+        value = float(text) if text else None
     except ValueError:
         return None
+    return value if value is not None and math.isfinite(value) else None
 
 
 def acquisition_summary(cases: Sequence[Case]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from typing import Any
 
 from common.keys import EVAL_ALL, EvalDesign, Split
 from common.summary import SiteSummary
-from server.federation import Federation, default_splits
+from server.federation import Federation, FederationError, default_splits
 
 log = logging.getLogger("hepafed.progress")
 
@@ -69,6 +69,11 @@ def run_design(fed: Federation) -> list[Evaluation]:
     trainers = fed.trainers
     evaluations: list[Evaluation] = []
     if design is EvalDesign.LOSO:
+        if len(trainers) - 1 < fed.cfg.federation.min_sites:
+            raise FederationError(
+                f"loso needs at least federation.min-sites + 1 = "
+                f"{fed.cfg.federation.min_sites + 1} training sites, got {len(trainers)}"
+            )
         for left_out in trainers:
             model = loso_model(left_out.name)
             others = [s for s in trainers if s.name != left_out.name]
@@ -87,7 +92,10 @@ def run_design(fed: Federation) -> list[Evaluation]:
         for site in trainers:
             model = local_model(site.name)
             local = fed.train_local_only(site)
-            evaluations += _records(fed.evaluate(local, splits, model), model, {site.name}, splits)
+            if local is not None:  # a failure is recorded and flagged in the report
+                evaluations += _records(
+                    fed.evaluate(local, splits, model), model, {site.name}, splits
+                )
     return evaluations
 
 

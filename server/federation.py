@@ -25,7 +25,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from common.config import RunConfig
-from common.keys import ConfigKey, RecordKey, SiteKey, Split
+from common.keys import EVAL_ALL, ConfigKey, RecordKey, SiteKey, Split
 from common.models import build_model
 from common.summary import SiteSummary
 from common.weights import to_arrays
@@ -266,8 +266,13 @@ class Federation:
 
     # ---- local-only models -----------------------------------------------------------------
 
-    def train_local_only(self, site: SiteInfo) -> ArrayRecord:
-        """The site trains the initial model alone for rounds x local epochs; its weights."""
+    def train_local_only(self, site: SiteInfo) -> ArrayRecord | None:
+        """The site trains the initial model alone for rounds x local epochs; its weights.
+
+        A site that fails, times out (``round-timeout-s`` x ``num-rounds``) or sends a
+        rejected model is logged and recorded, and ``None`` is returned: one site's
+        local-only model never costs the run its other results.
+        """
         cfg = self.cfg
         epochs = cfg.federation.num_rounds * cfg.train.local_epochs
         config = ConfigRecord(
@@ -279,17 +284,24 @@ class Federation:
         initial = self.initial_arrays()
         content = RecordDict({RecordKey.ARRAYS: initial, RecordKey.CONFIG: config})
         message = Message(content, dst_node_id=site.node_id, message_type=MessageType.TRAIN)
-        replies = self._send([message], f"local-only model at {site.name}")
+        timeout = cfg.federation.round_timeout_s * cfg.federation.num_rounds
+        replies = exchange(
+            self.grid, [message], timeout, f"local-only model at {site.name}", self.names
+        )
         if not replies:
-            raise FederationError(f"{site.name} did not return its local-only model in time")
-        reply = replies[0]
-        if reply.has_error():
-            raise FederationError(
-                f"local-only training at {site.name} failed: {reply.error.reason}"
-            )
-        problem = update_problem(reply, initial)
+            problem: str | None = "no reply in time"
+        elif replies[0].has_error():
+            problem = f"training failed: {replies[0].error.reason}"
+        else:
+            problem = update_problem(replies[0], initial)
+        model = f"local-{site.name}"
         if problem is not None:
-            raise FederationError(f"local-only model from {site.name} rejected: {problem}")
+            log.warning("local-only model at %s: %s", site.name, problem)
+            self.recorder.log_round(
+                {"model": model, "phase": "final-evaluate", "failed": {site.name: problem}}
+            )
+            return None
+        reply = replies[0]
         arrays = cast(ArrayRecord, next(iter(reply.content.array_records.values())))
         self.recorder.checkpoint(arrays.to_torch_state_dict(), cfg, 0, f"local-{site.name}")
         return arrays
@@ -324,7 +336,12 @@ class Federation:
                 failed[name] = str(reply.error.reason)
                 log.warning("evaluation of %s at %s failed: %s", model, name, reply.error.reason)
                 continue
-            out[name] = SiteSummary.from_record(next(iter(reply.content.metric_records.values())))
+            try:
+                record = next(iter(reply.content.metric_records.values()))
+                out[name] = SiteSummary.from_record(record)
+            except (StopIteration, KeyError, ValueError, TypeError) as err:
+                failed[name] = f"unreadable summary: {err!r}"
+                log.warning("evaluation of %s at %s: unreadable summary %r", model, name, err)
         failed.update({s: "no reply" for s in splits if s not in out and s not in failed})
         self.recorder.log_round(
             {
@@ -339,8 +356,15 @@ class Federation:
 
 
 def default_splits(sites: Iterable[SiteInfo]) -> dict[str, str]:
-    """Every site scores its test split (external sites' cases are all test cases)."""
-    return {s.name: Split.TEST.value for s in sites if s.n_test > 0}
+    """Training sites score their test split; designated external sites, which never
+    train, score every case whatever their manifest's split column says."""
+    out = {}
+    for s in sites:
+        if s.role == ROLE_EXTERNAL:
+            out[s.name] = EVAL_ALL
+        elif s.n_test > 0:
+            out[s.name] = Split.TEST.value
+    return out
 
 
 def _prefix(model: str) -> str:
@@ -350,6 +374,6 @@ def _prefix(model: str) -> str:
 def _metrics_by_site(replies: list[Message], names: dict[int, str]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for reply in replies:
-        metrics = next(iter(reply.content.metric_records.values()))
-        out[names[reply.metadata.src_node_id]] = dict(metrics)
+        records = list(reply.content.metric_records.values())
+        out[names[reply.metadata.src_node_id]] = dict(records[0]) if records else {}
     return dict(sorted(out.items()))

@@ -15,7 +15,9 @@ comes from ``common.stats``:
 - internal vs external: pooled internal minus pooled external AUC with its CI
   and z test, and per site the gap between the pooled internal AUC of the
   model that site did not train and the site's own AUC (independent patients,
-  so the variances add);
+  so the variances add). This tests the site against the pooled *mean*; whether
+  a site is unusual among sites is the prediction-interval flag, which adds
+  tau²;
 - drift vs degradation: Spearman correlation across sites of the embedding
   Fréchet distance (relative: divided by the trace of the reference sites'
   pooled embedding covariance, so it is scale-free) and the AUC drop;
@@ -522,21 +524,30 @@ def _pooled_difference(
 
 def _drift_vs_degradation(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """AUC drop (the row's pooled internal reference minus the site's AUC) against the
-    embedding's relative Fréchet distance, with Spearman's rho across sites."""
-    points = []
+    embedding's relative Fréchet distance, with Spearman's rho across sites.
+
+    A site with several rows (a designated external site under every loso fold)
+    is one point: the means of its drifts and drops, so no site counts twice.
+    """
+    by_site: dict[str, list[Mapping[str, Any]]] = {}
     for r in rows:
         ref = r["reference"]
         if ref is not None and "auc" in r and r["drift"].get("frechet_relative") is not None:
-            points.append(
-                {
-                    "site": r["site"],
-                    "model": r["model"],
-                    "role": r["role"],
-                    "drift": r["drift"]["frechet_relative"],
-                    "wasserstein1": r["drift"].get("wasserstein1"),
-                    "auc_drop": _num(ref["auc"] - r["auc"]["estimate"]),
-                }
-            )
+            by_site.setdefault(r["site"], []).append(r)
+    points = []
+    for site, group in by_site.items():
+        drops = [g["reference"]["auc"] - g["auc"]["estimate"] for g in group]
+        w1 = [g["drift"]["wasserstein1"] for g in group if g["drift"].get("wasserstein1")]
+        points.append(
+            {
+                "site": site,
+                "model": group[0]["model"] if len(group) == 1 else f"mean of {len(group)} models",
+                "role": group[0]["role"],
+                "drift": _num(float(np.mean([g["drift"]["frechet_relative"] for g in group]))),
+                "wasserstein1": _num(float(np.mean(w1))) if w1 else None,
+                "auc_drop": _num(float(np.mean(drops))),
+            }
+        )
     spearman: dict[str, Any] = {"rho": None, "p": None, "n": len(points)}
     xs, ys = [p["drift"] for p in points], [p["auc_drop"] for p in points]
     if len(points) >= 3 and len(set(xs)) > 1 and len(set(ys)) > 1:  # else rho is undefined

@@ -13,6 +13,13 @@ os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 import nibabel as nib
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# Property tests explore the same examples on every run, so CI is reproducible; run with
+# HYPOTHESIS_PROFILE=explore to search afresh.
+settings.register_profile("ci", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 PHASES = ("arterial", "portal", "delayed")
 

@@ -168,11 +168,8 @@ def _tau2_reml(y: np.ndarray, v: np.ndarray, threshold: float, max_iter: int) ->
     it = 0
     while change > threshold:
         it += 1
-        if it > max_iter:
-            raise RuntimeError(
-                f"REML Fisher scoring did not converge in {max_iter} iterations "
-                f"(last tau2 = {tau2:.6g}); try method='DL' or 'PM'"
-            )
+        if it > max_iter:  # oscillating steps: maximise the restricted likelihood directly
+            return _tau2_reml_direct(y, v, threshold)
         old = tau2
         w = 1.0 / (v + tau2)
         sw = float(np.sum(w))
@@ -194,6 +191,39 @@ def _tau2_reml(y: np.ndarray, v: np.ndarray, threshold: float, max_iter: int) ->
         )
         tau2 = 0.0
     return max(0.0, tau2)
+
+
+def _reml_score(y: np.ndarray, v: np.ndarray, tau2: float) -> float:
+    """Twice the derivative of the restricted log-likelihood in tau^2: y'PPy - tr P."""
+    w = 1.0 / (v + tau2)
+    sw = float(np.sum(w))
+    py = w * (y - float(np.sum(w * y)) / sw)
+    return float(np.sum(py**2)) - (sw - float(np.sum(w**2)) / sw)
+
+
+def _tau2_reml_direct(y: np.ndarray, v: np.ndarray, threshold: float) -> float:
+    """REML tau^2 as the root of the restricted-likelihood score equation.
+
+    The fallback when Fisher scoring oscillates instead of converging (seen for
+    small k with one very precise, outlying site). The score is positive at 0
+    when the maximum is interior; Brent's method then finds its root to
+    machine precision (a direct maximisation could only locate the flat
+    maximum to about the square root of it).
+    """
+    if _reml_score(y, v, 0.0) <= 0.0:
+        return 0.0
+    upper = 10.0 * (float(np.ptp(y)) ** 2 + float(np.max(v)))
+    while _reml_score(y, v, upper) > 0.0:
+        upper *= 10.0
+    tau2 = float(
+        optimize.brentq(lambda t: _reml_score(y, v, t), 0.0, upper, xtol=1e-15, rtol=1e-15)
+    )
+    warnings.warn(
+        "REML Fisher scoring did not converge; tau2 from the root of the REML score equation",
+        UserWarning,
+        stacklevel=4,
+    )
+    return tau2
 
 
 def _tau2_pm(y: np.ndarray, v: np.ndarray) -> float:

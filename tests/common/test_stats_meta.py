@@ -262,3 +262,18 @@ def test_invariants(rows: list[tuple[float, float]], method: str, hk: bool) -> N
     shifted = random_effects(y + 1.5, v, method, hk)  # type: ignore[arg-type]
     assert shifted.estimate == pytest.approx(res.estimate + 1.5, abs=1e-8)
     assert shifted.tau2 == pytest.approx(res.tau2, abs=1e-8)
+
+
+def test_reml_solves_the_score_equation_when_fisher_scoring_oscillates() -> None:
+    """Four equal sites and one precise outlier: Fisher scoring oscillates (found by
+    hypothesis); the estimate must still be the restricted-likelihood maximum."""
+    from common.stats.meta import _reml_loglik
+
+    y = np.array([0.0, 0.0, 0.0, 0.0, 1.0])
+    v = np.array([1.0, 1.0, 1.0, 1.0, 0.125])
+    with pytest.warns(UserWarning, match="did not converge"):
+        fit = random_effects(y, v, method="REML")
+    grid = np.linspace(0.0, 1.0, 200_001)
+    best = grid[int(np.argmax([_reml_loglik(y, v, t) for t in grid]))]
+    assert fit.tau2 == pytest.approx(best, abs=1e-5)
+    assert _reml_loglik(y, v, fit.tau2) >= _reml_loglik(y, v, best) - 1e-12
