@@ -219,7 +219,9 @@ class Federation:
         start = time.monotonic()
         messages = strategy.configure_train(rnd, arrays, self._config(), view)
         label = f"{_prefix(model)}round {rnd}/{self.cfg.federation.num_rounds} train"
-        replies = self._send(messages, label)
+        # aggregate in site-name order, not arrival order: floating-point sums then do not
+        # depend on which site finished first, and a rerun gives the same model
+        replies = sorted(self._send(messages, label), key=self._site)
         accepted, rejected = [], {}
         for reply in replies:
             problem = update_problem(reply, arrays)

@@ -75,6 +75,9 @@ def test_two_sites_two_rounds_learn_and_report_by_site(
     assert pooled["k"] == 2 - len(perfect) and set(pooled["excluded"]) == perfect
     assert report["provenance"]["model_sha256"]["global"] == model_sha256(ckpt["model"])
     assert (run_dir / "report.html").stat().st_size > 10_000
+    # updates are aggregated in site order, not arrival order: a rerun is identical
+    run_federated(cfg.replace({"output.run-dir": str(tmp_path / "again")}))
+    assert read_evaluations(tmp_path / "again") == read_evaluations(run_dir)
 
 
 @pytest.mark.slow
