@@ -517,9 +517,8 @@ class _Page:
         ]
         items = "".join(f"<li>{b}</li>" for b in bullets if b)
         return (
-            '<section id="how-to-read" class="guide" aria-labelledby="how-to-read-h">'
-            '<h2 id="how-to-read-h">How to read this report</h2>'
-            f"<ul>{items}</ul></section>"
+            _section_open("how-to-read", "How to read this report", "guide")
+            + f"<ul>{items}</ul></section>"
         )
 
     def headline(self) -> str:
@@ -604,9 +603,8 @@ class _Page:
         )
         sentence = self.headline_sentence()
         return (
-            '<section id="summary" aria-labelledby="summary-h">'
-            '<h2 id="summary-h">Summary</h2>'
-            f'<div class="cards">{"".join(cards)}</div>{sentence}</section>'
+            _section_open("summary", "Summary")
+            + f'<div class="cards">{"".join(cards)}</div>{sentence}</section>'
         )
 
     def pooled_card(self, label: str, block: Any, role: str) -> str:
@@ -649,7 +647,7 @@ class _Page:
         )
 
     def flag_list(self) -> str:
-        head = '<section id="flags" aria-labelledby="flags-h"><h2 id="flags-h">Flags</h2>'
+        head = _section_open("flags", "Flags")
         if not self.flags:
             return head + '<p class="ok">\u2713 No site was flagged.</p></section>'
         items = []
@@ -683,10 +681,7 @@ class _Page:
         return f'<td class="flagcell">{"".join(links)}</td>'
 
     def site_table(self) -> str:
-        head = (
-            '<section id="per-site" aria-labelledby="per-site-h">'
-            '<h2 id="per-site-h">Per-site results</h2>'
-        )
+        head = _section_open("per-site", "Per-site results")
         if not self.rows:
             return head + '<p class="empty">No site evaluations in this report.</p></section>'
         table = self.segmentation_table() if self.segmentation else self.classification_table()
@@ -852,7 +847,7 @@ class _Page:
     # ---- forest plots ----
 
     def forest_section(self) -> str:
-        head = '<section id="forest" aria-labelledby="forest-h"><h2 id="forest-h">Forest plots</h2>'
+        head = _section_open("forest", "Forest plots")
         if not self.rows:
             return head + '<p class="empty">No site evaluations to plot.</p></section>'
         figures = []
@@ -1118,10 +1113,7 @@ class _Page:
     # ---- internal vs external ----
 
     def internal_external(self) -> str:
-        head = (
-            '<section id="internal-external" aria-labelledby="ie-h">'
-            '<h2 id="ie-h">Internal vs external</h2>'
-        )
+        head = _section_open("internal-external", "Internal vs external")
         if self.segmentation:
             return head + (
                 '<p class="empty">Not applicable: the internal vs external comparison uses the '
@@ -1257,7 +1249,7 @@ class _Page:
         return None
 
     def roc_section(self) -> str:
-        head = '<section id="roc" aria-labelledby="roc-h"><h2 id="roc-h">ROC curves</h2>'
+        head = _section_open("roc", "ROC curves")
         curves = list(_get(self.r, "curves", "roc") or [])
         fpr = [float(v) for v in _get(self.r, "curves", "fpr") or []]
         if not curves or len(fpr) < 2:
@@ -1354,10 +1346,7 @@ class _Page:
     # ---- reliability ----
 
     def reliability_section(self) -> str:
-        head = (
-            '<section id="calibration" aria-labelledby="cal-h">'
-            '<h2 id="cal-h">Calibration: reliability diagrams</h2>'
-        )
+        head = _section_open("calibration", "Calibration: reliability diagrams")
         entries = list(_get(self.r, "curves", "reliability") or [])
         if not entries:
             why = (
@@ -1485,10 +1474,7 @@ class _Page:
     # ---- drift vs degradation ----
 
     def drift_section(self) -> str:
-        head = (
-            '<section id="drift" aria-labelledby="drift-h">'
-            '<h2 id="drift-h">Drift vs degradation</h2>'
-        )
+        head = _section_open("drift", "Drift vs degradation")
         dvd = self.r.get("drift_vs_degradation") or {}
         points = [
             p
@@ -1629,10 +1615,7 @@ class _Page:
     # ---- matrix ----
 
     def matrix_section(self) -> str:
-        head = (
-            '<section id="matrix" aria-labelledby="matrix-h">'
-            '<h2 id="matrix-h">Model \u00d7 site matrix</h2>'
-        )
+        head = _section_open("matrix", "Model \u00d7 site matrix")
         cells = list(self.r.get("matrix") or [])
         if not cells:
             return head + '<p class="empty">No evaluations.</p></section>'
@@ -1755,8 +1738,8 @@ class _Page:
             else '<p class="empty">No run configuration recorded.</p>'
         )
         return (
-            '<section id="provenance" aria-labelledby="prov-h"><h2 id="prov-h">Provenance</h2>'
-            f'<dl class="meta prov">{dl}</dl><div class="grid-2 tables">{model_table}'
+            _section_open("provenance", "Provenance")
+            + f'<dl class="meta prov">{dl}</dl><div class="grid-2 tables">{model_table}'
             f'<table class="data compact"><caption>Report settings</caption><thead><tr>'
             '<th scope="col">Setting</th><th scope="col">Value</th></tr></thead>'
             f"<tbody>{settings_rows}</tbody></table></div>{site_table}{config_block}</section>"
@@ -1774,6 +1757,15 @@ class _Page:
 
 
 # ---- small pieces ----------------------------------------------------------------------------
+
+
+def _section_open(section_id: str, title: str, css_class: str = "") -> str:
+    """A report section's opening tag and heading, linked for assistive technology."""
+    cls = f' class="{css_class}"' if css_class else ""
+    return (
+        f'<section id="{section_id}"{cls} aria-labelledby="{section_id}-h">'
+        f'<h2 id="{section_id}-h">{title}</h2>'
+    )
 
 
 def _acquisition_cells(acq: object) -> str:
