@@ -7,24 +7,25 @@ split. Replies carry weights and aggregate numbers only, never per-case values.
 
 from __future__ import annotations
 
+import json
+
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.site import open_site, site_evaluate, site_train
+from client.site import Instructions, open_site, site_evaluate, site_train
 from common.acquisition import acquisition_json
 from common.config import RunConfig
-from common.keys import ConfigKey, RecordKey, SiteKey, Split
+from common.keys import ConfigKey, Phase, RecordKey, SiteKey, Split
 
 app = ClientApp()
 
 
-def _run_config(msg: Message) -> tuple[RunConfig, int]:
-    """The run config the server sent with this message, and the round number."""
+def _run_config(msg: Message) -> tuple[RunConfig, int, Instructions]:
+    """The run config the server sent, the round number and the server's other keys."""
     flat = dict(msg.content[RecordKey.CONFIG])
     server_round = int(str(flat.pop(ConfigKey.ROUND, 0)))
-    for key in ConfigKey:  # the other server-added keys are not run-config keys
-        flat.pop(key, None)
-    return RunConfig.from_flat(flat), server_round
+    extras = {key.value: flat.pop(key) for key in ConfigKey if key in flat}
+    return RunConfig.from_flat(flat), server_round, Instructions.from_config(extras)
 
 
 @app.query()
@@ -35,9 +36,22 @@ def query(msg: Message, context: Context) -> Message:
     ``common.acquisition.acquisition_summary``: counts per vendor, scanner model
     and kernel and ranges of slice thickness, kVp, field strength and contrast
     timing over the site's cases; no per-case value.
+
+    With ``phase = statistics`` it sends instead the image statistics of the hooks
+    that pool them (``SiteKey.STATISTICS``, e.g. Nyul landmark percentiles).
     """
-    cfg, _ = _run_config(msg)
+    cfg, _, _ = _run_config(msg)
     site = open_site(context.node_config, cfg)
+    if msg.content[RecordKey.CONFIG].get(ConfigKey.PHASE) == Phase.STATISTICS:
+        statistics, n_cases = site.statistics(cfg)
+        stats = ConfigRecord(
+            {
+                SiteKey.NAME.value: site.name,
+                SiteKey.STATISTICS.value: json.dumps(statistics),
+                SiteKey.N_CASES.value: n_cases,
+            }
+        )
+        return Message(RecordDict({RecordKey.SITE: stats}), reply_to=msg)
     info = ConfigRecord(
         {
             SiteKey.NAME.value: site.name,
@@ -53,9 +67,16 @@ def query(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the global model on this site's train split and send the update."""
-    cfg, server_round = _run_config(msg)
+    cfg, server_round, todo = _run_config(msg)
     site = open_site(context.node_config, cfg)
-    state, metrics = site_train(site, msg.content[RecordKey.ARRAYS], cfg, server_round)
+    state, metrics = site_train(
+        site,
+        msg.content[RecordKey.ARRAYS],
+        cfg,
+        server_round,
+        instructions=todo,
+        state=context.state,
+    )
     content = RecordDict(
         {
             RecordKey.ARRAYS: ArrayRecord(state),
@@ -69,14 +90,22 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the global model on this site's test split; reply with summaries."""
-    cfg, _ = _run_config(msg)
-    split = str(msg.content[RecordKey.CONFIG].get(ConfigKey.EVAL_SPLIT, Split.TEST.value))
+    cfg, _, todo = _run_config(msg)
     site = open_site(context.node_config, cfg)
-    summary = site_evaluate(site, msg.content[RecordKey.ARRAYS], cfg, split)
+    summary, adaptation = site_evaluate(
+        site,
+        msg.content[RecordKey.ARRAYS],
+        cfg,
+        todo.split,
+        instructions=todo,
+        state=context.state,
+    )
     content = RecordDict(
         {
             RecordKey.METRICS: MetricRecord(summary.to_record()),
-            RecordKey.SITE: ConfigRecord({SiteKey.NAME.value: site.name}),
+            RecordKey.SITE: ConfigRecord(
+                {SiteKey.NAME.value: site.name, SiteKey.ADAPTATION.value: adaptation}
+            ),
         }
     )
     return Message(content, reply_to=msg)

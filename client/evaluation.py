@@ -35,16 +35,26 @@ EPS = 1e-7
 
 
 def summarize(
-    model: nn.Module, data: SplitTensors, cfg: RunConfig, compute: Compute
+    model: nn.Module,
+    data: SplitTensors,
+    cfg: RunConfig,
+    compute: Compute,
+    drift_images: torch.Tensor | None = None,
 ) -> SiteSummary:
-    """Evaluate ``model`` on ``data`` and keep only the aggregate summary."""
+    """Evaluate ``model`` on ``data`` and keep only the aggregate summary.
+
+    Intensity histograms describe ``drift_images`` (default: the model input);
+    a site with a harmonisation hook passes its windowed images before the hook,
+    so drift measures the acquisition, the same whichever method is evaluated.
+    """
+    hist_images = data.images if drift_images is None else drift_images
     if cfg.task == Task.MALIGNANCY:
         probs, embedding = predict(model, data.images, compute, cfg.seed, cfg.eval.embedding_dims)
         return classification_summary(
-            data.labels.numpy(), probs.numpy(), cfg.eval, data.images, embedding
+            data.labels.numpy(), probs.numpy(), cfg.eval, hist_images, embedding
         )
     probs, _ = predict(model, data.images, compute, cfg.seed, 0)
-    return segmentation_summary(probs, data.masks, cfg.eval, data.images, cfg.data.spacing_mm)
+    return segmentation_summary(probs, data.masks, cfg.eval, hist_images, cfg.data.spacing_mm)
 
 
 def sufficient(n_pos: int, n_neg: int, ev: EvalConfig) -> bool:

@@ -1,32 +1,72 @@
-"""A site's identity and data as the ClientApp sees them, and its two jobs.
+"""A site's identity and data as the ClientApp sees them, and its jobs.
 
 Identity comes from the SuperNode's ``node_config`` (``site-dir``, optional
 ``site-name``). In simulation Flower only gives a ``partition-id``; it indexes
 the sorted site folders under ``data.site-root``, the same folders and
 manifests a real hospital would have.
+
+Domain-adaptation hooks (``common.hooks``) act here at four of their five
+points: site preprocessing, which layers stay local, the local objective, and
+test-time adaptation when the site scores a model it did not train.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+from flwr.app import RecordDict
+from torch import nn
+
 from client.evaluation import summarize
+from client.memory import has_trained, mark_trained, restore_local_layers, save_local_layers
 from client.trainer import train_local
 from common.config import RunConfig
 from common.data import SplitTensors, concat_splits, load_split
 from common.device import Compute, derive_seed, seed_everything, select_compute
-from common.keys import EVAL_ALL, MetricKey, NodeKey, Split
+from common.hooks import ADAPT_NONE, ADAPT_OWN_LAYERS, HookPoint, HookSet, Statistics
+from common.hooks.test_time import reestimate_statistics
+from common.keys import EVAL_ALL, ConfigKey, MetricKey, NodeKey, Share, Split
 from common.manifest import SiteManifest, list_site_dirs, read_manifest
 from common.models import build_model
 from common.summary import SiteSummary
 from common.weights import load_arrays, shared_state
 
+GLOBAL_MODEL = "global"
+# what a site that never trained a model with local layers gets when no TEST_TIME hook is set
+ADAPT_FORCED = "bn-adapt (the model has no global normalisation statistics)"
+
 
 class SiteConfigError(ValueError):
     """The node does not say which site folder it serves."""
+
+
+@dataclass(frozen=True)
+class Instructions:
+    """What a message's config says beyond the run config (``common.keys.ConfigKey``)."""
+
+    model: str = GLOBAL_MODEL
+    base_model: str = ""  # fine-tuning: start from this model's local layers
+    share: str = Share.SHARED.value
+    split: str = Split.TEST.value
+    shared_statistics: dict[str, Statistics] = field(default_factory=dict)
+    raw: Mapping[str, Any] = field(default_factory=dict)  # the ConfigKey entries, e.g. proximal-mu
+
+    @classmethod
+    def from_config(cls, extras: Mapping[str, Any]) -> Instructions:
+        stats = str(extras.get(ConfigKey.SHARED_STATISTICS, "") or "")
+        return cls(
+            model=str(extras.get(ConfigKey.MODEL, GLOBAL_MODEL)),
+            base_model=str(extras.get(ConfigKey.BASE_MODEL, "")),
+            share=str(extras.get(ConfigKey.SHARE, Share.SHARED.value)),
+            split=str(extras.get(ConfigKey.EVAL_SPLIT, Split.TEST.value)),
+            shared_statistics=json.loads(stats) if stats else {},
+            raw=dict(extras),
+        )
 
 
 @dataclass(frozen=True)
@@ -42,6 +82,27 @@ class Site:
             parts = [load_split(self.manifest, s, cfg.data, cfg.task) for s in Split]
             return concat_splits([p for p in parts if len(p)])
         return load_split(self.manifest, split, cfg.data, cfg.task)
+
+    def prepared(
+        self, split: str, cfg: RunConfig, hooks: HookSet, shared: Mapping[str, Statistics]
+    ) -> tuple[SplitTensors, torch.Tensor]:
+        """A split after the PREPROCESS hooks, and its images before them.
+
+        Hook statistics are fitted on every case of the site (images only), so
+        train and test cases are mapped the same way.
+        """
+        data = self.split(split, cfg)
+        if not hooks.at(HookPoint.PREPROCESS) or not len(data):
+            return data, data.images
+        every = data if split == EVAL_ALL else self.split(EVAL_ALL, cfg)
+        fitted = hooks.fit(every.images, shared)
+        return replace(data, images=hooks.preprocess(data.images, fitted, shared)), data.images
+
+    def statistics(self, cfg: RunConfig) -> tuple[dict[str, Statistics], int]:
+        """What this site shares for hooks that pool statistics (e.g. Nyul landmarks),
+        and the number of cases they were fitted on (the server's weight)."""
+        images = self.split(EVAL_ALL, cfg).images
+        return HookSet(cfg).shared_statistics(images), len(images)
 
 
 def resolve_site_dir(node_config: Mapping[str, Any], cfg: RunConfig) -> Path:
@@ -71,25 +132,97 @@ def open_site(node_config: Mapping[str, Any], cfg: RunConfig) -> Site:
     return Site(name, manifest)
 
 
-def site_train(
-    site: Site, weights: Any, cfg: RunConfig, server_round: int, compute: Compute | None = None
-) -> tuple[Any, dict[str, Any]]:
-    """Train the received global model on the site's train split.
+def _received_model(
+    cfg: RunConfig, weights: Any, hooks: HookSet, share: str
+) -> tuple[nn.Module, set[str]]:
+    """The network with the received weights, and the keys its hooks keep local."""
+    model = build_model(cfg)
+    hooks.check_model(model)
+    local = hooks.local_keys(model) if share == Share.SHARED else set()
+    load_arrays(model, weights, optional=local)
+    return model, local
 
-    Returns the updated shared state dict and aggregate metrics.
+
+def site_train(
+    site: Site,
+    weights: Any,
+    cfg: RunConfig,
+    server_round: int,
+    compute: Compute | None = None,
+    instructions: Instructions | None = None,
+    state: RecordDict | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """Train the received model on the site's train split.
+
+    Returns the state dict to send (without the layers a hook keeps local in a
+    federated round) and aggregate metrics. ``state`` is the site's memory
+    (Flower ``Context.state``): its local layers are put back before training
+    and saved after it.
     """
     compute = compute or select_compute(cfg.train.amp)
+    todo = instructions or Instructions()
+    memory = state if state is not None else RecordDict()
     seed = derive_seed(cfg.seed, site.name, server_round)
     seed_everything(seed)
-    model = build_model(cfg)
-    load_arrays(model, weights)
-    result = train_local(model, site.split(Split.TRAIN, cfg), cfg, compute, seed)
+    hooks = HookSet(cfg, todo.raw)
+    model, local = _received_model(cfg, weights, hooks, todo.share)
+    restore_local_layers(memory, todo.base_model or todo.model, model)
+    penalty = None
+    if hooks.at(HookPoint.OBJECTIVE):
+        reference = {
+            k: v.detach().clone().to(compute.device)
+            for k, v in model.state_dict().items()
+            if k not in local
+        }
+
+        def penalty(m: nn.Module) -> torch.Tensor | None:
+            return hooks.penalty(m, reference, todo.raw)
+
+    data, _ = site.prepared(Split.TRAIN, cfg, hooks, todo.shared_statistics)
+    result = train_local(model, data, cfg, compute, seed, penalty=penalty)
+    mark_trained(memory, todo.model, server_round)
+    if todo.share == Share.SHARED:
+        save_local_layers(memory, todo.model, model, local)
     metrics: dict[str, Any] = {
         MetricKey.NUM_EXAMPLES.value: float(len(site.manifest.split(Split.TRAIN))),
         MetricKey.TRAIN_LOSS.value: result.loss,
         MetricKey.SECONDS.value: result.seconds,
     }
-    return shared_state(model), metrics
+    state_dict = shared_state(model)
+    for key in local:
+        state_dict.pop(key, None)
+    return state_dict, metrics
+
+
+def prepare_for_scoring(
+    model: nn.Module,
+    images: torch.Tensor,
+    hooks: HookSet,
+    instructions: Instructions,
+    memory: RecordDict,
+    compute: Compute,
+    local: set[str],
+) -> str:
+    """Make ``model`` what this site should score; how, for the report.
+
+    A site that trained the model uses its own local layers. A site that did
+    not (an unseen site) runs the TEST_TIME hooks on its images; if there are
+    none and the model's normalisation layers were kept local during training,
+    the global model has no trained statistics, so they are re-estimated on the
+    site's images. Only images are passed in: labels cannot be read.
+    """
+    if has_trained(memory, instructions.model):
+        return (
+            ADAPT_OWN_LAYERS
+            if restore_local_layers(memory, instructions.model, model)
+            else ADAPT_NONE
+        )
+    if hooks.at(HookPoint.TEST_TIME):
+        return hooks.adapt(model, images, compute)
+    if local:
+        reestimate_statistics(model, images, compute, hooks.cfg.train.batch_size)
+        return ADAPT_FORCED
+    return ADAPT_NONE
 
 
 def site_evaluate(
@@ -98,9 +231,16 @@ def site_evaluate(
     cfg: RunConfig,
     split: str = Split.TEST,
     compute: Compute | None = None,
-) -> SiteSummary:
-    """Evaluate the received model on one split (``"all"``: every case); summaries only."""
+    instructions: Instructions | None = None,
+    state: RecordDict | None = None,
+) -> tuple[SiteSummary, str]:
+    """Score the received model on one split (``"all"``: every case): summaries only,
+    and how the site adapted the model before scoring it (``prepare_for_scoring``)."""
     compute = compute or select_compute(cfg.train.amp)
-    model = build_model(cfg)
-    load_arrays(model, weights)
-    return summarize(model, site.split(split, cfg), cfg, compute)
+    todo = instructions or Instructions()
+    memory = state if state is not None else RecordDict()
+    hooks = HookSet(cfg, todo.raw)
+    model, local = _received_model(cfg, weights, hooks, todo.share)
+    data, raw_images = site.prepared(split, cfg, hooks, todo.shared_statistics)
+    adaptation = prepare_for_scoring(model, data.images, hooks, todo, memory, compute, local)
+    return summarize(model, data, cfg, compute, drift_images=raw_images), adaptation

@@ -7,6 +7,7 @@ so the three are trained by exactly the same code (evaluation: ``client.evaluati
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -46,8 +47,13 @@ def train_local(
     compute: Compute,
     seed: int,
     epochs: int | None = None,
+    penalty: Callable[[nn.Module], torch.Tensor | None] | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place for ``epochs`` (default ``train.local-epochs``) epochs."""
+    """Train ``model`` in place for ``epochs`` (default ``train.local-epochs``) epochs.
+
+    ``penalty`` (a local-objective hook, e.g. FedProx) is added to the task loss;
+    the reported loss is the task loss alone, so runs with and without it compare.
+    """
     if len(data) < 2:
         raise ValueError(f"a site needs at least 2 training cases, got {len(data)}")
     start = time.perf_counter()
@@ -74,7 +80,9 @@ def train_local(
             optimizer.zero_grad(set_to_none=True)
             with compute.autocast():
                 loss = criterion(model(x), y)
-            scaler.scale(loss).backward()
+            extra = penalty(model) if penalty is not None else None
+            objective = loss if extra is None else loss + extra
+            scaler.scale(objective).backward()
             scaler.step(optimizer)
             scaler.update()
             total += float(loss.detach()) * len(idx)

@@ -91,6 +91,7 @@ class EvalConfig:
 
     design: str = EvalDesign.HOLDOUT.value  # holdout | loso | cross-site
     local_only: bool = False  # holdout: also train and evaluate each site's local-only model
+    every_round: bool = True  # score the global model at every site after each round (progress)
     thresholds: tuple[float, ...] = (0.5,)  # 2x2 tables; the first is the operating point
     min_cases: int = 20  # a site with fewer test cases reports "insufficient data"
     min_per_class: int = 5  # ... or with fewer positives or negatives than this
@@ -102,6 +103,18 @@ class EvalConfig:
     pooling: str = "REML"  # random-effects tau^2 estimator: REML | DL | PM
     hartung_knapp: bool = False  # t-based pooled CIs (Hartung-Knapp) instead of z
     margin: float = 0.05  # flag a site whose AUC falls more than this below pooled internal
+
+
+@dataclass(frozen=True)
+class HooksConfig:
+    """Domain-adaptation hooks (common.hooks) and their settings."""
+
+    use: tuple[str, ...] = ()  # hook names or 'package.module:Class', applied in this order
+    prox_mu: float = 0.01  # fedprox: weight of the proximal term
+    landmarks: tuple[float, ...] = (1.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 99.0)
+    tent_steps: int = 10  # tent: Adam steps on the BatchNorm affine parameters
+    tent_lr: float = 1e-3  # tent: their learning rate
+    finetune_epochs: int = 0  # > 0: each training site fine-tunes the final model this long
 
 
 @dataclass(frozen=True)
@@ -122,6 +135,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    hooks: HooksConfig = field(default_factory=HooksConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def __post_init__(self) -> None:
@@ -185,6 +199,42 @@ class RunConfig:
             raise ConfigError(f"data.spatial-dims = {self.data.spatial_dims!r}: must be 2 or 3")
         if not self.data.channels:
             raise ConfigError("data.channels is empty: name at least one image channel")
+        self._check_hooks()
+
+    def _check_hooks(self) -> None:
+        from common.hooks.registry import UnknownHookError, hook_class
+
+        h = self.hooks
+        classes = []
+        for name in h.use:
+            try:
+                classes.append(hook_class(name))
+            except UnknownHookError as e:
+                raise ConfigError(f"hooks.use: {e}") from e
+        names = [cls.name for cls in classes]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"hooks.use = {','.join(h.use)!r} names a hook twice")
+        sharing = [cls.name for cls in classes if cls.shares_statistics]
+        if len(sharing) > 1:
+            raise ConfigError(
+                f"hooks.use: {sharing} all share statistics with the server; use at most one"
+            )
+        marks = h.landmarks
+        if (
+            len(marks) < 2
+            or list(marks) != sorted(set(marks))
+            or not 0 < marks[0] < marks[-1] < 100
+        ):
+            raise ConfigError(
+                f"hooks.landmarks = {','.join(f'{m:g}' for m in marks)!r}: give at least two "
+                "strictly increasing percentiles inside (0, 100)"
+            )
+        if h.prox_mu < 0 or h.tent_lr <= 0 or h.tent_steps < 0 or h.finetune_epochs < 0:
+            raise ConfigError(
+                "hooks.prox-mu, hooks.tent-steps and hooks.finetune-epochs must be >= 0 and "
+                f"hooks.tent-lr > 0; got {h.prox_mu!r}, {h.tent_steps!r}, "
+                f"{h.finetune_epochs!r}, {h.tent_lr!r}"
+            )
 
     @classmethod
     def from_flat(cls, flat: Mapping[str, Any]) -> RunConfig:

@@ -1,17 +1,16 @@
 """From a site manifest to tensors: the MONAI pipeline every site runs.
 
 Deterministic steps (load, channel-first, orientation, resampling to a common
-spacing, CT windowing, the site-preprocessing hook point, lesion-centred crop)
-run once per case and can be cached on disk (MONAI ``PersistentDataset``);
-random augmentation runs on whole batches on the training device, so an epoch
-costs no per-case framework overhead.
+spacing, CT windowing, lesion-centred crop) run once per case and can be cached
+on disk (MONAI ``PersistentDataset``); random augmentation runs on whole batches
+on the training device, so an epoch costs no per-case framework overhead.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,6 @@ from monai.transforms import (
     CropForegroundd,
     EnsureChannelFirstd,
     EnsureTyped,
-    MapTransform,
     Orientationd,
     ResizeWithPadOrCropd,
     ScaleIntensityRanged,
@@ -40,18 +38,6 @@ from common.manifest import Case, SiteManifest
 IMAGE, MASK, LABEL = "image", "mask", "label"
 CACHE_VERSION = "2"  # bump when the deterministic transforms change
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # NIfTI world axes
-
-SitePreprocess = Callable[[dict[str, Any]], dict[str, Any]]
-
-
-class Identity(MapTransform):
-    """The site-preprocessing point: identity unless a harmonisation hook is set."""
-
-    def __init__(self) -> None:
-        super().__init__(keys=[IMAGE])
-
-    def __call__(self, data: Any) -> Any:
-        return data
 
 
 @dataclass(frozen=True)
@@ -75,10 +61,11 @@ def crop_size(cfg: DataConfig, task: str) -> tuple[int, ...]:
     return (side, side, max(8, side // 4))
 
 
-def deterministic_transforms(
-    cfg: DataConfig, task: str, site_preprocess: MapTransform | None = None
-) -> Compose:
-    """Load -> channel-first -> orient -> resample -> window -> hook -> crop."""
+def deterministic_transforms(cfg: DataConfig, task: str) -> Compose:
+    """Load -> channel-first -> orient -> resample -> window -> crop.
+
+    Site-level harmonisation (``common.hooks``) runs afterwards on a site's
+    stacked tensors, because it needs statistics over all of its cases."""
     channels = list(cfg.channels)
     keys = [*channels, MASK]
     spacing = (cfg.spacing_mm,) * cfg.spatial_dims
@@ -103,7 +90,6 @@ def deterministic_transforms(
             clip=True,
         ),
         ConcatItemsd(keys=channels, name=IMAGE, dim=0),
-        site_preprocess if site_preprocess is not None else Identity(),
         # The reader's lesion annotation defines the region of interest.
         CropForegroundd(keys=[IMAGE, MASK], source_key=MASK, allow_smaller=True),
         ResizeWithPadOrCropd(keys=[IMAGE, MASK], spatial_size=crop_size(cfg, task)),
@@ -142,12 +128,12 @@ def _file_fingerprint(path: Path) -> list[Any]:
     return out
 
 
-def pipeline_key(cfg: DataConfig, task: str, site_preprocess: MapTransform | None) -> str:
+def pipeline_key(cfg: DataConfig, task: str) -> str:
     """A short hash of everything that shapes a preprocessed case.
 
     The cache lives in a sub-folder named by it, so changing the window, the
-    spacing, the crop, the channels, the task or the site-preprocessing hook
-    never reuses tensors made with other settings.
+    spacing, the crop, the channels or the task never reuses tensors made with
+    other settings.
     """
     settings = {
         "version": CACHE_VERSION,
@@ -157,13 +143,7 @@ def pipeline_key(cfg: DataConfig, task: str, site_preprocess: MapTransform | Non
         "roi_size": cfg.roi_size,
         "spacing_mm": cfg.spacing_mm,
         "window": [cfg.window_min, cfg.window_max],
-        # a hook names itself by class, plus its ``cache_key`` if its output depends on state
-        "preprocess": None
-        if site_preprocess is None
-        else [
-            f"{type(site_preprocess).__module__}.{type(site_preprocess).__qualname__}",
-            str(getattr(site_preprocess, "cache_key", "")),
-        ],
+        "preprocess": None,  # kept so that existing caches keep their key
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -173,15 +153,14 @@ def load_split(
     split: str,
     cfg: DataConfig,
     task: str,
-    site_preprocess: MapTransform | None = None,
 ) -> SplitTensors:
     """Run the deterministic pipeline on every case of a split and stack the result."""
     cases = manifest.split(split)
     records = [case_record(c, cfg.channels) for c in cases]
-    transform = deterministic_transforms(cfg, task, site_preprocess)
+    transform = deterministic_transforms(cfg, task)
     dataset: Dataset
     if cfg.cache_dir:
-        cache = Path(cfg.cache_dir) / manifest.name / pipeline_key(cfg, task, site_preprocess)
+        cache = Path(cfg.cache_dir) / manifest.name / pipeline_key(cfg, task)
         cache.mkdir(parents=True, exist_ok=True)
         dataset = PersistentDataset(records, transform=transform, cache_dir=cache)
     else:

@@ -46,14 +46,37 @@ class SiteKey(StrEnum):
     MANIFEST_SHA256 = "manifest-sha256"
     # JSON text of common.acquisition.acquisition_summary: counts and ranges, never per case
     ACQUISITION = "acquisition"
+    STATISTICS = "statistics"  # JSON: hook statistics (Phase.STATISTICS replies)
+    N_CASES = "n-cases"  # how many cases the statistics were fitted on (their weight)
+    ADAPTATION = "adaptation"  # how the site scored the model (evaluate replies)
 
 
 class ConfigKey(StrEnum):
     """Keys the server adds to the round config next to the run config."""
 
     ROUND = "server-round"  # Flower strategies inject this one themselves
-    PHASE = "phase"
+    PHASE = "phase"  # query: Phase.SITE (default) or Phase.STATISTICS
     EVAL_SPLIT = "eval-split"  # "test" (default) or "all": a site left out of training
+    MODEL = "model"  # which model a message is about: "global", "without-SITE", ...
+    BASE_MODEL = "base-model"  # fine-tuning: the federated model whose local layers to start from
+    EVAL_ROLE = "eval-role"  # "internal": the site trained this model; "external": it did not
+    SHARE = "share"  # train: Share.SHARED (keep local layers) or Share.ALL (send every tensor)
+    SHARED_STATISTICS = "shared-statistics"  # JSON of the server-combined hook statistics
+    PROXIMAL_MU = "proximal-mu"  # FedProx mu, the key Flower's FedProx strategy uses
+
+
+class Phase(StrEnum):
+    """What a query message asks a site for (``ConfigKey.PHASE``)."""
+
+    SITE = "site"  # identity, case counts, acquisition summary
+    STATISTICS = "statistics"  # the image statistics of hooks that share them (JSON)
+
+
+class Share(StrEnum):
+    """Which tensors a training site sends back (``ConfigKey.SHARE``)."""
+
+    SHARED = "shared"  # a federated round: layers a hook keeps local stay at the site
+    ALL = "all"  # a local-only or fine-tuned model: the server needs the whole model
 
 
 class Task(StrEnum):

@@ -8,6 +8,7 @@ local, because averaging a counter is meaningless and would change its dtype.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 
 import torch
 from flwr.app import ArrayRecord
@@ -30,11 +31,15 @@ def to_arrays(model: nn.Module) -> ArrayRecord:
     return ArrayRecord(shared_state(model))
 
 
-def load_arrays(model: nn.Module, arrays: ArrayRecord) -> None:
-    """Copy received tensors into ``model``; any mismatch is a ``WeightsError``."""
+def load_arrays(model: nn.Module, arrays: ArrayRecord, optional: Iterable[str] = ()) -> None:
+    """Copy received tensors into ``model``; any mismatch is a ``WeightsError``.
+
+    Keys in ``optional`` (layers a hook keeps local) may be absent; the model
+    keeps its own values for them.
+    """
     expected = shared_state(model)
     received = arrays.to_torch_state_dict()
-    missing = sorted(set(expected) - set(received))
+    missing = sorted(set(expected) - set(received) - set(optional))
     extra = sorted(set(received) - set(expected))
     if missing or extra:
         raise WeightsError(
@@ -47,3 +52,16 @@ def load_arrays(model: nn.Module, arrays: ArrayRecord) -> None:
                 f"the model expects {tuple(expected[key].shape)}"
             )
     model.load_state_dict(received, strict=False)
+
+
+def subset(state: ArrayRecord, drop: Iterable[str]) -> ArrayRecord:
+    """``state`` without the keys in ``drop``, order kept (the shared part of a model)."""
+    gone = set(drop)
+    if not gone:
+        return state
+    return ArrayRecord(OrderedDict((k, v) for k, v in state.items() if k not in gone))
+
+
+def merge(full: ArrayRecord, part: ArrayRecord) -> ArrayRecord:
+    """``full`` with the entries of ``part`` replaced, in ``full``'s key order."""
+    return ArrayRecord(OrderedDict((k, part.get(k, v)) for k, v in full.items()))

@@ -12,7 +12,10 @@
   every site: the model x site matrix.
 
 ``eval.local-only`` adds the local-only models to ``holdout`` too (``hepafed
-simulate`` does, for its comparison table). Every design returns a flat list
+simulate`` does, for its comparison table). ``hooks.finetune-epochs`` > 0 adds,
+in ``holdout`` and ``cross-site``, one fine-tuned model per training site (the
+final global model trained that many more epochs at the site, from its own
+local layers), evaluated at every site like a local-only model. Every design returns a flat list
 of ``Evaluation`` records; the report is built from them alone, so simulation
 and deployment share the code.
 """
@@ -23,13 +26,13 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from common.keys import EVAL_ALL, EvalDesign, Split
+from common.keys import EVAL_ALL, EvalDesign, Share, Split
 from common.summary import SiteSummary
-from server.federation import Federation, FederationError, default_splits
+from server.federation import GLOBAL, Federation
+from server.sites import FederationError, default_splits
 
 log = logging.getLogger("hepafed.progress")
 
-GLOBAL = "global"
 INTERNAL, EXTERNAL = "internal", "external"
 
 
@@ -42,6 +45,9 @@ class Evaluation:
     role: str  # "internal": the site's data trained the model; "external": it did not
     split: str  # which cases were scored: "test" or "all"
     summary: SiteSummary
+    # how the site adapted the model before scoring it: "none", "own-local-layers",
+    # a test-time hook ("bn-adapt", "tent"), ... (client.site.prepare_for_scoring)
+    adaptation: str = "none"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -51,7 +57,12 @@ class Evaluation:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Evaluation:
         return cls(
-            d["model"], d["site"], d["role"], d["split"], SiteSummary.from_record(d["summary"])
+            d["model"],
+            d["site"],
+            d["role"],
+            d["split"],
+            SiteSummary.from_record(d["summary"]),
+            str(d.get("adaptation", "none")),
         )
 
 
@@ -63,12 +74,18 @@ def local_model(site: str) -> str:
     return f"local-{site}"
 
 
+def finetuned_model(site: str) -> str:
+    return f"finetuned-{site}"
+
+
 def run_design(fed: Federation) -> list[Evaluation]:
     """Train and evaluate the models of ``eval.design``; every final evaluation."""
     design = EvalDesign(fed.cfg.eval.design)
     trainers = fed.trainers
     evaluations: list[Evaluation] = []
     if design is EvalDesign.LOSO:
+        if fed.cfg.hooks.finetune_epochs > 0:
+            log.warning("hooks.finetune-epochs is not used by the loso design (holdout only)")
         if len(trainers) - 1 < fed.cfg.federation.min_sites:
             raise FederationError(
                 f"loso needs at least federation.min-sites + 1 = "
@@ -82,26 +99,50 @@ def run_design(fed: Federation) -> list[Evaluation]:
             splits = default_splits(s for s in fed.sites if s.name != left_out.name)
             splits[left_out.name] = EVAL_ALL
             inside = {s.name for s in others}
-            evaluations += _records(fed.evaluate(arrays, splits, model), model, inside, splits)
+            evaluations += evaluation_records(
+                fed.evaluate(arrays, splits, model), model, inside, splits
+            )
         return evaluations
     arrays = fed.train_global(trainers, GLOBAL)
     splits = default_splits(fed.sites)
     inside = {s.name for s in trainers}
-    evaluations += _records(fed.evaluate(arrays, splits, GLOBAL), GLOBAL, inside, splits)
+    evaluations += evaluation_records(fed.evaluate(arrays, splits, GLOBAL), GLOBAL, inside, splits)
     if design is EvalDesign.CROSS_SITE or fed.cfg.eval.local_only:
         for site in trainers:
             model = local_model(site.name)
             local = fed.train_local_only(site)
             if local is not None:  # a failure is recorded and flagged in the report
-                evaluations += _records(
-                    fed.evaluate(local, splits, model), model, {site.name}, splits
+                evaluations += evaluation_records(
+                    fed.evaluate(local, splits, model, Share.ALL), model, {site.name}, splits
                 )
+    evaluations += finetuned_evaluations(fed, arrays, GLOBAL, splits)
     return evaluations
 
 
-def _records(
-    summaries: dict[str, SiteSummary], model: str, inside: set[str], splits: dict[str, str]
+def finetuned_evaluations(
+    fed: Federation, arrays: Any, base: str, splits: dict[str, str]
 ) -> list[Evaluation]:
+    """With ``hooks.finetune-epochs`` > 0: each training site's fine-tuned ``base``,
+    evaluated at every site (internal only at the site that fine-tuned it)."""
+    out: list[Evaluation] = []
+    if fed.cfg.hooks.finetune_epochs <= 0:
+        return out
+    for site in fed.trainers:
+        model = finetuned_model(site.name)
+        tuned = fed.finetune(site, arrays, base)
+        if tuned is not None:  # a failure is recorded and flagged in the report
+            summaries = fed.evaluate(tuned, splits, model, Share.ALL)
+            out += evaluation_records(summaries, model, {site.name}, splits)
+    return out
+
+
+def evaluation_records(
+    results: dict[str, tuple[SiteSummary, str]],
+    model: str,
+    inside: set[str],
+    splits: dict[str, str],
+) -> list[Evaluation]:
+    """Evaluation records of one model's site results; ``inside``: the sites that trained it."""
     return [
         Evaluation(
             model,
@@ -109,6 +150,7 @@ def _records(
             INTERNAL if site in inside else EXTERNAL,
             splits.get(site, Split.TEST.value),
             summary,
+            adaptation,
         )
-        for site, summary in summaries.items()
+        for site, (summary, adaptation) in results.items()
     ]

@@ -1,13 +1,16 @@
-"""The federation's mechanics: discover sites, train, validate, aggregate, evaluate.
+"""The federation's mechanics: train, validate, aggregate, evaluate, by site name.
 
 Flower strategies do the sampling and the aggregation maths; ``Federation``
-adds what a multi-center study needs around them: it knows each node's site
-name, trains only the sites it is told to (designated external sites never
-train; a leave-one-site-out fold leaves one more out), validates every update
-before aggregation, evaluates the model at every site after each round (the
-initial model as round 0), trains local-only models on request, and records
-everything by site name. Which federations run and what is evaluated at the
-end is the evaluation design's business (``server.designs``).
+adds what a multi-center study needs around them: it trains only the sites it
+is told to (designated external sites never train; a leave-one-site-out fold
+leaves one more out), validates every update before aggregation, evaluates the
+model at every site after each round (the initial model as round 0), trains
+local-only and fine-tuned models on request, and records everything by site
+name. The run's domain-adaptation hooks act here on the server side: layers a
+hook keeps local are neither sent nor averaged, a hook may wrap the strategy,
+and statistics that hooks pool (Nyul landmarks) are gathered before training.
+Which federations run and what is evaluated at the end is the evaluation
+design's business (``server.designs``); site discovery is ``server.sites``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import logging
 import random
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any, cast
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
@@ -25,125 +28,27 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from common.config import RunConfig
-from common.keys import EVAL_ALL, ConfigKey, RecordKey, SiteKey, Split
+from common.hooks import HookError, HookSet
+from common.keys import ConfigKey, Phase, RecordKey, Share, SiteKey
 from common.models import build_model
 from common.summary import SiteSummary
-from common.weights import to_arrays
+from common.weights import merge, subset, to_arrays
 from server.exchange import exchange
 from server.records import RunRecorder
+from server.sites import (
+    ROLE_TRAIN,
+    FederationError,
+    NodeView,
+    SiteInfo,
+    discover_sites,
+    wait_for_nodes,
+)
 from server.strategies import build_strategy
 from server.validation import update_problem
 
 log = logging.getLogger("hepafed.progress")
 
-ROLE_TRAIN, ROLE_EXTERNAL = "train", "external"
-
-
-class FederationError(RuntimeError):
-    """The federation cannot proceed (too few sites, unknown site names...)."""
-
-
-@dataclass(frozen=True)
-class SiteInfo:
-    """A node that answered the site query."""
-
-    node_id: int
-    name: str
-    role: str
-    n_train: int
-    n_test: int
-    manifest_sha256: str
-    # common.acquisition.acquisition_summary of the site's cases (counts and ranges only)
-    acquisition: dict[str, Any] = field(default_factory=dict)
-
-
-class _NodeView:
-    """A Grid stand-in that shows a strategy only some nodes (e.g. training sites)."""
-
-    def __init__(self, node_ids: Iterable[int]) -> None:
-        self._ids = list(node_ids)
-
-    def get_node_ids(self) -> list[int]:
-        return list(self._ids)
-
-
-def wait_for_nodes(
-    grid: Grid, expected: int, minimum: int, timeout_s: float, grace_s: float
-) -> list[int]:
-    """The connected node ids once the federation has assembled.
-
-    With ``expected`` > 0 (``federation.expected-sites``), wait for that many
-    nodes. Otherwise wait for ``minimum`` nodes, then keep waiting while more
-    join, until no new node has connected for ``grace_s`` seconds: sites start
-    at different times and a site must not miss the run because it was a
-    second late. A FederationError after ``timeout_s`` names the shortfall.
-    """
-    target = expected or minimum
-    start = time.monotonic()
-    while len(ids := list(grid.get_node_ids())) < target:
-        if time.monotonic() - start > timeout_s:
-            key = "federation.expected-sites" if expected else "federation.min-sites"
-            raise FederationError(
-                f"only {len(ids)} site node(s) connected after {timeout_s:.0f}s; {key} = {target}"
-            )
-        time.sleep(0.2)
-    if not expected:
-        last_change, count = time.monotonic(), len(ids)
-        while time.monotonic() - last_change < grace_s:
-            time.sleep(0.2)
-            if len(ids := list(grid.get_node_ids())) != count:
-                last_change, count = time.monotonic(), len(ids)
-    return sorted(ids)
-
-
-def discover_sites(grid: Grid, cfg: RunConfig, node_ids: list[int]) -> list[SiteInfo]:
-    """Ask every node who it is; assign roles from ``federation.external-sites``."""
-    record = RecordDict({RecordKey.CONFIG: ConfigRecord(cfg.to_flat())})
-    messages = [Message(record, dst_node_id=n, message_type=MessageType.QUERY) for n in node_ids]
-    replies = exchange(grid, messages, cfg.federation.round_timeout_s, "site query")
-    sites: list[SiteInfo] = []
-    for reply in replies:
-        node = reply.metadata.src_node_id
-        if reply.has_error():
-            raise FederationError(f"site node {node} failed the site query: {reply.error.reason}")
-        info = reply.content[RecordKey.SITE]
-        name = str(info[SiteKey.NAME])
-        role = ROLE_EXTERNAL if name in cfg.federation.external_sites else ROLE_TRAIN
-        sites.append(
-            SiteInfo(
-                node,
-                name,
-                role,
-                int(cast(int, info[SiteKey.N_TRAIN])),
-                int(cast(int, info[SiteKey.N_TEST])),
-                str(info[SiteKey.MANIFEST_SHA256]),
-                parse_acquisition(info.get(SiteKey.ACQUISITION), name),
-            )
-        )
-    names = [s.name for s in sites]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise FederationError(f"two nodes serve the same site name(s): {duplicates}")
-    unknown = sorted(set(cfg.federation.external_sites) - set(names))
-    if unknown:
-        raise FederationError(
-            f"federation.external-sites names {unknown}, but the sites that joined are {names}"
-        )
-    return sorted(sites, key=lambda s: s.name)
-
-
-def parse_acquisition(value: object, site: str) -> dict[str, Any]:
-    """A site's acquisition summary from its query reply ({} when it sent none)."""
-    if value is None or value == "":
-        return {}
-    try:
-        summary = json.loads(str(value))
-    except json.JSONDecodeError as e:
-        msg = f"site {site} sent an acquisition summary that is not JSON: {e}"
-        raise FederationError(msg) from e
-    if not isinstance(summary, dict):
-        raise FederationError(f"site {site} sent an acquisition summary that is not an object")
-    return summary
+GLOBAL = "global"
 
 
 def connect(grid: Grid, cfg: RunConfig, recorder: RunRecorder) -> Federation:
@@ -167,6 +72,24 @@ class Federation:
     ) -> None:
         self.grid, self.cfg, self.recorder, self.sites = grid, cfg, recorder, sites
         self.names = {s.node_id: s.name for s in sites}
+        probe = build_model(cfg)
+        try:
+            self.hooks = HookSet(cfg)
+            self.hooks.check_model(probe)
+        except HookError as e:
+            raise FederationError(f"hooks.use = {','.join(cfg.hooks.use)!r}: {e}") from e
+        # entries a hook keeps at the sites: never sent in training, never averaged
+        self.local_keys = self.hooks.local_keys(probe)
+        # pooled hook statistics, shared by every ``with_config`` view of this federation
+        self._statistics: dict[tuple[Any, frozenset[str]], str] = {}  # (hooks, trainers) -> JSON
+        self._model_statistics: dict[str, str] = {}  # model id -> combined JSON
+
+    def with_config(self, cfg: RunConfig) -> Federation:
+        """The same connected sites under another run config (e.g. another method);
+        models trained under either are known to both."""
+        view = Federation(self.grid, cfg, self.recorder, self.sites)
+        view._statistics, view._model_statistics = self._statistics, self._model_statistics
+        return view
 
     @property
     def trainers(self) -> list[SiteInfo]:
@@ -177,8 +100,11 @@ class Federation:
         """The untrained model every federation and local-only model starts from."""
         return to_arrays(build_model(self.cfg))
 
-    def _config(self, **extra: Any) -> ConfigRecord:
-        return ConfigRecord({**self.cfg.to_flat(), **extra})
+    def _config(self, model: str, **extra: Any) -> ConfigRecord:
+        values: dict[str, Any] = {**self.cfg.to_flat(), ConfigKey.MODEL.value: model}
+        if self._model_statistics.get(model):
+            values[ConfigKey.SHARED_STATISTICS.value] = self._model_statistics[model]
+        return ConfigRecord({**values, **extra})
 
     def _send(self, messages: Iterable[Message], label: str) -> list[Message]:
         timeout = self.cfg.federation.round_timeout_s
@@ -187,13 +113,63 @@ class Federation:
     def _site(self, msg: Message) -> str:
         return self.names.get(msg.metadata.src_node_id, str(msg.metadata.src_node_id))
 
+    # ---- statistics that hooks pool ---------------------------------------------------------
+
+    def shared_statistics(self, trainers: list[SiteInfo]) -> str:
+        """JSON of the hooks' combined statistics over ``trainers`` ("" if no hook pools any).
+
+        Only the training sites contribute (a left-out or external site's images
+        never shape the standard scale); each is weighted by the number of cases it
+        fitted its statistics on.
+        """
+        if not self.hooks.shares_statistics:
+            return ""
+        sharing = tuple(h.describe() for h in self.hooks.hooks if h.shares_statistics)
+        key = (sharing, frozenset(s.name for s in trainers))
+        if key in self._statistics:
+            return self._statistics[key]
+        config = ConfigRecord({**self.cfg.to_flat(), ConfigKey.PHASE.value: Phase.STATISTICS.value})
+        messages = [
+            Message(
+                RecordDict({RecordKey.CONFIG: config}),
+                dst_node_id=s.node_id,
+                message_type=MessageType.QUERY,
+            )
+            for s in trainers
+        ]
+        replies = self._send(messages, "hook statistics")
+        stats: list[tuple[float, dict[str, Any]]] = []
+        for reply in sorted(replies, key=self._site):
+            site = self._site(reply)
+            if reply.has_error():
+                raise FederationError(
+                    f"{site} could not compute hook statistics: {reply.error.reason}"
+                )
+            info = reply.content[RecordKey.SITE]
+            n_cases = float(cast(float, info[SiteKey.N_CASES]))
+            stats.append((n_cases, json.loads(str(info[SiteKey.STATISTICS]))))
+        cases = {s.name for s in trainers}
+        missing = sorted(cases - {self._site(r) for r in replies})
+        if missing:
+            raise FederationError(f"no hook statistics from {missing} in time")
+        try:
+            combined = self.hooks.combine(stats)
+        except HookError as e:
+            raise FederationError(f"hook statistics: {e}") from e
+        self.recorder.log_round(
+            {"phase": "statistics", "sites": sorted(cases), "statistics": combined}
+        )
+        self._statistics[key] = json.dumps(combined, sort_keys=True)
+        return self._statistics[key]
+
     # ---- federated training ----------------------------------------------------------------
 
-    def train_global(self, trainers: list[SiteInfo], model: str = "global") -> ArrayRecord:
+    def train_global(self, trainers: list[SiteInfo], model: str = GLOBAL) -> ArrayRecord:
         """``federation.num-rounds`` rounds among ``trainers``; the final global weights.
 
         After every round the model is checkpointed and evaluated at every site
         with a test split (progress monitoring; rounds.jsonl, tagged ``model``).
+        Layers a hook keeps local keep their initial values in the global weights.
         """
         fed = self.cfg.federation
         if len(trainers) < fed.min_sites:
@@ -201,9 +177,10 @@ class Federation:
                 f"{model}: {len(trainers)} site(s) can train ({[s.name for s in trainers]}), "
                 f"fewer than federation.min-sites = {fed.min_sites}"
             )
-        strategy = build_strategy(self.cfg, len(trainers))
-        train_view = cast(Grid, _NodeView(s.node_id for s in trainers))
-        eval_view = cast(Grid, _NodeView(s.node_id for s in self.sites if s.n_test > 0))
+        strategy = self.hooks.wrap_strategy(build_strategy(self.cfg, len(trainers)))
+        self._model_statistics[model] = self.shared_statistics(trainers)
+        train_view = cast(Grid, NodeView(s.node_id for s in trainers))
+        eval_view = cast(Grid, NodeView(s.node_id for s in self.sites if s.n_test > 0))
         arrays = self.initial_arrays()
         self._monitor(strategy, 0, arrays, eval_view, model)
         for rnd in range(1, fed.num_rounds + 1):
@@ -217,21 +194,23 @@ class Federation:
     ) -> ArrayRecord:
         """Local training at the sampled sites; validated updates are aggregated."""
         start = time.monotonic()
-        messages = strategy.configure_train(rnd, arrays, self._config(), view)
+        shared = subset(arrays, self.local_keys)
+        config = self._config(model, **{ConfigKey.SHARE.value: Share.SHARED.value})
+        messages = strategy.configure_train(rnd, shared, config, view)
         label = f"{_prefix(model)}round {rnd}/{self.cfg.federation.num_rounds} train"
         # aggregate in site-name order, not arrival order: floating-point sums then do not
         # depend on which site finished first, and a rerun gives the same model
         replies = sorted(self._send(messages, label), key=self._site)
         accepted, rejected = [], {}
         for reply in replies:
-            problem = update_problem(reply, arrays)
+            problem = update_problem(reply, shared)
             if problem is None:
                 accepted.append(reply)
             else:
                 site = self._site(reply)
                 rejected[site] = problem
                 log.warning("round %d: update from %s rejected: %s", rnd, site, problem)
-        new_arrays, _ = strategy.aggregate_train(rnd, accepted)
+        new_shared, _ = strategy.aggregate_train(rnd, accepted)
         self.recorder.log_round(
             {
                 "model": model,
@@ -242,14 +221,20 @@ class Federation:
                 "seconds": time.monotonic() - start,
             }
         )
-        return new_arrays if new_arrays is not None else arrays
+        return merge(arrays, new_shared) if new_shared is not None else arrays
 
     def _monitor(
         self, strategy: Strategy, rnd: int, arrays: ArrayRecord, view: Grid, model: str
     ) -> None:
-        """Every site with a test split scores ``arrays``; summaries are logged by site."""
+        """Every site with a test split scores ``arrays``; summaries are logged by site.
+
+        Skipped with ``eval.every-round = false`` (the final evaluation still runs)."""
+        if not self.cfg.eval.every_round:
+            return
         start = time.monotonic()
-        config = self._config(**{ConfigKey.ROUND.value: rnd})
+        config = self._config(
+            model, **{ConfigKey.ROUND.value: rnd, ConfigKey.SHARE.value: Share.SHARED.value}
+        )
         messages = strategy.configure_evaluate(rnd, arrays, config, view)
         replies = self._send(messages, f"{_prefix(model)}round {rnd} evaluate")
         failed = {self._site(r): r.error.reason for r in replies if r.has_error()}
@@ -266,111 +251,129 @@ class Federation:
             }
         )
 
-    # ---- local-only models -----------------------------------------------------------------
+    # ---- models trained at one site ----------------------------------------------------------
 
     def train_local_only(self, site: SiteInfo) -> ArrayRecord | None:
-        """The site trains the initial model alone for rounds x local epochs; its weights.
+        """The site trains the initial model alone for rounds x local epochs; its weights."""
+        epochs = self.cfg.federation.num_rounds * self.cfg.train.local_epochs
+        self._model_statistics[f"local-{site.name}"] = self.shared_statistics(self.trainers)
+        return self.train_alone(site, self.initial_arrays(), epochs, f"local-{site.name}")
+
+    def finetune(
+        self, site: SiteInfo, arrays: ArrayRecord, base: str, model: str = ""
+    ) -> ArrayRecord | None:
+        """The site trains the federated model ``base`` for ``hooks.finetune-epochs`` more
+        epochs, starting from its own local layers of ``base``; its weights, recorded
+        as ``model`` (default ``finetuned-SITE``)."""
+        model = model or f"finetuned-{site.name}"
+        self._model_statistics[model] = self._model_statistics.get(base, "")
+        epochs = self.cfg.hooks.finetune_epochs
+        return self.train_alone(site, arrays, epochs, model, base)
+
+    def train_alone(
+        self, site: SiteInfo, start: ArrayRecord, epochs: int, model: str, base: str = ""
+    ) -> ArrayRecord | None:
+        """One site trains ``start`` for ``epochs`` epochs and sends the whole model.
 
         A site that fails, times out (``round-timeout-s`` x ``num-rounds``) or sends a
         rejected model is logged and recorded, and ``None`` is returned: one site's
-        local-only model never costs the run its other results.
+        model never costs the run its other results.
         """
         cfg = self.cfg
-        epochs = cfg.federation.num_rounds * cfg.train.local_epochs
-        config = ConfigRecord(
-            {
-                **cfg.replace({"train.local-epochs": epochs}).to_flat(),
-                ConfigKey.ROUND.value: 0,
-            }
-        )
-        initial = self.initial_arrays()
-        content = RecordDict({RecordKey.ARRAYS: initial, RecordKey.CONFIG: config})
+        extra: dict[str, Any] = {ConfigKey.ROUND.value: 0, ConfigKey.SHARE.value: Share.ALL.value}
+        if base:
+            extra[ConfigKey.BASE_MODEL.value] = base
+        config = self._config(model, **extra)
+        config["train.local-epochs"] = epochs
+        content = RecordDict({RecordKey.ARRAYS: start, RecordKey.CONFIG: config})
         message = Message(content, dst_node_id=site.node_id, message_type=MessageType.TRAIN)
         timeout = cfg.federation.round_timeout_s * cfg.federation.num_rounds
-        replies = exchange(
-            self.grid, [message], timeout, f"local-only model at {site.name}", self.names
-        )
+        replies = exchange(self.grid, [message], timeout, f"{model} at {site.name}", self.names)
         if not replies:
             problem: str | None = "no reply in time"
         elif replies[0].has_error():
             problem = f"training failed: {replies[0].error.reason}"
         else:
-            problem = update_problem(replies[0], initial)
-        model = f"local-{site.name}"
+            problem = update_problem(replies[0], start)
         if problem is not None:
-            log.warning("local-only model at %s: %s", site.name, problem)
+            log.warning("%s at %s: %s", model, site.name, problem)
             self.recorder.log_round(
                 {"model": model, "phase": "final-evaluate", "failed": {site.name: problem}}
             )
             return None
-        reply = replies[0]
-        arrays = cast(ArrayRecord, next(iter(reply.content.array_records.values())))
-        self.recorder.checkpoint(arrays.to_torch_state_dict(), cfg, 0, f"local-{site.name}")
+        arrays = cast(ArrayRecord, next(iter(replies[0].content.array_records.values())))
+        self.recorder.checkpoint(arrays.to_torch_state_dict(), cfg, 0, model)
         return arrays
 
     # ---- final evaluation ------------------------------------------------------------------
 
     def evaluate(
-        self, arrays: ArrayRecord, splits: dict[str, str], model: str
-    ) -> dict[str, SiteSummary]:
-        """Summaries of ``arrays`` at the sites named in ``splits`` (site -> split to score).
+        self,
+        arrays: ArrayRecord,
+        splits: dict[str, str],
+        model: str,
+        share: str = Share.SHARED,
+        label: str = "",
+    ) -> dict[str, tuple[SiteSummary, str]]:
+        """Per site named in ``splits`` (site -> split to score): the summary of ``arrays``
+        and how the site adapted the model first (``client.site.prepare_for_scoring``).
 
-        A site that fails or does not answer is logged and recorded as missing;
-        the others' summaries are returned.
+        ``share`` says how the model was trained: ``Share.ALL`` for a model trained
+        whole at one site. ``label`` names the evaluation in the records when it
+        differs from the model id (a method scoring another method's model). A site
+        that fails or does not answer is logged and recorded as missing; the
+        others' results are returned.
         """
+        label = label or model
         start = time.monotonic()
         messages = []
         for site in self.sites:
             if site.name in splits:
                 config = self._config(
-                    **{ConfigKey.ROUND.value: 0, ConfigKey.EVAL_SPLIT.value: splits[site.name]}
+                    model,
+                    **{
+                        ConfigKey.ROUND.value: 0,
+                        ConfigKey.EVAL_SPLIT.value: splits[site.name],
+                        ConfigKey.SHARE.value: str(share),
+                    },
                 )
                 content = RecordDict({RecordKey.ARRAYS: arrays, RecordKey.CONFIG: config})
                 messages.append(
                     Message(content, dst_node_id=site.node_id, message_type=MessageType.EVALUATE)
                 )
-        replies = self._send(messages, f"evaluate {model}")
-        out: dict[str, SiteSummary] = {}
+        replies = self._send(messages, f"evaluate {label}")
+        out: dict[str, tuple[SiteSummary, str]] = {}
         failed: dict[str, str] = {}
         for reply in replies:
             name = self._site(reply)
             if reply.has_error():
                 failed[name] = str(reply.error.reason)
-                log.warning("evaluation of %s at %s failed: %s", model, name, reply.error.reason)
+                log.warning("evaluation of %s at %s failed: %s", label, name, reply.error.reason)
                 continue
             try:
                 record = next(iter(reply.content.metric_records.values()))
-                out[name] = SiteSummary.from_record(record)
+                info = reply.content.config_records.get(RecordKey.SITE, ConfigRecord())
+                adaptation = str(info.get(SiteKey.ADAPTATION, "none"))
+                out[name] = (SiteSummary.from_record(record), adaptation)
             except (StopIteration, KeyError, ValueError, TypeError) as err:
                 failed[name] = f"unreadable summary: {err!r}"
-                log.warning("evaluation of %s at %s: unreadable summary %r", model, name, err)
+                log.warning("evaluation of %s at %s: unreadable summary %r", label, name, err)
         failed.update({s: "no reply" for s in splits if s not in out and s not in failed})
         self.recorder.log_round(
             {
-                "model": model,
+                "model": label,
                 "phase": "final-evaluate",
                 "splits": splits,
                 "failed": failed,
+                "adaptation": {site: a for site, (_, a) in sorted(out.items())},
                 "seconds": time.monotonic() - start,
             }
         )
         return dict(sorted(out.items()))
 
 
-def default_splits(sites: Iterable[SiteInfo]) -> dict[str, str]:
-    """Training sites score their test split; designated external sites, which never
-    train, score every case whatever their manifest's split column says."""
-    out = {}
-    for s in sites:
-        if s.role == ROLE_EXTERNAL:
-            out[s.name] = EVAL_ALL
-        elif s.n_test > 0:
-            out[s.name] = Split.TEST.value
-    return out
-
-
 def _prefix(model: str) -> str:
-    return "" if model == "global" else f"{model}: "
+    return "" if model == GLOBAL else f"{model}: "
 
 
 def _metrics_by_site(replies: list[Message], names: dict[int, str]) -> dict[str, dict[str, Any]]:

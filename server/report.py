@@ -76,7 +76,7 @@ from common.stats import (
 from common.summary import SiteSummary, fpr_grid, histogram_edges
 from server.designs import EXTERNAL, GLOBAL, INTERNAL, Evaluation, local_model, loso_model
 
-REPORT_VERSION = "1.0"
+REPORT_VERSION = "1.1"
 SCHEMA_FILE = "report.schema.json"
 
 
@@ -86,11 +86,14 @@ class ReportSettings:
 
     task: str
     ev: EvalConfig
+    hooks: tuple[str, ...] = ()  # descriptions of the run's hooks, in order
 
     @classmethod
     def from_flat(cls, flat: Mapping[str, Any]) -> ReportSettings:
+        from common.hooks import HookSet
+
         cfg = RunConfig.from_flat(flat)
-        return cls(cfg.task, cfg.eval)
+        return cls(cfg.task, cfg.eval, tuple(HookSet(cfg).describe()))
 
     def __getattr__(self, name: str) -> Any:  # cfg.level, cfg.margin ... read eval.*
         return getattr(self.ev, name)
@@ -372,6 +375,7 @@ def build_report(
             "pooling": cfg.pooling,
             "hartung_knapp": cfg.hartung_knapp,
             "margin": cfg.margin,
+            "hooks": list(cfg.hooks),
         },
         # node ids are unsigned 64-bit: strings, so JSON readers keep every digit
         "sites_joined": [{**s, "node_id": str(s["node_id"])} for s in sites],
@@ -402,6 +406,7 @@ def _site_rows(
                 "model": e.model,
                 "role": e.role,
                 "split": e.split,
+                "adaptation": e.adaptation,
                 **site_statistics(e.summary, cfg),
                 "drift": drift_distances(e.summary, ref_hist, ref_gauss, cfg.histogram_bins),
                 "reference": None
@@ -565,6 +570,7 @@ def _matrix(evals: Sequence[Evaluation], cfg: ReportSettings) -> list[dict[str, 
             "site": e.site,
             "role": e.role,
             "split": e.split,
+            "adaptation": e.adaptation,
             "n": e.summary.n,
             "insufficient": e.summary.insufficient,
         }

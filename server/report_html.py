@@ -515,6 +515,15 @@ class _Page:
             "image intensities.",
             flagged,
         ]
+        hooks = [str(h) for h in s.get("hooks") or []]
+        if hooks:
+            bullets.append(
+                "<strong>Domain-adaptation hooks</strong> in this run, in order: "
+                f"{esc(', '.join(hooks))}. Under each site's role the table says how the site "
+                "adapted the model before scoring it: its own local layers (a site that "
+                "trained it) or test-time adaptation on its unlabeled images (a site that did "
+                "not); no mark means the model as received."
+            )
         items = "".join(f"<li>{b}</li>" for b in bullets if b)
         return (
             _section_open("how-to-read", "How to read this report", "guide")
@@ -717,6 +726,9 @@ class _Page:
     def _ident_cells(self, r: Mapping[str, Any]) -> str:
         role = str(r.get("role", ""))
         split = '<span class="ci">all cases</span>' if r.get("split") == "all" else ""
+        adaptation = str(r.get("adaptation") or "none")
+        if adaptation != "none":
+            split += f'<span class="ci">{esc(adaptation.replace("-", " "))}</span>'
         return (
             f'<th scope="row" class="site">{esc(r.get("site", ""))}'
             f'<span class="sub">{esc(r.get("model", ""))}</span></th>'

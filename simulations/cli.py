@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import shlex
 import sys
 import time
 import tomllib
@@ -74,9 +75,39 @@ def _fmt_auc(metrics: dict[str, float]) -> str:
     return text
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from simulations.compare import compare
+
+    _show_progress()
+    from simulations.compare import DEFAULT_METHODS
+
+    methods = DEFAULT_METHODS if args.compare == "default" else args.compare.split(",")
+    doc = compare(
+        methods=methods,
+        seeds=args.seeds,
+        scenario=args.scenario,
+        data_dir=Path(args.data_dir),
+        out_dir=Path(args.out) if args.out else None,
+        overrides=parse_overrides(args.run_config),
+        quick=args.quick,
+        verbose=args.verbose,
+        command="hepafed " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+    )
+    out = Path(doc["out_dir"])
+    text = (out / "comparison.md").read_text(encoding="utf-8")
+    print()
+    print(text.split("\n## ")[0].rstrip())
+    print(f"\ncomparison: {out / 'comparison.md'} and comparison.json")
+    return EXIT_OK
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from simulations.simulate import simulate
 
+    if args.compare:
+        if args.design not in (None, EvalDesign.HOLDOUT.value):
+            raise ConfigError("--compare evaluates the holdout design; drop --design")
+        return cmd_compare(args)
     _show_progress()
     summary = simulate(
         scenario=args.scenario,
@@ -188,6 +219,19 @@ def build_parser() -> argparse.ArgumentParser:
         choices=[d.value for d in EvalDesign],
         default=None,
         help="evaluation design (default: eval.design, holdout)",
+    )
+    p.add_argument(
+        "--compare",
+        nargs="?",
+        const="default",
+        metavar="METHODS",
+        help="comma-separated methods to compare on the same splits and seeds, e.g. "
+        "fedavg,fedprox,fedbn,silobn,nyul,bn-adapt,tent,finetune (the default when "
+        "no list is given); a method is "
+        "'+'-joined hook names, strategy names and 'finetune' (docs/hooks.md)",
+    )
+    p.add_argument(
+        "--seeds", type=int, default=3, help="with --compare: training seeds (default 3)"
     )
     p.set_defaults(func=cmd_simulate)
 

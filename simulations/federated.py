@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Callable
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -37,8 +38,15 @@ def _not_the_run_simulation_notice(record: logging.LogRecord) -> bool:
     return "run_simulation" not in str(record.args)
 
 
-def run_federated(cfg: RunConfig, verbose: bool = False) -> None:
-    """Run ``cfg`` with one simulated SuperNode per site folder under ``data.site-root``."""
+def run_federated(
+    cfg: RunConfig,
+    verbose: bool = False,
+    body: Callable[[Grid, RunConfig], object] = serve,
+) -> None:
+    """Run ``cfg`` with one simulated SuperNode per site folder under ``data.site-root``.
+
+    ``body`` is what the ServerApp does with the grid (default: ``server.app.serve``,
+    the run config's evaluation design)."""
     n_sites = len(list_site_dirs(cfg.data.site_root))
     if cfg.federation.expected_sites == 0:  # one virtual node per site folder: wait for all
         cfg = cfg.replace({"federation.expected-sites": n_sites})
@@ -49,7 +57,7 @@ def run_federated(cfg: RunConfig, verbose: bool = False) -> None:
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
-        serve(grid, cfg)
+        body(grid, cfg)
 
     flwr_logger = logging.getLogger("flwr")
     level = flwr_logger.level

@@ -82,28 +82,17 @@ def simulate(
     """Run the whole comparison; see the module docstring."""
     seconds: dict[str, float] = {}
     t0 = time.monotonic()
-    spec = load_scenario(scenario)
-    phantom_dir = data_dir / "phantom" / f"{spec.name}-seed{spec.seed}"
-    generate_phantom(spec, phantom_dir)
+    spec, phantom_dir = prepare_phantom(scenario, data_dir)
     seconds["phantom"] = time.monotonic() - t0
 
     run_dir = run_dir or default_run_dir(spec.name)
     settings: dict[str, Any] = {**(QUICK_OVERRIDES if quick else {}), **(overrides or {})}
     if design is not None:
         settings["eval.design"] = design
-    cfg = RunConfig().replace(
-        {
-            "eval.local-only": True,  # the comparison table shows local-only models
-            **settings,
-            "data.site-root": str(phantom_dir.resolve()),
-            "data.cache-dir": str((data_dir / "cache" / phantom_dir.name).resolve()),
-            "data.spatial-dims": spec.dims,
-            "federation.external-sites": ",".join(spec.external_sites),
-            "federation.expected-sites": len(spec.sites),
-            "output.run-dir": str(run_dir.resolve()),
-        }
+    # the comparison table shows local-only models
+    cfg = scenario_config(
+        spec, phantom_dir, data_dir, run_dir, {"eval.local-only": True, **settings}
     )
-    _check_scenario_fits(cfg, spec)
 
     t = time.monotonic()
     log.info(
@@ -135,6 +124,38 @@ def simulate(
     del doc["report"]  # report.json is next to it
     (run_dir / SUMMARY_FILE).write_text(json.dumps(doc, indent=2))
     return summary
+
+
+def prepare_phantom(scenario: str | Path, data_dir: Path) -> tuple[Scenario, Path]:
+    """The scenario and its phantom folder, generated unless already on disk."""
+    spec = load_scenario(scenario)
+    phantom_dir = data_dir / "phantom" / f"{spec.name}-seed{spec.seed}"
+    generate_phantom(spec, phantom_dir)
+    return spec, phantom_dir
+
+
+def scenario_config(
+    spec: Scenario,
+    phantom_dir: Path,
+    data_dir: Path,
+    run_dir: Path,
+    settings: Mapping[str, Any],
+) -> RunConfig:
+    """The run config of a simulation of ``spec``: ``settings`` (run-config keys) plus
+    where the phantom, the cache and the run folder are and which sites are external."""
+    cfg = RunConfig().replace(
+        {
+            **settings,
+            "data.site-root": str(phantom_dir.resolve()),
+            "data.cache-dir": str((data_dir / "cache" / phantom_dir.name).resolve()),
+            "data.spatial-dims": spec.dims,
+            "federation.external-sites": ",".join(spec.external_sites),
+            "federation.expected-sites": len(spec.sites),
+            "output.run-dir": str(run_dir.resolve()),
+        }
+    )
+    _check_scenario_fits(cfg, spec)
+    return cfg
 
 
 def comparison_rows(evaluations: list[Evaluation], spec: Scenario) -> list[SiteRow]:

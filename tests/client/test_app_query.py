@@ -12,7 +12,7 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 
 from client.app import query as query_handler
 from common.config import RunConfig
-from server.federation import FederationError, parse_acquisition
+from server.sites import FederationError, parse_acquisition
 from tests.dicom_series import make_mixed_site
 
 

@@ -55,7 +55,8 @@ def test_site_jobs_are_reproducible_and_summaries_only(site_factory: Callable[..
     state2, metrics2 = site_train(s, arrays, cfg, server_round=2)
     assert all(torch.equal(state1[k], state2[k]) for k in state1)
     assert metrics1["num-examples"] == 8.0 and metrics1["train-loss"] == metrics2["train-loss"]
-    summary = site_evaluate(s, arrays, cfg)
+    summary, adaptation = site_evaluate(s, arrays, cfg)
+    assert adaptation == "none"
     assert summary.n == 4 and summary.insufficient  # 4 test cases < eval.min-cases
 
 

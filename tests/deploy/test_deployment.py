@@ -14,7 +14,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
+from common.config import RunConfig
+from common.hooks import HookSet
+from common.models import build_model
 from server.deploy import ControlConnection, list_nodes
 from tests.deploy import HEPAFED, ROOT, Processes, free_port, hepafed, wait_until
 
@@ -90,7 +94,7 @@ def test_two_round_deployment_with_tls_and_site_auth(
     run_dir = tmp_path / "run"
     run_config = (
         "federation.num-rounds=2 federation.expected-sites=3 data.roi-size=32 "
-        "train.local-epochs=1 train.amp=false "
+        "train.local-epochs=1 train.amp=false hooks.use='fedbn,fedprox' "
         f"eval.min-cases=8 eval.min-per-class=3 output.run-dir='{run_dir}'"
     )
     out = hepafed(
@@ -116,7 +120,21 @@ def test_two_round_deployment_with_tls_and_site_auth(
     assert set(last["sites"]) == set(SITES)
     changed = [first["sites"][s]["brier"] != last["sites"][s]["brier"] for s in SITES]
     assert all(changed), "the global model did not change between round 0 and round 2"
+    # FedBN in deployment: each SuperNode kept its BatchNorm layers in its Flower Context
+    # across rounds and scored the global model with them; the server never changed them
+    evaluations = json.loads((run_dir / "evaluations.json").read_text())
+    assert {e["site"]: e["adaptation"] for e in evaluations} == dict.fromkeys(
+        SITES, "own-local-layers"
+    )
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"]
+    cfg = RunConfig().replace({"data.roi-size": 32, "hooks.use": "fedbn"})
+    model = build_model(cfg)
+    initial = model.state_dict()
+    bn = HookSet(cfg).local_keys(model)
+    assert bn and all(torch.equal(state[k], initial[k]) for k in bn)
+    assert not torch.equal(state["conv1.weight"], initial["conv1.weight"])
     report = json.loads((run_dir / "report.json").read_text())
+    assert report["settings"]["hooks"] == ["fedbn", "fedprox (mu = 0.01)"]
     assert {s["name"] for s in report["sites_joined"]} == set(SITES)
     assert set(SITES) <= {s["site"] for s in report["sites"]}
     assert (run_dir / "report.html").is_file()

@@ -84,7 +84,7 @@ def test_page_has_every_site_flag_and_figure(name: str) -> None:
     assert html.count('class="chart roc-svg"') == len(models)
     assert html.count('class="chart reliability-svg"') == len(report["curves"]["reliability"])
     assert html.count('class="chart scatter-svg"') == 1
-    assert 'class="report-version">1.0<' in html
+    assert 'class="report-version">1.1<' in html
     assert html.count("<svg") == html.count("</svg>")
     assert f"Spearman \u03c1 = {report['drift_vs_degradation']['spearman']['rho']:.2f}" in html
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.federation import SiteInfo, default_splits
+from server.sites import SiteInfo, default_splits
 
 
 def site(name: str, role: str, n_test: int) -> SiteInfo:

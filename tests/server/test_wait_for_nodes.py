@@ -7,7 +7,7 @@ from typing import Any, cast
 
 import pytest
 
-from server.federation import FederationError, wait_for_nodes
+from server.sites import FederationError, wait_for_nodes
 
 
 class JoiningGrid:

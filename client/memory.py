@@ -1,0 +1,65 @@
+"""What a site remembers between the messages of one run: Flower's ``Context.state``.
+
+Two things, both keyed by the model id the server names in each message:
+- the layers a hook keeps local (FedBN, SiloBN), saved after every federated
+  round and put back into the next global model the site receives, so they
+  persist across rounds and are never averaged;
+- which models the site has trained, so at evaluation it knows whether it is
+  scoring its own model (use its local layers) or one it never saw (test-time
+  adaptation applies).
+
+Flower keeps ``Context.state`` per node and run in simulation and deployment
+alike; nothing here touches the disk.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+from torch import nn
+
+TRAINED = "hepafed.trained"
+LAYERS = "hepafed.local-layers."
+
+
+def layers_key(model_id: str) -> str:
+    return f"{LAYERS}{model_id}"
+
+
+def save_local_layers(
+    state: RecordDict, model_id: str, model: nn.Module, keys: Iterable[str]
+) -> None:
+    """Keep ``keys`` of ``model``'s state dict for the next message about ``model_id``."""
+    wanted = set(keys)
+    if not wanted:
+        return
+    tensors = OrderedDict(
+        (k, v.detach().cpu().clone()) for k, v in model.state_dict().items() if k in wanted
+    )
+    state[layers_key(model_id)] = ArrayRecord(tensors)
+
+
+def restore_local_layers(state: RecordDict, model_id: str, model: nn.Module) -> bool:
+    """Put the site's saved layers for ``model_id`` into ``model``; False if it has none."""
+    key = layers_key(model_id)
+    if key not in state.array_records:
+        return False
+    saved = state.array_records[key].to_torch_state_dict()
+    with torch.no_grad():
+        current = model.state_dict()
+        for k, v in saved.items():
+            current[k].copy_(v)
+    return True
+
+
+def mark_trained(state: RecordDict, model_id: str, server_round: int) -> None:
+    record = state.config_records.get(TRAINED, ConfigRecord())
+    record[model_id] = server_round
+    state[TRAINED] = record
+
+
+def has_trained(state: RecordDict, model_id: str) -> bool:
+    return model_id in state.config_records.get(TRAINED, ConfigRecord())

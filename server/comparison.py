@@ -1,0 +1,260 @@
+"""The comparison report: methods side by side over seeds (``hepafed simulate --compare``).
+
+Per method and seed, from the sites' summaries alone:
+- internal AUC: random-effects pooled AUC over the training sites' test splits
+  (``eval.pooling``, logit scale) with its CI, tau^2 and I^2;
+- external AUC: the external site's AUC with its DeLong CI (pooled, as above,
+  when there are several external sites);
+- the gap: internal minus external, with a z-based CI for independent patients.
+
+Over seeds: mean and sample standard deviation (ddof = 1) of each, and against
+the baseline method (``fedavg`` when present) the ratio of mean gaps and the
+paired per-seed change in external AUC. The target for a method is a
+gap ratio <= 0.5 or a mean external gain larger than the baseline's
+seed-to-seed standard deviation of external AUC.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from common.stats import AUCResult
+from common.summary import SiteSummary
+from server.designs import EXTERNAL, INTERNAL, Evaluation
+from server.report import ReportSettings, auc_se, difference, pooled_block
+
+COMPARISON_VERSION = "1.0"
+
+
+def _single_auc(s: SiteSummary, level: float) -> dict[str, Any] | None:
+    if s.insufficient or s.auc is None or s.auc_var is None:
+        return None
+    a = AUCResult(s.auc, s.auc_var, s.n_pos, s.n_neg)
+    lo, hi = a.ci(level)
+    return {"estimate": a.auc, "lo": lo, "hi": hi, "se": auc_se(a)}
+
+
+def _pooled(summaries: Mapping[str, SiteSummary], cfg: ReportSettings) -> dict[str, Any] | None:
+    if len(summaries) == 1:
+        (s,) = summaries.values()
+        single = _single_auc(s, cfg.level)
+        return None if single is None else {**single, "k": 1, "i2": None, "tau2": None}
+    block = pooled_block(summaries, cfg)
+    if block is None:
+        return None
+    a = block["auc"]
+    return {
+        "estimate": a["estimate"],
+        "lo": a["lo"],
+        "hi": a["hi"],
+        "se": a["se"],
+        "k": block["k"],
+        "i2": a["i2"],
+        "tau2": a["tau2"],
+    }
+
+
+def method_result(evaluations: Sequence[Evaluation], cfg: ReportSettings) -> dict[str, Any]:
+    """One method at one seed: pooled internal, external and the gap."""
+    internal = {e.site: e.summary for e in evaluations if e.role == INTERNAL}
+    external = {e.site: e.summary for e in evaluations if e.role == EXTERNAL}
+    pooled_int, pooled_ext = _pooled(internal, cfg), _pooled(external, cfg)
+    gap = None
+    if pooled_int is not None and pooled_ext is not None:
+        gap = difference(
+            pooled_int["estimate"],
+            pooled_int["se"],
+            pooled_ext["estimate"],
+            pooled_ext["se"],
+            cfg.level,
+        )
+    return {
+        "internal": pooled_int,
+        "external": pooled_ext,
+        "gap": gap,
+        "sites": {
+            e.site: {
+                "role": e.role,
+                "auc": _single_auc(e.summary, cfg.level),
+                "adaptation": e.adaptation,
+            }
+            for e in sorted(evaluations, key=lambda e: e.site)
+        },
+    }
+
+
+def _mean_sd(values: Sequence[float | None]) -> dict[str, Any]:
+    xs = [v for v in values if v is not None and math.isfinite(v)]
+    return {
+        "mean": statistics.fmean(xs) if xs else None,
+        "sd": statistics.stdev(xs) if len(xs) > 1 else None,
+        "n": len(xs),
+    }
+
+
+def _estimate(block: Mapping[str, Any] | None, key: str = "estimate") -> float | None:
+    return None if block is None else block.get(key)
+
+
+def build_comparison(
+    per_seed: Mapping[int, Sequence[Evaluation]],
+    methods: Mapping[str, Sequence[str]],
+    config: Mapping[str, Any],
+    baseline: str = "fedavg",
+) -> dict[str, Any]:
+    """The comparison document; ``methods``: name -> hook descriptions, in run order."""
+    cfg = ReportSettings.from_flat(config)
+    base = baseline if baseline in methods else next(iter(methods))
+    results: dict[str, dict[int, dict[str, Any]]] = {
+        m: {
+            seed: method_result([e for e in evals if e.model == m], cfg)
+            for seed, evals in per_seed.items()
+        }
+        for m in methods
+    }
+    base_ext = {s: _estimate(r["external"]) for s, r in results[base].items()}
+    base_gap = _mean_sd([_estimate(r["gap"]) for r in results[base].values()])
+    base_spread = _mean_sd(list(base_ext.values()))["sd"]
+    out: dict[str, Any] = {}
+    for m, by_seed in results.items():
+        ext = [_estimate(r["external"]) for r in by_seed.values()]
+        gaps = _mean_sd([_estimate(r["gap"]) for r in by_seed.values()])
+        gains = [
+            e - b
+            for s, r in by_seed.items()
+            if (e := _estimate(r["external"])) is not None and (b := base_ext.get(s)) is not None
+        ]
+        gain = _mean_sd(gains)
+        ratio = (
+            gaps["mean"] / base_gap["mean"]
+            if gaps["mean"] is not None and base_gap["mean"] not in (None, 0.0)
+            else None
+        )
+        halves = ratio is not None and base_gap["mean"] > 0 and ratio <= 0.5
+        beats = (
+            m != base
+            and gain["mean"] is not None
+            and base_spread is not None
+            and gain["mean"] > base_spread
+        )
+        out[m] = {
+            "hooks": list(methods[m]),
+            "adaptation": sorted(
+                {
+                    site["adaptation"]
+                    for r in by_seed.values()
+                    for site in r["sites"].values()
+                    if site["role"] == EXTERNAL
+                }
+            ),
+            "seeds": {str(s): r for s, r in by_seed.items()},
+            "internal_auc": _mean_sd([_estimate(r["internal"]) for r in by_seed.values()]),
+            "internal_i2": _mean_sd([_estimate(r["internal"], "i2") for r in by_seed.values()]),
+            "external_auc": _mean_sd(ext),
+            "gap": gaps,
+            "vs_baseline": {
+                "gap_ratio": ratio,
+                "external_gain": gain,
+                "halves_gap": bool(halves) and m != base,
+                "gain_beats_seed_spread": bool(beats),
+            },
+        }
+    return {
+        "comparison_version": COMPARISON_VERSION,
+        "baseline": base,
+        "baseline_external_sd": base_spread,
+        "seeds": sorted(per_seed),
+        "level": cfg.level,
+        "pooling": cfg.pooling,
+        "methods": out,
+    }
+
+
+def _pm(block: Mapping[str, Any], digits: int = 3) -> str:
+    if block.get("mean") is None:
+        return "n/a"
+    sd = block.get("sd")
+    return f"{block['mean']:.{digits}f}" + ("" if sd is None else f" ± {sd:.{digits}f}")
+
+
+def _ci(block: Mapping[str, Any] | None) -> str:
+    if not block:
+        return "n/a"
+    return f"{block['estimate']:.3f} [{block['lo']:.3f}, {block['hi']:.3f}]"
+
+
+def comparison_markdown(doc: Mapping[str, Any], title: str, command: str) -> str:
+    """The comparison as markdown: the summary table, then every seed with CIs."""
+    base = doc["baseline"]
+    pct = f"{100 * doc['level']:g} %"
+    lines = [
+        f"# {title}",
+        "",
+        "Command:",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        f"Seeds {', '.join(str(s) for s in doc['seeds'])}; mean ± sd over seeds. Internal AUC: "
+        f"random-effects pooled ({doc['pooling']}, logit scale) over the training sites' "
+        "test splits; external AUC: every case of the external site; gap = internal - "
+        f"external. Against {base}: ratio of mean gaps, and the paired per-seed change in "
+        "external AUC. Target: gap ratio ≤ 0.5, or an external gain above the "
+        f"seed-to-seed sd of {base}'s external AUC "
+        f"({_fmt(doc['baseline_external_sd'])}).",
+        "",
+        "| method | hooks | unseen site gets | internal AUC | I² | external AUC | gap "
+        f"| gap / {base} | Δ external vs {base} | target |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in doc["methods"].items():
+        vs = m["vs_baseline"]
+        i2 = m["internal_i2"]
+        # I² is in percent, as metafor reports it
+        i2_text = "n/a" if i2["mean"] is None else f"{i2['mean']:.0f} %"
+        if i2["mean"] is not None and i2["sd"] is not None:
+            i2_text += f" ± {i2['sd']:.0f}"
+        if name == base:
+            target = "baseline"
+        elif m["gap"]["mean"] is None and m["external_auc"]["mean"] is None:
+            target = "n/a (no external site)"
+        elif vs["halves_gap"] or vs["gain_beats_seed_spread"]:
+            target = "met"
+        else:
+            target = "not met"
+        lines.append(
+            f"| {name} | {', '.join(m['hooks']) or '—'} | {', '.join(m['adaptation'])} "
+            f"| {_pm(m['internal_auc'])} | {i2_text} | {_pm(m['external_auc'])} "
+            f"| {_pm(m['gap'])} | {_fmt(vs['gap_ratio'], 2)} "
+            f"| {_pm(vs['external_gain']) if name != base else '—'} | {target} |"
+        )
+    lines += [
+        "",
+        f"## Every seed ({pct} CIs)",
+        "",
+        "| method | seed | internal AUC [CI] | I² | external AUC [CI] | gap [CI] |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, m in doc["methods"].items():
+        for seed, r in m["seeds"].items():
+            i2 = (r["internal"] or {}).get("i2")
+            gap = r["gap"]
+            gap_text = (
+                "n/a"
+                if gap is None
+                else (f"{gap['estimate']:+.3f} [{gap['lo']:+.3f}, {gap['hi']:+.3f}]")
+            )
+            lines.append(
+                f"| {name} | {seed} | {_ci(r['internal'])} "
+                f"| {'n/a' if i2 is None else f'{i2:.0f} %'} "
+                f"| {_ci(r['external'])} | {gap_text} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
