@@ -1667,7 +1667,9 @@ class _Page:
         role = str(entries[0].get("role", ""))
         for c in entries:
             split = ", all cases" if c.get("split") == "all" else ""
-            role_text = f"{c.get('role', '')}{split}"
+            adaptation = str(c.get("adaptation") or "none")
+            adapted = "" if adaptation == "none" else f", {adaptation.replace('-', ' ')}"
+            role_text = f"{c.get('role', '')}{split}{adapted}"
             meta = f'<span class="ci">n {esc(c.get("n", ""))} \u00b7 {esc(role_text)}</span>'
             if c.get("insufficient"):
                 parts.append(f'<span class="na">insufficient data</span>{meta}')

@@ -158,6 +158,27 @@ def _print_footer(summary: Any) -> int:
     return EXIT_OK
 
 
+def cmd_ablate(args: argparse.Namespace) -> int:
+    import json
+
+    from simulations.ablation import ablate, ablation_markdown
+
+    work = Path(args.work_dir or f"runs/ablate-{args.site}")
+    rows = ablate(
+        args.scenario,
+        args.site,
+        Path(args.checkpoint),
+        work,
+        reference=args.reference,
+        hooks=[h for h in args.hooks.split(",") if h],
+    )
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "ablation.json").write_text(json.dumps(rows, indent=2) + "\n")
+    print(ablation_markdown(rows), end="")
+    print(f"\nablation: {work / 'ablation.json'}")
+    return EXIT_OK
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from server.reporting import format_summary, load_report, render
 
@@ -234,6 +255,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds", type=int, default=3, help="with --compare: training seeds (default 3)"
     )
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser(
+        "ablate",
+        help="which acquisition factor of a phantom hospital degrades a trained model",
+    )
+    p.add_argument("--scenario", default="liver-5", help="bundled name or TOML path")
+    p.add_argument("--site", required=True, help="the hospital to ablate (e.g. the external one)")
+    p.add_argument("--checkpoint", required=True, help="a run's checkpoint*.pt to score")
+    p.add_argument("--reference", default="", help="hospital whose values are restored")
+    p.add_argument("--hooks", default="", help="hooks.use for scoring, e.g. bn-adapt")
+    p.add_argument("--work-dir", help="where variants are written (default runs/ablate-SITE)")
+    p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("report", help="re-render a run's report.html from its report.json")
     p.add_argument("run_dir", help="run folder holding report.json (or the file itself)")
