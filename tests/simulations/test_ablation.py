@@ -9,6 +9,7 @@ import pytest
 
 from common.config import RunConfig
 from common.models import build_model
+from common.weights import shared_state
 from server.records import RunRecorder
 from simulations.ablation import ALL_REVERTED, AS_SCANNED, ablate, ablation_markdown, variants
 from simulations.scenario import load_scenario
@@ -58,7 +59,7 @@ def test_ablation_scores_the_same_patients_under_each_variant(tmp_path: Path) ->
     scenario.write_text(SCENARIO)
     cfg = RunConfig().replace({"data.roi-size": 32, "eval.min-cases": 8, "eval.min-per-class": 3})
     checkpoint = RunRecorder(tmp_path / "run").checkpoint(
-        build_model(cfg).state_dict(), cfg, 0, "global"
+        shared_state(build_model(cfg)), cfg, 0, "global"
     )
     rows = ablate(scenario, "far-b", checkpoint, tmp_path / "work", hooks=["bn-adapt"])
     assert [r["variant"] for r in rows] == [
