@@ -11,7 +11,9 @@ Over seeds: mean and sample standard deviation (ddof = 1) of each, and against
 the baseline method (``fedavg`` when present) the ratio of mean gaps and the
 paired per-seed change in external AUC. The target for a method is a
 gap ratio <= 0.5 or a mean external gain larger than the baseline's
-seed-to-seed standard deviation of external AUC.
+seed-to-seed standard deviation of external AUC. The gap ratio is reported only
+where the baseline has a gap: a positive mean larger than its seed-to-seed
+standard deviation (a ratio to a gap of about zero says nothing).
 """
 
 from __future__ import annotations
@@ -118,6 +120,11 @@ def build_comparison(
     base_ext = {s: _estimate(r["external"]) for s, r in results[base].items()}
     base_gap = _mean_sd([_estimate(r["gap"]) for r in results[base].values()])
     base_spread = _mean_sd(list(base_ext.values()))["sd"]
+    base_has_gap = (
+        base_gap["mean"] is not None
+        and base_gap["mean"] > 0
+        and (base_gap["sd"] is None or base_gap["mean"] > base_gap["sd"])
+    )
     out: dict[str, Any] = {}
     for m, by_seed in results.items():
         ext = [_estimate(r["external"]) for r in by_seed.values()]
@@ -128,12 +135,12 @@ def build_comparison(
             if (e := _estimate(r["external"])) is not None and (b := base_ext.get(s)) is not None
         ]
         gain = _mean_sd(gains)
+        # a ratio of gaps means something only where the baseline has a gap: positive
+        # and larger than its own seed-to-seed standard deviation
         ratio = (
-            gaps["mean"] / base_gap["mean"]
-            if gaps["mean"] is not None and base_gap["mean"] not in (None, 0.0)
-            else None
+            gaps["mean"] / base_gap["mean"] if gaps["mean"] is not None and base_has_gap else None
         )
-        halves = ratio is not None and base_gap["mean"] > 0 and ratio <= 0.5
+        halves = ratio is not None and ratio <= 0.5
         beats = (
             m != base
             and gain["mean"] is not None
@@ -205,7 +212,9 @@ def comparison_markdown(doc: Mapping[str, Any], title: str, command: str) -> str
         f"external. Against {base}: ratio of mean gaps, and the paired per-seed change in "
         "external AUC. Target: gap ratio ≤ 0.5, or an external gain above the "
         f"seed-to-seed sd of {base}'s external AUC "
-        f"({_fmt(doc['baseline_external_sd'])}).",
+        f"({_fmt(doc['baseline_external_sd'])}). The gap ratio is shown only where "
+        f"{base}'s mean gap is positive and larger than its seed-to-seed sd. A smaller "
+        "gap from a lower internal AUC is no gain: read it with the two AUC columns.",
         "",
         "| method | hooks | unseen site gets | internal AUC | I² | external AUC | gap "
         f"| gap / {base} | Δ external vs {base} | target |",

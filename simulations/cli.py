@@ -182,6 +182,13 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from server.reporting import format_summary, load_report, render
 
+    folder = Path(args.run_dir)
+    if (folder / "comparison.json").is_file():  # a --compare folder
+        from simulations.compare import rebuild_comparison
+
+        doc = rebuild_comparison(folder)
+        print(f"comparison of {len(doc['methods'])} methods: {folder / 'comparison.md'}")
+        return EXIT_OK
     report = load_report(args.run_dir)
     html = render(args.run_dir)
     print(format_summary(report))
@@ -268,7 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", help="where variants are written (default runs/ablate-SITE)")
     p.set_defaults(func=cmd_ablate)
 
-    p = sub.add_parser("report", help="re-render a run's report.html from its report.json")
+    p = sub.add_parser(
+        "report",
+        help="re-render a run's report.html from its report.json, or a --compare folder's "
+        "comparison from its seeds",
+    )
     p.add_argument("run_dir", help="run folder holding report.json (or the file itself)")
     p.set_defaults(func=cmd_report)
 

@@ -24,7 +24,7 @@ from common.config import RunConfig
 from server.compare import describe_method, method_config, serve_comparison
 from server.comparison import build_comparison, comparison_markdown
 from server.designs import Evaluation
-from server.records import read_evaluations
+from server.records import read_config, read_evaluations
 from simulations.federated import run_federated
 from simulations.simulate import QUICK_OVERRIDES, prepare_phantom, scenario_config
 
@@ -76,12 +76,38 @@ def compare(
         log.info("seed %d (%d of %d): %s", seed, i + 1, seeds, ", ".join(names))
         run_federated(cfg, verbose=verbose, body=partial(serve_comparison, methods=configs))
         per_seed[seed] = [Evaluation.from_dict(d) for d in read_evaluations(run_dir)]
-    doc = build_comparison(per_seed, hooks, base.to_flat())
-    doc["scenario"] = spec.name
+    return write_comparison(out_dir, per_seed, hooks, base.to_flat(), spec.name, command)
+
+
+def write_comparison(
+    out_dir: Path,
+    per_seed: Mapping[int, Sequence[Evaluation]],
+    hooks: Mapping[str, Sequence[str]],
+    config: Mapping[str, Any],
+    scenario: str,
+    command: str,
+) -> dict[str, Any]:
+    """Build the comparison and write comparison.json and comparison.md to ``out_dir``."""
+    doc = build_comparison(per_seed, hooks, config)
+    doc["scenario"] = scenario
     doc["command"] = command
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "comparison.json").write_text(json.dumps(doc, indent=2) + "\n")
-    title = f"Domain-adaptation methods on {spec.name}"
+    title = f"Domain-adaptation methods on {scenario}"
     (out_dir / "comparison.md").write_text(comparison_markdown(doc, title, command))
     doc["out_dir"] = str(out_dir)
     return doc
+
+
+def rebuild_comparison(out_dir: Path) -> dict[str, Any]:
+    """Recompute a comparison from its seeds' ``evaluations.json`` (``hepafed report``)."""
+    previous = json.loads((out_dir / "comparison.json").read_text(encoding="utf-8"))
+    per_seed = {
+        int(seed): [Evaluation.from_dict(d) for d in read_evaluations(out_dir / f"seed-{seed}")]
+        for seed in previous["seeds"]
+    }
+    config = read_config(out_dir / f"seed-{previous['seeds'][0]}")["config"]
+    hooks = {name: m["hooks"] for name, m in previous["methods"].items()}
+    return write_comparison(
+        out_dir, per_seed, hooks, config, previous["scenario"], previous["command"]
+    )
