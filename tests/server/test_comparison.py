@@ -90,3 +90,12 @@ def test_no_gap_ratio_when_the_baseline_has_no_consistent_gap() -> None:
     doc = build_comparison(per_seed, {"fedavg": [], "m": []}, RunConfig().to_flat())
     assert doc["methods"]["m"]["vs_baseline"]["gap_ratio"] is None
     assert not doc["methods"]["m"]["vs_baseline"]["halves_gap"]
+
+
+def test_a_gap_halved_by_a_lower_internal_auc_does_not_meet_the_target() -> None:
+    doc = _doc()
+    worse = doc["methods"]["worse-inside"]["vs_baseline"]
+    assert worse["halves_gap"] and worse["internal_fell"]  # gaps 0.08, 0.02, 0.08 vs 0.2, ...
+    text = comparison_markdown(doc, "t", "cmd")
+    assert "| not met (gap halved by a lower internal AUC) |" in text
+    assert not doc["methods"]["better"]["vs_baseline"]["internal_fell"]
