@@ -29,7 +29,7 @@ from common.config import RunConfig
 from common.data import SplitTensors, concat_splits, load_split
 from common.device import Compute, derive_seed, seed_everything, select_compute
 from common.hooks import ADAPT_NONE, ADAPT_OWN_LAYERS, HookPoint, HookSet, Statistics
-from common.hooks.test_time import reestimate_statistics
+from common.hooks.tta import reestimate_statistics
 from common.keys import EVAL_ALL, ConfigKey, MetricKey, NodeKey, Share, Split
 from common.manifest import SiteManifest, list_site_dirs, read_manifest
 from common.models import build_model

@@ -13,7 +13,7 @@ from common.hooks.base import Hook
 from common.hooks.harmonize import Nyul, Percentile, ZScore
 from common.hooks.normalization import FedBN, SiloBN
 from common.hooks.proximal import FedProx
-from common.hooks.test_time import BNAdapt, Tent
+from common.hooks.tta import BNAdapt, Tent
 
 BUILTIN: dict[str, type[Hook]] = {
     cls.name: cls for cls in (ZScore, Percentile, Nyul, FedBN, SiloBN, FedProx, BNAdapt, Tent)

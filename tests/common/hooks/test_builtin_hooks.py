@@ -12,7 +12,7 @@ from common.device import select_compute
 from common.hooks import HookError, HookSet
 from common.hooks.harmonize import Nyul, Percentile, ZScore, piecewise_linear
 from common.hooks.proximal import proximal_term
-from common.hooks.test_time import BNAdapt, Tent, binary_entropy, reestimate_statistics
+from common.hooks.tta import BNAdapt, Tent, binary_entropy, reestimate_statistics
 from common.models import build_model
 
 CPU = select_compute(prefer="cpu")
