@@ -29,6 +29,7 @@ from common.config import RunConfig
 from common.data import SplitTensors, concat_splits, load_split
 from common.device import Compute, derive_seed, seed_everything, select_compute
 from common.hooks import ADAPT_NONE, ADAPT_OWN_LAYERS, HookPoint, HookSet, Statistics
+from common.hooks.normalization import batchnorm_layers
 from common.hooks.tta import reestimate_statistics
 from common.keys import EVAL_ALL, ConfigKey, MetricKey, NodeKey, Share, Split
 from common.manifest import SiteManifest, list_site_dirs, read_manifest
@@ -217,12 +218,17 @@ def prepare_for_scoring(
             if restore_local_layers(memory, instructions.model, model)
             else ADAPT_NONE
         )
-    if hooks.at(HookPoint.TEST_TIME):
-        return hooks.adapt(model, images, compute)
-    if local:
+    test_time = bool(hooks.at(HookPoint.TEST_TIME))
+    done = []
+    if local and batchnorm_layers(model):
+        # statistics first: a user's test-time hook may not touch them (the built-in ones
+        # re-estimate them again after their own changes)
         reestimate_statistics(model, images, compute, hooks.cfg.train.batch_size)
-        return ADAPT_FORCED
-    return ADAPT_NONE
+        if not test_time:
+            done.append(ADAPT_FORCED)
+    if test_time:
+        done.append(hooks.adapt(model, images, compute))
+    return "+".join(done) if done else ADAPT_NONE
 
 
 def site_evaluate(

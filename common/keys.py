@@ -59,7 +59,6 @@ class ConfigKey(StrEnum):
     EVAL_SPLIT = "eval-split"  # "test" (default) or "all": a site left out of training
     MODEL = "model"  # which model a message is about: "global", "without-SITE", ...
     BASE_MODEL = "base-model"  # fine-tuning: the federated model whose local layers to start from
-    EVAL_ROLE = "eval-role"  # "internal": the site trained this model; "external": it did not
     SHARE = "share"  # train: Share.SHARED (keep local layers) or Share.ALL (send every tensor)
     SHARED_STATISTICS = "shared-statistics"  # JSON of the server-combined hook statistics
     PROXIMAL_MU = "proximal-mu"  # FedProx mu, the key Flower's FedProx strategy uses

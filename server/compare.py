@@ -102,7 +102,8 @@ def method_config(cfg: RunConfig, method: str) -> RunConfig:
     """The run config of a method name: ``+``-joined parts, each a strategy name
     (``fedavg``, ``fedadam``...), ``finetune``, or a hook name."""
     hooks: list[str] = []
-    overrides: dict[str, object] = {}
+    # fine-tuning belongs to the methods that name it, never to the baseline
+    overrides: dict[str, object] = {"hooks.finetune-epochs": 0}
     for part in (p.strip() for p in method.split("+")):
         if part in {s.value for s in StrategyName}:  # "fedavg" is FedAvg whatever the config
             overrides["federation.strategy"] = part

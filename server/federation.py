@@ -81,7 +81,7 @@ class Federation:
         # entries a hook keeps at the sites: never sent in training, never averaged
         self.local_keys = self.hooks.local_keys(probe)
         # pooled hook statistics, shared by every ``with_config`` view of this federation
-        self._statistics: dict[tuple[Any, frozenset[str]], str] = {}  # (hooks, trainers) -> JSON
+        self._statistics: dict[tuple[Any, ...], str] = {}  # (hooks, data, trainers) -> JSON
         self._model_statistics: dict[str, str] = {}  # model id -> combined JSON
 
     def with_config(self, cfg: RunConfig) -> Federation:
@@ -124,8 +124,7 @@ class Federation:
         """
         if not self.hooks.shares_statistics:
             return ""
-        sharing = tuple(h.describe() for h in self.hooks.hooks if h.shares_statistics)
-        key = (sharing, frozenset(s.name for s in trainers))
+        key = (self.hooks.statistics_key(), self.cfg.data, frozenset(s.name for s in trainers))
         if key in self._statistics:
             return self._statistics[key]
         config = ConfigRecord({**self.cfg.to_flat(), ConfigKey.PHASE.value: Phase.STATISTICS.value})
@@ -145,9 +144,12 @@ class Federation:
                 raise FederationError(
                     f"{site} could not compute hook statistics: {reply.error.reason}"
                 )
-            info = reply.content[RecordKey.SITE]
-            n_cases = float(cast(float, info[SiteKey.N_CASES]))
-            stats.append((n_cases, json.loads(str(info[SiteKey.STATISTICS]))))
+            try:
+                info = reply.content[RecordKey.SITE]
+                n_cases = float(cast(float, info[SiteKey.N_CASES]))
+                stats.append((n_cases, json.loads(str(info[SiteKey.STATISTICS]))))
+            except (KeyError, TypeError, ValueError) as e:
+                raise FederationError(f"{site} sent unreadable hook statistics: {e!r}") from e
         cases = {s.name for s in trainers}
         missing = sorted(cases - {self._site(r) for r in replies})
         if missing:
@@ -185,7 +187,13 @@ class Federation:
         self._monitor(strategy, 0, arrays, eval_view, model)
         for rnd in range(1, fed.num_rounds + 1):
             arrays = self._train_round(strategy, rnd, arrays, train_view, model)
-            self.recorder.checkpoint(arrays.to_torch_state_dict(), self.cfg, rnd, model)
+            self.recorder.checkpoint(
+                arrays.to_torch_state_dict(),
+                self.cfg,
+                rnd,
+                model,
+                self._model_statistics.get(model, ""),
+            )
             self._monitor(strategy, rnd, arrays, eval_view, model)
         return arrays
 
@@ -302,7 +310,9 @@ class Federation:
             )
             return None
         arrays = cast(ArrayRecord, next(iter(replies[0].content.array_records.values())))
-        self.recorder.checkpoint(arrays.to_torch_state_dict(), cfg, 0, model)
+        self.recorder.checkpoint(
+            arrays.to_torch_state_dict(), cfg, 0, model, self._model_statistics.get(model, "")
+        )
         return arrays
 
     # ---- final evaluation ------------------------------------------------------------------

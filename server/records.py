@@ -63,13 +63,16 @@ class RunRecorder:
         cfg: RunConfig,
         server_round: int,
         model: str = "global",
+        shared_statistics: str = "",
     ) -> Path:
-        """Write model state, config and round together, atomically."""
+        """Write model state, config and round together, atomically; with the hooks'
+        pooled statistics (JSON) the model was trained with, so it can be scored alone."""
         payload = {
             "model": dict(state),
             "config": cfg.to_flat(),
             "round": server_round,
             "model_id": model,
+            "shared_statistics": shared_statistics,
         }
         path = self.run_dir / checkpoint_name(model)
         tmp = path.with_suffix(".tmp")

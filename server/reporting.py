@@ -25,7 +25,7 @@ from server.records import (
     read_evaluations,
     read_rounds,
 )
-from server.report import SCHEMA_FILE, build_report, model_sha256
+from server.report import REPORT_VERSION, SCHEMA_FILE, build_report, model_sha256
 from server.report_html import render_html
 
 REPORT_JSON = "report.json"
@@ -137,7 +137,24 @@ def load_report(path: Path | str) -> dict[str, Any]:
         ) from None
     except json.JSONDecodeError as err:
         raise ReportError(f"{path} is not valid JSON: {err}") from None
-    validate(report)
+    validate(upgrade(report))
+    return report
+
+
+def upgrade(report: dict[str, Any]) -> dict[str, Any]:
+    """A report of an earlier layout brought to the current one, in place.
+
+    1.0 -> 1.1 added what each site did to a model before scoring it
+    (``adaptation``) and the run's hooks (``settings.hooks``); a 1.0 run had no
+    hooks, so every site scored the model as received."""
+    if report.get("report_version") == "1.0":
+        report.setdefault("settings", {}).setdefault("hooks", [])
+        rows = [*report.get("sites", []), *report.get("matrix", [])]
+        for fold in report.get("folds") or []:
+            rows += fold.get("sites", []) if isinstance(fold, dict) else []
+        for row in rows:
+            row.setdefault("adaptation", "none")
+        report["report_version"] = REPORT_VERSION
     return report
 
 

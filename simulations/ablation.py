@@ -15,6 +15,7 @@ scores).
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ from flwr.app import ArrayRecord
 
 from client.site import Instructions, open_site, site_evaluate
 from common.config import RunConfig
+from common.hooks import HookPoint, HookSet, hook_class
 from common.keys import EVAL_ALL
 from common.stats import AUCResult
 from server.records import load_checkpoint
@@ -69,7 +71,11 @@ def ablate(
     reference: str = "",
     hooks: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
-    """One row per variant: the changed fields and the checkpoint's AUC [CI] there."""
+    """One row per variant: the changed fields and the checkpoint's AUC [CI] there.
+
+    The checkpoint is scored as an unseen site would score it: with the hooks it
+    was trained with (a FedBN or SiloBN model re-estimates its statistics, a Nyul
+    model maps onto its stored standard scale) plus the test-time ``hooks``."""
     spec: Scenario = load_scenario(scenario)
     by_name = {s.name: s for s in spec.sites}
     if site not in by_name:
@@ -78,7 +84,20 @@ def ablate(
     if ref_name not in by_name:
         raise ValueError(f"--reference {ref_name!r} is not a site of {spec.name!r}")
     saved = load_checkpoint(checkpoint)
-    cfg = RunConfig.from_flat(saved["config"]).replace({"hooks.use": ",".join(hooks)})
+    trained = RunConfig.from_flat(saved["config"])
+    # the hooks the model was trained with stay (harmonisation, local layers); test-time
+    # hooks are the caller's choice
+    keep = [h for h in trained.hooks.use if set(hook_class(h).points) != {HookPoint.TEST_TIME}]
+    cfg = trained.replace({"hooks.use": ",".join(dict.fromkeys([*keep, *hooks]))})
+    shared_text = str(saved.get("shared_statistics") or "")
+    if HookSet(cfg).shares_statistics and not shared_text:
+        raise ValueError(
+            f"{checkpoint} was trained with hooks {list(keep)} that pool statistics, but it "
+            "does not store them (written by an older hepafed): it cannot be scored alone"
+        )
+    todo = Instructions(
+        model="ablation", shared_statistics=json.loads(shared_text) if shared_text else {}
+    )
     arrays = ArrayRecord(saved["model"])
     rows: list[dict[str, Any]] = []
     for name, changed in variants(by_name[site], by_name[ref_name]).items():
@@ -88,9 +107,7 @@ def ablate(
             shutil.rmtree(site_dir)
         write_site(profile, spec.seed, spec.dims, site_dir)
         node = open_site({"site-dir": str(site_dir)}, cfg)
-        summary, adaptation = site_evaluate(
-            node, arrays, cfg, EVAL_ALL, instructions=Instructions(model="ablation")
-        )
+        summary, adaptation = site_evaluate(node, arrays, cfg, EVAL_ALL, instructions=todo)
         auc = None
         if not summary.insufficient and summary.auc is not None and summary.auc_var is not None:
             auc = AUCResult(summary.auc, summary.auc_var, summary.n_pos, summary.n_neg)

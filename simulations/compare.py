@@ -65,6 +65,10 @@ def compare(
         **(overrides or {}),
     }
     base = scenario_config(spec, phantom_dir, data_dir, out_dir, settings)
+    if base.eval.design != "holdout":
+        raise ValueError(
+            f"eval.design = {base.eval.design!r}: --compare evaluates the holdout design"
+        )
     per_seed: dict[int, list[Evaluation]] = {}
     hooks: dict[str, list[str]] = {}
     for i in range(seeds):

@@ -63,6 +63,16 @@ class HookSet:
     def shares_statistics(self) -> bool:
         return any(h.shares_statistics for h in self.at(HookPoint.PREPROCESS))
 
+    def statistics_key(self) -> tuple[str, ...]:
+        """What the pooled statistics depend on: every PREPROCESS hook up to and
+        including the one that shares them (each fits on the previous one's output)."""
+        key: list[str] = []
+        for hook in self.at(HookPoint.PREPROCESS):
+            key.append(hook.describe())
+            if hook.shares_statistics:
+                return tuple(key)
+        return ()
+
     def fit(self, images: torch.Tensor, shared: Mapping[str, Statistics]) -> dict[str, Statistics]:
         """Every PREPROCESS hook's statistics, each fitted on the previous hook's output."""
         fitted: dict[str, Statistics] = {}

@@ -125,9 +125,18 @@ class Nyul(Hook):
         if not stats:
             raise HookError(f"{self.name}: no training site sent landmarks")
         keys = set(stats[0][1])
+        n_marks = len(self.cfg.hooks.landmarks)
         for weight, s in stats:
-            if set(s) != keys or weight <= 0:
+            if set(s) != keys or not weight > 0:
                 raise HookError(f"{self.name}: sites sent different landmark sets or weights")
+            for key, marks in s.items():
+                values = np.asarray(marks, dtype=float)
+                if values.shape != (n_marks,) or not np.isfinite(values).all():
+                    raise HookError(
+                        f"{self.name}: {key} must be {n_marks} finite values, got {marks!r}"
+                    )
+                if np.any(np.diff(values) <= 0):
+                    raise HookError(f"{self.name}: {key} is not strictly increasing: {marks!r}")
         weights = np.array([w for w, _ in stats], dtype=float)
         return {
             k: [float(v) for v in np.average([s[k] for _, s in stats], axis=0, weights=weights)]
@@ -146,7 +155,12 @@ class Nyul(Hook):
                     "the federation must gather landmarks before training"
                 )
             source, target = np.asarray(fitted[key]), np.asarray(shared[key])
-            if len(source) != len(target) or np.any(np.diff(source) <= 0):
+            if len(target) != len(source) or np.any(np.diff(target) <= 0):
+                raise HookError(
+                    f"{self.name}: the shared scale for channel {c} is not "
+                    f"{len(source)} strictly increasing values: {np.round(target, 4).tolist()}"
+                )
+            if np.any(np.diff(source) <= 0):
                 raise HookError(
                     f"{self.name}: channel {c} landmarks are not strictly increasing "
                     f"({np.round(source, 4).tolist()}); the site's images are nearly constant"

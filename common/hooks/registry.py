@@ -46,4 +46,9 @@ def hook_class(name: str) -> type[Hook]:
         )
     if not cls.points:
         raise UnknownHookError(f"hook {name!r}: {cls.__qualname__}.points names no hook point")
+    if not cls.name or cls.name in BUILTIN:
+        raise UnknownHookError(
+            f"hook {name!r}: {cls.__qualname__}.name = {cls.name!r}: give it a name of its "
+            "own (not empty, not a built-in hook's)"
+        )
     return cls

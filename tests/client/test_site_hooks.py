@@ -74,6 +74,12 @@ def test_an_unseen_site_of_a_fedbn_model_reestimates_statistics(
         site, to_arrays(build_model(cfg)), cfg, "all", instructions=whole, state=RecordDict()
     )
     assert adaptation == "none"
+    # with a test-time hook the statistics are re-estimated first, then the hook runs
+    cfg_tent = _cfg(a.parent, **{"hooks.use": "fedbn,tent", "hooks.tent-steps": 1})
+    _, adaptation = site_evaluate(
+        site, to_arrays(build_model(cfg_tent)), cfg_tent, "all", state=RecordDict()
+    )
+    assert adaptation == "tent"
 
 
 @pytest.mark.parametrize("hooks", ["bn-adapt", "tent", "zscore,tent"])

@@ -82,3 +82,10 @@ def test_ablation_scores_the_same_patients_under_each_variant(tmp_path: Path) ->
     assert "kvp 80→120" in text and text.count("\n") == len(rows) + 2
     with pytest.raises(ValueError, match="no site 'nowhere'"):
         ablate(scenario, "nowhere", checkpoint, tmp_path / "work")
+    # a model trained with pooled statistics is scored on its stored scale, or refused
+    nyul_cfg = cfg.replace({"hooks.use": "nyul"})
+    old = RunRecorder(tmp_path / "run").checkpoint(
+        shared_state(build_model(nyul_cfg)), nyul_cfg, 0, "nyul"
+    )
+    with pytest.raises(ValueError, match="does not store them"):
+        ablate(scenario, "far-b", old, tmp_path / "work")

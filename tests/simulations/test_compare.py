@@ -55,7 +55,7 @@ def test_compare_runs_every_method_on_the_same_sites_and_keeps_the_contracts(
     scenario = tmp_path / "tiny-shift.toml"
     scenario.write_text(SCENARIO)
     out = tmp_path / "cmp"
-    methods = ["fedavg", "fedbn", "silobn", "bn-adapt", "finetune"]
+    methods = ["fedavg", "fedbn", "silobn", "bn-adapt", "finetune", "nyul"]
     doc = compare(methods, 1, scenario, tmp_path / "data", out, SETTINGS, quick=True, command="cmd")
     run = out / "seed-2026"
     evals = {(e["model"], e["site"]): e for e in read_evaluations(run)}
@@ -71,6 +71,8 @@ def test_compare_runs_every_method_on_the_same_sites_and_keeps_the_contracts(
         ("bn-adapt", "site-b"): "bn-adapt",
         ("finetune", "site-a"): "fine-tuned at the site",
         ("finetune", "site-b"): "none",  # an unseen site cannot fine-tune without labels
+        ("nyul", "site-a"): "none",
+        ("nyul", "site-b"): "none",
     }
     assert {e["role"] for (m, s), e in evals.items() if s == "site-b"} == {"external"}
     # test-time-only methods reuse fedavg's model: identical where no adaptation happens
@@ -91,13 +93,21 @@ def test_compare_runs_every_method_on_the_same_sites_and_keeps_the_contracts(
     assert all(torch.equal(silobn[k], initial[k]) for k in stats)
     assert any(not torch.equal(silobn[k], initial[k]) for k in affine)
     assert (run / "checkpoint-finetune_finetuned-site-a.pt").is_file()
-    # only three trainings ran: fedavg, fedbn, silobn
+    # only four trainings ran: fedavg, fedbn, silobn, nyul
     rounds = [json.loads(x) for x in (run / "rounds.jsonl").read_text().splitlines()]
     assert sorted({r["model"] for r in rounds if r.get("phase") == "train"}) == [
         "fedavg",
         "fedbn",
+        "nyul",
         "silobn",
     ]
+    # Nyul: the training site's landmarks became the scale, stored with the checkpoint
+    (stats,) = [r for r in rounds if r.get("phase") == "statistics"]
+    assert stats["sites"] == ["site-a"]
+    nyul = load_checkpoint(run / "checkpoint-nyul.pt")
+    assert json.loads(nyul["shared_statistics"]) == stats["statistics"]
+    assert len(stats["statistics"]["nyul"]["landmarks-0"]) == 11
+    assert load_checkpoint(run / "checkpoint-fedavg.pt")["shared_statistics"] == ""
     assert not [r for r in rounds if r.get("phase") == "evaluate"]  # every-round off
     # the comparison document
     assert list(doc["methods"]) == methods and doc["seeds"] == [2026]

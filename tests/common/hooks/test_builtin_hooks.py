@@ -57,6 +57,20 @@ def test_nyul_maps_every_sites_landmarks_onto_the_shared_scale() -> None:
             )
     with pytest.raises(HookError, match="no standard scale"):
         hook.preprocess(sites["a"], fitted["a"], {})
+    marks = fitted["a"]["landmarks-0"]
+    bad = {
+        "reversed": list(reversed(marks)),
+        "NaN": [float("nan"), *marks[1:]],
+        "short": marks[:-1],
+    }
+    for problem in bad.values():
+        with pytest.raises(HookError, match="landmarks-0"):
+            hook.combine([(1.0, {**fitted["a"], "landmarks-0": problem})])
+    with pytest.raises(HookError, match="weights"):
+        hook.combine([(0.0, fitted["a"])])
+    flat = {**shared, "landmarks-0": [0.5] * len(pcts)}
+    with pytest.raises(HookError, match="shared scale for channel 0"):
+        hook.preprocess(sites["a"], fitted["a"], flat)
 
 
 def test_piecewise_linear_extrapolates_with_the_end_slopes() -> None:

@@ -179,8 +179,24 @@ def test_at_most_one_hook_shares_statistics_and_names_are_unique() -> None:
     HookSet(RunConfig().replace({"hooks.use": "zscore,nyul"}))
     with pytest.raises(ConfigError, match="at most one"):
         RunConfig().replace({"hooks.use": f"nyul,{HERE}:SharingToo"})
-    with pytest.raises(ConfigError, match="names a hook twice"):
-        RunConfig().replace({"hooks.use": f"zscore,{HERE}:ShiftAgain"})
+    with pytest.raises(ConfigError, match="a name of its own"):
+        RunConfig().replace({"hooks.use": f"{HERE}:ShiftAgain"})
+    with pytest.raises(ConfigError, match="a name of its own"):
+        RunConfig().replace({"hooks.use": f"{HERE}:Nameless"})
+
+
+class Nameless(Hook):
+    points: ClassVar[tuple[HookPoint, ...]] = (HookPoint.TEST_TIME,)
+
+
+def test_pooled_statistics_depend_on_every_preprocess_hook_up_to_the_sharing_one() -> None:
+    def key(use: str) -> tuple[str, ...]:
+        return HookSet(RunConfig().replace({"hooks.use": use})).statistics_key()
+
+    assert key("zscore") == () and key("fedbn") == ()
+    assert key("nyul") != key("percentile,nyul")
+    assert key("percentile,nyul") == key("percentile,nyul,bn-adapt")
+    assert key("nyul,zscore") == key("nyul")
 
 
 def test_methods_parse_and_share_training_when_only_scoring_differs() -> None:
@@ -189,6 +205,9 @@ def test_methods_parse_and_share_training_when_only_scoring_differs() -> None:
     assert method_config(cfg, "fedbn+tent").hooks.use == ("fedbn", "tent")
     assert method_config(cfg, "fedadam").federation.strategy == "fedadam"
     assert method_config(cfg, "finetune").hooks.finetune_epochs == 2
+    tuned = cfg.replace({"hooks.finetune-epochs": 3})
+    assert method_config(tuned, "finetune").hooks.finetune_epochs == 3
+    assert method_config(tuned, "fedavg").hooks.finetune_epochs == 0  # never the baseline
     sig = training_signature
     assert sig(method_config(cfg, "bn-adapt")) == sig(cfg) == sig(method_config(cfg, "finetune"))
     assert sig(method_config(cfg, "fedbn+tent")) == sig(method_config(cfg, "fedbn"))
