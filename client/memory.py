@@ -1,12 +1,15 @@
 """What a site remembers between the messages of one run: Flower's ``Context.state``.
 
-Two things, both keyed by the model id the server names in each message:
+Keyed by the model id the server names in each message:
 - the layers a hook keeps local (FedBN, SiloBN), saved after every federated
   round and put back into the next global model the site receives, so they
   persist across rounds and are never averaged;
 - which models the site has trained, so at evaluation it knows whether it is
   scoring its own model (use its local layers) or one it never saw (test-time
   adaptation applies).
+
+And, keyed by what they depend on, the statistics the site's PREPROCESS hooks
+fitted on its images, so they are fitted once per run rather than every round.
 
 Flower keeps ``Context.state`` per node and run in simulation and deployment
 alike; nothing here touches the disk.
@@ -23,6 +26,7 @@ from torch import nn
 
 TRAINED = "hepafed.trained"
 LAYERS = "hepafed.local-layers."
+FITTED = "hepafed.fitted"
 
 
 def layers_key(model_id: str) -> str:
@@ -63,3 +67,15 @@ def mark_trained(state: RecordDict, model_id: str, server_round: int) -> None:
 
 def has_trained(state: RecordDict, model_id: str) -> bool:
     return model_id in state.config_records.get(TRAINED, ConfigRecord())
+
+
+def recall(state: RecordDict, key: str) -> str | None:
+    """Text kept under ``key`` by ``remember`` in this run, or None."""
+    value = state.config_records.get(FITTED, ConfigRecord()).get(key)
+    return None if value is None else str(value)
+
+
+def remember(state: RecordDict, key: str, text: str) -> None:
+    record = state.config_records.get(FITTED, ConfigRecord())
+    record[key] = text
+    state[FITTED] = record

@@ -12,6 +12,7 @@ test-time adaptation when the site scores a model it did not train.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -23,7 +24,14 @@ from flwr.app import RecordDict
 from torch import nn
 
 from client.evaluation import summarize
-from client.memory import has_trained, mark_trained, restore_local_layers, save_local_layers
+from client.memory import (
+    has_trained,
+    mark_trained,
+    recall,
+    remember,
+    restore_local_layers,
+    save_local_layers,
+)
 from client.trainer import train_local
 from common.config import RunConfig
 from common.data import SplitTensors, concat_splits, load_split
@@ -85,18 +93,32 @@ class Site:
         return load_split(self.manifest, split, cfg.data, cfg.task)
 
     def prepared(
-        self, split: str, cfg: RunConfig, hooks: HookSet, shared: Mapping[str, Statistics]
+        self,
+        split: str,
+        cfg: RunConfig,
+        hooks: HookSet,
+        shared: Mapping[str, Statistics],
+        memory: RecordDict | None = None,
     ) -> tuple[SplitTensors, torch.Tensor]:
         """A split after the PREPROCESS hooks, and its images before them.
 
         Hook statistics are fitted on every case of the site (images only), so
-        train and test cases are mapped the same way.
+        train and test cases are mapped the same way; kept in ``memory`` (the
+        site's Context state), they are fitted once per run, not every round.
         """
         data = self.split(split, cfg)
-        if not hooks.at(HookPoint.PREPROCESS) or not len(data):
+        preprocess = hooks.at(HookPoint.PREPROCESS)
+        if not preprocess or not len(data):
             return data, data.images
-        every = data if split == EVAL_ALL else self.split(EVAL_ALL, cfg)
-        fitted = hooks.fit(every.images, shared)
+        depends = [[h.describe() for h in preprocess], repr(cfg.data), dict(shared)]
+        key = hashlib.sha256(json.dumps(depends, sort_keys=True).encode()).hexdigest()[:16]
+        text = recall(memory, key) if memory is not None else None
+        if text is None:
+            every = data if split == EVAL_ALL else self.split(EVAL_ALL, cfg)
+            text = json.dumps(hooks.fit(every.images, shared))
+            if memory is not None:
+                remember(memory, key, text)
+        fitted = json.loads(text)
         return replace(data, images=hooks.preprocess(data.images, fitted, shared)), data.images
 
     def statistics(self, cfg: RunConfig) -> tuple[dict[str, Statistics], int]:
@@ -171,15 +193,15 @@ def site_train(
     penalty = None
     if hooks.at(HookPoint.OBJECTIVE):
         reference = {
-            k: v.detach().clone().to(compute.device)
-            for k, v in model.state_dict().items()
+            k: p.detach().clone().to(compute.device)
+            for k, p in model.named_parameters()
             if k not in local
         }
 
         def penalty(m: nn.Module) -> torch.Tensor | None:
             return hooks.penalty(m, reference, todo.raw)
 
-    data, _ = site.prepared(Split.TRAIN, cfg, hooks, todo.shared_statistics)
+    data, _ = site.prepared(Split.TRAIN, cfg, hooks, todo.shared_statistics, memory)
     result = train_local(model, data, cfg, compute, seed, penalty=penalty)
     mark_trained(memory, todo.model, server_round)
     if todo.share == Share.SHARED:
@@ -247,6 +269,6 @@ def site_evaluate(
     memory = state if state is not None else RecordDict()
     hooks = HookSet(cfg, todo.raw)
     model, local = _received_model(cfg, weights, hooks, todo.share)
-    data, raw_images = site.prepared(split, cfg, hooks, todo.shared_statistics)
+    data, raw_images = site.prepared(split, cfg, hooks, todo.shared_statistics, memory)
     adaptation = prepare_for_scoring(model, data.images, hooks, todo, memory, compute, local)
     return summarize(model, data, cfg, compute, drift_images=raw_images), adaptation

@@ -110,7 +110,7 @@ def run_design(fed: Federation) -> list[Evaluation]:
     if design is EvalDesign.CROSS_SITE or fed.cfg.eval.local_only:
         for site in trainers:
             model = local_model(site.name)
-            local = fed.train_local_only(site)
+            local = fed.train_local_only(site, model)
             if local is not None:  # a failure is recorded and flagged in the report
                 evaluations += evaluation_records(
                     fed.evaluate(local, splits, model, Share.ALL), model, {site.name}, splits
@@ -129,7 +129,7 @@ def finetuned_evaluations(
         return out
     for site in fed.trainers:
         model = finetuned_model(site.name)
-        tuned = fed.finetune(site, arrays, base)
+        tuned = fed.finetune(site, arrays, base, model)
         if tuned is not None:  # a failure is recorded and flagged in the report
             summaries = fed.evaluate(tuned, splits, model, Share.ALL)
             out += evaluation_records(summaries, model, {site.name}, splits)

@@ -261,19 +261,19 @@ class Federation:
 
     # ---- models trained at one site ----------------------------------------------------------
 
-    def train_local_only(self, site: SiteInfo) -> ArrayRecord | None:
-        """The site trains the initial model alone for rounds x local epochs; its weights."""
+    def train_local_only(self, site: SiteInfo, model: str) -> ArrayRecord | None:
+        """The site trains the initial model alone for rounds x local epochs; its weights,
+        recorded as ``model``."""
         epochs = self.cfg.federation.num_rounds * self.cfg.train.local_epochs
-        self._model_statistics[f"local-{site.name}"] = self.shared_statistics(self.trainers)
-        return self.train_alone(site, self.initial_arrays(), epochs, f"local-{site.name}")
+        self._model_statistics[model] = self.shared_statistics(self.trainers)
+        return self.train_alone(site, self.initial_arrays(), epochs, model)
 
     def finetune(
-        self, site: SiteInfo, arrays: ArrayRecord, base: str, model: str = ""
+        self, site: SiteInfo, arrays: ArrayRecord, base: str, model: str
     ) -> ArrayRecord | None:
         """The site trains the federated model ``base`` for ``hooks.finetune-epochs`` more
         epochs, starting from its own local layers of ``base``; its weights, recorded
-        as ``model`` (default ``finetuned-SITE``)."""
-        model = model or f"finetuned-{site.name}"
+        as ``model``."""
         self._model_statistics[model] = self._model_statistics.get(base, "")
         epochs = self.cfg.hooks.finetune_epochs
         return self.train_alone(site, arrays, epochs, model, base)

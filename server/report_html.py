@@ -726,9 +726,8 @@ class _Page:
     def _ident_cells(self, r: Mapping[str, Any]) -> str:
         role = str(r.get("role", ""))
         split = '<span class="ci">all cases</span>' if r.get("split") == "all" else ""
-        adaptation = str(r.get("adaptation") or "none")
-        if adaptation != "none":
-            split += f'<span class="ci">{esc(adaptation.replace("-", " "))}</span>'
+        if adapted := _adaptation_text(r):
+            split += f'<span class="ci">{esc(adapted)}</span>'
         return (
             f'<th scope="row" class="site">{esc(r.get("site", ""))}'
             f'<span class="sub">{esc(r.get("model", ""))}</span></th>'
@@ -1667,8 +1666,7 @@ class _Page:
         role = str(entries[0].get("role", ""))
         for c in entries:
             split = ", all cases" if c.get("split") == "all" else ""
-            adaptation = str(c.get("adaptation") or "none")
-            adapted = "" if adaptation == "none" else f", {adaptation.replace('-', ' ')}"
+            adapted = f", {_adaptation_text(c)}" if _adaptation_text(c) else ""
             role_text = f"{c.get('role', '')}{split}{adapted}"
             meta = f'<span class="ci">n {esc(c.get("n", ""))} \u00b7 {esc(role_text)}</span>'
             if c.get("insufficient"):
@@ -1780,6 +1778,12 @@ def _section_open(section_id: str, title: str, css_class: str = "") -> str:
         f'<section id="{section_id}"{cls} aria-labelledby="{section_id}-h">'
         f'<h2 id="{section_id}-h">{title}</h2>'
     )
+
+
+def _adaptation_text(row: Mapping[str, Any]) -> str:
+    """How a site adapted the model before scoring it, for display; "" when it did not."""
+    adaptation = str(row.get("adaptation") or "none")
+    return "" if adaptation == "none" else adaptation.replace("-", " ")
 
 
 def _acquisition_cells(acq: object) -> str:

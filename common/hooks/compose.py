@@ -76,9 +76,11 @@ class HookSet:
     def fit(self, images: torch.Tensor, shared: Mapping[str, Statistics]) -> dict[str, Statistics]:
         """Every PREPROCESS hook's statistics, each fitted on the previous hook's output."""
         fitted: dict[str, Statistics] = {}
-        for hook in self.at(HookPoint.PREPROCESS):
+        hooks = self.at(HookPoint.PREPROCESS)
+        for i, hook in enumerate(hooks):
             fitted[hook.name] = hook.fit(images)
-            images = hook.preprocess(images, fitted[hook.name], shared.get(hook.name, {}))
+            if i + 1 < len(hooks):  # the next hook fits on this one's output
+                images = hook.preprocess(images, fitted[hook.name], shared.get(hook.name, {}))
         return fitted
 
     def shared_statistics(self, images: torch.Tensor) -> dict[str, Statistics]:

@@ -136,3 +136,17 @@ def test_nyul_statistics_are_landmarks_only_and_inputs_are_mapped(
     assert not torch.equal(data.images, raw)
     plain, _ = site.prepared("test", cfg, HookSet(RunConfig()), {})
     assert torch.equal(plain.images, raw)
+    # with the site's memory the statistics are fitted once per run, not every round
+    hooks, memory, fits = HookSet(cfg), RecordDict(), []
+    real_fit = hooks.fit
+
+    def counted(images: torch.Tensor, shared: Any) -> Any:
+        fits.append(1)
+        return real_fit(images, shared)
+
+    hooks.fit = counted  # type: ignore[method-assign]
+    first, _ = site.prepared("train", cfg, hooks, shared, memory)
+    again, _ = site.prepared("train", cfg, hooks, shared, memory)
+    assert len(fits) == 1 and torch.equal(first.images, again.images)
+    site.prepared("train", cfg, hooks, {"nyul": stats["nyul"]}, memory)  # other scale: refit
+    assert len(fits) == 2

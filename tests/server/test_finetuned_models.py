@@ -24,7 +24,8 @@ class StubFederation:
     def trainers(self) -> list[SiteInfo]:
         return [s for s in self.sites if s.role == "train"]
 
-    def finetune(self, site: SiteInfo, arrays: Any, base: str) -> Any:
+    def finetune(self, site: SiteInfo, arrays: Any, base: str, model: str) -> Any:
+        assert model == f"finetuned-{site.name}"
         self.calls.append(("finetune", site.name, arrays, base))
         return None if site.name == "c" else f"weights-{site.name}"  # c fails: recorded, skipped
 
