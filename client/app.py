@@ -8,14 +8,17 @@ split. Replies carry weights and aggregate numbers only, never per-case values.
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.memory import keep_residual, recall_residual
 from client.site import Instructions, open_site, site_evaluate, site_train
 from common.acquisition import acquisition_json
+from common.compression import compress_update
 from common.config import RunConfig
-from common.keys import ConfigKey, Phase, RecordKey, SiteKey, Split
+from common.keys import Compression, ConfigKey, Phase, RecordKey, Share, SiteKey, Split
 
 app = ClientApp()
 
@@ -79,11 +82,25 @@ def train(msg: Message, context: Context) -> Message:
     )
     content = RecordDict(
         {
-            RecordKey.ARRAYS: ArrayRecord(state),
             RecordKey.METRICS: MetricRecord(dict(metrics)),
             RecordKey.SITE: ConfigRecord({SiteKey.NAME.value: site.name}),
         }
     )
+    received = msg.content.array_records[RecordKey.ARRAYS]
+    if cfg.federation.compression == Compression.NONE or todo.share != Share.SHARED:
+        content[RecordKey.ARRAYS] = ArrayRecord(state)
+    else:  # a federated round: send the encoded update, keep what encoding lost
+        trained = {k: v.numpy() for k, v in state.items()}
+        codes, scales, residual = compress_update(
+            trained,
+            {k: received[k].numpy() for k in trained},
+            cfg.federation.compression,
+            recall_residual(context.state, todo.model),
+        )
+        keep_residual(context.state, todo.model, residual)
+        content[RecordKey.ARRAYS] = ArrayRecord(OrderedDict(codes.items()))
+        if scales:
+            content[RecordKey.SCALES] = ArrayRecord(OrderedDict(scales.items()))
     return Message(content, reply_to=msg)
 
 

@@ -8,6 +8,9 @@ Keyed by the model id the server names in each message:
   scoring its own model (use its local layers) or one it never saw (test-time
   adaptation applies).
 
+The residual of update compression (what encoding lost last round, added to
+the next update: error feedback), per model id.
+
 And, keyed by what they depend on, the statistics the site's PREPROCESS hooks
 fitted on its images, so they are fitted once per run rather than every round.
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from torch import nn
@@ -79,3 +83,18 @@ def remember(state: RecordDict, key: str, text: str) -> None:
     record = state.config_records.get(FITTED, ConfigRecord())
     record[key] = text
     state[FITTED] = record
+
+
+RESIDUAL = "hepafed.residual."
+
+
+def recall_residual(state: RecordDict, model_id: str) -> dict[str, np.ndarray] | None:
+    """What update compression lost last round for ``model_id`` (error feedback), or None."""
+    key = f"{RESIDUAL}{model_id}"
+    if key not in state.array_records:
+        return None
+    return {k: v.numpy() for k, v in state.array_records[key].items()}
+
+
+def keep_residual(state: RecordDict, model_id: str, residual: dict[str, np.ndarray]) -> None:
+    state[f"{RESIDUAL}{model_id}"] = ArrayRecord(OrderedDict(residual.items()))

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from common.keys import (
+    Compression,
     EvalDesign,
     OptimizerName,
     PoolingMethod,
@@ -48,6 +49,7 @@ class FederationConfig:
     server_momentum: float = 0.9  # fedavgm
     trim_beta: float = 0.2  # fedtrimmedavg: fraction cut at each end
     krum_byzantine: int = 0  # krum: number of malicious sites tolerated
+    compression: str = Compression.NONE.value  # none | fp16 | int8: how sites send updates
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,7 @@ class RunConfig:
         _check_choice("task", self.task, Task)
         _check_choice("federation.strategy", self.federation.strategy, StrategyName)
         _check_choice("train.optimizer", self.train.optimizer, OptimizerName)
+        _check_choice("federation.compression", self.federation.compression, Compression)
         positive = {
             "federation.num-rounds": self.federation.num_rounds,
             "federation.min-sites": self.federation.min_sites,

@@ -16,6 +16,7 @@ class RecordKey(StrEnum):
     CONFIG = "config"  # round config: flattened run config + round number
     METRICS = "metrics"  # numeric summaries a site returns (MetricRecord)
     SITE = "site"  # site identity and data summary (ConfigRecord)
+    SCALES = "scales"  # int8-compressed update: float32 block scales per tensor (ArrayRecord)
 
 
 class MetricKey(StrEnum):
@@ -95,6 +96,14 @@ class StrategyName(StrEnum):
     FEDMEDIAN = "fedmedian"
     FEDTRIMMEDAVG = "fedtrimmedavg"
     KRUM = "krum"
+
+
+class Compression(StrEnum):
+    """How a site encodes its update in a federated round (``common.compression``)."""
+
+    NONE = "none"  # float32 weights, as stock Flower
+    FP16 = "fp16"  # half-precision update (trained - global), error feedback
+    INT8 = "int8"  # block-scaled 8-bit update, error feedback
 
 
 class OptimizerName(StrEnum):

@@ -1,14 +1,16 @@
 """Send a batch of Messages and collect the replies as they arrive.
 
 Like Flower's ``Grid.send_and_receive`` but it reports progress per reply
-(round, sites done, elapsed) and polls briskly instead of every few seconds.
+(round, sites done, elapsed), polls briskly instead of every few seconds, and
+can hand each reply to a callback the moment it arrives instead of keeping
+them all (streaming aggregation, ``server.aggregation``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from flwr.app import Message
 from flwr.serverapp import Grid
@@ -24,28 +26,41 @@ def exchange(
     timeout_s: float,
     label: str,
     names: dict[int, str] | None = None,
+    on_reply: Callable[[Message], None] | None = None,
 ) -> list[Message]:
-    """Push ``messages``; return the replies received before ``timeout_s``."""
+    """Push ``messages``; return the replies received before ``timeout_s``.
+
+    With ``on_reply`` each reply is passed to it on arrival and not kept (the
+    returned list is then empty)."""
     start = time.monotonic()
     pending = set(grid.push_messages(list(messages)))
     total = len(pending)
     replies: list[Message] = []
+    done = 0
     while pending and time.monotonic() - start < timeout_s:
         arrived = list(grid.pull_messages(pending))
-        for msg in arrived:
+        got_any = bool(arrived)
+        arrived.reverse()
+        while arrived:  # each reply is released once handled, not at the end of the batch
+            msg = arrived.pop()
             pending.discard(msg.metadata.reply_to_message_id)
-            replies.append(msg)
+            done += 1
+            if on_reply is None:
+                replies.append(msg)
+            else:
+                on_reply(msg)
             node = msg.metadata.src_node_id
             site = (names or {}).get(node, f"node {node}")
             log.info(
                 "%s: %d/%d sites done (%s) [%.1fs]",
                 label,
-                len(replies),
+                done,
                 total,
                 site,
                 time.monotonic() - start,
             )
-        if pending and not arrived:
+            del msg
+        if pending and not got_any:
             time.sleep(POLL_INTERVAL_S)
     if pending:
         log.warning("%s: %d site(s) did not reply within %.0fs", label, len(pending), timeout_s)

@@ -19,7 +19,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from typing import Any, cast
 
@@ -33,6 +33,7 @@ from common.keys import ConfigKey, Phase, RecordKey, Share, SiteKey
 from common.models import build_model
 from common.summary import SiteSummary
 from common.weights import merge, subset, to_arrays
+from server.aggregation import RoundAggregator
 from server.exchange import exchange
 from server.records import RunRecorder
 from server.sites import (
@@ -106,9 +107,14 @@ class Federation:
             values[ConfigKey.SHARED_STATISTICS.value] = self._model_statistics[model]
         return ConfigRecord({**values, **extra})
 
-    def _send(self, messages: Iterable[Message], label: str) -> list[Message]:
+    def _send(
+        self,
+        messages: Iterable[Message],
+        label: str,
+        on_reply: Callable[[Message], None] | None = None,
+    ) -> list[Message]:
         timeout = self.cfg.federation.round_timeout_s
-        return exchange(self.grid, messages, timeout, label, self.names)
+        return exchange(self.grid, messages, timeout, label, self.names, on_reply)
 
     def _site(self, msg: Message) -> str:
         return self.names.get(msg.metadata.src_node_id, str(msg.metadata.src_node_id))
@@ -200,32 +206,42 @@ class Federation:
     def _train_round(
         self, strategy: Strategy, rnd: int, arrays: ArrayRecord, view: Grid, model: str
     ) -> ArrayRecord:
-        """Local training at the sampled sites; validated updates are aggregated."""
+        """Local training at the sampled sites; validated updates are aggregated as they
+        arrive (``server.aggregation``), in site-name order whatever the arrival order."""
         start = time.monotonic()
+        compression = self.cfg.federation.compression
         shared = subset(arrays, self.local_keys)
         config = self._config(model, **{ConfigKey.SHARE.value: Share.SHARED.value})
-        messages = strategy.configure_train(rnd, shared, config, view)
-        label = f"{_prefix(model)}round {rnd}/{self.cfg.federation.num_rounds} train"
-        # aggregate in site-name order, not arrival order: floating-point sums then do not
-        # depend on which site finished first, and a rerun gives the same model
-        replies = sorted(self._send(messages, label), key=self._site)
-        accepted, rejected = [], {}
-        for reply in replies:
-            problem = update_problem(reply, shared)
+        messages = list(strategy.configure_train(rnd, shared, config, view))
+        order = sorted(self.names[m.metadata.dst_node_id] for m in messages)
+        aggregator = RoundAggregator(strategy, shared, order, compression, self.recorder.run_dir)
+        accepted: dict[str, dict[str, Any]] = {}
+        rejected: dict[str, str] = {}
+
+        def on_reply(reply: Message) -> None:
+            site = self._site(reply)
+            problem = update_problem(reply, shared, compression)
             if problem is None:
-                accepted.append(reply)
+                records = list(reply.content.metric_records.values())
+                accepted[site] = dict(records[0])
+                aggregator.accept(site, reply)
             else:
-                site = self._site(reply)
                 rejected[site] = problem
+                aggregator.skip(site)
                 log.warning("round %d: update from %s rejected: %s", rnd, site, problem)
-        new_shared, _ = strategy.aggregate_train(rnd, accepted)
+
+        label = f"{_prefix(model)}round {rnd}/{self.cfg.federation.num_rounds} train"
+        self._send(messages, label, on_reply)
+        new_shared = aggregator.result(rnd, messages)
         self.recorder.log_round(
             {
                 "model": model,
                 "round": rnd,
                 "phase": "train",
-                "sites": _metrics_by_site(accepted, self.names),
+                "sites": dict(sorted(accepted.items())),
                 "rejected": rejected,
+                "aggregation": aggregator.mode.value,
+                "parked": aggregator.parked,
                 "seconds": time.monotonic() - start,
             }
         )

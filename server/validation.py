@@ -5,40 +5,77 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import ArrayRecord, Message
 
-from common.keys import MetricKey
+from common.compression import CODE_DTYPE, n_blocks
+from common.keys import Compression, MetricKey, RecordKey
+from server.aggregation import array_view
 
 
-def update_problem(reply: Message, reference: ArrayRecord) -> str | None:
+def update_problem(
+    reply: Message, reference: ArrayRecord, compression: str = Compression.NONE
+) -> str | None:
     """Why ``reply`` must not be aggregated, or None if it is acceptable.
 
-    Checks: no error, exactly one ArrayRecord and one MetricRecord, the same
-    tensor names, shapes and dtypes as the global model, finite values, and a
-    positive example count.
+    Checks: no error, exactly one weights ArrayRecord and one MetricRecord, the
+    same tensor names and shapes as the global model, the dtype the round's
+    ``compression`` sends (the global model's own without it), int8 block
+    scales that fit their codes, finite values, and a positive example count.
     """
     if reply.has_error():
         return f"site reported an error: {reply.error.reason}"
     content = reply.content
-    if len(content.array_records) != 1 or len(content.metric_records) != 1:
+    scales = content.array_records.get(RecordKey.SCALES)
+    n_arrays = 1 + (scales is not None)
+    if RecordKey.ARRAYS not in content.array_records or len(content.array_records) != n_arrays:
         return (
-            f"expected one ArrayRecord and one MetricRecord, got "
-            f"{len(content.array_records)} and {len(content.metric_records)}"
+            f"expected the ArrayRecord {RecordKey.ARRAYS.value!r}"
+            f"{' and its scales' if scales is not None else ''}, "
+            f"got {sorted(content.array_records)}"
         )
-    arrays = next(iter(content.array_records.values()))
+    if len(content.metric_records) != 1:
+        return f"expected one MetricRecord, got {len(content.metric_records)}"
+    arrays = content.array_records[RecordKey.ARRAYS]
     metrics = next(iter(content.metric_records.values()))
     if set(arrays) != set(reference):
         missing = sorted(set(reference) - set(arrays))[:3]
         extra = sorted(set(arrays) - set(reference))[:3]
         return f"tensor names differ from the global model (missing {missing}, extra {extra})"
+    wants_scales = compression == Compression.INT8
+    if wants_scales != (scales is not None):
+        state = "missing" if wants_scales else "unexpected"
+        return f"{compression!r} compression: block scales {state}"
     for key, ref in reference.items():
         arr = arrays[key]
-        if tuple(arr.shape) != tuple(ref.shape) or arr.dtype != ref.dtype:
+        dtype = ref.dtype if compression == Compression.NONE else str(CODE_DTYPE[compression])
+        if tuple(arr.shape) != tuple(ref.shape) or arr.dtype != dtype:
             return (
-                f"tensor {key!r} is {arr.dtype}{list(arr.shape)}, "
-                f"expected {ref.dtype}{list(ref.shape)}"
+                f"tensor {key!r} is {arr.dtype}{list(arr.shape)}, expected {dtype}{list(ref.shape)}"
             )
-        if not np.isfinite(arr.numpy()).all():
+        if not _finite(array_view(arr)):
             return f"tensor {key!r} contains NaN or Inf"
+        if scales is not None:
+            if key not in scales:
+                return f"tensor {key!r} has no block scales"
+            scale = array_view(scales[key])
+            if scale.dtype != np.float32 or scale.shape != (n_blocks(int(np.prod(ref.shape))),):
+                return (
+                    f"block scales of {key!r} are {scale.dtype}{list(scale.shape)}, "
+                    f"expected float32[{n_blocks(int(np.prod(ref.shape)))}]"
+                )
+            if not _finite(scale) or (scale < 0).any():
+                return f"block scales of {key!r} must be finite and >= 0"
+    if scales is not None and set(scales) != set(reference):
+        return "block scales name tensors the global model does not have"
     n = metrics.get(MetricKey.NUM_EXAMPLES.value)
     if not isinstance(n, int | float) or not n > 0:
         return f"{MetricKey.NUM_EXAMPLES.value} = {n!r}: must be a positive number"
     return None
+
+
+def _finite(values: np.ndarray) -> bool:
+    """Every value finite, in one read: a float64 sum of float16/32 values cannot overflow,
+    so it is finite exactly when no value is NaN or infinite (integers always are)."""
+    if not np.issubdtype(values.dtype, np.floating):
+        return True
+    if values.dtype.itemsize > 4:
+        return bool(np.isfinite(values).all())
+    return bool(np.isfinite(np.sum(values, dtype=np.float64)))

@@ -45,7 +45,7 @@ def test_good_update_passes() -> None:
         ({**GOOD, "b": np.array([1, np.nan, 1], np.float32)}, 10.0, False, "NaN or Inf"),
         ({**GOOD, "w": np.full((2, 3), np.inf, np.float32)}, 10.0, False, "NaN or Inf"),
         (GOOD, 0.0, False, "must be a positive number"),
-        (GOOD, 10.0, True, "expected one ArrayRecord and one MetricRecord"),
+        (GOOD, 10.0, True, "expected one MetricRecord, got 2"),
     ],
 )
 def test_bad_updates_are_named(

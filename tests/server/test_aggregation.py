@@ -1,0 +1,288 @@
+"""Streaming aggregation and update compression, against Flower's own aggregation.
+
+Reference: Flower's ``aggregate_arrayrecords`` and its strategies' ``aggregate_train``
+(the stock path every Flower ServerApp uses); a streamed FedAvg must give the same
+weighted mean up to float32 rounding, and the server optimisers the same step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import strategy as fl
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+from common.compression import BLOCK, compress_update, decode, encode
+from common.keys import Compression
+from server.aggregation import Mode, RoundAggregator, RunningMean, Update, array_view
+from server.validation import update_problem
+
+pytestmark = pytest.mark.usefixtures("flower_task")
+
+SHAPES = {"conv.weight": (8, 3, 3, 3), "conv.bias": (8,), "fc.weight": (2, 700), "bn.mean": (8,)}
+SITES = ["site-a", "site-b", "site-c", "site-d", "site-e"]
+
+
+def _global(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()}
+
+
+def _record(tensors: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in tensors.items()})
+
+
+def _message(
+    tensors: dict[str, np.ndarray], n: float, scales: dict[str, np.ndarray] | None = None
+) -> Message:
+    content = RecordDict({"arrays": _record(tensors), "metrics": MetricRecord({"num-examples": n})})
+    if scales:
+        content["scales"] = _record(scales)
+    return Message(content, dst_node_id=1, message_type=MessageType.TRAIN)
+
+
+def _updates(seed: int = 1) -> dict[str, tuple[dict[str, np.ndarray], float]]:
+    rng = np.random.default_rng(seed)
+    base = _global()
+    return {
+        site: (
+            {
+                k: (v + rng.normal(scale=0.05, size=v.shape)).astype(np.float32)
+                for k, v in base.items()
+            },
+            float(rng.integers(10, 200)),
+        )
+        for site in SITES
+    }
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.arange(24, dtype=np.float32).reshape(2, 3, 4),
+        np.asfortranarray(np.arange(12, dtype=np.float32).reshape(3, 4)),
+        np.array(3.5, dtype=np.float32),
+        np.arange(10, dtype=np.int8),
+        np.linspace(-1, 1, 9, dtype=np.float16),
+        np.zeros((0, 4), np.float32),
+    ],
+)
+def test_array_view_reads_flowers_bytes_without_a_copy(values: np.ndarray) -> None:
+    array = Array(values)
+    view = array_view(array)
+    np.testing.assert_array_equal(view, array.numpy())
+    assert view.dtype == array.numpy().dtype and view.shape == values.shape
+    if values.size:
+        assert not view.flags.owndata and not view.flags.writeable  # a view of the bytes
+
+
+def test_streamed_mean_equals_flowers_aggregate_arrayrecords() -> None:
+    updates = _updates()
+    mean = RunningMean(_record(_global()))
+    for site, (tensors, n) in updates.items():
+        mean.add(Update(site, n, tensors))
+    ours = mean.result()
+    assert ours is not None
+    stock = aggregate_arrayrecords(
+        [_message(t, n).content for t, n in updates.values()], "num-examples"
+    )
+    total = sum(n for _, n in updates.values())
+    for key in SHAPES:
+        expected = sum(t[key].astype(np.float64) * n for t, n in updates.values()) / total
+        np.testing.assert_allclose(ours[key].numpy(), expected, rtol=0, atol=2e-6)
+        np.testing.assert_allclose(ours[key].numpy(), stock[key].numpy(), rtol=0, atol=2e-6)
+        assert ours[key].numpy().dtype == np.float32
+
+
+def _prime(strategy: fl.Strategy, reference: ArrayRecord) -> None:
+    """What the strategy's configure_train keeps of the global model."""
+    if isinstance(strategy, fl.FedAdam | fl.FedYogi):
+        strategy.current_arrays = {k: v.numpy() for k, v in reference.items()}
+    elif isinstance(strategy, fl.FedAvgM):
+        strategy.current_arrays = reference
+
+
+def _aggregate(
+    strategy: fl.Strategy,
+    arrival: list[str],
+    updates: dict[str, tuple[dict[str, np.ndarray], float]],
+    tmp_path: Path,
+    skip: tuple[str, ...] = (),
+) -> tuple[ArrayRecord | None, RoundAggregator]:
+    reference = _record(_global())
+    sent = [
+        Message(RecordDict({"arrays": reference}), dst_node_id=1, message_type=MessageType.TRAIN)
+    ]
+    _prime(strategy, reference)
+    aggregator = RoundAggregator(strategy, reference, sorted(updates), park_root=tmp_path)
+    for site in arrival:
+        if site in skip:
+            aggregator.skip(site)
+        else:
+            tensors, n = updates[site]
+            aggregator.accept(site, _message(tensors, n))
+    return aggregator.result(1, sent), aggregator
+
+
+def test_arrival_order_changes_nothing_and_early_replies_wait_on_disk(tmp_path: Path) -> None:
+    updates = _updates()
+    in_order, first = _aggregate(fl.FedAvg(), SITES, updates, tmp_path)
+    backwards, second = _aggregate(fl.FedAvg(), SITES[::-1], updates, tmp_path)
+    assert first.mode is Mode.MEAN and first.parked == 0
+    assert second.parked == 4  # every site but the first in name order had to wait
+    assert in_order is not None and backwards is not None
+    for key in SHAPES:  # bit for bit: the sum is always taken in site-name order
+        assert in_order[key].data == backwards[key].data
+    assert list(tmp_path.iterdir()) == []  # parked updates are deleted after the round
+
+
+def test_skipped_and_silent_sites_are_passed_over(tmp_path: Path) -> None:
+    updates = _updates()
+    # site-b is rejected; site-e never replies (timeout); the others arrive out of order
+    result, aggregator = _aggregate(
+        fl.FedAvg(), ["site-d", "site-b", "site-c", "site-a"], updates, tmp_path, skip=("site-b",)
+    )
+    kept = {s: updates[s] for s in ("site-a", "site-c", "site-d")}
+    expected, _ = _aggregate(fl.FedAvg(), ["site-a", "site-c", "site-d"], kept, tmp_path)
+    assert result is not None and expected is not None
+    for key in SHAPES:
+        assert result[key].data == expected[key].data
+    assert aggregator.mean.count == 3
+
+
+def test_nothing_accepted_gives_none(tmp_path: Path) -> None:
+    result, _ = _aggregate(fl.FedAvg(), SITES, _updates(), tmp_path, skip=tuple(SITES))
+    assert result is None
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: fl.FedAdam(eta=0.1),
+        lambda: fl.FedYogi(eta=0.1),
+        lambda: fl.FedAvgM(server_learning_rate=0.5, server_momentum=0.9),
+    ],
+)
+def test_server_optimisers_step_from_the_streamed_mean_as_from_all_replies(
+    make: Callable[[], fl.Strategy], tmp_path: Path
+) -> None:
+    updates = _updates()
+    streamed, aggregator = _aggregate(make(), SITES[::-1], updates, tmp_path)
+    assert aggregator.mode is Mode.MEAN_THEN_STRATEGY
+    stock_strategy = make()
+    _prime(stock_strategy, _record(_global()))
+    stock, _ = stock_strategy.aggregate_train(1, [_message(t, n) for t, n in updates.values()])
+    assert streamed is not None and stock is not None
+    for key in SHAPES:
+        np.testing.assert_allclose(streamed[key].numpy(), stock[key].numpy(), rtol=0, atol=1e-5)
+
+
+def test_robust_strategies_get_every_reply_in_site_order(tmp_path: Path) -> None:
+    updates = _updates()
+    result, aggregator = _aggregate(fl.FedMedian(), SITES[::-1], updates, tmp_path)
+    assert aggregator.mode is Mode.HOLD_ALL and aggregator.parked == 0
+    assert result is not None
+    for key in SHAPES:
+        expected = np.median(np.stack([t[key] for t, _ in updates.values()]), axis=0)
+        np.testing.assert_allclose(result[key].numpy(), expected, rtol=0, atol=1e-6)
+
+
+# ---- compression -------------------------------------------------------------------------
+
+
+def test_int8_codes_are_within_half_a_step_of_every_value() -> None:
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=BLOCK * 3 + 17).astype(np.float32)
+    values[5] = 40.0  # one outlier coarsens only its own block
+    codes, scales = encode(values, Compression.INT8)
+    assert codes.dtype == np.int8 and scales is not None and scales.shape == (4,)
+    back = decode(codes, scales, Compression.INT8)
+    step = np.repeat(scales, BLOCK)[: values.size]
+    assert np.all(np.abs(back - values) <= step / 2 * (1 + 1e-6))
+    assert scales[0] == pytest.approx(40.0 / 127) and scales[1] < 5.0 / 127
+    zeros, zero_scales = encode(np.zeros(10, np.float32), Compression.INT8)
+    assert not decode(zeros, zero_scales, Compression.INT8).any()
+
+
+def test_fp16_is_half_precision_of_the_update() -> None:
+    values = np.array([1e-3, -0.25, 3.0], np.float32)
+    codes, scales = encode(values, Compression.FP16)
+    assert scales is None and codes.dtype == np.float16
+    np.testing.assert_allclose(decode(codes, None, Compression.FP16), values, rtol=1e-3)
+
+
+@pytest.mark.parametrize("method", [Compression.FP16, Compression.INT8])
+def test_error_feedback_keeps_the_running_total_of_updates_exact(method: str) -> None:
+    # sum of what was sent + the residual still held = sum of the true updates
+    rng = np.random.default_rng(4)
+    received = {"w": rng.normal(size=(40, 30)).astype(np.float32)}
+    residual = None
+    sent_total = np.zeros((40, 30))
+    true_total = np.zeros((40, 30))
+    for _ in range(6):
+        trained = {"w": received["w"] + rng.normal(scale=1e-3, size=(40, 30)).astype(np.float32)}
+        codes, scales, residual = compress_update(trained, received, method, residual)
+        sent_total += decode(codes["w"], scales.get("w"), method)
+        true_total += trained["w"] - received["w"]
+    assert residual is not None
+    np.testing.assert_allclose(sent_total + residual["w"], true_total, rtol=0, atol=1e-8)
+    # without feedback the int8 error would be ~6 half-steps; with it, one residual
+    assert np.abs(sent_total - true_total).max() <= np.abs(residual["w"]).max() + 1e-8
+
+
+@pytest.mark.parametrize("method", [Compression.FP16, Compression.INT8])
+def test_compressed_round_decodes_to_the_mean_of_the_models(method: str, tmp_path: Path) -> None:
+    base = _global()
+    reference = _record(base)
+    updates = _updates()
+    for strategy in (fl.FedAvg(), fl.FedMedian()):
+        aggregator = RoundAggregator(strategy, reference, sorted(updates), method, tmp_path)
+        models = []
+        for site in SITES[::-1]:
+            tensors, n = updates[site]
+            codes, scales, _ = compress_update(tensors, base, method)
+            message = _message(codes, n, scales)
+            assert update_problem(message, reference, method) is None
+            aggregator.accept(site, message)
+            models.append({k: base[k] + decode(codes[k], scales.get(k), method) for k in base})
+        result = aggregator.result(1, [message])
+        assert result is not None
+        weights = [updates[s][1] for s in SITES[::-1]]
+        for key in SHAPES:
+            stack = np.stack([m[key] for m in models])
+            if isinstance(strategy, fl.FedMedian):
+                expected = np.median(stack, axis=0)
+            else:
+                expected = np.average(stack, axis=0, weights=weights)
+            np.testing.assert_allclose(result[key].numpy(), expected, rtol=0, atol=1e-5)
+
+
+def test_compressed_replies_are_checked() -> None:
+    base = _global()
+    reference = _record(base)
+    tensors, _ = _updates()["site-a"]
+    codes, scales, _ = compress_update(tensors, base, Compression.INT8)
+    assert update_problem(_message(codes, 5.0, scales), reference, Compression.INT8) is None
+    cases = {
+        "block scales missing": _message(codes, 5.0),
+        "tensor 'conv.weight' is float32": _message(tensors, 5.0, scales),
+        "expected float32[2]": _message(
+            codes, 5.0, {**scales, "conv.bias": np.ones(2, np.float32)}
+        ),
+        "must be finite and >= 0": _message(
+            codes, 5.0, {**scales, "conv.bias": np.array([-1.0], np.float32)}
+        ),
+    }
+    for expected, message in cases.items():
+        problem = update_problem(message, reference, Compression.INT8)
+        assert problem is not None and expected in problem, (expected, problem)
+    half = {k: v.astype(np.float16) for k, v in tensors.items()}
+    half["fc.weight"][0, 0] = np.inf
+    problem = update_problem(_message(half, 5.0), reference, Compression.FP16)
+    assert problem is not None and "NaN or Inf" in problem
+    problem = update_problem(_message(codes, 5.0, scales), reference, Compression.NONE)
+    assert problem is not None and "unexpected" in problem
