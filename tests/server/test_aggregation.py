@@ -270,7 +270,7 @@ def test_compressed_replies_are_checked() -> None:
     cases = {
         "block scales missing": _message(codes, 5.0),
         "tensor 'conv.weight' is float32": _message(tensors, 5.0, scales),
-        "expected float32[2]": _message(
+        "float32[2], expected float32[1]": _message(
             codes, 5.0, {**scales, "conv.bias": np.ones(2, np.float32)}
         ),
         "must be finite and >= 0": _message(
