@@ -8,7 +8,7 @@ float32, as every Flower app does. With ``fp16`` or ``int8`` it sends the
 - ``int8``: the update quantised to signed bytes in blocks of ``BLOCK``
   values, each block scaled by its own largest magnitude (``max|x| / 127``,
   round to nearest); the float32 block scales travel beside the codes
-  (a quarter of the bytes, plus 0.4 %).
+  (a quarter of the bytes, plus 0.1 %).
 
 Both use **error feedback** (Seide et al., 2014, "1-bit SGD"; Karimireddy et
 al., 2019, "Error feedback fixes SignSGD"): what the encoding lost in one round
@@ -27,7 +27,7 @@ import numpy as np
 
 from common.keys import Compression
 
-BLOCK = 256  # int8: values per scale; 4 bytes of scale per 256 codes
+BLOCK = 1024  # int8: values per scale; 4 bytes of scale per 1024 codes
 INT8_MAX = 127
 
 CODE_DTYPE: dict[str, np.dtype] = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,12 +149,35 @@ def pipeline_key(cfg: DataConfig, task: str) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# A site's process trains and scores every round: its splits are kept in memory (the
+# disk cache still saves the preprocessing across processes). Callers never modify them.
+_SPLITS: OrderedDict[tuple[Any, ...], SplitTensors] = OrderedDict()
+SPLITS_KEPT = 8
+
+
 def load_split(
     manifest: SiteManifest,
     split: str,
     cfg: DataConfig,
     task: str,
 ) -> SplitTensors:
+    """Every case of a split through the deterministic pipeline, stacked; kept in memory
+    for the next round (keyed by site folder, manifest hash, split, data settings, task
+    and every file's size and modification time, so a changed file is read again)."""
+    files = [p for c in manifest.split(split) for p in (*c.images, c.mask) if p is not None]
+    stats = tuple((s.st_size, s.st_mtime_ns) for s in (p.stat() for p in files))
+    key = (str(manifest.site_dir.resolve()), manifest.sha256, split, cfg, task, stats)
+    if key in _SPLITS:
+        _SPLITS.move_to_end(key)
+        return _SPLITS[key]
+    tensors = _load_split(manifest, split, cfg, task)
+    _SPLITS[key] = tensors
+    while len(_SPLITS) > SPLITS_KEPT:
+        _SPLITS.popitem(last=False)
+    return tensors
+
+
+def _load_split(manifest: SiteManifest, split: str, cfg: DataConfig, task: str) -> SplitTensors:
     """Run the deterministic pipeline on every case of a split and stack the result."""
     cases = manifest.split(split)
     records = [case_record(c, cfg.channels) for c in cases]

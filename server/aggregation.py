@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import cast
+from typing import TypeVar, cast
 
 import numpy as np
 import torch
@@ -73,7 +73,20 @@ def array_view(array: Array) -> np.ndarray:
     return flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
 
 
-def _as_tensor(values: np.ndarray) -> torch.Tensor:
+R = TypeVar("R", ArrayRecord, MetricRecord, ConfigRecord)
+
+
+def records(content: RecordDict, kind: type[R]) -> dict[str, R]:
+    """The records of one kind in a message's content.
+
+    Use this on replies, not ``RecordDict.array_records`` and its siblings: those views
+    form a reference cycle with the content, so a reply's tensors outlive it until the
+    garbage collector runs, and a round holds several updates instead of one.
+    """
+    return {k: v for k, v in content.items() if isinstance(v, kind)}
+
+
+def as_tensor(values: np.ndarray) -> torch.Tensor:
     """A tensor sharing ``values``' memory; it is only read (the views are read-only)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "the given NumPy array is not writable"
@@ -110,9 +123,9 @@ class Update:
     @classmethod
     def from_reply(cls, site: str, reply: Message) -> Update:
         content = reply.content
-        metrics = next(iter(content.metric_records.values()))
+        metrics = next(iter(records(content, MetricRecord).values()))
         arrays = cast(ArrayRecord, content[RecordKey.ARRAYS])
-        scales = content.array_records.get(RecordKey.SCALES, ArrayRecord())
+        scales = records(content, ArrayRecord).get(RecordKey.SCALES, ArrayRecord())
         return cls(
             site,
             float(cast(float, metrics[MetricKey.NUM_EXAMPLES.value])),
@@ -151,10 +164,10 @@ class RunningMean:
             values = update.arrays[key]
             if self.compression != Compression.NONE:
                 values = decode(np.asarray(values), update.scales.get(key), self.compression)
-            tensor = _as_tensor(np.asarray(values))
+            tensor = as_tensor(np.asarray(values))
             acc = self.sums.get(key)
-            if acc is None:
-                acc = self.sums[key] = torch.zeros(tuple(ref.shape), dtype=torch.float32)
+            if acc is None:  # NumPy-allocated, so memory profilers see it
+                acc = self.sums[key] = torch.from_numpy(np.zeros(tuple(ref.shape), np.float32))
             acc.add_(tensor, alpha=update.weight)
         self.total += update.weight
         self.count += 1
@@ -168,7 +181,7 @@ class RunningMean:
             acc = self.sums.pop(key)
             acc.div_(self.total)
             if self.compression != Compression.NONE:
-                acc.add_(_as_tensor(array_view(ref)))
+                acc.add_(as_tensor(array_view(ref)))
             out[key] = Array(acc.numpy().astype(ref.dtype, copy=False))
             del acc
         return ArrayRecord(out)
@@ -278,8 +291,10 @@ class RoundAggregator:
         reply.content = RecordDict(
             {
                 RecordKey.ARRAYS: ArrayRecord(weights),
-                RecordKey.METRICS: next(iter(reply.content.metric_records.values())),
-                RecordKey.SITE: reply.content.config_records.get(RecordKey.SITE, ConfigRecord()),
+                RecordKey.METRICS: next(iter(records(reply.content, MetricRecord).values())),
+                RecordKey.SITE: records(reply.content, ConfigRecord).get(
+                    RecordKey.SITE, ConfigRecord()
+                ),
             }
         )
         return reply

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from typing import Any, cast
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -33,7 +33,7 @@ from common.keys import ConfigKey, Phase, RecordKey, Share, SiteKey
 from common.models import build_model
 from common.summary import SiteSummary
 from common.weights import merge, subset, to_arrays
-from server.aggregation import RoundAggregator
+from server.aggregation import RoundAggregator, records
 from server.exchange import exchange
 from server.records import RunRecorder
 from server.sites import (
@@ -222,8 +222,7 @@ class Federation:
             site = self._site(reply)
             problem = update_problem(reply, shared, compression)
             if problem is None:
-                records = list(reply.content.metric_records.values())
-                accepted[site] = dict(records[0])
+                accepted[site] = dict(next(iter(records(reply.content, MetricRecord).values())))
                 aggregator.accept(site, reply)
             else:
                 rejected[site] = problem

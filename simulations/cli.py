@@ -1,4 +1,4 @@
-"""The `hepafed` command line: simulate, report, phantom, site check."""
+"""The `hepafed` command line: simulate, report, bench, phantom, site check."""
 
 from __future__ import annotations
 
@@ -229,6 +229,28 @@ def cmd_site_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from simulations.bench import SECTIONS, run_bench
+
+    sections = [s.strip() for s in args.sections.split(",")] if args.sections else list(SECTIONS)
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"--sections: unknown {unknown}; choose from {', '.join(SECTIONS)}")
+    out = Path(args.out)
+    run_bench(
+        out,
+        quick=args.quick,
+        repeats=args.repeats,
+        sections=sections,
+        data_dir=Path(args.data_dir),
+        overrides=parse_overrides(args.run_config),
+        progress=lambda line: print(line, flush=True),
+    )
+    print((out / "bench.md").read_text(encoding="utf-8").split("\n## ")[1].rstrip())
+    print(f"\nfigures: {out / 'bench.md'} and bench.json")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hepafed", description="Federated multi-center learning for liver imaging."
@@ -282,6 +304,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("run_dir", help="run folder holding report.json (or the file itself)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "bench", help="measure round overhead, aggregation, throughput and scaling (docs/results)"
+    )
+    p.add_argument("--quick", action="store_true", help="tiny configuration (the smoke test)")
+    p.add_argument("--repeats", type=int, default=None, help="runs per timing (default 3; quick 1)")
+    p.add_argument("--sections", default="", help="comma-separated subset of the sections")
+    p.add_argument("--out", default="docs/results", help="folder for bench.json and bench.md")
+    p.add_argument("--data-dir", default="data", help="phantom and cache folder")
+    p.add_argument("--run-config", action="append", default=[], metavar="'KEY=VALUE ...'")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("phantom", help="write a multi-center phantom in the site data contract")
     p.add_argument("--scenario", default="liver-5", help="bundled name or TOML path")

@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Callable
 
 from flwr.app import Context
+from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
@@ -42,11 +43,13 @@ def run_federated(
     cfg: RunConfig,
     verbose: bool = False,
     body: Callable[[Grid, RunConfig], object] = serve,
+    client: ClientApp = client_app,
 ) -> None:
     """Run ``cfg`` with one simulated SuperNode per site folder under ``data.site-root``.
 
     ``body`` is what the ServerApp does with the grid (default: ``server.app.serve``,
-    the run config's evaluation design)."""
+    the run config's evaluation design); ``client`` the ClientApp every site runs
+    (default hepafed's; the benchmark passes a stock Flower one)."""
     n_sites = len(list_site_dirs(cfg.data.site_root))
     if cfg.federation.expected_sites == 0:  # one virtual node per site folder: wait for all
         cfg = cfg.replace({"federation.expected-sites": n_sites})
@@ -69,7 +72,7 @@ def run_federated(
             warnings.simplefilter("ignore", DeprecationWarning)
             run_simulation(
                 server_app=server_app,
-                client_app=client_app,
+                client_app=client,
                 num_supernodes=n_sites,
                 backend_config=simulation_backend(),  # type: ignore[arg-type]
                 verbose_logging=verbose,
