@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.memory import keep_residual, recall_residual
@@ -98,9 +98,13 @@ def train(msg: Message, context: Context) -> Message:
             recall_residual(context.state, todo.model),
         )
         keep_residual(context.state, todo.model, residual)
-        content[RecordKey.ARRAYS] = ArrayRecord(OrderedDict(codes.items()))
+        content[RecordKey.ARRAYS] = ArrayRecord(
+            OrderedDict((k, Array(v)) for k, v in codes.items())
+        )
         if scales:
-            content[RecordKey.SCALES] = ArrayRecord(OrderedDict(scales.items()))
+            content[RecordKey.SCALES] = ArrayRecord(
+                OrderedDict((k, Array(v)) for k, v in scales.items())
+            )
     return Message(content, reply_to=msg)
 
 

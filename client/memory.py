@@ -25,7 +25,7 @@ from collections.abc import Iterable
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from torch import nn
 
 TRAINED = "hepafed.trained"
@@ -97,4 +97,6 @@ def recall_residual(state: RecordDict, model_id: str) -> dict[str, np.ndarray] |
 
 
 def keep_residual(state: RecordDict, model_id: str, residual: dict[str, np.ndarray]) -> None:
-    state[f"{RESIDUAL}{model_id}"] = ArrayRecord(OrderedDict(residual.items()))
+    state[f"{RESIDUAL}{model_id}"] = ArrayRecord(
+        OrderedDict((k, Array(v)) for k, v in residual.items())
+    )

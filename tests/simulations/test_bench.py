@@ -1,0 +1,62 @@
+"""`hepafed bench --quick`: the benchmark keeps working and its figures mean what they say.
+
+Not a timing test: speed targets are read from the written files, never asserted
+here. What is asserted is what must hold on any machine: the aggregate is the
+weighted mean, streaming aggregation's live memory does not grow with sites while
+stock Flower's does, compression sends about a half or a quarter of the bytes,
+and the files hold every section that ran.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from simulations.bench import markdown, run_bench
+from simulations.cli import main
+
+
+@pytest.mark.slow
+def test_quick_bench_writes_every_section_and_its_figures_hold(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    result = run_bench(out, quick=True, data_dir=tmp_path / "data")
+    doc = json.loads((out / "bench.json").read_text())
+    assert set(doc["sections"]) >= {"bandwidth", "aggregation", "client", "bytes", "round"}
+    assert "sites-100" not in doc["sections"]  # full runs only
+    assert (out / "bench.md").read_text() == markdown(result)
+
+    rows = {(r["method"], r["sites"]): r for r in doc["sections"]["aggregation"]}
+    for row in rows.values():
+        assert row["max_abs_error"] < 1e-5  # the weighted mean, checked inside the case
+    # streaming: one update held at a time, whatever the number of sites
+    ours_2, ours_5 = rows[("hepafed", 2)], rows[("hepafed", 5)]
+    assert ours_5["live_peak_x_model"] <= 3.0
+    assert ours_5["live_peak_x_model"] - ours_2["live_peak_x_model"] < 0.2
+    # stock Flower holds every reply: about one model more per site
+    flower_2, flower_5 = rows[("flower", 2)], rows[("flower", 5)]
+    assert flower_5["live_peak_x_model"] - flower_2["live_peak_x_model"] > 2.5
+
+    ratios = {r["compression"]: r["ratio"] for r in doc["sections"]["bytes"]}
+    assert ratios["none"] == 1.0
+    assert 0.5 <= ratios["fp16"] < 0.51
+    assert 0.25 <= ratios["int8"] < 0.27
+
+    client = doc["sections"]["client"]
+    assert client["augment"] is False  # same work as the plain loop
+    for key in ("plain_images_per_s", "train_local_images_per_s", "site_train_images_per_s"):
+        assert client[key]["median"] > 0
+    round_ = doc["sections"]["round"]
+    assert round_["hepafed_round_s"]["runs"] == round_["flower_round_s"]["runs"] == 2
+    assert round_["ratio"] == pytest.approx(
+        round_["hepafed_round_s"]["median"] / round_["flower_round_s"]["median"]
+    )
+    assert {"aggregation_memory", "aggregation_bandwidth", "client_throughput"} <= set(
+        doc["targets"]
+    )
+
+
+def test_unknown_bench_section_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--sections", "bandwidth,warp-drive"]) == 2
+    assert "unknown ['warp-drive']" in capsys.readouterr().err
