@@ -8,7 +8,6 @@ split. Replies carry weights and aggregate numbers only, never per-case values.
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -16,7 +15,7 @@ from flwr.clientapp import ClientApp
 from client.memory import keep_residual, recall_residual
 from client.site import Instructions, open_site, site_evaluate, site_train
 from common.acquisition import acquisition_json
-from common.compression import compress_update
+from common.compression import PACKED, compress_update, pack
 from common.config import RunConfig
 from common.keys import Compression, ConfigKey, Phase, RecordKey, Share, SiteKey, Split
 
@@ -98,13 +97,11 @@ def train(msg: Message, context: Context) -> Message:
             recall_residual(context.state, todo.model),
         )
         keep_residual(context.state, todo.model, residual)
-        content[RecordKey.ARRAYS] = ArrayRecord(
-            OrderedDict((k, Array(v)) for k, v in codes.items())
-        )
-        if scales:
-            content[RecordKey.SCALES] = ArrayRecord(
-                OrderedDict((k, Array(v)) for k, v in scales.items())
-            )
+        # one flat array of codes (and one of scales) in the order the server sent
+        flat, flat_scales = pack(codes, scales, list(received.keys()))
+        content[RecordKey.ARRAYS] = ArrayRecord({PACKED: Array(flat)})
+        if flat_scales is not None:
+            content[RecordKey.SCALES] = ArrayRecord({PACKED: Array(flat_scales)})
     return Message(content, reply_to=msg)
 
 

@@ -15,13 +15,17 @@ al., 2019, "Error feedback fixes SignSGD"): what the encoding lost in one round
 is kept at the site and added to the next round's update before encoding, so
 quantisation errors do not accumulate in the global model.
 
-The server decodes an update tensor by tensor while it aggregates
-(``server.aggregation``): ``global + decode(codes, scales)`` is the site's model.
+On the wire the codes of all tensors travel as one flat array (``PACKED``), in
+the order of the global model's tensors, and for int8 the block scales as
+another (each tensor has its own blocks): two ``.npy`` headers per update
+instead of one per tensor, so the bytes are really a half or a quarter. The
+server decodes tensor by tensor while it aggregates (``server.aggregation``):
+``global + decode(codes, scales)`` is the site's model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -35,6 +39,9 @@ CODE_DTYPE: dict[str, np.dtype] = {
     Compression.FP16: np.dtype(np.float16),
     Compression.INT8: np.dtype(np.int8),
 }
+
+
+PACKED = "hepafed.update"  # the one key of a compressed update's ArrayRecord (and its scales)
 
 
 class CompressionError(ValueError):
@@ -114,3 +121,41 @@ def compress_update(
             scales[key] = scale
         carry[key] = update - decode(code, scale, method)
     return codes, scales, carry
+
+
+def pack(
+    codes: Mapping[str, np.ndarray], scales: Mapping[str, np.ndarray], order: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The codes of every tensor in ``order`` as one flat array, and their scales as another
+    (None without scales)."""
+    flat = np.concatenate([codes[k].reshape(-1) for k in order]) if order else np.zeros(0)
+    if not scales:
+        return flat, None
+    return flat, np.concatenate([scales[k] for k in order]).astype(np.float32, copy=False)
+
+
+def packed_sizes(shapes: Sequence[tuple[int, ...]], method: str) -> tuple[int, int]:
+    """How many codes and block scales an update of tensors of ``shapes`` carries."""
+    sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
+    blocks = sum(n_blocks(n) for n in sizes) if method == Compression.INT8 else 0
+    return sum(sizes), blocks
+
+
+def unpack(
+    flat: np.ndarray,
+    scales: np.ndarray | None,
+    shapes: Sequence[tuple[str, tuple[int, ...]]],
+    method: str,
+) -> Iterator[tuple[str, np.ndarray]]:
+    """(key, decoded float32 update) per tensor of ``shapes`` (views into ``flat`` until
+    decoded); sizes are checked by the server's validation first."""
+    offset = block = 0
+    for key, shape in shapes:
+        size = int(np.prod(shape, dtype=np.int64))
+        codes = flat[offset : offset + size].reshape(shape)
+        part = None
+        if scales is not None:
+            part = scales[block : block + n_blocks(size)]
+            block += n_blocks(size)
+        offset += size
+        yield key, decode(codes, part, method)

@@ -32,7 +32,7 @@ import shutil
 import tempfile
 import warnings
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -43,7 +43,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedYogi, Strategy
 
-from common.compression import decode
+from common.compression import PACKED, unpack
 from common.hooks.proximal import ProximalStrategy
 from common.keys import Compression, MetricKey, RecordKey
 
@@ -160,10 +160,8 @@ class RunningMean:
         self.count = 0
 
     def add(self, update: Update) -> None:
-        for key, ref in self.reference.items():
-            values = update.arrays[key]
-            if self.compression != Compression.NONE:
-                values = decode(np.asarray(values), update.scales.get(key), self.compression)
+        for key, values in self.tensors(update):
+            ref = self.reference[key]
             tensor = as_tensor(np.asarray(values))
             acc = self.sums.get(key)
             if acc is None:  # NumPy-allocated, so memory profilers see it
@@ -171,6 +169,19 @@ class RunningMean:
             acc.add_(tensor, alpha=update.weight)
         self.total += update.weight
         self.count += 1
+
+    def tensors(self, update: Update) -> Iterable[tuple[str, np.ndarray]]:
+        """(key, weights or decoded update) per tensor of the global model."""
+        if self.compression == Compression.NONE:
+            return ((key, update.arrays[key]) for key in self.reference)
+        shapes = [(k, tuple(r.shape)) for k, r in self.reference.items()]
+        scales = update.scales.get(PACKED)
+        return unpack(
+            np.asarray(update.arrays[PACKED]),
+            None if scales is None else np.asarray(scales),
+            shapes,
+            self.compression,
+        )
 
     def result(self) -> ArrayRecord | None:
         """The mean as float32 weights (sums are released tensor by tensor); None if empty."""
@@ -285,8 +296,8 @@ class RoundAggregator:
             return reply
         update = Update.from_reply("", reply)
         weights: OrderedDict[str, Array] = OrderedDict()
-        for key, ref in self.reference.items():
-            delta = decode(np.asarray(update.arrays[key]), update.scales.get(key), self.compression)
+        for key, delta in self.mean.tensors(update):
+            ref = self.reference[key]
             weights[key] = Array((array_view(ref) + delta).astype(ref.dtype, copy=False))
         reply.content = RecordDict(
             {

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, Message, MetricRecord
 
-from common.compression import CODE_DTYPE, n_blocks
+from common.compression import CODE_DTYPE, PACKED, packed_sizes
 from common.keys import Compression, MetricKey, RecordKey
 from server.aggregation import array_view, as_tensor, records
 
@@ -38,39 +38,68 @@ def update_problem(
         return f"expected one MetricRecord, got {len(metric_records)}"
     arrays = array_records[RecordKey.ARRAYS]
     metrics = next(iter(metric_records.values()))
+    wants_scales = compression == Compression.INT8
+    if wants_scales != (scales is not None):
+        state = "missing" if wants_scales else "unexpected"
+        return f"'{compression}' compression: block scales {state}"
+    problem = (
+        _weights_problem(arrays, reference)
+        if compression == Compression.NONE
+        else _packed_problem(arrays, scales, reference, compression)
+    )
+    if problem is not None:
+        return problem
+    n = metrics.get(MetricKey.NUM_EXAMPLES.value)
+    if not isinstance(n, int | float) or not n > 0:
+        return f"{MetricKey.NUM_EXAMPLES.value} = {n!r}: must be a positive number"
+    return None
+
+
+def _weights_problem(arrays: ArrayRecord, reference: ArrayRecord) -> str | None:
+    """Float weights: the global model's names, shapes and dtypes, finite."""
     if set(arrays) != set(reference):
         missing = sorted(set(reference) - set(arrays))[:3]
         extra = sorted(set(arrays) - set(reference))[:3]
         return f"tensor names differ from the global model (missing {missing}, extra {extra})"
-    wants_scales = compression == Compression.INT8
-    if wants_scales != (scales is not None):
-        state = "missing" if wants_scales else "unexpected"
-        return f"{compression!r} compression: block scales {state}"
     for key, ref in reference.items():
         arr = arrays[key]
-        dtype = ref.dtype if compression == Compression.NONE else str(CODE_DTYPE[compression])
-        if tuple(arr.shape) != tuple(ref.shape) or arr.dtype != dtype:
+        if tuple(arr.shape) != tuple(ref.shape) or arr.dtype != ref.dtype:
             return (
-                f"tensor {key!r} is {arr.dtype}{list(arr.shape)}, expected {dtype}{list(ref.shape)}"
+                f"tensor {key!r} is {arr.dtype}{list(arr.shape)}, "
+                f"expected {ref.dtype}{list(ref.shape)}"
             )
         if not _finite(array_view(arr)):
             return f"tensor {key!r} contains NaN or Inf"
-        if scales is not None:
-            if key not in scales:
-                return f"tensor {key!r} has no block scales"
-            scale = array_view(scales[key])
-            if scale.dtype != np.float32 or scale.shape != (n_blocks(int(np.prod(ref.shape))),):
-                return (
-                    f"block scales of {key!r} are {scale.dtype}{list(scale.shape)}, "
-                    f"expected float32[{n_blocks(int(np.prod(ref.shape)))}]"
-                )
-            if not _finite(scale) or (scale < 0).any():
-                return f"block scales of {key!r} must be finite and >= 0"
-    if scales is not None and set(scales) != set(reference):
-        return "block scales name tensors the global model does not have"
-    n = metrics.get(MetricKey.NUM_EXAMPLES.value)
-    if not isinstance(n, int | float) or not n > 0:
-        return f"{MetricKey.NUM_EXAMPLES.value} = {n!r}: must be a positive number"
+    return None
+
+
+def _packed_problem(
+    arrays: ArrayRecord, scales: ArrayRecord | None, reference: ArrayRecord, compression: str
+) -> str | None:
+    """A compressed update (``common.compression``): one flat array of codes of the right
+    dtype and length, finite; for int8 one flat array of float32 scales >= 0."""
+    n_codes, n_scales = packed_sizes([tuple(r.shape) for r in reference.values()], compression)
+    dtype = str(CODE_DTYPE[compression])
+    if set(arrays) != {PACKED}:
+        return f"'{compression}' compression: expected one array {PACKED!r}, got {sorted(arrays)}"
+    codes = arrays[PACKED]
+    if codes.dtype != dtype or tuple(codes.shape) != (n_codes,):
+        return (
+            f"'{compression}' codes are {codes.dtype}{list(codes.shape)}, "
+            f"expected {dtype}[{n_codes}] (every tensor of the global model, flat)"
+        )
+    if not _finite(array_view(codes)):
+        return f"'{compression}' codes contain NaN or Inf"
+    if scales is not None:
+        if set(scales) != {PACKED}:
+            return f"block scales: expected one array {PACKED!r}, got {sorted(scales)}"
+        scale = array_view(scales[PACKED])
+        if scale.dtype != np.float32 or scale.shape != (n_scales,):
+            return (
+                f"block scales are {scale.dtype}{list(scale.shape)}, expected float32[{n_scales}]"
+            )
+        if not _finite(scale) or (scale < 0).any():
+            return "block scales must be finite and >= 0"
     return None
 
 

@@ -456,6 +456,14 @@ def _fmt(s: dict[str, float], digits: int = 2) -> str:
     return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
 
 
+def _dates(settings: dict[str, Any]) -> str:
+    """Which sections were measured on another day than the header's."""
+    other = {k: v for k, v in settings.get("measured", {}).items() if v != settings["date"]}
+    if not other:
+        return ""
+    return " Measured earlier: " + ", ".join(f"{k} on {v}" for k, v in sorted(other.items())) + "."
+
+
 def machine() -> dict[str, Any]:
     import torch
 
@@ -535,7 +543,7 @@ def markdown(result: BenchResult) -> str:
         f"{m['machine']['memory_gb']} GiB, GPU: {m['machine']['gpu'] or 'none'} "
         f"(torch {m['machine']['torch']}); {'quick' if m['quick'] else 'full'} run, "
         f"{m['repeats']} repeats. Timings: median (min-max). Regenerate with "
-        f"`{m['command']}`.",
+        f"`{m['command']}` (`--sections` remeasures some and keeps the others)." + _dates(m),
         "",
         "## Targets",
         "",
@@ -681,8 +689,7 @@ def hundred_sites(cfg: Any, data_dir: Path, sites: int, cases: int) -> dict[str,
                 "federation.num-rounds": 1,
                 "federation.min-sites": 2,
                 "eval.every-round": False,
-                "eval.min-cases": 2,
-                "eval.min-per-class": 1,
+                "eval.min-cases": 4,  # the smallest allowed: these sites have 2 test cases
                 "output.run-dir": str(Path(tmp) / "run"),
             }
         )
@@ -733,6 +740,28 @@ def simulate_runs(data_dir: Path) -> dict[str, Any]:
     return {"sites": sites, "runs": runs, "max_abs_auc_change": change}
 
 
+def _keep_earlier_sections(result: BenchResult, path: Path) -> None:
+    """Sections not measured now but present in an earlier ``bench.json`` of the same kind
+    (quick or full) and machine are kept, with the date they were measured."""
+    if not path.exists():
+        return
+    try:
+        earlier = json.loads(path.read_text())
+        same = (
+            earlier["settings"]["quick"] == result.settings["quick"]
+            and earlier["settings"]["machine"]["cores"] == result.settings["machine"]["cores"]
+        )
+    except (ValueError, KeyError, TypeError):
+        return
+    if not same:
+        return
+    for name, figures in earlier.get("sections", {}).items():
+        if name in SECTIONS and name not in result.sections:
+            result.sections[name] = figures
+            when = earlier["settings"].get("measured", {}).get(name, earlier["settings"]["date"])
+            result.settings["measured"][name] = when
+
+
 # ---- orchestration ------------------------------------------------------------------------
 
 SECTIONS = ("bandwidth", "aggregation", "client", "bytes", "round", "sites-100", "simulate")
@@ -771,6 +800,7 @@ def run_bench(
             "scenario": scenario,
             "command": command,
             "machine": machine(),
+            "measured": {},  # section -> date
         }
     )
     spec, phantom_dir = prepare_phantom(scenario, data_dir)
@@ -802,10 +832,17 @@ def run_bench(
         elif section == "simulate":
             result.sections[section] = simulate_runs(data_dir)
         progress(f"bench: {section} done in {time.monotonic() - t:.0f} s")
+        result.settings["measured"][section] = result.settings["date"]
+        _write(result, out_dir)  # after every section: a later failure loses nothing measured
+    _write(result, out_dir)
+    return result
+
+
+def _write(result: BenchResult, out_dir: Path) -> None:
+    _keep_earlier_sections(result, out_dir / "bench.json")
     if result.settings["machine"]["gpu"] is None:
         result.sections["gpu"] = GPU_NOTE
     evaluate_targets(result)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "bench.json").write_text(result.to_json() + "\n")
     (out_dir / "bench.md").write_text(markdown(result))
-    return result

@@ -11,7 +11,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 
 from client.app import train as train_handler
 from client.site import open_site, site_train
-from common.compression import decode
+from common.compression import PACKED, unpack
 from common.config import RunConfig
 from common.models import build_model
 from common.weights import to_arrays
@@ -46,19 +46,20 @@ def test_compressed_reply_decodes_to_the_trained_model_minus_what_feedback_keeps
     assert update_problem(reply, received, method) is None
     # the uncompressed model this round would have sent (same seed: same training)
     plain, _ = site_train(open_site({"site-dir": str(site)}, cfg), received, cfg, 1)
-    residual = ctx.state["hepafed.residual.global"]
-    codes = reply.content["arrays"]
-    scales = reply.content.get("scales")
-    for key, ref in received.items():
-        sent = decode(codes[key].numpy(), scales[key].numpy() if scales else None, method)
-        update = plain[key].numpy() - ref.numpy()
+    residual = ctx.state.array_records["hepafed.residual.global"]
+    arrays = reply.content.array_records
+    codes = arrays["arrays"][PACKED].numpy()
+    assert codes.dtype == ("float16" if method == "fp16" else "int8")
+    scales = arrays["scales"][PACKED].numpy() if method == "int8" else None
+    shapes = [(k, tuple(v.shape)) for k, v in received.items()]
+    for key, sent in unpack(codes, scales, shapes, method):
+        update = plain[key].numpy() - received[key].numpy()
         # what was sent + what the site keeps = the true update (first round: no carry)
         np.testing.assert_allclose(sent + residual[key].numpy(), update, rtol=0, atol=1e-6)
-        assert codes[key].dtype == ("float16" if method == "fp16" else "int8")
     # round 2 adds the carried residual before encoding
     reply2 = _train(site, cfg, received, 2, ctx)
     assert update_problem(reply2, received, method) is None
-    assert ctx.state["hepafed.residual.global"] is not residual
+    assert ctx.state.array_records["hepafed.residual.global"] is not residual
 
 
 def test_uncompressed_reply_is_the_float32_model(site_factory: Callable[..., Path]) -> None:

@@ -16,7 +16,7 @@ from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, Rec
 from flwr.serverapp import strategy as fl
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-from common.compression import BLOCK, compress_update, decode, encode
+from common.compression import BLOCK, PACKED, compress_update, decode, encode, pack, unpack
 from common.keys import Compression
 from server.aggregation import Mode, RoundAggregator, RunningMean, Update, array_view
 from server.validation import update_problem
@@ -245,7 +245,7 @@ def test_compressed_round_decodes_to_the_mean_of_the_models(method: str, tmp_pat
         for site in SITES[::-1]:
             tensors, n = updates[site]
             codes, scales, _ = compress_update(tensors, base, method)
-            message = _message(codes, n, scales)
+            message = _packed(codes, scales, n)
             assert update_problem(message, reference, method) is None
             aggregator.accept(site, message)
             models.append({k: base[k] + decode(codes[k], scales.get(k), method) for k in base})
@@ -261,28 +261,60 @@ def test_compressed_round_decodes_to_the_mean_of_the_models(method: str, tmp_pat
             np.testing.assert_allclose(result[key].numpy(), expected, rtol=0, atol=1e-5)
 
 
+def _packed(
+    codes: dict[str, np.ndarray],
+    scales: dict[str, np.ndarray],
+    n: float,
+    codes_flat: np.ndarray | None = None,
+    scales_flat: np.ndarray | None = None,
+) -> Message:
+    """A compressed reply as a site sends it: flat codes (and scales) in the model's order."""
+    flat, flat_scales = pack(codes, scales, list(SHAPES))
+    flat = flat if codes_flat is None else codes_flat
+    flat_scales = flat_scales if scales_flat is None else scales_flat
+    return _message({PACKED: flat}, n, None if flat_scales is None else {PACKED: flat_scales})
+
+
+def test_packed_update_is_two_arrays_of_the_right_length() -> None:
+    tensors, _ = _updates()["site-a"]
+    codes, scales, _ = compress_update(tensors, _global(), Compression.INT8)
+    flat, flat_scales = pack(codes, scales, list(SHAPES))
+    sizes = [int(np.prod(s)) for s in SHAPES.values()]
+    assert flat.dtype == np.int8 and flat.shape == (sum(sizes),)
+    assert flat_scales is not None and flat_scales.shape == (sum(-(-n // BLOCK) for n in sizes),)
+    shapes = [(k, s) for k, s in SHAPES.items()]
+    for key, delta in unpack(flat, flat_scales, shapes, Compression.INT8):
+        np.testing.assert_array_equal(delta, decode(codes[key], scales[key], Compression.INT8))
+
+
 def test_compressed_replies_are_checked() -> None:
     base = _global()
     reference = _record(base)
     tensors, _ = _updates()["site-a"]
     codes, scales, _ = compress_update(tensors, base, Compression.INT8)
-    assert update_problem(_message(codes, 5.0, scales), reference, Compression.INT8) is None
+    flat, flat_scales = pack(codes, scales, list(SHAPES))
+    assert flat_scales is not None
+    assert update_problem(_packed(codes, scales, 5.0), reference, Compression.INT8) is None
+    negative = flat_scales.copy()
+    negative[3] = -1.0
     cases = {
-        "block scales missing": _message(codes, 5.0),
-        "tensor 'conv.weight' is float32": _message(tensors, 5.0, scales),
-        "float32[2], expected float32[1]": _message(
-            codes, 5.0, {**scales, "conv.bias": np.ones(2, np.float32)}
+        "block scales missing": _message({PACKED: flat}, 5.0),
+        "expected one array 'hepafed.update'": _message(codes, 5.0, {PACKED: flat_scales}),
+        f"int8[{flat.size - 1}], expected int8[{flat.size}]": _packed(
+            codes, scales, 5.0, codes_flat=flat[:-1]
         ),
-        "must be finite and >= 0": _message(
-            codes, 5.0, {**scales, "conv.bias": np.array([-1.0], np.float32)}
+        "'int8' codes are float32": _packed(codes, scales, 5.0, codes_flat=flat.astype(np.float32)),
+        f"expected float32[{flat_scales.size}]": _packed(
+            codes, scales, 5.0, scales_flat=flat_scales[:-1]
         ),
+        "must be finite and >= 0": _packed(codes, scales, 5.0, scales_flat=negative),
     }
     for expected, message in cases.items():
         problem = update_problem(message, reference, Compression.INT8)
         assert problem is not None and expected in problem, (expected, problem)
-    half = {k: v.astype(np.float16) for k, v in tensors.items()}
+    half, _, _ = compress_update(tensors, base, Compression.FP16)
     half["fc.weight"][0, 0] = np.inf
-    problem = update_problem(_message(half, 5.0), reference, Compression.FP16)
+    problem = update_problem(_packed(half, {}, 5.0), reference, Compression.FP16)
     assert problem is not None and "NaN or Inf" in problem
-    problem = update_problem(_message(codes, 5.0, scales), reference, Compression.NONE)
+    problem = update_problem(_packed(codes, scales, 5.0), reference, Compression.NONE)
     assert problem is not None and "unexpected" in problem
