@@ -164,9 +164,12 @@ class RunningMean:
             ref = self.reference[key]
             tensor = as_tensor(np.asarray(values))
             acc = self.sums.get(key)
-            if acc is None:  # NumPy-allocated, so memory profilers see it
-                acc = self.sums[key] = torch.from_numpy(np.zeros(tuple(ref.shape), np.float32))
-            acc.add_(tensor, alpha=update.weight)
+            if acc is None:  # the first term: one pass, no zero fill; NumPy-allocated, so
+                # memory profilers see it
+                acc = self.sums[key] = torch.from_numpy(np.empty(tuple(ref.shape), np.float32))
+                torch.mul(tensor, update.weight, out=acc)
+            else:
+                acc.add_(tensor, alpha=update.weight)
         self.total += update.weight
         self.count += 1
 
