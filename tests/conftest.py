@@ -16,9 +16,10 @@ import pytest
 from hypothesis import settings
 
 # Property tests explore the same examples on every run, so CI is reproducible; run with
-# HYPOTHESIS_PROFILE=explore to search afresh.
-settings.register_profile("ci", derandomize=True)
-settings.register_profile("explore", derandomize=False)
+# HYPOTHESIS_PROFILE=explore to search afresh. No per-example deadline: these tests check
+# values, not speed, and a loaded machine must not fail them.
+settings.register_profile("ci", derandomize=True, deadline=None)
+settings.register_profile("explore", derandomize=False, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 PHASES = ("arterial", "portal", "delayed")
