@@ -235,7 +235,7 @@ class RoundAggregator:
         if site == self._due():
             self._fold(update)
         else:
-            self.waiting[site] = update.park(self._folder() / str(len(self.waiting)))
+            self.waiting[site] = update.park(self._folder() / str(self.parked))
             self.parked += 1
 
     def skip(self, site: str) -> None:

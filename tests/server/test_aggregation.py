@@ -140,6 +140,17 @@ def test_arrival_order_changes_nothing_and_early_replies_wait_on_disk(tmp_path: 
     assert list(tmp_path.iterdir()) == []  # parked updates are deleted after the round
 
 
+def test_sites_that_wait_again_after_a_drain_get_their_own_folders(tmp_path: Path) -> None:
+    updates = _updates()
+    # c and b wait, a drains them, then e waits (its folder must not reuse c's) until d
+    arrival = ["site-c", "site-b", "site-a", "site-e", "site-d"]
+    result, aggregator = _aggregate(fl.FedAvg(), arrival, updates, tmp_path)
+    expected, _ = _aggregate(fl.FedAvg(), SITES, updates, tmp_path)
+    assert aggregator.parked == 3 and result is not None and expected is not None
+    for key in SHAPES:
+        assert result[key].data == expected[key].data
+
+
 def test_skipped_and_silent_sites_are_passed_over(tmp_path: Path) -> None:
     updates = _updates()
     # site-b is rejected; site-e never replies (timeout); the others arrive out of order
