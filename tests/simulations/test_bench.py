@@ -40,8 +40,8 @@ def test_quick_bench_writes_every_section_and_its_figures_hold(tmp_path: Path) -
 
     ratios = {r["compression"]: r["ratio"] for r in doc["sections"]["bytes"]}
     assert ratios["none"] == 1.0
-    assert 0.5 <= ratios["fp16"] < 0.51
-    assert 0.25 <= ratios["int8"] < 0.27
+    assert 0.49 < ratios["fp16"] < 0.51  # one flat array: headers and framing are tiny
+    assert 0.24 < ratios["int8"] < 0.26
 
     client = doc["sections"]["client"]
     assert client["augment"] is False  # same work as the plain loop
