@@ -8,6 +8,7 @@ split. Replies carry weights and aggregate numbers only, never per-case values.
 from __future__ import annotations
 
 import json
+from typing import cast
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -85,7 +86,9 @@ def train(msg: Message, context: Context) -> Message:
             RecordKey.SITE: ConfigRecord({SiteKey.NAME.value: site.name}),
         }
     )
-    received = msg.content.array_records[RecordKey.ARRAYS]
+    # item access, not ``content.array_records``: that view keeps the message alive in a
+    # reference cycle until the garbage collector runs
+    received = cast(ArrayRecord, msg.content[RecordKey.ARRAYS])
     if cfg.federation.compression == Compression.NONE or todo.share != Share.SHARED:
         content[RecordKey.ARRAYS] = ArrayRecord(state)
     else:  # a federated round: send the encoded update, keep what encoding lost

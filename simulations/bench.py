@@ -43,24 +43,16 @@ import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from simulations.bench_report import BenchResult, evaluate_targets, markdown
+
 GB = 1e9
 SITE_COUNTS = (5, 20, 50, 100)
 MODEL_PARAMS = 10_000_000
-
-TARGETS = {
-    "round_overhead": "round time <= 1.05 x stock Flower FedAvg",
-    "aggregation_memory": "peak <= 3 x model size at 100 sites",
-    "aggregation_bandwidth": ">= 50 % of measured memory bandwidth",
-    "client_throughput": ">= 0.95 x plain PyTorch loop",
-    "compression": "fp16 halves, int8 quarters the bytes; |AUC change| <= 0.005",
-    "sites_100": "100 simulated sites complete a round",
-}
 
 
 def spread(values: Iterable[float]) -> dict[str, float]:
@@ -436,34 +428,6 @@ def round_time(cfg: Any, repeats: int) -> dict[str, Any]:
     }
 
 
-# ---- the report -----------------------------------------------------------------------------
-
-
-@dataclass
-class BenchResult:
-    settings: dict[str, Any]
-    sections: dict[str, Any] = field(default_factory=dict)
-    targets: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {"settings": self.settings, "sections": self.sections, "targets": self.targets},
-            indent=2,
-        )
-
-
-def _fmt(s: dict[str, float], digits: int = 2) -> str:
-    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
-
-
-def _dates(settings: dict[str, Any]) -> str:
-    """Which sections were measured on another day than the header's."""
-    other = {k: v for k, v in settings.get("measured", {}).items() if v != settings["date"]}
-    if not other:
-        return ""
-    return " Measured earlier: " + ", ".join(f"{k} on {v}" for k, v in sorted(other.items())) + "."
-
-
 def machine() -> dict[str, Any]:
     import torch
 
@@ -476,185 +440,6 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
     }
-
-
-def evaluate_targets(result: BenchResult) -> None:
-    s, t = result.sections, result.targets
-    if "aggregation" in s and "bandwidth" in s:
-        ours = [r for r in s["aggregation"] if r["method"] == "hepafed"]
-        largest = max(ours, key=lambda r: r["sites"])
-        t["aggregation_memory"] = {
-            "target": TARGETS["aggregation_memory"],
-            "value": f"{largest['live_peak_x_model']:.2f} x model at {largest['sites']} sites "
-            f"(process RSS {largest['rss_peak_x_model']:.2f} x)",
-            "met": largest["live_peak_x_model"] <= 3.0,
-        }
-        bw = max(
-            s["bandwidth"]["numpy_add_gbps"]["median"], s["bandwidth"]["torch_add_gbps"]["median"]
-        )
-        through = statistics.median(r["throughput_gbps"]["median"] for r in ours)
-        t["aggregation_bandwidth"] = {
-            "target": TARGETS["aggregation_bandwidth"],
-            "value": f"{through:.2f} GB/s of {bw:.2f} GB/s = {through / bw:.0%}",
-            "met": through >= 0.5 * bw,
-        }
-    if "client" in s:
-        c = s["client"]
-        ratio = c["site_train_images_per_s"]["median"] / c["plain_images_per_s"]["median"]
-        loop = c["train_local_images_per_s"]["median"] / c["plain_images_per_s"]["median"]
-        t["client_throughput"] = {
-            "target": TARGETS["client_throughput"],
-            "value": f"whole job {ratio:.3f} x, training loop {loop:.3f} x",
-            "met": ratio >= 0.95,
-        }
-    if "round" in s:
-        ratio = s["round"]["ratio"]
-        t["round_overhead"] = {
-            "target": TARGETS["round_overhead"],
-            "value": f"{ratio:.3f} x",
-            "met": ratio <= 1.05,
-        }
-    if "bytes" in s:
-        ratios = {r["compression"]: r["ratio"] for r in s["bytes"]}
-        auc = s.get("simulate", {}).get("max_abs_auc_change")
-        met = ratios["fp16"] <= 0.51 and ratios["int8"] <= 0.26  # headers and int8 scales
-        value = f"fp16 {ratios['fp16']:.3f}, int8 {ratios['int8']:.3f} of the bytes"
-        if auc is not None:
-            value += f"; largest |AUC change| {max(auc.values()):.4f}"
-            met = met and max(auc.values()) <= 0.005
-        else:
-            value += "; AUC change not measured (full run only)"
-        t["compression"] = {"target": TARGETS["compression"], "value": value, "met": met}
-    if "sites-100" in s:
-        r = s["sites-100"]
-        t["sites_100"] = {
-            "target": TARGETS["sites_100"],
-            "value": f"{r['sites_trained']} sites trained, round {r['round_s']:.0f} s",
-            "met": r["sites_trained"] == r["sites"],
-        }
-
-
-def markdown(result: BenchResult) -> str:
-    s, m = result.sections, result.settings
-    lines = [
-        "# hepafed bench",
-        "",
-        f"Measured {m['date']} on {m['machine']['cores']} cores, "
-        f"{m['machine']['memory_gb']} GiB, GPU: {m['machine']['gpu'] or 'none'} "
-        f"(torch {m['machine']['torch']}); {'quick' if m['quick'] else 'full'} run, "
-        f"{m['repeats']} repeats. Timings: median (min-max). Regenerate with "
-        f"`{m['command']}` (`--sections` remeasures some and keeps the others)." + _dates(m),
-        "",
-        "## Targets",
-        "",
-        "| target | measured | met |",
-        "|---|---|---|",
-    ]
-    for t in result.targets.values():
-        lines.append(f"| {t['target']} | {t['value']} | {'yes' if t['met'] else '**no**'} |")
-    if "bandwidth" in s:
-        b = s["bandwidth"]
-        lines += [
-            "",
-            "## Memory bandwidth",
-            "",
-            f"In-place add of two {b['array_mb']:.0f} MB float32 arrays, GB/s of the added "
-            "array (read a, read b, write a: the access pattern of aggregation).",
-            "",
-            f"- NumPy `a += b` (one thread): {_fmt(b['numpy_add_gbps'])}",
-            f"- torch `a.add_(b, alpha)` ({b['torch_threads']} threads): "
-            f"{_fmt(b['torch_add_gbps'])}",
-        ]
-    if "aggregation" in s:
-        lines += [
-            "",
-            "## Aggregation of one round",
-            "",
-            f"Synthetic model of {s['aggregation'][0]['params']:,} float32 parameters "
-            f"({s['aggregation'][0]['model_mb']:.0f} MB). hepafed: validation and streaming "
-            "fold of each reply as it arrives; Flower: `FedAvg.aggregate_train` over the list "
-            "of all replies. Peak live: the most memory the round's replies, sums and result "
-            "held at once above what the ServerApp held before it (tracemalloc, which sees "
-            "every NumPy buffer and bytes object), in model sizes; RSS: the process's resident "
-            "high-water mark above the same point, which also counts memory the C allocator "
-            "keeps after it is freed.",
-            "",
-            "| sites | method | seconds | GB/s | peak live / model | RSS peak / model |",
-            "|---|---|---|---|---|---|",
-        ]
-        for r in s["aggregation"]:
-            lines.append(
-                f"| {r['sites']} | {r['method']} | {_fmt(r['seconds'])} | "
-                f"{_fmt(r['throughput_gbps'])} | {r['live_peak_x_model']:.2f} | "
-                f"{r['rss_peak_x_model']:.2f} |"
-            )
-    if "client" in s:
-        c = s["client"]
-        lines += [
-            "",
-            "## Client training throughput",
-            "",
-            f"{c['site']}: {c['cases']} training cases, {c['epochs']} epochs, batch "
-            f"{c['batch_size']}, augmentation {'on' if c['augment'] else 'off'}, "
-            f"{c['device']}{' with AMP' if c['amp'] else ''}. Images per second.",
-            "",
-            f"- plain PyTorch loop: {_fmt(c['plain_images_per_s'], 1)}",
-            f"- hepafed `train_local`: {_fmt(c['train_local_images_per_s'], 1)}",
-            "- hepafed `site_train` (the ClientApp's whole job: data from the cache, model, "
-            f"hooks, training, state): {_fmt(c['site_train_images_per_s'], 1)}",
-        ]
-    if "bytes" in s:
-        lines += [
-            "",
-            "## Bytes one site sends per round (default model)",
-            "",
-            "| compression | bytes | of uncompressed |",
-            "|---|---|---|",
-        ]
-        for r in s["bytes"]:
-            lines.append(f"| {r['compression']} | {r['bytes']:,} | {r['ratio']:.3f} |")
-    if "round" in s:
-        r = s["round"]
-        lines += [
-            "",
-            "## Round time against stock Flower",
-            "",
-            f"{r['sites']} sites, {r['rounds_per_run']} rounds x {r['runs']} runs (the first "
-            "round of each run left out: it starts stock Flower's workers), Flower's "
-            "simulation engine; per-round wall time from sending the model to the aggregate. "
-            "Stock: `FedAvg` with `Grid.send_and_receive` and a ClientApp with a plain "
-            "PyTorch loop on the same data.",
-            "",
-            f"- hepafed: {_fmt(r['hepafed_round_s'])} s",
-            f"- stock Flower: {_fmt(r['flower_round_s'])} s",
-            f"- ratio: {r['ratio']:.3f}",
-        ]
-    if "sites-100" in s:
-        r = s["sites-100"]
-        lines += [
-            "",
-            "## 100 simulated sites",
-            "",
-            f"{r['sites']} phantom sites of {r['cases_per_site']} cases, one round: "
-            f"{r['sites_trained']} sites trained; the round took {r['round_s']:.1f} s, the "
-            f"whole run {r['run_s']:.0f} s; the ServerApp process peaked at "
-            f"{r['server_peak_mb']:.0f} MB.",
-        ]
-    if "simulate" in s:
-        r = s["simulate"]
-        lines += [
-            "",
-            "## `hepafed simulate` end to end, and compression",
-            "",
-            "| compression | wall (s) | federation (s) | " + " | ".join(r["sites"]) + " |",
-            "|---|---|---|" + "---|" * len(r["sites"]),
-        ]
-        for name, run in r["runs"].items():
-            aucs = " | ".join(f"{run['auc'][site]:.4f}" for site in r["sites"])
-            lines.append(f"| {name} | {run['wall_s']:.0f} | {run['federation_s']:.0f} | {aucs} |")
-    if "gpu" in s:
-        lines += ["", "## GPU", "", s["gpu"]]
-    return "\n".join(lines) + "\n"
 
 
 # ---- 100 simulated sites --------------------------------------------------------------------

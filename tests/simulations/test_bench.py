@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from simulations.bench import markdown, run_bench
+from simulations.bench import run_bench
+from simulations.bench_report import markdown
 from simulations.cli import main
 
 
