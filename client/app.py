@@ -8,10 +8,12 @@ split. Replies carry weights and aggregate numbers only, never per-case values.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import cast
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 
 from client.memory import keep_residual, recall_residual
 from client.site import Instructions, open_site, site_evaluate, site_train
@@ -20,7 +22,9 @@ from common.compression import PACKED, compress_update, pack
 from common.config import RunConfig
 from common.keys import Compression, ConfigKey, Phase, RecordKey, Share, SiteKey, Split
 
-app = ClientApp()
+
+
+OUTER_MODS: list[Mod] = []
 
 
 def _run_config(msg: Message) -> tuple[RunConfig, int, Instructions]:
@@ -31,7 +35,6 @@ def _run_config(msg: Message) -> tuple[RunConfig, int, Instructions]:
     return RunConfig.from_flat(flat), server_round, Instructions.from_config(extras)
 
 
-@app.query()
 def query(msg: Message, context: Context) -> Message:
     """Report the site's name, case counts, manifest hash and acquisition summary.
 
@@ -67,7 +70,6 @@ def query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({RecordKey.SITE: info}), reply_to=msg)
 
 
-@app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the global model on this site's train split and send the update."""
     cfg, server_round, todo = _run_config(msg)
@@ -108,7 +110,6 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
-@app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the global model on this site's test split; reply with summaries."""
     cfg, _, todo = _run_config(msg)
@@ -130,3 +131,16 @@ def evaluate(msg: Message, context: Context) -> Message:
         }
     )
     return Message(content, reply_to=msg)
+
+
+def client_app(inner_mods: Sequence[Mod] = ()) -> ClientApp:
+    """hepafed's ClientApp; ``inner_mods`` run inside its own mods, next to the handlers
+    (a simulated misbehaving site alters its reply there, before the site signs it)."""
+    new = ClientApp(mods=[*OUTER_MODS, *inner_mods])
+    new.query()(query)
+    new.train()(train)
+    new.evaluate()(evaluate)
+    return new
+
+
+app = client_app()

@@ -16,10 +16,12 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from common.keys import (
+    BadCasePolicy,
     Compression,
     EvalDesign,
     OptimizerName,
     PoolingMethod,
+    PrivacyMode,
     StrategyName,
     Task,
     choices,
@@ -85,6 +87,7 @@ class DataConfig:
     window_max: float = 250.0
     augment: bool = True
     cache_dir: str = ""  # where preprocessed cases are cached; "" = none
+    on_bad_case: str = BadCasePolicy.FAIL.value  # fail: the site's job fails; skip: counted
 
 
 @dataclass(frozen=True)
@@ -120,10 +123,32 @@ class HooksConfig:
 
 
 @dataclass(frozen=True)
+class TrustConfig:
+    """Signed updates and models, and the server's checks on every update."""
+
+    sign_updates: bool = True  # sites sign updates, the server signs models (off: a warning)
+    keys_dir: str = ""  # registered site keys (SITE.pub) + server key; "" = RUN_DIR/keys
+    norm_z: float = 3.5  # reject an update whose norm's robust z across sites exceeds this; 0 off
+    max_update_mb: float = 2048.0  # reject a reply larger than this (MiB)
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """Differential privacy of the updates (``server.privacy``, ``client.privacy``)."""
+
+    mode: str = PrivacyMode.NONE.value  # none | central | central-client-clip | local
+    clip_norm: float = 1.0  # L2 bound on each site's update
+    noise_multiplier: float = 1.0  # Gaussian noise std / clip-norm
+    delta: float = 1e-5  # the delta (epsilon, delta) is reported at
+    max_epsilon: float = 0.0  # stop before a round would spend more; 0: no budget
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     """Where the ServerApp writes the run folder."""
 
     run_dir: str = "runs/flwr"
+    resume: bool = False  # continue RUN_DIR from its last completed round
 
 
 @dataclass(frozen=True)
@@ -138,6 +163,8 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
+    trust: TrustConfig = field(default_factory=TrustConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def __post_init__(self) -> None:
@@ -203,6 +230,29 @@ class RunConfig:
         if not self.data.channels:
             raise ConfigError("data.channels is empty: name at least one image channel")
         self._check_hooks()
+        self._check_trust()
+
+    def _check_trust(self) -> None:
+        _check_choice("data.on-bad-case", self.data.on_bad_case, BadCasePolicy)
+        _check_choice("privacy.mode", self.privacy.mode, PrivacyMode)
+        t, p = self.trust, self.privacy
+        if t.norm_z < 0 or t.max_update_mb <= 0:
+            raise ConfigError(
+                f"trust.norm-z = {t.norm_z!r} must be >= 0 (0: off) and "
+                f"trust.max-update-mb = {t.max_update_mb!r} > 0"
+            )
+        if p.clip_norm <= 0 or p.noise_multiplier < 0 or p.max_epsilon < 0:
+            raise ConfigError(
+                f"privacy.clip-norm = {p.clip_norm!r} must be > 0, privacy.noise-multiplier = "
+                f"{p.noise_multiplier!r} and privacy.max-epsilon = {p.max_epsilon!r} >= 0"
+            )
+        if not 0.0 < p.delta < 1.0:
+            raise ConfigError(f"privacy.delta = {p.delta!r}: must be in (0, 1)")
+        if p.mode != PrivacyMode.NONE and self.federation.compression != Compression.NONE:
+            raise ConfigError(
+                f"privacy.mode = {p.mode!r} needs federation.compression = 'none' (the noise is "
+                f"calibrated to float32 updates), got {self.federation.compression!r}"
+            )
 
     def _check_hooks(self) -> None:
         from common.hooks.registry import UnknownHookError, hook_class

@@ -106,6 +106,22 @@ class Compression(StrEnum):
     INT8 = "int8"  # block-scaled 8-bit update, error feedback
 
 
+class BadCasePolicy(StrEnum):
+    """What a site does with a case whose files cannot be used (``data.on-bad-case``)."""
+
+    FAIL = "fail"  # the site's job fails with the case's named error
+    SKIP = "skip"  # the case is left out, named in the log and counted in the report
+
+
+class PrivacyMode(StrEnum):
+    """Differential privacy of the updates (``privacy.mode``)."""
+
+    NONE = "none"
+    CENTRAL = "central"  # the server clips each update and noises the aggregate
+    CENTRAL_CLIENT_CLIP = "central-client-clip"  # sites clip, the server noises the aggregate
+    LOCAL = "local"  # each site clips and noises its own update before sending it
+
+
 class OptimizerName(StrEnum):
     """Local optimisers a site can use."""
 
@@ -136,6 +152,8 @@ class NodeKey(StrEnum):
     SITE_DIR = "site-dir"  # deployment: the hospital's site folder
     SITE_NAME = "site-name"  # optional display name; defaults to the folder name
     PARTITION_ID = "partition-id"  # simulation: Flower's index of the virtual node
+    SIGNING_KEY = "signing-key"  # deployment: the site's private key (OpenSSH), signs updates
+    SERVER_KEY = "server-public-key"  # deployment: the server's public key, checks models
 
 
 class EvalDesign(StrEnum):
