@@ -17,14 +17,14 @@ from flwr.clientapp.typing import Mod
 
 from client.memory import keep_residual, recall_residual
 from client.site import Instructions, open_site, site_evaluate, site_train
+from client.trust import trust_mod
 from common.acquisition import acquisition_json
 from common.compression import PACKED, compress_update, pack
 from common.config import RunConfig
 from common.keys import Compression, ConfigKey, Phase, RecordKey, Share, SiteKey, Split
 
-
-
-OUTER_MODS: list[Mod] = []
+# outermost: the site checks the model exactly as it came in, signs exactly what leaves
+OUTER_MODS: list[Mod] = [trust_mod]
 
 
 def _run_config(msg: Message) -> tuple[RunConfig, int, Instructions]:

@@ -42,6 +42,7 @@ class SuperNodeOptions:
     ca: Path | None = None
     insecure: bool = False
     runtime_port: int = DEFAULT_RUNTIME_PORT
+    server_key: Path | None = None  # the federation's server.pub: checks signed models
 
     def __post_init__(self) -> None:
         if not self.insecure and (self.ca is None or self.private_key is None):
@@ -49,12 +50,19 @@ class SuperNodeOptions:
                 "a site node needs --ca (the federation's ca.pem) and its key pair "
                 "(--keys, from `hepafed site init`); pass --insecure only for a local test"
             )
-        if "'" in str(self.site_dir) or "'" in self.site_name:
-            raise ValueError("site folder and site name must not contain a single quote")
+        paths = (self.site_dir, self.site_name, self.private_key or "", self.server_key or "")
+        if any("'" in str(p) for p in paths):
+            raise ValueError("site folder, site name and key paths must not contain a quote")
 
     def node_config(self) -> str:
-        """The ``--node-config`` value the ClientApp reads (``site-dir``, ``site-name``)."""
-        return f"{NodeKey.SITE_DIR}='{self.site_dir}' {NodeKey.SITE_NAME}='{self.site_name}'"
+        """The ``--node-config`` value the ClientApp reads: ``site-dir``, ``site-name``, and
+        the keys that sign updates and check models (``client.trust``)."""
+        out = f"{NodeKey.SITE_DIR}='{self.site_dir}' {NodeKey.SITE_NAME}='{self.site_name}'"
+        if self.private_key is not None:
+            out += f" {NodeKey.SIGNING_KEY}='{self.private_key}'"
+        if self.server_key is not None:
+            out += f" {NodeKey.SERVER_KEY}='{self.server_key}'"
+        return out
 
 
 def supernode_command(options: SuperNodeOptions) -> list[str]:

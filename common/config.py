@@ -129,6 +129,7 @@ class TrustConfig:
     sign_updates: bool = True  # sites sign updates, the server signs models (off: a warning)
     keys_dir: str = ""  # registered site keys (SITE.pub) + server key; "" = RUN_DIR/keys
     norm_z: float = 3.5  # reject an update whose norm's robust z across sites exceeds this; 0 off
+    norm_ratio: float = 3.0  # ... and whose norm is at least this many times the median norm
     max_update_mb: float = 2048.0  # reject a reply larger than this (MiB)
 
 
@@ -236,10 +237,11 @@ class RunConfig:
         _check_choice("data.on-bad-case", self.data.on_bad_case, BadCasePolicy)
         _check_choice("privacy.mode", self.privacy.mode, PrivacyMode)
         t, p = self.trust, self.privacy
-        if t.norm_z < 0 or t.max_update_mb <= 0:
+        if t.norm_z < 0 or t.max_update_mb <= 0 or t.norm_ratio < 1:
             raise ConfigError(
                 f"trust.norm-z = {t.norm_z!r} must be >= 0 (0: off) and "
-                f"trust.max-update-mb = {t.max_update_mb!r} > 0"
+                f"trust.max-update-mb = {t.max_update_mb!r} > 0, trust.norm-ratio = "
+                f"{t.norm_ratio!r} >= 1"
             )
         if p.clip_norm <= 0 or p.noise_multiplier < 0 or p.max_epsilon < 0:
             raise ConfigError(

@@ -50,6 +50,8 @@ class SiteKey(StrEnum):
     STATISTICS = "statistics"  # JSON: hook statistics (Phase.STATISTICS replies)
     N_CASES = "n-cases"  # how many cases the statistics were fitted on (their weight)
     ADAPTATION = "adaptation"  # how the site scored the model (evaluate replies)
+    STATEMENT = "signed-statement"  # train replies: JSON of what the site signed
+    SIGNATURE = "signature"  # train replies: the site's signature of the statement (hex)
 
 
 class ConfigKey(StrEnum):
@@ -63,6 +65,8 @@ class ConfigKey(StrEnum):
     SHARE = "share"  # train: Share.SHARED (keep local layers) or Share.ALL (send every tensor)
     SHARED_STATISTICS = "shared-statistics"  # JSON of the server-combined hook statistics
     PROXIMAL_MU = "proximal-mu"  # FedProx mu, the key Flower's FedProx strategy uses
+    RUN_ID = "run-id"  # the run the server signs models for and sites sign updates for
+    MODEL_SIGNATURE = "model-signature"  # the server's signature of the model it sends (hex)
 
 
 class Phase(StrEnum):

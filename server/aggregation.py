@@ -215,9 +215,16 @@ class RoundAggregator:
         order: list[str],
         compression: str = Compression.NONE,
         park_root: Path | None = None,
+        defer: bool = False,
+        track_norms: bool = False,
     ) -> None:
         self.strategy, self.reference, self.compression = strategy, reference, compression
         self.mode = aggregation_mode(strategy)
+        # defer: fold nothing before every reply is in (norm outliers need all the norms);
+        # streamed updates then wait on disk, so memory still does not grow with sites
+        self.defer = defer
+        self.track_norms = track_norms or defer  # one more pass over each update
+        self.norms: dict[str, float] = {}  # L2 norm of each accepted site's update
         self.mean = RunningMean(reference, compression)
         self.order = list(order)
         self.next = 0  # index in ``order`` of the next site to fold
@@ -228,11 +235,13 @@ class RoundAggregator:
         self._park_dir: Path | None = None
 
     def accept(self, site: str, reply: Message) -> None:
+        update = Update.from_reply(site, reply)
+        if self.track_norms:
+            self.norms[site] = self.norm(update)
         if self.mode is Mode.HOLD_ALL:
             self.held[site] = reply
             return
-        update = Update.from_reply(site, reply)
-        if site == self._due():
+        if site == self._due() and not self.defer:
             self._fold(update)
         else:
             self.waiting[site] = update.park(self._folder() / str(self.parked))
@@ -244,10 +253,30 @@ class RoundAggregator:
             self.waiting[site] = None
             self._drain()
 
+    def norm(self, update: Update) -> float:
+        """The L2 norm of ``update`` minus the global model (of the decoded update when
+        compressed), accumulated in float64 over tensors."""
+        total = 0.0
+        for key, values in self.mean.tensors(update):
+            tensor = as_tensor(np.asarray(values)).float()
+            if self.compression == Compression.NONE:
+                tensor = tensor - as_tensor(array_view(self.reference[key])).float()
+            total += float(torch.linalg.vector_norm(tensor, dtype=torch.float64)) ** 2
+        return total**0.5
+
+    def exclude(self, sites: Iterable[str]) -> None:
+        """Drop accepted updates after all (norm outliers), before ``result``."""
+        for site in sites:
+            self.held.pop(site, None)
+            if site in self.waiting:
+                self.waiting[site] = None
+
     def result(self, server_round: int, sent: list[Message]) -> ArrayRecord | None:
         """The new shared weights, or None if no update was accepted; cleans up parked files."""
         try:
             if self.mode is Mode.HOLD_ALL:
+                if not self.held:
+                    return None
                 replies = [self._weights_reply(self.held[s]) for s in sorted(self.held)]
                 return self.strategy.aggregate_train(server_round, replies)[0]
             for site in self.order[self.next :]:  # sites that never replied are passed over
@@ -280,6 +309,8 @@ class RoundAggregator:
         self._drain()
 
     def _drain(self) -> None:
+        if self.defer:
+            return
         while (site := self._due()) is not None and site in self.waiting:
             update = self.waiting.pop(site)
             if update is not None:

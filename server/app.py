@@ -18,6 +18,7 @@ from server.designs import run_design
 from server.federation import connect
 from server.records import RunRecorder
 from server.reporting import write_report
+from server.trust import sign_report
 
 app = ServerApp()
 log = logging.getLogger("hepafed.progress")
@@ -36,5 +37,6 @@ def serve(grid: Grid, cfg: RunConfig) -> Path:
     evaluations = run_design(federation)
     recorder.write_evaluations([e.to_dict() for e in evaluations])
     write_report(recorder.run_dir)
+    sign_report(federation.trust, federation.audit, recorder.run_dir)
     log.info("run finished; results and report in %s", recorder.run_dir)
     return recorder.run_dir

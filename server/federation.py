@@ -19,6 +19,7 @@ import json
 import logging
 import random
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from typing import Any, cast
@@ -31,11 +32,20 @@ from common.config import RunConfig
 from common.hooks import HookError, HookSet
 from common.keys import ConfigKey, Phase, RecordKey, Share, SiteKey
 from common.models import build_model
+from common.signing import arrays_hash, update_digest
 from common.summary import SiteSummary
 from common.weights import merge, subset, to_arrays
 from server.aggregation import RoundAggregator, records
+from server.audit import AuditTrail
 from server.exchange import exchange
-from server.records import RunRecorder
+from server.records import RunRecorder, checkpoint_name, load_checkpoint, read_config
+from server.resume import (
+    ResumeError,
+    load_strategy_state,
+    rng_state,
+    set_rng_state,
+    strategy_state,
+)
 from server.sites import (
     ROLE_TRAIN,
     FederationError,
@@ -45,7 +55,13 @@ from server.sites import (
     wait_for_nodes,
 )
 from server.strategies import build_strategy
-from server.validation import update_problem
+from server.trust import ServerTrust, file_sha256
+from server.validation import (
+    MIN_SITES_FOR_NORMS,
+    norm_outliers,
+    reply_size_problem,
+    update_problem,
+)
 
 log = logging.getLogger("hepafed.progress")
 
@@ -60,18 +76,108 @@ def connect(grid: Grid, cfg: RunConfig, recorder: RunRecorder) -> Federation:
         grid, fed.expected_sites, fed.min_sites, fed.round_timeout_s, fed.join_grace_s
     )
     sites = discover_sites(grid, cfg, node_ids)
-    recorder.start(cfg, [asdict(s) for s in sites])
+    site_docs = [asdict(s) for s in sites]
+    resuming = cfg.output.resume
+    run_id = resumed_run_id(recorder, cfg) if resuming else uuid.uuid4().hex
+    trust = ServerTrust(cfg, recorder.run_dir, run_id)
+    trust.prepare_sites(s.name for s in sites)
+    trust.publish_key(recorder.run_dir)
+    if not resuming:
+        archive_previous_trail(recorder)
+    audit = AuditTrail(recorder.run_dir, sign=trust.signer())
+    if resuming:
+        dropped = recorder.keep_rounds(lambda e: _completed(e, recorder))
+        audit.append("resume", {"run_id": run_id, "sites": site_docs, "records_dropped": dropped})
+        log.info("resuming run %s in %s (%d unfinished records dropped)", run_id,
+                 recorder.run_dir, dropped)  # fmt: skip
+    else:
+        recorder.start(cfg, site_docs, run_id)
+        audit.append(
+            "config",
+            {"run_id": run_id, "config": cfg.to_flat(), "sites": site_docs,
+             "signing": trust.describe()},
+        )  # fmt: skip
     log.info("sites: %s", ", ".join(f"{s.name} ({s.role}, {s.n_train}/{s.n_test})" for s in sites))
-    return Federation(grid, cfg, recorder, sites)
+    return Federation(grid, cfg, recorder, sites, trust, audit)
+
+
+def resumed_run_id(recorder: RunRecorder, cfg: RunConfig) -> str:
+    """The run id of the run in ``recorder``'s folder, once its config is checked to be
+    ``cfg``'s (apart from ``output.resume``)."""
+    try:
+        doc = read_config(recorder.run_dir)
+    except (OSError, ValueError) as e:
+        raise ResumeError(
+            f"cannot resume {recorder.run_dir}: config.json is missing or unreadable ({e}); "
+            "start a new run instead"
+        ) from e
+    before = {k: v for k, v in dict(doc.get("config", {})).items() if k != "output.resume"}
+    now = {k: v for k, v in cfg.to_flat().items() if k != "output.resume"}
+    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    if changed:
+        raise ResumeError(
+            f"cannot resume {recorder.run_dir} with another run config: {', '.join(changed)} "
+            "differ; resume with the run's own config (hepafed run --resume does)"
+        )
+    run_id = str(doc.get("run_id", ""))
+    if not run_id:
+        raise ResumeError(f"cannot resume {recorder.run_dir}: config.json has no run id")
+    return run_id
+
+
+def archive_previous_trail(recorder: RunRecorder) -> None:
+    """A new run in a folder that holds another run's audit trail: keep the old trail
+    beside it (``audit-RUNID.jsonl``), never append a new run to it."""
+    from server.audit import AUDIT_FILE, HEAD_FILE
+
+    old = recorder.run_dir / AUDIT_FILE
+    if not old.exists():
+        return
+    try:
+        previous = str(read_config(recorder.run_dir).get("run_id", "")) or "previous"
+    except (OSError, ValueError):
+        previous = "previous"
+    stamp = f"{previous}-{int(time.time())}"
+    old.rename(recorder.run_dir / f"audit-{stamp}.jsonl")
+    head = recorder.run_dir / HEAD_FILE
+    if head.exists():
+        head.rename(recorder.run_dir / f"audit-{stamp}.head.json")
+
+
+def _completed(entry: dict[str, Any], recorder: RunRecorder) -> bool:
+    """Whether a rounds.jsonl record belongs to a round the resumed run will not redo: a
+    train or evaluate record of a round its model's checkpoint already holds."""
+    if entry.get("phase") not in ("train", "evaluate") or "model" not in entry:
+        return False
+    done = checkpoint_round(recorder, str(entry["model"]))
+    return done is not None and done >= 1 and int(entry.get("round", -1)) <= done
+
+
+def checkpoint_round(recorder: RunRecorder, model: str) -> int | None:
+    """The last completed round of ``model`` in the run folder (None: no checkpoint)."""
+    path = recorder.run_dir / checkpoint_name(model)
+    if not path.exists():
+        return None
+    try:
+        return int(load_checkpoint(path)["round"])
+    except Exception as e:  # torch raises several types for a damaged file
+        raise ResumeError(f"cannot resume: checkpoint {path} is unreadable ({e!r})") from e
 
 
 class Federation:
     """The connected sites of one run and what can be done with them."""
 
     def __init__(
-        self, grid: Grid, cfg: RunConfig, recorder: RunRecorder, sites: list[SiteInfo]
+        self,
+        grid: Grid,
+        cfg: RunConfig,
+        recorder: RunRecorder,
+        sites: list[SiteInfo],
+        trust: ServerTrust,
+        audit: AuditTrail,
     ) -> None:
         self.grid, self.cfg, self.recorder, self.sites = grid, cfg, recorder, sites
+        self.trust, self.audit = trust, audit
         self.names = {s.node_id: s.name for s in sites}
         probe = build_model(cfg)
         try:
@@ -88,7 +194,7 @@ class Federation:
     def with_config(self, cfg: RunConfig) -> Federation:
         """The same connected sites under another run config (e.g. another method);
         models trained under either are known to both."""
-        view = Federation(self.grid, cfg, self.recorder, self.sites)
+        view = Federation(self.grid, cfg, self.recorder, self.sites, self.trust, self.audit)
         view._statistics, view._model_statistics = self._statistics, self._model_statistics
         return view
 
@@ -101,8 +207,14 @@ class Federation:
         """The untrained model every federation and local-only model starts from."""
         return to_arrays(build_model(self.cfg))
 
-    def _config(self, model: str, **extra: Any) -> ConfigRecord:
+    def _config(self, model: str, arrays: ArrayRecord | None = None, **extra: Any) -> ConfigRecord:
+        """The round config: run config, model id, ``extra``; with ``arrays`` (the model the
+        message carries) the run id and the server's signature of it for that round."""
         values: dict[str, Any] = {**self.cfg.to_flat(), ConfigKey.MODEL.value: model}
+        values[ConfigKey.RUN_ID.value] = self.trust.run_id
+        if arrays is not None:
+            rnd = int(extra.get(ConfigKey.ROUND.value, 0))
+            values.update(self.trust.model_entries(rnd, model, arrays))
         if self._model_statistics.get(model):
             values[ConfigKey.SHARED_STATISTICS.value] = self._model_statistics[model]
         return ConfigRecord({**values, **extra})
@@ -189,19 +301,49 @@ class Federation:
         self._model_statistics[model] = self.shared_statistics(trainers)
         train_view = cast(Grid, NodeView(s.node_id for s in trainers))
         eval_view = cast(Grid, NodeView(s.node_id for s in self.sites if s.n_test > 0))
-        arrays = self.initial_arrays()
-        self._monitor(strategy, 0, arrays, eval_view, model)
-        for rnd in range(1, fed.num_rounds + 1):
+        resumed = self._resume_point(model) if self.cfg.output.resume else None
+        if resumed is None:
+            arrays, first = self.initial_arrays(), 1
+            self._monitor(strategy, 0, arrays, eval_view, model)
+        else:
+            arrays, done, state = resumed
+            load_strategy_state(strategy, state.get("strategy", {}))
+            set_rng_state(state["rng"])
+            first = done + 1
+            self.audit.append("resume-model", {"model": model, "completed_rounds": done})
+            log.info("%s: rounds 1-%d completed before; continuing at round %d", model, done,
+                     first)  # fmt: skip
+        for rnd in range(first, fed.num_rounds + 1):
             arrays = self._train_round(strategy, rnd, arrays, train_view, model)
-            self.recorder.checkpoint(
+            self._monitor(strategy, rnd, arrays, eval_view, model)
+            # a round is complete once checkpointed with everything needed to go on from it
+            path = self.recorder.checkpoint(
                 arrays.to_torch_state_dict(),
                 self.cfg,
                 rnd,
                 model,
                 self._model_statistics.get(model, ""),
+                resume={"strategy": strategy_state(strategy), "rng": rng_state()},
             )
-            self._monitor(strategy, rnd, arrays, eval_view, model)
+            self.audit.append(
+                "checkpoint",
+                {"model": model, "round": rnd, "file": path.name, "sha256": file_sha256(path)},
+            )
         return arrays
+
+    def _resume_point(self, model: str) -> tuple[ArrayRecord, int, dict[str, Any]] | None:
+        """``model``'s last checkpointed round in the run folder: weights, round, state."""
+        done = checkpoint_round(self.recorder, model)
+        if done is None or done < 1:
+            return None
+        payload = load_checkpoint(self.recorder.run_dir / checkpoint_name(model))
+        state = payload.get("resume") or {}
+        if "rng" not in state:
+            raise ResumeError(
+                f"cannot resume {model}: {checkpoint_name(model)} predates resumable "
+                "checkpoints (no optimiser/RNG state); start a new run"
+            )
+        return ArrayRecord(payload["model"]), done, state
 
     def _train_round(
         self, strategy: Strategy, rnd: int, arrays: ArrayRecord, view: Grid, model: str
@@ -209,18 +351,30 @@ class Federation:
         """Local training at the sampled sites; validated updates are aggregated as they
         arrive (``server.aggregation``), in site-name order whatever the arrival order."""
         start = time.monotonic()
-        compression = self.cfg.federation.compression
+        fed, trust = self.cfg.federation, self.cfg.trust
+        compression = fed.compression
         shared = subset(arrays, self.local_keys)
-        config = self._config(model, **{ConfigKey.SHARE.value: Share.SHARED.value})
+        extra = {ConfigKey.SHARE.value: Share.SHARED.value, ConfigKey.ROUND.value: rnd}
+        config = self._config(model, shared, **extra)
         messages = list(strategy.configure_train(rnd, shared, config, view))
         order = sorted(self.names[m.metadata.dst_node_id] for m in messages)
-        aggregator = RoundAggregator(strategy, shared, order, compression, self.recorder.run_dir)
+        defer = trust.norm_z > 0 and len(order) >= MIN_SITES_FOR_NORMS
+        aggregator = RoundAggregator(
+            strategy, shared, order, compression, self.recorder.run_dir, defer, track_norms=True
+        )
         accepted: dict[str, dict[str, Any]] = {}
         rejected: dict[str, str] = {}
+        digests: dict[str, str] = {}
 
         def on_reply(reply: Message) -> None:
             site = self._site(reply)
-            problem = update_problem(reply, shared, compression)
+            digest = "" if reply.has_error() else update_digest(reply.content)
+            digests[site] = digest
+            problem = (
+                update_problem(reply, shared, compression)
+                or reply_size_problem(reply, trust.max_update_mb)
+                or self.trust.update_problem(reply, site, rnd, model, shared, digest)
+            )
             if problem is None:
                 accepted[site] = dict(next(iter(records(reply.content, MetricRecord).values())))
                 aggregator.accept(site, reply)
@@ -229,9 +383,29 @@ class Federation:
                 aggregator.skip(site)
                 log.warning("round %d: update from %s rejected: %s", rnd, site, problem)
 
-        label = f"{_prefix(model)}round {rnd}/{self.cfg.federation.num_rounds} train"
+        label = f"{_prefix(model)}round {rnd}/{fed.num_rounds} train"
         self._send(messages, label, on_reply)
+        outliers = norm_outliers(
+            {s: aggregator.norms[s] for s in accepted}, trust.norm_z, trust.norm_ratio
+        ) if defer else {}  # fmt: skip
+        for site, reason in outliers.items():
+            log.warning("round %d: update from %s rejected: %s", rnd, site, reason)
+            rejected[site] = reason
+            del accepted[site]
+        aggregator.exclude(outliers)
+        no_reply = [s for s in order if s not in accepted and s not in rejected]
+        for site in no_reply:
+            log.warning("round %d: %s did not reply in time (dropped out)", rnd, site)
+        needed = min(fed.min_sites, len(order))
         new_shared = aggregator.result(rnd, messages)
+        if len(accepted) < needed:
+            log.warning(
+                "round %d: %d update(s) accepted, fewer than federation.min-sites = %d: "
+                "the global model is left unchanged this round", rnd, len(accepted), needed
+            )  # fmt: skip
+            new_shared = None
+        new_arrays = merge(arrays, new_shared) if new_shared is not None else arrays
+        norms = {s: aggregator.norms[s] for s in sorted(aggregator.norms)}
         self.recorder.log_round(
             {
                 "model": model,
@@ -239,12 +413,37 @@ class Federation:
                 "phase": "train",
                 "sites": dict(sorted(accepted.items())),
                 "rejected": rejected,
+                "no_reply": no_reply,
+                "applied": new_shared is not None,
+                "norms": norms,
                 "aggregation": aggregator.mode.value,
                 "parked": aggregator.parked,
                 "seconds": time.monotonic() - start,
             }
         )
-        return merge(arrays, new_shared) if new_shared is not None else arrays
+        self.audit.append(
+            "round",
+            {
+                "model": model,
+                "round": rnd,
+                "global_sha256": self.trust.model_hash(shared),
+                "participants": order,
+                "updates": {
+                    site: {
+                        "digest": digests.get(site, ""),
+                        "norm": norms.get(site),
+                        "accepted": site in accepted,
+                        "reason": rejected.get(site, ""),
+                    }
+                    for site in order
+                    if site in digests
+                },
+                "no_reply": no_reply,
+                "aggregate_sha256": arrays_hash(new_arrays) if new_shared is not None else None,
+                "applied": new_shared is not None,
+            },
+        )
+        return new_arrays
 
     def _monitor(
         self, strategy: Strategy, rnd: int, arrays: ArrayRecord, view: Grid, model: str
@@ -256,22 +455,38 @@ class Federation:
             return
         start = time.monotonic()
         config = self._config(
-            model, **{ConfigKey.ROUND.value: rnd, ConfigKey.SHARE.value: Share.SHARED.value}
+            model, arrays, **{ConfigKey.ROUND.value: rnd, ConfigKey.SHARE.value: Share.SHARED.value}
         )
-        messages = strategy.configure_evaluate(rnd, arrays, config, view)
+        messages = list(strategy.configure_evaluate(rnd, arrays, config, view))
         replies = self._send(messages, f"{_prefix(model)}round {rnd} evaluate")
         failed = {self._site(r): r.error.reason for r in replies if r.has_error()}
+        answered = {self._site(r) for r in replies}
+        failed.update(
+            {self.names[m.metadata.dst_node_id]: "no reply in time" for m in messages
+             if self.names[m.metadata.dst_node_id] not in answered}
+        )  # fmt: skip
         for site, reason in failed.items():
             log.warning("round %d: evaluation at %s failed: %s", rnd, site, reason)
+        metrics = _metrics_by_site([r for r in replies if not r.has_error()], self.names)
         self.recorder.log_round(
             {
                 "model": model,
                 "round": rnd,
                 "phase": "evaluate",
-                "sites": _metrics_by_site([r for r in replies if not r.has_error()], self.names),
+                "sites": metrics,
                 "failed": failed,
                 "seconds": time.monotonic() - start,
             }
+        )
+        self.audit.append(
+            "evaluation",
+            {
+                "model": model,
+                "round": rnd,
+                "model_sha256": self.trust.model_hash(arrays),
+                "summary": {site: _headline(m) for site, m in metrics.items()},
+                "failed": failed,
+            },
         )
 
     # ---- models trained at one site ----------------------------------------------------------
@@ -306,7 +521,12 @@ class Federation:
         extra: dict[str, Any] = {ConfigKey.ROUND.value: 0, ConfigKey.SHARE.value: Share.ALL.value}
         if base:
             extra[ConfigKey.BASE_MODEL.value] = base
-        config = self._config(model, **extra)
+        if self.cfg.output.resume:
+            done = checkpoint_round(self.recorder, model)
+            if done is not None:  # trained whole before the server stopped: not trained again
+                payload = load_checkpoint(self.recorder.run_dir / checkpoint_name(model))
+                return ArrayRecord(payload["model"])
+        config = self._config(model, start, **extra)
         config["train.local-epochs"] = epochs
         content = RecordDict({RecordKey.ARRAYS: start, RecordKey.CONFIG: config})
         message = Message(content, dst_node_id=site.node_id, message_type=MessageType.TRAIN)
@@ -317,17 +537,24 @@ class Federation:
         elif replies[0].has_error():
             problem = f"training failed: {replies[0].error.reason}"
         else:
-            problem = update_problem(replies[0], start)
+            problem = update_problem(replies[0], start) or self.trust.update_problem(
+                replies[0], site.name, 0, model, start
+            )
         if problem is not None:
             log.warning("%s at %s: %s", model, site.name, problem)
             self.recorder.log_round(
                 {"model": model, "phase": "final-evaluate", "failed": {site.name: problem}}
             )
             return None
-        arrays = cast(ArrayRecord, next(iter(replies[0].content.array_records.values())))
-        self.recorder.checkpoint(
+        arrays = cast(ArrayRecord, replies[0].content[RecordKey.ARRAYS])
+        path = self.recorder.checkpoint(
             arrays.to_torch_state_dict(), cfg, 0, model, self._model_statistics.get(model, "")
         )
+        self.audit.append(
+            "checkpoint",
+            {"model": model, "round": 0, "site": site.name, "file": path.name,
+             "sha256": file_sha256(path), "update_sha256": update_digest(replies[0].content)},
+        )  # fmt: skip
         return arrays
 
     # ---- final evaluation ------------------------------------------------------------------
@@ -356,6 +583,7 @@ class Federation:
             if site.name in splits:
                 config = self._config(
                     model,
+                    arrays,
                     **{
                         ConfigKey.ROUND.value: 0,
                         ConfigKey.EVAL_SPLIT.value: splits[site.name],
@@ -384,6 +612,17 @@ class Federation:
                 failed[name] = f"unreadable summary: {err!r}"
                 log.warning("evaluation of %s at %s: unreadable summary %r", label, name, err)
         failed.update({s: "no reply" for s in splits if s not in out and s not in failed})
+        self.audit.append(
+            "final-evaluation",
+            {
+                "model": label,
+                "model_sha256": self.trust.model_hash(arrays),
+                "splits": splits,
+                "summary": {site: _headline(dict(summary.to_record()))
+                            for site, (summary, _) in sorted(out.items())},
+                "failed": failed,
+            },
+        )  # fmt: skip
         self.recorder.log_round(
             {
                 "model": label,
@@ -399,6 +638,19 @@ class Federation:
 
 def _prefix(model: str) -> str:
     return "" if model == GLOBAL else f"{model}: "
+
+
+HEADLINE = ("n", "auc", "auc-var", "accuracy", "sensitivity", "specificity", "dice", "loss")
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation figures the audit trail keeps (counts and headline metrics)."""
+    out = {}
+    for key in HEADLINE:
+        value = metrics.get(key)
+        if isinstance(value, int | float) and value == value and abs(value) != float("inf"):
+            out[key] = value
+    return out
 
 
 def _metrics_by_site(replies: list[Message], names: dict[int, str]) -> dict[str, dict[str, Any]]:

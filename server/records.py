@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +38,21 @@ class RunRecorder:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
-    def start(self, cfg: RunConfig, sites: list[Mapping[str, Any]]) -> None:
-        """Record the resolved config and site list; start a fresh rounds log."""
-        doc = {"config": cfg.to_flat(), "sites": list(sites)}
+    def start(self, cfg: RunConfig, sites: Sequence[Mapping[str, Any]], run_id: str = "") -> None:
+        """Record the resolved config, run id and site list; start a fresh rounds log."""
+        doc = {"config": cfg.to_flat(), "sites": list(sites), "run_id": run_id}
         _write_atomic(self.run_dir / CONFIG_FILE, json.dumps(doc, indent=2).encode())
         (self.run_dir / ROUNDS_FILE).write_text("")
+
+    def keep_rounds(self, keep: Callable[[dict[str, Any]], bool]) -> int:
+        """Resume: rewrite rounds.jsonl (atomically) with only the records ``keep`` accepts;
+        the number dropped."""
+        path = self.run_dir / ROUNDS_FILE
+        entries = read_rounds(self.run_dir) if path.exists() else []
+        kept = [e for e in entries if keep(e)]
+        text = "".join(json.dumps(e, sort_keys=True) + "\n" for e in kept)
+        _write_atomic(path, text.encode())
+        return len(entries) - len(kept)
 
     def log_round(self, entry: Mapping[str, Any]) -> None:
         """Append one round/phase record as a JSON line (flushed immediately)."""
@@ -64,19 +74,25 @@ class RunRecorder:
         server_round: int,
         model: str = "global",
         shared_statistics: str = "",
+        resume: Mapping[str, Any] | None = None,
     ) -> Path:
         """Write model state, config and round together, atomically; with the hooks'
-        pooled statistics (JSON) the model was trained with, so it can be scored alone."""
+        pooled statistics (JSON) the model was trained with, so it can be scored alone,
+        and what a resumed run needs (``server.resume``: optimiser and RNG state)."""
         payload = {
             "model": dict(state),
             "config": cfg.to_flat(),
             "round": server_round,
             "model_id": model,
             "shared_statistics": shared_statistics,
+            "resume": dict(resume or {}),
         }
         path = self.run_dir / checkpoint_name(model)
         tmp = path.with_suffix(".tmp")
-        torch.save(payload, tmp)
+        with tmp.open("wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
         return path
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, Message, MetricRecord
@@ -101,6 +103,50 @@ def _packed_problem(
         if not _finite(scale) or (scale < 0).any():
             return "block scales must be finite and >= 0"
     return None
+
+
+MIN_SITES_FOR_NORMS = 3  # a robust z-score needs a median and a spread
+
+
+def reply_size_problem(reply: Message, max_mb: float) -> str | None:
+    """Why ``reply`` is too large to accept (its tensors' bytes), or None."""
+    size = sum(
+        len(array.data) for record in records(reply.content, ArrayRecord).values()
+        for array in record.values()
+    )  # fmt: skip
+    if size > max_mb * 2**20:
+        return f"update is {size / 2**20:.1f} MiB, over trust.max-update-mb = {max_mb:g}"
+    return None
+
+
+def norm_outliers(norms: Mapping[str, float], max_z: float, min_ratio: float) -> dict[str, str]:
+    """Sites whose update norm is an outlier among ``norms``, with the reason.
+
+    An outlier has a modified z-score ``0.6745 (x - median) / MAD`` above ``max_z``
+    (Iglewicz & Hoaglin 1993, who recommend 3.5) *and* a norm at least
+    ``min_ratio`` times the median: with a handful of sites the MAD can be tiny,
+    and an honest site with more data (more local steps, a larger update) must not
+    be thrown out for it. Only unusually large updates are flagged: a small one
+    cannot dominate a mean. Needs at least ``MIN_SITES_FOR_NORMS`` sites; with
+    ``max_z = 0`` the check is off.
+    """
+    if max_z <= 0 or len(norms) < MIN_SITES_FOR_NORMS:
+        return {}
+    values = np.array(list(norms.values()), dtype=np.float64)
+    median = float(np.median(values))
+    mad = float(np.median(np.abs(values - median)))
+    out: dict[str, str] = {}
+    for site, norm in norms.items():
+        if not np.isfinite(norm):
+            out[site] = "update norm is not finite"
+            continue
+        z = np.inf if mad == 0 else 0.6745 * (norm - median) / mad
+        if z > max_z and norm >= min_ratio * median:
+            out[site] = (
+                f"update norm {norm:.4g} is an outlier (robust z = {z:.1f} > trust.norm-z = "
+                f"{max_z:g}; {norm / median if median else np.inf:.1f}x the median {median:.4g})"
+            )
+    return out
 
 
 def _finite(values: np.ndarray) -> bool:

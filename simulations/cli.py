@@ -331,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     from simulations.deploy_cli import add_deploy_commands  # certs, server, run, site init/start
 
     add_deploy_commands(sub, site_sub)
+    from simulations.audit_cli import add_audit_commands  # audit verify
+
+    add_audit_commands(sub)
     return parser
 
 

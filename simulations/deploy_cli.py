@@ -16,6 +16,7 @@ this process with Flower's (signals and exit codes are Flower's own).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -45,6 +46,7 @@ from common.crypto import (
     public_key_fingerprint,
 )
 from common.processes import with_flower_on_path
+from common.signing import SERVER_PUBLIC_KEY, Keyring, load_public_key
 from server.deploy import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -60,6 +62,7 @@ from server.deploy import (
     superlink_environment,
     warn_insecure,
 )
+from server.trust import UNSIGNED_WARNING
 
 EXIT_OK, EXIT_PROBLEMS = 0, 1
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -116,6 +119,14 @@ def cmd_certs_init(args: argparse.Namespace) -> int:
     print(f"  {files.ca_cert}: the CA certificate, give it to every site")
     print(f"  {files.server_cert}, {files.server_key}: for `hepafed server start --certs {out}`")
     print(f"  {files.ca_key}: the CA's private key; keep it offline, never send it")
+    if args.keyring:
+        keyring = Keyring(Path(args.keyring))
+        keyring.ensure_server_key()
+        print(f"  {keyring.server_private}: the server's signing key (runs: --keyring)")
+        print(f"  {keyring.server_public}: give it to every site (`site start --server-key`)")
+        if args.public_out:
+            shutil.copyfile(keyring.server_public, Path(args.public_out) / SERVER_PUBLIC_KEY)
+            print(f"  {Path(args.public_out) / SERVER_PUBLIC_KEY}: the same, for the sites")
     return EXIT_OK
 
 
@@ -154,6 +165,17 @@ def supernode_options(args: argparse.Namespace) -> SuperNodeOptions:
     ca = Path(args.ca).resolve() if args.ca else None
     if ca is not None and not ca.is_file():
         raise FileNotFoundError(f"CA certificate {ca} does not exist")
+    server_key = Path(args.server_key).resolve() if args.server_key else None
+    if server_key is None and keys is not None and (keys / SERVER_PUBLIC_KEY).is_file():
+        server_key = (keys / SERVER_PUBLIC_KEY).resolve()
+    if server_key is not None and not server_key.is_file():
+        raise FileNotFoundError(f"server key {server_key} does not exist")
+    if server_key is None:
+        print(
+            "warning: no --server-key (the federation's server.pub): this site cannot check "
+            "the models it receives and will refuse runs with signed updates",
+            file=sys.stderr,
+        )
     return SuperNodeOptions(
         superlink=args.superlink,
         site_dir=site_path,
@@ -162,6 +184,7 @@ def supernode_options(args: argparse.Namespace) -> SuperNodeOptions:
         ca=None if args.insecure else ca,
         insecure=args.insecure,
         runtime_port=args.runtime_port,
+        server_key=server_key,
     )
 
 
@@ -251,7 +274,31 @@ def cmd_server_register_site(args: argparse.Namespace) -> int:
             failed += 1
             continue
         print(f"{name}: registered ({public_key_fingerprint(path)}), SuperNode id {node_id}")
+    if args.keyring:
+        for key in args.public_key:
+            path = Path(key)
+            name = args.name or _key_name(path)
+            try:
+                target = register_signing_key(args.keyring, path, name)
+                print(f"{name}: update-signing key in {target}")
+            except ValueError as e:
+                print(f"hepafed: {e}", file=sys.stderr)
+                failed += 1
     return EXIT_PROBLEMS if failed else EXIT_OK
+
+
+def register_signing_key(keyring_dir: str, public_key: Path, name: str) -> Path:
+    """Copy a site's public key into the run keyring as ``sites/NAME.pub`` (the key its
+    updates must be signed with); an existing different key is never replaced."""
+    load_public_key(public_key)  # readable, and a key type that signs
+    target = Keyring(Path(keyring_dir)).site_public(name)
+    if target.exists() and target.read_bytes().split()[:2] != public_key.read_bytes().split()[:2]:
+        raise ValueError(
+            f"{target} holds another key for {name}; remove it first if the site's key changed"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(public_key, target)
+    return target
 
 
 def cmd_server_list_sites(args: argparse.Namespace) -> int:
@@ -290,8 +337,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Submit this project's app to a SuperLink, follow its log, report where results are."""
     connection = _connection(args)
     app_dir = Path(args.app).resolve() if args.app else default_app_dir()
-    run_dir = run_dir_of(app_dir, args.run_config)
-    outcome = submit_run(connection, RunRequest(app_dir, tuple(args.run_config)))
+    run_config = run_overrides(args)
+    run_dir = run_dir_of(app_dir, run_config)
+    outcome = submit_run(connection, RunRequest(app_dir, tuple(run_config)))
     print()
     if outcome.run_id is None:
         print(f"run not submitted: {outcome.status}", file=sys.stderr)
@@ -305,6 +353,45 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"run folder at the coordinating center: {where}")
     print("  report.json, report.html, rounds.jsonl, evaluations.json, checkpoint.pt")
     return EXIT_OK if outcome.completed else EXIT_PROBLEMS
+
+
+def run_overrides(args: argparse.Namespace) -> list[str]:
+    """The run-config overrides ``hepafed run`` submits: ``--resume`` takes the run's own
+    config from RUN_DIR/config.json; ``--keyring`` sets ``trust.keys-dir``. A deployment
+    without a keyring must say ``trust.sign-updates=false`` (and is warned)."""
+    from simulations.cli import parse_overrides
+
+    overrides: list[str] = list(args.run_config)
+    if args.resume:
+        config = Path(args.resume) / "config.json"
+        try:
+            recorded = json.loads(config.read_text())["config"]
+        except (OSError, ValueError, KeyError) as e:
+            raise ValueError(f"--resume {args.resume}: cannot read {config} ({e})") from e
+        recorded.update({"output.run-dir": str(Path(args.resume).resolve()),
+                         "output.resume": True})  # fmt: skip
+        overrides = [" ".join(f"{k}={_toml(v)}" for k, v in sorted(recorded.items()))]
+    if args.keyring:
+        overrides.append(f"trust.keys-dir={_toml(str(Path(args.keyring).resolve()))}")
+    given = parse_overrides(overrides) if overrides else {}
+    if given.get("trust.sign-updates") is False:
+        print(f"warning: {UNSIGNED_WARNING}", file=sys.stderr)
+    elif not given.get("trust.keys-dir"):
+        raise ValueError(
+            "a deployed run needs the federation's keyring to sign models and check site "
+            "signatures: give --keyring DIR (from `hepafed certs init --keyring`), or "
+            "--run-config 'trust.sign-updates=false' to run unsigned (not for patient data)"
+        )
+    return overrides
+
+
+def _toml(value: Any) -> str:
+    """A run-config value as Flower's --run-config parses it (TOML)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))
 
 
 # --- parser --------------------------------------------------------------------------
@@ -339,6 +426,7 @@ def add_deploy_commands(
     c.add_argument("--public-out", help="also copy ca.pem here, to hand to the sites")
     c.add_argument("--days", type=int, default=825, help="validity in days (default 825)")
     c.add_argument("--exist-ok", action="store_true", help="keep complete existing files")
+    c.add_argument("--keyring", help="also create the server's update-signing key here")
     c.set_defaults(func=cmd_certs_init)
 
     c = site_sub.add_parser("init", help="create a site folder with its key pair and templates")
@@ -362,6 +450,9 @@ def add_deploy_commands(
         help=f"local port of the SuperNode's own API (default {DEFAULT_RUNTIME_PORT})",
     )
     c.add_argument("--flwr-home", help="Flower's home for this node (default ~/.flwr)")
+    c.add_argument(
+        "--server-key", help="the federation's server.pub (default: server.pub in --keys)"
+    )
     c.set_defaults(func=cmd_site_start)
 
     p = sub.add_parser("server", help="the coordinating center's SuperLink")
@@ -380,6 +471,7 @@ def add_deploy_commands(
     c.add_argument("public_key", nargs="+", help="the site's site_key.pub (one or more)")
     c.add_argument("--name", help="site name (default: the key's comment)")
     c.add_argument("--exist-ok", action="store_true", help="an already registered key is fine")
+    c.add_argument("--keyring", help="also add the key to the run keyring as sites/NAME.pub")
     _add_connection_args(c)
     c.set_defaults(func=cmd_server_register_site)
 
@@ -391,4 +483,10 @@ def add_deploy_commands(
     _add_connection_args(p)
     p.add_argument("--run-config", action="append", default=[], metavar="'KEY=VALUE ...'")
     p.add_argument("--app", help="the Flower app folder (default: this project)")
+    p.add_argument("--keyring", help="the federation's keyring (server signing key, site keys)")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue RUN_DIR (its own run config) from its last completed round",
+    )
     p.set_defaults(func=cmd_run)

@@ -102,7 +102,8 @@ def test_supernode_command_is_secure_by_default(tmp_path: Path) -> None:
     assert cmd[cmd.index("--root-certificates") + 1] == str(tmp_path / "ca.pem")
     assert cmd[cmd.index("--auth-supernode-private-key") + 1] == str(tmp_path / "site_key")
     assert cmd[cmd.index("--node-config") + 1] == (
-        f"site-dir='{tmp_path / 'data'}' site-name='hospital-a'"
+        f"site-dir='{tmp_path / 'data'}' site-name='hospital-a' "
+        f"signing-key='{tmp_path / 'site_key'}'"
     )
     assert "--insecure" not in cmd and "--allow-runtime-dependency-installation" not in cmd
     with pytest.raises(ValueError, match="--insecure"):

@@ -30,6 +30,7 @@ def _hospital(name: str) -> SuperNodeOptions:
         site_name=name,
         private_key=Path("/keys/site_key"),
         ca=Path("/ca/ca.pem"),
+        server_key=Path("/ca/server.pub"),
     )
 
 
@@ -81,6 +82,7 @@ def test_every_private_key_is_mounted_only_where_needed(compose: dict[str, Any])
     private_volumes = {
         "ca-key": {"certs"},  # ca.key
         "server-tls": {"certs", "superlink"},  # server.key
+        "signing-key": {"certs", "superlink"},  # the server's update-signing key
         **{f"{h}-keys": {f"{h}-keys", h} for h in HOSPITALS},  # each site_key
     }
     for volume, allowed in private_volumes.items():

@@ -42,9 +42,11 @@ def test_two_round_deployment_with_tls_and_site_auth(
     started = time.monotonic()
     center = tmp_path / "center"
     certs = center / "certs"
+    keyring = center / "keyring"
     out = hepafed(
-        "certs", "init", "--out", str(certs), "--host", "127.0.0.1", "--host", "localhost"
-    )
+        "certs", "init", "--out", str(certs), "--host", "127.0.0.1", "--host", "localhost",
+        "--keyring", str(keyring),
+    )  # fmt: skip
     assert out.returncode == 0, out.stderr
     ca = certs / "ca.pem"
     assert (certs / "server.key").stat().st_mode & 0o777 == 0o600
@@ -72,7 +74,10 @@ def test_two_round_deployment_with_tls_and_site_auth(
     )
 
     pubkeys = [str(keys[n] / "site_key.pub") for n in SITES]
-    out = hepafed("server", "register-site", *pubkeys, "--superlink", superlink, "--ca", str(ca))
+    out = hepafed(
+        "server", "register-site", *pubkeys, "--superlink", superlink, "--ca", str(ca),
+        "--keyring", str(keyring),
+    )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
     for name in SITES:
         assert f"{name}: registered" in out.stdout
@@ -84,6 +89,7 @@ def test_two_round_deployment_with_tls_and_site_auth(
                 HEPAFED, "site", "start", "--site-dir", str(data[name]), "--keys", str(keys[name]),
                 "--superlink", superlink, "--ca", str(ca), "--runtime-port", str(free_port()),
                 "--flwr-home", str(keys[name] / "flwr-home"),
+                "--server-key", str(keyring / "server.pub"),
             ],
         )  # fmt: skip
     connection = ControlConnection(superlink, ca)
@@ -99,7 +105,7 @@ def test_two_round_deployment_with_tls_and_site_auth(
     )
     out = hepafed(
         "run", "--superlink", superlink, "--ca", str(ca), "--run-config", run_config,
-        "--app", str(ROOT), timeout=900,
+        "--app", str(ROOT), "--keyring", str(keyring), timeout=900,
     )  # fmt: skip
     log = out.stdout + out.stderr
     assert out.returncode == 0, log + processes.log("superlink")[-4000:]
@@ -138,6 +144,11 @@ def test_two_round_deployment_with_tls_and_site_auth(
     assert {s["name"] for s in report["sites_joined"]} == set(SITES)
     assert set(SITES) <= {s["site"] for s in report["sites"]}
     assert (run_dir / "report.html").is_file()
+    # every update was signed by its hospital's registered key and the trail verifies with
+    # the federation's own server key
+    out = hepafed("audit", "verify", str(run_dir), "--public-key", str(keyring / "server.pub"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "chain intact, head signed by the server key" in out.stdout
 
     elapsed = time.monotonic() - started
     print(f"\nloopback deployment (3 sites, 2 rounds, TLS + site auth): {elapsed:.1f} s wall time")

@@ -1,0 +1,250 @@
+"""The server's side of signed updates: sign what it sends, verify what sites send.
+
+See ``common.signing`` for the statements and keys. With ``trust.sign-updates``
+off nothing is signed or checked, and the run says so loudly (log and audit
+trail). With ``trust.keys-dir`` empty the run is a simulation: the server makes
+its own key and one key pair per simulated site in RUN_DIR/keys. A deployment
+sets ``trust.keys-dir`` to the coordinating center's keyring: its server key,
+and every hospital's registered public key as ``sites/SITE.pub``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message
+
+from common.config import RunConfig
+from common.keys import ConfigKey, RecordKey, SiteKey
+from common.signing import (
+    SERVER_PUBLIC_KEY,
+    Keyring,
+    SigningKeyError,
+    arrays_hash,
+    canonical,
+    differences,
+    model_statement,
+    sign,
+    signed_fields,
+    update_digest,
+    update_statement,
+    verify,
+)
+from server.aggregation import records
+from server.audit import AuditTrail
+
+log = logging.getLogger("hepafed.progress")
+
+KEYS_DIR = "keys"
+UNSIGNED_WARNING = (
+    "trust.sign-updates = false: updates and models are NOT signed or checked; "
+    "any party on the path could alter them. Use this only for a local experiment."
+)
+
+
+class ServerTrust:
+    """The run's keys, the models it signed, and the check of every signed update."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, run_id: str) -> None:
+        self.enabled = cfg.trust.sign_updates
+        self.run_id = run_id
+        self.simulated = not cfg.trust.keys_dir
+        folder = Path(cfg.trust.keys_dir) if cfg.trust.keys_dir else run_dir / KEYS_DIR
+        self.keyring = Keyring(folder.resolve())
+        self._key = self.keyring.ensure_server_key() if self.enabled else None
+        self._hashes: dict[int, str] = {}  # id(ArrayRecord) -> hash, for the models in flight
+        if not self.enabled:
+            log.warning(UNSIGNED_WARNING)
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.keyring.folder
+
+    def prepare_sites(self, sites: Iterable[str]) -> list[str]:
+        """Simulation: a key pair for every site without one. Deployment: the sites with no
+        registered key (their updates will be rejected), after a warning."""
+        if not self.enabled:
+            return []
+        names = list(sites)
+        if self.simulated:
+            for name in names:
+                self.keyring.ensure_simulated_site(name)
+            return []
+        missing = [n for n in names if not self.keyring.site_public(n).exists()]
+        if missing:
+            log.warning(
+                "no registered signing key for %s in %s: their updates will be rejected; "
+                "copy each hospital's site_key.pub to sites/SITE.pub there",
+                ", ".join(missing),
+                self.keyring.folder / "sites",
+            )
+        return missing
+
+    def signer(self) -> Callable[[bytes], bytes] | None:
+        """A function signing bytes with the server key (None when signing is off)."""
+        key = self._key
+        if key is None:
+            return None
+        return lambda data: sign(key, data)
+
+    def publish_key(self, run_dir: Path) -> None:
+        """A copy of the server's public key in RUN_DIR/keys/server.pub, where
+        ``hepafed audit verify`` looks when not given the federation's own copy."""
+        if not self.enabled:
+            return
+        copy = run_dir / KEYS_DIR / SERVER_PUBLIC_KEY
+        if copy.resolve() != self.keyring.server_public.resolve():
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            copy.write_bytes(self.keyring.server_public.read_bytes())
+
+    def sign_bytes(self, data: bytes) -> bytes | None:
+        """The server's signature of ``data`` (None when signing is off)."""
+        return None if self._key is None else sign(self._key, data)
+
+    def model_entries(self, server_round: int, model: str, arrays: ArrayRecord) -> dict[str, Any]:
+        """Config entries that let sites check ``arrays``: the run id and the signature."""
+        out: dict[str, Any] = {ConfigKey.RUN_ID.value: self.run_id}
+        if self._key is None:
+            return out
+        digest = self.model_hash(arrays)
+        statement = model_statement(self.run_id, server_round, model, digest)
+        out[ConfigKey.MODEL_SIGNATURE.value] = sign(self._key, canonical(statement)).hex()
+        return out
+
+    def model_hash(self, arrays: ArrayRecord) -> str:
+        """SHA-256 of a model this server sends (computed once per ArrayRecord)."""
+        key = id(arrays)
+        if key not in self._hashes:
+            if len(self._hashes) > 8:
+                self._hashes.clear()
+            self._hashes[key] = arrays_hash(arrays)
+        return self._hashes[key]
+
+    def update_problem(
+        self,
+        reply: Message,
+        site: str,
+        server_round: int,
+        model: str,
+        sent: ArrayRecord,
+        digest: str = "",
+    ) -> str | None:
+        """Why ``reply``'s signature is not acceptable, or None (also None when off).
+        ``digest``: the reply's ``update_digest`` if already computed."""
+        if not self.enabled:
+            return None
+        config = records(reply.content, ConfigRecord).get(RecordKey.SITE, ConfigRecord())
+        try:
+            claimed, signature = signed_fields(config, SiteKey.STATEMENT, SiteKey.SIGNATURE)
+        except ValueError as e:
+            return f"signature: {e}"
+        expected = update_statement(
+            self.run_id,
+            server_round,
+            model,
+            site,
+            self.model_hash(sent),
+            digest or update_digest(reply.content),
+        )
+        mismatch = differences(claimed, expected)
+        if mismatch:
+            what = _replay_kind(mismatch)
+            return f"signature: {what} ({'; '.join(mismatch)})"
+        try:
+            key = self.keyring.site_key(site)
+        except SigningKeyError as e:
+            return f"signature: {e}"
+        if key is None:
+            return f"signature: no registered key for {site} ({self.keyring.site_public(site)})"
+        if not verify(key, canonical(expected), signature):
+            return f"signature: does not verify with {site}'s registered key"
+        return None
+
+
+    def describe(self) -> dict[str, Any]:
+        """For the audit trail: whether updates are signed, and which keys are in use."""
+        if not self.enabled:
+            return {"signed": False}
+        return {
+            "signed": True,
+            "keys-dir": str(self.keyring.folder),
+            "simulated-keys": self.simulated,
+            "server-key-sha256": file_sha256(self.keyring.server_public),
+        }
+
+
+def _replay_kind(mismatch: list[str]) -> str:
+    fields = {m.split(":", 1)[0] for m in mismatch}
+    if fields & {"run", "round", "model"}:
+        return "replayed from another run, round or model"
+    if "update" in fields:
+        return "the update was altered after signing"
+    if "site" in fields:
+        return "signed as another site"
+    return "signed for another global model"
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 (hex) of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+REPORT_SIGNATURE = "report.sig.json"
+REPORT_FILES = ("report.json", "report.html")
+
+
+def sign_report(trust: ServerTrust, audit: AuditTrail, run_dir: Path) -> dict[str, Any]:
+    """Sign the finished report (its files' SHA-256) and record it in the audit trail.
+
+    Writes RUN_DIR/report.sig.json: the statement and the server's signature of it."""
+    present = [name for name in REPORT_FILES if (run_dir / name).exists()]
+    files = {name: file_sha256(run_dir / name) for name in present}
+    statement = {"kind": "report", "run": trust.run_id, "files": files}
+    signature = trust.sign_bytes(canonical(statement))
+    doc = {"statement": statement, "signature": signature.hex() if signature else None}
+    tmp = run_dir / (REPORT_SIGNATURE + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
+    os.replace(tmp, run_dir / REPORT_SIGNATURE)
+    audit.append("report", {"files": files, "signed": signature is not None})
+    return doc
+
+
+def report_problems(run_dir: Path, key: Any | None) -> list[str]:
+    """What is wrong with a run's signed report: a file changed since it was signed, a
+    signature that does not verify with ``key`` (a public key), no signature at all."""
+    path = run_dir / REPORT_SIGNATURE
+    if not path.exists():
+        return [f"{REPORT_SIGNATURE} is missing: the report is not signed"]
+    try:
+        doc = json.loads(path.read_text())
+        statement = dict(doc["statement"])
+        files = dict(statement["files"])
+    except (ValueError, KeyError, TypeError) as e:
+        return [f"{REPORT_SIGNATURE} is unreadable: {e!r}"]
+    problems = []
+    for name, digest in sorted(files.items()):
+        target = run_dir / name
+        if not target.exists():
+            problems.append(f"{name} is missing (it was signed)")
+        elif file_sha256(target) != digest:
+            problems.append(f"{name} was changed after the server signed it")
+    if doc.get("signature") is None:
+        problems.append(f"{REPORT_SIGNATURE}: the report was not signed (trust.sign-updates off)")
+    elif key is not None:
+        try:
+            valid = verify(key, canonical(statement), bytes.fromhex(str(doc["signature"])))
+        except ValueError:
+            valid = False
+        if not valid:
+            problems.append(f"{REPORT_SIGNATURE}: signature does not verify with the server key")
+    return problems

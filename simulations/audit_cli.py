@@ -1,0 +1,113 @@
+"""The ``hepafed audit`` subcommands: check a run's hash-chained audit trail.
+
+``hepafed audit verify RUN_DIR [--public-key FILE]`` re-derives every hash and link of
+``RUN_DIR/audit.jsonl`` and checks ``audit.head.json`` (and its signature, given the server's
+public key). Exit status 0 when the trail is intact, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from common.signing import PublicKey, SigningKeyError, load_public_key, verify
+from server.audit import AUDIT_FILE, HEAD_FILE, entries, verify_trail
+from server.trust import file_sha256, report_problems
+
+EXIT_OK, EXIT_PROBLEMS = 0, 1
+RUN_KEY_COPY = Path("keys") / "server.pub"
+
+
+def verify_with(key: PublicKey) -> Callable[[bytes, bytes], bool]:
+    """A ``(data, signature) -> bool`` check with the server's public key."""
+    return lambda data, signature: verify(key, data, signature)
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Print each problem of the run's audit trail (or that it is intact); 0 when intact."""
+    run_dir = Path(args.run_dir)
+    trail = run_dir / AUDIT_FILE
+    if not run_dir.is_dir():
+        print(f"audit: no run folder at {run_dir}")
+        return EXIT_PROBLEMS
+    if not trail.is_file():
+        print(f"audit: no audit trail in {run_dir}: {trail} does not exist")
+        return EXIT_PROBLEMS
+    key_file = Path(args.public_key) if args.public_key else run_dir / RUN_KEY_COPY
+    check = None
+    key: PublicKey | None = None
+    if args.public_key or key_file.is_file():
+        try:
+            key = load_public_key(key_file)
+            check = verify_with(key)
+        except (OSError, ValueError, SigningKeyError) as e:
+            print(f"audit: cannot use the public key {key_file}: {e}")
+            return EXIT_PROBLEMS
+        if args.public_key:
+            print(f"key: {key_file}")
+        else:
+            print(
+                f"key: {key_file}, the copy inside the run folder: whoever could rewrite the "
+                "trail could replace it too, so this proves less than checking with the "
+                "federation's own copy (--public-key)"
+            )
+    else:
+        print(f"key: none (no --public-key and no {key_file}): the head signature is not checked")
+    report = verify_trail(run_dir, check)
+    problems = list(report.problems)
+    if report.ok:
+        problems += _report_file_problems(run_dir, key)
+    if problems:
+        for problem in problems:
+            print(problem)
+        print(f"audit trail NOT intact: {len(problems)} problem(s)")
+        return EXIT_PROBLEMS
+    if report.head_signed:
+        head = "head signed by the server key"
+    else:
+        head = "head unsigned" if _unsigned(run_dir) else "head signature not checked (no key)"
+    print(f"audit trail {trail}: {report.entries} entries, chain intact, {head}")
+    return EXIT_OK
+
+
+def _report_file_problems(run_dir: Path, key: PublicKey | None) -> list[str]:
+    """A finished run's report: its files must match the trail's ``report`` entry and the
+    server's signature (report.sig.json). A run without a report entry has no report yet."""
+    recorded = [e for e in entries(run_dir) if e.get("kind") == "report"]
+    if not recorded:
+        return []
+    problems = []
+    for name, digest in sorted(dict(recorded[-1]["data"].get("files", {})).items()):
+        path = run_dir / name
+        if not path.exists():
+            problems.append(f"{name}: missing (the audit trail recorded it)")
+        elif file_sha256(path) != digest:
+            problems.append(f"{name}: changed since the audit trail recorded its hash")
+    problems += report_problems(run_dir, key)
+    return problems
+
+
+def _unsigned(run_dir: Path) -> bool:
+    """Whether the run's (already verified, so readable) head carries no signature."""
+    head = json.loads((run_dir / HEAD_FILE).read_text(encoding="utf-8"))
+    return head.get("signature") is None
+
+
+def add_audit_commands(sub: argparse._SubParsersAction[Any]) -> None:
+    """Register ``audit verify`` on the ``hepafed`` subcommand parser."""
+    p = sub.add_parser("audit", help="check a run's tamper-evident audit trail")
+    audit_sub = p.add_subparsers(dest="audit_command", required=True)
+    c = audit_sub.add_parser(
+        "verify", help="re-derive every hash and link of RUN_DIR/audit.jsonl and check its head"
+    )
+    c.add_argument("run_dir", help="the run folder holding audit.jsonl and audit.head.json")
+    c.add_argument(
+        "--public-key",
+        metavar="FILE",
+        help="the server's public key (OpenSSH or PEM) to check the head signature with "
+        f"(default: RUN_DIR/{RUN_KEY_COPY.as_posix()}, the copy the server writes there)",
+    )
+    c.set_defaults(func=cmd_audit_verify)
