@@ -16,9 +16,11 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
 from client.memory import keep_residual, recall_residual
+from client.privacy import privacy_mod
 from client.site import Instructions, open_site, site_evaluate, site_train
 from client.trust import trust_mod
 from common.acquisition import acquisition_json
+from common.badcases import skipped_fields
 from common.compression import PACKED, compress_update, pack
 from common.config import RunConfig
 from common.keys import Compression, ConfigKey, Phase, RecordKey, Share, SiteKey, Split
@@ -82,10 +84,11 @@ def train(msg: Message, context: Context) -> Message:
         instructions=todo,
         state=context.state,
     )
+    skipped = skipped_fields(site.split(Split.TRAIN, cfg).skipped)  # cached: no reload
     content = RecordDict(
         {
             RecordKey.METRICS: MetricRecord(dict(metrics)),
-            RecordKey.SITE: ConfigRecord({SiteKey.NAME.value: site.name}),
+            RecordKey.SITE: ConfigRecord({SiteKey.NAME.value: site.name, **skipped}),
         }
     )
     # item access, not ``content.array_records``: that view keeps the message alive in a
@@ -130,13 +133,17 @@ def evaluate(msg: Message, context: Context) -> Message:
             ),
         }
     )
+    if summary.skipped_ids:  # ids (never values) of cases left out under on-bad-case = skip
+        site_record = cast(ConfigRecord, content[RecordKey.SITE])
+        site_record[SiteKey.SKIPPED_CASE_IDS.value] = list(summary.skipped_ids)
     return Message(content, reply_to=msg)
 
 
 def client_app(inner_mods: Sequence[Mod] = ()) -> ClientApp:
-    """hepafed's ClientApp; ``inner_mods`` run inside its own mods, next to the handlers
-    (a simulated misbehaving site alters its reply there, before the site signs it)."""
-    new = ClientApp(mods=[*OUTER_MODS, *inner_mods])
+    """hepafed's ClientApp; ``inner_mods`` run between the site's signing mod (outermost)
+    and its privacy mod (innermost, next to the handlers): a simulated misbehaving site
+    alters its reply there, after any DP it would skip and before it signs the result."""
+    new = ClientApp(mods=[*OUTER_MODS, *inner_mods, privacy_mod])
     new.query()(query)
     new.train()(train)
     new.evaluate()(evaluate)

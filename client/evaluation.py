@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import replace
 
 import numpy as np
 import torch
 from monai.metrics import DiceMetric, compute_hausdorff_distance
 from torch import nn
 
+from common.badcases import listed
 from common.config import EvalConfig, RunConfig
 from common.data import SplitTensors
 from common.device import Compute
@@ -41,7 +43,8 @@ def summarize(
     compute: Compute,
     drift_images: torch.Tensor | None = None,
 ) -> SiteSummary:
-    """Evaluate ``model`` on ``data`` and keep only the aggregate summary.
+    """Evaluate ``model`` on ``data`` and keep only the aggregate summary (with the count
+    and first ids of the cases ``data.on-bad-case = skip`` left out of ``data``).
 
     Intensity histograms describe ``drift_images`` (default: the model input);
     a site with a harmonisation hook passes its windowed images before the hook,
@@ -50,11 +53,16 @@ def summarize(
     hist_images = data.images if drift_images is None else drift_images
     if cfg.task == Task.MALIGNANCY:
         probs, embedding = predict(model, data.images, compute, cfg.seed, cfg.eval.embedding_dims)
-        return classification_summary(
+        summary = classification_summary(
             data.labels.numpy(), probs.numpy(), cfg.eval, hist_images, embedding
         )
-    probs, _ = predict(model, data.images, compute, cfg.seed, 0)
-    return segmentation_summary(probs, data.masks, cfg.eval, hist_images, cfg.data.spacing_mm)
+    else:
+        probs, _ = predict(model, data.images, compute, cfg.seed, 0)
+        summary = segmentation_summary(
+            probs, data.masks, cfg.eval, hist_images, cfg.data.spacing_mm
+        )
+    # cases left out under data.on-bad-case = skip: their count and first ids reach the report
+    return replace(summary, skipped=len(data.skipped), skipped_ids=listed(data.skipped))
 
 
 def sufficient(n_pos: int, n_neg: int, ev: EvalConfig) -> bool:

@@ -33,14 +33,15 @@ from client.memory import (
     save_local_layers,
 )
 from client.trainer import train_local
+from common.badcases import SKIPPED_CASES
 from common.config import RunConfig
-from common.data import SplitTensors, concat_splits, load_split
+from common.data import SplitTensors, load_split, load_splits
 from common.device import Compute, derive_seed, seed_everything, select_compute
 from common.hooks import ADAPT_NONE, ADAPT_OWN_LAYERS, HookPoint, HookSet, Statistics
 from common.hooks.normalization import batchnorm_layers
 from common.hooks.tta import reestimate_statistics
 from common.keys import EVAL_ALL, ConfigKey, MetricKey, NodeKey, Share, Split
-from common.manifest import SiteManifest, list_site_dirs, read_manifest
+from common.manifest import SiteManifest, list_site_dirs, open_manifest
 from common.models import build_model
 from common.summary import SiteSummary
 from common.weights import load_arrays, shared_state
@@ -86,11 +87,12 @@ class Site:
     manifest: SiteManifest
 
     def split(self, split: str, cfg: RunConfig) -> SplitTensors:
-        """One manifest split, or every case with ``split = "all"`` (a site that never trained)."""
+        """One manifest split, or every case with ``split = "all"`` (a site that never trained).
+
+        Bad cases fail the job or are skipped by ``data.on-bad-case`` (``common.data``)."""
         if split == EVAL_ALL:
-            parts = [load_split(self.manifest, s, cfg.data, cfg.task) for s in Split]
-            return concat_splits([p for p in parts if len(p)])
-        return load_split(self.manifest, split, cfg.data, cfg.task)
+            return load_splits(self.manifest, list(Split), cfg.data, cfg.task, self.name)
+        return load_split(self.manifest, split, cfg.data, cfg.task, self.name)
 
     def prepared(
         self,
@@ -148,9 +150,10 @@ def resolve_site_dir(node_config: Mapping[str, Any], cfg: RunConfig) -> Path:
 
 
 def open_site(node_config: Mapping[str, Any], cfg: RunConfig) -> Site:
-    """Resolve and read this node's site (the manifest is checked, files exist)."""
+    """Resolve and read this node's site. The manifest table is checked; a row with a
+    missing file or a bad label is kept for loading to fail or skip (``open_manifest``)."""
     site_dir = resolve_site_dir(node_config, cfg)
-    manifest = read_manifest(site_dir, cfg.data.channels, cfg.task)
+    manifest = open_manifest(site_dir, cfg.data.channels, cfg.task)
     name = str(node_config.get(NodeKey.SITE_NAME, "")) or manifest.name
     return Site(name, manifest)
 
@@ -207,9 +210,10 @@ def site_train(
     if todo.share == Share.SHARED:
         save_local_layers(memory, todo.model, model, local)
     metrics: dict[str, Any] = {
-        MetricKey.NUM_EXAMPLES.value: float(len(site.manifest.split(Split.TRAIN))),
+        MetricKey.NUM_EXAMPLES.value: float(len(data)),  # the cases trained on, none skipped
         MetricKey.TRAIN_LOSS.value: result.loss,
         MetricKey.SECONDS.value: result.seconds,
+        SKIPPED_CASES: len(data.skipped),  # data.on-bad-case = skip; their ids are logged
     }
     state_dict = shared_state(model)
     for key in local:

@@ -4,14 +4,22 @@ Deterministic steps (load, channel-first, orientation, resampling to a common
 spacing, CT windowing, lesion-centred crop) run once per case and can be cached
 on disk (MONAI ``PersistentDataset``); random augmentation runs on whole batches
 on the training device, so an epoch costs no per-case framework overhead.
+
+Every case is checked as it loads, with ``hepafed site check``'s own checks
+(``common.badcases``): a bad case raises ``BadCaseError`` naming the site, the
+case, the file and what is wrong, or with ``data.on-bad-case = "skip"`` is left
+out, logged and listed in ``SplitTensors.skipped``. Both caches are keyed by the
+size and modification time of every file a case reads, so a file that changes
+(is fixed, or becomes corrupt) is read and checked again; a failure is never cached.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections import OrderedDict
-from collections.abc import Sequence
+import logging
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,13 +39,23 @@ from monai.transforms import (
     SqueezeDimd,
 )
 
+from common.badcases import (
+    BadCaseError,
+    NoUsableCasesError,
+    SkippedCase,
+    array_problems,
+    load_problem,
+    shape_problem,
+)
 from common.config import DataConfig
 from common.images import LoadSiteImaged
-from common.keys import Task
-from common.manifest import Case, SiteManifest
+from common.keys import BadCasePolicy, Task
+from common.manifest import MANIFEST_NAME, Case, Problem, SiteManifest
+
+log = logging.getLogger("hepafed.progress")
 
 IMAGE, MASK, LABEL = "image", "mask", "label"
-CACHE_VERSION = "2"  # bump when the deterministic transforms change
+CACHE_VERSION = "3"  # bump when the deterministic transforms change (3: cases are checked)
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # NIfTI world axes
 
 
@@ -49,6 +67,8 @@ class SplitTensors:
     masks: torch.Tensor  # (N, 1, *spatial) float32 in {0, 1}
     labels: torch.Tensor  # (N,) float32 in {0, 1}; NaN where the task has none
     case_ids: tuple[str, ...]
+    # cases left out under data.on-bad-case = "skip", in manifest order (not in the tensors)
+    skipped: tuple[SkippedCase, ...] = ()
 
     def __len__(self) -> int:
         return len(self.case_ids)
@@ -72,7 +92,8 @@ def deterministic_transforms(cfg: DataConfig, task: str) -> Compose:
     spacing = (cfg.spacing_mm,) * cfg.spatial_dims
     modes = ["bilinear"] * len(channels) + ["nearest"]
     steps: list[Any] = [
-        LoadSiteImaged(keys),  # NIfTI or DICOM series folder (common.images)
+        # NIfTI or DICOM series folder (common.images), checked as `hepafed site check` does
+        LoadCheckedd(keys, cfg.spatial_dims),
         EnsureChannelFirstd(keys=keys),
     ]
     if cfg.spatial_dims == 2:
@@ -97,6 +118,45 @@ def deterministic_transforms(cfg: DataConfig, task: str) -> Compose:
         EnsureTyped(keys=[IMAGE, MASK], dtype=torch.float32, track_meta=False),
     ]
     return Compose(steps)
+
+
+class CaseFileProblem(Exception):
+    """A file of one case failed a check while loading (becomes a ``BadCaseError``)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path, self.reason = path, reason
+        super().__init__(f"{path}: {reason}")
+
+
+class LoadCheckedd(LoadSiteImaged):
+    """``LoadSiteImaged`` that checks every image and mask it loads, as ``hepafed site
+    check`` does (``common.badcases.array_problems``), raising ``CaseFileProblem``."""
+
+    def __init__(self, keys: Sequence[str], spatial_dims: int) -> None:
+        super().__init__(keys)
+        self.spatial_dims = spatial_dims
+
+    def __call__(self, data: Any) -> Any:
+        d = dict(data)
+        shapes: dict[str, tuple[int, ...]] = {}
+        paths: dict[str, str] = {}
+        for key in self.key_iterator(d):
+            path, column = str(d[key]), MASK if key == MASK else f"image_{key}"
+            try:
+                d[key] = self._loader(path, reader=self._reader)
+            except Exception as e:  # any reader failure is the same problem for a user
+                problem = load_problem(path, e, in_file=False)
+                raise CaseFileProblem(path, f"{column}: {problem}") from e
+            shape, problems = array_problems(column, path, d[key], self.spatial_dims, False)
+            if shape is None or problems:
+                raise CaseFileProblem(path, f"{column}: {'; '.join(problems)}")
+            shapes[column], paths[column] = shape, path
+        mismatch = shape_problem(shapes)
+        if mismatch is not None:  # name the file off the grid most of the case's files share
+            grid = Counter(shapes.values()).most_common(1)[0][0]
+            odd = next(c for c, sh in shapes.items() if sh != grid)
+            raise CaseFileProblem(paths[odd], f"shape: {mismatch}")
+        return d
 
 
 def case_record(case: Case, channels: Sequence[str]) -> dict[str, Any]:
@@ -160,27 +220,63 @@ def load_split(
     split: str,
     cfg: DataConfig,
     task: str,
+    site: str = "",
 ) -> SplitTensors:
-    """Every case of a split through the deterministic pipeline, stacked; kept in memory
-    for the next round (keyed by site folder, manifest hash, split, data settings, task
-    and every file's size and modification time, so a changed file is read again)."""
+    """Every usable case of a split through the deterministic pipeline, stacked.
+
+    A bad case raises ``BadCaseError`` (``data.on-bad-case = "fail"``) or is left out
+    and listed in ``skipped`` (``"skip"``); a split whose every case is bad raises
+    ``NoUsableCasesError``. ``site`` names the site in errors (default: its folder).
+    """
+    return load_splits(manifest, (split,), cfg, task, site)
+
+
+def load_splits(
+    manifest: SiteManifest,
+    splits: Sequence[str],
+    cfg: DataConfig,
+    task: str,
+    site: str = "",
+) -> SplitTensors:
+    """Several splits as one (e.g. every case of a site that never trained); only when
+    every case of them all is bad is that an error."""
+    parts = [_cached_split(manifest, s, cfg, task, site or manifest.name) for s in splits]
+    data = concat_splits(parts) if len(parts) > 1 else parts[0]
+    if not len(data) and data.skipped:
+        raise NoUsableCasesError(
+            site or manifest.name, "+".join(splits), data.skipped, manifest.site_dir
+        )
+    return data
+
+
+def _cached_split(
+    manifest: SiteManifest, split: str, cfg: DataConfig, task: str, site: str
+) -> SplitTensors:
+    """``_load_split``, kept in memory for the next round: keyed by site folder, manifest
+    hash, split, data settings (the bad-case policy included), task and the size and
+    modification time of every file of every case, so a changed file is read again. Only
+    a loaded split is kept: a failure raises before it can be cached."""
     files = [p for c in manifest.split(split) for p in (*c.images, c.mask) if p is not None]
-    stats = tuple((s.st_size, s.st_mtime_ns) for s in (p.stat() for p in files))
+    stats = json.dumps([_file_fingerprint(p) for p in files])
     key = (str(manifest.site_dir.resolve()), manifest.sha256, split, cfg, task, stats)
     if key in _SPLITS:
         _SPLITS.move_to_end(key)
         return _SPLITS[key]
-    tensors = _load_split(manifest, split, cfg, task)
+    tensors = _load_split(manifest, split, cfg, task, site)
     _SPLITS[key] = tensors
     while len(_SPLITS) > SPLITS_KEPT:
         _SPLITS.popitem(last=False)
     return tensors
 
 
-def _load_split(manifest: SiteManifest, split: str, cfg: DataConfig, task: str) -> SplitTensors:
-    """Run the deterministic pipeline on every case of a split and stack the result."""
+def _load_split(
+    manifest: SiteManifest, split: str, cfg: DataConfig, task: str, site: str
+) -> SplitTensors:
+    """Run the deterministic pipeline on every case of a split, apply the bad-case policy
+    to the cases that fail, and stack the rest."""
     cases = manifest.split(split)
-    records = [case_record(c, cfg.channels) for c in cases]
+    usable = [c for c in cases if c.case_id not in manifest.row_problems]
+    records = [case_record(c, cfg.channels) for c in usable]
     transform = deterministic_transforms(cfg, task)
     dataset: Dataset
     if cfg.cache_dir:
@@ -189,17 +285,89 @@ def _load_split(manifest: SiteManifest, split: str, cfg: DataConfig, task: str) 
         dataset = PersistentDataset(records, transform=transform, cache_dir=cache)
     else:
         dataset = Dataset(records, transform=transform)
+    index = {c.case_id: i for i, c in enumerate(usable)}
+    items: list[dict[str, Any]] = []
+    kept: list[str] = []
+    skipped: list[SkippedCase] = []
+    for case in cases:
+        try:
+            items.append(_load_case(manifest, case, dataset, index.get(case.case_id), site))
+            kept.append(case.case_id)
+        except BadCaseError as err:
+            if cfg.on_bad_case != BadCasePolicy.SKIP:
+                raise
+            log.warning(
+                "site %r: case %r left out (data.on-bad-case = skip): %s: %s",
+                site,
+                case.case_id,
+                err.path,
+                err.reason,
+            )
+            skipped.append(err.skipped)
     spatial = crop_size(cfg, task)
-    if not records:
+    if not items:
         empty = torch.zeros((0, len(cfg.channels), *spatial))
-        return SplitTensors(empty, torch.zeros((0, 1, *spatial)), torch.zeros(0), ())
-    items = [dataset[i] for i in range(len(records))]
+        return SplitTensors(
+            empty, torch.zeros((0, 1, *spatial)), torch.zeros(0), (), tuple(skipped)
+        )
     return SplitTensors(
         images=torch.stack([torch.as_tensor(it[IMAGE]) for it in items]),
         masks=torch.stack([(torch.as_tensor(it[MASK]) > 0.5).float() for it in items]),
         labels=torch.tensor([it[LABEL] for it in items], dtype=torch.float32),
-        case_ids=tuple(c.case_id for c in cases),
+        case_ids=tuple(kept),
+        skipped=tuple(skipped),
     )
+
+
+def _load_case(
+    manifest: SiteManifest, case: Case, dataset: Dataset, index: int | None, site: str
+) -> dict[str, Any]:
+    """One case through the pipeline, or the ``BadCaseError`` that says why it cannot be."""
+
+    def bad(path: Path | str, reason: str) -> BadCaseError:
+        return BadCaseError(site, case.case_id, str(path), reason, manifest.site_dir)
+
+    if index is None:  # the manifest check rejected its row
+        raise _row_error(manifest, case, manifest.row_problems[case.case_id], bad)
+    try:
+        return dict(dataset[index])
+    except Exception as e:  # MONAI wraps a transform's error: find the check that failed
+        chain: list[BaseException] = [e]
+        while chain[-1].__cause__ is not None:
+            chain.append(chain[-1].__cause__)
+        named = [c for c in chain if isinstance(c, CaseFileProblem)]
+        if named:
+            raise bad(named[0].path, named[0].reason) from e
+        root = chain[-1]
+        raise bad(case.images[0], f"preprocessing failed: {type(root).__name__}: {root}") from e
+
+
+def _row_error(
+    manifest: SiteManifest,
+    case: Case,
+    problems: Sequence[Problem],
+    bad: Callable[[Path | str, str], BadCaseError],
+) -> BadCaseError:
+    """The error for a row the manifest check rejected: a missing file names that file;
+    an empty cell or a bad label names the manifest."""
+    first = problems[0]
+    where = f"{MANIFEST_NAME} row {case.row}"
+    more = f"; and {len(problems) - 1} more problem(s) in the row" if len(problems) > 1 else ""
+    path = _row_file(manifest, case, first.field)
+    if path is not None and not path.exists():
+        return bad(path, f"{first.field}: file not found ({where}){more}")
+    return bad(manifest.path, f"{first.field}: {first.message} ({where}){more}")
+
+
+def _row_file(manifest: SiteManifest, case: Case, field: str) -> Path | None:
+    """The file a manifest column of a case names, if it names one."""
+    if field == MASK:
+        return case.mask
+    channel = field.removeprefix("image_")
+    if field.startswith("image_") and channel in manifest.channels:
+        image = case.images[manifest.channels.index(channel)]
+        return None if image == manifest.site_dir else image  # an empty cell names no file
+    return None
 
 
 def augment_batch(
@@ -242,4 +410,5 @@ def concat_splits(parts: Sequence[SplitTensors]) -> SplitTensors:
         masks=torch.cat([p.masks for p in parts]),
         labels=torch.cat([p.labels for p in parts]),
         case_ids=tuple(cid for p in parts for cid in p.case_ids),
+        skipped=tuple(s for p in parts for s in p.skipped),
     )

@@ -36,6 +36,7 @@ class MetricKey(StrEnum):
     DICE = "dice"
     DICE_SD = "dice-sd"
     SECONDS = "seconds"
+    SKIPPED_CASES = "skipped-cases"  # cases left out under data.on-bad-case = skip
 
 
 class SiteKey(StrEnum):
@@ -52,6 +53,8 @@ class SiteKey(StrEnum):
     ADAPTATION = "adaptation"  # how the site scored the model (evaluate replies)
     STATEMENT = "signed-statement"  # train replies: JSON of what the site signed
     SIGNATURE = "signature"  # train replies: the site's signature of the statement (hex)
+    SKIPPED_CASE_IDS = "skipped-case-ids"  # the first skipped cases' ids (data.on-bad-case)
+    SKIPPED_CASE_REASONS = "skipped-case-reasons"  # ... and for each "file: what is wrong"
 
 
 class ConfigKey(StrEnum):

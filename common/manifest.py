@@ -25,6 +25,11 @@ among channels the first one (in ``channels`` order) that has a tag wins.
 report *every* problem, each naming the file, the row, the case and the field,
 so that ``hepafed site check`` can print them all at once. Nothing is ever
 dropped silently: a manifest with a problem is rejected as a whole.
+
+A site at work opens its manifest with ``open_manifest`` instead: a problem of
+the table itself still rejects it, but a row whose files or label are unusable
+is kept with its problems (``SiteManifest.row_problems``), so that the loader
+fails or skips that one case by ``data.on-bad-case`` (``common.badcases``).
 """
 
 from __future__ import annotations
@@ -32,11 +37,12 @@ from __future__ import annotations
 import csv
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from common.badcases import array_problems, load_problem, shape_problem
 from common.dicom import DicomSeriesError, acquisition_metadata, is_dicom_source, read_series
 from common.keys import Split, Task, choices
 
@@ -93,6 +99,9 @@ class SiteManifest:
     channels: tuple[str, ...]
     cases: tuple[Case, ...]
     sha256: str  # of the manifest file's bytes, for provenance
+    # case id -> what is wrong with its row (a missing file, a bad label); only
+    # ``open_manifest`` keeps such rows, ``read_manifest`` rejects them
+    row_problems: Mapping[str, tuple[Problem, ...]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -120,6 +129,28 @@ def read_manifest(site_dir: Path | str, channels: Sequence[str], task: str) -> S
     if problems:
         raise ManifestError(problems)
     return manifest
+
+
+# Fields whose problem spoils one case only; any other problem spoils the table.
+CASE_FIELDS = ("mask", "label")
+
+
+def open_manifest(site_dir: Path | str, channels: Sequence[str], task: str) -> SiteManifest:
+    """Like ``read_manifest``, but a row whose files or label are unusable is kept, its
+    problems in ``row_problems``: the loader fails or skips it by ``data.on-bad-case``.
+
+    Problems of the table itself (columns, case ids, splits) still raise ``ManifestError``.
+    """
+    manifest, problems = parse_manifest(site_dir, channels, task)
+    fields = {*(f"image_{ch}" for ch in channels), *CASE_FIELDS}
+    ids = {c.case_id for c in manifest.cases}
+    table = [p for p in problems if p.field not in fields or p.case_id not in ids]
+    if table:
+        raise ManifestError(table)
+    by_case: dict[str, tuple[Problem, ...]] = {}
+    for p in problems:
+        by_case[str(p.case_id)] = (*by_case.get(str(p.case_id), ()), p)
+    return replace(manifest, row_problems=by_case)
 
 
 def parse_manifest(
@@ -219,6 +250,7 @@ def check_images(manifest: SiteManifest, spatial_dims: int = 2) -> list[Problem]
     A DICOM series folder is first checked header by header
     (``common.dicom.read_series``): non-DICOM files, mixed series, missing or
     duplicate slices and uneven slice spacing are named before any voxel loads.
+    The checks are ``common.badcases``'s, the ones the loader applies to every case.
     """
     from common.images import load_image  # heavy import (MONAI), only when checking
 
@@ -243,36 +275,15 @@ def check_images(manifest: SiteManifest, spatial_dims: int = 2) -> list[Problem]
             try:
                 arr = np.asarray(load_image(img_path))
             except Exception as e:  # any reader failure is the same problem for a user
-                bad(col, f"unreadable image {img_path}: {type(e).__name__}: {e}")
+                bad(col, load_problem(img_path, e))
                 continue
-            shape = _spatial_shape(arr.shape)
-            if shape is None:
-                bad(
-                    col,
-                    f"has {arr.shape[-1]} components in shape {arr.shape}; "
-                    "give one file per channel (multi-phase series are separate columns)",
-                )
-                continue
-            if spatial_dims == 2 and len(shape) == 3 and shape[2] != 1:
-                bad(
-                    col,
-                    f"shape {arr.shape} is a volume, but data.spatial-dims = 2 expects "
-                    "single slices (X, Y) or (X, Y, 1)",
-                )
-                continue
-            shapes[col] = shape
-            if not np.isfinite(arr).all():
-                n_bad = int((~np.isfinite(arr)).sum())
-                bad(col, f"{n_bad} NaN/Inf voxel(s) in {img_path}")
-            if col == "mask":
-                values = np.unique(arr)
-                if not np.isin(values, (0, 1)).all():
-                    bad("mask", f"values {values[:6].tolist()} are not binary 0/1")
-                elif not (arr > 0).any():
-                    bad("mask", "is empty: the case has no lesion voxel")
-        if len(set(shapes.values())) > 1:
-            listed = ", ".join(f"{k} {v}" for k, v in shapes.items())
-            bad("shape", f"channels and mask differ in shape: {listed}")
+            shape, messages = array_problems(col, img_path, arr, spatial_dims)
+            for message in messages:
+                bad(col, message)
+            if shape is not None:
+                shapes[col] = shape
+        if (mismatch := shape_problem(shapes)) is not None:
+            bad("shape", mismatch)
     return problems
 
 
@@ -317,17 +328,6 @@ def _parse_label(value: str, task: str, report: Callable[[str, str], None]) -> i
         report("label", f"{value!r} is out of range: use 0 (benign) or 1 (malignant)")
         return None
     return label
-
-
-def _spatial_shape(shape: tuple[int, ...]) -> tuple[int, ...] | None:
-    """The spatial shape of a single-channel image, or None if it has components."""
-    if len(shape) == 4:
-        if shape[3] != 1:
-            return None
-        shape = shape[:3]
-    if len(shape) == 2:
-        shape = (*shape, 1)
-    return tuple(int(s) for s in shape)
 
 
 def list_site_dirs(root: Path | str) -> list[Path]:

@@ -12,6 +12,13 @@ A site with fewer than ``eval.min-cases`` cases, or fewer than
 ``eval.min-per-class`` positives or negatives, reports its counts and
 ``insufficient`` only.
 
+Cases left out under ``data.on-bad-case = "skip"`` are counted (``skipped``) and
+the first ``common.badcases.MAX_LISTED`` of them named by id (``skipped_ids``):
+ids are identifiers, not patient values. A MetricRecord holds numbers only: the
+count is in it (``SKIPPED_CASES``), the ids belong in the reply's site record
+(``SKIPPED_CASE_IDS``) and are read back with ``from_record(..., skipped_ids=...)``;
+``to_dict`` keeps both for JSON.
+
 ``SiteSummary.to_record`` / ``from_record`` are the one encoding both sides use
 (a Flower ``MetricRecord`` holds numbers and lists of numbers).
 """
@@ -19,10 +26,13 @@ A site with fewer than ``eval.min-cases`` cases, or fewer than
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from common.badcases import MAX_LISTED, SKIPPED_CASE_IDS, SKIPPED_CASES
 
 RecordValue = int | float | list[int] | list[float]
 
@@ -96,6 +106,9 @@ class SiteSummary:
     hist_counts: tuple[tuple[int, ...], ...] = ()  # channel x bin, model input on [0, 1]
     emb_mean: tuple[float, ...] = ()
     emb_cov: tuple[tuple[float, ...], ...] = field(default=())  # d x d (ddof = 1)
+    # data.on-bad-case = skip: cases left out of ``n``, and the first MAX_LISTED of their ids
+    skipped: int = 0
+    skipped_ids: tuple[str, ...] = ()
 
     # ---- the wire format -------------------------------------------------------------------
 
@@ -130,12 +143,23 @@ class SiteSummary:
         out.update({k: v for k, v in lists.items() if v})
         if self.hist_counts:
             out["hist-channels"] = len(self.hist_counts)
+        if self.skipped:
+            out[SKIPPED_CASES] = self.skipped
+        return out
+
+    def to_dict(self) -> dict[str, RecordValue | list[str]]:
+        """``to_record`` plus the skipped cases' ids: the JSON form (``server.designs``)."""
+        out: dict[str, RecordValue | list[str]] = dict(self.to_record())
+        if self.skipped_ids:
+            out[SKIPPED_CASE_IDS] = list(self.skipped_ids)
         return out
 
     @classmethod
-    def from_record(cls, record: Any) -> SiteSummary:
-        """Parse what ``to_record`` wrote (a MetricRecord or a plain mapping)."""
+    def from_record(cls, record: Any, skipped_ids: Sequence[str] | None = None) -> SiteSummary:
+        """Parse what ``to_record`` (a MetricRecord) or ``to_dict`` wrote; ``skipped_ids``:
+        the ids a reply's site record carries next to its MetricRecord."""
         r = dict(record)
+        ids = r.get(SKIPPED_CASE_IDS, []) if skipped_ids is None else skipped_ids
 
         def num(key: str) -> float | None:
             return float(r[key]) if key in r else None
@@ -181,6 +205,8 @@ class SiteSummary:
             hist_counts=hist,
             emb_mean=emb_mean,
             emb_cov=cov,
+            skipped=int(r.get(SKIPPED_CASES, 0)),
+            skipped_ids=tuple(str(v) for v in ids)[:MAX_LISTED],
         )
 
 

@@ -51,7 +51,7 @@ class Evaluation:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["summary"] = self.summary.to_record()
+        d["summary"] = self.summary.to_dict()  # numbers, and the ids of skipped bad cases
         return d
 
     @classmethod

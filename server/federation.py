@@ -38,6 +38,13 @@ from common.weights import merge, subset, to_arrays
 from server.aggregation import RoundAggregator, records
 from server.audit import AuditTrail
 from server.exchange import exchange
+from server.privacy import (
+    PrivacyBudgetError,
+    PrivacyError,
+    privacy_spent,
+    sample_size,
+    wrap_for_privacy,
+)
 from server.records import RunRecorder, checkpoint_name, load_checkpoint, read_config
 from server.resume import (
     ResumeError,
@@ -59,7 +66,7 @@ from server.trust import ServerTrust, file_sha256
 from server.validation import (
     MIN_SITES_FOR_NORMS,
     norm_outliers,
-    reply_size_problem,
+    screen_update,
     update_problem,
 )
 
@@ -297,7 +304,15 @@ class Federation:
                 f"{model}: {len(trainers)} site(s) can train ({[s.name for s in trainers]}), "
                 f"fewer than federation.min-sites = {fed.min_sites}"
             )
-        strategy = self.hooks.wrap_strategy(build_strategy(self.cfg, len(trainers)))
+        try:
+            strategy = wrap_for_privacy(
+                self.hooks.wrap_strategy(build_strategy(self.cfg, len(trainers))),
+                self.cfg,
+                sample_size(self.cfg, len(trainers)),
+                population=len(trainers),
+            )
+        except PrivacyError as e:
+            raise FederationError(f"{model}: {e}") from e
         self._model_statistics[model] = self.shared_statistics(trainers)
         train_view = cast(Grid, NodeView(s.node_id for s in trainers))
         eval_view = cast(Grid, NodeView(s.node_id for s in self.sites if s.n_test > 0))
@@ -314,7 +329,15 @@ class Federation:
             log.info("%s: rounds 1-%d completed before; continuing at round %d", model, done,
                      first)  # fmt: skip
         for rnd in range(first, fed.num_rounds + 1):
-            arrays = self._train_round(strategy, rnd, arrays, train_view, model)
+            try:
+                arrays = self._train_round(strategy, rnd, arrays, train_view, model)
+            except PrivacyBudgetError as e:  # refused before the round was sent
+                log.warning("%s: %s; training stops after round %d", model, e, rnd - 1)
+                entry = {"model": model, "round": rnd, "reason": str(e),
+                         "privacy": privacy_spent(strategy)}  # fmt: skip
+                self.recorder.log_round({**entry, "phase": "privacy-budget"})
+                self.audit.append("privacy-budget", entry)
+                break
             self._monitor(strategy, rnd, arrays, eval_view, model)
             # a round is complete once checkpointed with everything needed to go on from it
             path = self.recorder.checkpoint(
@@ -370,11 +393,7 @@ class Federation:
             site = self._site(reply)
             digest = "" if reply.has_error() else update_digest(reply.content)
             digests[site] = digest
-            problem = (
-                update_problem(reply, shared, compression)
-                or reply_size_problem(reply, trust.max_update_mb)
-                or self.trust.update_problem(reply, site, rnd, model, shared, digest)
-            )
+            problem = screen_update(reply, shared, self.cfg, self.trust, site, rnd, model, digest)
             if problem is None:
                 accepted[site] = dict(next(iter(records(reply.content, MetricRecord).values())))
                 aggregator.accept(site, reply)
@@ -418,6 +437,7 @@ class Federation:
                 "norms": norms,
                 "aggregation": aggregator.mode.value,
                 "parked": aggregator.parked,
+                "privacy": privacy_spent(strategy),
                 "seconds": time.monotonic() - start,
             }
         )
@@ -441,6 +461,7 @@ class Federation:
                 "no_reply": no_reply,
                 "aggregate_sha256": arrays_hash(new_arrays) if new_shared is not None else None,
                 "applied": new_shared is not None,
+                "privacy": privacy_spent(strategy),
             },
         )
         return new_arrays
@@ -607,7 +628,9 @@ class Federation:
                 record = next(iter(reply.content.metric_records.values()))
                 info = reply.content.config_records.get(RecordKey.SITE, ConfigRecord())
                 adaptation = str(info.get(SiteKey.ADAPTATION, "none"))
-                out[name] = (SiteSummary.from_record(record), adaptation)
+                ids = info.get(SiteKey.SKIPPED_CASE_IDS, [])
+                skipped = [str(i) for i in ids] if isinstance(ids, list) else []
+                out[name] = (SiteSummary.from_record(record, skipped_ids=skipped), adaptation)
             except (StopIteration, KeyError, ValueError, TypeError) as err:
                 failed[name] = f"unreadable summary: {err!r}"
                 log.warning("evaluation of %s at %s: unreadable summary %r", label, name, err)

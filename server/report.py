@@ -143,6 +143,8 @@ def site_statistics(s: SiteSummary, cfg: ReportSettings) -> dict[str, Any]:
         "n_neg": s.n_neg,
         "prevalence": _num(s.n_pos / s.n) if s.n and cfg.task == Task.MALIGNANCY else None,
         "insufficient": s.insufficient,
+        # bad cases left out under data.on-bad-case = skip: the count, the first ids
+        "skipped_cases": {"n": s.skipped, "ids": list(s.skipped_ids)},
     }
     if s.insufficient:
         return out

@@ -732,7 +732,7 @@ class _Page:
             f'<th scope="row" class="site">{esc(r.get("site", ""))}'
             f'<span class="sub">{esc(r.get("model", ""))}</span></th>'
             f"<td>{_role_badge(role)}{split}</td>"
-            f'<td class="num">{esc(r.get("n", ""))}</td>'
+            f'<td class="num">{esc(r.get("n", ""))}{_skipped_note(r)}</td>'
         )
 
     def classification_table(self) -> str:
@@ -1778,6 +1778,25 @@ def _section_open(section_id: str, title: str, css_class: str = "") -> str:
         f'<section id="{section_id}"{cls} aria-labelledby="{section_id}-h">'
         f'<h2 id="{section_id}-h">{title}</h2>'
     )
+
+
+def skipped_text(row: Mapping[str, Any]) -> str:
+    """'skipped cases: N (id, id, ...)' for a row whose site left bad cases out, else ''."""
+    skipped = row.get("skipped_cases") or {}
+    n = int(skipped.get("n") or 0)
+    if not n:
+        return ""
+    ids = [str(i) for i in skipped.get("ids") or []]
+    more = ", \u2026" if 0 < len(ids) < n else ""
+    return f"skipped cases: {n}" + (f" ({', '.join(ids)}{more})" if ids else "")
+
+
+def _skipped_note(row: Mapping[str, Any]) -> str:
+    text = skipped_text(row)
+    if not text:
+        return ""
+    title = "bad cases left out under data.on-bad-case = skip; not counted in n"
+    return f'<span class="ci skipped" title="{esc(title)}">{esc(text)}</span>'
 
 
 def _adaptation_text(row: Mapping[str, Any]) -> str:

@@ -26,7 +26,7 @@ from server.records import (
     read_rounds,
 )
 from server.report import REPORT_VERSION, SCHEMA_FILE, build_report, model_sha256
-from server.report_html import render_html
+from server.report_html import render_html, skipped_text
 
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
@@ -202,6 +202,9 @@ def format_summary(report: dict[str, Any]) -> str:
             f"{r['site']:<12} {r['model']:<22} {r['role']:<9} {r['n']:>4} {prev:>5}  "
             f"{auc_txt:<22} {sens:>5} {spec:>5} {slope:>5} {ece:>5}  {drift:>6}"
         )
+    for r in report["sites"]:
+        if text := skipped_text(r):
+            lines.append(f"{r['site']} ({r['model']}): {text}, not in n (data.on-bad-case = skip)")
     lines.append("")
     pooled = report["pooled"]
     for role in ("internal", "external"):

@@ -65,10 +65,22 @@ def strategy_state(strategy: Strategy) -> dict[str, Any]:
         value = getattr(inner, name, None)
         if value is not None:
             state[name] = _to_plain(value)
-    accountant = getattr(strategy, "accountant", None)
+    accountant = _accountant(strategy)
     if accountant is not None:
         state["accountant"] = _to_plain(accountant.state_dict())
     return state
+
+
+def _accountant(strategy: Strategy) -> Any:
+    """The DP accountant of the first wrapper that has one (None without central DP)."""
+    seen: Any = strategy
+    for _ in range(8):
+        if getattr(seen, "accountant", None) is not None:
+            return seen.accountant
+        seen = getattr(seen, "inner", None) or getattr(seen, "strategy", None)
+        if seen is None:
+            return None
+    return None
 
 
 def load_strategy_state(strategy: Strategy, state: Mapping[str, Any]) -> None:
@@ -78,7 +90,7 @@ def load_strategy_state(strategy: Strategy, state: Mapping[str, Any]) -> None:
         if name in state:
             setattr(inner, name, _from_plain(state[name]))
     if "accountant" in state:
-        accountant = getattr(strategy, "accountant", None)
+        accountant = _accountant(strategy)
         if accountant is None:
             raise ResumeError("the checkpoint has a DP accountant but the strategy has none")
         accountant.load_state_dict(_from_plain(state["accountant"]))

@@ -9,8 +9,10 @@ import torch
 from flwr.app import ArrayRecord, Message, MetricRecord
 
 from common.compression import CODE_DTYPE, PACKED, packed_sizes
+from common.config import RunConfig
 from common.keys import Compression, MetricKey, RecordKey
 from server.aggregation import array_view, as_tensor, records
+from server.trust import ServerTrust
 
 
 def update_problem(
@@ -103,6 +105,25 @@ def _packed_problem(
         if not _finite(scale) or (scale < 0).any():
             return "block scales must be finite and >= 0"
     return None
+
+
+def screen_update(
+    reply: Message,
+    reference: ArrayRecord,
+    cfg: RunConfig,
+    trust: ServerTrust,
+    site: str,
+    server_round: int,
+    model: str,
+    digest: str,
+) -> str | None:
+    """Every check one update passes before it is aggregated, cheapest first: its
+    structure and values (``update_problem``), its size, and its signature."""
+    return (
+        update_problem(reply, reference, cfg.federation.compression)
+        or reply_size_problem(reply, cfg.trust.max_update_mb)
+        or trust.update_problem(reply, site, server_round, model, reference, digest)
+    )
 
 
 MIN_SITES_FOR_NORMS = 3  # a robust z-score needs a median and a spread

@@ -24,7 +24,7 @@ from common.config import RunConfig
 from common.data import SplitTensors, concat_splits, load_split
 from common.device import Compute, derive_seed, seed_everything, select_compute
 from common.keys import Split
-from common.manifest import list_site_dirs, read_manifest
+from common.manifest import list_site_dirs, open_manifest
 from common.models import build_model
 from common.summary import SiteSummary
 from server.designs import EXTERNAL, INTERNAL, Evaluation
@@ -44,10 +44,11 @@ class SiteData:
 
 
 def load_sites(cfg: RunConfig) -> list[SiteData]:
-    """Every site under ``data.site-root``, preprocessed by the sites' own pipeline."""
+    """Every site under ``data.site-root``, preprocessed by the sites' own pipeline (bad
+    cases fail or are skipped by ``data.on-bad-case``, as at the sites themselves)."""
     out = []
     for site_dir in list_site_dirs(Path(cfg.data.site_root)):
-        manifest = read_manifest(site_dir, cfg.data.channels, cfg.task)
+        manifest = open_manifest(site_dir, cfg.data.channels, cfg.task)
         out.append(
             SiteData(
                 manifest.name,

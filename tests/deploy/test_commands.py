@@ -172,3 +172,37 @@ def test_site_start_refuses_a_folder_without_manifest(
     argv[-1] = str(tmp_path / "certs" / "ca.pem")
     assert main(argv) == 1
     assert "manifest.csv does not exist" in capsys.readouterr().err
+
+
+def test_run_needs_a_keyring_or_an_explicit_unsigned_run(tmp_path: Path) -> None:
+    """``deploy-no-keyring``: a deployed run signs models and checks site signatures."""
+    from simulations.deploy_cli import run_overrides
+
+    args = build_parser().parse_args(["run", "--superlink", "h:1", "--ca", "c"])
+    with pytest.raises(ValueError, match="needs the federation's keyring"):
+        run_overrides(args)
+    args = build_parser().parse_args(
+        ["run", "--superlink", "h:1", "--ca", "c", "--keyring", str(tmp_path)]
+    )
+    assert run_overrides(args) == [f'trust.keys-dir="{tmp_path.resolve()}"']
+    args = build_parser().parse_args(
+        ["run", "--superlink", "h:1", "--ca", "c", "--run-config", "trust.sign-updates=false"]
+    )
+    assert run_overrides(args) == ["trust.sign-updates=false"]
+
+
+def test_resume_submits_the_runs_own_config(tmp_path: Path) -> None:
+    import json
+
+    from common.config import RunConfig
+    from simulations.cli import parse_overrides
+    from simulations.deploy_cli import run_overrides
+
+    cfg = RunConfig().replace({"federation.num-rounds": 3, "trust.keys-dir": "/k"})
+    (tmp_path / "config.json").write_text(json.dumps({"config": cfg.to_flat(), "sites": []}))
+    args = build_parser().parse_args(
+        ["run", "--superlink", "h:1", "--ca", "c", "--resume", str(tmp_path)]
+    )
+    submitted = parse_overrides(run_overrides(args))
+    expected = cfg.replace({"output.run-dir": str(tmp_path.resolve()), "output.resume": True})
+    assert RunConfig.from_flat(submitted) == expected

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from server.report_html import fmt, fmt_ci, fmt_p, fmt_sig, render_html
+from server.reporting import format_summary
 from tests.server.test_report_schema import (
     EXAMPLES,
     example,
@@ -192,6 +193,14 @@ def test_insufficient_site_missing_report_and_flags() -> None:
     assert "did not report an evaluation of global" in html
     assert "No evaluation received" in html
     assert html.count('class="flag"') == len(report["flags"])
+
+
+def test_skipped_cases_are_shown_with_the_site_count() -> None:
+    html = page(holdout_with_problems())
+    assert "skipped cases: 2 (b-003, b-011)" in html
+    assert html.count("skipped cases:") == 1  # only the site that skipped some
+    summary = format_summary(holdout_with_problems())  # the terminal summary says it too
+    assert "b (global): skipped cases: 2 (b-003, b-011), not in n" in summary
 
 
 def test_null_pooled_blocks_and_empty_curves() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -114,10 +115,14 @@ def segmentation(dice: float | None, n: int = 40) -> SiteSummary:
     )
 
 
+# site b left two bad cases out (data.on-bad-case = skip)
+SKIPPING = replace(classification(0.86, 0.0014), skipped=2, skipped_ids=("b-003", "b-011"))
+
+
 def holdout_with_problems() -> dict[str, Any]:
     evals = [
         Evaluation("global", "a", "internal", "test", classification(0.90, 0.001)),
-        Evaluation("global", "b", "internal", "test", classification(0.86, 0.0014)),
+        Evaluation("global", "b", "internal", "test", SKIPPING),
         Evaluation("global", "e", "external", "test", classification(0.70, 0.002, 2.0)),
         Evaluation("global", "tiny", "external", "test", SiteSummary(6, 1, 5, insufficient=True)),
     ]
@@ -227,6 +232,19 @@ def test_built_reports_exercise_the_nullable_and_optional_parts() -> None:
     problems = holdout_with_problems()
     assert any(r["insufficient"] for r in problems["sites"])
     assert {f["kind"] for f in problems["flags"]} >= {"insufficient-data", "no-evaluation"}
+
+
+def test_skipped_cases_reach_the_site_rows() -> None:
+    report = json.loads(json.dumps(holdout_with_problems(), allow_nan=False))
+    rows = {r["site"]: r for r in report["sites"]}
+    assert rows["b"]["skipped_cases"] == {"n": 2, "ids": ["b-003", "b-011"]}
+    assert rows["a"]["skipped_cases"] == {"n": 0, "ids": []}
+    assert rows["tiny"]["skipped_cases"] == {"n": 0, "ids": []}  # insufficient rows too
+    b = [r["site"] for r in report["sites"]].index("b")
+    report["sites"][b]["skipped_cases"]["ids"] = [f"b-{i:03d}" for i in range(21)]
+    assert ("sites", b, "skipped_cases", "ids") in error_paths(report)  # 20 ids at most
+    report["sites"][b]["skipped_cases"] = {"n": -1, "ids": []}
+    assert ("sites", b, "skipped_cases", "n") in error_paths(report)
 
 
 # ---- damaged reports ---------------------------------------------------------------------------

@@ -1,0 +1,201 @@
+"""The site's side of differential privacy: one ClientApp mod, driven by the round config.
+
+``privacy_mod`` reads ``privacy.*`` from each training message's config (the ClientApp
+is built once, the run config arrives with every message) and, in a federated round
+(``share = shared``), changes the update ``u = trained - received`` before it leaves:
+
+* ``central-client-clip``: ``u <- u * min(1, C / ||u||)`` (Flower's ``fixedclipping_mod``);
+  the server adds the noise (``server.privacy``).
+* ``local``: clip as above, then add N(0, (sigma C)^2) to every entry. The site reports
+  what it spent in its reply's metrics (``common.privacy.PrivacyMetric``): epsilon of
+  this release and of all its releases so far, at ``privacy.delta``. Local DP must hold
+  between *any* two datasets of the site, whose clipped updates can lie ``2C`` apart, so
+  the site accounts each release as a Gaussian mechanism with ``mu = 2 / sigma`` (exact,
+  ``common.privacy``); Flower's ``LocalDpMod`` needs ``sensitivity = 2C`` for the same
+  claim. With ``privacy.max-epsilon`` > 0 the site refuses, before training, a round
+  that would take its total past the budget. A whole locally trained model
+  (``share = all``: ``eval.local-only``, ``hooks.finetune-epochs``) would leave
+  un-noised, so under ``local`` the site refuses to train one.
+
+Everything else (other modes, query and evaluate messages) passes through untouched.
+Flower's own mods draw noise from NumPy's global generator, which ``client.site``
+seeds from the run seed the server knows; the noise here comes from the operating
+system (``common.privacy.noise_rng``). Install the mod *inside* any signing mod, so the
+site signs the update as it leaves: ``ClientApp(mods=[signing, ..., privacy_mod])``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import OrderedDict
+from typing import cast
+
+import numpy as np
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MessageType,
+    MetricRecord,
+)
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common.constant import ErrorCode
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
+
+from common.config import ConfigError, PrivacyConfig, RunConfig
+from common.keys import ConfigKey, PrivacyMode, RecordKey, Share
+from common.privacy import (
+    PrivacyMetric,
+    add_gaussian_noise,
+    clip_update,
+    composed_mu,
+    gaussian_epsilon,
+    noise_rng,
+)
+
+log = logging.getLogger(__name__)
+
+PREFIX = "privacy."  # the run-config section this mod reads
+STATE_KEY = "hepafed.privacy"  # Context.state ConfigRecord: this site's local-DP ledger
+RELEASES = "releases"
+LOCAL_SENSITIVITY = 2.0  # clip norms between two clipped updates (any two site datasets)
+
+
+def privacy_mod(msg: Message, ctx: Context, call_next: ClientAppCallable) -> Message:
+    """Clip (and under ``local`` noise) this site's update before it is signed and sent."""
+    if msg.metadata.message_type.split(".")[0] != MessageType.TRAIN:
+        return call_next(msg, ctx)
+    config = msg.content.get(RecordKey.CONFIG)
+    if not isinstance(config, ConfigRecord):
+        return call_next(msg, ctx)
+    flower_clip = config.pop(KEY_CLIPPING_NORM, None)  # a stock Flower DP server adds it
+    try:
+        p = RunConfig.from_flat({k: v for k, v in config.items() if k.startswith(PREFIX)}).privacy
+    except ConfigError as e:
+        return _refuse(msg, f"privacy settings: {e}")
+    mode = PrivacyMode(p.mode)
+    if mode not in (PrivacyMode.CENTRAL_CLIENT_CLIP, PrivacyMode.LOCAL):
+        return call_next(msg, ctx)
+    if flower_clip is not None and float(cast(float, flower_clip)) != p.clip_norm:
+        return _refuse(
+            msg,
+            f"the server's clipping_norm = {flower_clip!r} differs from privacy.clip-norm "
+            f"= {p.clip_norm!r}",
+        )
+    if str(config.get(ConfigKey.SHARE, Share.SHARED)) != Share.SHARED:
+        if mode is PrivacyMode.LOCAL:
+            return _refuse(
+                msg,
+                "privacy.mode = 'local': this site sends only noised federated updates, "
+                "not a whole locally trained model (turn off eval.local-only and "
+                "hooks.finetune-epochs)",
+            )
+        return call_next(msg, ctx)
+    releases = _releases(ctx) + 1
+    if mode is PrivacyMode.LOCAL:
+        problem = _budget_problem(p, releases)
+        if problem:
+            return _refuse(msg, problem)
+    received = msg.content.get(RecordKey.ARRAYS)
+    if not isinstance(received, ArrayRecord):
+        return _refuse(
+            msg, f"a training message without the ArrayRecord {RecordKey.ARRAYS.value!r}"
+        )
+    reply = call_next(msg, ctx)
+    if reply.has_error():
+        return reply
+    return _bound(msg, reply, received, p, ctx, releases)
+
+
+def local_epsilon(settings: PrivacyConfig, releases: int) -> float:
+    """Epsilon at ``privacy.delta`` of ``releases`` local-DP updates of one site (exact)."""
+    mu = composed_mu(settings.noise_multiplier, releases, LOCAL_SENSITIVITY)
+    return gaussian_epsilon(mu, settings.delta) if math.isfinite(mu) else math.inf
+
+
+# ---- internals ---------------------------------------------------------------------------
+
+
+def _bound(
+    msg: Message,
+    reply: Message,
+    received: ArrayRecord,
+    p: PrivacyConfig,
+    ctx: Context,
+    releases: int,
+) -> Message:
+    """``reply`` with its update clipped (and under ``local`` noised and accounted)."""
+    content = reply.content
+    sent = content.get(RecordKey.ARRAYS)
+    if not isinstance(sent, ArrayRecord) or set(sent) != set(received):
+        return _refuse(
+            msg,
+            f"the reply's ArrayRecord {RecordKey.ARRAYS.value!r} does not hold the "
+            "tensors the server sent; cannot bound the update",
+        )
+    reference = {k: v.numpy() for k, v in received.items()}
+    update = {k: sent[k].numpy().astype(np.float64) - reference[k] for k in received}
+    clipped, was_clipped = clip_update(update, p.clip_norm)
+    if p.mode == PrivacyMode.CENTRAL_CLIENT_CLIP:
+        if was_clipped:  # an update within the bound leaves exactly as trained
+            content[RecordKey.ARRAYS] = _weights(reference, clipped)
+        return reply
+    std = p.noise_multiplier * p.clip_norm
+    noised = add_gaussian_noise(clipped, std, noise_rng()) if std > 0 else clipped
+    content[RecordKey.ARRAYS] = _weights(reference, noised)
+    _set_releases(ctx, releases)
+    if p.noise_multiplier > 0:
+        metric_records = [(k, v) for k, v in content.items() if isinstance(v, MetricRecord)]
+        for name, metrics in metric_records:
+            content[name] = MetricRecord({**metrics, **_spent(p, releases)})
+    log.info("local DP: update clipped to %g, noise std %.4g added", p.clip_norm, std)
+    return reply
+
+
+def _spent(p: PrivacyConfig, releases: int) -> dict[str, float | int]:
+    return {
+        PrivacyMetric.EPSILON.value: local_epsilon(p, 1),
+        PrivacyMetric.DELTA.value: p.delta,
+        PrivacyMetric.EPSILON_TOTAL.value: local_epsilon(p, releases),
+        PrivacyMetric.RELEASES.value: releases,
+    }
+
+
+def _budget_problem(p: PrivacyConfig, releases: int) -> str | None:
+    if p.max_epsilon <= 0:
+        return None
+    total = local_epsilon(p, releases)
+    if total <= p.max_epsilon:
+        return None
+    return (
+        f"privacy.max-epsilon = {p.max_epsilon:g}: update {releases} would bring this site's "
+        f"local epsilon to {total:.3f} at delta {p.delta:g}; the site does not train this round"
+    )
+
+
+def _weights(reference: dict[str, np.ndarray], update: dict[str, np.ndarray]) -> ArrayRecord:
+    """``reference + update`` in the reference's dtypes and key order (what the server sent)."""
+    return ArrayRecord(
+        OrderedDict(
+            (k, Array((ref + update[k]).astype(ref.dtype, copy=False)))
+            for k, ref in reference.items()
+        )
+    )
+
+
+def _releases(ctx: Context) -> int:
+    ledger = ctx.state.get(STATE_KEY)
+    return int(cast(int, ledger.get(RELEASES, 0))) if isinstance(ledger, ConfigRecord) else 0
+
+
+def _set_releases(ctx: Context, releases: int) -> None:
+    ctx.state[STATE_KEY] = ConfigRecord({RELEASES: releases})
+
+
+def _refuse(msg: Message, reason: str) -> Message:
+    log.error("privacy_mod: %s", reason)
+    return Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=reason), reply_to=msg)
