@@ -33,7 +33,10 @@ def exchange(
     With ``on_reply`` each reply is passed to it on arrival and not kept (the
     returned list is then empty)."""
     start = time.monotonic()
-    pending = set(grid.push_messages(list(messages)))
+    outgoing = list(messages)
+    ids = list(grid.push_messages(outgoing))
+    sent = dict(zip(ids, outgoing, strict=False))
+    pending = set(ids)
     total = len(pending)
     replies: list[Message] = []
     done = 0
@@ -42,7 +45,7 @@ def exchange(
         got_any = bool(arrived)
         arrived.reverse()
         while arrived:  # each reply is released once handled, not at the end of the batch
-            msg = arrived.pop()
+            msg = _attributed(arrived.pop(), sent)
             pending.discard(msg.metadata.reply_to_message_id)
             done += 1
             if on_reply is None:
@@ -65,3 +68,19 @@ def exchange(
     if pending:
         log.warning("%s: %d site(s) did not reply within %.0fs", label, len(pending), timeout_s)
     return replies
+
+
+def _attributed(reply: Message, sent: dict[str, Message]) -> Message:
+    """``reply`` as coming from the node its message was sent to.
+
+    When a node is gone, the SuperLink itself answers with an error ("Node
+    Unavailable") whose source is the SuperLink, not the site; rebuilt as a reply
+    to the original message, the error is recorded under the site's name."""
+    original = sent.get(reply.metadata.reply_to_message_id)
+    if (
+        original is None
+        or not reply.has_error()
+        or reply.metadata.src_node_id == original.metadata.dst_node_id
+    ):
+        return reply
+    return Message(reply.error, reply_to=original)

@@ -45,10 +45,14 @@ from server.privacy import (
     sample_size,
     wrap_for_privacy,
 )
-from server.records import RunRecorder, checkpoint_name, load_checkpoint, read_config
+from server.records import RunRecorder, checkpoint_name, load_checkpoint
 from server.resume import (
     ResumeError,
+    archive_previous_trail,
+    checkpoint_round,
+    completed_record,
     load_strategy_state,
+    resumed_run_id,
     rng_state,
     set_rng_state,
     strategy_state,
@@ -93,7 +97,7 @@ def connect(grid: Grid, cfg: RunConfig, recorder: RunRecorder) -> Federation:
         archive_previous_trail(recorder)
     audit = AuditTrail(recorder.run_dir, sign=trust.signer())
     if resuming:
-        dropped = recorder.keep_rounds(lambda e: _completed(e, recorder))
+        dropped = recorder.keep_rounds(lambda e: completed_record(e, recorder))
         audit.append("resume", {"run_id": run_id, "sites": site_docs, "records_dropped": dropped})
         log.info("resuming run %s in %s (%d unfinished records dropped)", run_id,
                  recorder.run_dir, dropped)  # fmt: skip
@@ -106,69 +110,6 @@ def connect(grid: Grid, cfg: RunConfig, recorder: RunRecorder) -> Federation:
         )  # fmt: skip
     log.info("sites: %s", ", ".join(f"{s.name} ({s.role}, {s.n_train}/{s.n_test})" for s in sites))
     return Federation(grid, cfg, recorder, sites, trust, audit)
-
-
-def resumed_run_id(recorder: RunRecorder, cfg: RunConfig) -> str:
-    """The run id of the run in ``recorder``'s folder, once its config is checked to be
-    ``cfg``'s (apart from ``output.resume``)."""
-    try:
-        doc = read_config(recorder.run_dir)
-    except (OSError, ValueError) as e:
-        raise ResumeError(
-            f"cannot resume {recorder.run_dir}: config.json is missing or unreadable ({e}); "
-            "start a new run instead"
-        ) from e
-    before = {k: v for k, v in dict(doc.get("config", {})).items() if k != "output.resume"}
-    now = {k: v for k, v in cfg.to_flat().items() if k != "output.resume"}
-    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
-    if changed:
-        raise ResumeError(
-            f"cannot resume {recorder.run_dir} with another run config: {', '.join(changed)} "
-            "differ; resume with the run's own config (hepafed run --resume does)"
-        )
-    run_id = str(doc.get("run_id", ""))
-    if not run_id:
-        raise ResumeError(f"cannot resume {recorder.run_dir}: config.json has no run id")
-    return run_id
-
-
-def archive_previous_trail(recorder: RunRecorder) -> None:
-    """A new run in a folder that holds another run's audit trail: keep the old trail
-    beside it (``audit-RUNID.jsonl``), never append a new run to it."""
-    from server.audit import AUDIT_FILE, HEAD_FILE
-
-    old = recorder.run_dir / AUDIT_FILE
-    if not old.exists():
-        return
-    try:
-        previous = str(read_config(recorder.run_dir).get("run_id", "")) or "previous"
-    except (OSError, ValueError):
-        previous = "previous"
-    stamp = f"{previous}-{int(time.time())}"
-    old.rename(recorder.run_dir / f"audit-{stamp}.jsonl")
-    head = recorder.run_dir / HEAD_FILE
-    if head.exists():
-        head.rename(recorder.run_dir / f"audit-{stamp}.head.json")
-
-
-def _completed(entry: dict[str, Any], recorder: RunRecorder) -> bool:
-    """Whether a rounds.jsonl record belongs to a round the resumed run will not redo: a
-    train or evaluate record of a round its model's checkpoint already holds."""
-    if entry.get("phase") not in ("train", "evaluate") or "model" not in entry:
-        return False
-    done = checkpoint_round(recorder, str(entry["model"]))
-    return done is not None and done >= 1 and int(entry.get("round", -1)) <= done
-
-
-def checkpoint_round(recorder: RunRecorder, model: str) -> int | None:
-    """The last completed round of ``model`` in the run folder (None: no checkpoint)."""
-    path = recorder.run_dir / checkpoint_name(model)
-    if not path.exists():
-        return None
-    try:
-        return int(load_checkpoint(path)["round"])
-    except Exception as e:  # torch raises several types for a damaged file
-        raise ResumeError(f"cannot resume: checkpoint {path} is unreadable ({e!r})") from e
 
 
 class Federation:
@@ -325,7 +266,11 @@ class Federation:
             load_strategy_state(strategy, state.get("strategy", {}))
             set_rng_state(state["rng"])
             first = done + 1
-            self.audit.append("resume-model", {"model": model, "completed_rounds": done})
+            path = self.recorder.run_dir / checkpoint_name(model)
+            self.audit.append(
+                "resume-model",
+                {"model": model, "completed_rounds": done, "checkpoint_sha256": file_sha256(path)},
+            )
             log.info("%s: rounds 1-%d completed before; continuing at round %d", model, done,
                      first)  # fmt: skip
         for rnd in range(first, fed.num_rounds + 1):

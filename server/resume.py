@@ -12,12 +12,17 @@ as tensors and plain Python values, readable with ``torch.load(weights_only=True
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 from flwr.serverapp.strategy import Strategy
+
+from common.config import RunConfig
+from server.audit import AUDIT_FILE, HEAD_FILE
+from server.records import RunRecorder, checkpoint_name, load_checkpoint, read_config
 
 OPTIMIZER_ATTRIBUTES = ("momentum_vector", "m_t", "v_t")  # FedAvgM; FedOpt (FedAdam, FedYogi)
 
@@ -112,3 +117,64 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy(), pos, has_gauss, cached))
+
+
+def resumed_run_id(recorder: RunRecorder, cfg: RunConfig) -> str:
+    """The run id of the run in ``recorder``'s folder, once its config is checked to be
+    ``cfg``'s (apart from ``output.resume``)."""
+    try:
+        doc = read_config(recorder.run_dir)
+    except (OSError, ValueError) as e:
+        raise ResumeError(
+            f"cannot resume {recorder.run_dir}: config.json is missing or unreadable ({e}); "
+            "start a new run instead"
+        ) from e
+    before = {k: v for k, v in dict(doc.get("config", {})).items() if k != "output.resume"}
+    now = {k: v for k, v in cfg.to_flat().items() if k != "output.resume"}
+    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    if changed:
+        raise ResumeError(
+            f"cannot resume {recorder.run_dir} with another run config: {', '.join(changed)} "
+            "differ; resume with the run's own config (hepafed run --resume does)"
+        )
+    run_id = str(doc.get("run_id", ""))
+    if not run_id:
+        raise ResumeError(f"cannot resume {recorder.run_dir}: config.json has no run id")
+    return run_id
+
+
+def archive_previous_trail(recorder: RunRecorder) -> None:
+    """A new run in a folder that holds another run's audit trail: keep the old trail
+    beside it (``audit-RUNID.jsonl``), never append a new run to it."""
+    old = recorder.run_dir / AUDIT_FILE
+    if not old.exists():
+        return
+    try:
+        previous = str(read_config(recorder.run_dir).get("run_id", "")) or "previous"
+    except (OSError, ValueError):
+        previous = "previous"
+    stamp = f"{previous}-{int(time.time())}"
+    old.rename(recorder.run_dir / f"audit-{stamp}.jsonl")
+    head = recorder.run_dir / HEAD_FILE
+    if head.exists():
+        head.rename(recorder.run_dir / f"audit-{stamp}.head.json")
+
+
+def completed_record(entry: dict[str, Any], recorder: RunRecorder) -> bool:
+    """Whether a rounds.jsonl record belongs to a round the resumed run will not redo: a
+    train or evaluate record of a round its model's checkpoint already holds."""
+    if entry.get("phase") not in ("train", "evaluate") or "model" not in entry:
+        return False
+    done = checkpoint_round(recorder, str(entry["model"]))
+    return done is not None and done >= 1 and int(entry.get("round", -1)) <= done
+
+
+def checkpoint_round(recorder: RunRecorder, model: str) -> int | None:
+    """The last completed round of ``model`` in the run folder (None: no checkpoint)."""
+    path = recorder.run_dir / checkpoint_name(model)
+    if not path.exists():
+        return None
+    try:
+        return int(load_checkpoint(path)["round"])
+    except Exception as e:  # torch raises several types for a damaged file
+        raise ResumeError(f"cannot resume: checkpoint {path} is unreadable ({e!r})") from e

@@ -23,11 +23,12 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvgM
 
 from common.config import RunConfig
-from server.federation import checkpoint_round, resumed_run_id
 from server.records import RunRecorder, load_checkpoint
 from server.resume import (
     ResumeError,
+    checkpoint_round,
     load_strategy_state,
+    resumed_run_id,
     rng_state,
     set_rng_state,
     strategy_state,
