@@ -18,9 +18,11 @@ the federation's own copy of the public key: a copy inside the run folder can be
 along with the trail. Nor can the chain tell a deleted-and-restarted trail from a new one
 unless the last head hash is also kept elsewhere (a report, the federation's own log).
 
-A crash between writing an entry and replacing the head leaves an entry the head does not
-cover; ``AuditTrail`` then refuses to continue (a resumed run must start a new folder) rather
-than sign an entry it cannot vouch for.
+A crash between writing an entry and replacing the head leaves one entry the head does not
+cover. A resumed run continues such a trail and records it: an ``uncovered-entry`` entry
+names that seq, so an auditor sees which entry was written while no signed head vouched for
+it. Any other problem (two or more uncovered entries, a broken link) stops the run: a
+tampered trail is evidence and is never continued.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from common.signing import canonical as canonical_json
 
 AUDIT_FILE = "audit.jsonl"
 HEAD_FILE = "audit.head.json"
@@ -51,9 +55,7 @@ class AuditError(RuntimeError):
 
 def canonical(obj: Any) -> bytes:
     """The canonical JSON bytes that hashes and signatures are computed over."""
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    return canonical_json(obj)
 
 
 def entry_hash(entry: Mapping[str, Any]) -> str:
@@ -70,6 +72,21 @@ def _is_hex64(value: Any) -> bool:
     return (
         isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
     )
+
+
+def _one_uncovered_entry(run_dir: Path, report: AuditReport) -> int | None:
+    """The seq of the last entry when the only problem of a trail is that one entry was
+    written after the head was last replaced: a server stopped between the two writes."""
+    if len(report.problems) != 1 or "appended after the head was written" not in report.problems[0]:
+        return None
+    try:
+        head = json.loads((run_dir / HEAD_FILE).read_text(encoding="utf-8"))
+        items = entries(run_dir)
+    except (OSError, ValueError, AuditError):
+        return None
+    if len(items) != int(head.get("entries", -1)) + 1:
+        return None
+    return int(items[-1]["seq"])
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -98,7 +115,8 @@ class AuditTrail:
         self._lock = threading.Lock()
         if self.path.exists():
             report = verify_trail(self.run_dir)
-            if not report.ok:
+            uncovered = _one_uncovered_entry(self.run_dir, report)
+            if not report.ok and uncovered is None:
                 raise AuditError(
                     f"the audit trail {self.path} does not verify, refusing to continue it: "
                     + "; ".join(report.problems)
@@ -107,6 +125,15 @@ class AuditTrail:
             last = entries(self.run_dir)[-1:] or [{"seq": -1, "hash": GENESIS}]
             self._seq, self._hash = int(last[0]["seq"]), str(last[0]["hash"])
             logger.info("continuing the audit trail %s after seq %d", self.path, self._seq)
+            if uncovered is not None:  # the server stopped between an entry and its head
+                self.append(
+                    "uncovered-entry",
+                    {
+                        "seq": uncovered,
+                        "note": "written before the server stopped, but not yet covered by "
+                        "the signed head; kept as written and covered from here on",
+                    },
+                )
             return
         if self.head_path.exists():
             raise AuditError(

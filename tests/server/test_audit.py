@@ -524,3 +524,26 @@ def test_cli_missing_folder_or_trail(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert capsys.readouterr().out == (
         f"audit: no audit trail in {tmp_path}: {tmp_path / AUDIT_FILE} does not exist\n"
     )
+
+
+def test_a_server_stopped_between_entry_and_head_is_continued_and_recorded(
+    run: Path, key: ec.EllipticCurvePrivateKey, verify: Callable[[bytes, bytes], bool]
+) -> None:
+    """The one crash window (entry written, head not yet replaced): a resumed run continues
+    the trail and names the uncovered entry; two uncovered entries are refused."""
+    head = (run / HEAD_FILE).read_text(encoding="utf-8")
+    AuditTrail(run, sign=_signer(key)).append("round", {"round": 9})
+    (run / HEAD_FILE).write_text(head, encoding="utf-8")  # as if the server died here
+    assert not verify_trail(run, verify).ok
+    trail = AuditTrail(run, sign=_signer(key))
+    last = entries(run)[-1]
+    assert last["kind"] == "uncovered-entry" and last["data"]["seq"] == last["seq"] - 1
+    assert trail.head["seq"] == last["seq"]
+    assert verify_trail(run, verify).ok
+
+    head = (run / HEAD_FILE).read_text(encoding="utf-8")
+    trail.append("round", {"round": 10})
+    trail.append("round", {"round": 11})
+    (run / HEAD_FILE).write_text(head, encoding="utf-8")
+    with pytest.raises(AuditError, match="not covered by"):
+        AuditTrail(run, sign=_signer(key))
