@@ -43,6 +43,7 @@ class SuperNodeOptions:
     insecure: bool = False
     runtime_port: int = DEFAULT_RUNTIME_PORT
     server_key: Path | None = None  # the federation's server.pub: checks signed models
+    allowed_hooks: str = ""  # 'module:Class' hooks this site agrees to import (comma-separated)
 
     def __post_init__(self) -> None:
         if not self.insecure and (self.ca is None or self.private_key is None):
@@ -50,7 +51,8 @@ class SuperNodeOptions:
                 "a site node needs --ca (the federation's ca.pem) and its key pair "
                 "(--keys, from `hepafed site init`); pass --insecure only for a local test"
             )
-        paths = (self.site_dir, self.site_name, self.private_key or "", self.server_key or "")
+        paths = (self.site_dir, self.site_name, self.private_key or "", self.server_key or "",
+                 self.allowed_hooks)  # fmt: skip
         if any("'" in str(p) for p in paths):
             raise ValueError("site folder, site name and key paths must not contain a quote")
 
@@ -62,6 +64,8 @@ class SuperNodeOptions:
             out += f" {NodeKey.SIGNING_KEY}='{self.private_key}'"
         if self.server_key is not None:
             out += f" {NodeKey.SERVER_KEY}='{self.server_key}'"
+        if self.allowed_hooks:
+            out += f" {NodeKey.ALLOWED_HOOKS}='{self.allowed_hooks}'"
         return out
 
 
@@ -132,6 +136,9 @@ def _node_config_template(name: str) -> str:
         "# site-dir is the folder holding manifest.csv and the images (opened read-only).\n"
         f'site-name = "{name}"\n'
         'site-dir = ""  # e.g. "/srv/hepafed/data"; or give --site-dir to `hepafed site start`\n'
+        "# hooks given by import path ('package.module:Class') that this site agrees to import;\n"
+        "# built-in hooks need no entry. Comma-separated, e.g. \"mylab.hooks:Harmonise\".\n"
+        'allowed-hooks = ""\n'
     )
 
 

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 SIGN_KEY = "trust.sign-updates"
 KEYS_DIR_KEY = "trust.keys-dir"
 RUN_DIR_KEY = "output.run-dir"
+HOOKS_KEY = "hooks.use"
 
 
 class TrustError(RuntimeError):
@@ -123,13 +124,36 @@ def sign_reply(msg: Message, reply: Message, node_config: dict[str, Any], model_
     site_record[SiteKey.SIGNATURE.value] = sign(key, data).hex()
 
 
+def check_hooks(config: ConfigRecord, node_config: dict[str, Any]) -> None:
+    """A deployed site imports no code the server names unless the site allowed it.
+
+    ``hooks.use`` may name a hook by import path ('package.module:Class'); the site would
+    import that module. A SuperNode serving a site folder (``site-dir``) accepts only
+    built-in hooks and those listed in its node config's ``allowed-hooks``
+    (comma-separated). Simulated sites (no ``site-dir``) run the user's own code anyway.
+    """
+    if NodeKey.SITE_DIR.value not in node_config:
+        return
+    allowed = {h.strip() for h in str(node_config.get(NodeKey.ALLOWED_HOOKS.value, "")).split(",")}
+    named = [h.strip() for h in str(config.get(HOOKS_KEY, "")).split(",") if ":" in h]
+    refused = [h for h in named if h not in allowed]
+    if refused:
+        raise TrustError(
+            f"the run asks this site to import hook code {refused}; a site imports only "
+            f"built-in hooks and those in its node config '{NodeKey.ALLOWED_HOOKS.value}'"
+        )
+
+
 def trust_mod(msg: Message, context: Context, call_next: Any) -> Message:
-    """Check the server's signature of an incoming model; sign an outgoing update."""
+    """Check the hooks the run names, and the server's signature of an incoming model; sign
+    an outgoing update."""
     content = msg.content
     config = content.get(RecordKey.CONFIG)
+    node_config = dict(context.node_config)
+    if isinstance(config, ConfigRecord):
+        check_hooks(config, node_config)
     if not isinstance(config, ConfigRecord) or not bool(config.get(SIGN_KEY, True)):
         return cast(Message, call_next(msg, context))
-    node_config = dict(context.node_config)
     model_hash = ""
     if RecordKey.ARRAYS in content:
         model_hash = check_model(msg, node_config)

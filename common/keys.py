@@ -161,6 +161,7 @@ class NodeKey(StrEnum):
     PARTITION_ID = "partition-id"  # simulation: Flower's index of the virtual node
     SIGNING_KEY = "signing-key"  # deployment: the site's private key (OpenSSH), signs updates
     SERVER_KEY = "server-public-key"  # deployment: the server's public key, checks models
+    ALLOWED_HOOKS = "allowed-hooks"  # deployment: 'module:Class' hooks the site agrees to import
 
 
 class EvalDesign(StrEnum):

@@ -185,6 +185,7 @@ def supernode_options(args: argparse.Namespace) -> SuperNodeOptions:
         insecure=args.insecure,
         runtime_port=args.runtime_port,
         server_key=server_key,
+        allowed_hooks=template.get("allowed-hooks", ""),
     )
 
 

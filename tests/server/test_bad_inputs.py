@@ -432,3 +432,22 @@ def test_report_edited_after_the_run_is_caught(
     out = capsys.readouterr().out
     assert "report.json: changed since the audit trail recorded its hash" in out
     assert "report.json was changed after the server signed it" in out
+
+
+def test_deployed_site_imports_only_hooks_it_allowed(setup: Setup) -> None:
+    """``hook-not-allowed``: a run naming hook code by import path is refused by a deployed
+    site (``site-dir`` in its node config) unless its node config allows that hook."""
+    from client.trust import check_hooks
+
+    config = ConfigRecord({"hooks.use": "fedbn,tests.common.hooks.sample:CenterCrop"})
+    deployed = {"site-dir": "/srv/data"}
+    with pytest.raises(TrustError, match=r"import hook code \['tests.common.hooks.sample:Cen"):
+        check_hooks(config, deployed)
+    check_hooks(config, {**deployed, "allowed-hooks": "tests.common.hooks.sample:CenterCrop"})
+    check_hooks(ConfigRecord({"hooks.use": "fedbn,fedprox"}), deployed)  # built-ins: fine
+    check_hooks(config, {"partition-id": 0})  # a simulated site runs the user's own code
+    msg = setup.message()
+    cast(ConfigRecord, msg.content[RecordKey.CONFIG])["hooks.use"] = "os:system"
+    ctx = Context(run_id=1, node_id=1, node_config=deployed, state=RecordDict(), run_config={})
+    with pytest.raises(TrustError, match="os:system"):
+        trust_mod(msg, ctx, lambda m, c: m)
