@@ -73,7 +73,16 @@ def strategy_state(strategy: Strategy) -> dict[str, Any]:
     accountant = _accountant(strategy)
     if accountant is not None:
         state["accountant"] = _to_plain(accountant.state_dict())
+        state["dp-releases"] = int(_dp_layer(strategy).releases)
     return state
+
+
+def _dp_layer(strategy: Strategy) -> Any:
+    """The wrapper that owns the DP accountant (``server.privacy.CentralDp``)."""
+    seen: Any = strategy
+    while seen is not None and getattr(seen, "accountant", None) is None:
+        seen = getattr(seen, "inner", None) or getattr(seen, "strategy", None)
+    return seen
 
 
 def _accountant(strategy: Strategy) -> Any:
@@ -99,6 +108,7 @@ def load_strategy_state(strategy: Strategy, state: Mapping[str, Any]) -> None:
         if accountant is None:
             raise ResumeError("the checkpoint has a DP accountant but the strategy has none")
         accountant.load_state_dict(_from_plain(state["accountant"]))
+        _dp_layer(strategy).releases = int(state.get("dp-releases", 0))
 
 
 def rng_state() -> dict[str, Any]:

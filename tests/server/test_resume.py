@@ -117,3 +117,32 @@ def test_unreadable_checkpoint_is_a_named_error(tmp_path: Path) -> None:
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ResumeError, match=r"checkpoint .*checkpoint.pt is unreadable"):
         checkpoint_round(recorder, "global")
+
+
+def test_a_dp_accountant_resumes_with_the_epsilon_already_spent(tmp_path: Path) -> None:
+    """Central DP: the accountant's releases are in the checkpoint, so a resumed run keeps
+    counting from the epsilon spent before the server stopped (not from zero)."""
+    from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
+
+    from server.privacy import privacy_spent, sample_size, wrap_for_privacy
+    from server.strategies import build_strategy
+
+    cfg = RunConfig().replace({"privacy.mode": "central", "privacy.noise-multiplier": 2.0})
+
+    def dp() -> object:
+        return wrap_for_privacy(build_strategy(cfg, 4), cfg, sample_size(cfg, 4), population=4)
+
+    before = dp()
+    accountant = before.accountant  # type: ignore[attr-defined]
+    for _ in range(3):
+        accountant.compose(GaussianPrivacyEvent(noise_multiplier=2.0, sample_size=4,
+                                                population_size=4))  # fmt: skip
+    before.releases = 3  # type: ignore[attr-defined]  # three noised aggregates released
+    spent = privacy_spent(before)  # type: ignore[arg-type]
+    assert spent is not None and spent["releases"] == 3 and spent["epsilon"] > 0
+    RunRecorder(tmp_path).checkpoint({"w": torch.zeros(1)}, cfg, 3,
+                                     resume={"strategy": strategy_state(before)})  # type: ignore[arg-type]  # fmt: skip
+    after = dp()
+    assert privacy_spent(after)["releases"] == 0  # type: ignore[arg-type,index]
+    load_strategy_state(after, load_checkpoint(tmp_path / "checkpoint.pt")["resume"]["strategy"])  # type: ignore[arg-type]
+    assert privacy_spent(after) == spent  # type: ignore[arg-type]
