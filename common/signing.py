@@ -109,11 +109,11 @@ def verify(key: PublicKey, data: bytes, signature: bytes) -> bool:
     return True
 
 
-def canonical(fields: Mapping[str, Any]) -> bytes:
-    """The bytes a statement is signed as: sorted-key compact JSON, no NaN."""
+def canonical(value: Any) -> bytes:
+    """The bytes that are hashed and signed: sorted-key compact UTF-8 JSON, no NaN."""
     return json.dumps(
-        dict(fields), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode()
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
 
 
 def arrays_hash(arrays: ArrayRecord) -> str:
