@@ -137,7 +137,7 @@ def _node_config_template(name: str) -> str:
         f'site-name = "{name}"\n'
         'site-dir = ""  # e.g. "/srv/hepafed/data"; or give --site-dir to `hepafed site start`\n'
         "# hooks given by import path ('package.module:Class') that this site agrees to import;\n"
-        "# built-in hooks need no entry. Comma-separated, e.g. \"mylab.hooks:Harmonise\".\n"
+        '# built-in hooks need no entry. Comma-separated, e.g. "mylab.hooks:Harmonise".\n'
         'allowed-hooks = ""\n'
     )
 

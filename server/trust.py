@@ -166,7 +166,6 @@ class ServerTrust:
             return f"signature: does not verify with {site}'s registered key"
         return None
 
-
     def describe(self) -> dict[str, Any]:
         """For the audit trail: whether updates are signed, and which keys are in use."""
         if not self.enabled:

@@ -147,10 +147,11 @@ CASES: list[tuple[str, str, Make, str]] = [
     (
         "unsigned",
         "update without statement and signature",
-        lambda s: _after(s.reply(), lambda c: cast(ConfigRecord, c[RecordKey.SITE]).pop(
-            SiteKey.SIGNATURE.value)),
+        lambda s: _after(
+            s.reply(), lambda c: cast(ConfigRecord, c[RecordKey.SITE]).pop(SiteKey.SIGNATURE.value)
+        ),
         "signature: unsigned",
-    ),  # fmt: skip
+    ),
     (
         "tampered-weights",
         "a weight changed after signing (in transit)",
@@ -160,17 +161,25 @@ CASES: list[tuple[str, str, Make, str]] = [
     (
         "tampered-count",
         "num-examples inflated after signing (more weight in the mean)",
-        lambda s: _after(s.reply(), lambda c: c.__setitem__(
-            RecordKey.METRICS, MetricRecord({"num-examples": 2000.0, "train-loss": 0.5}))),
+        lambda s: _after(
+            s.reply(),
+            lambda c: c.__setitem__(
+                RecordKey.METRICS, MetricRecord({"num-examples": 2000.0, "train-loss": 0.5})
+            ),
+        ),
         "signature: the update was altered after signing",
-    ),  # fmt: skip
+    ),
     (
         "bad-signature",
         "signature bytes corrupted",
-        lambda s: _after(s.reply(), lambda c: cast(ConfigRecord, c[RecordKey.SITE]).__setitem__(
-            SiteKey.SIGNATURE.value, "00" * 96)),
+        lambda s: _after(
+            s.reply(),
+            lambda c: cast(ConfigRecord, c[RecordKey.SITE]).__setitem__(
+                SiteKey.SIGNATURE.value, "00" * 96
+            ),
+        ),
         "signature: does not verify with site-a's registered key",
-    ),  # fmt: skip
+    ),
     (
         "other-site-key",
         "site-b signs its update as itself but the message comes from site-a's node",
@@ -204,17 +213,19 @@ CASES: list[tuple[str, str, Make, str]] = [
     (
         "nan",
         "a NaN in the weights (signed by the site)",
-        lambda s: s.reply(before=lambda c: _set(c, "conv.bias", np.array([0, np.nan, 0, 0],
-                                                                          np.float32))),
+        lambda s: s.reply(
+            before=lambda c: _set(c, "conv.bias", np.array([0, np.nan, 0, 0], np.float32))
+        ),
         "tensor 'conv.bias' contains NaN or Inf",
-    ),  # fmt: skip
+    ),
     (
         "inf",
         "an infinity in the weights",
-        lambda s: s.reply(before=lambda c: _set(c, "conv.weight", np.full((4, 3), np.inf,
-                                                                            np.float32))),
+        lambda s: s.reply(
+            before=lambda c: _set(c, "conv.weight", np.full((4, 3), np.inf, np.float32))
+        ),
         "tensor 'conv.weight' contains NaN or Inf",
-    ),  # fmt: skip
+    ),
     (
         "wrong-shape",
         "a tensor of the wrong shape",
@@ -272,9 +283,7 @@ CASES: list[tuple[str, str, Make, str]] = [
     (
         "oversized",
         "a reply larger than trust.max-update-mb",
-        lambda s: s.reply(
-            before=lambda c: _set(c, "conv.weight", np.zeros((4, 3), np.float32))
-        ),
+        lambda s: s.reply(before=lambda c: _set(c, "conv.weight", np.zeros((4, 3), np.float32))),
         "over trust.max-update-mb",
     ),
 ]
