@@ -247,3 +247,13 @@ def report_problems(run_dir: Path, key: Any | None) -> list[str]:
         if not valid:
             problems.append(f"{REPORT_SIGNATURE}: signature does not verify with the server key")
     return problems
+
+
+def resign_report(run_dir: Path, cfg: RunConfig, reason: str) -> dict[str, Any]:
+    """Sign a report rewritten after the ServerApp finished (e.g. with the simulation's
+    pooled baseline added): the audit trail records why, then the new report hashes."""
+    run_id = str(json.loads((run_dir / "config.json").read_text())["run_id"])
+    trust = ServerTrust(cfg, run_dir, run_id)
+    audit = AuditTrail(run_dir, sign=trust.signer())
+    audit.append("report-rewritten", {"reason": reason})
+    return sign_report(trust, audit, run_dir)

@@ -27,6 +27,7 @@ from common.keys import EvalDesign
 from server.designs import GLOBAL, Evaluation, local_model
 from server.records import RunRecorder, read_evaluations
 from server.reporting import write_report
+from server.trust import resign_report
 from simulations.baselines import POOLED, load_sites, pooled
 from simulations.federated import run_federated
 from simulations.phantom import generate_phantom
@@ -114,6 +115,7 @@ def simulate(
         RunRecorder(run_dir).write_evaluations([e.to_dict() for e in evaluations])
         seconds["baselines"] = time.monotonic() - t
     report = write_report(run_dir)
+    resign_report(run_dir, cfg, "the simulation added the pooled baseline's evaluations")
     seconds["total"] = time.monotonic() - t0
 
     rows = comparison_rows(evaluations, spec)

@@ -134,6 +134,11 @@ def test_simulate_quick_on_liver_2(tmp_path: Path, capsys: pytest.CaptureFixture
     for site in sites:
         assert {("global", site), (f"local-{site}", site), ("pooled", site)} <= models
     assert "pooled internal AUC" in printed and "report.html" in printed
+    # the report rewritten with the pooled baseline is signed again and the trail says why
+    assert main(["audit", "verify", str(out)]) == 0
+    assert "chain intact, head signed by the server key" in capsys.readouterr().out
+    kinds = [json.loads(line)["kind"] for line in (out / "audit.jsonl").read_text().splitlines()]
+    assert kinds[-3:] == ["report", "report-rewritten", "report"]
     # `hepafed report` re-renders the page from report.json alone
     (out / "report.html").unlink()
     assert main(["report", str(out)]) == 0
