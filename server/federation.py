@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from typing import Any, cast
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -32,10 +32,10 @@ from common.config import RunConfig
 from common.hooks import HookError, HookSet
 from common.keys import ConfigKey, Phase, RecordKey, Share, SiteKey
 from common.models import build_model
-from common.signing import arrays_hash, update_digest
+from common.signing import update_digest
 from common.summary import SiteSummary
 from common.weights import merge, subset, to_arrays
-from server.aggregation import RoundAggregator, records
+from server.aggregation import RoundAggregator
 from server.audit import AuditTrail
 from server.exchange import exchange
 from server.privacy import (
@@ -57,6 +57,7 @@ from server.resume import (
     set_rng_state,
     strategy_state,
 )
+from server.round_screen import RoundScreen
 from server.sites import (
     ROLE_TRAIN,
     FederationError,
@@ -69,8 +70,6 @@ from server.strategies import build_strategy
 from server.trust import ServerTrust, file_sha256
 from server.validation import (
     MIN_SITES_FOR_NORMS,
-    norm_outliers,
-    screen_update,
     update_problem,
 )
 
@@ -319,97 +318,28 @@ class Federation:
         """Local training at the sampled sites; validated updates are aggregated as they
         arrive (``server.aggregation``), in site-name order whatever the arrival order."""
         start = time.monotonic()
-        fed, trust = self.cfg.federation, self.cfg.trust
-        compression = fed.compression
+        fed = self.cfg.federation
         shared = subset(arrays, self.local_keys)
         extra = {ConfigKey.SHARE.value: Share.SHARED.value, ConfigKey.ROUND.value: rnd}
         config = self._config(model, shared, **extra)
         messages = list(strategy.configure_train(rnd, shared, config, view))
         order = sorted(self.names[m.metadata.dst_node_id] for m in messages)
-        defer = trust.norm_z > 0 and len(order) >= MIN_SITES_FOR_NORMS
+        # norm outliers need every norm of the round: then updates wait on disk until the end
+        defer = self.cfg.trust.norm_z > 0 and len(order) >= MIN_SITES_FOR_NORMS
         aggregator = RoundAggregator(
-            strategy, shared, order, compression, self.recorder.run_dir, defer, track_norms=True
-        )
-        accepted: dict[str, dict[str, Any]] = {}
-        rejected: dict[str, str] = {}
-        digests: dict[str, str] = {}
-
-        def on_reply(reply: Message) -> None:
-            site = self._site(reply)
-            digest = "" if reply.has_error() else update_digest(reply.content)
-            digests[site] = digest
-            problem = screen_update(reply, shared, self.cfg, self.trust, site, rnd, model, digest)
-            if problem is None:
-                accepted[site] = dict(next(iter(records(reply.content, MetricRecord).values())))
-                aggregator.accept(site, reply)
-            else:
-                rejected[site] = problem
-                aggregator.skip(site)
-                log.warning("round %d: update from %s rejected: %s", rnd, site, problem)
-
+            strategy, shared, order, fed.compression, self.recorder.run_dir, defer,
+            track_norms=True,
+        )  # fmt: skip
+        screen = RoundScreen(self.cfg, self.trust, aggregator, shared, order, rnd, model)
         label = f"{_prefix(model)}round {rnd}/{fed.num_rounds} train"
-        self._send(messages, label, on_reply)
-        outliers = norm_outliers(
-            {s: aggregator.norms[s] for s in accepted}, trust.norm_z, trust.norm_ratio
-        ) if defer else {}  # fmt: skip
-        for site, reason in outliers.items():
-            log.warning("round %d: update from %s rejected: %s", rnd, site, reason)
-            rejected[site] = reason
-            del accepted[site]
-        aggregator.exclude(outliers)
-        no_reply = [s for s in order if s not in accepted and s not in rejected]
-        for site in no_reply:
-            log.warning("round %d: %s did not reply in time (dropped out)", rnd, site)
-        needed = min(fed.min_sites, len(order))
-        new_shared = aggregator.result(rnd, messages)
-        if len(accepted) < needed:
-            log.warning(
-                "round %d: %d update(s) accepted, fewer than federation.min-sites = %d: "
-                "the global model is left unchanged this round", rnd, len(accepted), needed
-            )  # fmt: skip
-            new_shared = None
-        new_arrays = merge(arrays, new_shared) if new_shared is not None else arrays
-        norms = {s: aggregator.norms[s] for s in sorted(aggregator.norms)}
-        self.recorder.log_round(
-            {
-                "model": model,
-                "round": rnd,
-                "phase": "train",
-                "sites": dict(sorted(accepted.items())),
-                "rejected": rejected,
-                "no_reply": no_reply,
-                "applied": new_shared is not None,
-                "norms": norms,
-                "aggregation": aggregator.mode.value,
-                "parked": aggregator.parked,
-                "privacy": privacy_spent(strategy),
-                "seconds": time.monotonic() - start,
-            }
-        )
-        self.audit.append(
-            "round",
-            {
-                "model": model,
-                "round": rnd,
-                "global_sha256": self.trust.model_hash(shared),
-                "participants": order,
-                "updates": {
-                    site: {
-                        "digest": digests.get(site, ""),
-                        "norm": norms.get(site),
-                        "accepted": site in accepted,
-                        "reason": rejected.get(site, ""),
-                    }
-                    for site in order
-                    if site in digests
-                },
-                "no_reply": no_reply,
-                "aggregate_sha256": arrays_hash(new_arrays) if new_shared is not None else None,
-                "applied": new_shared is not None,
-                "privacy": privacy_spent(strategy),
-            },
-        )
-        return new_arrays
+        self._send(messages, label, lambda reply: screen.on_reply(reply, self._site(reply)))
+        new_shared = screen.result(messages)
+        new_arrays = merge(arrays, new_shared) if new_shared is not None else None
+        privacy = privacy_spent(strategy)
+        seconds = time.monotonic() - start
+        self.recorder.log_round(screen.round_record(new_arrays is not None, privacy, seconds))
+        self.audit.append("round", screen.audit_record(new_arrays, privacy))
+        return new_arrays if new_arrays is not None else arrays
 
     def _monitor(
         self, strategy: Strategy, rnd: int, arrays: ArrayRecord, view: Grid, model: str
