@@ -42,6 +42,7 @@ from server.audit import AuditTrail
 log = logging.getLogger("hepafed.progress")
 
 KEYS_DIR = "keys"
+MODELS_REMEMBERED = 4  # a round's shared weights, the full model, the evaluated model
 UNSIGNED_WARNING = (
     "trust.sign-updates = false: updates and models are NOT signed or checked; "
     "any party on the path could alter them. Use this only for a local experiment."
@@ -58,7 +59,9 @@ class ServerTrust:
         folder = Path(cfg.trust.keys_dir) if cfg.trust.keys_dir else run_dir / KEYS_DIR
         self.keyring = Keyring(folder.resolve())
         self._key = self.keyring.ensure_server_key() if self.enabled else None
-        self._hashes: dict[int, str] = {}  # id(ArrayRecord) -> hash, for the models in flight
+        # (model, hash) of the last models hashed: held, so an identity match is never a new
+        # object at a freed one's address (an id()-keyed cache signed stale hashes)
+        self._hashes: list[tuple[ArrayRecord, str]] = []
         if not self.enabled:
             log.warning(UNSIGNED_WARNING)
 
@@ -118,13 +121,13 @@ class ServerTrust:
         return out
 
     def model_hash(self, arrays: ArrayRecord) -> str:
-        """SHA-256 of a model this server sends (computed once per ArrayRecord)."""
-        key = id(arrays)
-        if key not in self._hashes:
-            if len(self._hashes) > 8:
-                self._hashes.clear()
-            self._hashes[key] = arrays_hash(arrays)
-        return self._hashes[key]
+        """SHA-256 of a model this server sends (computed once per ArrayRecord object)."""
+        for seen, digest in self._hashes:
+            if seen is arrays:
+                return digest
+        digest = arrays_hash(arrays)
+        self._hashes = [*self._hashes[-(MODELS_REMEMBERED - 1) :], (arrays, digest)]
+        return digest
 
     def update_problem(
         self,

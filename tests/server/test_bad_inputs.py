@@ -460,3 +460,14 @@ def test_deployed_site_imports_only_hooks_it_allowed(setup: Setup) -> None:
     ctx = Context(run_id=1, node_id=1, node_config=deployed, state=RecordDict(), run_config={})
     with pytest.raises(TrustError, match="os:system"):
         trust_mod(msg, ctx, lambda m, c: m)
+
+
+def test_model_hash_is_never_a_stale_one_of_a_freed_model(setup: Setup) -> None:
+    """Each new model object gets its own hash, even at a freed one's address (a cache keyed
+    by ``id()`` signed stale hashes, and sites refused the model)."""
+    from common.signing import arrays_hash
+
+    for i in range(50):
+        record = ArrayRecord({"w": Array(np.full(4, float(i), np.float32))})
+        assert setup.trust.model_hash(record) == arrays_hash(record)
+        del record
