@@ -96,7 +96,8 @@ def connect(grid: Grid, cfg: RunConfig, recorder: RunRecorder) -> Federation:
         archive_previous_trail(recorder)
     audit = AuditTrail(recorder.run_dir, sign=trust.signer())
     if resuming:
-        dropped = recorder.keep_rounds(lambda e: completed_record(e, recorder))
+        done: dict[str, int | None] = {}
+        dropped = recorder.keep_rounds(lambda e: completed_record(e, recorder, done))
         audit.append("resume", {"run_id": run_id, "sites": site_docs, "records_dropped": dropped})
         log.info("resuming run %s in %s (%d unfinished records dropped)", run_id,
                  recorder.run_dir, dropped)  # fmt: skip

@@ -78,7 +78,7 @@ def strategy_state(strategy: Strategy) -> dict[str, Any]:
 
 
 def _dp_layer(strategy: Strategy) -> Any:
-    """The wrapper that owns the DP accountant (``server.privacy.CentralDp``)."""
+    """The wrapper that owns a DP accountant (``server.privacy.CentralDp``), or None."""
     seen: Any = strategy
     while seen is not None and getattr(seen, "accountant", None) is None:
         seen = getattr(seen, "inner", None) or getattr(seen, "strategy", None)
@@ -86,15 +86,8 @@ def _dp_layer(strategy: Strategy) -> Any:
 
 
 def _accountant(strategy: Strategy) -> Any:
-    """The DP accountant of the first wrapper that has one (None without central DP)."""
-    seen: Any = strategy
-    for _ in range(8):
-        if getattr(seen, "accountant", None) is not None:
-            return seen.accountant
-        seen = getattr(seen, "inner", None) or getattr(seen, "strategy", None)
-        if seen is None:
-            return None
-    return None
+    """The DP accountant of the run's strategy (None without central DP)."""
+    return getattr(_dp_layer(strategy), "accountant", None)
 
 
 def load_strategy_state(strategy: Strategy, state: Mapping[str, Any]) -> None:
@@ -170,12 +163,18 @@ def archive_previous_trail(recorder: RunRecorder) -> None:
         head.rename(recorder.run_dir / f"audit-{stamp}.head.json")
 
 
-def completed_record(entry: dict[str, Any], recorder: RunRecorder) -> bool:
+def completed_record(
+    entry: dict[str, Any], recorder: RunRecorder, rounds: dict[str, int | None]
+) -> bool:
     """Whether a rounds.jsonl record belongs to a round the resumed run will not redo: a
-    train or evaluate record of a round its model's checkpoint already holds."""
+    train or evaluate record of a round its model's checkpoint already holds. ``rounds``
+    memoises each model's checkpointed round (each checkpoint is read once)."""
     if entry.get("phase") not in ("train", "evaluate") or "model" not in entry:
         return False
-    done = checkpoint_round(recorder, str(entry["model"]))
+    model = str(entry["model"])
+    if model not in rounds:
+        rounds[model] = checkpoint_round(recorder, model)
+    done = rounds[model]
     return done is not None and done >= 1 and int(entry.get("round", -1)) <= done
 
 
