@@ -18,7 +18,6 @@ headers for series folders (see ``common.manifest``).
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -28,6 +27,8 @@ from typing import Any
 from common.dicom import DELAY_SUFFIX, DicomSeriesError
 from common.keys import Split
 from common.manifest import Case, SiteManifest
+from common.metadata import number  # None for a blank or implausible cell
+from common.sitepaths import escape_problem
 
 CATEGORICAL_FIELDS = ("vendor", "scanner_model", "kernel")
 NUMERIC_FIELDS = ("slice_thickness_mm", "kvp", "field_strength_t")
@@ -43,25 +44,34 @@ LABELS = {
 AXES = ("x", "y", "z")
 
 
-def value_range(values: Iterable[float]) -> dict[str, float] | None:
-    """``{"n", "min", "median", "max"}`` of the values, or None if there are none."""
+OTHER = "other"  # the category that values recorded for fewer than min_cell cases merge into
+
+
+def value_range(values: Iterable[float], min_cell: int = 1) -> dict[str, float] | None:
+    """``{"n", "min", "median", "max"}`` of the values, or None if there are fewer than
+    ``min_cell`` (at least one): a range of fewer cases is not reported."""
     vals = sorted(values)
-    if not vals:
+    if len(vals) < max(1, min_cell):
         return None
     return {"n": len(vals), "min": vals[0], "median": statistics.median(vals), "max": vals[-1]}
 
 
-def _number(text: str | None) -> float | None:
-    """A finite number, or None (blank, unparsable, NaN and infinities are not values)."""
-    try:
-        value = float(text) if text else None
-    except ValueError:
-        return None
-    return value if value is not None and math.isfinite(value) else None
+def small_categories(counts: Counter[str], min_cell: int) -> dict[str, int]:
+    """Counts per value with the values of fewer than ``min_cell`` cases merged into
+    ``"other"``, itself left out when it still holds fewer than ``min_cell``."""
+    kept = {k: v for k, v in counts.items() if v >= min_cell and k != OTHER}
+    other = sum(v for k, v in counts.items() if k not in kept)
+    if other and other >= min_cell:
+        kept[OTHER] = other
+    return dict(sorted(kept.items()))
 
 
-def acquisition_summary(cases: Sequence[Case]) -> dict[str, Any]:
+def acquisition_summary(cases: Sequence[Case], min_cell: int = 1) -> dict[str, Any]:
     """Counts and ranges of the cases' acquisition metadata (fields nobody recorded are left out).
+
+    The small-cell rule ``min_cell`` (k, the site's ``policy.min-cell`` when it leaves the
+    site): values of fewer than k cases merge into ``"other"`` (left out below k), and a
+    range over fewer than k cases is left out.
 
     ``{"n_cases": N, "vendor": {value: count}, "scanner_model": {...}, "kernel": {...},
     "slice_thickness_mm": {"n", "min", "median", "max"}, "kvp": ..., "field_strength_t": ...,
@@ -70,10 +80,11 @@ def acquisition_summary(cases: Sequence[Case]) -> dict[str, Any]:
     out: dict[str, Any] = {"n_cases": len(cases)}
     for name in CATEGORICAL_FIELDS:
         counts = Counter(c.metadata[name] for c in cases if c.metadata.get(name))
-        if counts:
-            out[name] = dict(sorted(counts.items()))
+        if kept := small_categories(counts, min_cell):
+            out[name] = kept
     for name in NUMERIC_FIELDS:
-        rng = value_range(v for c in cases if (v := _number(c.metadata.get(name))) is not None)
+        values = (v for c in cases if (v := number(name, c.metadata.get(name))) is not None)
+        rng = value_range(values, min_cell)
         if rng is not None:
             out[name] = rng
     channels = sorted(
@@ -82,7 +93,8 @@ def acquisition_summary(cases: Sequence[Case]) -> dict[str, Any]:
     delays = {}
     for ch in channels:
         key = f"{ch}{DELAY_SUFFIX}"
-        rng = value_range(v for c in cases if (v := _number(c.metadata.get(key))) is not None)
+        values = (v for c in cases if (v := number(key, c.metadata.get(key))) is not None)
+        rng = value_range(values, min_cell)
         if rng is not None:
             delays[ch] = rng
     if delays:
@@ -90,9 +102,11 @@ def acquisition_summary(cases: Sequence[Case]) -> dict[str, Any]:
     return out
 
 
-def acquisition_json(cases: Sequence[Case]) -> str:
-    """``acquisition_summary`` as compact JSON text (a Flower ConfigRecord holds strings)."""
-    return json.dumps(acquisition_summary(cases), sort_keys=True, separators=(",", ":"))
+def acquisition_json(cases: Sequence[Case], min_cell: int) -> str:
+    """``acquisition_summary`` under the small-cell rule ``min_cell`` as compact JSON text
+    (a Flower ConfigRecord holds strings): what a site's query reply carries."""
+    summary = acquisition_summary(cases, min_cell)
+    return json.dumps(summary, sort_keys=True, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -121,8 +135,8 @@ def survey_site(manifest: SiteManifest) -> SiteSurvey:
     sources: Counter[str] = Counter()
     for case in manifest.cases:
         for img in case.images:
-            if not img.exists():
-                continue  # reported as a problem
+            if not img.exists() or escape_problem(img, manifest.site_dir, manifest.data_root):
+                continue  # reported as a problem; a file outside the site is never opened
             sources[
                 ("DICOM series" if img.is_dir() else "DICOM file")
                 if is_dicom_source(img)

@@ -11,12 +11,17 @@ With ``fail`` (the default) loading raises ``BadCaseError`` for the first bad
 case; with ``skip`` the case is left out of its split, logged, and counted
 (``SKIPPED_CASES`` in the training metrics and the evaluation summary). A
 split whose every case is bad raises ``NoUsableCasesError`` under either policy.
+
+``BadInput`` names the kinds of bad input beyond these: the manifest's text and form
+(``common.csvtable``), paths that leave the site folder (``common.sitepaths``), voxel
+spacing and grids (``common.geometry``) and numeric metadata (``common.metadata``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +36,48 @@ SKIPPED_CASES = MetricKey.SKIPPED_CASES.value
 SKIPPED_CASE_IDS = SiteKey.SKIPPED_CASE_IDS.value
 SKIPPED_CASE_REASONS = SiteKey.SKIPPED_CASE_REASONS.value
 MAX_LISTED = 20  # ids listed in replies and reports; the count is always complete
+
+
+class BadInput(StrEnum):
+    """Named kinds of bad site input beyond a case's own files (docs/bad-cases.md, docs/trust.md).
+
+    A ``Problem`` carries one of them in ``kind`` so that tools and tests can tell them apart
+    without parsing its message."""
+
+    MANIFEST_NUL = "manifest-nul"  # a NUL byte in manifest.csv
+    MANIFEST_ENCODING = "manifest-encoding"  # manifest.csv is not UTF-8 text
+    MANIFEST_DUPLICATE_COLUMN = "manifest-duplicate-column"  # one column name twice
+    MANIFEST_UNNAMED_COLUMN = "manifest-unnamed-column"  # a header cell left empty
+    MANIFEST_RAGGED_ROW = "manifest-ragged-row"  # more or fewer fields than the header
+    PATH_ESCAPE = "path-escape"  # a cell points outside the site folder ('..', absolute)
+    SYMLINK_ESCAPE = "symlink-escape"  # a symbolic link resolves outside the site folder
+    ZERO_SPACING = "zero-spacing"  # voxel spacing not > 0 and finite, or a singular affine
+    MASK_GEOMETRY = "mask-geometry"  # a mask (or channel) not on its case's image grid
+    METADATA_UNIT = "metadata-unit"  # a numeric metadata cell that is not a plain number
+    METADATA_RANGE = "metadata-range"  # a numeric metadata value outside its plausible range
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a site's data, precise enough to fix it."""
+
+    file: str
+    field: str
+    message: str
+    row: int | None = None  # 1-based data row (the header is row 0)
+    case_id: str | None = None
+    line: int | None = None  # 1-based line of the file, where the row number is not enough
+    kind: str = ""  # a ``BadInput`` value, or "" for the kinds of docs/bad-cases.md's table
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.line is not None:
+            where += f", line {self.line}"
+        if self.row is not None:
+            where += f", row {self.row}"
+        if self.case_id:
+            where += f" (case {self.case_id!r})"
+        return f"{where}: {self.field}: {self.message}"
 
 
 @dataclass(frozen=True)
@@ -103,13 +150,35 @@ def listed(skipped: Sequence[SkippedCase]) -> tuple[str, ...]:
     return tuple(s.case_id for s in skipped[:MAX_LISTED])
 
 
-def skipped_fields(skipped: Sequence[SkippedCase]) -> dict[str, list[str]]:
-    """The site-record (ConfigRecord) entries naming the first ``MAX_LISTED`` skipped cases."""
+def skipped_fields(
+    skipped: Sequence[SkippedCase], site_dir: Path | str | None = None
+) -> dict[str, list[str]]:
+    """The site-record (ConfigRecord) entries naming the first ``MAX_LISTED`` skipped cases,
+    with every file named relative to ``site_dir`` (``site_relative``): a reply never
+    carries the hospital's absolute paths."""
     first = skipped[:MAX_LISTED]
-    return {
-        SKIPPED_CASE_IDS: [s.case_id for s in first],
-        SKIPPED_CASE_REASONS: [f"{s.path}: {s.reason}" for s in first],
-    }
+    reasons = []
+    for s in first:
+        path = site_relative(s.path, site_dir)
+        reason = s.reason.replace(str(s.path), path)
+        if site_dir is not None:  # other files of the folder the reason names
+            reason = reason.replace(f"{Path(site_dir)}/", "")
+        reasons.append(f"{path}: {reason}")
+    return {SKIPPED_CASE_IDS: [s.case_id for s in first], SKIPPED_CASE_REASONS: reasons}
+
+
+def site_relative(path: Path | str, site_dir: Path | str | None) -> str:
+    """``path`` relative to the site folder; a file outside it (or with no folder given)
+    by its name only, so no absolute path leaves the site."""
+    p = Path(path)
+    if site_dir is not None:
+        root = Path(site_dir)
+        for candidate, base in ((p, root), (p.resolve(), root.resolve())):
+            if candidate.is_relative_to(base):
+                return candidate.relative_to(base).as_posix()
+        if not p.is_absolute():
+            return p.as_posix()
+    return p.name
 
 
 # ---- what is wrong with one loaded image (shared with `hepafed site check`) -----------------

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,22 +39,16 @@ from monai.transforms import (
     SqueezeDimd,
 )
 
-from common.badcases import (
-    BadCaseError,
-    NoUsableCasesError,
-    SkippedCase,
-    array_problems,
-    load_problem,
-    shape_problem,
-)
+from common.badcases import BadCaseError, BadInput, NoUsableCasesError, SkippedCase
+from common.checkedload import MASK, CaseFileProblem, LoadCheckedd
 from common.config import DataConfig
-from common.images import LoadSiteImaged
 from common.keys import BadCasePolicy, Task
 from common.manifest import MANIFEST_NAME, Case, Problem, SiteManifest
+from common.sitepaths import escape_problem
 
 log = logging.getLogger("hepafed.progress")
 
-IMAGE, MASK, LABEL = "image", "mask", "label"
+IMAGE, LABEL = "image", "label"
 CACHE_VERSION = "3"  # bump when the deterministic transforms change (3: cases are checked)
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # NIfTI world axes
 
@@ -118,45 +112,6 @@ def deterministic_transforms(cfg: DataConfig, task: str) -> Compose:
         EnsureTyped(keys=[IMAGE, MASK], dtype=torch.float32, track_meta=False),
     ]
     return Compose(steps)
-
-
-class CaseFileProblem(Exception):
-    """A file of one case failed a check while loading (becomes a ``BadCaseError``)."""
-
-    def __init__(self, path: str, reason: str) -> None:
-        self.path, self.reason = path, reason
-        super().__init__(f"{path}: {reason}")
-
-
-class LoadCheckedd(LoadSiteImaged):
-    """``LoadSiteImaged`` that checks every image and mask it loads, as ``hepafed site
-    check`` does (``common.badcases.array_problems``), raising ``CaseFileProblem``."""
-
-    def __init__(self, keys: Sequence[str], spatial_dims: int) -> None:
-        super().__init__(keys)
-        self.spatial_dims = spatial_dims
-
-    def __call__(self, data: Any) -> Any:
-        d = dict(data)
-        shapes: dict[str, tuple[int, ...]] = {}
-        paths: dict[str, str] = {}
-        for key in self.key_iterator(d):
-            path, column = str(d[key]), MASK if key == MASK else f"image_{key}"
-            try:
-                d[key] = self._loader(path, reader=self._reader)
-            except Exception as e:  # any reader failure is the same problem for a user
-                problem = load_problem(path, e, in_file=False)
-                raise CaseFileProblem(path, f"{column}: {problem}") from e
-            shape, problems = array_problems(column, path, d[key], self.spatial_dims, False)
-            if shape is None or problems:
-                raise CaseFileProblem(path, f"{column}: {'; '.join(problems)}")
-            shapes[column], paths[column] = shape, path
-        mismatch = shape_problem(shapes)
-        if mismatch is not None:  # name the file off the grid most of the case's files share
-            grid = Counter(shapes.values()).most_common(1)[0][0]
-            odd = next(c for c, sh in shapes.items() if sh != grid)
-            raise CaseFileProblem(paths[odd], f"shape: {mismatch}")
-        return d
 
 
 def case_record(case: Case, channels: Sequence[str]) -> dict[str, Any]:
@@ -256,9 +211,23 @@ def _cached_split(
     hash, split, data settings (the bad-case policy included), task and the size and
     modification time of every file of every case, so a changed file is read again. Only
     a loaded split is kept: a failure raises before it can be cached."""
-    files = [p for c in manifest.split(split) for p in (*c.images, c.mask) if p is not None]
+    cases = [c for c in manifest.split(split) if c.case_id not in manifest.row_problems]
+    files = [p for c in cases for p in (*c.images, c.mask) if p is not None]
     stats = json.dumps([_file_fingerprint(p) for p in files])
-    key = (str(manifest.site_dir.resolve()), manifest.sha256, split, cfg, task, stats)
+    # a rejected row is known by its problems (no file of it is touched): a fixed row,
+    # a fixed link or another data root gives another key
+    rejected = tuple((k, tuple(map(str, v))) for k, v in sorted(manifest.row_problems.items()))
+    root = str(manifest.data_root)
+    key = (
+        str(manifest.site_dir.resolve()),
+        manifest.sha256,
+        split,
+        cfg,
+        task,
+        stats,
+        rejected,
+        root,
+    )
     if key in _SPLITS:
         _SPLITS.move_to_end(key)
         return _SPLITS[key]
@@ -329,6 +298,11 @@ def _load_case(
 
     if index is None:  # the manifest check rejected its row
         raise _row_error(manifest, case, manifest.row_problems[case.case_id], bad)
+    columns = [f"image_{ch}" for ch in manifest.channels]
+    for column, path in zip([*columns, MASK], [*case.images, case.mask], strict=True):
+        escape = escape_problem(path, manifest.site_dir, manifest.data_root) if path else None
+        if escape is not None:  # a link changed since the manifest was checked
+            raise bad(escape.path, f"{column}: {escape.message}")
     try:
         return dict(dataset[index])
     except Exception as e:  # MONAI wraps a transform's error: find the check that failed
@@ -354,7 +328,8 @@ def _row_error(
     where = f"{MANIFEST_NAME} row {case.row}"
     more = f"; and {len(problems) - 1} more problem(s) in the row" if len(problems) > 1 else ""
     path = _row_file(manifest, case, first.field)
-    if path is not None and not path.exists():
+    escaped = first.kind in (BadInput.PATH_ESCAPE, BadInput.SYMLINK_ESCAPE)
+    if path is not None and not escaped and not path.exists():
         return bad(path, f"{first.field}: file not found ({where}){more}")
     return bad(manifest.path, f"{first.field}: {first.message} ({where}){more}")
 

@@ -5,14 +5,19 @@ A site is a folder with ``manifest.csv``. Columns:
 - ``case_id`` (required, unique);
 - ``image_<channel>`` for every channel of ``data.channels`` (e.g.
   ``image_arterial``): a NIfTI file or a DICOM series folder, relative to the
-  site folder or absolute;
-- ``mask``: the lesion mask (0/1) on the same grid, needed by both tasks
-  (classification crops a lesion-centred region of interest from it);
+  site folder or absolute, but inside it (or inside an allowed ``data_root``;
+  ``common.sitepaths``);
+- ``mask``: the lesion mask (0/1) on the same grid (affine) as the images, needed
+  by both tasks (classification crops a lesion-centred region of interest from it);
 - ``label``: 0 (benign) or 1 (malignant), required for ``lesion-malignancy``;
 - ``split`` (optional): ``train``, ``val`` or ``test``. Without the column every
   case is assigned by a stable hash of its id (25 % test, see ``hash_split``);
 - any other column is acquisition or case metadata (vendor, kernel, slice
-  thickness, contrast timing...) and is kept as text.
+  thickness, contrast timing...) and is kept as text; the numeric ones must be
+  plausible numbers (``common.metadata``).
+
+The file must be UTF-8 CSV without NUL bytes, each column named once, each row with
+exactly the header's fields (``common.csvtable``).
 
 For an image cell naming a DICOM series folder, the acquisition tags of the
 series' first file (``common.dicom.acquisition_metadata``: ``vendor``,
@@ -34,39 +39,21 @@ fails or skips that one case by ``data.on-bad-case`` (``common.badcases``).
 
 from __future__ import annotations
 
-import csv
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
-
-from common.badcases import array_problems, load_problem, shape_problem
-from common.dicom import DicomSeriesError, acquisition_metadata, is_dicom_source, read_series
+from common.badcases import BadInput, Problem, array_problems, load_problem, shape_problem
+from common.csvtable import read_table
+from common.dicom import DicomSeriesError, read_series
+from common.geometry import alignment_problems, grid_problems
 from common.keys import Split, Task, choices
+from common.manifest_row import file_problem, parse_label, resolve, with_dicom_metadata
+from common.sitepaths import escape_problem
 
 MANIFEST_NAME = "manifest.csv"
 TEST_FRACTION_BY_HASH = 0.25
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a site's data, precise enough to fix it."""
-
-    file: str
-    field: str
-    message: str
-    row: int | None = None  # 1-based data row (the header is row 0)
-    case_id: str | None = None
-
-    def __str__(self) -> str:
-        where = self.file
-        if self.row is not None:
-            where += f", row {self.row}"
-        if self.case_id:
-            where += f" (case {self.case_id!r})"
-        return f"{where}: {self.field}: {self.message}"
 
 
 class ManifestError(ValueError):
@@ -102,6 +89,8 @@ class SiteManifest:
     # case id -> what is wrong with its row (a missing file, a bad label); only
     # ``open_manifest`` keeps such rows, ``read_manifest`` rejects them
     row_problems: Mapping[str, tuple[Problem, ...]] = field(default_factory=dict)
+    # a folder outside the site folder that its paths may also lead to (None: none)
+    data_root: Path | None = None
 
     @property
     def name(self) -> str:
@@ -123,9 +112,18 @@ def hash_split(case_id: str, test_fraction: float = TEST_FRACTION_BY_HASH) -> st
     return Split.TEST.value if u < test_fraction else Split.TRAIN.value
 
 
-def read_manifest(site_dir: Path | str, channels: Sequence[str], task: str) -> SiteManifest:
-    """Parse and check a site's manifest table (files must exist; only DICOM headers are read)."""
-    manifest, problems = parse_manifest(site_dir, channels, task)
+def read_manifest(
+    site_dir: Path | str,
+    channels: Sequence[str],
+    task: str,
+    *,
+    data_root: Path | str | None = None,
+) -> SiteManifest:
+    """Parse and check a site's manifest table (files must exist; only DICOM headers are read).
+
+    ``data_root``: a folder outside the site folder that manifest paths may lead to (the
+    site's node config allows it); by default they must stay inside the site folder."""
+    manifest, problems = parse_manifest(site_dir, channels, task, data_root=data_root)
     if problems:
         raise ManifestError(problems)
     return manifest
@@ -135,16 +133,31 @@ def read_manifest(site_dir: Path | str, channels: Sequence[str], task: str) -> S
 CASE_FIELDS = ("mask", "label")
 
 
-def open_manifest(site_dir: Path | str, channels: Sequence[str], task: str) -> SiteManifest:
-    """Like ``read_manifest``, but a row whose files or label are unusable is kept, its
-    problems in ``row_problems``: the loader fails or skips it by ``data.on-bad-case``.
+def is_case_problem(problem: Problem, channels: Sequence[str]) -> bool:
+    """Whether a problem spoils one case (a file, the label, a metadata value), not the table."""
+    return (
+        problem.field in CASE_FIELDS
+        or problem.field in {f"image_{ch}" for ch in channels}
+        or problem.kind in (BadInput.METADATA_UNIT, BadInput.METADATA_RANGE)
+    )
 
-    Problems of the table itself (columns, case ids, splits) still raise ``ManifestError``.
+
+def open_manifest(
+    site_dir: Path | str,
+    channels: Sequence[str],
+    task: str,
+    *,
+    data_root: Path | str | None = None,
+) -> SiteManifest:
+    """Like ``read_manifest``, but a row whose files, label or metadata are unusable is kept,
+    its problems in ``row_problems``: the loader fails or skips it by ``data.on-bad-case``.
+
+    Problems of the table itself (its text, columns, ragged rows, case ids, splits) still
+    raise ``ManifestError``.
     """
-    manifest, problems = parse_manifest(site_dir, channels, task)
-    fields = {*(f"image_{ch}" for ch in channels), *CASE_FIELDS}
+    manifest, problems = parse_manifest(site_dir, channels, task, data_root=data_root)
     ids = {c.case_id for c in manifest.cases}
-    table = [p for p in problems if p.field not in fields or p.case_id not in ids]
+    table = [p for p in problems if not is_case_problem(p, channels) or p.case_id not in ids]
     if table:
         raise ManifestError(table)
     by_case: dict[str, tuple[Problem, ...]] = {}
@@ -154,10 +167,17 @@ def open_manifest(site_dir: Path | str, channels: Sequence[str], task: str) -> S
 
 
 def parse_manifest(
-    site_dir: Path | str, channels: Sequence[str], task: str
+    site_dir: Path | str,
+    channels: Sequence[str],
+    task: str,
+    *,
+    data_root: Path | str | None = None,
 ) -> tuple[SiteManifest, list[Problem]]:
-    """The manifest's cases and every problem found in the table (raises only if unusable)."""
+    """The manifest's cases and every problem found in the table (raises only if unusable:
+    missing, not UTF-8 text, NUL bytes, or a header with a missing, duplicate or unnamed
+    column)."""
     site_dir = Path(site_dir)
+    root = None if data_root is None else Path(data_root)
     path = site_dir / MANIFEST_NAME
     fname = str(path)
     if not path.is_file():
@@ -165,12 +185,10 @@ def parse_manifest(
             [Problem(fname, "manifest", f"not found: a site folder needs a {MANIFEST_NAME}")]
         )
     raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise ManifestError([Problem(fname, "manifest", f"not UTF-8 text: {e}")]) from e
-    reader = csv.DictReader(text.splitlines())
-    header = [h.strip() for h in (reader.fieldnames or [])]
+    table, problems = read_table(raw, fname)
+    if table is None:
+        raise ManifestError(problems)
+    header = table.header
     image_cols = [f"image_{ch}" for ch in channels]
     required = ["case_id", *image_cols, "mask"]
     if task == Task.MALIGNANCY:
@@ -187,16 +205,15 @@ def parse_manifest(
             ]
         )
     known = {*required, "label", "split"}
-    problems: list[Problem] = []
     cases: list[Case] = []
     seen: dict[str, int] = {}
     has_split = "split" in header
-    for row_no, row in enumerate(reader, start=1):
-        row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
-        cid = row.get("case_id", "")
+    for trow in table.rows:
+        row, row_no = trow.cells, trow.number
+        cid = row["case_id"]
 
-        def bad(fld: str, msg: str, row_no: int = row_no, cid: str = cid) -> None:
-            problems.append(Problem(fname, fld, msg, row_no, cid or None))
+        def bad(fld: str, msg: str, kind: str = "", row_no: int = row_no, cid: str = cid) -> None:
+            problems.append(Problem(fname, fld, msg, row_no, cid or None, kind=kind))
 
         if not cid:
             bad("case_id", "empty: every case needs an id")
@@ -204,53 +221,42 @@ def parse_manifest(
             bad("case_id", f"duplicate of row {seen[cid]}: case ids must be unique")
         else:
             seen[cid] = row_no
-        images = tuple(_resolve(site_dir, row[c]) for c in image_cols)
+        images = tuple(resolve(site_dir, row[c]) for c in image_cols)
+        inside: list[Path] = []  # files that may be opened (header reads)
         for col, img in zip(image_cols, images, strict=True):
             if not row[col]:
                 bad(col, "empty: give the image path for this channel")
-            elif not img.exists():
-                bad(col, f"file not found: {img}")
-        mask = _resolve(site_dir, row["mask"]) if row.get("mask") else None
+            elif file_problem(col, img, site_dir, root, bad):
+                inside.append(img)
+        mask = resolve(site_dir, row["mask"]) if row.get("mask") else None
         if mask is None:
             bad("mask", "empty: both tasks need the lesion mask")
-        elif not mask.exists():
-            bad("mask", f"file not found: {mask}")
-        label = _parse_label(row.get("label", ""), task, bad)
+        else:
+            file_problem("mask", mask, site_dir, root, bad)
+        label = parse_label(row.get("label", ""), task, bad)
         split = row.get("split", "") if has_split else hash_split(cid)
         if split not in {s.value for s in Split}:
             bad("split", f"{split!r} is not a valid split; use one of {choices(Split)}")
-        metadata = _with_dicom_metadata(
-            {k: v for k, v in row.items() if k not in known}, channels, images
+        metadata = with_dicom_metadata(
+            {k: v for k, v in row.items() if k not in known}, channels, images, inside, bad
         )
         cases.append(Case(cid, images, mask, label, split, row_no, metadata))
     if not cases and not problems:
         problems.append(Problem(fname, "manifest", "lists no cases"))
     manifest = SiteManifest(
-        site_dir, tuple(channels), tuple(cases), hashlib.sha256(raw).hexdigest()
+        site_dir, tuple(channels), tuple(cases), hashlib.sha256(raw).hexdigest(), data_root=root
     )
     return manifest, problems
 
 
-def _with_dicom_metadata(
-    metadata: dict[str, str], channels: Sequence[str], images: Sequence[Path]
-) -> dict[str, str]:
-    """Manifest metadata completed by the DICOM headers of the case's series (cells win)."""
-    for channel, img in zip(channels, images, strict=True):
-        if not (is_dicom_source(img) and img.exists()):
-            continue
-        for key, value in acquisition_metadata(img, channel).items():
-            if not metadata.get(key):
-                metadata[key] = value
-    return metadata
-
-
 def check_images(manifest: SiteManifest, spatial_dims: int = 2) -> list[Problem]:
-    """Open every image and mask; report unreadable files, shape and value problems.
+    """Open every image and mask; report unreadable files, shape, value and grid problems.
 
     A DICOM series folder is first checked header by header
     (``common.dicom.read_series``): non-DICOM files, mixed series, missing or
     duplicate slices and uneven slice spacing are named before any voxel loads.
-    The checks are ``common.badcases``'s, the ones the loader applies to every case.
+    The checks are ``common.badcases``'s and ``common.geometry``'s, the ones the loader
+    applies to every case. A file outside the allowed folders is never opened.
     """
     from common.images import load_image  # heavy import (MONAI), only when checking
 
@@ -259,13 +265,16 @@ def check_images(manifest: SiteManifest, spatial_dims: int = 2) -> list[Problem]
     cols = [f"image_{ch}" for ch in manifest.channels]
     for case in manifest.cases:
 
-        def bad(fld: str, msg: str, case: Case = case) -> None:
-            problems.append(Problem(fname, fld, msg, case.row, case.case_id))
+        def bad(fld: str, msg: str, kind: str = "", case: Case = case) -> None:
+            problems.append(Problem(fname, fld, msg, case.row, case.case_id, kind=kind))
 
         shapes: dict[str, tuple[int, ...]] = {}
+        grids = {}
         for col, img_path in [*zip(cols, case.images, strict=True), ("mask", case.mask)]:
             if img_path is None or not img_path.exists():
                 continue  # reported by the table check
+            if escape_problem(img_path, manifest.site_dir, manifest.data_root) is not None:
+                continue  # reported by the table check; never opened
             if img_path.is_dir():
                 try:
                     read_series(img_path)
@@ -273,61 +282,58 @@ def check_images(manifest: SiteManifest, spatial_dims: int = 2) -> list[Problem]
                     bad(col, str(e))
                     continue
             try:
-                arr = np.asarray(load_image(img_path))
+                img = load_image(img_path)
             except Exception as e:  # any reader failure is the same problem for a user
                 bad(col, load_problem(img_path, e))
                 continue
-            shape, messages = array_problems(col, img_path, arr, spatial_dims)
+            shape, messages = array_problems(col, img_path, img, spatial_dims)
             for message in messages:
                 bad(col, message)
+            grid, spacing = grid_problems(img_path, img)
+            for message in spacing:
+                bad(col, message, BadInput.ZERO_SPACING)
             if shape is not None:
                 shapes[col] = shape
+                if grid is not None:
+                    grids[col] = grid
         if (mismatch := shape_problem(shapes)) is not None:
             bad("shape", mismatch)
+        elif grids and len(grids) == len(shapes):
+            for col, message in alignment_problems(grids, next(iter(shapes.values()))):
+                bad(col, message, BadInput.MASK_GEOMETRY)
     return problems
 
 
 def inspect_site(
-    site_dir: Path | str, channels: Sequence[str], task: str, spatial_dims: int = 2
+    site_dir: Path | str,
+    channels: Sequence[str],
+    task: str,
+    spatial_dims: int = 2,
+    *,
+    data_root: Path | str | None = None,
 ) -> tuple[SiteManifest, list[Problem]]:
     """Check the table and open every existing file; return all problems, raise none.
 
     Raises ``ManifestError`` only when the manifest itself is unusable (missing,
-    not text, missing columns).
+    not UTF-8 text, NUL bytes, a missing, duplicate or unnamed column).
     """
-    manifest, problems = parse_manifest(site_dir, channels, task)
+    manifest, problems = parse_manifest(site_dir, channels, task, data_root=data_root)
     return manifest, problems + check_images(manifest, spatial_dims)
 
 
 def validate_site(
-    site_dir: Path | str, channels: Sequence[str], task: str, spatial_dims: int = 2
+    site_dir: Path | str,
+    channels: Sequence[str],
+    task: str,
+    spatial_dims: int = 2,
+    *,
+    data_root: Path | str | None = None,
 ) -> SiteManifest:
     """Read the manifest and open every file; raise ``ManifestError`` on any problem."""
-    manifest, problems = inspect_site(site_dir, channels, task, spatial_dims)
+    manifest, problems = inspect_site(site_dir, channels, task, spatial_dims, data_root=data_root)
     if problems:
         raise ManifestError(problems)
     return manifest
-
-
-def _resolve(site_dir: Path, value: str) -> Path:
-    p = Path(value)
-    return p if p.is_absolute() else site_dir / p
-
-
-def _parse_label(value: str, task: str, report: Callable[[str, str], None]) -> int | None:
-    """The 0/1 label, or None (reported through ``report`` when it is required)."""
-    if not value:
-        if task == Task.MALIGNANCY:
-            report("label", "empty: lesion-malignancy needs 0 (benign) or 1 (malignant)")
-        return None
-    try:
-        label = int(float(value)) if float(value).is_integer() else None
-    except ValueError:
-        label = None
-    if label not in (0, 1):
-        report("label", f"{value!r} is out of range: use 0 (benign) or 1 (malignant)")
-        return None
-    return label
 
 
 def list_site_dirs(root: Path | str) -> list[Path]:

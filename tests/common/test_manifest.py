@@ -106,7 +106,8 @@ def test_unreadable_image(site_factory: Callable[..., Path]) -> None:
 
 
 def _save(path: Path, arr: np.ndarray) -> None:
-    nib.save(nib.Nifti1Image(arr, np.eye(4)), str(path))
+    """Replace a file of a ``site_factory`` site, on the site's grid (1.5, 1.5, 2.5 mm)."""
+    nib.save(nib.Nifti1Image(arr, np.diag([1.5, 1.5, 2.5, 1.0])), str(path))
 
 
 def test_nan_voxels(site_factory: Callable[..., Path]) -> None:

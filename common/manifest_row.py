@@ -1,0 +1,87 @@
+"""One manifest row's cells: its file paths, its label and its acquisition metadata.
+
+``common.manifest.parse_manifest`` judges each row with these; every problem goes to the
+row's ``report(field, message, kind)``, so that all of them are listed at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from common.dicom import acquisition_metadata, is_dicom_source
+from common.keys import Task
+from common.metadata import value_problem
+from common.sitepaths import escape_problem
+
+Report = Callable[..., None]  # report(field, message, kind="") for one row
+
+
+def resolve(site_dir: Path, value: str) -> Path:
+    """A cell's path: absolute as given, relative to the site folder otherwise."""
+    p = Path(value)
+    return p if p.is_absolute() else site_dir / p
+
+
+def file_problem(
+    column: str,
+    path: Path,
+    site_dir: Path,
+    data_root: Path | None,
+    bad: Report,
+) -> bool:
+    """Report a file cell that leads outside the allowed folders or names no file; True if
+    the file is there to be opened."""
+    escape = escape_problem(path, site_dir, data_root)
+    if escape is not None:
+        bad(column, escape.message, escape.kind)
+        return False
+    if not path.exists():
+        bad(column, f"file not found: {path}", "")
+        return False
+    return True
+
+
+def with_dicom_metadata(
+    metadata: dict[str, str],
+    channels: Sequence[str],
+    images: Sequence[Path],
+    inside: Sequence[Path],
+    bad: Report,
+) -> dict[str, str]:
+    """Manifest metadata completed by the DICOM headers of the case's series (cells win);
+    a numeric value (``common.metadata``) that is not plausible is reported either way."""
+    from_header: dict[str, Path] = {}
+    for channel, img in zip(channels, images, strict=True):
+        if img not in inside or not is_dicom_source(img):
+            continue
+        for key, value in acquisition_metadata(img, channel).items():
+            if not metadata.get(key):
+                metadata[key], from_header[key] = value, img
+    for key, value in metadata.items():
+        wrong = value_problem(key, value)
+        if wrong is not None:
+            kind, message = wrong
+            if key in from_header:
+                message += (
+                    f" (the value is from the DICOM header of {from_header[key]}; a value in "
+                    f"the manifest's {key} column overrides it)"
+                )
+            bad(key, message, kind)
+    return metadata
+
+
+def parse_label(value: str, task: str, report: Report) -> int | None:
+    """The 0/1 label, or None (reported through ``report`` when it is required)."""
+    if not value:
+        if task == Task.MALIGNANCY:
+            report("label", "empty: lesion-malignancy needs 0 (benign) or 1 (malignant)")
+        return None
+    try:
+        label = int(float(value)) if float(value).is_integer() else None
+    except ValueError:
+        label = None
+    if label not in (0, 1):
+        report("label", f"{value!r} is out of range: use 0 (benign) or 1 (malignant)")
+        return None
+    return label

@@ -1,0 +1,77 @@
+"""Where a manifest's paths may lead: inside the site folder, or a data root the site allows.
+
+A manifest cell is a path relative to the site folder, or absolute. Either way the file
+must lie inside the site folder (or inside ``data_root``, when the site's node config
+allows one): a ``..`` that climbs out, an absolute path elsewhere (``path-escape``), or a
+symbolic link whose target resolves elsewhere (``symlink-escape``, also for the files of
+a DICOM series folder) is refused before anything is opened. The manifest check and the
+loader call ``escape_problem`` alike.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.badcases import BadInput
+
+
+@dataclass(frozen=True)
+class Escape:
+    """A path that leaves the allowed folders: its kind and what to say about it."""
+
+    kind: BadInput
+    path: Path  # the file or link that leads out
+    message: str
+
+
+def allowed_roots(site_dir: Path, data_root: Path | None) -> tuple[Path, ...]:
+    """The folders a site's files may lie in."""
+    return (site_dir,) if data_root is None else (site_dir, data_root)
+
+
+def escape_problem(path: Path, site_dir: Path, data_root: Path | None = None) -> Escape | None:
+    """Why ``path`` (a manifest cell resolved against the site folder) leaves the allowed
+    folders, or None. Only names and link targets are looked at; no file is opened."""
+    roots = allowed_roots(site_dir, data_root)
+    where = _where(site_dir, data_root)
+    lexical = Path(os.path.normpath(os.path.abspath(path)))
+    if not any(_inside(lexical, Path(os.path.normpath(os.path.abspath(r)))) for r in roots):
+        return Escape(
+            BadInput.PATH_ESCAPE,
+            path,
+            f"{path} is outside {where}: give a path inside the site folder (no '..' out of "
+            "it, no absolute path elsewhere)" + _allow_hint(data_root),
+        )
+    real_roots = [r.resolve() for r in roots]
+    candidates = [path]
+    if path.is_dir():  # a DICOM series folder: each of its files may be a link too
+        candidates += sorted(path.iterdir())
+    for p in candidates:
+        real = p.resolve()
+        if not any(_inside(real, r) for r in real_roots):
+            return Escape(
+                BadInput.SYMLINK_ESCAPE,
+                p,
+                f"{p} is a symbolic link (or lies under one) that resolves to {real}, outside "
+                f"{where}: copy the file into the site folder instead of linking to it"
+                + _allow_hint(data_root),
+            )
+    return None
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or path.is_relative_to(root)
+
+
+def _where(site_dir: Path, data_root: Path | None) -> str:
+    if data_root is None:
+        return f"the site folder {site_dir}"
+    return f"the site folder {site_dir} and the data root {data_root}"
+
+
+def _allow_hint(data_root: Path | None) -> str:
+    if data_root is not None:
+        return ""
+    return ", or allow a data root for the site's files in its node config"
