@@ -3,6 +3,9 @@
 ``query`` tells the server who this site is and how much data it has; ``train``
 trains the received global model locally; ``evaluate`` scores it on the held-out
 split. Replies carry weights and aggregate numbers only, never per-case values.
+Every job runs under the site's policy (``client.policy``): ``policy_mod`` refuses a
+request beyond it before any work, and the handlers use the site's own cache folder,
+resource limits and small-cell rule.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
 from client.memory import keep_residual, recall_residual
+from client.policy import SitePolicy, policy_mod, site_policy
 from client.privacy import privacy_mod
-from client.site import Instructions, open_site, site_evaluate, site_train
+from client.site import Instructions, Site, open_site, site_evaluate, site_train
 from client.trust import trust_mod
 from common.acquisition import acquisition_json
 from common.badcases import skipped_fields
@@ -25,8 +29,9 @@ from common.compression import PACKED, compress_update, pack
 from common.config import RunConfig
 from common.keys import Compression, ConfigKey, Phase, RecordKey, Share, SiteKey, Split
 
-# outermost: the site checks the model exactly as it came in, signs exactly what leaves
-OUTER_MODS: list[Mod] = [trust_mod]
+# outermost: the site refuses what its policy forbids before anything else; then it checks
+# the model exactly as it came in and signs exactly what leaves
+OUTER_MODS: list[Mod] = [policy_mod, trust_mod]
 
 
 def _run_config(msg: Message) -> tuple[RunConfig, int, Instructions]:
@@ -37,20 +42,35 @@ def _run_config(msg: Message) -> tuple[RunConfig, int, Instructions]:
     return RunConfig.from_flat(flat), server_round, Instructions.from_config(extras)
 
 
+def _open(
+    msg: Message, context: Context, loads_images: bool = True
+) -> tuple[Site, RunConfig, int, Instructions, SitePolicy]:
+    """The site under its policy: the run config as the site runs it (its own cache folder),
+    checked against its resource limits when the job loads images."""
+    cfg, server_round, todo = _run_config(msg)
+    policy = site_policy(context.node_config, dict(msg.content[RecordKey.CONFIG]))
+    cfg = policy.apply(cfg)
+    site = open_site(context.node_config, cfg)
+    if loads_images:
+        policy.check_resources(cfg, len(site.manifest.cases))
+    return site, cfg, server_round, todo, policy
+
+
 def query(msg: Message, context: Context) -> Message:
     """Report the site's name, case counts, manifest hash and acquisition summary.
 
     The acquisition summary (``SiteKey.ACQUISITION``) is JSON text of
     ``common.acquisition.acquisition_summary``: counts per vendor, scanner model
     and kernel and ranges of slice thickness, kVp, field strength and contrast
-    timing over the site's cases; no per-case value.
+    timing over the site's cases; no per-case value, and no value or range of fewer
+    than the site's ``policy.min-cell`` cases.
 
     With ``phase = statistics`` it sends instead the image statistics of the hooks
     that pool them (``SiteKey.STATISTICS``, e.g. Nyul landmark percentiles).
     """
-    cfg, _, _ = _run_config(msg)
-    site = open_site(context.node_config, cfg)
-    if msg.content[RecordKey.CONFIG].get(ConfigKey.PHASE) == Phase.STATISTICS:
+    statistics_phase = msg.content[RecordKey.CONFIG].get(ConfigKey.PHASE) == Phase.STATISTICS
+    site, cfg, _, _, policy = _open(msg, context, loads_images=statistics_phase)
+    if statistics_phase:
         statistics, n_cases = site.statistics(cfg)
         stats = ConfigRecord(
             {
@@ -66,7 +86,7 @@ def query(msg: Message, context: Context) -> Message:
             SiteKey.N_TRAIN.value: len(site.manifest.split(Split.TRAIN)),
             SiteKey.N_TEST.value: len(site.manifest.split(Split.TEST)),
             SiteKey.MANIFEST_SHA256.value: site.manifest.sha256,
-            SiteKey.ACQUISITION.value: acquisition_json(site.manifest.cases),
+            SiteKey.ACQUISITION.value: acquisition_json(site.manifest.cases, policy.min_cell),
         }
     )
     return Message(RecordDict({RecordKey.SITE: info}), reply_to=msg)
@@ -74,8 +94,7 @@ def query(msg: Message, context: Context) -> Message:
 
 def train(msg: Message, context: Context) -> Message:
     """Train the global model on this site's train split and send the update."""
-    cfg, server_round, todo = _run_config(msg)
-    site = open_site(context.node_config, cfg)
+    site, cfg, server_round, todo, _ = _open(msg, context)
     state, metrics = site_train(
         site,
         msg.content[RecordKey.ARRAYS],
@@ -84,7 +103,8 @@ def train(msg: Message, context: Context) -> Message:
         instructions=todo,
         state=context.state,
     )
-    skipped = skipped_fields(site.split(Split.TRAIN, cfg).skipped)  # cached: no reload
+    # cached: no reload; file paths relative to the site folder
+    skipped = skipped_fields(site.split(Split.TRAIN, cfg).skipped, site.manifest.site_dir)
     content = RecordDict(
         {
             RecordKey.METRICS: MetricRecord(dict(metrics)),
@@ -115,8 +135,7 @@ def train(msg: Message, context: Context) -> Message:
 
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the global model on this site's test split; reply with summaries."""
-    cfg, _, todo = _run_config(msg)
-    site = open_site(context.node_config, cfg)
+    site, cfg, _, todo, policy = _open(msg, context)
     summary, adaptation = site_evaluate(
         site,
         msg.content[RecordKey.ARRAYS],
@@ -124,6 +143,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         todo.split,
         instructions=todo,
         state=context.state,
+        policy=policy,
     )
     content = RecordDict(
         {

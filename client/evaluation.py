@@ -4,6 +4,11 @@ Per-case probabilities, labels, masks and embeddings exist only inside these
 functions; what they return is the aggregate summary of ``common.summary``.
 The ClientApp, the local-only and the pooled baselines all evaluate through
 ``summarize``, so every number in a report is computed the same way.
+
+The small-cell rule (``min_cell``, the site's ``policy.min-cell`` = k): calibration
+bins and intensity-histogram bins holding fewer than k cases are merged with their
+neighbours (``common.summary.small_cell_groups``), and the ROC grid moves in steps of
+k negatives and k positives (``coarse_rates``).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import torch
 from monai.metrics import DiceMetric, compute_hausdorff_distance
 from torch import nn
 
+from client.policy import simulated_policy
 from common.badcases import listed
 from common.config import EvalConfig, RunConfig
 from common.data import SplitTensors
@@ -30,7 +36,15 @@ from common.stats import (
     dice_summary,
     roc_at_fpr,
 )
-from common.summary import SiteSummary, Table2x2, fpr_grid, histogram_edges
+from common.summary import (
+    SiteSummary,
+    Table2x2,
+    coarse_rates,
+    fpr_grid,
+    histogram_edges,
+    pool_cells,
+    small_cell_groups,
+)
 from common.tasks import probabilities
 
 EPS = 1e-7
@@ -42,24 +56,28 @@ def summarize(
     cfg: RunConfig,
     compute: Compute,
     drift_images: torch.Tensor | None = None,
+    min_cell: int | None = None,
 ) -> SiteSummary:
     """Evaluate ``model`` on ``data`` and keep only the aggregate summary (with the count
-    and first ids of the cases ``data.on-bad-case = skip`` left out of ``data``).
+    and first ids of the cases ``data.on-bad-case = skip`` left out of ``data``), under
+    the small-cell rule ``min_cell`` (default: a simulated site's, so that baselines and
+    federated models are summarised alike).
 
     Intensity histograms describe ``drift_images`` (default: the model input);
     a site with a harmonisation hook passes its windowed images before the hook,
     so drift measures the acquisition, the same whichever method is evaluated.
     """
     hist_images = data.images if drift_images is None else drift_images
+    k = simulated_policy(cfg).min_cell if min_cell is None else min_cell
     if cfg.task == Task.MALIGNANCY:
         probs, embedding = predict(model, data.images, compute, cfg.seed, cfg.eval.embedding_dims)
         summary = classification_summary(
-            data.labels.numpy(), probs.numpy(), cfg.eval, hist_images, embedding
+            data.labels.numpy(), probs.numpy(), cfg.eval, hist_images, embedding, k
         )
     else:
         probs, _ = predict(model, data.images, compute, cfg.seed, 0)
         summary = segmentation_summary(
-            probs, data.masks, cfg.eval, hist_images, cfg.data.spacing_mm
+            probs, data.masks, cfg.eval, hist_images, cfg.data.spacing_mm, k
         )
     # cases left out under data.on-bad-case = skip: their count and first ids reach the report
     return replace(summary, skipped=len(data.skipped), skipped_ids=listed(data.skipped))
@@ -76,8 +94,10 @@ def classification_summary(
     ev: EvalConfig,
     images: torch.Tensor | None = None,
     embedding: np.ndarray | None = None,
+    min_cell: int = 1,
 ) -> SiteSummary:
-    """Counts, AUC and DeLong variance, 2x2 tables, ROC grid, calibration, drift inputs."""
+    """Counts, AUC and DeLong variance, 2x2 tables, ROC grid, calibration, drift inputs;
+    bins and ROC points under the small-cell rule ``min_cell``."""
     y = labels.astype(int)
     n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
     if not sufficient(n_pos, n_neg, ev):
@@ -100,7 +120,7 @@ def classification_summary(
                 tn=int((~called & (y == 0)).sum()),
             )
         )
-    bins = calibration_bins(y, p, ev.calibration_bins)
+    bins = small_cell_calibration(y, p, ev.calibration_bins, min_cell)
     recal = calibration_glm(y, p)
     mean, cov = embedding_moments(embedding)
     return SiteSummary(
@@ -111,11 +131,11 @@ def classification_summary(
         auc=auc.auc,
         auc_var=auc.variance,
         tables=tuple(tables),
-        roc_tpr=roc_at_fpr(y, p, fpr_grid(ev.roc_points)).tpr,
-        cal_count=tuple(int(v) for v in bins.count),
-        cal_sum_p=tuple(float(v) for v in bins.sum_p),
-        cal_sum_y=tuple(round(v) for v in bins.sum_y),
-        cal_sum_sq=tuple(float(v) for v in bins.sum_sq_error),
+        roc_tpr=coarse_roc(y, p, ev.roc_points, min_cell),
+        cal_count=tuple(round(v) for v in bins[0]),
+        cal_sum_p=tuple(float(v) for v in bins[1]),
+        cal_sum_y=tuple(round(v) for v in bins[2]),
+        cal_sum_sq=tuple(float(v) for v in bins[3]),
         brier=brier_score(y, p),
         cal_citl=recal.citl,
         cal_citl_se=recal.citl_se,
@@ -123,7 +143,7 @@ def classification_summary(
         cal_slope_se=recal.slope_se,
         cal_intercept=recal.intercept,
         cal_intercept_se=recal.intercept_se,
-        hist_counts=intensity_histograms(images, ev.histogram_bins) if images is not None else (),
+        hist_counts=_histograms(images, ev.histogram_bins, min_cell),
         emb_mean=mean,
         emb_cov=cov,
     )
@@ -135,8 +155,10 @@ def segmentation_summary(
     ev: EvalConfig,
     images: torch.Tensor | None = None,
     spacing_mm: float = 1.0,
+    min_cell: int = 1,
 ) -> SiteSummary:
-    """Per-case Dice (MONAI ``DiceMetric``) and HD95, summarised; intensity histograms."""
+    """Per-case Dice (MONAI ``DiceMetric``) and HD95, summarised; intensity histograms
+    under the small-cell rule ``min_cell``."""
     n = len(masks)
     if n < ev.min_cases:
         return SiteSummary(n=n, insufficient=True)
@@ -160,19 +182,53 @@ def segmentation_summary(
         dice_q3=ds.q3,
         hd95_mean=float(finite.mean()) if finite.size else None,
         hd95_n=int(finite.size),
-        hist_counts=intensity_histograms(images, ev.histogram_bins) if images is not None else (),
+        hist_counts=_histograms(images, ev.histogram_bins, min_cell),
     )
 
 
-def intensity_histograms(images: torch.Tensor, bins: int) -> tuple[tuple[int, ...], ...]:
-    """Per-channel counts of the model input's voxels on ``bins`` equal bins over [0, 1]."""
+def intensity_histograms(
+    images: torch.Tensor, bins: int, min_cell: int = 1
+) -> tuple[tuple[int, ...], ...]:
+    """Per-channel counts of the model input's voxels on ``bins`` equal bins over [0, 1];
+    bins with voxels of fewer than ``min_cell`` cases are merged with their neighbours."""
     edges = histogram_edges(bins)
+    if not len(images):
+        return tuple(tuple(0 for _ in range(bins)) for _ in range(images.shape[1]))
     out = []
     for c in range(images.shape[1]):
-        values = images[:, c].reshape(-1).float().numpy()
-        counts, _ = np.histogram(np.clip(values, 0.0, 1.0), bins=edges)
-        out.append(tuple(int(v) for v in counts))
+        values = np.clip(images[:, c].reshape(len(images), -1).float().numpy(), 0.0, 1.0)
+        per_case = np.stack([np.histogram(v, bins=edges)[0] for v in values]).reshape(-1, bins)
+        counts = per_case.sum(axis=0)
+        groups = small_cell_groups(per_case > 0, min_cell)
+        pooled = pool_cells(counts[None, :], groups, counts)[0]
+        out.append(tuple(round(v) for v in pooled))
     return tuple(out)
+
+
+def _histograms(
+    images: torch.Tensor | None, bins: int, min_cell: int
+) -> tuple[tuple[int, ...], ...]:
+    return intensity_histograms(images, bins, min_cell) if images is not None else ()
+
+
+def small_cell_calibration(y: np.ndarray, p: np.ndarray, n_bins: int, min_cell: int) -> np.ndarray:
+    """Calibration bins (rows: count, sum of p, positives, sum of squared errors) with each
+    bin of fewer than ``min_cell`` cases merged into its neighbours (``pool_cells``)."""
+    bins = calibration_bins(y, p, n_bins)
+    rows = np.array([bins.count, bins.sum_p, bins.sum_y, bins.sum_sq_error], dtype=float)
+    idx = np.minimum(np.floor(p * n_bins).astype(int), n_bins - 1)  # calibration_bins' rule
+    present = np.zeros((len(p), n_bins), dtype=bool)
+    present[np.arange(len(p)), idx] = True
+    return pool_cells(rows, small_cell_groups(present, min_cell), rows[0])
+
+
+def coarse_roc(y: np.ndarray, p: np.ndarray, points: int, min_cell: int) -> tuple[float, ...]:
+    """Sensitivity on the FPR grid, read at FPRs rounded down to steps of ``min_cell``
+    negatives and itself rounded down to steps of ``min_cell`` positives."""
+    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+    read_at = coarse_rates(fpr_grid(points), n_neg, min_cell)
+    tpr = np.asarray(roc_at_fpr(y, p, read_at).tpr)
+    return tuple(float(v) for v in coarse_rates(tpr, n_pos, min_cell))
 
 
 def embedding_moments(

@@ -12,8 +12,11 @@ is built once, the run config arrives with every message) and, in a federated ro
   between *any* two datasets of the site, whose clipped updates can lie ``2C`` apart, so
   the site accounts each release as a Gaussian mechanism with ``mu = 2 / sigma`` (exact,
   ``common.privacy``); Flower's ``LocalDpMod`` needs ``sensitivity = 2C`` for the same
-  claim. With ``privacy.max-epsilon`` > 0 the site refuses, before training, a round
-  that would take its total past the budget. A whole locally trained model
+  claim. The releases are counted in the site's ledger (``client.ledger``), which a
+  deployed site keeps in its ``policy.state-dir`` across runs. With ``privacy.max-epsilon``
+  (the run's budget) or ``policy.max-epsilon`` (the site's own, across runs) > 0 the site
+  refuses, before training, a round that would take its total past either. A whole
+  locally trained model
   (``share = all``: ``eval.local-only``, ``hooks.finetune-epochs``) would leave
   un-noised, so under ``local`` the site refuses to train one.
 
@@ -29,6 +32,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
+from pathlib import Path
 from typing import cast
 
 import numpy as np
@@ -46,8 +50,10 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
+from client.ledger import Ledger, LedgerError, load_ledger, save_ledger
+from client.policy import PolicyError, SitePolicy, site_policy
 from common.config import ConfigError, PrivacyConfig, RunConfig
-from common.keys import ConfigKey, PrivacyMode, RecordKey, Share
+from common.keys import ConfigKey, NodeKey, PrivacyMode, RecordKey, Share
 from common.privacy import (
     PrivacyMetric,
     add_gaussian_noise,
@@ -60,8 +66,6 @@ from common.privacy import (
 log = logging.getLogger(__name__)
 
 PREFIX = "privacy."  # the run-config section this mod reads
-STATE_KEY = "hepafed.privacy"  # Context.state ConfigRecord: this site's local-DP ledger
-RELEASES = "releases"
 LOCAL_SENSITIVITY = 2.0  # clip norms between two clipped updates (any two site datasets)
 
 
@@ -95,9 +99,15 @@ def privacy_mod(msg: Message, ctx: Context, call_next: ClientAppCallable) -> Mes
                 "hooks.finetune-epochs)",
             )
         return call_next(msg, ctx)
-    releases = _releases(ctx) + 1
+    ledger = Ledger()
     if mode is PrivacyMode.LOCAL:
-        problem = _budget_problem(p, releases)
+        try:
+            policy = site_policy(ctx.node_config, dict(config))
+            path = _ledger_path(ctx, policy)
+            ledger = load_ledger(ctx, path)
+        except (PolicyError, ConfigError, LedgerError) as e:
+            return _refuse(msg, str(e))
+        problem = _budget_problem(p, ledger, policy)
         if problem:
             return _refuse(msg, problem)
     received = msg.content.get(RecordKey.ARRAYS)
@@ -108,7 +118,9 @@ def privacy_mod(msg: Message, ctx: Context, call_next: ClientAppCallable) -> Mes
     reply = call_next(msg, ctx)
     if reply.has_error():
         return reply
-    return _bound(msg, reply, received, p, ctx, releases)
+    if mode is PrivacyMode.LOCAL:
+        return _bound_local(msg, reply, received, p, ctx, ledger, path)
+    return _bound(msg, reply, received, p)
 
 
 def local_epsilon(settings: PrivacyConfig, releases: int) -> float:
@@ -120,61 +132,107 @@ def local_epsilon(settings: PrivacyConfig, releases: int) -> float:
 # ---- internals ---------------------------------------------------------------------------
 
 
-def _bound(
+def release_mu(settings: PrivacyConfig) -> float:
+    """GDP ``mu`` of one local-DP update at these settings (``inf`` without noise)."""
+    return composed_mu(settings.noise_multiplier, 1, LOCAL_SENSITIVITY)
+
+
+def _ledger_path(ctx: Context, policy: SitePolicy) -> Path | None:
+    """The ledger file: the policy's state folder; a deployed site must have one."""
+    path = policy.ledger_path()
+    if path is None and NodeKey.SITE_DIR.value in ctx.node_config:
+        raise LedgerError(
+            "privacy.mode = 'local': this site's policy.state-dir is empty, so it cannot keep "
+            "its local-DP ledger across runs; set policy.state-dir in its node-config.toml"
+        )
+    return path
+
+
+def _bound(msg: Message, reply: Message, received: ArrayRecord, p: PrivacyConfig) -> Message:
+    """``reply`` with its update clipped (``central-client-clip``)."""
+    update = _update(msg, reply, received)
+    if isinstance(update, Message):
+        return update
+    reference, delta = update
+    clipped, was_clipped = clip_update(delta, p.clip_norm)
+    if was_clipped:  # an update within the bound leaves exactly as trained
+        reply.content[RecordKey.ARRAYS] = _weights(reference, clipped)
+    return reply
+
+
+def _bound_local(
     msg: Message,
     reply: Message,
     received: ArrayRecord,
     p: PrivacyConfig,
     ctx: Context,
-    releases: int,
+    ledger: Ledger,
+    path: Path | None,
 ) -> Message:
-    """``reply`` with its update clipped (and under ``local`` noised and accounted)."""
-    content = reply.content
-    sent = content.get(RecordKey.ARRAYS)
-    if not isinstance(sent, ArrayRecord) or set(sent) != set(received):
-        return _refuse(
-            msg,
-            f"the reply's ArrayRecord {RecordKey.ARRAYS.value!r} does not hold the "
-            "tensors the server sent; cannot bound the update",
-        )
-    reference = {k: v.numpy() for k, v in received.items()}
-    update = {k: sent[k].numpy().astype(np.float64) - reference[k] for k in received}
-    clipped, was_clipped = clip_update(update, p.clip_norm)
-    if p.mode == PrivacyMode.CENTRAL_CLIENT_CLIP:
-        if was_clipped:  # an update within the bound leaves exactly as trained
-            content[RecordKey.ARRAYS] = _weights(reference, clipped)
-        return reply
+    """``reply`` with its update clipped, noised and recorded in the ledger before it leaves."""
+    update = _update(msg, reply, received)
+    if isinstance(update, Message):
+        return update
+    reference, delta = update
+    clipped, _ = clip_update(delta, p.clip_norm)
     std = p.noise_multiplier * p.clip_norm
     noised = add_gaussian_noise(clipped, std, noise_rng()) if std > 0 else clipped
+    spent = ledger.after(release_mu(p))
+    try:
+        save_ledger(ctx, path, spent)  # recorded first: an update never leaves unaccounted
+    except LedgerError as e:
+        return _refuse(msg, str(e))
+    content = reply.content
     content[RecordKey.ARRAYS] = _weights(reference, noised)
-    _set_releases(ctx, releases)
     if p.noise_multiplier > 0:
         metric_records = [(k, v) for k, v in content.items() if isinstance(v, MetricRecord)]
         for name, metrics in metric_records:
-            content[name] = MetricRecord({**metrics, **_spent(p, releases)})
+            content[name] = MetricRecord({**metrics, **_spent(p, spent)})
     log.info("local DP: update clipped to %g, noise std %.4g added", p.clip_norm, std)
     return reply
 
 
-def _spent(p: PrivacyConfig, releases: int) -> dict[str, float | int]:
+def _update(
+    msg: Message, reply: Message, received: ArrayRecord
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | Message:
+    """The weights the server sent and the update ``trained - received`` (or a refusal)."""
+    sent = reply.content.get(RecordKey.ARRAYS)
+    if not isinstance(sent, ArrayRecord) or not sent or not set(sent) <= set(received):
+        return _refuse(
+            msg,
+            f"the reply's ArrayRecord {RecordKey.ARRAYS.value!r} holds tensors the server did "
+            "not send (or none); cannot bound the update",
+        )
+    # tensors a hook keeps local (e.g. normalisation statistics under DP) never leave
+    reference = {k: v.numpy() for k, v in received.items() if k in sent}
+    return reference, {k: sent[k].numpy().astype(np.float64) - reference[k] for k in reference}
+
+
+def _spent(p: PrivacyConfig, ledger: Ledger) -> dict[str, float | int]:
     return {
         PrivacyMetric.EPSILON.value: local_epsilon(p, 1),
         PrivacyMetric.DELTA.value: p.delta,
-        PrivacyMetric.EPSILON_TOTAL.value: local_epsilon(p, releases),
-        PrivacyMetric.RELEASES.value: releases,
+        PrivacyMetric.EPSILON_TOTAL.value: ledger.epsilon(p.delta),
+        PrivacyMetric.RELEASES.value: ledger.releases,
     }
 
 
-def _budget_problem(p: PrivacyConfig, releases: int) -> str | None:
-    if p.max_epsilon <= 0:
-        return None
-    total = local_epsilon(p, releases)
-    if total <= p.max_epsilon:
-        return None
-    return (
-        f"privacy.max-epsilon = {p.max_epsilon:g}: update {releases} would bring this site's "
-        f"local epsilon to {total:.3f} at delta {p.delta:g}; the site does not train this round"
-    )
+def _budget_problem(p: PrivacyConfig, ledger: Ledger, policy: SitePolicy) -> str | None:
+    """Why the next release would exceed the run's or the site's budget (None: it would not)."""
+    after = ledger.after(release_mu(p))
+    total = after.epsilon(p.delta)
+    budgets = [
+        ("privacy.max-epsilon", p.max_epsilon, "the run's budget"),
+        ("policy.max-epsilon", policy.max_epsilon, "this site's budget across all runs"),
+    ]
+    for key, budget, what in budgets:
+        if budget > 0 and total > budget:
+            return (
+                f"{key} = {budget:g} ({what}): update {after.releases} would bring this "
+                f"site's local epsilon to {total:.3f} at delta {p.delta:g}; the site does not "
+                "train this round"
+            )
+    return None
 
 
 def _weights(reference: dict[str, np.ndarray], update: dict[str, np.ndarray]) -> ArrayRecord:
@@ -185,15 +243,6 @@ def _weights(reference: dict[str, np.ndarray], update: dict[str, np.ndarray]) ->
             for k, ref in reference.items()
         )
     )
-
-
-def _releases(ctx: Context) -> int:
-    ledger = ctx.state.get(STATE_KEY)
-    return int(cast(int, ledger.get(RELEASES, 0))) if isinstance(ledger, ConfigRecord) else 0
-
-
-def _set_releases(ctx: Context, releases: int) -> None:
-    ctx.state[STATE_KEY] = ConfigRecord({RELEASES: releases})
 
 
 def _refuse(msg: Message, reason: str) -> Message:

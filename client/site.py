@@ -8,6 +8,10 @@ manifests a real hospital would have.
 Domain-adaptation hooks (``common.hooks``) act here at four of their five
 points: site preprocessing, which layers stay local, the local objective, and
 test-time adaptation when the site scores a model it did not train.
+
+Preprocessed crops are cached only in the site's own ``policy.cache-dir``
+(``client.policy``; the run config's ``data.cache-dir`` is replaced by it), a 0700
+folder whose files are made 0600 after every load.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from client.memory import (
     restore_local_layers,
     save_local_layers,
 )
+from client.policy import SitePolicy, private_folder, restrict_tree, simulated_policy
 from client.trainer import train_local
 from common.badcases import SKIPPED_CASES
 from common.config import RunConfig
@@ -43,6 +48,7 @@ from common.hooks.tta import reestimate_statistics
 from common.keys import EVAL_ALL, ConfigKey, MetricKey, NodeKey, Share, Split
 from common.manifest import SiteManifest, list_site_dirs, open_manifest
 from common.models import build_model
+from common.schedule import epoch_lrs, is_constant, round_lr
 from common.summary import SiteSummary
 from common.weights import load_arrays, shared_state
 
@@ -91,8 +97,12 @@ class Site:
 
         Bad cases fail the job or are skipped by ``data.on-bad-case`` (``common.data``)."""
         if split == EVAL_ALL:
-            return load_splits(self.manifest, list(Split), cfg.data, cfg.task, self.name)
-        return load_split(self.manifest, split, cfg.data, cfg.task, self.name)
+            data = load_splits(self.manifest, list(Split), cfg.data, cfg.task, self.name)
+        else:
+            data = load_split(self.manifest, split, cfg.data, cfg.task, self.name)
+        if cfg.data.cache_dir:  # crops of patients: owner-only, whatever the umask
+            restrict_tree(Path(cfg.data.cache_dir) / self.manifest.name)
+        return data
 
     def prepared(
         self,
@@ -149,11 +159,23 @@ def resolve_site_dir(node_config: Mapping[str, Any], cfg: RunConfig) -> Path:
     )
 
 
+def site_policy_data_root(node_config: Mapping[str, Any]) -> Path | None:
+    """The folder outside the site folder that this site's policy lets manifest paths reach
+    (``policy.data-root``), or None: then every path stays inside the site folder."""
+    root = SitePolicy.from_node_config(node_config).data_root
+    return Path(root) if root else None
+
+
 def open_site(node_config: Mapping[str, Any], cfg: RunConfig) -> Site:
     """Resolve and read this node's site. The manifest table is checked; a row with a
-    missing file or a bad label is kept for loading to fail or skip (``open_manifest``)."""
+    missing file or a bad label is kept for loading to fail or skip (``open_manifest``).
+    The cache folder ``data.cache-dir`` (the site's own, ``SitePolicy.apply``) is created
+    owner-only (0700)."""
     site_dir = resolve_site_dir(node_config, cfg)
-    manifest = open_manifest(site_dir, cfg.data.channels, cfg.task)
+    if cfg.data.cache_dir:
+        private_folder(Path(cfg.data.cache_dir))
+    data_root = site_policy_data_root(node_config)
+    manifest = open_manifest(site_dir, cfg.data.channels, cfg.task, data_root=data_root)
     name = str(node_config.get(NodeKey.SITE_NAME, "")) or manifest.name
     return Site(name, manifest)
 
@@ -205,7 +227,10 @@ def site_train(
             return hooks.penalty(m, reference, todo.raw)
 
     data, _ = site.prepared(Split.TRAIN, cfg, hooks, todo.shared_statistics, memory)
-    result = train_local(model, data, cfg, compute, seed, penalty=penalty)
+    result = train_local(
+        model, data, cfg, compute, seed, penalty=penalty,
+        lrs=_site_lrs(cfg, server_round, finetune=bool(todo.base_model)),
+    )  # fmt: skip
     mark_trained(memory, todo.model, server_round)
     if todo.share == Share.SHARED:
         save_local_layers(memory, todo.model, model, local)
@@ -219,6 +244,16 @@ def site_train(
     for key in local:
         state_dict.pop(key, None)
     return state_dict, metrics
+
+
+def _site_lrs(cfg: RunConfig, server_round: int, finetune: bool = False) -> list[float] | None:
+    """Each local epoch's lr: the round's (``common.schedule``); a local-only model (round 0)
+    spreads the whole schedule over its epochs; fine-tuning keeps ``train.lr`` (None)."""
+    if is_constant(cfg) or finetune:
+        return None
+    if server_round > 0:
+        return [round_lr(cfg, server_round)] * cfg.train.local_epochs
+    return epoch_lrs(cfg, cfg.train.local_epochs)
 
 
 def prepare_for_scoring(
@@ -265,14 +300,21 @@ def site_evaluate(
     compute: Compute | None = None,
     instructions: Instructions | None = None,
     state: RecordDict | None = None,
+    policy: SitePolicy | None = None,
 ) -> tuple[SiteSummary, str]:
     """Score the received model on one split (``"all"``: every case): summaries only,
-    and how the site adapted the model before scoring it (``prepare_for_scoring``)."""
+    and how the site adapted the model before scoring it (``prepare_for_scoring``).
+
+    Under ``policy`` (default: a simulated site's, matching the run) the summary obeys
+    its small-cell rule, and more 2x2 tables than cases / ``min-cell`` are refused."""
     compute = compute or select_compute(cfg.train.amp)
     todo = instructions or Instructions()
     memory = state if state is not None else RecordDict()
+    rules = policy or simulated_policy(cfg)
     hooks = HookSet(cfg, todo.raw)
     model, local = _received_model(cfg, weights, hooks, todo.share)
     data, raw_images = site.prepared(split, cfg, hooks, todo.shared_statistics, memory)
+    rules.check_split(cfg, len(data))
     adaptation = prepare_for_scoring(model, data.images, hooks, todo, memory, compute, local)
-    return summarize(model, data, cfg, compute, drift_images=raw_images), adaptation
+    summary = summarize(model, data, cfg, compute, drift_images=raw_images, min_cell=rules.min_cell)
+    return summary, adaptation

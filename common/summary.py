@@ -10,7 +10,11 @@ by the number of cases, so no per-case value can hide in one.
 
 A site with fewer than ``eval.min-cases`` cases, or fewer than
 ``eval.min-per-class`` positives or negatives, reports its counts and
-``insufficient`` only.
+``insufficient`` only. Under the small-cell rule (the site's ``policy.min-cell``,
+k) no calibration or histogram bin and no ROC step that fewer than k cases
+determine is sent: ``small_cell_groups`` / ``pool_cells`` merge bins with their
+neighbours and ``coarse_rates`` puts the ROC grid in steps of k cases
+(docs/privacy.md, "Disclosure model").
 
 Cases left out under ``data.on-bad-case = "skip"`` are counted (``skipped``) and
 the first ``common.badcases.MAX_LISTED`` of them named by id (``skipped_ids``):
@@ -218,3 +222,56 @@ def fpr_grid(points: int) -> np.ndarray:
 def histogram_edges(bins: int) -> np.ndarray:
     """Bin edges of the intensity histograms (model input scaled to [0, 1])."""
     return np.linspace(0.0, 1.0, bins + 1)
+
+
+# ---- the small-cell rule: no bin, cell or point that fewer than k cases determine ----------
+
+
+def small_cell_groups(present: np.ndarray, k: int) -> list[list[int]] | None:
+    """Adjacent bins grouped so that each non-empty group holds at least ``k`` cases.
+
+    ``present[i, b]`` says case ``i`` contributes to bin ``b``. Bins are taken left to
+    right until the group holds ``k`` cases; an empty bin stands alone (it discloses
+    nothing); a short group left at the end joins the last non-empty group before it.
+    None when all the cases together are fewer than ``k`` (everything is suppressed).
+    """
+    present = np.asarray(present, dtype=bool)
+    if k <= 1:
+        return [[b] for b in range(present.shape[1])]
+    if int(present.any(axis=1).sum()) < k:
+        return None
+    groups: list[list[int]] = []
+    current: list[int] = []
+    for b in range(present.shape[1]):
+        current.append(b)
+        cases = int(present[:, current].any(axis=1).sum())
+        if cases == 0 or cases >= k:
+            groups.append(current)
+            current = []
+    if current:  # fewer than k cases at the end: join the last group that holds any
+        last = max(i for i, g in enumerate(groups) if present[:, g].any())
+        groups = [*groups[:last], [b for g in groups[last:] for b in g] + current]
+    return groups
+
+
+def pool_cells(rows: np.ndarray, groups: list[list[int]] | None, weight: np.ndarray) -> np.ndarray:
+    """``rows`` (sums per bin, one row per quantity) with each group's totals in its bin of
+    largest ``weight`` and zeros in its other bins; all zeros when ``groups`` is None."""
+    rows = np.asarray(rows, dtype=float)
+    out = np.zeros_like(rows)
+    for group in groups or []:
+        target = group[int(np.argmax(np.asarray(weight, dtype=float)[group]))]
+        out[..., target] = rows[..., group].sum(axis=-1)
+    return out
+
+
+def coarse_rates(rates: np.ndarray, n: int, k: int) -> np.ndarray:
+    """Rates over ``n`` cases rounded down to multiples of ``k`` cases (a rate of 1 stays 1).
+
+    The ROC grid is read at coarse FPRs (steps of ``k`` negatives) and its TPRs are
+    coarsened (steps of ``k`` positives), so no point of it moves with fewer than ``k``
+    cases."""
+    r = np.asarray(rates, dtype=float)
+    if k <= 1 or n <= 0:
+        return r
+    return np.where(r >= 1.0, 1.0, np.floor(r * n / k + 1e-9) * k / n)

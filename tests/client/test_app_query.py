@@ -16,14 +16,18 @@ from server.sites import FederationError, parse_acquisition
 from tests.dicom_series import make_mixed_site
 
 
-def _query(site: Path, cfg: RunConfig) -> dict[str, Any]:
+def _query(site: Path, cfg: RunConfig, **policy: Any) -> dict[str, Any]:
     msg = Message(
         RecordDict({"config": ConfigRecord(cfg.to_flat())}),
         dst_node_id=0,
         message_type=MessageType.QUERY,
     )
     ctx = Context(
-        run_id=1, node_id=0, node_config={"site-dir": str(site)}, state=RecordDict(), run_config={}
+        run_id=1,
+        node_id=0,
+        node_config={"site-dir": str(site), **{f"policy.{k}": v for k, v in policy.items()}},
+        state=RecordDict(),
+        run_config={},
     )
     reply = query_handler(msg, ctx)
     assert set(reply.content.keys()) == {"site"}
@@ -34,7 +38,7 @@ def _query(site: Path, cfg: RunConfig) -> dict[str, Any]:
 def test_query_reply_carries_the_acquisition_summary(tmp_path: Path) -> None:
     site = make_mixed_site(tmp_path, n_pairs=3)
     cfg = RunConfig().replace({"data.channels": "ct", "data.spatial-dims": 3})
-    info = _query(site, cfg)
+    info = _query(site, cfg, **{"min-cell": 3})  # a site that lets groups of 3 cases leave
     assert info["name"] == "site-dicom" and info["n-train"] == 6
     assert all(isinstance(v, str | int | float) for v in info.values())  # ConfigRecord values
     acq = json.loads(str(info["acquisition"]))
@@ -49,6 +53,8 @@ def test_query_reply_carries_the_acquisition_summary(tmp_path: Path) -> None:
     }
     # the server keeps it as SiteInfo.acquisition
     assert parse_acquisition(info["acquisition"], "site-dicom") == acq
+    # under the default policy (min-cell 5) nothing describing 3 cases leaves the site
+    assert json.loads(str(_query(site, cfg)["acquisition"])) == {"n_cases": 6}
 
 
 @pytest.mark.usefixtures("flower_task")

@@ -24,7 +24,7 @@ from client.app import client_app
 from client.privacy import local_epsilon, privacy_mod
 from common.config import RunConfig
 from common.models import build_model
-from common.privacy import gaussian_epsilon, update_norm
+from common.privacy import gaussian_epsilon, running_statistics, update_norm
 from common.weights import to_arrays
 from server.validation import update_problem
 
@@ -201,18 +201,107 @@ def test_the_clientapp_with_the_mod_sends_a_clipped_valid_update(
             "trust.sign-updates": False,  # signing is client.trust's business, tested there
         }
     )
-    received = to_arrays(build_model(cfg))
+    model = build_model(cfg)
+    received = to_arrays(model)
+    # under DP the BatchNorm running statistics stay at the site: the server sends and
+    # expects back the other tensors only
+    kept = running_statistics(model)
+    assert kept and all(k.endswith(("running_mean", "running_var")) for k in kept)
+    received = ArrayRecord({k: v for k, v in received.items() if k not in kept})
     config = ConfigRecord({**cfg.to_flat(), "server-round": 1, "share": "shared"})
     msg = Message(
         RecordDict({"arrays": received, "config": config}),
         dst_node_id=0,
         message_type=MessageType.TRAIN,
     )
-    ctx = Context(
-        run_id=1, node_id=0, node_config={"site-dir": str(site)}, state=RecordDict(), run_config={}
-    )
+    # a site whose policy lets unsigned models in (the default refuses them)
+    node_config = {"site-dir": str(site), "policy.require-signed-models": False}
+    ctx = Context(run_id=1, node_id=0, node_config=node_config, state=RecordDict(), run_config={})
     reply = client_app(inner_mods=[privacy_mod])(msg, ctx)
     assert update_problem(reply, received) is None
     sent = {k: v.numpy().astype(np.float64) for k, v in _arrays(reply).items()}
     update = {k: sent[k] - received[k].numpy() for k in received}
     assert update_norm(update) == pytest.approx(clip, rel=1e-3)
+
+
+# ---- the site's ledger: persistent across runs, in the site's own state folder --------------
+
+
+def _deployed(site_dir: Path, state: Path | None, **policy: Any) -> Context:
+    """A fresh Context (a new run) of a deployed site whose policy keeps state in ``state``."""
+    node_config: dict[str, Any] = {"site-dir": str(site_dir)}
+    if state is not None:
+        node_config["policy.state-dir"] = str(state)
+    node_config.update({f"policy.{k}": v for k, v in policy.items()})
+    return Context(run_id=1, node_id=0, node_config=node_config, state=RecordDict(), run_config={})
+
+
+def test_the_ledger_outlives_the_run_and_is_owner_only(tmp_path: Path) -> None:
+    """Every new run starts with a fresh Context.state; the ledger file still counts."""
+    state = tmp_path / "state"
+    privacy = {"mode": "local", "noise-multiplier": 2.0, "delta": 1e-5}
+    for run in (1, 2, 3):
+        reply = privacy_mod(_message(privacy), _deployed(tmp_path, state), Handler(SMALL))
+        metrics = reply.content["metrics"]
+        assert metrics["dp-releases"] == run
+        assert metrics["dp-epsilon-total"] == pytest.approx(
+            gaussian_epsilon(2 * math.sqrt(run) / 2.0, 1e-5)
+        )
+    ledger = state / "dp-ledger.json"
+    assert (ledger.stat().st_mode & 0o777) == 0o600 and (state.stat().st_mode & 0o777) == 0o700
+    assert '"releases": 3' in ledger.read_text()
+
+
+def test_releases_of_different_noise_compose_exactly(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    for sigma in (1.0, 2.0):
+        privacy = {"mode": "local", "noise-multiplier": sigma, "delta": 1e-5}
+        reply = privacy_mod(_message(privacy), _deployed(tmp_path, state), Handler(SMALL))
+    # mu^2 = (2/1)^2 + (2/2)^2 = 5
+    assert reply.content["metrics"]["dp-epsilon-total"] == pytest.approx(
+        gaussian_epsilon(math.sqrt(5.0), 1e-5)
+    )
+
+
+def test_the_sites_budget_holds_when_the_server_drops_its_own(tmp_path: Path) -> None:
+    """The run sets no budget (privacy.max-epsilon = 0); the site's policy.max-epsilon binds,
+    counted over the releases of earlier runs."""
+    p = RunConfig().replace({"privacy.noise-multiplier": 2.0}).privacy
+    site_budget = (local_epsilon(p, 2) + local_epsilon(p, 3)) / 2  # two updates fit, not three
+    state = tmp_path / "state"
+    privacy = {"mode": "local", "noise-multiplier": 2.0, "max-epsilon": 0.0}
+    for _ in range(2):
+        ctx = _deployed(tmp_path, state, **{"max-epsilon": site_budget})
+        assert not privacy_mod(_message(privacy), ctx, Handler(SMALL)).has_error()
+    handler = Handler(SMALL)
+    ctx = _deployed(tmp_path, state, **{"max-epsilon": site_budget})
+    reason = _reason(privacy_mod(_message(privacy), ctx, handler))
+    assert not handler.seen
+    assert "policy.max-epsilon" in reason and "update 3" in reason
+    assert f"{local_epsilon(p, 3):.3f}" in reason
+
+
+def test_a_deployed_site_without_a_state_folder_sends_no_local_dp_update(tmp_path: Path) -> None:
+    handler = Handler(SMALL)
+    reply = privacy_mod(_message({"mode": "local"}), _deployed(tmp_path, None), handler)
+    assert "policy.state-dir" in _reason(reply) and not handler.seen
+
+
+def test_an_unreadable_ledger_stops_releases(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "dp-ledger.json").write_text("{truncated")
+    handler = Handler(SMALL)
+    reply = privacy_mod(_message({"mode": "local"}), _deployed(tmp_path, state), handler)
+    assert "dp-ledger.json cannot be read" in _reason(reply) and not handler.seen
+
+
+def test_a_simulated_site_keeps_its_ledger_in_the_run_folder(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    privacy = {"mode": "local", "noise-multiplier": 2.0}
+    msg = _message(privacy, **{"output.run-dir": str(run_dir)})
+    ctx = Context(
+        run_id=1, node_id=0, node_config={"partition-id": 3}, state=RecordDict(), run_config={}
+    )
+    assert not privacy_mod(msg, ctx, Handler(SMALL)).has_error()
+    assert (run_dir / "site-state" / "node-3" / "dp-ledger.json").is_file()
