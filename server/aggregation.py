@@ -20,6 +20,11 @@ rerun gives the same model bit for bit and memory stays bounded.
 wraps in something other than ``ProximalStrategy``) need every update at once
 by their nature; they get all accepted replies, in site order, as before.
 
+**Weights** are the example counts sites report, capped at the training cases each
+site declared when it joined (``declared``): screening rejects a larger count
+(``server.validation``), and the cap holds here too, in the streamed and the
+hold-all paths alike, whoever calls the aggregator.
+
 **Compressed updates** (``common.compression``) are decoded tensor by tensor
 during the fold: the running sum is then of updates, and the result is the
 global weights plus their weighted mean, the same model as averaging weights.
@@ -28,6 +33,7 @@ global weights plus their weighted mean, the same model as averaging weights.
 from __future__ import annotations
 
 import io
+import math
 import shutil
 import tempfile
 import warnings
@@ -48,6 +54,11 @@ from common.hooks.proximal import ProximalStrategy
 from common.keys import Compression, MetricKey, RecordKey
 
 NUMPY_STYPE = "numpy.ndarray"
+
+
+class UpdateRejected(ValueError):
+    """An update that passed screening turns out unusable while it is folded in
+    (e.g. its norm overflows); the message is the rejection reason."""
 
 
 def array_view(array: Array) -> np.ndarray:
@@ -121,14 +132,14 @@ class Update:
     scales: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
-    def from_reply(cls, site: str, reply: Message) -> Update:
+    def from_reply(cls, site: str, reply: Message, cap: float | None = None) -> Update:
+        """The update ``reply`` carries; its weight is at most ``cap`` (declared cases)."""
         content = reply.content
-        metrics = next(iter(records(content, MetricRecord).values()))
         arrays = cast(ArrayRecord, content[RecordKey.ARRAYS])
         scales = records(content, ArrayRecord).get(RecordKey.SCALES, ArrayRecord())
         return cls(
             site,
-            float(cast(float, metrics[MetricKey.NUM_EXAMPLES.value])),
+            reply_weight(reply, cap),
             {k: array_view(v) for k, v in arrays.items()},
             {k: array_view(v) for k, v in scales.items()},
         )
@@ -143,6 +154,13 @@ class Update:
                 np.save(path, values, allow_pickle=False)
                 parked[part][key] = np.load(path, mmap_mode="r", allow_pickle=False)
         return Update(self.site, self.weight, parked["arrays"], parked["scales"])
+
+
+def reply_weight(reply: Message, cap: float | None = None) -> float:
+    """A reply's FedAvg weight: its num-examples, at most ``cap`` when given."""
+    metrics = next(iter(records(reply.content, MetricRecord).values()))
+    weight = float(cast(float, metrics[MetricKey.NUM_EXAMPLES.value]))
+    return weight if cap is None else min(weight, float(cap))
 
 
 class RunningMean:
@@ -217,6 +235,7 @@ class RoundAggregator:
         park_root: Path | None = None,
         defer: bool = False,
         track_norms: bool = False,
+        declared: Mapping[str, int] | None = None,
     ) -> None:
         self.strategy, self.reference, self.compression = strategy, reference, compression
         self.mode = aggregation_mode(strategy)
@@ -225,6 +244,7 @@ class RoundAggregator:
         self.defer = defer
         self.track_norms = track_norms or defer  # one more pass over each update
         self.norms: dict[str, float] = {}  # L2 norm of each accepted site's update
+        self.declared = dict(declared or {})  # site -> training cases: its weight's cap
         self.mean = RunningMean(reference, compression)
         self.order = list(order)
         self.next = 0  # index in ``order`` of the next site to fold
@@ -235,11 +255,16 @@ class RoundAggregator:
         self._park_dir: Path | None = None
 
     def accept(self, site: str, reply: Message) -> None:
-        update = Update.from_reply(site, reply)
+        """Take ``site``'s screened update; UpdateRejected (nothing taken) if its norm
+        is not finite."""
+        update = Update.from_reply(site, reply, self.declared.get(site))
         if self.track_norms:
-            self.norms[site] = self.norm(update)
+            norm = self.norm(update)
+            if not math.isfinite(norm):
+                raise UpdateRejected(f"update norm is not finite ({norm}): values overflow")
+            self.norms[site] = norm
         if self.mode is Mode.HOLD_ALL:
-            self.held[site] = reply
+            self.held[site] = self._capped(site, reply)
             return
         if site == self._due() and not self.defer:
             self._fold(update)
@@ -323,6 +348,17 @@ class RoundAggregator:
                 self._park_root.mkdir(parents=True, exist_ok=True)
             self._park_dir = Path(tempfile.mkdtemp(prefix=".parked-", dir=self._park_root))
         return self._park_dir
+
+    def _capped(self, site: str, reply: Message) -> Message:
+        """``reply`` with its num-examples at most ``site``'s declared cases."""
+        cap = self.declared.get(site)
+        if cap is None or reply_weight(reply) <= cap:
+            return reply
+        key = next(k for k, v in reply.content.items() if isinstance(v, MetricRecord))
+        metrics = MetricRecord(dict(cast(MetricRecord, reply.content[key])))
+        metrics[MetricKey.NUM_EXAMPLES.value] = float(cap)
+        reply.content[key] = metrics
+        return reply
 
     def _weights_reply(self, reply: Message) -> Message:
         """A compressed reply as full weights (robust strategies compare whole models)."""

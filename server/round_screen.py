@@ -10,14 +10,16 @@ to rounds.jsonl (metrics by site) and to the audit trail (digests, norms, reason
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 
 from common.config import RunConfig
 from common.signing import arrays_hash, update_digest
-from server.aggregation import RoundAggregator, records
+from server.aggregation import RoundAggregator, UpdateRejected, array_view, records
 from server.trust import ServerTrust
 from server.validation import norm_outliers, screen_update
 
@@ -39,17 +41,25 @@ class RoundScreen:
     rejected: dict[str, str] = field(default_factory=dict)  # site -> why
     digests: dict[str, str] = field(default_factory=dict)
     no_reply: list[str] = field(default_factory=list)
+    # site -> the training cases it declared when it joined (caps its num-examples)
+    declared: dict[str, int] = field(default_factory=dict)
 
     def on_reply(self, reply: Message, site: str) -> None:
-        """Screen one reply and, if acceptable, hand it to the aggregator."""
-        digest = "" if reply.has_error() else update_digest(reply.content)
+        """Screen one reply and, if acceptable, hand it to the aggregator; whatever the
+        reply holds, the outcome is an accepted update or a named rejection."""
+        digest = "" if reply.has_error() else reply_digest(reply)
         self.digests[site] = digest
         problem = screen_update(
-            reply, self.shared, self.cfg, self.trust, site, self.rnd, self.model, digest
-        )
+            reply, self.shared, self.cfg, self.trust, site, self.rnd, self.model, digest,
+            self.declared.get(site),
+        )  # fmt: skip
+        if problem is None:
+            try:
+                self.aggregator.accept(site, reply)
+            except UpdateRejected as e:
+                problem = str(e)
         if problem is None:
             self.accepted[site] = dict(next(iter(records(reply.content, MetricRecord).values())))
-            self.aggregator.accept(site, reply)
         else:
             self.rejected[site] = problem
             self.aggregator.skip(site)
@@ -71,6 +81,14 @@ class RoundScreen:
         for site in self.no_reply:
             log.warning("round %d: %s did not reply in time (dropped out)", self.rnd, site)
         new_shared = self.aggregator.result(self.rnd, messages)
+        if new_shared is not None and not all(
+            np.isfinite(array_view(a)).all() for a in new_shared.values()
+        ):
+            log.warning(
+                "round %d: the aggregate of %s is not finite (the weighted sum overflows): "
+                "the global model is left unchanged this round", self.rnd, sorted(self.accepted),
+            )  # fmt: skip
+            return None
         needed = min(self.cfg.federation.min_sites, len(self.order))
         if len(self.accepted) < needed:
             log.warning(
@@ -122,5 +140,16 @@ class RoundScreen:
             "privacy": privacy,
         }
 
-    def _norms(self) -> dict[str, float]:
-        return {s: self.aggregator.norms[s] for s in sorted(self.aggregator.norms)}
+    def _norms(self) -> dict[str, float | None]:
+        """Each accepted update's norm (None where it overflowed: records stay valid JSON)."""
+        norms = self.aggregator.norms
+        return {s: norms[s] if math.isfinite(norms[s]) else None for s in sorted(norms)}
+
+
+def reply_digest(reply: Message) -> str:
+    """The reply's ``update_digest``, or "" when its metrics cannot be put in canonical
+    JSON (NaN, infinity): such a reply is rejected by screening, never digested."""
+    try:
+        return update_digest(reply.content)
+    except (ValueError, TypeError, OverflowError):
+        return ""

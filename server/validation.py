@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 import numpy as np
@@ -12,18 +13,27 @@ from common.compression import CODE_DTYPE, PACKED, packed_sizes
 from common.config import RunConfig
 from common.keys import Compression, MetricKey, RecordKey
 from server.aggregation import array_view, as_tensor, records
+from server.reply_checks import MAX_CASES, count_problem, metrics_problem
 from server.trust import ServerTrust
+
+log = logging.getLogger("hepafed.progress")
 
 
 def update_problem(
-    reply: Message, reference: ArrayRecord, compression: str = Compression.NONE
+    reply: Message,
+    reference: ArrayRecord,
+    compression: str = Compression.NONE,
+    declared: int | None = None,
 ) -> str | None:
     """Why ``reply`` must not be aggregated, or None if it is acceptable.
 
-    Checks: no error, exactly one weights ArrayRecord and one MetricRecord, the
-    same tensor names and shapes as the global model, the dtype the round's
-    ``compression`` sends (the global model's own without it), int8 block
-    scales that fit their codes, finite values, and a positive example count.
+    Checks: no error, exactly one weights ArrayRecord and one MetricRecord whose
+    values are all finite numbers, the same tensor names and shapes as the global
+    model, the dtype the round's ``compression`` sends (the global model's own
+    without it), int8 block scales that fit their codes, finite values, and an
+    example count that is a whole number from 1 to ``declared`` (the training cases
+    the site declared when it joined; ``MAX_CASES`` when unknown). A larger count is
+    rejected, not capped: it would buy the site more weight in the mean.
     """
     if reply.has_error():
         return f"site reported an error: {reply.error.reason}"
@@ -42,6 +52,9 @@ def update_problem(
         return f"expected one MetricRecord, got {len(metric_records)}"
     arrays = array_records[RecordKey.ARRAYS]
     metrics = next(iter(metric_records.values()))
+    problem = metrics_problem(metrics)
+    if problem is not None:
+        return problem
     wants_scales = compression == Compression.INT8
     if wants_scales != (scales is not None):
         state = "missing" if wants_scales else "unexpected"
@@ -53,10 +66,14 @@ def update_problem(
     )
     if problem is not None:
         return problem
-    n = metrics.get(MetricKey.NUM_EXAMPLES.value)
-    if not isinstance(n, int | float) or not n > 0:
-        return f"{MetricKey.NUM_EXAMPLES.value} = {n!r}: must be a positive number"
-    return None
+    key = MetricKey.NUM_EXAMPLES.value
+    n = metrics.get(key)
+    if isinstance(n, bool) or not isinstance(n, int | float) or not n > 0:
+        return f"{key} = {n!r}: must be a positive number"
+    if declared is None:
+        return count_problem(key, n, MAX_CASES, minimum=1)
+    name = f"the {declared} training case(s) the site declared when it joined"
+    return count_problem(key, n, declared, minimum=1, limit_name=name)
 
 
 def _weights_problem(arrays: ArrayRecord, reference: ArrayRecord) -> str | None:
@@ -116,14 +133,29 @@ def screen_update(
     server_round: int,
     model: str,
     digest: str,
+    declared: int | None = None,
+    compression: str | None = None,
 ) -> str | None:
-    """Every check one update passes before it is aggregated, cheapest first: its
-    structure and values (``update_problem``), its size, and its signature."""
-    return (
-        update_problem(reply, reference, cfg.federation.compression)
-        or reply_size_problem(reply, cfg.trust.max_update_mb)
-        or trust.update_problem(reply, site, server_round, model, reference, digest)
-    )
+    """Every check one update passes before the server uses it, cheapest first: its
+    structure, values and example count (``update_problem``; ``declared``: the site's
+    training cases), its size, and its signature. ``compression`` defaults to the
+    round's (``federation.compression``); a model trained whole at one site is sent
+    uncompressed. This is the one screening chain for every update the server accepts,
+    federated or trained alone; a reply it cannot even read is rejected, never raised."""
+    try:
+        return (
+            update_problem(
+                reply,
+                reference,
+                cfg.federation.compression if compression is None else compression,
+                declared,
+            )
+            or reply_size_problem(reply, cfg.trust.max_update_mb)
+            or trust.update_problem(reply, site, server_round, model, reference, digest)
+        )
+    except Exception as e:  # a trust boundary: whatever the bytes are, the run goes on
+        log.debug("update from %s could not be read", site, exc_info=True)
+        return f"unreadable update: {type(e).__name__}: {e}"
 
 
 MIN_SITES_FOR_NORMS = 3  # a robust z-score needs a median and a spread

@@ -19,6 +19,7 @@ these hooks matter where calibration, contrast dose or kVp move intensities.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -28,6 +29,9 @@ import torch
 from common.hooks.base import Hook, HookError, HookPoint, Statistics
 
 MIN_FOREGROUND = 100  # pixels per channel below which a site's statistics are meaningless
+# |landmark| above which a site's statistics are not an intensity scale (windowed images lie
+# in [0, 1]; a z-scoring hook before Nyul gives values of a few units)
+MAX_LANDMARK = 1e6
 
 
 def foreground(images: torch.Tensor, channel: int) -> np.ndarray:
@@ -122,26 +126,46 @@ class Nyul(Hook):
         return out
 
     def combine(self, stats: Sequence[tuple[float, Statistics]]) -> Statistics:
+        """The shared scale: the sites' landmarks averaged, weighted by case count. Every
+        site's weight must be finite and > 0 and its landmarks one strictly increasing
+        vector of ``hooks.landmarks`` finite values per channel (keys ``landmarks-<c>``
+        for channels of ``data.channels``), within +-``MAX_LANDMARK``."""
         if not stats:
             raise HookError(f"{self.name}: no training site sent landmarks")
         keys = set(stats[0][1])
+        channels = {f"landmarks-{c}" for c in range(len(self.cfg.data.channels))}
+        if keys != channels:
+            raise HookError(
+                f"{self.name}: landmark keys {sorted(map(str, keys))[:4]} are not "
+                f"{sorted(channels)} (one per channel of data.channels)"
+            )
         n_marks = len(self.cfg.hooks.landmarks)
         for weight, s in stats:
-            if set(s) != keys or not weight > 0:
-                raise HookError(f"{self.name}: sites sent different landmark sets or weights")
+            if set(s) != keys:
+                raise HookError(f"{self.name}: sites sent different landmark sets")
+            if not (isinstance(weight, int | float) and math.isfinite(weight) and weight > 0):
+                raise HookError(f"{self.name}: a site's weight (n_cases) is {weight!r}")
             for key, marks in s.items():
                 values = np.asarray(marks, dtype=float)
                 if values.shape != (n_marks,) or not np.isfinite(values).all():
                     raise HookError(
                         f"{self.name}: {key} must be {n_marks} finite values, got {marks!r}"
                     )
+                if np.abs(values).max() > MAX_LANDMARK:
+                    raise HookError(
+                        f"{self.name}: {key} has a value beyond +-{MAX_LANDMARK:g}: {marks!r}"
+                    )
                 if np.any(np.diff(values) <= 0):
                     raise HookError(f"{self.name}: {key} is not strictly increasing: {marks!r}")
         weights = np.array([w for w, _ in stats], dtype=float)
-        return {
-            k: [float(v) for v in np.average([s[k] for _, s in stats], axis=0, weights=weights)]
-            for k in sorted(keys)
-        }
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below
+            out = {
+                k: [float(v) for v in np.average([s[k] for _, s in stats], axis=0, weights=weights)]
+                for k in sorted(keys)
+            }
+        if not all(math.isfinite(v) for marks in out.values() for v in marks):
+            raise HookError(f"{self.name}: the combined scale is not finite (weights {weights})")
+        return out
 
     def preprocess(
         self, images: torch.Tensor, fitted: Statistics, shared: Statistics

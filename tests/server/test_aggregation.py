@@ -202,6 +202,49 @@ def test_robust_strategies_get_every_reply_in_site_order(tmp_path: Path) -> None
         np.testing.assert_allclose(result[key].numpy(), expected, rtol=0, atol=1e-6)
 
 
+class _HoldAllFedAvg(fl.FedAvg):
+    """FedAvg that is not FedAvg by type: every reply is held, then Flower averages them
+    weighted by num-examples (as a DP wrapper around FedAvg does)."""
+
+
+@pytest.mark.parametrize("make", [fl.FedAvg, _HoldAllFedAvg], ids=["streamed", "hold-all"])
+def test_weights_are_capped_at_the_cases_each_site_declared(
+    make: Callable[[], fl.Strategy], tmp_path: Path
+) -> None:
+    """a (1.0, 10 examples) and b (3.0, claims 1000, declared 30): (10 x 1 + 30 x 3) / 40."""
+    reference = _record({"w": np.zeros(4, np.float32)})
+    sent = [
+        Message(RecordDict({"arrays": reference}), dst_node_id=1, message_type=MessageType.TRAIN)
+    ]
+    strategy = make()
+    _prime(strategy, reference)
+    declared = {"site-a": 10, "site-b": 30}
+    aggregator = RoundAggregator(strategy, reference, ["site-a", "site-b"], park_root=tmp_path,
+                                 declared=declared)  # fmt: skip
+    assert aggregator.mode is (Mode.MEAN if make is fl.FedAvg else Mode.HOLD_ALL)
+    aggregator.accept("site-b", _message({"w": np.full(4, 3.0, np.float32)}, 1000.0))
+    aggregator.accept("site-a", _message({"w": np.full(4, 1.0, np.float32)}, 10.0))
+    result = aggregator.result(1, sent)
+    assert result is not None
+    np.testing.assert_allclose(result["w"].numpy(), np.full(4, 2.5), rtol=1e-6)
+    uncapped = RoundAggregator(make(), reference, ["site-a", "site-b"], park_root=tmp_path)
+    _prime(uncapped.strategy, reference)
+    uncapped.accept("site-a", _message({"w": np.full(4, 1.0, np.float32)}, 10.0))
+    uncapped.accept("site-b", _message({"w": np.full(4, 3.0, np.float32)}, 1000.0))
+    plain = uncapped.result(1, sent)
+    assert plain is not None  # what the claim would have bought: (10 + 3000) / 1010
+    np.testing.assert_allclose(plain["w"].numpy(), np.full(4, 3010 / 1010), rtol=1e-6)
+
+
+def test_update_problem_rejects_a_count_over_the_declared_one() -> None:
+    reference = _record({"w": np.zeros(4, np.float32)})
+    reply = _message({"w": np.ones(4, np.float32)}, 31.0)
+    assert update_problem(reply, reference, declared=31) is None
+    assert update_problem(reply, reference, declared=30) == (
+        "num-examples = 31.0: more than the 30 training case(s) the site declared when it joined"
+    )
+
+
 # ---- compression -------------------------------------------------------------------------
 
 

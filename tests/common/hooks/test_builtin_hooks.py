@@ -35,7 +35,7 @@ def fg_percentiles(
 
 
 def test_nyul_maps_every_sites_landmarks_onto_the_shared_scale() -> None:
-    cfg = RunConfig()
+    cfg = RunConfig().replace({"data.channels": "arterial,portal"})  # the images' 2 channels
     hook = Nyul(cfg)
     pcts = list(cfg.hooks.landmarks)
     sites = {"a": site_images(1, 1.0, 0.0, 30), "b": site_images(2, 0.8, 0.15, 10)}
@@ -66,7 +66,7 @@ def test_nyul_maps_every_sites_landmarks_onto_the_shared_scale() -> None:
     for problem in bad.values():
         with pytest.raises(HookError, match="landmarks-0"):
             hook.combine([(1.0, {**fitted["a"], "landmarks-0": problem})])
-    with pytest.raises(HookError, match="weights"):
+    with pytest.raises(HookError, match=r"weight \(n_cases\) is 0.0"):
         hook.combine([(0.0, fitted["a"])])
     flat = {**shared, "landmarks-0": [0.5] * len(pcts)}
     with pytest.raises(HookError, match="shared scale for channel 0"):
@@ -179,3 +179,28 @@ def test_test_time_hooks_take_only_images() -> None:
     hooks = HookSet(RunConfig().replace({"hooks.use": "bn-adapt,tent"}))
     model = build_model(RunConfig().replace({"data.roi-size": 32}))
     assert hooks.adapt(model, torch.rand(6, 3, 32, 32), CPU) == "bn-adapt+tent"
+
+
+def test_nyul_combine_refuses_statistics_that_would_poison_the_scale() -> None:
+    """One site's statistics decide the shared scale with its weight: an infinite or NaN
+    weight, landmarks for other channels, or absurd values are refused by name, and an
+    overflowing weighted mean is never returned."""
+    cfg = RunConfig().replace({"data.channels": "arterial,portal"})
+    hook = Nyul(cfg)
+    good = hook.fit(site_images(1, 1.0, 0.0, 30))
+    alone = hook.combine([(7.0, good)])  # one site: the scale is its own landmarks
+    for key in good:
+        np.testing.assert_allclose(alone[key], good[key], rtol=1e-15)
+    for weight in (float("inf"), float("nan"), -3.0):
+        with pytest.raises(HookError, match=r"weight \(n_cases\) is"):
+            hook.combine([(weight, good)])
+    with pytest.raises(HookError, match=r"are not \['landmarks-0', 'landmarks-1'\]"):
+        hook.combine([(1.0, {"landmarks-0": good["landmarks-0"]})])  # a channel missing
+    with pytest.raises(HookError, match="are not"):
+        hook.combine([(1.0, {**good, "landmarks-7": good["landmarks-0"]})])
+    huge = [v * 1e300 for v in good["landmarks-0"]]  # finite, increasing, absurd
+    with pytest.raises(HookError, match=r"landmarks-0 has a value beyond \+-1e\+06"):
+        hook.combine([(1.0, {**good, "landmarks-0": huge})])
+    # two finite weights whose sum overflows: the mean would be NaN, the scale refused
+    with pytest.raises(HookError, match="combined scale is not finite"):
+        hook.combine([(1.7e308, good), (1.7e308, good)])
