@@ -14,6 +14,12 @@ Thm. 8, the analytic Gaussian mechanism). ``gaussian_epsilon`` inverts it by
 bisection. These numbers are tight; the server's budget is enforced with Flower's
 RDP accountant (``server.privacy``), which is a slightly looser upper bound.
 
+**Normalisation statistics.** BatchNorm's running mean and variance are averages of
+the site's images, not trainable parameters: under any ``privacy.mode`` other than
+``none`` they never travel (``running_statistics``, added to the hooks' local keys),
+so noise never lands on a variance and they cost no privacy. Each site keeps its own,
+and a site that never trained re-estimates them on its own images before scoring.
+
 **Noise** is drawn from a generator seeded afresh from the operating system, never
 from the run seed: the run config (and with it ``seed``) is sent to every site, so
 noise derived from it could be regenerated and subtracted by anyone who holds it.
@@ -24,10 +30,17 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.optimize import brentq
 from scipy.stats import norm
+
+if TYPE_CHECKING:
+    from torch import nn
+
+# normalisation buffers estimated from a site's images: never part of a DP update
+RUNNING_STATISTICS = ("running_mean", "running_var")
 
 
 class PrivacyMetric(StrEnum):
@@ -111,3 +124,11 @@ def noise_rng() -> np.random.Generator:
     cryptographic generator; a fresh OS seed per release keeps its state unknown.)
     """
     return np.random.default_rng()
+
+
+def running_statistics(model: nn.Module) -> set[str]:
+    """State-dict keys of ``model``'s normalisation running statistics (BatchNorm's
+    ``running_mean`` / ``running_var``): what DP keeps at the site instead of noising."""
+    return {
+        name for name, _ in model.named_buffers() if name.rsplit(".", 1)[-1] in RUNNING_STATISTICS
+    }

@@ -26,9 +26,11 @@ add/remove-one-site, *without* subsampling amplification (the only sampling mode
 Flower's fixed-clipping wrappers accept). With ``federation.fraction-train < 1`` a site
 sits out some rounds, so the reported epsilon is an upper bound. ``privacy_spent`` also
 reports ``epsilon-gdp``, the exact epsilon of the same composition (``common.privacy``),
-which RDP overestimates by a few per cent. ``privacy.max-epsilon`` is enforced on the RDP
-value: ``configure_train`` raises ``PrivacyBudgetError`` instead of starting a round that
-would exceed it.
+which RDP overestimates by a few per cent. Each release is also charged to every site
+that may train in the federation, in the run's ``SiteLedger`` (``server.privacy_ledger``):
+a site in several federations (leave-one-site-out folds) composes them all.
+``privacy.max-epsilon`` is enforced on that per-site RDP total: ``configure_train`` raises
+``PrivacyBudgetError`` instead of starting a round that would take any site past it.
 
 **Strictness.** The noise is calibrated to ``n`` updates; a round in which any sampled
 site fails or is rejected releases nothing (Flower returns no aggregate) and costs no
@@ -41,14 +43,12 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import (
-    GaussianPrivacyEvent,
     Grid,
     NeighboringRelation,
     PrivacyConfig,
@@ -76,10 +76,11 @@ from common.privacy import (
     update_norm,
 )
 from server.aggregation import array_view, records
+from server.privacy_ledger import ACCOUNTING, SiteLedger
 
 log = logging.getLogger("hepafed.progress")
 
-ACCOUNTING = "rdp"
+NO_NOISE = "aggregates released with privacy.noise-multiplier = 0"
 CLIP_TOLERANCE = 1e-3  # client-clip: a site's update may exceed C by this (float32 rounding)
 
 
@@ -99,12 +100,19 @@ def sample_size(cfg: RunConfig, n_train_sites: int) -> int:
 
 
 def wrap_for_privacy(
-    strategy: Strategy, cfg: RunConfig, n_sampled: int, population: int | None = None
+    strategy: Strategy,
+    cfg: RunConfig,
+    n_sampled: int,
+    population: int | None = None,
+    ledger: SiteLedger | None = None,
+    sites: Sequence[str] = (),
 ) -> Strategy:
     """``strategy`` with central DP for ``privacy.mode`` central / central-client-clip.
 
     ``n_sampled``: sites per round (``sample_size``); ``population``: sites that may
-    train (defaults to ``n_sampled``; reported only, no amplification is claimed). A
+    train (defaults to ``n_sampled``; reported only, no amplification is claimed).
+    ``ledger``: the run's per-site ledger, charged for every release on behalf of
+    ``sites`` (the names of the sites that may train; by default ``site-1`` ...). A
     FedProx wrapper (``ProximalStrategy``) stays outermost. Raises ``PrivacyError`` for
     a strategy other than plain FedAvg, or a budget that cannot hold without noise.
     """
@@ -113,7 +121,7 @@ def wrap_for_privacy(
     if mode in (PrivacyMode.NONE, PrivacyMode.LOCAL):
         return strategy
     if isinstance(strategy, ProximalStrategy):
-        inner = wrap_for_privacy(strategy.inner, cfg, n_sampled, population)
+        inner = wrap_for_privacy(strategy.inner, cfg, n_sampled, population, ledger, sites)
         return ProximalStrategy(inner, strategy.mu)
     if type(strategy) is not FedAvg:
         raise PrivacyError(
@@ -131,7 +139,10 @@ def wrap_for_privacy(
             f"privacy.max-epsilon = {p.max_epsilon:g} cannot hold with "
             "privacy.noise-multiplier = 0: without noise epsilon is unbounded"
         )
-    return CentralDp(strategy, p, n_sampled, accountant)
+    names = list(sites) or [f"site-{i}" for i in range(1, max(population or 0, n_sampled) + 1)]
+    dp = CentralDp(strategy, p, n_sampled, accountant)
+    dp.ledger, dp.sites = ledger if ledger is not None else SiteLedger(p.delta), names
+    return dp
 
 
 def privacy_spent(strategy: Strategy) -> dict[str, Any] | None:
@@ -140,7 +151,8 @@ def privacy_spent(strategy: Strategy) -> dict[str, Any] | None:
     ``epsilon`` is Flower's RDP bound at ``delta`` (what ``privacy.max-epsilon`` is
     checked against), ``epsilon-gdp`` the exact value of the same composition; both are
     None with ``privacy.noise-multiplier = 0`` (no guarantee). ``releases`` counts
-    rounds whose noised aggregate was released.
+    rounds whose noised aggregate was released. ``sites`` is the run's per-site ledger
+    (``SiteLedger.summary``): every site's composition over all its federations so far.
     """
     dp = _dp_layer(strategy)
     if dp is None:
@@ -162,7 +174,29 @@ def privacy_spent(strategy: Strategy) -> dict[str, Any] | None:
         "clip-norm": p.clip_norm,
         "sampled": dp.num_sampled_clients,
         "accounting": ACCOUNTING if noisy else "none",
+        "sites": dp.ledger.summary(),
     }
+
+
+def whole_model_privacy(cfg: RunConfig, ledger: SiteLedger, site: str, model: str) -> str | None:
+    """Account for ``site`` sending ``model``, trained whole on its data (local-only,
+    fine-tuned), under a central mode: no noise, so the site's epsilon is unbounded.
+
+    Returns why the model may not be trained when ``privacy.max-epsilon`` > 0 (the
+    ledger is then left untouched), else None after marking the site unbounded. Other
+    modes return None: ``none`` promises nothing, and a ``local`` site refuses itself.
+    """
+    p = cfg.privacy
+    if p.mode not in (PrivacyMode.CENTRAL, PrivacyMode.CENTRAL_CLIENT_CLIP):
+        return None
+    if p.max_epsilon > 0:
+        return (
+            f"privacy.max-epsilon = {p.max_epsilon:g}: {model} would send a model trained "
+            f"at {site} without noise (unbounded epsilon), so it was not trained; turn off "
+            "eval.local-only and hooks.finetune-epochs for a budgeted DP run"
+        )
+    ledger.mark_unbounded(site, f"{model}: trained at the site, sent without noise")
+    return None
 
 
 class CentralDp(DifferentialPrivacyClientSideFixedClipping):
@@ -194,6 +228,8 @@ class CentralDp(DifferentialPrivacyClientSideFixedClipping):
             accountant=accountant,
         )
         self.settings, self.releases, self.reference = settings, 0, ArrayRecord()
+        self.ledger = SiteLedger(settings.delta)
+        self.sites: list[str] = []
 
     def __repr__(self) -> str:
         return f"CentralDp(mode={self.settings.mode!r}, {super().__repr__()})"
@@ -202,8 +238,8 @@ class CentralDp(DifferentialPrivacyClientSideFixedClipping):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.reference = arrays
-        with _budget(self, server_round):
-            messages = list(super().configure_train(server_round, arrays, config, grid))
+        _check_budget(self, server_round)
+        messages = list(super().configure_train(server_round, arrays, config, grid))
         for message in messages:
             for record in records(message.content, ConfigRecord).values():
                 record.pop(KEY_CLIPPING_NORM, None)
@@ -217,7 +253,13 @@ class CentralDp(DifferentialPrivacyClientSideFixedClipping):
         for reply in prepared:
             _clip_reply(reply, self.reference, self.clipping_norm, server_round, sites_clip)
         arrays, metrics = super().aggregate_train(server_round, prepared)
-        self.releases += arrays is not None
+        if arrays is not None:
+            self.releases += 1
+            if self.accountant is not None:
+                self.ledger.charge(self.sites, self.noise_multiplier)
+            else:
+                for site in self.sites:
+                    self.ledger.mark_unbounded(site, NO_NOISE)
         return arrays, metrics
 
     def _add_noise_to_aggregated_arrays(self, aggregated_arrays: ArrayRecord) -> ArrayRecord:
@@ -244,7 +286,7 @@ def _accountant(p: Settings, population: int) -> RdpAccountant:
         population_size=population,
         neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
         sampling_method=SamplingMethod.NO_AMPLIFICATION,
-        max_epsilon=p.max_epsilon or None,
+        max_epsilon=None,  # enforced per site over the whole run (``_check_budget``)
     )
     try:
         return RdpAccountant(config)
@@ -260,34 +302,24 @@ def _dp_layer(strategy: Strategy) -> CentralDp | None:
     return inner if isinstance(inner, CentralDp) else None
 
 
-@contextmanager
-def _budget(dp: CentralDp, server_round: int) -> Iterator[None]:
-    """Flower's PrivacyBudgetExhausted as an error that names the run-config key."""
-    try:
-        yield
-    except PrivacyBudgetExhausted as e:
-        p = dp.settings
-        spent = dp.privacy_spent()
-        done = f"{spent.epsilon:.3f} over {spent.num_releases} round(s)" if spent else "nothing"
-        raise PrivacyBudgetError(
-            f"privacy.max-epsilon = {p.max_epsilon:g}: round {server_round} would bring "
-            f"epsilon to {_projected_epsilon(dp):.3f} at delta {p.delta:g} (spent {done}, "
-            f"{ACCOUNTING.upper()} accounting), so it was not started. Raise "
-            "privacy.noise-multiplier or privacy.max-epsilon, or lower federation.num-rounds."
-        ) from e
-
-
-def _projected_epsilon(dp: CentralDp) -> float:
-    """Epsilon after one more round (the accountant itself is left untouched)."""
-    accountant = cast(RdpAccountant, dp.accountant)
-    projected = RdpAccountant(accountant.config)
-    projected.load_state_dict(accountant.state_dict())
-    projected.compose(
-        GaussianPrivacyEvent(
-            dp.noise_multiplier, dp.num_sampled_clients, accountant.config.population_size
-        )
+def _check_budget(dp: CentralDp, server_round: int) -> None:
+    """``PrivacyBudgetError`` when one more release would take a site of this federation
+    past ``privacy.max-epsilon`` in the run's ledger (the ledger is left untouched)."""
+    p = dp.settings
+    if dp.accountant is None or p.max_epsilon <= 0:
+        return
+    worst = dp.ledger.over_budget(dp.sites, dp.noise_multiplier, p.max_epsilon)
+    if worst is None:
+        return
+    site, projected = worst
+    spent = dp.ledger.epsilon(site)
+    raise PrivacyBudgetError(
+        f"privacy.max-epsilon = {p.max_epsilon:g}: round {server_round} would bring "
+        f"{site}'s epsilon to {projected:.3f} at delta {p.delta:g} (spent {spent:.3f} over "
+        f"{dp.ledger.releases(site)} release(s) in this run's federations, "
+        f"{ACCOUNTING.upper()} accounting), so it was not started. Raise "
+        "privacy.noise-multiplier or privacy.max-epsilon, or lower federation.num-rounds."
     )
-    return projected.get_privacy_spent().epsilon
 
 
 def _prepared(dp: CentralDp, server_round: int, replies: Iterable[Message]) -> list[Message]:

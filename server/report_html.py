@@ -407,6 +407,7 @@ class _Page:
             self.reliability_section(),
             self.drift_section(),
             self.matrix_section(),
+            self.privacy_section(),
             self.provenance_section(),
         ]
         return (
@@ -1677,6 +1678,51 @@ class _Page:
                 parts.append(f"{_est_ci(c.get('auc'))}{meta}")
         cls = "internal" if role == "internal" else "external"
         return f'<td class="cell num {cls}">{"".join(parts)}</td>'
+
+    # ---- privacy ----
+
+    def privacy_section(self) -> str:
+        """Epsilon and delta per site under differential privacy ("" without a DP run)."""
+        block = self.r.get("privacy")
+        if not block:
+            return ""
+        head = _section_open("privacy", "Privacy")
+        budget = _finite(block.get("max_epsilon"))
+        note = (
+            f"Differential privacy <code>{esc(block.get('mode'))}</code>: noise multiplier "
+            f"{esc(fmt_sig(block.get('noise_multiplier')))}, clip norm "
+            f"{esc(fmt_sig(block.get('clip_norm')))}, budget "
+            f"{esc(fmt_sig(budget)) if budget else 'none'}. Each site's epsilon is composed "
+            "over every federation of the run it trained in "
+            f"({esc(str(block.get('accounting', '')).upper())} accounting)."
+        )
+        rows = []
+        for row in block.get("sites") or []:
+            if row.get("epsilon") is None:
+                why = "; ".join(str(u) for u in row.get("unbounded") or []) or "no guarantee"
+                spent = f'<td class="na" colspan="2">unbounded: {esc(why)}</td>'
+            else:
+                spent = (
+                    f'<td class="num">{fmt(row.get("epsilon"))}</td>'
+                    f'<td class="num">{fmt(row.get("epsilon_gdp"))}</td>'
+                )
+            rows.append(
+                f'<tr><th scope="row">{esc(row.get("site"))}</th>{spent}'
+                f'<td class="num">{esc(fmt_sig(row.get("delta")))}</td>'
+                f'<td class="num">{esc(row.get("releases"))}</td></tr>'
+            )
+        if not rows:
+            empty = '<p class="empty">No site has released a noised update.</p>'
+            return f'{head}<p class="note">{note}</p>{empty}</section>'
+        return (
+            head + f'<p class="note">{note}</p>'
+            '<div class="table-wrap"><table class="data"><caption class="visually-hidden">'
+            "Privacy spent per site</caption><thead><tr>"
+            '<th scope="col">Site</th><th scope="col">Epsilon</th>'
+            '<th scope="col">Epsilon (exact)</th><th scope="col">Delta</th>'
+            '<th scope="col">Releases</th></tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table></div></section>"
+        )
 
     # ---- provenance ----
 

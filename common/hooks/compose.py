@@ -23,7 +23,8 @@ from torch import nn
 from common.hooks.base import Hook, HookError, HookPoint, Statistics
 from common.hooks.proximal import FedProx
 from common.hooks.registry import hook_class
-from common.keys import ConfigKey
+from common.keys import ConfigKey, PrivacyMode
+from common.privacy import running_statistics
 
 if TYPE_CHECKING:
     from flwr.serverapp.strategy import Strategy
@@ -117,9 +118,13 @@ class HookSet:
 
     # SHARING
     def local_keys(self, model: nn.Module) -> set[str]:
+        """Keys kept at the site: the hooks' union, plus normalisation running statistics
+        under differential privacy (``common.privacy.running_statistics``)."""
         keys: set[str] = set()
         for hook in self.at(HookPoint.SHARING):
             keys |= hook.local_keys(model)
+        if self.cfg.privacy.mode != PrivacyMode.NONE:
+            keys |= running_statistics(model)
         return keys
 
     # OBJECTIVE

@@ -27,7 +27,14 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
-from flwr.serverapp import Grid
+from flwr.serverapp import (
+    GaussianPrivacyEvent,
+    Grid,
+    NeighboringRelation,
+    RdpAccountant,
+    SamplingMethod,
+)
+from flwr.serverapp import PrivacyConfig as FlowerPrivacyConfig
 from flwr.serverapp.exception import PrivacyBudgetExhausted
 from flwr.serverapp.strategy import FedAvg
 from scipy.stats import norm
@@ -42,8 +49,10 @@ from server.privacy import (
     PrivacyError,
     privacy_spent,
     sample_size,
+    whole_model_privacy,
     wrap_for_privacy,
 )
+from server.privacy_ledger import SiteLedger, rdp_epsilon
 from server.sites import NodeView
 from server.strategies import build_strategy
 
@@ -137,6 +146,7 @@ def test_rounds_are_accounted_like_dp_accountings_rdp_without_amplification() ->
         "clip-norm": 1.0,
         "sampled": SITES,
         "accounting": "rdp",
+        "sites": {},
     }
     for rnd in (1, 2, 3):
         assert _round(dp, rnd, UPDATES) is not None
@@ -147,6 +157,12 @@ def test_rounds_are_accounted_like_dp_accountings_rdp_without_amplification() ->
         assert spent["epsilon"] == pytest.approx(rdp.get_epsilon(delta), rel=1e-9)
         exact = gaussian_epsilon(math.sqrt(rnd) / sigma, delta)
         assert spent["epsilon-gdp"] == pytest.approx(exact, rel=1e-9)
+        # one federation: every site that may train has spent exactly the federation's
+        assert sorted(spent["sites"]) == ["site-1", "site-2", "site-3"]
+        for site in spent["sites"].values():
+            assert site["releases"] == rnd and site["delta"] == delta
+            assert site["epsilon"] == pytest.approx(spent["epsilon"], rel=1e-9)
+            assert site["epsilon-gdp"] == pytest.approx(exact, rel=1e-9)
         assert exact < spent["epsilon"] < 1.15 * exact  # RDP: a slightly loose upper bound
 
 
@@ -168,7 +184,7 @@ def test_without_noise_the_aggregate_is_the_unweighted_mean_of_clipped_updates(
         assert "site-2 sent an update of norm 2" in caplog.text
     else:
         assert "sent an update of norm" not in caplog.text
-    assert privacy_spent(dp) == pytest.approx(
+    assert privacy_spent(dp) == (
         {
             "mode": mode,
             "epsilon": None,
@@ -179,6 +195,17 @@ def test_without_noise_the_aggregate_is_the_unweighted_mean_of_clipped_updates(
             "clip-norm": 1.0,
             "sampled": SITES,
             "accounting": "none",
+            "sites": {
+                f"site-{i}": {
+                    "epsilon": None,
+                    "epsilon-gdp": None,
+                    "delta": 1e-5,
+                    "releases": 0,
+                    "unbounded": ["aggregates released with privacy.noise-multiplier = 0"],
+                    "accounting": "none",
+                }
+                for i in (1, 2, 3)
+            },
         }
     )
 
@@ -409,3 +436,102 @@ def test_secaggplus_mod_cannot_carry_a_message_api_round() -> None:
     msg = Message(content, dst_node_id=1, message_type=MessageType.TRAIN)
     with pytest.raises(KeyError, match="secaggplus_configs"):
         secaggplus_mod(msg, ctx, lambda m, c: m)
+
+
+# ---- one ledger per run: every federation a site trains in ------------------------------
+
+
+def _fold(cfg: RunConfig, ledger: SiteLedger, sites: list[str]) -> Any:
+    """One leave-one-site-out fold: a federation of ``sites`` charged to the run's ledger."""
+    strategy = build_strategy(cfg, len(sites))
+    return wrap_for_privacy(strategy, cfg, len(sites), len(sites), ledger, sites)
+
+
+def _flower_epsilon(sigma: float, releases: int, delta: float) -> float:
+    """Flower's RDP accountant run once over ``releases`` rounds (the reference)."""
+    config = FlowerPrivacyConfig(
+        target_delta=delta,
+        population_size=SITES,
+        neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+        sampling_method=SamplingMethod.NO_AMPLIFICATION,
+    )
+    accountant = RdpAccountant(config)
+    accountant.compose(GaussianPrivacyEvent(sigma, SITES, SITES), releases)
+    return accountant.get_privacy_spent().epsilon
+
+
+def test_a_site_in_two_folds_spends_the_composition_of_both() -> None:
+    """Case ``dp-two-folds``: a is in both folds (2 + 3 rounds), b and c in one each."""
+    sigma, delta = 1.0, 1e-5
+    cfg = _cfg(mode="central", noise_multiplier=sigma, delta=delta)
+    ledger = SiteLedger(delta)
+    without_c, without_b = _fold(cfg, ledger, ["a", "b", "x"]), _fold(cfg, ledger, ["a", "c", "x"])
+    for rnd in (1, 2):
+        assert _round(without_c, rnd, UPDATES) is not None
+    for rnd in (1, 2, 3):
+        assert _round(without_b, rnd, UPDATES) is not None
+    spent = privacy_spent(without_b)
+    assert spent is not None and spent["epsilon"] == pytest.approx(_flower_epsilon(sigma, 3, delta))
+    sites = spent["sites"]
+    assert {s: v["releases"] for s, v in sites.items()} == {"a": 5, "b": 2, "c": 3, "x": 5}
+    assert sites["a"]["epsilon"] == pytest.approx(_flower_epsilon(sigma, 5, delta), rel=1e-9)
+    assert sites["b"]["epsilon"] == pytest.approx(_flower_epsilon(sigma, 2, delta), rel=1e-9)
+    assert sites["c"]["epsilon"] == pytest.approx(spent["epsilon"], rel=1e-9)
+    assert sites["a"]["epsilon-gdp"] == pytest.approx(gaussian_epsilon(math.sqrt(5), delta))
+    # the per-fold maximum (what was reported before) understates a's spend
+    assert spent["epsilon"] == pytest.approx(9.010, abs=1e-3)
+    assert sites["a"]["epsilon"] == pytest.approx(12.302, abs=1e-3)
+    assert privacy_spent(without_c)["sites"] == sites  # type: ignore[index]
+
+
+def test_the_budget_holds_per_site_across_folds() -> None:
+    sigma, delta = 1.0, 1e-5
+    budget = (_flower_epsilon(sigma, 3, delta) + _flower_epsilon(sigma, 4, delta)) / 2
+    cfg = _cfg(mode="central", noise_multiplier=sigma, delta=delta, max_epsilon=budget)
+    ledger = SiteLedger(delta)
+    first, second = _fold(cfg, ledger, ["a", "b", "x"]), _fold(cfg, ledger, ["a", "c", "x"])
+    assert _round(first, 1, UPDATES) is not None and _round(first, 2, UPDATES) is not None
+    assert _round(second, 1, UPDATES) is not None  # a and x: 3 releases, c: 1
+    with pytest.raises(PrivacyBudgetError, match=r"round 2 would bring a's epsilon to") as e:
+        _round(second, 2, UPDATES)  # c alone would fit; a and x would not
+    assert f"{_flower_epsilon(sigma, 4, delta):.3f}" in str(e.value)
+    assert "over 3 release(s)" in str(e.value)
+    assert {s: v["releases"] for s, v in ledger.summary().items()} == {
+        "a": 3,
+        "b": 2,
+        "c": 1,
+        "x": 3,
+    }
+
+
+def test_the_ledger_survives_a_checkpoint() -> None:
+    ledger = SiteLedger(1e-5)
+    ledger.charge(["a", "b"], 1.0)
+    ledger.charge(["a"], 2.0)
+    ledger.mark_unbounded("c", "local-c: trained at the site, sent without noise")
+    saved = ledger.state_dict()
+    resumed = SiteLedger(1e-5)
+    resumed.restore(saved)
+    resumed.restore(saved)  # merging the same (or an older) checkpoint again adds nothing
+    assert resumed.summary() == ledger.summary()
+    mixed = {1.0: 1, 2.0: 1}  # a: one release at sigma 1 and one at sigma 2
+    assert resumed.epsilon("a") == pytest.approx(rdp_epsilon(mixed, 1e-5))
+    exact = gaussian_epsilon(math.sqrt(1 + 1 / 4), 1e-5)
+    assert resumed.epsilon_gdp("a") == pytest.approx(exact)
+    assert resumed.summary()["c"]["epsilon"] is None
+
+
+def test_a_whole_model_under_central_dp_is_unbounded_or_refused() -> None:
+    ledger = SiteLedger(1e-5)
+    assert whole_model_privacy(_cfg(mode="none"), ledger, "a", "local-a") is None
+    assert ledger.summary() == {}
+    assert whole_model_privacy(_cfg(mode="central"), ledger, "a", "local-a") is None
+    assert ledger.summary()["a"]["unbounded"] == [
+        "local-a: trained at the site, sent without noise"
+    ]
+    assert ledger.over_budget(["a"], 1.0, 1e6) == ("a", math.inf)
+    budgeted = _cfg(mode="central", noise_multiplier=1.0, max_epsilon=8.0)
+    refusal = whole_model_privacy(budgeted, ledger, "b", "finetuned-b")
+    assert refusal is not None
+    assert refusal.startswith("privacy.max-epsilon = 8: finetuned-b would send a model")
+    assert "b" not in ledger.summary()
