@@ -4,12 +4,16 @@ Each line of ``RUN_DIR/audit.jsonl`` is one entry ``{"seq", "time", "kind", "dat
 "hash"}`` in canonical JSON; ``hash`` is the SHA-256 of the entry's canonical JSON without its
 ``hash`` field, and ``prev`` is the previous entry's ``hash`` (64 zeros for the first). After
 every append ``audit.head.json`` is replaced atomically with the last entry's seq and hash, the
-number of entries and, when the server has a key, its signature over those three values.
+number of entries, the run id and whether the run ended, and, when the server has a key, its
+signature over all of them (``server.audit_head``). ``seal`` ends a run: a ``final`` entry
+holding the run id and the SHA-256 of the signed report files, and a head that says so.
 
 What the chain guarantees: editing, removing, inserting or reordering entries without
 rewriting everything after them breaks a hash or a link, and ``verify_trail`` says which line.
-Removing entries from the end is caught by comparing the trail with the head. What it does
-not guarantee: the hashes use no secret. Without a server key, an attacker who can write the
+Removing entries from the end is caught by comparing the trail with the head; putting back an
+older (genuine, signed) head with the trail cut back to it is caught because that head is
+not final, or seals other report hashes than the files in the folder. What it does not
+guarantee: the hashes use no secret. Without a server key, an attacker who can write the
 run folder and recomputes every hash and the head forges a trail that verifies; the chain alone
 only catches careless edits. With a key, the head signature by the server key is what pins the
 end of the trail, and through the links every entry before it; someone who can rewrite the
@@ -48,9 +52,11 @@ from server.audit_check import (
     head_bytes,
     verify_trail,
 )
+from server.audit_head import CONFIG_KIND, FINAL_KIND, head_record
 
 __all__ = [
     "AUDIT_FILE",
+    "FINAL_KIND",
     "HEAD_FILE",
     "AuditError",
     "AuditReport",
@@ -94,13 +100,15 @@ class AuditTrail:
     def __init__(self, run_dir: Path | str, sign: Callable[[bytes], bytes] | None = None) -> None:
         """Open ``RUN_DIR/audit.jsonl``; an existing trail (a resumed run) must verify first.
 
-        ``sign`` signs bytes with the server's key; without it the head is unsigned.
+        ``sign`` signs bytes with the server's key; without it the head is unsigned. The run
+        id the head carries is the one the trail's ``config`` entry names.
         """
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / AUDIT_FILE
         self.head_path = self.run_dir / HEAD_FILE
         self._sign = sign
         self._lock = threading.Lock()
+        self._run_id = ""
         if self.path.exists():
             report = verify_trail(self.run_dir)
             uncovered = _one_uncovered_entry(self.run_dir, report)
@@ -110,6 +118,7 @@ class AuditTrail:
                     + "; ".join(report.problems)
                     + ". Keep this folder as evidence and start the run in a new folder."
                 )
+            self._run_id = report.run_id
             last = entries(self.run_dir)[-1:] or [{"seq": -1, "hash": GENESIS}]
             self._seq, self._hash = int(last[0]["seq"]), str(last[0]["hash"])
             logger.info("continuing the audit trail %s after seq %d", self.path, self._seq)
@@ -132,7 +141,12 @@ class AuditTrail:
         self._seq, self._hash = -1, GENESIS
         with self.path.open("xb") as f:
             os.fsync(f.fileno())
-        self._write_head(self._head_record(-1, GENESIS))
+        self._write_head(self._signed(head_record(-1, GENESIS, "")))
+
+    @property
+    def run_id(self) -> str:
+        """The run id the trail's ``config`` entry names ('' before it is written)."""
+        return self._run_id
 
     @property
     def head(self) -> dict[str, Any]:
@@ -143,8 +157,39 @@ class AuditTrail:
         """Append one entry (fsync'ed), replace the head atomically, and return the entry.
 
         Raises ValueError, writing nothing, if ``data`` is not JSON-serialisable or holds NaN
-        or infinity.
+        or infinity, if ``kind`` is ``final`` (use ``seal``), or if a ``config`` entry names
+        another run than the trail's.
         """
+        if kind == FINAL_KIND:
+            raise ValueError(f"audit entry {kind!r} ends the run: use AuditTrail.seal")
+        return self._append(kind, data, None)
+
+    def seal(self, report: Mapping[str, str]) -> dict[str, Any]:
+        """End the run: a ``final`` entry with the run id and the SHA-256 of each signed report
+        file, and a head that says the run ended and seals those hashes.
+
+        Raises AuditError when no ``config`` entry names the run, ValueError when ``report`` is
+        empty or not file name -> SHA-256 hex. A later ``append`` (a rewritten report) unseals
+        the trail until it is sealed again."""
+        if not self._run_id:
+            raise AuditError(
+                f"cannot seal {self.path}: no config entry names the run; the trail of a run "
+                "starts with its config entry"
+            )
+        files = dict(report)
+        if not files or not all(
+            isinstance(v, str) and len(v) == 64 and set(v) <= set("0123456789abcdef")
+            for v in files.values()
+        ):
+            raise ValueError(
+                f"seal {self.path}: report must map each report file to its SHA-256 hex digest, "
+                f"got {files!r}"
+            )
+        return self._append(FINAL_KIND, {"run_id": self._run_id, "report": files}, files)
+
+    def _append(
+        self, kind: str, data: Mapping[str, Any], report: Mapping[str, str] | None
+    ) -> dict[str, Any]:
         if not isinstance(kind, str) or not kind:
             raise ValueError(f"audit entry kind must be a non-empty string, got {kind!r}")
         if not isinstance(data, Mapping):
@@ -155,6 +200,15 @@ class AuditTrail:
             raise ValueError(
                 f"audit entry {kind!r}: data is not JSON-serialisable without NaN/infinity: {e}"
             ) from e
+        run_id = self._run_id
+        if kind == CONFIG_KIND:
+            named = str(data_json.get("run_id", ""))
+            if run_id and named != run_id:
+                raise ValueError(
+                    f"audit entry {kind!r}: run {named!r} in the trail of run {run_id!r}; a new "
+                    "run starts a new trail (server.resume.archive_previous_trail)"
+                )
+            run_id = run_id or named
         with self._lock:
             seq = self._seq + 1
             entry: dict[str, Any] = {
@@ -165,17 +219,16 @@ class AuditTrail:
                 "prev": self._hash,
             }
             entry["hash"] = entry_hash(entry)
-            head = self._head_record(seq, entry["hash"])  # sign before writing anything
+            head = self._signed(head_record(seq, entry["hash"], run_id, report))  # sign first
             with self.path.open("ab") as f:
                 f.write(canonical(entry) + b"\n")
                 f.flush()
                 os.fsync(f.fileno())
-            self._seq, self._hash = seq, entry["hash"]
+            self._seq, self._hash, self._run_id = seq, entry["hash"], run_id
             self._write_head(head)
         return entry
 
-    def _head_record(self, seq: int, hash_: str) -> dict[str, Any]:
-        head: dict[str, Any] = {"seq": seq, "hash": hash_, "entries": seq + 1}
+    def _signed(self, head: dict[str, Any]) -> dict[str, Any]:
         head["signature"] = self._sign(head_bytes(head)).hex() if self._sign else None
         return head
 

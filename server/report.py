@@ -49,7 +49,6 @@ its prediction interval equals its confidence interval (tau² = 0).
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -359,8 +358,10 @@ def build_report(
     sites: Sequence[Mapping[str, Any]],
     provenance: Mapping[str, Any] | None = None,
     failed: Mapping[str, Mapping[str, str]] | None = None,
+    privacy: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The report document (see the module docstring and ``report.schema.json``)."""
+    """The report document (see the module docstring and ``report.schema.json``);
+    ``privacy``: the DP block (``server.report_privacy``), omitted when None."""
     cfg = ReportSettings.from_flat(config)
     roles = {str(s["name"]): str(s["role"]) for s in sites}
     primary = primary_evaluations(evaluations, cfg.design)
@@ -385,6 +386,8 @@ def build_report(
         "matrix": _matrix(evaluations, cfg),
         "provenance": dict(provenance or {}),
     }
+    if privacy is not None:
+        report["privacy"] = dict(privacy)
     report["flags"] = _flags(report, cfg, roles, failed or {})
     return report
 
@@ -671,24 +674,12 @@ def _flags(
     return flags
 
 
-def model_sha256(state: Mapping[str, Any]) -> str:
-    """A stable hash of a model's shared tensors (names, dtypes, shapes and bytes)."""
-    h = hashlib.sha256()
-    for key in sorted(state):
-        t = state[key]
-        arr = np.ascontiguousarray(t.detach().cpu().numpy() if hasattr(t, "detach") else t)
-        h.update(f"{key}|{arr.dtype.str}|{arr.shape}|".encode())
-        h.update(arr.tobytes())
-    return h.hexdigest()
-
-
 __all__ = [
     "REPORT_VERSION",
     "ReportSettings",
     "build_report",
     "difference",
     "local_model",
-    "model_sha256",
     "pooled_block",
     "site_statistics",
 ]

@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from common.signing import state_hash
 from server.designs import Evaluation
 from server.records import (
     checkpoint_name,
@@ -25,8 +26,9 @@ from server.records import (
     read_evaluations,
     read_rounds,
 )
-from server.report import REPORT_VERSION, SCHEMA_FILE, build_report, model_sha256
+from server.report import REPORT_VERSION, SCHEMA_FILE, build_report
 from server.report_html import render_html, skipped_text
+from server.report_privacy import privacy_lines, privacy_section
 
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
@@ -75,12 +77,13 @@ def code_version() -> str:
 
 
 def provenance(run_dir: Path, sites: list[dict[str, Any]], models: list[str]) -> dict[str, Any]:
-    """Model hashes, manifest hashes, code version and the resolved config's source."""
+    """Model hashes (``common.signing.state_hash`` of each checkpoint: the hash the audit
+    trail and the signatures use), manifest hashes, code version, the config's source."""
     hashes = {}
     for model in models:
         path = run_dir / checkpoint_name(model)
         if path.exists():
-            hashes[model] = model_sha256(load_checkpoint(path)["model"])
+            hashes[model] = state_hash(load_checkpoint(path)["model"])
     return {
         "run_dir": str(run_dir.resolve()),
         "model_sha256": hashes,
@@ -117,6 +120,7 @@ def write_report(run_dir: Path | str, extra: list[Evaluation] | None = None) -> 
             "config": recorded["config"],
         },
         failed=failed_evaluations(run_dir),
+        privacy=privacy_section(read_rounds(run_dir), recorded["config"]),
     )
     validate(report)
     _write_atomic(run_dir / REPORT_JSON, json.dumps(report, indent=1, allow_nan=False))
@@ -236,6 +240,7 @@ def format_summary(report: dict[str, Any]) -> str:
             f"drift vs AUC drop: Spearman rho {sp['rho']:+.2f} (p = {_fmt(sp['p'], 3)}, "
             f"n = {sp['n']})"
         )
+    lines += privacy_lines(report)
     lines.append("")
     if report["flags"]:
         lines.append("flags:")

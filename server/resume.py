@@ -7,6 +7,8 @@ accountant's history) and the random generators the server draws from (Flower
 samples sites with Python's ``random``; DP noise uses NumPy's), so the resumed
 run continues exactly where the completed round left it. Everything is stored
 as tensors and plain Python values, readable with ``torch.load(weights_only=True)``.
+A checkpoint is loaded only once its SHA-256 matches the one the run's audit trail recorded
+for it: a swapped, edited or unrecorded checkpoint stops the resume (``CheckpointMismatch``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import torch
 from flwr.serverapp.strategy import Strategy
 
 from common.config import RunConfig
-from server.audit import AUDIT_FILE, HEAD_FILE
+from server.audit import AUDIT_FILE, HEAD_FILE, AuditError, entries
+from server.audit_run import checkpoint_problem
 from server.records import RunRecorder, checkpoint_name, load_checkpoint, read_config
 
 OPTIMIZER_ATTRIBUTES = ("momentum_vector", "m_t", "v_t")  # FedAvgM; FedOpt (FedAdam, FedYogi)
@@ -29,6 +32,11 @@ OPTIMIZER_ATTRIBUTES = ("momentum_vector", "m_t", "v_t")  # FedAvgM; FedOpt (Fed
 
 class ResumeError(RuntimeError):
     """A run folder cannot be resumed: says what is missing or inconsistent."""
+
+
+class CheckpointMismatch(ResumeError):
+    """A checkpoint a resumed run would continue from is not the one its audit trail
+    recorded: swapped, edited, or never recorded."""
 
 
 def innermost(strategy: Strategy) -> Strategy:
@@ -179,11 +187,33 @@ def completed_record(
 
 
 def checkpoint_round(recorder: RunRecorder, model: str) -> int | None:
-    """The last completed round of ``model`` in the run folder (None: no checkpoint)."""
+    """The last completed round of ``model`` in the run folder (None: no checkpoint), read
+    only once the file is the one the audit trail recorded (``verify_checkpoint``)."""
     path = recorder.run_dir / checkpoint_name(model)
     if not path.exists():
         return None
+    verify_checkpoint(recorder, model)
     try:
         return int(load_checkpoint(path)["round"])
     except Exception as e:  # torch raises several types for a damaged file
         raise ResumeError(f"cannot resume: checkpoint {path} is unreadable ({e!r})") from e
+
+
+def verify_checkpoint(recorder: RunRecorder, model: str) -> None:
+    """Raise CheckpointMismatch unless ``model``'s checkpoint has the SHA-256 that the run's
+    audit trail recorded for it in its last ``checkpoint`` entry."""
+    path = recorder.run_dir / checkpoint_name(model)
+    try:
+        items = entries(recorder.run_dir)
+    except (OSError, AuditError) as e:
+        raise CheckpointMismatch(
+            f"cannot resume {model}: the audit trail that vouches for {path.name} cannot be "
+            f"read ({e}); keep this folder as evidence and start the run in a new folder"
+        ) from e
+    problem = checkpoint_problem(path, items)
+    if problem is not None:
+        raise CheckpointMismatch(
+            f"cannot resume {model} from {path}: {problem}. A resumed run continues only "
+            "from checkpoints its audit trail vouches for: keep this folder as evidence and "
+            "start the run in a new folder"
+        )

@@ -1,8 +1,11 @@
 """The ``hepafed audit`` subcommands: check a run's hash-chained audit trail.
 
-``hepafed audit verify RUN_DIR [--public-key FILE]`` re-derives every hash and link of
-``RUN_DIR/audit.jsonl`` and checks ``audit.head.json`` (and its signature, given the server's
-public key). Exit status 0 when the trail is intact, 1 otherwise.
+``hepafed audit verify RUN_DIR [--public-key FILE] [--allow-unfinished]`` re-derives every
+hash and link of ``RUN_DIR/audit.jsonl``, checks ``audit.head.json`` (and its signature, given
+the server's public key), the signed report and every checkpoint against the trail
+(``server.audit_run``). Exit status 0 when the run is intact and ended, 1 when anything was
+tampered with, 2 when it is intact but the run did not end (its trail is not sealed), which
+``--allow-unfinished`` accepts for a run in progress.
 """
 
 from __future__ import annotations
@@ -14,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from common.signing import PublicKey, SigningKeyError, load_public_key, verify
-from server.audit import AUDIT_FILE, HEAD_FILE, entries, verify_trail
-from server.trust import file_sha256, report_problems
+from server.audit import AUDIT_FILE, HEAD_FILE
+from server.audit_run import verify_run
 
-EXIT_OK, EXIT_PROBLEMS = 0, 1
+EXIT_OK, EXIT_PROBLEMS, EXIT_UNFINISHED = 0, 1, 2
 RUN_KEY_COPY = Path("keys") / "server.pub"
 
 
@@ -27,7 +30,8 @@ def verify_with(key: PublicKey) -> Callable[[bytes, bytes], bool]:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    """Print each problem of the run's audit trail (or that it is intact); 0 when intact."""
+    """Print each problem of the run folder against its trail (or that it is intact): 0 when
+    intact and ended, 1 on any problem, 2 when intact but not ended."""
     run_dir = Path(args.run_dir)
     trail = run_dir / AUDIT_FILE
     if not run_dir.is_dir():
@@ -56,38 +60,30 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             )
     else:
         print(f"key: none (no --public-key and no {key_file}): the head signature is not checked")
-    report = verify_trail(run_dir, check)
-    problems = list(report.problems)
-    if report.ok:
-        problems += _report_file_problems(run_dir, key)
-    if problems:
-        for problem in problems:
+    audit = verify_run(run_dir, check, key)
+    if audit.problems:
+        for problem in audit.problems:
             print(problem)
-        print(f"audit trail NOT intact: {len(problems)} problem(s)")
+        print(f"audit trail NOT intact: {len(audit.problems)} problem(s)")
         return EXIT_PROBLEMS
+    report = audit.trail
     if report.head_signed:
         head = "head signed by the server key"
     else:
         head = "head unsigned" if _unsigned(run_dir) else "head signature not checked (no key)"
     print(f"audit trail {trail}: {report.entries} entries, chain intact, {head}")
-    return EXIT_OK
-
-
-def _report_file_problems(run_dir: Path, key: PublicKey | None) -> list[str]:
-    """A finished run's report: its files must match the trail's ``report`` entry and the
-    server's signature (report.sig.json). A run without a report entry has no report yet."""
-    recorded = [e for e in entries(run_dir) if e.get("kind") == "report"]
-    if not recorded:
-        return []
-    problems = []
-    for name, digest in sorted(dict(recorded[-1]["data"].get("files", {})).items()):
-        path = run_dir / name
-        if not path.exists():
-            problems.append(f"{name}: missing (the audit trail recorded it)")
-        elif file_sha256(path) != digest:
-            problems.append(f"{name}: changed since the audit trail recorded its hash")
-    problems += report_problems(run_dir, key)
-    return problems
+    if audit.finished:
+        print(f"run {report.run_id} finished: trail sealed, report and checkpoints match it")
+        return EXIT_OK
+    print(
+        "run not finished / trail not sealed: no final entry at the end of the trail (a run "
+        "in progress or stopped, or an older head and trail put back); nothing was found "
+        "tampered with"
+    )
+    if args.allow_unfinished:
+        return EXIT_OK
+    print("use --allow-unfinished to accept a run in progress")
+    return EXIT_UNFINISHED
 
 
 def _unsigned(run_dir: Path) -> bool:
@@ -109,5 +105,10 @@ def add_audit_commands(sub: argparse._SubParsersAction[Any]) -> None:
         metavar="FILE",
         help="the server's public key (OpenSSH or PEM) to check the head signature with "
         f"(default: RUN_DIR/{RUN_KEY_COPY.as_posix()}, the copy the server writes there)",
+    )
+    c.add_argument(
+        "--allow-unfinished",
+        action="store_true",
+        help="exit 0 for an intact run that has not ended (no final entry): a run in progress",
     )
     c.set_defaults(func=cmd_audit_verify)

@@ -24,6 +24,7 @@ from server.audit import (
     entries,
     verify_trail,
 )
+from server.audit_head import head_bytes, head_record
 from simulations.audit_cli import load_public_key, verify_with
 from simulations.cli import main
 
@@ -86,8 +87,8 @@ def _rehash(entry: dict) -> str:
     return _canonical(entry)
 
 
-def _rewrite_head(run: Path, entry: dict, signature: str | None) -> None:
-    head = {"seq": entry["seq"], "hash": entry["hash"], "entries": entry["seq"] + 1}
+def _rewrite_head(run: Path, entry: dict, signature: str | None, run_id: str = "") -> None:
+    head = head_record(entry["seq"], entry["hash"], run_id)
     (run / HEAD_FILE).write_text(json.dumps({**head, "signature": signature}), encoding="utf-8")
 
 
@@ -305,8 +306,7 @@ def test_truncated_with_the_old_signature_reused(
 def test_head_signed_by_another_key(run: Path, verify: Callable[[bytes, bytes], bool]) -> None:
     other = ec.generate_private_key(ec.SECP384R1())
     head = json.loads((run / HEAD_FILE).read_text())
-    data = _canonical({k: head[k] for k in ("seq", "hash", "entries")}).encode()
-    _rewrite_head(run, {"seq": 5, "hash": head["hash"]}, _signer(other)(data).hex())
+    _rewrite_head(run, {"seq": 5, "hash": head["hash"]}, _signer(other)(head_bytes(head)).hex())
     assert verify_trail(run, verify_with(other.public_key())).ok
     report = verify_trail(run, verify)
     assert (report.ok, report.head_signed) == (False, False)
@@ -470,13 +470,14 @@ def test_cli_intact_with_the_run_folder_key(
     run: Path, key: ec.EllipticCurvePrivateKey, capsys: pytest.CaptureFixture[str]
 ) -> None:
     copy = _write_key_copy(run, key)
-    assert main(["audit", "verify", str(run)]) == 0
+    assert main(["audit", "verify", str(run), "--allow-unfinished"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"key: {copy}, the copy inside the run folder")
     assert "proves less than checking with the federation's own copy" in out[0]
-    assert out[-1] == (
+    assert out[1] == (
         f"audit trail {run / AUDIT_FILE}: 6 entries, chain intact, head signed by the server key"
     )
+    assert out[2].startswith("run not finished / trail not sealed: no final entry")
 
 
 def test_cli_intact_with_an_explicit_key_or_none(
@@ -488,16 +489,18 @@ def test_cli_intact_with_an_explicit_key_or_none(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
-    assert main(["audit", "verify", str(run), "--public-key", str(pem)]) == 0
-    assert capsys.readouterr().out.splitlines() == [
+    assert main(["audit", "verify", str(run), "--public-key", str(pem)]) == 2  # not ended
+    out = capsys.readouterr().out.splitlines()
+    assert out[:2] == [
         f"key: {pem}",
         f"audit trail {run / AUDIT_FILE}: 6 entries, chain intact, head signed by the server key",
     ]
+    assert out[-1] == "use --allow-unfinished to accept a run in progress"
     unsigned = tmp_path / "unsigned"
     trail = AuditTrail(unsigned)
     trail.append("run-start", {"seed": 1})
-    assert main(["audit", "verify", str(unsigned)]) == 0
-    assert capsys.readouterr().out.splitlines()[-1] == (
+    assert main(["audit", "verify", str(unsigned), "--allow-unfinished"]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == (
         f"audit trail {unsigned / AUDIT_FILE}: 1 entries, chain intact, head unsigned"
     )
 

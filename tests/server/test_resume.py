@@ -4,6 +4,7 @@ resuming what cannot be resumed fails with a named error."""
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 from typing import cast
 
@@ -23,8 +24,10 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvgM
 
 from common.config import RunConfig
+from server.audit import AuditTrail
 from server.records import RunRecorder, load_checkpoint
 from server.resume import (
+    CheckpointMismatch,
     ResumeError,
     checkpoint_round,
     load_strategy_state,
@@ -33,6 +36,7 @@ from server.resume import (
     set_rng_state,
     strategy_state,
 )
+from server.trust import file_sha256
 
 pytestmark = pytest.mark.usefixtures("flower_task")
 
@@ -115,7 +119,80 @@ def test_unreadable_checkpoint_is_a_named_error(tmp_path: Path) -> None:
     recorder = RunRecorder(tmp_path)
     assert checkpoint_round(recorder, "global") is None
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    _record(AuditTrail(tmp_path), tmp_path / "checkpoint.pt", "global", 1)
     with pytest.raises(ResumeError, match=r"checkpoint .*checkpoint.pt is unreadable"):
+        checkpoint_round(recorder, "global")
+
+
+def _record(trail: AuditTrail, path: Path, model: str, rnd: int) -> None:
+    """The trail's ``checkpoint`` entry, as the federation writes it."""
+    trail.append(
+        "checkpoint", {"model": model, "round": rnd, "file": path.name, "sha256": file_sha256(path)}
+    )
+
+
+def _checkpointed_run(tmp_path: Path) -> tuple[RunRecorder, dict[str, bytes]]:
+    """A run folder whose trail recorded global rounds 1 and 2 and site-a's model (round 0);
+    returns the recorder and each checkpoint's bytes as recorded (``global@1`` too)."""
+    cfg = RunConfig()
+    recorder, trail = RunRecorder(tmp_path), AuditTrail(tmp_path)
+    trail.append("config", {"run_id": "run-1"})
+    saved = {}
+    for rnd in (1, 2):
+        state = {"w": torch.full((3, 2), float(rnd))}
+        path = recorder.checkpoint(state, cfg, rnd, "global", resume={"rng": rng_state()})
+        _record(trail, path, "global", rnd)
+        saved[f"global@{rnd}"] = path.read_bytes()
+    path = recorder.checkpoint({"w": torch.zeros(3, 2)}, cfg, 0, "local-site-a")
+    _record(trail, path, "local-site-a", 0)
+    saved["local-site-a"] = path.read_bytes()
+    return recorder, saved
+
+
+@pytest.mark.parametrize(
+    ("tamper", "named"),
+    [
+        ("another-model", "checkpoint.pt: swapped: it is checkpoint-local-site-a.pt of model "
+                          "'local-site-a', round 0, not the checkpoint the audit trail recorded "
+                          "for model 'global', round 2"),
+        ("older-round", "checkpoint.pt: swapped: it is checkpoint.pt of model 'global', round 1, "
+                        "not the checkpoint the audit trail recorded for model 'global', round 2"),
+        ("edited", "checkpoint.pt: edited or replaced: its SHA-256 "),
+        ("unrecorded", "checkpoint-later.pt: not recorded in the audit trail"),
+    ],
+)  # fmt: skip
+def test_resume_refuses_a_checkpoint_its_trail_does_not_vouch_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tamper: str, named: str
+) -> None:
+    """``resume-checkpoint-swapped``: the file a resumed run would continue from must have the
+    SHA-256 of its last ``checkpoint`` entry; anything else is named and never loaded."""
+    recorder, saved = _checkpointed_run(tmp_path)
+    assert checkpoint_round(recorder, "global") == 2  # control: as recorded
+    assert checkpoint_round(recorder, "local-site-a") == 0
+    target = tmp_path / "checkpoint.pt"
+    if tamper == "another-model":
+        target.write_bytes(saved["local-site-a"])
+    elif tamper == "older-round":
+        target.write_bytes(saved["global@1"])
+    elif tamper == "edited":
+        target.write_bytes(saved["global@2"] + b"\0")
+    else:
+        (tmp_path / "checkpoint-later.pt").write_bytes(saved["global@2"])
+        target = tmp_path / "checkpoint-later.pt"
+    loaded: list[Path] = []
+    monkeypatch.setattr("server.resume.load_checkpoint", lambda p: loaded.append(p))
+    model = "later" if tamper == "unrecorded" else "global"
+    with pytest.raises(CheckpointMismatch, match=re.escape(named)) as caught:
+        checkpoint_round(recorder, model)
+    assert isinstance(caught.value, ResumeError)
+    assert str(target) in str(caught.value) and "start the run in a new folder" in str(caught.value)
+    assert loaded == []  # refused before torch.load ever read the file
+
+
+def test_resume_without_the_trail_that_vouches_for_a_checkpoint(tmp_path: Path) -> None:
+    recorder, _ = _checkpointed_run(tmp_path)
+    (tmp_path / "audit.jsonl").unlink()
+    with pytest.raises(CheckpointMismatch, match="the audit trail that vouches for checkpoint.pt"):
         checkpoint_round(recorder, "global")
 
 

@@ -138,7 +138,7 @@ def test_simulate_quick_on_liver_2(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["audit", "verify", str(out)]) == 0
     assert "chain intact, head signed by the server key" in capsys.readouterr().out
     kinds = [json.loads(line)["kind"] for line in (out / "audit.jsonl").read_text().splitlines()]
-    assert kinds[-3:] == ["report", "report-rewritten", "report"]
+    assert kinds[-5:] == ["report", "final", "report-rewritten", "report", "final"]
     # `hepafed report` re-renders the page from report.json alone
     (out / "report.html").unlink()
     assert main(["report", str(out)]) == 0

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from common.config import RunConfig
+from common.signing import state_hash
 from server.records import load_checkpoint, read_evaluations, read_rounds
-from server.report import model_sha256
 from simulations.federated import run_federated
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,7 +73,7 @@ def test_two_sites_two_rounds_learn_and_report_by_site(
     pooled = report["pooled"]["internal"]
     perfect = {s for s, a in final.items() if a == 1.0}  # a logit cannot pool AUC = 1
     assert pooled["k"] == 2 - len(perfect) and set(pooled["excluded"]) == perfect
-    assert report["provenance"]["model_sha256"]["global"] == model_sha256(ckpt["model"])
+    assert report["provenance"]["model_sha256"]["global"] == state_hash(ckpt["model"])
     assert (run_dir / "report.html").stat().st_size > 10_000
     # updates are aggregated in site order, not arrival order: a rerun is identical
     run_federated(cfg.replace({"output.run-dir": str(tmp_path / "again")}))

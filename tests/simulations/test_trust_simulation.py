@@ -4,6 +4,8 @@ run never stopped; central and local differential privacy report what they spend
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -136,3 +138,50 @@ def test_differential_privacy_reports_what_each_round_spends(
     model = load_checkpoint(run_dir / "checkpoint.pt")["model"]
     assert all(torch.isfinite(v).all() for v in model.values())
     assert (run_dir / "report.json").is_file()
+
+
+@pytest.mark.slow
+def test_report_trail_and_checkpoint_name_the_model_by_one_hash(
+    sites: Path, tmp_path: Path
+) -> None:
+    """One model hash: report.json's model_sha256 of each model is the hash the audit trail
+    recorded for its checkpoint and for the model it scored; the run ends sealed, and a
+    checkpoint swapped afterwards is named by ``hepafed audit verify``."""
+    from common.signing import state_hash
+    from server.audit_run import verify_run
+    from simulations.cli import main
+
+    run_dir = tmp_path / "one-hash"
+    run_federated(_config(sites, run_dir, **{"federation.num-rounds": 1, "eval.local-only": True}))
+    report = json.loads((run_dir / "report.json").read_text())
+    hashes = report["provenance"]["model_sha256"]
+    items = entries(run_dir)
+    checkpoints = {e["data"]["model"]: e["data"] for e in items if e["kind"] == "checkpoint"}
+    scored = {e["data"]["model"]: e["data"]["model_sha256"]
+              for e in items if e["kind"] == "final-evaluation"}  # fmt: skip
+    assert "global" in hashes and len(hashes) >= 2  # the global and the local-only models
+    for model, digest in hashes.items():
+        assert digest == checkpoints[model]["model_sha256"], model
+        model_state = load_checkpoint(run_dir / checkpoints[model]["file"])["model"]
+        assert digest == state_hash(model_state), model
+    assert hashes["global"] == scored["global"]
+    assert items[-1]["kind"] == "final"
+    audit = verify_run(run_dir)
+    assert (audit.problems, audit.finished, audit.trail.run_id) == (
+        [],
+        True,
+        report_run_id(run_dir),
+    )
+    assert main(["audit", "verify", str(run_dir)]) == 0
+    other = next(m for m in hashes if m != "global")
+    shutil.copy(run_dir / checkpoints[other]["file"], run_dir / "checkpoint.pt")
+    assert main(["audit", "verify", str(run_dir)]) == 1
+    assert verify_run(run_dir).problems == [
+        f"checkpoint.pt: swapped: it is {checkpoints[other]['file']} of model {other!r}, round "
+        f"0, not the checkpoint the audit trail recorded for model 'global', round 1"
+    ]
+
+
+def report_run_id(run_dir: Path) -> str:
+    """The run id config.json names."""
+    return str(json.loads((run_dir / "config.json").read_text())["run_id"])
