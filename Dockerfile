@@ -11,6 +11,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     FLWR_DISABLE_UPDATE_CHECK=1 \
     FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
 
+# nginx: the coordinating center's Fleet gateway (`hepafed server gateway`, server/gateway.py).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends nginx \
+    && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /app
 # .gitignore travels with the sources: `flwr run` uses it to keep .venv out of the app bundle.
 COPY pyproject.toml README.md .gitignore ./
@@ -26,8 +31,10 @@ ENV PATH=/app/.venv/bin:$PATH
 
 # An unprivileged user; the mount points exist so that named volumes inherit the owner.
 RUN useradd --uid 10001 --create-home hepafed \
-    && mkdir -p /certs /ca /ca-key /keys /pubkeys /state /srv/runs /data \
-    && chown hepafed:hepafed /certs /ca /ca-key /keys /pubkeys /state /srv/runs
+    && mkdir -p /certs /ca /ca-key /keys/state /keys/cache /pubkeys /state /srv/runs /data \
+    && chown hepafed:hepafed /certs /ca /ca-key /keys /keys/state /keys/cache /pubkeys /state \
+        /srv/runs \
+    && chmod 0700 /keys/state /keys/cache
 USER hepafed
 WORKDIR /srv
 CMD ["hepafed", "--help"]

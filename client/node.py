@@ -1,10 +1,12 @@
 """A hospital's node: the Flower SuperNode command line and its site folder.
 
-The SuperNode connects out to the SuperLink's Fleet API over TLS (it trusts
-only the federation's ``ca.pem``), proves its identity with the site's
-private key (registered at the coordinating center beforehand), and runs
-this project's ClientApp in a ``flwr-clientapp`` subprocess with the node
-config ``site-dir``/``site-name``. The ClientApp only reads the site folder;
+The SuperNode connects out to the SuperLink's Fleet API (through the
+coordinating center's gateway) over TLS (it trusts only the federation's
+``ca.pem``), proves its identity with the site's private key (registered at
+the coordinating center beforehand), and leaves its tasks to the site
+executor (``client.executor``, ``executor_command``), which runs a ClientApp
+only from an app bundle the site approved, with the node config
+``site-dir``/``site-name``. The ClientApp only reads the site folder;
 ``check_site_folder`` reads it too, and never writes.
 
 ``supernode_command`` is the one place the command line is built: ``hepafed
@@ -14,15 +16,20 @@ site start``, the tests and ``compose.yaml`` use it.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
+import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from client.app_approval import APPROVALS_FILE
+from client.policy import SitePolicy
+from client.policy_file import node_config_args, policy_toml
 from common.crypto import SITE_PRIVATE_KEY, SITE_PUBLIC_KEY, create_site_keys
-from common.keys import NodeKey
+from common.keys import NodeKey, site_name_problem
 from common.manifest import MANIFEST_NAME
 from common.processes import with_flower_on_path
 
@@ -44,6 +51,8 @@ class SuperNodeOptions:
     runtime_port: int = DEFAULT_RUNTIME_PORT
     server_key: Path | None = None  # the federation's server.pub: checks signed models
     allowed_hooks: str = ""  # 'module:Class' hooks this site agrees to import (comma-separated)
+    policy: SitePolicy | None = None  # the site's [policy] (node-config.toml), enforced there
+    auth_secret_file: Path | None = None  # only the site executor may take the node's tasks
 
     def __post_init__(self) -> None:
         if not self.insecure and (self.ca is None or self.private_key is None):
@@ -66,6 +75,8 @@ class SuperNodeOptions:
             out += f" {NodeKey.SERVER_KEY}='{self.server_key}'"
         if self.allowed_hooks:
             out += f" {NodeKey.ALLOWED_HOOKS}='{self.allowed_hooks}'"
+        if self.policy is not None:
+            out += " " + node_config_args(self.policy)
         return out
 
 
@@ -82,11 +93,42 @@ def supernode_command(options: SuperNodeOptions) -> list[str]:
         "--node-config",
         options.node_config(),
         "--isolation",
-        "subprocess",
+        "process",
+        "--host",
+        "127.0.0.1",
         "--port",
         str(options.runtime_port),
     ]
+    if options.auth_secret_file is not None:
+        cmd += ["--superexec-auth-secret-file", str(options.auth_secret_file)]
     return cmd
+
+
+def executor_command(options: SuperNodeOptions, keys_dir: Path, parent_pid: int | None = None
+                     ) -> list[str]:  # fmt: skip
+    """The site executor's command line (``client.executor``): it runs a ClientApp task only
+    for an app bundle listed in ``keys_dir``'s ``approved-apps.toml``."""
+    cmd = [sys.executable, "-m", "client.executor", "serve",
+           "--runtime-api-address", f"127.0.0.1:{options.runtime_port}",
+           "--approvals", str(keys_dir / APPROVALS_FILE), "--keys", str(keys_dir),
+           "--site", options.site_name]  # fmt: skip
+    if parent_pid is not None:
+        cmd += ["--parent-pid", str(parent_pid)]
+    if options.auth_secret_file is not None:
+        cmd += ["--auth-secret-file", str(options.auth_secret_file)]
+    return cmd
+
+
+def write_auth_secret(folder: Path) -> Path:
+    """A fresh random secret (0600, in a 0700 folder) shared by the SuperNode and the site
+    executor: without it no other local process can take the node's tasks."""
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    path = folder / "superexec.secret"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(secrets.token_bytes(32))
+    return path
 
 
 def supernode_environment(flwr_home: Path | None = None) -> dict[str, str]:
@@ -129,7 +171,7 @@ class SiteFolder:
     manifest_template: Path
 
 
-def _node_config_template(name: str) -> str:
+def _node_config_template(name: str, out: Path) -> str:
     return (
         "# hepafed site node config: read by `hepafed site start --keys THIS_FOLDER`.\n"
         "# site-name is how this hospital appears in every round and in the report;\n"
@@ -139,6 +181,7 @@ def _node_config_template(name: str) -> str:
         "# hooks given by import path ('package.module:Class') that this site agrees to import;\n"
         '# built-in hooks need no entry. Comma-separated, e.g. "mylab.hooks:Harmonise".\n'
         'allowed-hooks = ""\n'
+        "\n" + policy_toml(SitePolicy(state_dir=str(out / "state"), cache_dir=str(out / "cache")))
     )
 
 
@@ -176,8 +219,9 @@ def init_site_folder(name: str, out: Path, exist_ok: bool = False) -> SiteFolder
     With ``exist_ok`` an existing complete folder is kept as it is (keys are
     never replaced); otherwise existing files are an error.
     """
-    if not name or any(c in name for c in "'\"/ \t"):
-        raise ValueError(f"site name {name!r}: use letters, digits, '-', '_' or '.'")
+    problem = site_name_problem(name)
+    if problem is not None:
+        raise ValueError(problem)
     folder = SiteFolder(
         out,
         out / SITE_PRIVATE_KEY,
@@ -189,7 +233,7 @@ def init_site_folder(name: str, out: Path, exist_ok: bool = False) -> SiteFolder
         return folder
     create_site_keys(out, comment=name)
     if not folder.node_config.exists():
-        folder.node_config.write_text(_node_config_template(name))
+        folder.node_config.write_text(_node_config_template(name, out.resolve()))
     if not folder.manifest_template.exists():
         folder.manifest_template.write_text(_manifest_template())
     return folder

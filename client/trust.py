@@ -22,15 +22,20 @@ from typing import Any, cast
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType
 
+from client.policy import SitePolicy
 from common.keys import ConfigKey, NodeKey, RecordKey, SiteKey
 from common.signing import (
     Keyring,
     SigningKeyError,
     arrays_hash,
     canonical,
+    identity_statement,
+    instruction_digest,
+    instruction_statement,
     load_private_key,
     load_public_key,
     model_statement,
+    record_digest,
     sign,
     update_digest,
     update_statement,
@@ -98,30 +103,94 @@ def check_model(msg: Message, node_config: dict[str, Any]) -> str:
     return digest
 
 
-def sign_reply(msg: Message, reply: Message, node_config: dict[str, Any], model_hash: str) -> None:
-    """Add the site's signature of its update to ``reply`` (its ``site`` ConfigRecord)."""
+def check_instruction(
+    msg: Message, context: Context, node_config: dict[str, Any], model_hash: str
+) -> None:
+    """Refuse a message the server did not sign for this node, this run and this content.
+
+    Flower lets any registered node push a message to another node; the server's signature
+    over (Flower run, message type, destination node, model, everything else the message
+    carries) is what tells a site an instruction really comes from its federation's server
+    and was meant for it."""
     config = cast(ConfigRecord, msg.content[RecordKey.CONFIG])
-    site_record = cast(ConfigRecord, reply.content[RecordKey.SITE])
+    field = ConfigKey.INSTRUCTION_SIGNATURE.value
+    signature = str(config.get(field, ""))
+    if not signature:
+        raise TrustError("the message arrived without the server's signature; refusing it")
+    path = _server_key_path(config, node_config)
+    try:
+        key = load_public_key(path)
+    except SigningKeyError as e:
+        raise TrustError(
+            f"cannot check the server's signature: {e}; give the node "
+            f"'{NodeKey.SERVER_KEY.value}' (the federation's server.pub)"
+        ) from e
+    digest = instruction_digest(msg.content, RecordKey.CONFIG, RecordKey.ARRAYS, field)
+    statement = instruction_statement(
+        int(context.run_id), str(msg.metadata.message_type), int(context.node_id), model_hash,
+        digest,
+    )  # fmt: skip
+    try:
+        valid = verify(key, canonical(statement), bytes.fromhex(signature))
+    except ValueError:
+        valid = False
+    if not valid:
+        raise TrustError(
+            "the message is not signed by the server for this node, run and content (another "
+            "node's instruction passed on, or altered in transit); refusing it"
+        )
+
+
+def _sign_into(
+    site_record: ConfigRecord,
+    config: ConfigRecord,
+    node_config: dict[str, Any],
+    statement: dict[str, Any],
+    what: str,
+) -> None:
+    """Sign ``statement`` with this site's key into ``site_record`` (statement + signature)."""
     site = str(site_record[SiteKey.NAME])
     path = _site_key_path(config, node_config, site)
     try:
         key = load_private_key(path)
     except SigningKeyError as e:
         raise TrustError(
-            f"site {site} cannot sign its update: {e}; give the node "
+            f"site {site} cannot sign its {what}: {e}; give the node "
             f"'{NodeKey.SIGNING_KEY.value}' (its site_key from `hepafed site init`)"
         ) from e
+    data = canonical(statement)
+    site_record[SiteKey.STATEMENT.value] = data.decode()
+    site_record[SiteKey.SIGNATURE.value] = sign(key, data).hex()
+
+
+def sign_reply(msg: Message, reply: Message, node_config: dict[str, Any], model_hash: str) -> None:
+    """Add the site's signature of its update to ``reply`` (its ``site`` ConfigRecord)."""
+    config = cast(ConfigRecord, msg.content[RecordKey.CONFIG])
+    site_record = cast(ConfigRecord, reply.content[RecordKey.SITE])
     statement = update_statement(
         str(config.get(ConfigKey.RUN_ID, "")),
         int(cast(int, config.get(ConfigKey.ROUND, 0))),
         str(config.get(ConfigKey.MODEL, "global")),
-        site,
+        str(site_record[SiteKey.NAME]),
         model_hash,
         update_digest(reply.content),
     )
-    data = canonical(statement)
-    site_record[SiteKey.STATEMENT.value] = data.decode()
-    site_record[SiteKey.SIGNATURE.value] = sign(key, data).hex()
+    _sign_into(site_record, config, node_config, statement, "update")
+
+
+def sign_identity(msg: Message, reply: Message, context: Context) -> None:
+    """Sign the site-query reply: this site's name, for this node and the server's fresh
+    challenge, over the reply's content, so no other key can answer in this site's name."""
+    config = cast(ConfigRecord, msg.content[RecordKey.CONFIG])
+    challenge = str(config.get(ConfigKey.SITE_CHALLENGE, ""))
+    if not challenge:
+        return
+    site_record = cast(ConfigRecord, reply.content[RecordKey.SITE])
+    digest = record_digest(site_record, (SiteKey.STATEMENT.value, SiteKey.SIGNATURE.value))
+    statement = identity_statement(
+        challenge, int(context.node_id), str(site_record[SiteKey.NAME]), digest
+    )
+    _sign_into(site_record, config, dict(context.node_config), statement, "identity")
 
 
 def check_hooks(config: ConfigRecord, node_config: dict[str, Any]) -> None:
@@ -129,19 +198,26 @@ def check_hooks(config: ConfigRecord, node_config: dict[str, Any]) -> None:
 
     ``hooks.use`` may name a hook by import path ('package.module:Class'); the site would
     import that module. A SuperNode serving a site folder (``site-dir``) accepts only
-    built-in hooks and those listed in its node config's ``allowed-hooks``
-    (comma-separated). Simulated sites (no ``site-dir``) run the user's own code anyway.
+    built-in hooks and those in its policy's ``allowed-hooks`` (``client.policy``; the node
+    config's top-level ``allowed-hooks`` counts too). Simulated sites (no ``site-dir``) run
+    the user's own code anyway.
     """
     if NodeKey.SITE_DIR.value not in node_config:
         return
-    allowed = {h.strip() for h in str(node_config.get(NodeKey.ALLOWED_HOOKS.value, "")).split(",")}
     named = [h.strip() for h in str(config.get(HOOKS_KEY, "")).split(",") if ":" in h]
-    refused = [h for h in named if h not in allowed]
-    if refused:
-        raise TrustError(
-            f"the run asks this site to import hook code {refused}; a site imports only "
-            f"built-in hooks and those in its node config '{NodeKey.ALLOWED_HOOKS.value}'"
-        )
+    problems = SitePolicy.from_node_config(node_config).hook_problems(named)
+    if problems:
+        raise TrustError(problems[0])
+
+
+def models_must_be_signed(config: ConfigRecord, node_config: dict[str, Any]) -> bool:
+    """Whether a model must carry the server's signature: the run asks for it, or the site's
+    policy requires it (``policy.require-signed-models``; the server cannot switch it off)."""
+    if bool(config.get(SIGN_KEY, True)):
+        return True
+    return NodeKey.SITE_DIR.value in node_config and (
+        SitePolicy.from_node_config(node_config).require_signed_models
+    )
 
 
 def trust_mod(msg: Message, context: Context, call_next: Any) -> Message:
@@ -152,12 +228,16 @@ def trust_mod(msg: Message, context: Context, call_next: Any) -> Message:
     node_config = dict(context.node_config)
     if isinstance(config, ConfigRecord):
         check_hooks(config, node_config)
-    if not isinstance(config, ConfigRecord) or not bool(config.get(SIGN_KEY, True)):
+    if not isinstance(config, ConfigRecord) or not models_must_be_signed(config, node_config):
         return cast(Message, call_next(msg, context))
     model_hash = ""
     if RecordKey.ARRAYS in content:
         model_hash = check_model(msg, node_config)
+    check_instruction(msg, context, node_config, model_hash)
     reply = cast(Message, call_next(msg, context))
     if msg.metadata.message_type == MessageType.TRAIN and not reply.has_error():
         sign_reply(msg, reply, node_config, model_hash)
+    if (msg.metadata.message_type == MessageType.QUERY and not reply.has_error()
+            and RecordKey.SITE in reply.content):  # fmt: skip
+        sign_identity(msg, reply, context)
     return reply

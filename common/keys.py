@@ -6,6 +6,7 @@ disagree on a spelling.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 
 
@@ -51,8 +52,8 @@ class SiteKey(StrEnum):
     STATISTICS = "statistics"  # JSON: hook statistics (Phase.STATISTICS replies)
     N_CASES = "n-cases"  # how many cases the statistics were fitted on (their weight)
     ADAPTATION = "adaptation"  # how the site scored the model (evaluate replies)
-    STATEMENT = "signed-statement"  # train replies: JSON of what the site signed
-    SIGNATURE = "signature"  # train replies: the site's signature of the statement (hex)
+    STATEMENT = "signed-statement"  # train and site-query replies: JSON of what the site signed
+    SIGNATURE = "signature"  # ... and the site's signature of the statement (hex)
     SKIPPED_CASE_IDS = "skipped-case-ids"  # the first skipped cases' ids (data.on-bad-case)
     SKIPPED_CASE_REASONS = "skipped-case-reasons"  # ... and for each "file: what is wrong"
 
@@ -70,6 +71,8 @@ class ConfigKey(StrEnum):
     PROXIMAL_MU = "proximal-mu"  # FedProx mu, the key Flower's FedProx strategy uses
     RUN_ID = "run-id"  # the run the server signs models for and sites sign updates for
     MODEL_SIGNATURE = "model-signature"  # the server's signature of the model it sends (hex)
+    SITE_CHALLENGE = "site-challenge"  # site query: a fresh nonce the site signs with its name
+    INSTRUCTION_SIGNATURE = "instruction-signature"  # the server's signature of each message
 
 
 class Phase(StrEnum):
@@ -137,6 +140,13 @@ class OptimizerName(StrEnum):
     SGD = "sgd"
 
 
+class LrSchedule(StrEnum):
+    """How the local learning rate changes across federated rounds (``train.lr-schedule``)."""
+
+    CONSTANT = "constant"  # train.lr every round (after any warm-up)
+    COSINE = "cosine"  # cosine decay to train.lr x train.lr-min-factor at the last round
+
+
 class Split(StrEnum):
     """Values of a manifest's split column."""
 
@@ -178,3 +188,18 @@ class PoolingMethod(StrEnum):
     REML = "REML"
     DL = "DL"
     PM = "PM"
+
+
+SITE_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}"
+"""A site name: a letter or digit, then letters, digits, '_', '.' or '-' (64 at most). It
+names a key file (``sites/NAME.pub``) and a folder, so nothing path-like ever gets in."""
+
+
+def site_name_problem(name: object) -> str | None:
+    """Why ``name`` cannot be a site's name (None when it can)."""
+    if isinstance(name, str) and re.fullmatch(SITE_NAME_PATTERN, name):
+        return None
+    return (
+        f"site name {str(name)[:40]!r}: use a letter or digit, then letters, digits, '_', '.' "
+        "or '-' (64 characters at most)"
+    )

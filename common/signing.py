@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from common.crypto import PRIVATE_MODE, write_private
+from common.keys import site_name_problem
 
 SERVER_PRIVATE_KEY = "server_key"
 SERVER_PUBLIC_KEY = "server.pub"
@@ -124,6 +125,14 @@ def arrays_hash(arrays: ArrayRecord) -> str:
     digest = hashlib.sha256()
     _hash_arrays(digest, arrays)
     return digest.hexdigest()
+
+
+def state_hash(state: Mapping[str, Any]) -> str:
+    """``arrays_hash`` of a model state dict (name -> tensor), e.g. a checkpoint's model.
+
+    The one model hash of a run: the ArrayRecord the server signed and sent and the checkpoint
+    written from it give the same SHA-256, so the trail, the report and resume can match them."""
+    return arrays_hash(ArrayRecord(dict(state)))
 
 
 def _hash_arrays(digest: Any, arrays: ArrayRecord) -> None:
@@ -222,6 +231,9 @@ class Keyring:
         return self.folder / SERVER_PUBLIC_KEY
 
     def site_public(self, site: str) -> Path:
+        problem = site_name_problem(site)
+        if problem is not None:  # a name never becomes a path outside sites/
+            raise SigningKeyError(problem)
         return self.folder / SITES_DIR / f"{site}.pub"
 
     def simulated_site_private(self, site: str) -> Path:
@@ -261,3 +273,43 @@ def update_statement(
     """What a site signs for an update it sends."""
     return {"kind": "update", "run": run_id, "round": server_round, "model": model,
             "site": site, "global": model_hash, "update": digest}  # fmt: skip
+
+
+def identity_statement(challenge: str, node_id: int, site: str, digest: str) -> dict[str, Any]:
+    """What a site signs when it answers the site query: its name, for this node and this
+    query's fresh challenge, over the reply's content (``update_digest``)."""
+    return {"kind": "identity", "challenge": challenge, "node": node_id, "site": site,
+            "reply": digest}  # fmt: skip
+
+
+def record_digest(record: Mapping[str, Any], exclude: Iterable[str] = ()) -> str:
+    """SHA-256 (hex) of a ConfigRecord's fields (a site-query reply), less ``exclude``
+    (the statement and signature themselves)."""
+    skip = set(exclude)
+    return hashlib.sha256(
+        canonical({k: _plain(v) for k, v in record.items() if k not in skip})
+    ).hexdigest()
+
+
+def instruction_statement(
+    run: int, message_type: str, node: int, model_hash: str, digest: str
+) -> dict[str, Any]:
+    """What the server signs for every message it sends: the Flower run, the kind of
+    message, the one node it is for, the model it carries ("" for none) and the digest of
+    everything else it carries (``instruction_digest``), so a site cannot pass its own
+    instruction on to another node, nor change what it asks."""
+    return {"kind": "instruction", "run": run, "type": message_type, "node": node,
+            "model": model_hash, "content": digest}  # fmt: skip
+
+
+def instruction_digest(
+    content: RecordDict, config_key: str, model_key: str, signature_field: str
+) -> str:
+    """SHA-256 (hex) of a server message's content less its model (``model_key``, hashed
+    apart): every field of its ConfigRecord (but the signature itself) and every other
+    ArrayRecord and MetricRecord."""
+    config = content.get(config_key)
+    fields = dict(config.items()) if isinstance(config, Mapping) else {}
+    digest = hashlib.sha256(record_digest(fields, (signature_field,)).encode())
+    digest.update(update_digest(content, exclude=(model_key, config_key)).encode())
+    return digest.hexdigest()

@@ -10,7 +10,9 @@ Every argument list is built by one function here (``superlink_command``,
 
 Secure by default: TLS with the federation's CA and server certificate, and
 SuperNode authentication (only registered site keys may join). ``insecure``
-turns both off (Flower refuses site authentication without TLS).
+turns both off (Flower refuses site authentication without TLS). The SuperLink
+binds to loopback by default: its Control API has no authentication, so sites
+reach only the Fleet API, through the gateway (``server.gateway``).
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ from common.crypto import CA_CERT, SERVER_CERT, SERVER_KEY, certificate_hosts
 from common.processes import with_flower_on_path
 
 DEFAULT_PORT = 9093
-DEFAULT_HOST = "0.0.0.0"
+DEFAULT_HOST = "127.0.0.1"
 DATABASE_FILE = "superlink.db"
+LEGACY_LISTENERS = ("FLWR_INTERNAL_GRPC_CONTROL_API", "FLWR_INTERNAL_GRPC_FLEET_API")
+"""Environment switches that make Flower open extra gRPC listeners on all interfaces."""
 FLWR_HOME_DIR = "flwr-home"
 CONNECTION = "hepafed"
 """Name of the SuperLink connection in the temporary Flower CLI config."""
@@ -168,6 +172,8 @@ def start_superlink(options: SuperLinkOptions, **popen: Any) -> subprocess.Popen
     env = with_flower_on_path(
         {**os.environ, **superlink_environment(options), **popen.pop("env", {})}
     )
+    for name in LEGACY_LISTENERS:  # Flower's gRPC Control/Fleet APIs would bypass the gateway
+        env.pop(name, None)
     command = superlink_command(options)
     command[0] = shutil.which(command[0], path=env["PATH"]) or command[0]
     return subprocess.Popen(command, env=env, start_new_session=True, **popen)

@@ -27,13 +27,17 @@ def exchange(
     label: str,
     names: dict[int, str] | None = None,
     on_reply: Callable[[Message], None] | None = None,
+    sign: Callable[[Message, int], Message] | None = None,
 ) -> list[Message]:
     """Push ``messages``; return the replies received before ``timeout_s``.
 
     With ``on_reply`` each reply is passed to it on arrival and not kept (the
-    returned list is then empty)."""
+    returned list is then empty). ``sign`` (``ServerTrust.sign_instruction``) signs each
+    outgoing message for its destination node and this Flower run."""
     start = time.monotonic()
     outgoing = list(messages)
+    if sign is not None:  # each message signed for its one node (server.trust)
+        outgoing = [sign(m, int(grid.run.run_id)) for m in outgoing]
     ids = list(grid.push_messages(outgoing))
     sent = dict(zip(ids, outgoing, strict=False))
     pending = set(ids)

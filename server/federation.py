@@ -30,22 +30,25 @@ from flwr.serverapp.strategy import Strategy
 
 from common.config import RunConfig
 from common.hooks import HookError, HookSet
-from common.keys import ConfigKey, Phase, RecordKey, Share, SiteKey
+from common.keys import Compression, ConfigKey, Phase, PrivacyMode, RecordKey, Share, SiteKey
 from common.models import build_model
-from common.signing import update_digest
 from common.summary import SiteSummary
 from common.weights import merge, subset, to_arrays
 from server.aggregation import RoundAggregator
 from server.audit import AuditTrail
+from server.averaging import LateAverage, finish_average
 from server.exchange import exchange
 from server.privacy import (
     PrivacyBudgetError,
     PrivacyError,
     privacy_spent,
     sample_size,
+    whole_model_privacy,
     wrap_for_privacy,
 )
+from server.privacy_ledger import SiteLedger
 from server.records import RunRecorder, checkpoint_name, load_checkpoint
+from server.reply_checks import MAX_CASES, ReplyError, summary_record
 from server.resume import (
     ResumeError,
     archive_previous_trail,
@@ -57,7 +60,7 @@ from server.resume import (
     set_rng_state,
     strategy_state,
 )
-from server.round_screen import RoundScreen
+from server.round_screen import RoundScreen, reply_digest
 from server.sites import (
     ROLE_TRAIN,
     FederationError,
@@ -66,12 +69,10 @@ from server.sites import (
     discover_sites,
     wait_for_nodes,
 )
+from server.statistics_screen import screen_statistics
 from server.strategies import build_strategy
 from server.trust import ServerTrust, file_sha256
-from server.validation import (
-    MIN_SITES_FOR_NORMS,
-    update_problem,
-)
+from server.validation import MIN_SITES_FOR_NORMS, screen_update
 
 log = logging.getLogger("hepafed.progress")
 
@@ -85,11 +86,12 @@ def connect(grid: Grid, cfg: RunConfig, recorder: RunRecorder) -> Federation:
     node_ids = wait_for_nodes(
         grid, fed.expected_sites, fed.min_sites, fed.round_timeout_s, fed.join_grace_s
     )
-    sites = discover_sites(grid, cfg, node_ids)
-    site_docs = [asdict(s) for s in sites]
     resuming = cfg.output.resume
     run_id = resumed_run_id(recorder, cfg) if resuming else uuid.uuid4().hex
-    trust = ServerTrust(cfg, recorder.run_dir, run_id)
+    trust = ServerTrust(cfg, recorder.run_dir, run_id)  # signs every message from the query on
+    refused: dict[str, str] = {}
+    sites = discover_sites(grid, cfg, node_ids, refused, sign=trust.sign_instruction)
+    site_docs = [asdict(s) for s in sites]
     trust.prepare_sites(s.name for s in sites)
     trust.publish_key(recorder.run_dir)
     if not resuming:
@@ -106,7 +108,7 @@ def connect(grid: Grid, cfg: RunConfig, recorder: RunRecorder) -> Federation:
         audit.append(
             "config",
             {"run_id": run_id, "config": cfg.to_flat(), "sites": site_docs,
-             "signing": trust.describe()},
+             "signing": trust.describe(), "refused_sites": refused},
         )  # fmt: skip
     log.info("sites: %s", ", ".join(f"{s.name} ({s.role}, {s.n_train}/{s.n_test})" for s in sites))
     return Federation(grid, cfg, recorder, sites, trust, audit)
@@ -138,12 +140,15 @@ class Federation:
         # pooled hook statistics, shared by every ``with_config`` view of this federation
         self._statistics: dict[tuple[Any, ...], str] = {}  # (hooks, data, trainers) -> JSON
         self._model_statistics: dict[str, str] = {}  # model id -> combined JSON
+        # what every site has spent under DP, across all federations of the run
+        self.ledger = SiteLedger(cfg.privacy.delta)
 
     def with_config(self, cfg: RunConfig) -> Federation:
         """The same connected sites under another run config (e.g. another method);
         models trained under either are known to both."""
         view = Federation(self.grid, cfg, self.recorder, self.sites, self.trust, self.audit)
         view._statistics, view._model_statistics = self._statistics, self._model_statistics
+        view.ledger = self.ledger
         return view
 
     @property
@@ -174,7 +179,9 @@ class Federation:
         on_reply: Callable[[Message], None] | None = None,
     ) -> list[Message]:
         timeout = self.cfg.federation.round_timeout_s
-        return exchange(self.grid, messages, timeout, label, self.names, on_reply)
+        return exchange(
+            self.grid, messages, timeout, label, self.names, on_reply, self.trust.sign_instruction
+        )
 
     def _site(self, msg: Message) -> str:
         return self.names.get(msg.metadata.src_node_id, str(msg.metadata.src_node_id))
@@ -203,30 +210,19 @@ class Federation:
             for s in trainers
         ]
         replies = self._send(messages, "hook statistics")
-        stats: list[tuple[float, dict[str, Any]]] = []
-        for reply in sorted(replies, key=self._site):
-            site = self._site(reply)
-            if reply.has_error():
-                raise FederationError(
-                    f"{site} could not compute hook statistics: {reply.error.reason}"
-                )
-            try:
-                info = reply.content[RecordKey.SITE]
-                n_cases = float(cast(float, info[SiteKey.N_CASES]))
-                stats.append((n_cases, json.loads(str(info[SiteKey.STATISTICS]))))
-            except (KeyError, TypeError, ValueError) as e:
-                raise FederationError(f"{site} sent unreadable hook statistics: {e!r}") from e
-        cases = {s.name for s in trainers}
-        missing = sorted(cases - {self._site(r) for r in replies})
-        if missing:
-            raise FederationError(f"no hook statistics from {missing} in time")
+        declared = {s.name: s.declared_cases for s in trainers}
+        stats, rejected = screen_statistics(replies, self._site, declared, self.hooks)
+        if not stats:
+            raise FederationError(
+                f"hook statistics: no training site's statistics could be used ({rejected})"
+            )
         try:
-            combined = self.hooks.combine(stats)
+            combined = self.hooks.combine([stats[name] for name in sorted(stats)])
         except HookError as e:
             raise FederationError(f"hook statistics: {e}") from e
-        self.recorder.log_round(
-            {"phase": "statistics", "sites": sorted(cases), "statistics": combined}
-        )
+        entry = {"sites": sorted(stats), "rejected": rejected}
+        self.recorder.log_round({"phase": "statistics", **entry, "statistics": combined})
+        self.audit.append("statistics", entry)
         self._statistics[key] = json.dumps(combined, sort_keys=True)
         return self._statistics[key]
 
@@ -251,6 +247,8 @@ class Federation:
                 self.cfg,
                 sample_size(self.cfg, len(trainers)),
                 population=len(trainers),
+                ledger=self.ledger,
+                sites=[s.name for s in trainers],
             )
         except PrivacyError as e:
             raise FederationError(f"{model}: {e}") from e
@@ -258,13 +256,16 @@ class Federation:
         train_view = cast(Grid, NodeView(s.node_id for s in trainers))
         eval_view = cast(Grid, NodeView(s.node_id for s in self.sites if s.n_test > 0))
         resumed = self._resume_point(model) if self.cfg.output.resume else None
+        late = LateAverage(fed.average_last)  # federation.average-last: the final model
         if resumed is None:
             arrays, first = self.initial_arrays(), 1
             self._monitor(strategy, 0, arrays, eval_view, model)
         else:
             arrays, done, state = resumed
             load_strategy_state(strategy, state.get("strategy", {}))
+            self.ledger.restore(state.get("privacy-ledger", {}))
             set_rng_state(state["rng"])
+            late.load_state_dict(state)
             first = done + 1
             path = self.recorder.run_dir / checkpoint_name(model)
             self.audit.append(
@@ -284,6 +285,7 @@ class Federation:
                 self.audit.append("privacy-budget", entry)
                 break
             self._monitor(strategy, rnd, arrays, eval_view, model)
+            late.add(rnd, arrays)
             # a round is complete once checkpointed with everything needed to go on from it
             path = self.recorder.checkpoint(
                 arrays.to_torch_state_dict(),
@@ -291,13 +293,19 @@ class Federation:
                 rnd,
                 model,
                 self._model_statistics.get(model, ""),
-                resume={"strategy": strategy_state(strategy), "rng": rng_state()},
+                resume={
+                    "strategy": strategy_state(strategy),
+                    "rng": rng_state(),
+                    "privacy-ledger": self.ledger.state_dict(),
+                    **late.state_dict(),
+                },
             )
             self.audit.append(
                 "checkpoint",
-                {"model": model, "round": rnd, "file": path.name, "sha256": file_sha256(path)},
-            )
-        return arrays
+                {"model": model, "round": rnd, "file": path.name, "sha256": file_sha256(path),
+                 "model_sha256": self.trust.model_hash(arrays)},
+            )  # fmt: skip
+        return finish_average(self, late, arrays, model)
 
     def _resume_point(self, model: str) -> tuple[ArrayRecord, int, dict[str, Any]] | None:
         """``model``'s last checkpointed round in the run folder: weights, round, state."""
@@ -327,11 +335,14 @@ class Federation:
         order = sorted(self.names[m.metadata.dst_node_id] for m in messages)
         # norm outliers need every norm of the round: then updates wait on disk until the end
         defer = self.cfg.trust.norm_z > 0 and len(order) >= MIN_SITES_FOR_NORMS
+        declared = {s.name: s.n_train for s in self.sites}  # caps each site's weight
         aggregator = RoundAggregator(
             strategy, shared, order, fed.compression, self.recorder.run_dir, defer,
-            track_norms=True,
+            track_norms=True, declared=declared,
         )  # fmt: skip
-        screen = RoundScreen(self.cfg, self.trust, aggregator, shared, order, rnd, model)
+        screen = RoundScreen(
+            self.cfg, self.trust, aggregator, shared, order, rnd, model, declared=declared
+        )
         label = f"{_prefix(model)}round {rnd}/{fed.num_rounds} train"
         self._send(messages, label, lambda reply: screen.on_reply(reply, self._site(reply)))
         new_shared = screen.result(messages)
@@ -362,9 +373,18 @@ class Federation:
             {self.names[m.metadata.dst_node_id]: "no reply in time" for m in messages
              if self.names[m.metadata.dst_node_id] not in answered}
         )  # fmt: skip
+        metrics: dict[str, dict[str, Any]] = {}
+        for reply in replies:
+            if reply.has_error():
+                continue
+            site = self._site(reply)
+            try:
+                metrics[site] = self._summary_record(reply, site)
+            except ReplyError as e:
+                failed[site] = f"summary rejected: {e}"
         for site, reason in failed.items():
             log.warning("round %d: evaluation at %s failed: %s", rnd, site, reason)
-        metrics = _metrics_by_site([r for r in replies if not r.has_error()], self.names)
+        metrics = dict(sorted(metrics.items()))
         self.recorder.log_round(
             {
                 "model": model,
@@ -385,6 +405,11 @@ class Federation:
                 "failed": failed,
             },
         )
+
+    def _summary_record(self, reply: Message, site: str) -> dict[str, Any]:
+        """A reply's evaluation summary, checked against the cases ``site`` declared."""
+        joined = {s.name: s for s in self.sites}.get(site)
+        return summary_record(reply, joined.declared_cases if joined is not None else MAX_CASES)
 
     # ---- models trained at one site ----------------------------------------------------------
 
@@ -418,6 +443,20 @@ class Federation:
         extra: dict[str, Any] = {ConfigKey.ROUND.value: 0, ConfigKey.SHARE.value: Share.ALL.value}
         if base:
             extra[ConfigKey.BASE_MODEL.value] = base
+        refused = whole_model_privacy(cfg, self.ledger, site.name, model)
+        if refused is not None:
+            log.warning("%s at %s: %s", model, site.name, refused)
+            entry = {"model": model, "round": 0, "reason": refused,
+                     "privacy": {"sites": self.ledger.summary()}}  # fmt: skip
+            self.recorder.log_round({**entry, "phase": "privacy-budget"})
+            self.recorder.log_round(
+                {"model": model, "phase": "final-evaluate", "failed": {site.name: refused}}
+            )
+            self.audit.append("privacy-budget", entry)
+            return None
+        if cfg.privacy.mode != PrivacyMode.NONE:  # the report reads the ledger's last state
+            entry = {"model": model, "privacy": {"sites": self.ledger.summary()}}
+            self.recorder.log_round({**entry, "phase": "privacy"})
         if self.cfg.output.resume:
             done = checkpoint_round(self.recorder, model)
             if done is not None:  # trained whole before the server stopped: not trained again
@@ -428,15 +467,20 @@ class Federation:
         content = RecordDict({RecordKey.ARRAYS: start, RecordKey.CONFIG: config})
         message = Message(content, dst_node_id=site.node_id, message_type=MessageType.TRAIN)
         timeout = cfg.federation.round_timeout_s * cfg.federation.num_rounds
-        replies = exchange(self.grid, [message], timeout, f"{model} at {site.name}", self.names)
+        replies = exchange(
+            self.grid, [message], timeout, f"{model} at {site.name}", self.names,
+            sign=self.trust.sign_instruction,
+        )  # fmt: skip
         if not replies:
             problem: str | None = "no reply in time"
         elif replies[0].has_error():
             problem = f"training failed: {replies[0].error.reason}"
-        else:
-            problem = update_problem(replies[0], start) or self.trust.update_problem(
-                replies[0], site.name, 0, model, start
-            )
+        else:  # the same screening chain as a federated update, size limit included
+            digest = reply_digest(replies[0])
+            problem = screen_update(
+                replies[0], start, cfg, self.trust, site.name, 0, model, digest, site.n_train,
+                Compression.NONE,
+            )  # fmt: skip
         if problem is not None:
             log.warning("%s at %s: %s", model, site.name, problem)
             self.recorder.log_round(
@@ -450,7 +494,8 @@ class Federation:
         self.audit.append(
             "checkpoint",
             {"model": model, "round": 0, "site": site.name, "file": path.name,
-             "sha256": file_sha256(path), "update_sha256": update_digest(replies[0].content)},
+             "sha256": file_sha256(path), "update_sha256": digest,
+             "model_sha256": self.trust.model_hash(arrays)},
         )  # fmt: skip
         return arrays
 
@@ -501,13 +546,16 @@ class Federation:
                 log.warning("evaluation of %s at %s failed: %s", label, name, reply.error.reason)
                 continue
             try:
-                record = next(iter(reply.content.metric_records.values()))
+                record = self._summary_record(reply, name)
                 info = reply.content.config_records.get(RecordKey.SITE, ConfigRecord())
                 adaptation = str(info.get(SiteKey.ADAPTATION, "none"))
                 ids = info.get(SiteKey.SKIPPED_CASE_IDS, [])
                 skipped = [str(i) for i in ids] if isinstance(ids, list) else []
                 out[name] = (SiteSummary.from_record(record, skipped_ids=skipped), adaptation)
-            except (StopIteration, KeyError, ValueError, TypeError) as err:
+            except ReplyError as err:
+                failed[name] = f"summary rejected: {err}"
+                log.warning("evaluation of %s at %s: summary rejected: %s", label, name, err)
+            except (KeyError, ValueError, TypeError) as err:
                 failed[name] = f"unreadable summary: {err!r}"
                 log.warning("evaluation of %s at %s: unreadable summary %r", label, name, err)
         failed.update({s: "no reply" for s in splits if s not in out and s not in failed})
@@ -532,7 +580,22 @@ class Federation:
                 "seconds": time.monotonic() - start,
             }
         )
+        if splits and not out:
+            raise EvaluationsFailedError(label, failed)
         return dict(sorted(out.items()))
+
+
+class EvaluationsFailedError(FederationError):
+    """Every final evaluation of a model failed: the run stops instead of reporting it."""
+
+    def __init__(self, model: str, failed: dict[str, str]) -> None:
+        reasons = "; ".join(f"{site}: {reason}" for site, reason in sorted(failed.items()))
+        super().__init__(
+            f"every final evaluation of {model} failed ({len(failed)} site(s): {reasons}); "
+            "no site could score the model, so the run stops without a report. Check the "
+            "sites' logs; a model with non-finite weights or statistics cannot be scored"
+        )
+        self.model, self.failed = model, dict(failed)
 
 
 def _prefix(model: str) -> str:
@@ -550,11 +613,3 @@ def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, int | float) and value == value and abs(value) != float("inf"):
             out[key] = value
     return out
-
-
-def _metrics_by_site(replies: list[Message], names: dict[int, str]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for reply in replies:
-        records = list(reply.content.metric_records.values())
-        out[names[reply.metadata.src_node_id]] = dict(records[0]) if records else {}
-    return dict(sorted(out.items()))

@@ -16,9 +16,9 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
 from common.config import RunConfig
 from common.keys import ConfigKey, RecordKey, SiteKey
@@ -29,6 +29,8 @@ from common.signing import (
     arrays_hash,
     canonical,
     differences,
+    instruction_digest,
+    instruction_statement,
     model_statement,
     sign,
     signed_fields,
@@ -119,6 +121,29 @@ class ServerTrust:
         statement = model_statement(self.run_id, server_round, model, digest)
         out[ConfigKey.MODEL_SIGNATURE.value] = sign(self._key, canonical(statement)).hex()
         return out
+
+    def sign_instruction(self, msg: Message, flower_run: int) -> Message:
+        """``msg`` with the server's signature of it, for its one destination node, in its
+        ConfigRecord (a copy: one config object may be shared by several messages)."""
+        if self._key is None:
+            return msg
+        content = msg.content
+        config = content.get(RecordKey.CONFIG)
+        fields = dict(config.items()) if isinstance(config, ConfigRecord) else {}
+        signed = RecordDict({**dict(content.items()), RecordKey.CONFIG: ConfigRecord(fields)})
+        arrays = content.get(RecordKey.ARRAYS)
+        model = self.model_hash(arrays) if isinstance(arrays, ArrayRecord) else ""
+        field = ConfigKey.INSTRUCTION_SIGNATURE.value
+        digest = instruction_digest(signed, RecordKey.CONFIG, RecordKey.ARRAYS, field)
+        statement = instruction_statement(
+            flower_run, str(msg.metadata.message_type), int(msg.metadata.dst_node_id), model,
+            digest,
+        )  # fmt: skip
+        cast(ConfigRecord, signed[RecordKey.CONFIG])[field] = sign(
+            self._key, canonical(statement)
+        ).hex()
+        msg.content = signed
+        return msg
 
     def model_hash(self, arrays: ArrayRecord) -> str:
         """SHA-256 of a model this server sends (computed once per ArrayRecord object)."""
@@ -218,6 +243,7 @@ def sign_report(trust: ServerTrust, audit: AuditTrail, run_dir: Path) -> dict[st
     tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
     os.replace(tmp, run_dir / REPORT_SIGNATURE)
     audit.append("report", {"files": files, "signed": signature is not None})
+    audit.seal(files)  # the run ended: the signed head now covers these report hashes
     return doc
 
 

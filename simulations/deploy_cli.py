@@ -2,15 +2,18 @@
 
 ``hepafed certs init``            CA + server certificate (coordinating center)
 ``hepafed site init NAME``        a site folder: key pair, node config, manifest template
-``hepafed server start``          the Flower SuperLink (TLS, site authentication)
+``hepafed server start``          the Flower SuperLink on loopback + the Fleet gateway (nginx)
+``hepafed server gateway``        the Fleet gateway alone (compose.yaml)
 ``hepafed server register-site``  register a site's public key with the SuperLink
 ``hepafed server list-sites``     the SuperNodes the SuperLink knows
-``hepafed site start``            the hospital's Flower SuperNode
+``hepafed site start``            the hospital's Flower SuperNode and its site executor
+``hepafed site approve-app``      approve an app bundle by hash (revoke-app, list-apps)
 ``hepafed run``                   submit this project's app, follow it, say where the report is
 
-The command lines themselves come from ``server.deploy.superlink_command`` and
-``client.node.supernode_command``; ``server start`` and ``site start`` replace
-this process with Flower's (signals and exit codes are Flower's own).
+The command lines themselves come from ``server.deploy.superlink_command``,
+``server.gateway.gateway_config``, ``client.node.supernode_command`` and
+``client.node.executor_command``; ``server start`` and ``site start`` supervise
+their two processes (when one ends, the other is stopped, with its exit code).
 """
 
 from __future__ import annotations
@@ -19,21 +22,30 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
+import tempfile
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from client.app_approval import APPROVALS_FILE, approve, bundle_sha256, read_approvals, revoke
 from client.node import (
     DEFAULT_RUNTIME_PORT,
+    NODE_CONFIG_FILE,
     SuperNodeOptions,
     check_site_folder,
+    executor_command,
     init_site_folder,
     read_node_config,
     site_folder_is_writable,
+    start_supernode,
     supernode_command,
     supernode_environment,
+    write_auth_secret,
 )
+from client.policy_file import read_policy
 from common.crypto import (
     CA_CERT,
     CA_KEY,
@@ -45,7 +57,8 @@ from common.crypto import (
     create_certificates,
     public_key_fingerprint,
 )
-from common.processes import with_flower_on_path
+from common.keys import site_name_problem
+from common.processes import supervise, with_flower_on_path
 from common.signing import SERVER_PUBLIC_KEY, Keyring, load_public_key
 from server.deploy import (
     DEFAULT_HOST,
@@ -57,10 +70,24 @@ from server.deploy import (
     check_superlink_files,
     list_nodes,
     register_site,
+    runtime_host,
+    start_superlink,
     submit_run,
     superlink_command,
-    superlink_environment,
     warn_insecure,
+)
+from server.gateway import (
+    DEFAULT_FLEET_PORT,
+    DEFAULT_MAX_BODY_MB,
+    GATEWAY_DIR,
+    UPSTREAM_TLS_NAME,
+    GatewayOptions,
+    check_gateway_config,
+    find_nginx,
+    gateway_command,
+    is_wildcard,
+    start_gateway,
+    write_gateway_config,
 )
 from server.trust import UNSIGNED_WARNING
 
@@ -85,7 +112,11 @@ def _exec(command: list[str], env: dict[str, str]) -> int:
 def cmd_certs_init(args: argparse.Namespace) -> int:
     """Create the CA and the server certificate (or keep complete existing ones)."""
     out = Path(args.out)
-    ca_dir = Path(args.ca_dir) if args.ca_dir else out
+    # the CA key never sits with the SuperLink's files: by default in a sibling folder that
+    # the operator moves offline (it is needed only to issue new certificates)
+    ca_dir = Path(args.ca_dir) if args.ca_dir else out.parent / f"{out.name}-ca-offline"
+    if not args.ca_dir and (out / CA_KEY).is_file():
+        ca_dir = out  # a folder made before: kept as it is (`server start` warns about it)
     # The SuperLink's own SuperExec reaches its Runtime API over TLS on loopback.
     args.host = [*args.host, *(h for h in LOOPBACK_NAMES if h not in args.host)]
     wanted = [out / CA_CERT, out / SERVER_CERT, out / SERVER_KEY, ca_dir / CA_KEY]
@@ -118,7 +149,8 @@ def cmd_certs_init(args: argparse.Namespace) -> int:
         print(f"  {public / CA_CERT}: give this file to every site")
     print(f"  {files.ca_cert}: the CA certificate, give it to every site")
     print(f"  {files.server_cert}, {files.server_key}: for `hepafed server start --certs {out}`")
-    print(f"  {files.ca_key}: the CA's private key; keep it offline, never send it")
+    print(f"  {files.ca_key}: the CA's private key; move {files.ca_key.parent} off this host "
+          "(offline storage), never send it")  # fmt: skip
     if args.keyring:
         keyring = Keyring(Path(args.keyring))
         keyring.ensure_server_key()
@@ -186,6 +218,7 @@ def supernode_options(args: argparse.Namespace) -> SuperNodeOptions:
         runtime_port=args.runtime_port,
         server_key=server_key,
         allowed_hooks=template.get("allowed-hooks", ""),
+        policy=read_policy(keys / NODE_CONFIG_FILE) if keys else None,
     )
 
 
@@ -206,11 +239,63 @@ def cmd_site_start(args: argparse.Namespace) -> int:
             "a read-only mount is safer",
             file=sys.stderr,
         )
-    print(f"site {options.site_name}: serving {options.site_dir} to {options.superlink}")
+    keys_dir = Path(args.keys).resolve() if args.keys else None
+    if keys_dir is None:
+        raise ValueError(
+            "give --keys (the folder from `hepafed site init`): the apps this site approved "
+            f"({APPROVALS_FILE}) and its refusals log live there"
+        )
+    approvals = read_approvals(keys_dir / APPROVALS_FILE)
+    if not approvals.approved:
+        print(
+            f"note: {approvals.path} approves no app yet: every task will be refused until "
+            "the site approves a reviewed release with `hepafed site approve-app`",
+            file=sys.stderr,
+        )
+    print(f"site {options.site_name}: serving {options.site_dir} to {options.superlink}; "
+          f"runs only the {len(approvals.approved)} app bundle(s) approved in "
+          f"{approvals.path}", flush=True)  # fmt: skip
     home = Path(args.flwr_home) if args.flwr_home else None
-    if home is not None:
-        home.mkdir(parents=True, exist_ok=True)
-    return _exec(supernode_command(options), supernode_environment(home))
+    with tempfile.TemporaryDirectory(prefix="hepafed-site-") as private:
+        options = replace(options, auth_secret_file=write_auth_secret(Path(private)))
+        print("$ " + " ".join(supernode_command(options)), file=sys.stderr, flush=True)
+        supernode = start_supernode(options, home)
+        executor = subprocess.Popen(
+            executor_command(options, keys_dir, parent_pid=supernode.pid),
+            start_new_session=True,
+            cwd=PROJECT_ROOT,
+            env=with_flower_on_path({**os.environ, **supernode_environment(home)}),
+        )
+        return supervise({"SuperNode": supernode, "site executor": executor})
+
+
+def cmd_site_approve_app(args: argparse.Namespace) -> int:
+    """Approve an app bundle (by hash, .fab file or reviewed app folder) at this site."""
+    digest = bundle_sha256(args.source)
+    path = Path(args.keys) / APPROVALS_FILE
+    approve(path, digest, args.label or args.source)
+    print(f"approved app bundle sha256 {digest} in {path}")
+    return EXIT_OK
+
+
+def cmd_site_revoke_app(args: argparse.Namespace) -> int:
+    """Withdraw an approved app bundle; the next task of that bundle is refused."""
+    path = Path(args.keys) / APPROVALS_FILE
+    revoke(path, bundle_sha256(args.source))
+    print(f"revoked app bundle sha256 {bundle_sha256(args.source)} in {path}")
+    return EXIT_OK
+
+
+def cmd_site_list_apps(args: argparse.Namespace) -> int:
+    """The app bundles this site approved and revoked."""
+    approvals = read_approvals(Path(args.keys) / APPROVALS_FILE)
+    for a in approvals.approved:
+        print(f"approved {a.sha256}  {a.approved_at}  {a.label}")
+    for r in approvals.revoked:
+        print(f"revoked  {r.sha256}  {r.revoked_at}")
+    if not approvals.approved and not approvals.revoked:
+        print(f"no app approved in {approvals.path}")
+    return EXIT_OK
 
 
 # --- server --------------------------------------------------------------------------
@@ -221,27 +306,104 @@ def superlink_options(args: argparse.Namespace) -> SuperLinkOptions:
     return SuperLinkOptions(
         state_dir=Path(args.state).resolve(),
         certs_dir=None if args.insecure else Path(args.certs).resolve(),
-        host=args.host,
-        port=args.port,
+        host=args.control_host,
+        port=args.control_port,
         insecure=args.insecure,
     )
 
 
+def gateway_options(args: argparse.Namespace, superlink: SuperLinkOptions) -> GatewayOptions:
+    """The Fleet gateway in front of ``superlink``, from ``hepafed server start``'s arguments."""
+    return GatewayOptions(
+        runtime_dir=superlink.state_dir / GATEWAY_DIR,
+        upstream=f"{runtime_host(superlink)}:{superlink.port}",
+        certs_dir=superlink.certs_dir,
+        host=args.host,
+        port=args.port,
+        insecure=args.insecure,
+        max_body_mb=args.max_message_mb,
+    )
+
+
+CONTROL_EXPOSED_WARNING = (
+    "WARNING: --expose-control-api: the SuperLink's Control API (register nodes, submit and "
+    "stop runs) listens on {host}, and it has NO authentication: anyone who reaches it can "
+    "run code on this server and at every site. Use this only on an isolated operator "
+    "network."
+)
+
+
 def cmd_server_start(args: argparse.Namespace) -> int:
-    """Become the SuperLink (TLS and site authentication unless ``--insecure``)."""
+    """Run the SuperLink on loopback and the Fleet gateway (nginx) on the public address.
+
+    The two run together: when one ends, the other is stopped.
+    """
     if args.insecure:
         warn_insecure()
     options = superlink_options(args)
+    if is_wildcard(options.host) or options.host not in (*LOOPBACK_NAMES, "::1"):
+        if not args.expose_control_api:
+            raise ValueError(
+                f"--control-host {options.host}: the SuperLink's Control API has no "
+                "authentication and must stay on loopback (operators work on this host, e.g. "
+                "over SSH); sites reach the Fleet API through the gateway (--host/--port). "
+                "Pass --expose-control-api only for an isolated operator network"
+            )
+        print(CONTROL_EXPOSED_WARNING.format(host=options.host), file=sys.stderr)
+    gateway = gateway_options(args, options)
+    if (gateway.host, gateway.port) == (options.host, options.port):
+        raise ValueError("--port and --control-port must differ")
     check_superlink_files(options)
+    if options.certs_dir is not None and (options.certs_dir / CA_KEY).exists():
+        print(
+            f"WARNING: {options.certs_dir / CA_KEY} is on the SuperLink host: whoever takes "
+            "this host can issue certificates the sites trust. Move it offline (`hepafed "
+            "certs init --ca-dir` writes it elsewhere).",
+            file=sys.stderr,
+        )
     options.state_dir.mkdir(parents=True, exist_ok=True)
     options.flwr_home.mkdir(parents=True, exist_ok=True)
+    write_gateway_config(gateway)
+    check_gateway_config(gateway)
     mode = "INSECURE (no TLS, no site authentication)" if options.insecure else "TLS + site auth"
-    print(f"SuperLink on {options.host}:{options.port}, {mode}, state in {options.database}")
+    print(f"Fleet gateway for the sites on {gateway.host}:{gateway.port} ({mode}); "
+          "every other API is refused there")  # fmt: skip
+    print(f"SuperLink (Control and Runtime APIs, operators only) on {options.host}:"
+          f"{options.port}, state in {options.database}")  # fmt: skip
     print(
         "ServerApp runs started with `hepafed run` write their run folder (output.run-dir) "
-        f"relative to {Path.cwd()}"
+        f"relative to {Path.cwd()}",
+        flush=True,
     )
-    return _exec(superlink_command(options), superlink_environment(options))
+    print("$ " + " ".join(superlink_command(options)), file=sys.stderr)
+    print("$ " + " ".join(gateway_command(gateway, find_nginx())), file=sys.stderr, flush=True)
+    superlink = start_superlink(options)
+    try:
+        nginx = start_gateway(gateway)
+    except BaseException:
+        superlink.terminate()
+        raise
+    return supervise({"SuperLink": superlink, "Fleet gateway (nginx)": nginx})
+
+
+def cmd_server_gateway(args: argparse.Namespace) -> int:
+    """Become the Fleet gateway alone, in front of a SuperLink elsewhere (compose.yaml)."""
+    if args.insecure:
+        warn_insecure()
+    options = GatewayOptions(
+        runtime_dir=Path(args.runtime_dir).resolve(),
+        upstream=args.upstream,
+        certs_dir=None if args.insecure else Path(args.certs).resolve(),
+        host=args.host,
+        port=args.port,
+        insecure=args.insecure,
+        max_body_mb=args.max_message_mb,
+        upstream_tls_name=args.upstream_tls_name,
+    )
+    write_gateway_config(options)
+    check_gateway_config(options)
+    print(f"Fleet gateway on {options.host}:{options.port} -> {options.upstream}", flush=True)
+    return _exec(gateway_command(options, find_nginx()), {})
 
 
 def _connection(args: argparse.Namespace) -> ControlConnection:
@@ -292,11 +454,21 @@ def register_signing_key(keyring_dir: str, public_key: Path, name: str) -> Path:
     """Copy a site's public key into the run keyring as ``sites/NAME.pub`` (the key its
     updates must be signed with); an existing different key is never replaced."""
     load_public_key(public_key)  # readable, and a key type that signs
+    problem = site_name_problem(name)
+    if problem is not None:
+        raise ValueError(f"{public_key}: {problem}; give --name")
     target = Keyring(Path(keyring_dir)).site_public(name)
-    if target.exists() and target.read_bytes().split()[:2] != public_key.read_bytes().split()[:2]:
+    key = public_key.read_bytes().split()[:2]
+    if target.exists() and target.read_bytes().split()[:2] != key:
         raise ValueError(
             f"{target} holds another key for {name}; remove it first if the site's key changed"
         )
+    for other in sorted(target.parent.glob("*.pub")) if target.parent.is_dir() else []:
+        if other != target and other.read_bytes().split()[:2] == key:
+            raise ValueError(
+                f"{public_key} is already filed as {other.stem} ({other}): one key speaks for "
+                "one site; remove that file first if the site was renamed"
+            )
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(public_key, target)
     return target
@@ -340,6 +512,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     app_dir = Path(args.app).resolve() if args.app else default_app_dir()
     run_config = run_overrides(args)
     run_dir = run_dir_of(app_dir, run_config)
+    print(f"app bundle sha256 {bundle_sha256(str(app_dir))}: every site must have approved it "
+          "(`hepafed site approve-app`), or it refuses the run's tasks", flush=True)  # fmt: skip
     outcome = submit_run(connection, RunRequest(app_dir, tuple(run_config)))
     print()
     if outcome.run_id is None:
@@ -423,7 +597,11 @@ def add_deploy_commands(
         help="a host name or IP the sites use to reach the SuperLink (repeat for several); "
         "localhost and 127.0.0.1 are always added",
     )
-    c.add_argument("--ca-dir", help="keep ca.key (and a copy of ca.pem) here (default: --out)")
+    c.add_argument(
+        "--ca-dir",
+        help="write ca.key (and a copy of ca.pem) here, to keep offline "
+        "(default: OUT-ca-offline beside --out, never inside it)",
+    )
     c.add_argument("--public-out", help="also copy ca.pem here, to hand to the sites")
     c.add_argument("--days", type=int, default=825, help="validity in days (default 825)")
     c.add_argument("--exist-ok", action="store_true", help="keep complete existing files")
@@ -456,17 +634,70 @@ def add_deploy_commands(
     )
     c.set_defaults(func=cmd_site_start)
 
+    c = site_sub.add_parser(
+        "approve-app", help="approve an app bundle to run at this site (by its SHA-256)"
+    )
+    c.add_argument("source", help="the bundle's SHA-256, a .fab file, or a reviewed app folder")
+    c.add_argument("--keys", required=True, help="the site folder from `hepafed site init`")
+    c.add_argument("--label", help="what the bundle is (e.g. 'hepafed 0.2.0, reviewed by X')")
+    c.set_defaults(func=cmd_site_approve_app)
+    c = site_sub.add_parser("revoke-app", help="withdraw an approved app bundle")
+    c.add_argument("source", help="the bundle's SHA-256, a .fab file, or an app folder")
+    c.add_argument("--keys", required=True, help="the site folder from `hepafed site init`")
+    c.set_defaults(func=cmd_site_revoke_app)
+    c = site_sub.add_parser("list-apps", help="the app bundles this site approved and revoked")
+    c.add_argument("--keys", required=True, help="the site folder from `hepafed site init`")
+    c.set_defaults(func=cmd_site_list_apps)
+
     p = sub.add_parser("server", help="the coordinating center's SuperLink")
     server_sub = p.add_subparsers(dest="server_command", required=True)
-    c = server_sub.add_parser("start", help="start the Flower SuperLink")
+    c = server_sub.add_parser(
+        "start", help="start the SuperLink (loopback) and the Fleet gateway for the sites"
+    )
     c.add_argument("--certs", default="certs", help="folder from `hepafed certs init`")
     c.add_argument("--state", default="superlink-state", help="persistent state folder")
-    c.add_argument("--host", default=DEFAULT_HOST, help=f"bind address (default {DEFAULT_HOST})")
-    c.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
+    c.add_argument(
+        "--host", default="0.0.0.0", help="the gateway's address, reached by the sites "
+        "(default 0.0.0.0)"
+    )  # fmt: skip
+    c.add_argument(
+        "--port", type=int, default=DEFAULT_FLEET_PORT,
+        help=f"the gateway's port (default {DEFAULT_FLEET_PORT})",
+    )  # fmt: skip
+    c.add_argument(
+        "--control-host", default=DEFAULT_HOST,
+        help=f"the SuperLink's own address, for operators only (default {DEFAULT_HOST})",
+    )  # fmt: skip
+    c.add_argument("--control-port", type=int, default=DEFAULT_PORT,
+                   help=f"the SuperLink's own port (default {DEFAULT_PORT})")  # fmt: skip
+    c.add_argument(
+        "--expose-control-api", action="store_true",
+        help="allow --control-host off loopback (an isolated operator network only)",
+    )  # fmt: skip
+    c.add_argument(
+        "--max-message-mb",
+        type=int,
+        default=DEFAULT_MAX_BODY_MB,
+        help=f"largest message a site may send (default {DEFAULT_MAX_BODY_MB})",
+    )
     c.add_argument(
         "--insecure", action="store_true", help="no TLS and no site auth (local tests only)"
     )
     c.set_defaults(func=cmd_server_start)
+
+    c = server_sub.add_parser(
+        "gateway", help="run only the Fleet gateway (nginx) in front of a SuperLink elsewhere"
+    )
+    c.add_argument("--certs", default="certs", help="folder with ca.pem, server.pem, server.key")
+    c.add_argument("--upstream", required=True, help="the SuperLink's HOST:PORT")
+    c.add_argument("--upstream-tls-name", default=UPSTREAM_TLS_NAME,
+                   help="the name checked in the SuperLink's certificate")  # fmt: skip
+    c.add_argument("--runtime-dir", required=True, help="folder for nginx's config and logs")
+    c.add_argument("--host", default="0.0.0.0", help="listen address (default 0.0.0.0)")
+    c.add_argument("--port", type=int, default=DEFAULT_FLEET_PORT)
+    c.add_argument("--max-message-mb", type=int, default=DEFAULT_MAX_BODY_MB)
+    c.add_argument("--insecure", action="store_true", help="no TLS (local tests only)")
+    c.set_defaults(func=cmd_server_gateway)
 
     c = server_sub.add_parser("register-site", help="allow a site's key to join")
     c.add_argument("public_key", nargs="+", help="the site's site_key.pub (one or more)")

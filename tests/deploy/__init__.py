@@ -162,3 +162,139 @@ def hepafed(*args: str, timeout: float = 120, **kw: object) -> subprocess.Comple
         check=False,
         **kw,  # type: ignore[call-overload]
     )
+
+
+APP_PARTS = ("pyproject.toml", "README.md", ".gitignore", "common", "client", "server",
+             "simulations")  # fmt: skip
+
+
+def snapshot_app(dest: Path) -> Path:
+    """A copy of this project's Flower app (the packages the Dockerfile copies) in ``dest``,
+    so the bundle a test approves is the bundle it submits, whatever changes in the tree."""
+    import shutil
+
+    dest.mkdir(parents=True, exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for part in APP_PARTS:
+        source = ROOT / part
+        if source.is_dir():
+            shutil.copytree(source, dest / part, ignore=ignore)
+        else:
+            shutil.copy2(source, dest / part)
+    return dest
+
+
+def approve_app(app_dir: Path, *keys_dirs: Path) -> str:
+    """Approve the app bundle ``flwr run`` builds from ``app_dir`` at each site; its hash."""
+    from client.app_approval import APPROVALS_FILE, approve, bundle_sha256
+
+    digest = bundle_sha256(str(app_dir))
+    for keys in keys_dirs:
+        approve(keys / APPROVALS_FILE, digest, "hepafed (tests)")
+    return digest
+
+
+def check_completed_run(run_dir: Path, keyring: Path, sites: Sequence[str]) -> None:
+    """What a completed two-round deployed run (``RUN_CONFIG``) must show: every site trained
+    and was scored in both rounds, FedBN kept BatchNorm at the sites, the report names
+    exactly ``sites``, and the audit trail verifies with the federation's server key."""
+    import json
+    import math
+
+    import torch
+
+    from common.config import RunConfig
+    from common.hooks import HookSet
+    from common.models import build_model
+
+    rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    train = [r for r in rounds if r["phase"] == "train"]
+    evaluate = [r for r in rounds if r["phase"] == "evaluate"]
+    assert [r["round"] for r in train] == [1, 2]
+    for r in train:
+        assert set(r["sites"]) == set(sites)
+        assert not r["rejected"]
+        for metrics in r["sites"].values():
+            assert math.isfinite(metrics["train-loss"]) and metrics["num-examples"] > 0
+    first, last = evaluate[0], evaluate[-1]
+    assert (first["round"], last["round"]) == (0, 2)
+    assert set(last["sites"]) == set(sites)
+    changed = [first["sites"][s]["brier"] != last["sites"][s]["brier"] for s in sites]
+    assert all(changed), "the global model did not change between round 0 and round 2"
+    # FedBN in deployment: each SuperNode kept its BatchNorm layers in its Flower Context
+    # across rounds and scored the global model with them; the server never changed them
+    evaluations = json.loads((run_dir / "evaluations.json").read_text())
+    assert {e["site"]: e["adaptation"] for e in evaluations} == dict.fromkeys(
+        sites, "own-local-layers"
+    )
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"]
+    cfg = RunConfig().replace({"data.roi-size": 32, "hooks.use": "fedbn"})
+    model = build_model(cfg)
+    initial = model.state_dict()
+    bn = HookSet(cfg).local_keys(model)
+    assert bn and all(torch.equal(state[k], initial[k]) for k in bn)
+    assert not torch.equal(state["conv1.weight"], initial["conv1.weight"])
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["settings"]["hooks"] == ["fedbn", "fedprox (mu = 0.01)"]
+    assert {s["name"] for s in report["sites_joined"]} == set(sites)
+    assert set(sites) <= {s["site"] for s in report["sites"]}
+    assert (run_dir / "report.html").is_file()
+    # every update was signed by its hospital's registered key and the trail verifies with
+    # the federation's own server key
+    out = hepafed("audit", "verify", str(run_dir), "--public-key", str(keyring / "server.pub"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "chain intact, head signed by the server key" in out.stdout
+
+
+RUN_CONFIG = (
+    "federation.num-rounds=2 data.roi-size=32 train.local-epochs=1 train.amp=false "
+    "hooks.use='fedbn,fedprox' eval.min-cases=8 eval.min-per-class=3"
+)
+"""The deployed run the real-process tests submit (``check_completed_run`` checks it)."""
+
+
+def netns_available() -> bool:
+    """Whether hosts can be simulated with network namespaces (root and ``ip netns``)."""
+    import shutil
+
+    return os.geteuid() == 0 and shutil.which("ip") is not None
+
+
+def set_site_policy(keys_dir: Path, values: Mapping[str, int | float | str | bool]) -> None:
+    """Set keys of the ``[policy]`` table in a site folder's node-config.toml (the site's own
+    decision, as a hospital would edit it)."""
+    import json
+    import re
+
+    path = keys_dir / "node-config.toml"
+    text = path.read_text()
+    for key, value in values.items():
+        literal = json.dumps(value) if not isinstance(value, bool) else str(value).lower()
+        pattern = re.compile(rf"^{re.escape(key)}\s*=.*$", re.M)
+        body = text.split("[policy]", 1)
+        assert len(body) == 2, f"{path} has no [policy] table"
+        if pattern.search(body[1]):
+            body[1] = pattern.sub(f"{key} = {literal}", body[1], count=1)
+        else:
+            body[1] = f"\n{key} = {literal}" + body[1]
+        text = "[policy]".join(body)
+    path.write_text(text)
+
+
+def _nginx_missing() -> bool:
+    from server.gateway import GatewayError, find_nginx
+
+    try:
+        find_nginx()
+    except GatewayError:
+        return not os.environ.get("HEPAFED_REQUIRE_NGINX")  # CI installs it and requires it
+    return False
+
+
+def requires_nginx() -> object:
+    """Skip a test that starts `hepafed server start` where nginx (its gateway) is missing."""
+    import pytest
+
+    return pytest.mark.skipif(
+        _nginx_missing(), reason="nginx is not installed (apt-get install nginx)"
+    )

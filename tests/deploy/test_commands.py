@@ -10,9 +10,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from client.app_approval import APPROVALS_FILE
 from client.node import (
     SuperNodeOptions,
     check_site_folder,
+    executor_command,
     init_site_folder,
     read_node_config,
     supernode_command,
@@ -106,8 +108,31 @@ def test_supernode_command_is_secure_by_default(tmp_path: Path) -> None:
         f"signing-key='{tmp_path / 'site_key'}'"
     )
     assert "--insecure" not in cmd and "--allow-runtime-dependency-installation" not in cmd
+    # Flower's own executor would run any bundle: the SuperNode leaves its tasks to the site
+    # executor, and its Runtime API (which hands out tasks) listens on loopback only
+    assert cmd[cmd.index("--isolation") + 1] == "process"
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    executor = executor_command(options, tmp_path / "keys", parent_pid=7)
+    assert executor[1:4] == ["-m", "client.executor", "serve"]
+    assert executor[executor.index("--approvals") + 1] == str(tmp_path / "keys" / APPROVALS_FILE)
+    assert executor[executor.index("--runtime-api-address") + 1] == "127.0.0.1:9094"
+    assert executor[-2:] == ["--parent-pid", "7"]
     with pytest.raises(ValueError, match="--insecure"):
         SuperNodeOptions(superlink="x:1", site_dir=tmp_path, site_name="a")
+
+
+def test_server_start_keeps_the_control_api_on_loopback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``control-api-exposed``: the SuperLink's own port is the unauthenticated Control API."""
+    assert main(["certs", "init", "--out", str(tmp_path / "c"), "--host", "fl.example.org"]) == 0
+    for host in ("0.0.0.0", "10.0.0.5"):
+        argv = ["server", "start", "--certs", str(tmp_path / "c"), "--state", str(tmp_path / "s")]
+        assert main([*argv, "--control-host", host]) == 2
+        assert "must stay on loopback" in capsys.readouterr().err
+    args = build_parser().parse_args(["server", "start"])
+    assert (args.host, args.port, args.control_host, args.control_port) == (
+        "0.0.0.0", 9092, "127.0.0.1", 9093)  # fmt: skip
 
 
 def test_flower_cli_connection_and_run_command(tmp_path: Path) -> None:
@@ -130,6 +155,10 @@ def test_cli_has_the_deploy_commands() -> None:
         ["site", "init", "hospital-a", "--out", "k"],
         ["site", "start", "--site-dir", "d", "--keys", "k", "--superlink", "h:1", "--ca", "c"],
         ["server", "start", "--certs", "c", "--state", "s"],
+        ["server", "gateway", "--upstream", "superlink:9093", "--runtime-dir", "r"],
+        ["site", "approve-app", "a" * 64, "--keys", "k"],
+        ["site", "revoke-app", "a" * 64, "--keys", "k"],
+        ["site", "list-apps", "--keys", "k"],
         ["server", "register-site", "k.pub", "--ca", "c"],
         ["run", "--superlink", "h:1", "--ca", "c", "--run-config", "seed=1"],
     ):
@@ -141,6 +170,10 @@ def test_certs_init_adds_loopback_and_server_start_checks_the_names(
 ) -> None:
     certs = tmp_path / "certs"
     assert main(["certs", "init", "--out", str(certs), "--host", "fl.example.org"]) == 0
+    # the CA's key is never written with the SuperLink's files (`ca-key-offline`)
+    assert not (certs / "ca.key").exists()
+    offline = tmp_path / "certs-ca-offline" / "ca.key"
+    assert offline.is_file() and offline.stat().st_mode & 0o777 == 0o600
     assert set(certificate_hosts(certs / "server.pem")) == {
         "fl.example.org",
         "localhost",
@@ -206,3 +239,79 @@ def test_resume_submits_the_runs_own_config(tmp_path: Path) -> None:
     submitted = parse_overrides(run_overrides(args))
     expected = cfg.replace({"output.run-dir": str(tmp_path.resolve()), "output.resume": True})
     assert RunConfig.from_flat(submitted) == expected
+
+
+def test_site_start_hands_the_sites_own_policy_to_its_node(tmp_path: Path) -> None:
+    """The [policy] of node-config.toml reaches the ClientApp as policy.* node-config keys:
+    the site's decision, read from its own folder, never from the run config."""
+    from flwr.common.config import parse_config_args
+
+    from client.policy import SitePolicy
+    from simulations.deploy_cli import supernode_options
+    from tests.deploy import set_site_policy
+
+    keys = tmp_path / "keys"
+    assert main(["site", "init", "hospital-a", "--out", str(keys)]) == 0
+    set_site_policy(keys, {"min-cases": 8, "max-calibration-bins": 4})
+    (tmp_path / "data").mkdir()
+    args = build_parser().parse_args(
+        [
+            "site",
+            "start",
+            "--site-dir",
+            str(tmp_path / "data"),
+            "--keys",
+            str(keys),
+            "--superlink",
+            "fl.example.org:9092",
+            "--insecure",
+        ]
+    )
+    options = supernode_options(args)
+    parsed = parse_config_args([options.node_config()])
+    policy = SitePolicy.from_node_config(parsed)
+    assert (policy.min_cases, policy.max_calibration_bins) == (8, 4)
+    assert policy.require_signed_models and policy.state_dir == str(keys / "state")
+    assert parsed["site-name"] == "hospital-a"
+
+
+def test_one_key_speaks_for_one_plainly_named_site(tmp_path: Path) -> None:
+    """``key-two-names``: a key filed for one site is refused under a second name; a name that
+    is not a plain identifier never becomes a key file's path."""
+    from common.signing import Keyring, SigningKeyError
+    from simulations.deploy_cli import register_signing_key
+
+    files = create_site_keys(tmp_path / "b", comment="hospital-b")
+    keyring = tmp_path / "keyring"
+    assert register_signing_key(str(keyring), files.public_key, "hospital-b").is_file()
+    assert register_signing_key(str(keyring), files.public_key, "hospital-b").is_file()  # again
+    with pytest.raises(ValueError, match="already filed as hospital-b"):
+        register_signing_key(str(keyring), files.public_key, "hospital-b2")
+    for name in ("./hospital-b", "../../etc/x", "", "a b", ".hidden"):
+        with pytest.raises(ValueError, match="site name"):
+            register_signing_key(str(keyring), files.public_key, name)
+        with pytest.raises(SigningKeyError, match="site name"):
+            Keyring(keyring).site_public(name)
+        with pytest.raises(ValueError, match="site name"):
+            init_site_folder(name, tmp_path / "x")
+
+
+def test_the_superlink_never_opens_flowers_legacy_listeners(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``legacy-grpc-listener``: an inherited FLWR_INTERNAL_GRPC_CONTROL_API=1 would make
+    Flower open its gRPC Control API on every interface, around the gateway."""
+    import server.deploy as deploy
+
+    seen: dict[str, dict[str, str]] = {}
+
+    def popen(command: list[str], env: dict[str, str], **kw: object) -> object:
+        seen["env"] = env
+        return object()
+
+    monkeypatch.setenv("FLWR_INTERNAL_GRPC_CONTROL_API", "1")
+    monkeypatch.setenv("FLWR_INTERNAL_GRPC_FLEET_API", "1")
+    monkeypatch.setattr(deploy.subprocess, "Popen", popen)
+    deploy.start_superlink(SuperLinkOptions(state_dir=tmp_path, insecure=True))
+    assert not {"FLWR_INTERNAL_GRPC_CONTROL_API", "FLWR_INTERNAL_GRPC_FLEET_API"} & set(seen["env"])
+    assert seen["env"]["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] == "1"

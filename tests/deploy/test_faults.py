@@ -24,7 +24,18 @@ import torch
 
 from server.audit import entries
 from server.deploy import ControlConnection, list_nodes
-from tests.deploy import HEPAFED, ROOT, Processes, descendants, free_port, hepafed, wait_until
+from tests.deploy import (
+    HEPAFED,
+    Processes,
+    approve_app,
+    descendants,
+    free_port,
+    hepafed,
+    requires_nginx,
+    set_site_policy,
+    snapshot_app,
+    wait_until,
+)
 
 SITES = ("site-a", "site-b", "site-c")
 BASE_CONFIG = (
@@ -44,8 +55,11 @@ class Deployment:
     def run_args(self, *extra: str) -> list[str]:
         return [
             HEPAFED, "run", "--superlink", self.superlink, "--ca", str(self.ca),
-            "--keyring", str(self.keyring), "--app", str(ROOT), *extra,
+            "--keyring", str(self.keyring), "--app", str(self.root / "app"), *extra,
         ]  # fmt: skip
+
+
+pytestmark = requires_nginx()
 
 
 @pytest.fixture(scope="module")
@@ -63,20 +77,23 @@ def deployment(
         )  # fmt: skip
         assert out.returncode == 0, out.stderr
         ca = certs / "ca.pem"
-        port = free_port()
-        superlink = f"127.0.0.1:{port}"
+        port, control_port = free_port(), free_port()
+        fleet, superlink = f"127.0.0.1:{port}", f"127.0.0.1:{control_port}"
         procs.start(
             "superlink",
             [
                 HEPAFED, "server", "start", "--certs", str(certs), "--state", str(root / "state"),
-                "--host", "127.0.0.1", "--port", str(port),
+                "--host", "127.0.0.1", "--port", str(port), "--control-port", str(control_port),
             ],
             cwd=root,
         )  # fmt: skip
         assert procs.wait_for_log("superlink", "Application startup complete", 90)
+        app = snapshot_app(root / "app")
         for i, name in enumerate(SITES):
             keys = root / "hospitals" / name
             assert hepafed("site", "init", name, "--out", str(keys)).returncode == 0
+            set_site_policy(keys, {"min-cases": 8, "min-per-class": 3})
+            approve_app(app, keys)
             out = hepafed(
                 "server", "register-site", str(keys / "site_key.pub"), "--superlink", superlink,
                 "--ca", str(ca), "--keyring", str(keyring),
@@ -87,7 +104,7 @@ def deployment(
                 name,
                 [
                     HEPAFED, "site", "start", "--site-dir", str(data), "--keys", str(keys),
-                    "--superlink", superlink, "--ca", str(ca), "--runtime-port", str(free_port()),
+                    "--superlink", fleet, "--ca", str(ca), "--runtime-port", str(free_port()),
                     "--flwr-home", str(keys / "flwr-home"),
                     "--server-key", str(keyring / "server.pub"),
                 ],

@@ -35,6 +35,7 @@ from client.trust import TrustError, check_model, trust_mod
 from common.config import RunConfig
 from common.keys import ConfigKey, RecordKey, SiteKey
 from common.signing import Keyring, create_key_pair
+from server.round_screen import reply_digest
 from server.trust import ServerTrust
 from server.validation import norm_outliers, screen_update
 
@@ -44,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RUN_ID = "run-0001"
 SITE = "site-a"
 ROUND = 3
+DECLARED = 5000  # the training cases site-a declared when it joined (every case screens so)
 
 
 def _global() -> ArrayRecord:
@@ -54,6 +56,9 @@ def _global() -> ArrayRecord:
             "conv.bias": Array(np.zeros(4, np.float32)),
         }
     )
+
+
+FLOWER_RUN, NODE = 1, 1  # the Flower run and the site's node the messages are signed for
 
 
 @dataclass
@@ -72,7 +77,8 @@ class Setup:
             trust = ServerTrust(self.cfg, self.run_dir, run_id)
         values.update(trust.model_entries(rnd, model, self.sent))
         content = RecordDict({RecordKey.ARRAYS: self.sent, RecordKey.CONFIG: ConfigRecord(values)})
-        return Message(content, dst_node_id=1, message_type=MessageType.TRAIN)
+        message = Message(content, dst_node_id=NODE, message_type=MessageType.TRAIN)
+        return trust.sign_instruction(message, FLOWER_RUN)
 
     def reply(
         self,
@@ -100,8 +106,9 @@ class Setup:
             return Message(content, reply_to=m)
 
         ctx = Context(
-            run_id=1, node_id=1, node_config=node_config or {}, state=RecordDict(), run_config={}
-        )
+            run_id=FLOWER_RUN, node_id=NODE, node_config=node_config or {}, state=RecordDict(),
+            run_config={},
+        )  # fmt: skip
         return trust_mod(msg, ctx, handler)
 
     def unregistered(self) -> Message:
@@ -110,11 +117,14 @@ class Setup:
         create_key_pair(key, key.with_suffix(".pub"))
         return self.reply(site="site-z", node_config={"signing-key": str(key)})
 
-    def screen(self, reply: Message, site: str = SITE, rnd: int = ROUND) -> str | None:
-        from common.signing import update_digest
-
-        digest = "" if reply.has_error() else update_digest(reply.content)
-        return screen_update(reply, self.sent, self.cfg, self.trust, site, rnd, "global", digest)
+    def screen(
+        self, reply: Message, site: str = SITE, rnd: int = ROUND, declared: int | None = None
+    ) -> str | None:
+        """What the round screen says of ``reply`` (digested as ``RoundScreen`` does)."""
+        digest = "" if reply.has_error() else reply_digest(reply)
+        return screen_update(
+            reply, self.sent, self.cfg, self.trust, site, rnd, "global", digest, declared
+        )
 
 
 @pytest.fixture
@@ -136,6 +146,24 @@ def _set(content: RecordDict, key: str, value: np.ndarray) -> None:
 def _after(reply: Message, change: Callable[[RecordDict], None]) -> Message:
     change(reply.content)
     return reply
+
+
+def _metrics(**values: Any) -> Callable[[RecordDict], None]:
+    """Replace the reply's metrics with num-examples 20, train-loss 0.5 and ``values``."""
+
+    def change(content: RecordDict) -> None:
+        metrics: dict[str, Any] = {"num-examples": 20, "train-loss": 0.5}
+        metrics.update({k.replace("_", "-"): v for k, v in values.items()})
+        content[RecordKey.METRICS] = MetricRecord(metrics)
+
+    return change
+
+
+def _garbage(content: RecordDict) -> None:
+    """A tensor whose metadata match the global model but whose bytes are not .npy."""
+    _arrays(content)["conv.bias"] = Array(
+        dtype="float32", shape=(4,), stype="numpy.ndarray", data=b"not an npy file"
+    )
 
 
 # ---- the table: (case id, what, how the reply is made, what the server says) ---------------
@@ -286,6 +314,54 @@ CASES: list[tuple[str, str, Make, str]] = [
         lambda s: s.reply(before=lambda c: _set(c, "conv.weight", np.zeros((4, 3), np.float32))),
         "over trust.max-update-mb",
     ),
+    (
+        "metric-nan",
+        "a NaN training loss (after signing: a site cannot sign NaN; crashed the digest)",
+        lambda s: _after(s.reply(), _metrics(train_loss=float("nan"))),
+        "metric 'train-loss' = nan: must be finite (no NaN or infinity)",
+    ),
+    (
+        "metric-inf",
+        "num-examples = +infinity (all the weight of the mean)",
+        lambda s: _after(s.reply(), _metrics(num_examples=float("inf"))),
+        "metric 'num-examples' = inf: must be finite",
+    ),
+    (
+        "metric-nan-list",
+        "a NaN inside a list-valued metric",
+        lambda s: _after(s.reply(), _metrics(curve=[0.5, float("nan")])),
+        "metric 'curve'[1] = nan: must be finite",
+    ),
+    (
+        "metric-huge-int",
+        "an integer metric outside int64",
+        lambda s: _after(s.reply(), _metrics(train_loss=2**70)),
+        "metric 'train-loss' = 1180591620717411303424: out of the int64 range",
+    ),
+    (
+        "examples-fractional",
+        "num-examples = 20.5 (not a count of cases)",
+        lambda s: s.reply(n=20.5),
+        "num-examples = 20.5: must be a whole number",
+    ),
+    (
+        "examples-absurd",
+        "a signed num-examples = 1e12 from a site with no declared count",
+        lambda s: s.reply(n=1e12),
+        "num-examples = 1000000000000.0: more than the 1e+07 cases a site can hold",
+    ),
+    (
+        "examples-over-declared",
+        f"a signed num-examples = 6000 from a site that declared n_train = {DECLARED}",
+        lambda s: s.reply(n=6000),
+        f"num-examples = 6000: more than the {DECLARED} training case(s) the site declared",
+    ),
+    (
+        "unreadable-tensor",
+        "a tensor whose bytes are not .npy (metadata right)",
+        lambda s: s.reply(before=_garbage),
+        "unreadable update: ValueError",
+    ),
 ]
 OVERSIZE_MB = 1e-5  # the "oversized" case runs with this limit (the reply is ~0.0003 MiB)
 
@@ -297,7 +373,8 @@ def test_bad_update_is_rejected_with_its_reason(
     if case == "oversized":
         setup.cfg = setup.cfg.replace({"trust.max-update-mb": OVERSIZE_MB})
     site = "site-z" if case == "unregistered-site" else SITE  # the name its node gave
-    problem = setup.screen(make(setup), site=site)
+    declared = None if case == "examples-absurd" else DECLARED
+    problem = setup.screen(make(setup), site=site, declared=declared)
     if not expected:
         assert problem is None, what
     else:
@@ -393,6 +470,68 @@ def test_site_refuses_a_model_the_server_did_not_sign(
             check_model(msg, {})
 
 
+def _config_set(key: str, value: Any) -> Callable[[Message], None]:
+    def change(msg: Message) -> None:
+        config = cast(ConfigRecord, msg.content[RecordKey.CONFIG])
+        if value is None:
+            config.pop(key)
+        else:
+            config[key] = value
+
+    return change
+
+
+# (case, what, change to the message, the node and Flower run the site sees, expected)
+INSTRUCTION_CASES: list[tuple[str, str, Callable[[Message], None], int, int, str]] = [
+    ("instruction-other-node",
+     "site-a passes its own signed train message on to another node (Flower lets a node "
+     "push a message to any node)",
+     lambda m: None, NODE + 1, FLOWER_RUN,
+     "not signed by the server for this node, run and content"),
+    ("instruction-config-changed",
+     "the message's config changed after the server signed it (more local epochs)",
+     _config_set("train.local-epochs", 500), NODE, FLOWER_RUN,
+     "not signed by the server for this node, run and content"),
+    ("instruction-other-run",
+     "a message the server signed in another Flower run, replayed",
+     lambda m: None, NODE, FLOWER_RUN + 1,
+     "not signed by the server for this node, run and content"),
+    ("instruction-unsigned",
+     "a message without the server's instruction signature",
+     _config_set(ConfigKey.INSTRUCTION_SIGNATURE.value, None), NODE, FLOWER_RUN,
+     "arrived without the server's signature"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "what", "change", "node", "run", "expected"),
+    INSTRUCTION_CASES,
+    ids=[c[0] for c in INSTRUCTION_CASES],
+)
+def test_site_refuses_an_instruction_the_server_did_not_sign_for_it(
+    setup: Setup,
+    case: str,
+    what: str,
+    change: Callable[[Message], None],
+    node: int,
+    run: int,
+    expected: str,
+) -> None:
+    from client.trust import check_instruction
+
+    def context(node: int, run: int) -> Context:
+        return Context(run_id=run, node_id=node, node_config={}, state=RecordDict(),
+                       run_config={})  # fmt: skip
+
+    genuine = setup.message()
+    model_hash = check_model(genuine, {})
+    check_instruction(genuine, context(NODE, FLOWER_RUN), {}, model_hash)  # control
+    msg = setup.message()
+    change(msg)
+    with pytest.raises(TrustError, match=re.escape(expected)):
+        check_instruction(msg, context(node, run), {}, model_hash)
+
+
 def test_site_refuses_a_model_signed_by_another_server(setup: Setup, tmp_path: Path) -> None:
     other = Keyring(tmp_path / "other")
     other.ensure_server_key()
@@ -403,7 +542,7 @@ def test_site_refuses_a_model_signed_by_another_server(setup: Setup, tmp_path: P
 def test_docs_table_lists_every_case() -> None:
     """docs/trust.md's table of bad inputs names every case tested here."""
     text = (ROOT / "docs" / "trust.md").read_text()
-    ids = [c[0] for c in CASES] + [c[0] for c in MODEL_CASES]
+    ids = [c[0] for c in CASES] + [c[0] for c in MODEL_CASES] + [c[0] for c in INSTRUCTION_CASES]
     missing = [i for i in ids if f"`{i}`" not in text]
     assert not missing, f"docs/trust.md does not list {missing}"
     rows = [line for line in text.splitlines() if line.startswith("| `")]

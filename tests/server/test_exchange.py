@@ -43,3 +43,35 @@ def test_superlink_error_is_filed_under_the_site_it_was_meant_for() -> None:
     assert set(by_node) == {5, 7}
     assert by_node[7].has_error() and by_node[7].error.reason == "Node Unavailable"
     assert not by_node[5].has_error()
+
+
+def test_every_message_is_signed_for_its_own_node(tmp_path: object) -> None:
+    """One config shared by the messages to two nodes: each leaves with its own signature,
+    valid only at its node (``client.trust.check_instruction``)."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from flwr.app import Context
+
+    from client.trust import TrustError, check_instruction
+    from common.config import RunConfig
+    from common.keys import ConfigKey
+    from server.trust import ServerTrust
+
+    cfg = RunConfig().replace({"output.run-dir": str(tmp_path)})
+    trust = ServerTrust(cfg, Path(str(tmp_path)), "run-1")
+    shared = RecordDict({"config": ConfigRecord({**cfg.to_flat(), "server-round": 1})})
+    grid = _Grid()
+    grid.run = SimpleNamespace(run_id=3)  # type: ignore[attr-defined]
+    outgoing = [Message(shared, dst_node_id=n, message_type=MessageType.QUERY) for n in (5, 7)]
+    exchange(grid, outgoing, 5, "query", sign=trust.sign_instruction)  # type: ignore[arg-type]
+    field = ConfigKey.INSTRUCTION_SIGNATURE.value
+    signatures = [str(m.content["config"][field]) for m in outgoing]
+    assert len(set(signatures)) == 2 and field not in shared["config"]
+    for msg, node, other in ((outgoing[0], 5, 7), (outgoing[1], 7, 5)):
+        ctx = Context(run_id=3, node_id=node, node_config={}, state=RecordDict(), run_config={})
+        check_instruction(msg, ctx, {}, "")
+        wrong = Context(run_id=3, node_id=other, node_config={}, state=RecordDict(),
+                        run_config={})  # fmt: skip
+        with pytest.raises(TrustError, match="not signed by the server for this node"):
+            check_instruction(msg, wrong, {}, "")

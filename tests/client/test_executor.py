@@ -1,0 +1,118 @@
+"""The site executor's task checks, driven through Flower's own task runner entry points.
+
+Flower's ``run_clientapp`` pulls the task input, then installs the bundle and loads its
+ClientApp. Here a stand-in ``run_clientapp`` calls the (wrapped) pull and install exactly
+as Flower does, so the test sees what the site lets happen before any bundle code runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import flwr.supernode.runtime.run_clientapp as runner
+import pytest
+from flwr.common.config import get_project_dir
+from flwr.supercore.fab import Fab
+
+from client import executor
+from client.app_approval import APPROVALS_FILE, REFUSALS_LOG, AppNotApproved, approve
+
+BUNDLE = b"PK-the-reviewed-release"
+DIGEST = hashlib.sha256(BUNDLE).hexdigest()
+
+
+@pytest.fixture
+def flower(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
+    """Flower's runner with its pull, install and run replaced by recorders."""
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
+    seen: dict[str, Any] = {"installed": [], "forgotten": 0}
+    state: dict[str, Any] = {"run": SimpleNamespace(fab_id="hepafed/hepafed", fab_version="0.1.0"),
+                             "fab": Fab("forged-hash", BUNDLE, {}), "install_to": None}  # fmt: skip
+
+    def pull(_client: Any) -> tuple[Any, Any, Any, Any]:
+        return "message", "context", state["run"], state["fab"]
+
+    def install(content: bytes, *a: Any, **k: Any) -> Path:
+        seen["installed"].append(content)
+        run = state["run"]
+        return state["install_to"] or get_project_dir(run.fab_id, run.fab_version, DIGEST)
+
+    def run_clientapp(**_: Any) -> None:
+        _msg, _ctx, _run, fab = runner.pull_task_input(None)
+        seen["hash_str"] = fab.hash_str
+        runner.install_from_fab(fab.content, skip_prompt=True)
+
+    monkeypatch.setattr(runner, "pull_task_input", pull)
+    monkeypatch.setattr(runner, "install_from_fab", install)
+    monkeypatch.setattr(runner, "run_clientapp", run_clientapp)
+    monkeypatch.setattr(executor, "_forget_site_packages", lambda: seen.__setitem__("forgotten", 1))
+    return {"seen": seen, "state": state}
+
+
+def _args(tmp_path: Path) -> argparse.Namespace:
+    return executor.parser().parse_args(
+        [
+            "task",
+            "--token",
+            "t",
+            "--runtime-api-address",
+            "127.0.0.1:1",
+            "--approvals",
+            str(tmp_path / APPROVALS_FILE),
+            "--keys",
+            str(tmp_path),
+            "--site",
+            "site-a",
+        ]
+    )
+
+
+def test_an_unapproved_bundle_is_never_installed(flower: dict[str, Any], tmp_path: Path) -> None:
+    with pytest.raises(AppNotApproved, match="is not approved; refused at site site-a"):
+        executor.run_task(_args(tmp_path))
+    assert flower["seen"]["installed"] == [] and flower["seen"]["forgotten"] == 0
+    assert DIGEST in (tmp_path / REFUSALS_LOG).read_text()
+
+
+def test_an_approved_bundle_installs_and_loads_from_its_own_folder(
+    flower: dict[str, Any], tmp_path: Path
+) -> None:
+    approve(tmp_path / APPROVALS_FILE, DIGEST)
+    executor.run_task(_args(tmp_path))
+    seen = flower["seen"]
+    assert seen["installed"] == [BUNDLE] and seen["forgotten"] == 1
+    assert seen["hash_str"] == DIGEST  # the SuperNode's "forged-hash" is not what is loaded
+
+
+@pytest.mark.parametrize(
+    ("fab_id", "version"),
+    [("hepafed/../../../srv/x", "0.1.0"), ("hepafed/hepafed", "../../x"), ("a/b/c", "1")],
+)
+def test_a_run_that_names_a_path_is_refused(
+    flower: dict[str, Any], tmp_path: Path, fab_id: str, version: str
+) -> None:
+    approve(tmp_path / APPROVALS_FILE, DIGEST)
+    flower["state"]["run"] = SimpleNamespace(fab_id=fab_id, fab_version=version)
+    with pytest.raises(AppNotApproved, match="not plain names"):
+        executor.run_task(_args(tmp_path))
+    assert flower["seen"]["installed"] == []
+
+
+def test_a_bundle_that_installs_elsewhere_is_not_loaded(
+    flower: dict[str, Any], tmp_path: Path
+) -> None:
+    """An existing folder with the same 8-hex prefix, or any other place: refused."""
+    approve(tmp_path / APPROVALS_FILE, DIGEST)
+    flower["state"]["install_to"] = tmp_path / "somewhere-else"
+    with pytest.raises(AppNotApproved, match="but the run would load"):
+        executor.run_task(_args(tmp_path))
+    assert flower["seen"]["forgotten"] == 0
+
+
+def test_the_executor_takes_a_bounded_number_of_tasks() -> None:
+    assert 1 <= executor.MAX_TASKS <= 8
+    assert executor._auth_interceptors(None) == []
