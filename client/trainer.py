@@ -7,7 +7,7 @@ so the three are trained by exactly the same code (evaluation: ``client.evaluati
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -48,11 +48,14 @@ def train_local(
     seed: int,
     epochs: int | None = None,
     penalty: Callable[[nn.Module], torch.Tensor | None] | None = None,
+    lrs: Sequence[float] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place for ``epochs`` (default ``train.local-epochs``) epochs.
 
     ``penalty`` (a local-objective hook, e.g. FedProx) is added to the task loss;
     the reported loss is the task loss alone, so runs with and without it compare.
+    ``lrs`` gives each epoch's learning rate (``common.schedule``; default ``train.lr``).
+    With ``train.grad-clip`` > 0 each step's gradient is clipped to that L2 norm.
     """
     if len(data) < 2:
         raise ValueError(f"a site needs at least 2 training cases, got {len(data)}")
@@ -67,7 +70,14 @@ def train_local(
     masks = data.masks.to(compute.device, non_blocking=True)
     labels = data.labels.to(compute.device, non_blocking=True)
     total, count = 0.0, 0
-    for _ in range(epochs if epochs is not None else cfg.train.local_epochs):
+    n_epochs = epochs if epochs is not None else cfg.train.local_epochs
+    if lrs is not None and len(lrs) != n_epochs:
+        raise ValueError(f"lrs gives {len(lrs)} learning rate(s) for {n_epochs} epoch(s)")
+    params = [p for p in model.parameters() if p.requires_grad]
+    for epoch in range(n_epochs):
+        if lrs is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lrs[epoch]
         order = torch.randperm(len(data), generator=generator).to(compute.device)
         for lo in range(0, len(data), bs):
             idx = order[lo : lo + bs]
@@ -83,6 +93,9 @@ def train_local(
             extra = penalty(model) if penalty is not None else None
             objective = loss if extra is None else loss + extra
             scaler.scale(objective).backward()
+            if cfg.train.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
             scaler.step(optimizer)
             scaler.update()
             total += float(loss.detach()) * len(idx)

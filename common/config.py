@@ -19,6 +19,7 @@ from common.keys import (
     BadCasePolicy,
     Compression,
     EvalDesign,
+    LrSchedule,
     OptimizerName,
     PoolingMethod,
     PrivacyMode,
@@ -52,6 +53,7 @@ class FederationConfig:
     trim_beta: float = 0.2  # fedtrimmedavg: fraction cut at each end
     krum_byzantine: int = 0  # krum: number of malicious sites tolerated
     compression: str = Compression.NONE.value  # none | fp16 | int8: how sites send updates
+    average_last: int = 0  # > 0: the final model is the mean of the last K rounds' models
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,10 @@ class TrainConfig:
     optimizer: str = OptimizerName.ADAM.value
     weight_decay: float = 1e-4
     amp: bool = True  # mixed precision, used only when a GPU is present
+    lr_schedule: str = LrSchedule.CONSTANT.value  # constant | cosine, across rounds
+    lr_min_factor: float = 0.05  # cosine: the last round's lr is train.lr times this
+    warmup_rounds: int = 0  # linear warm-up of the lr over the first rounds
+    grad_clip: float = 0.0  # > 0: clip each step's gradient to this L2 norm
 
 
 @dataclass(frozen=True)
@@ -232,6 +238,23 @@ class RunConfig:
             raise ConfigError("data.channels is empty: name at least one image channel")
         self._check_hooks()
         self._check_trust()
+        self._check_recipe()
+
+    def _check_recipe(self) -> None:
+        _check_choice("train.lr-schedule", self.train.lr_schedule, LrSchedule)
+        t, rounds = self.train, self.federation.num_rounds
+        ranges = {  # key: (value, lowest, highest allowed)
+            "train.lr-min-factor": (t.lr_min_factor, 0, 1),
+            "train.warmup-rounds": (t.warmup_rounds, 0, rounds - 1),
+            "train.grad-clip": (t.grad_clip, 0, float("inf")),
+            "federation.average-last": (self.federation.average_last, 0, rounds),
+        }
+        for key, (value, low, high) in ranges.items():
+            if not low <= value <= high:
+                raise ConfigError(
+                    f"{key} = {value!r}: must be in [{low}, {high}] "
+                    f"(federation.num-rounds = {rounds})"
+                )
 
     def _check_trust(self) -> None:
         _check_choice("data.on-bad-case", self.data.on_bad_case, BadCasePolicy)

@@ -26,6 +26,7 @@ from common.device import Compute, derive_seed, seed_everything, select_compute
 from common.keys import Split
 from common.manifest import list_site_dirs, open_manifest
 from common.models import build_model
+from common.schedule import epoch_lrs, is_constant
 from common.summary import SiteSummary
 from server.designs import EXTERNAL, INTERNAL, Evaluation
 
@@ -62,12 +63,14 @@ def load_sites(cfg: RunConfig) -> list[SiteData]:
 def train_baseline(
     cfg: RunConfig, train: SplitTensors, seed_tag: str, compute: Compute
 ) -> nn.Module:
-    """One model trained for as many epochs as the federation (rounds x local epochs)."""
+    """One model trained for as many epochs as the federation (rounds x local epochs),
+    following the federation's lr schedule over them (``common.schedule.epoch_lrs``)."""
     seed = derive_seed(cfg.seed, seed_tag)
     seed_everything(seed)
     model = build_model(cfg)
     epochs = cfg.federation.num_rounds * cfg.train.local_epochs
-    train_local(model, train, cfg, compute, seed, epochs=epochs)
+    lrs = None if is_constant(cfg) else epoch_lrs(cfg, epochs)
+    train_local(model, train, cfg, compute, seed, epochs=epochs, lrs=lrs)
     return model
 
 

@@ -1,4 +1,4 @@
-"""The `hepafed` command line: simulate, report, bench, phantom, site check."""
+"""The `hepafed` command line: simulate, study, report, bench, phantom, site check."""
 
 from __future__ import annotations
 
@@ -212,8 +212,9 @@ def cmd_site_check(args: argparse.Namespace) -> int:
     manifest: SiteManifest | None
     try:
         manifest, problems = inspect_site(
-            Path(args.site_dir), cfg.data.channels, cfg.task, cfg.data.spatial_dims
-        )
+            Path(args.site_dir), cfg.data.channels, cfg.task, cfg.data.spatial_dims,
+            data_root=args.data_root,
+        )  # fmt: skip
     except ManifestError as e:
         manifest, problems = None, list(e.problems)
     if manifest is not None:
@@ -248,6 +249,52 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
     print((out / "bench.md").read_text(encoding="utf-8").split("\n## ")[1].rstrip())
     print(f"\nfigures: {out / 'bench.md'} and bench.json")
+    return EXIT_OK
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    """Run a study grid (resumable), or with --report write its markdown report."""
+    from dataclasses import replace
+
+    from simulations.study import load_study, run_study, select
+
+    def items(text: str) -> list[str]:
+        return [t.strip() for t in text.split(",") if t.strip()]
+
+    try:
+        seeds = [int(s) for s in items(args.seeds)]
+    except ValueError:
+        raise ConfigError(f"--seeds {args.seeds!r}: expected comma-separated integers") from None
+    study = select(
+        load_study(args.study, check=not args.report),
+        items(args.variants),
+        seeds,
+        items(args.scenarios),
+    )
+    if args.results:  # its report goes next to it
+        results = Path(args.results)
+        report = str(results.with_name(f"{study.name}-{{scenario}}.md"))
+        study = replace(study, results=results, report=report)
+    if not args.report:
+        _show_progress()
+        written = run_study(
+            study,
+            data_dir=Path(args.data_dir),
+            runs_dir=Path(args.runs_dir) if args.runs_dir else None,
+            quick=args.quick,
+            command="hepafed " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+            max_cells=args.max_cells,
+            max_failures=args.max_failures,
+        )
+        failed = [r["key"] for r in written if r["status"] != "ok"]
+        print(f"study {study.name}: {len(written)} cell(s) run, {len(failed)} failed "
+              f"-> {study.results}")  # fmt: skip
+        for key in failed:
+            print(f"  failed: {key}", file=sys.stderr)
+    from simulations.study_report import write_reports
+
+    for path in write_reports(study):
+        print(f"report: {path}")
     return EXIT_OK
 
 
@@ -316,6 +363,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-config", action="append", default=[], metavar="'KEY=VALUE ...'")
     p.set_defaults(func=cmd_bench)
 
+    p = sub.add_parser(
+        "study",
+        help="a resumable grid of training recipes x seeds x scenarios (simulations/studies)",
+    )
+    p.add_argument("study", nargs="?", default="stability", help="bundled name or TOML path")
+    p.add_argument("--report", action="store_true", help="only write the markdown report(s)")
+    p.add_argument("--variants", default="", help="comma-separated subset of the variants")
+    p.add_argument("--seeds", default="", help="comma-separated training seeds (default: file)")
+    p.add_argument("--scenarios", default="", help="comma-separated scenarios (default: file)")
+    p.add_argument("--quick", action="store_true", help="simulate --quick cells (smoke test)")
+    p.add_argument(
+        "--results",
+        default="",
+        help="results JSONL (default: the study file's; the report is then written next to it)",
+    )
+    p.add_argument("--max-cells", type=int, default=0, help="stop after this many cells")
+    p.add_argument(
+        "--max-failures", type=int, default=3, help="stop after this many failed cells in a row"
+    )
+    p.add_argument("--data-dir", default="data", help="phantom and cache folder")
+    p.add_argument("--runs-dir", default="", help="run folders (default runs/study-NAME)")
+    p.set_defaults(func=cmd_study)
+
     p = sub.add_parser("phantom", help="write a multi-center phantom in the site data contract")
     p.add_argument("--scenario", default="liver-5", help="bundled name or TOML path")
     p.add_argument("--out", required=True, help="output folder (one sub-folder per site)")
@@ -327,6 +397,11 @@ def build_parser() -> argparse.ArgumentParser:
     c = site_sub.add_parser("check", help="validate a site's manifest and images (read-only)")
     c.add_argument("site_dir", help="the site folder holding manifest.csv")
     c.add_argument("--run-config", action="append", default=[], metavar="'KEY=VALUE ...'")
+    c.add_argument(
+        "--data-root",
+        help="a folder outside the site folder that manifest paths may lead to (the site "
+        "policy's data-root; default: every path stays inside the site folder)",
+    )
     c.set_defaults(func=cmd_site_check)
     from simulations.deploy_cli import add_deploy_commands  # certs, server, run, site init/start
 
