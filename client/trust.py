@@ -69,19 +69,32 @@ def _site_key_path(config: ConfigRecord, node_config: dict[str, Any], site: str)
     return Path(str(explicit)) if explicit else _keyring(config).simulated_site_private(site)
 
 
+def _server_key(path: Path) -> Any:
+    """The server's public key at ``path``; TrustError saying how to give it."""
+    try:
+        return load_public_key(path)
+    except SigningKeyError as e:
+        raise TrustError(
+            f"cannot check the server's signature: {e}; give the node "
+            f"'{NodeKey.SERVER_KEY.value}' (the federation's server.pub)"
+        ) from e
+
+
+def _verifies(key: Any, statement: dict[str, Any], signature: str) -> bool:
+    """Whether ``signature`` (hex) is ``key``'s signature of ``statement``."""
+    try:
+        return verify(key, canonical(statement), bytes.fromhex(signature))
+    except ValueError:
+        return False
+
+
 def check_model(msg: Message, node_config: dict[str, Any]) -> str:
     """The hash of the model ``msg`` carries, once its server signature is checked."""
     config = cast(ConfigRecord, msg.content[RecordKey.CONFIG])
     arrays = cast(ArrayRecord, msg.content[RecordKey.ARRAYS])
     digest = arrays_hash(arrays)
     path = _server_key_path(config, node_config)
-    try:
-        key = load_public_key(path)
-    except SigningKeyError as e:
-        raise TrustError(
-            f"cannot check the server's signature: {e}; give the node "
-            f"'{NodeKey.SERVER_KEY.value}' (the federation's server.pub)"
-        ) from e
+    key = _server_key(path)
     signature = str(config.get(ConfigKey.MODEL_SIGNATURE, ""))
     if not signature:
         raise TrustError("the model arrived unsigned; refusing to use it")
@@ -91,10 +104,7 @@ def check_model(msg: Message, node_config: dict[str, Any]) -> str:
         str(config.get(ConfigKey.MODEL, "global")),
         digest,
     )
-    try:
-        valid = verify(key, canonical(statement), bytes.fromhex(signature))
-    except ValueError:
-        valid = False
+    valid = _verifies(key, statement, signature)
     if not valid:
         raise TrustError(
             f"the model's signature does not verify with the server key {path}: the model was "
@@ -118,22 +128,13 @@ def check_instruction(
     if not signature:
         raise TrustError("the message arrived without the server's signature; refusing it")
     path = _server_key_path(config, node_config)
-    try:
-        key = load_public_key(path)
-    except SigningKeyError as e:
-        raise TrustError(
-            f"cannot check the server's signature: {e}; give the node "
-            f"'{NodeKey.SERVER_KEY.value}' (the federation's server.pub)"
-        ) from e
+    key = _server_key(path)
     digest = instruction_digest(msg.content, RecordKey.CONFIG, RecordKey.ARRAYS, field)
     statement = instruction_statement(
         int(context.run_id), str(msg.metadata.message_type), int(context.node_id), model_hash,
         digest,
     )  # fmt: skip
-    try:
-        valid = verify(key, canonical(statement), bytes.fromhex(signature))
-    except ValueError:
-        valid = False
+    valid = _verifies(key, statement, signature)
     if not valid:
         raise TrustError(
             "the message is not signed by the server for this node, run and content (another "
