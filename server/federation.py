@@ -61,6 +61,7 @@ from server.resume import (
     strategy_state,
 )
 from server.round_screen import RoundScreen, reply_digest
+from server.site_identity import identity_problem, identity_required, new_challenge
 from server.sites import (
     ROLE_TRAIN,
     FederationError,
@@ -200,7 +201,11 @@ class Federation:
         key = (self.hooks.statistics_key(), self.cfg.data, frozenset(s.name for s in trainers))
         if key in self._statistics:
             return self._statistics[key]
-        config = ConfigRecord({**self.cfg.to_flat(), ConfigKey.PHASE.value: Phase.STATISTICS.value})
+        # a deployed site signs its statistics like its identity (server.site_identity)
+        challenge = new_challenge() if identity_required(self.cfg) else ""
+        asked = {ConfigKey.SITE_CHALLENGE.value: challenge} if challenge else {}
+        phase = {ConfigKey.PHASE.value: Phase.STATISTICS.value}
+        config = ConfigRecord({**self.cfg.to_flat(), **phase, **asked})
         messages = [
             Message(
                 RecordDict({RecordKey.CONFIG: config}),
@@ -211,7 +216,12 @@ class Federation:
         ]
         replies = self._send(messages, "hook statistics")
         declared = {s.name: s.declared_cases for s in trainers}
-        stats, rejected = screen_statistics(replies, self._site, declared, self.hooks)
+        stats, rejected = screen_statistics(
+            replies, self._site, declared, self.hooks,
+            lambda reply, info: identity_problem(
+                self.cfg, challenge, reply.metadata.src_node_id, info
+            ),
+        )  # fmt: skip
         if not stats:
             raise FederationError(
                 f"hook statistics: no training site's statistics could be used ({rejected})"

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
-from flwr.app import Message
+from flwr.app import ConfigRecord, Message
 
 from common.hooks import HookError, HookSet
 from common.keys import SiteKey
@@ -30,9 +30,11 @@ def screen_statistics(
     site_of: Callable[[Message], str],
     declared: Mapping[str, int],
     hooks: HookSet,
+    identity: Callable[[Message, ConfigRecord], str | None] | None = None,
 ) -> tuple[dict[str, Statistics], dict[str, str]]:
     """The believable (n_cases, statistics) of each site in ``declared`` (site -> its
-    declared cases), and why each other site's cannot be used (no reply included)."""
+    declared cases), and why each other site's cannot be used (no reply included).
+    ``identity`` (a deployment) says why a reply is not signed by that site's key."""
     stats: dict[str, Statistics] = {}
     rejected: dict[str, str] = {}
     for reply in replies:
@@ -40,6 +42,13 @@ def screen_statistics(
         try:
             if site not in declared or site in stats or site in rejected:
                 raise ReplyError("statistics from a site that was not asked, or sent twice")
+            if identity is not None:
+                info = site_record(reply, "could not compute hook statistics")
+                if info.get(SiteKey.NAME.value) != site:
+                    raise ReplyError(f"statistics signed as {info.get(SiteKey.NAME.value)!r}")
+                problem = identity(reply, info)
+                if problem is not None:
+                    raise ReplyError(problem)
             stats[site] = site_statistics(reply, declared[site], hooks)
         except ReplyError as e:
             stats.pop(site, None)

@@ -464,3 +464,47 @@ def test_docs_table_lists_every_reply_case() -> None:
     ids = [c[0] for table in tables for c in table]
     missing = [i for i in ids if f"`{i}`" not in text]
     assert not missing, f"docs/trust.md does not list {missing}"
+
+
+def test_deployed_statistics_must_be_signed_by_the_sites_key(tmp_path: Path) -> None:
+    """``stats-unsigned`` / ``stats-other-key``: a deployed site signs its statistics with
+    the challenge of the query (like its identity); a reply signed by another key, or not
+    at all, is rejected and the others pooled."""
+    from flwr.app import Context
+
+    from client.trust import sign_identity
+    from common.keys import ConfigKey
+    from common.signing import Keyring, create_key_pair
+    from server.site_identity import identity_problem, new_challenge
+
+    keyring = Keyring(tmp_path / "keyring")
+    keys = {}
+    for n in (1, 2, 3):
+        keys[n] = tmp_path / f"site-{n}" / "site_key"
+        create_key_pair(keys[n], keyring.site_public(f"site-{n}"), f"site-{n}")
+    intruder = tmp_path / "intruder" / "site_key"
+    create_key_pair(intruder, tmp_path / "intruder.pub", "intruder")
+    cfg = _cfg(tmp_path, **{"hooks.use": "nyul", "trust.keys-dir": str(keyring.folder)})
+    challenge = new_challenge()
+    replies = []
+    for n, reply in zip((1, 2, 3), _stats_replies(_stats_answer({})), strict=True):
+        query = ConfigRecord(
+            {ConfigKey.SITE_CHALLENGE.value: challenge, "trust.keys-dir": str(keyring.folder)}
+        )
+        asked = Message(RecordDict({RecordKey.CONFIG: query}), dst_node_id=n, message_type="query")
+        key = {1: keys[1], 2: intruder, 3: None}[n]  # site-2's reply signed by another key
+        if key is not None:
+            ctx = Context(run_id=1, node_id=n, node_config={"signing-key": str(key)},
+                          state=RecordDict(), run_config={})  # fmt: skip
+            sign_identity(asked, reply, ctx)
+        replies.append(reply)
+
+    def identity(reply: Message, info: ConfigRecord) -> str | None:
+        return identity_problem(cfg, challenge, reply.metadata.src_node_id, info)
+
+    stats, rejected = screen_statistics(
+        replies, lambda r: f"site-{r.metadata.src_node_id}", DECLARED, HookSet(cfg), identity
+    )
+    assert sorted(stats) == ["site-1"]
+    assert "not signed by site-2's registered key" in rejected["site-2"]
+    assert "without signing its identity" in rejected["site-3"]
