@@ -60,8 +60,18 @@ def _keyring(config: ConfigRecord) -> Keyring:
 
 
 def _server_key_path(config: ConfigRecord, node_config: dict[str, Any]) -> Path:
+    """The server's public key: the node config's at a deployed site (never a path the
+    message names), the run keyring's for a simulated one."""
     explicit = node_config.get(NodeKey.SERVER_KEY.value)
-    return Path(str(explicit)) if explicit else _keyring(config).server_public
+    if explicit:
+        return Path(str(explicit))
+    if NodeKey.SITE_DIR.value in node_config:
+        raise TrustError(
+            f"this site has no '{NodeKey.SERVER_KEY.value}' in its node config, and takes the "
+            "server's key from no message: start it with `hepafed site start --server-key "
+            "server.pub`"
+        )
+    return _keyring(config).server_public
 
 
 def _site_key_path(config: ConfigRecord, node_config: dict[str, Any], site: str) -> Path:

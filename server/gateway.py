@@ -214,8 +214,3 @@ def start_gateway(options: GatewayOptions, **popen: Any) -> subprocess.Popen[byt
     write_gateway_config(options)
     check_gateway_config(options)
     return subprocess.Popen(gateway_command(options, find_nginx()), start_new_session=True, **popen)
-
-
-def is_wildcard(host: str) -> bool:
-    """Whether binding ``host`` listens on every interface."""
-    return host in WILDCARD_HOSTS

@@ -403,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
         "policy's data-root; default: every path stays inside the site folder)",
     )
     c.set_defaults(func=cmd_site_check)
-    from simulations.deploy_cli import add_deploy_commands  # certs, server, run, site init/start
+    from simulations.deploy_cli import add_deploy_commands  # certs, server, run, site *
 
     add_deploy_commands(sub, site_sub)
     from simulations.audit_cli import add_audit_commands  # audit verify

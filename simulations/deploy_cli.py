@@ -1,19 +1,16 @@
-"""The deployment subcommands of ``hepafed``: certificates, sites, server, runs.
+"""The coordinating center's subcommands of ``hepafed``: certificates, server, runs
+(the hospital's are in ``simulations.site_cli``).
 
 ``hepafed certs init``            CA + server certificate (coordinating center)
-``hepafed site init NAME``        a site folder: key pair, node config, manifest template
 ``hepafed server start``          the Flower SuperLink on loopback + the Fleet gateway (nginx)
 ``hepafed server gateway``        the Fleet gateway alone (compose.yaml)
 ``hepafed server register-site``  register a site's public key with the SuperLink
 ``hepafed server list-sites``     the SuperNodes the SuperLink knows
-``hepafed site start``            the hospital's Flower SuperNode and its site executor
-``hepafed site approve-app``      approve an app bundle by hash (revoke-app, list-apps)
 ``hepafed run``                   submit this project's app, follow it, say where the report is
 
-The command lines themselves come from ``server.deploy.superlink_command``,
-``server.gateway.gateway_config``, ``client.node.supernode_command`` and
-``client.node.executor_command``; ``server start`` and ``site start`` supervise
-their two processes (when one ends, the other is stopped, with its exit code).
+The command lines themselves come from ``server.deploy.superlink_command`` and
+``server.gateway.gateway_config``; ``server start`` supervises the two processes
+(when one ends, the other is stopped, with its exit code).
 """
 
 from __future__ import annotations
@@ -22,36 +19,17 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
 import tomllib
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from client.app_approval import APPROVALS_FILE, approve, bundle_sha256, read_approvals, revoke
-from client.node import (
-    DEFAULT_RUNTIME_PORT,
-    NODE_CONFIG_FILE,
-    SuperNodeOptions,
-    check_site_folder,
-    executor_command,
-    init_site_folder,
-    read_node_config,
-    site_folder_is_writable,
-    start_supernode,
-    supernode_command,
-    supernode_environment,
-    write_auth_secret,
-)
-from client.policy_file import read_policy
+from client.app_approval import bundle_sha256
 from common.crypto import (
     CA_CERT,
     CA_KEY,
     SERVER_CERT,
     SERVER_KEY,
-    SITE_PRIVATE_KEY,
     CertificateFiles,
     certificate_hosts,
     create_certificates,
@@ -85,11 +63,11 @@ from server.gateway import (
     check_gateway_config,
     find_nginx,
     gateway_command,
-    is_wildcard,
     start_gateway,
     write_gateway_config,
 )
 from server.trust import UNSIGNED_WARNING
+from simulations.site_cli import add_site_commands
 
 EXIT_OK, EXIT_PROBLEMS = 0, 1
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -162,142 +140,6 @@ def cmd_certs_init(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# --- site ----------------------------------------------------------------------------
-
-
-def cmd_site_init(args: argparse.Namespace) -> int:
-    """Create a site folder with its key pair and templates."""
-    folder = init_site_folder(args.name, Path(args.out), exist_ok=args.exist_ok)
-    print(f"site {args.name} in {folder.root}")
-    print(f"  {folder.private_key}: private key (0600), never leaves this hospital")
-    print(f"  {folder.public_key}: send it to the coordinating center")
-    print(f"    fingerprint {public_key_fingerprint(folder.public_key)}")
-    print(f"  {folder.node_config}: site name and data folder for `hepafed site start`")
-    print(f"  {folder.manifest_template}: the manifest's columns, for manifest.csv")
-    if args.export_public:
-        export = Path(args.export_public)
-        export.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(folder.public_key, export / f"{args.name}.pub")
-        print(f"  public key copied to {export / (args.name + '.pub')}")
-    return EXIT_OK
-
-
-def supernode_options(args: argparse.Namespace) -> SuperNodeOptions:
-    """``SuperNodeOptions`` from ``hepafed site start``'s arguments and node-config.toml."""
-    keys = Path(args.keys) if args.keys else None
-    template = read_node_config(keys) if keys else {}
-    site_dir = args.site_dir or template.get("site-dir")
-    if not site_dir:
-        raise ValueError("give --site-dir (the folder holding manifest.csv)")
-    site_path = Path(site_dir).resolve()
-    name = args.site_name or template.get("site-name") or site_path.name
-    private_key = keys / SITE_PRIVATE_KEY if keys else None
-    if private_key is not None and not private_key.is_file():
-        raise FileNotFoundError(f"{private_key} does not exist: run `hepafed site init` first")
-    ca = Path(args.ca).resolve() if args.ca else None
-    if ca is not None and not ca.is_file():
-        raise FileNotFoundError(f"CA certificate {ca} does not exist")
-    server_key = Path(args.server_key).resolve() if args.server_key else None
-    if server_key is None and keys is not None and (keys / SERVER_PUBLIC_KEY).is_file():
-        server_key = (keys / SERVER_PUBLIC_KEY).resolve()
-    if server_key is not None and not server_key.is_file():
-        raise FileNotFoundError(f"server key {server_key} does not exist")
-    if server_key is None:
-        print(
-            "warning: no --server-key (the federation's server.pub): this site cannot check "
-            "the models it receives and will refuse runs with signed updates",
-            file=sys.stderr,
-        )
-    return SuperNodeOptions(
-        superlink=args.superlink,
-        site_dir=site_path,
-        site_name=name,
-        private_key=private_key.resolve() if private_key else None,
-        ca=None if args.insecure else ca,
-        insecure=args.insecure,
-        runtime_port=args.runtime_port,
-        server_key=server_key,
-        allowed_hooks=template.get("allowed-hooks", ""),
-        policy=read_policy(keys / NODE_CONFIG_FILE) if keys else None,
-    )
-
-
-def cmd_site_start(args: argparse.Namespace) -> int:
-    """Check the data folder (read-only), then become the site's SuperNode."""
-    if args.insecure:
-        warn_insecure()
-    options = supernode_options(args)
-    problems = check_site_folder(options.site_dir)
-    if problems:
-        for p in problems:
-            print(f"  - {p}", file=sys.stderr)
-        print("site start: the data folder is not usable; fix it (see `hepafed site check`)")
-        return EXIT_PROBLEMS
-    if site_folder_is_writable(options.site_dir):
-        print(
-            f"note: {options.site_dir} is writable by this process; the node only reads it, "
-            "a read-only mount is safer",
-            file=sys.stderr,
-        )
-    keys_dir = Path(args.keys).resolve() if args.keys else None
-    if keys_dir is None:
-        raise ValueError(
-            "give --keys (the folder from `hepafed site init`): the apps this site approved "
-            f"({APPROVALS_FILE}) and its refusals log live there"
-        )
-    approvals = read_approvals(keys_dir / APPROVALS_FILE)
-    if not approvals.approved:
-        print(
-            f"note: {approvals.path} approves no app yet: every task will be refused until "
-            "the site approves a reviewed release with `hepafed site approve-app`",
-            file=sys.stderr,
-        )
-    print(f"site {options.site_name}: serving {options.site_dir} to {options.superlink}; "
-          f"runs only the {len(approvals.approved)} app bundle(s) approved in "
-          f"{approvals.path}", flush=True)  # fmt: skip
-    home = Path(args.flwr_home) if args.flwr_home else None
-    with tempfile.TemporaryDirectory(prefix="hepafed-site-") as private:
-        options = replace(options, auth_secret_file=write_auth_secret(Path(private)))
-        print("$ " + " ".join(supernode_command(options)), file=sys.stderr, flush=True)
-        supernode = start_supernode(options, home)
-        executor = subprocess.Popen(
-            executor_command(options, keys_dir, parent_pid=supernode.pid),
-            start_new_session=True,
-            cwd=PROJECT_ROOT,
-            env=with_flower_on_path({**os.environ, **supernode_environment(home)}),
-        )
-        return supervise({"SuperNode": supernode, "site executor": executor})
-
-
-def cmd_site_approve_app(args: argparse.Namespace) -> int:
-    """Approve an app bundle (by hash, .fab file or reviewed app folder) at this site."""
-    digest = bundle_sha256(args.source)
-    path = Path(args.keys) / APPROVALS_FILE
-    approve(path, digest, args.label or args.source)
-    print(f"approved app bundle sha256 {digest} in {path}")
-    return EXIT_OK
-
-
-def cmd_site_revoke_app(args: argparse.Namespace) -> int:
-    """Withdraw an approved app bundle; the next task of that bundle is refused."""
-    path = Path(args.keys) / APPROVALS_FILE
-    revoke(path, bundle_sha256(args.source))
-    print(f"revoked app bundle sha256 {bundle_sha256(args.source)} in {path}")
-    return EXIT_OK
-
-
-def cmd_site_list_apps(args: argparse.Namespace) -> int:
-    """The app bundles this site approved and revoked."""
-    approvals = read_approvals(Path(args.keys) / APPROVALS_FILE)
-    for a in approvals.approved:
-        print(f"approved {a.sha256}  {a.approved_at}  {a.label}")
-    for r in approvals.revoked:
-        print(f"revoked  {r.sha256}  {r.revoked_at}")
-    if not approvals.approved and not approvals.revoked:
-        print(f"no app approved in {approvals.path}")
-    return EXIT_OK
-
-
 # --- server --------------------------------------------------------------------------
 
 
@@ -341,7 +183,7 @@ def cmd_server_start(args: argparse.Namespace) -> int:
     if args.insecure:
         warn_insecure()
     options = superlink_options(args)
-    if is_wildcard(options.host) or options.host not in (*LOOPBACK_NAMES, "::1"):
+    if options.host not in (*LOOPBACK_NAMES, "::1"):
         if not args.expose_control_api:
             raise ValueError(
                 f"--control-host {options.host}: the SuperLink's Control API has no "
@@ -608,46 +450,7 @@ def add_deploy_commands(
     c.add_argument("--keyring", help="also create the server's update-signing key here")
     c.set_defaults(func=cmd_certs_init)
 
-    c = site_sub.add_parser("init", help="create a site folder with its key pair and templates")
-    c.add_argument("name", help="the site's name (how it appears in the report)")
-    c.add_argument("--out", required=True, help="the site folder to create")
-    c.add_argument("--export-public", help="also copy the public key here as NAME.pub")
-    c.add_argument("--exist-ok", action="store_true", help="keep an existing key pair")
-    c.set_defaults(func=cmd_site_init)
-
-    c = site_sub.add_parser("start", help="start this hospital's Flower SuperNode")
-    c.add_argument("--site-dir", help="data folder holding manifest.csv (opened read-only)")
-    c.add_argument("--keys", help="the folder from `hepafed site init` (key pair, node config)")
-    c.add_argument("--site-name", help="default: node-config.toml's site-name")
-    c.add_argument("--superlink", required=True, help="the SuperLink's HOST:PORT")
-    c.add_argument("--ca", help="the federation's ca.pem")
-    c.add_argument("--insecure", action="store_true", help="no TLS (local tests only)")
-    c.add_argument(
-        "--runtime-port",
-        type=int,
-        default=DEFAULT_RUNTIME_PORT,
-        help=f"local port of the SuperNode's own API (default {DEFAULT_RUNTIME_PORT})",
-    )
-    c.add_argument("--flwr-home", help="Flower's home for this node (default ~/.flwr)")
-    c.add_argument(
-        "--server-key", help="the federation's server.pub (default: server.pub in --keys)"
-    )
-    c.set_defaults(func=cmd_site_start)
-
-    c = site_sub.add_parser(
-        "approve-app", help="approve an app bundle to run at this site (by its SHA-256)"
-    )
-    c.add_argument("source", help="the bundle's SHA-256, a .fab file, or a reviewed app folder")
-    c.add_argument("--keys", required=True, help="the site folder from `hepafed site init`")
-    c.add_argument("--label", help="what the bundle is (e.g. 'hepafed 0.2.0, reviewed by X')")
-    c.set_defaults(func=cmd_site_approve_app)
-    c = site_sub.add_parser("revoke-app", help="withdraw an approved app bundle")
-    c.add_argument("source", help="the bundle's SHA-256, a .fab file, or an app folder")
-    c.add_argument("--keys", required=True, help="the site folder from `hepafed site init`")
-    c.set_defaults(func=cmd_site_revoke_app)
-    c = site_sub.add_parser("list-apps", help="the app bundles this site approved and revoked")
-    c.add_argument("--keys", required=True, help="the site folder from `hepafed site init`")
-    c.set_defaults(func=cmd_site_list_apps)
+    add_site_commands(site_sub)
 
     p = sub.add_parser("server", help="the coordinating center's SuperLink")
     server_sub = p.add_subparsers(dest="server_command", required=True)

@@ -247,7 +247,7 @@ def test_site_start_hands_the_sites_own_policy_to_its_node(tmp_path: Path) -> No
     from flwr.common.config import parse_config_args
 
     from client.policy import SitePolicy
-    from simulations.deploy_cli import supernode_options
+    from simulations.site_cli import supernode_options
     from tests.deploy import set_site_policy
 
     keys = tmp_path / "keys"

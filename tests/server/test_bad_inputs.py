@@ -610,3 +610,21 @@ def test_model_hash_is_never_a_stale_one_of_a_freed_model(setup: Setup) -> None:
         record = ArrayRecord({"w": Array(np.full(4, float(i), np.float32))})
         assert setup.trust.model_hash(record) == arrays_hash(record)
         del record
+
+
+def test_a_deployed_site_never_takes_the_server_key_from_the_message(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """``server-key-from-message``: a message signed by another key that names that key's
+    keyring in its run config (trust.keys-dir) is refused at a deployed site; the key comes
+    from the site's node config only."""
+    other = Keyring(tmp_path / "other")
+    other.ensure_server_key()
+    cfg = setup.cfg.replace({"trust.keys-dir": str(other.folder)})
+    forged = Setup(cfg, ServerTrust(cfg, setup.run_dir, RUN_ID), setup.sent, setup.run_dir)
+    deployed = {"site-dir": str(tmp_path)}
+    with pytest.raises(TrustError, match="takes the server's key from no message"):
+        check_model(forged.message(), deployed)
+    genuine = {**deployed, "server-public-key": str(setup.trust.keys_dir / "server.pub")}
+    with pytest.raises(TrustError, match="does not verify with the server key"):
+        check_model(forged.message(), genuine)
