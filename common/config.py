@@ -66,9 +66,9 @@ class TrainConfig:
     optimizer: str = OptimizerName.ADAM.value
     weight_decay: float = 1e-4
     amp: bool = True  # mixed precision, used only when a GPU is present
-    lr_schedule: str = LrSchedule.CONSTANT.value  # constant | cosine, across rounds
+    lr_schedule: str = LrSchedule.COSINE.value  # constant | cosine, across rounds
     lr_min_factor: float = 0.05  # cosine: the last round's lr is train.lr times this
-    warmup_rounds: int = 0  # linear warm-up of the lr over the first rounds
+    warmup_rounds: int = 1  # linear warm-up over the first rounds (at most num-rounds - 1)
     grad_clip: float = 0.0  # > 0: clip each step's gradient to this L2 norm
 
 
@@ -245,7 +245,7 @@ class RunConfig:
         t, rounds = self.train, self.federation.num_rounds
         ranges = {  # key: (value, lowest, highest allowed)
             "train.lr-min-factor": (t.lr_min_factor, 0, 1),
-            "train.warmup-rounds": (t.warmup_rounds, 0, rounds - 1),
+            "train.warmup-rounds": (t.warmup_rounds, 0, float("inf")),
             "train.grad-clip": (t.grad_clip, 0, float("inf")),
             "federation.average-last": (self.federation.average_last, 0, rounds),
         }

@@ -65,9 +65,9 @@ def test_grad_clip_bounds_one_sgd_step(site_factory: Callable[..., Path]) -> Non
 
 
 def test_site_lrs_follow_the_round_and_a_model_trained_alone_gets_the_whole_schedule() -> None:
-    cfg = RunConfig()
-    assert _site_lrs(cfg, 3) is None  # default: train.lr, nothing set
-    cos = cfg.replace({"train.lr-schedule": "cosine", "train.warmup-rounds": 1})
+    cfg = RunConfig().replace({"train.lr-schedule": "constant", "train.warmup-rounds": 0})
+    assert _site_lrs(cfg, 3) is None  # constant: train.lr, nothing set
+    cos = RunConfig()  # the default: one warm-up round, then cosine
     assert _site_lrs(cos, 4) == [round_lr(cos, 4)] * 2
     alone = cos.replace({"train.local-epochs": 20})  # local-only: rounds x epochs, round 0
     lrs = _site_lrs(alone, 0)
