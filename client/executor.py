@@ -11,8 +11,16 @@ is installed or imported (``client.app_approval``): an unapproved bundle gets an
 error reply naming the refusal, and the refusal is logged at the site; an
 approved one is then run whole (the site's own modules are dropped first).
 
-The loop (``serve``) and the task (``run_task``) are separate functions so a
-warm task process can later serve several tokens without re-importing torch.
+Warm task processes. Flower's executor starts a fresh interpreter for every
+message, which then imports torch, MONAI and Flower before any work: seconds per
+message and site. This executor keeps a *warm zygote* instead (the standard
+library's ``forkserver``): one process started with the site's ClientApp module
+imported (``WARM_MODULES``), which never runs bundle code and only forks. Each
+task is still its own process, forked from the zygote, so a task's state never
+reaches the next one; it inherits the imported third-party libraries and drops
+the site's own hepafed modules (``_forget_site_packages``) before the approved
+bundle's code is loaded. ``--cold`` starts a fresh interpreter per task, as
+Flower does.
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ log = logging.getLogger("hepafed.site-executor")
 POLL_S = 0.2
 CLIENT_APP_TASK = "flwr-clientapp"
 MAX_TASKS = 4  # task processes at once; more messages wait at the SuperNode
+# imported once by the warm zygote: the site's ClientApp and, through it, torch, MONAI, Flower
+WARM_MODULES = ("client.app", "flwr.supernode.runtime.run_clientapp")
 AUTH_METHODS = frozenset({"/flwr.proto.Runtime/AcquireTask"})
 OWN_PACKAGES = ("client", "common", "server", "simulations")
 _PLAIN_ID = re.compile(r"[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+")
@@ -63,6 +73,72 @@ def _auth_interceptors(secret_file: str | None) -> list[Any]:
     return [SuperExecAuthHttpInterceptor(master_secret=secret, protected_methods=AUTH_METHODS)]
 
 
+class _Task:
+    """A running task process; ``running`` is polled by ``serve`` and logs how the task ended
+    (its wall time, from the token acquired to the process gone, is the per-message cost)."""
+
+    def __init__(self) -> None:
+        self._started = time.monotonic()
+
+    def _exit_code(self) -> int | None:
+        raise NotImplementedError
+
+    def running(self) -> bool:
+        code = self._exit_code()
+        if code is None:
+            return True
+        log.log(logging.WARNING if code else logging.INFO, "task done in %.2f s, exit code %s",
+                time.monotonic() - self._started, code)  # fmt: skip
+        return False
+
+
+class _ColdTask(_Task):
+    """A task in a fresh interpreter (``--cold``), as Flower's own executor runs it."""
+
+    def __init__(self, args: argparse.Namespace, token: str) -> None:
+        super().__init__()
+        self._proc = subprocess.Popen(task_command(args, token))
+
+    def _exit_code(self) -> int | None:
+        return self._proc.poll()
+
+
+class _WarmTask(_Task):
+    """A task forked from the warm zygote."""
+
+    def __init__(self, context: Any, args: argparse.Namespace, token: str) -> None:
+        super().__init__()
+        task_args = argparse.Namespace(**{**vars(args), "mode": "task", "token": token})
+        self._proc = context.Process(target=warm_task, args=(task_args,), daemon=False)
+        self._proc.start()
+
+    def _exit_code(self) -> int | None:
+        if self._proc.is_alive():
+            return None
+        code = self._proc.exitcode
+        self._proc.close()
+        return code
+
+
+def warm_zygote(modules: tuple[str, ...] = WARM_MODULES) -> Any:
+    """The multiprocessing context whose processes fork from a zygote that imported
+    ``modules`` once; the zygote is started (and warmed) now, before the first task."""
+    import multiprocessing
+    import multiprocessing.forkserver
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(modules))
+    multiprocessing.forkserver.ensure_running()
+    return context
+
+
+def warm_task(args: argparse.Namespace) -> None:
+    """The body of a task process forked from the zygote (``run_task``; Flower's runner
+    ends the process with the task's exit code)."""
+    _log_setup()
+    run_task(args)
+
+
 def serve(args: argparse.Namespace) -> int:
     """Acquire ClientApp tasks from the SuperNode and start a checked task process for each,
     at most ``MAX_TASKS`` at a time (a flood of messages cannot start unbounded processes)."""
@@ -74,6 +150,7 @@ def serve(args: argparse.Namespace) -> int:
     if args.parent_pid is not None:
         start_parent_process_monitor(args.parent_pid)
     read_approvals(Path(args.approvals))  # a malformed list stops the site now, not per task
+    zygote = None if args.cold else warm_zygote()
     client = RuntimeHttpClient.from_server_address(
         server_address=args.runtime_api_address,
         insecure=True,
@@ -81,17 +158,20 @@ def serve(args: argparse.Namespace) -> int:
         interceptors=_auth_interceptors(args.auth_secret_file),
         retry_invoker=make_simple_http_retry_invoker(),
     )
-    running: list[subprocess.Popen[bytes]] = []
-    log.info("site %s: executor serving %s, approvals in %s", args.site,
-             args.runtime_api_address, args.approvals)  # fmt: skip
+    running: list[_Task] = []
+    log.info("site %s: executor serving %s, approvals in %s, %s task processes", args.site,
+             args.runtime_api_address, args.approvals, "cold" if args.cold else "warm")  # fmt: skip
     try:
         while True:
-            running = [p for p in running if p.poll() is None]
+            running = [t for t in running if t.running()]
             if len(running) < MAX_TASKS:
                 request = AcquireTaskRequest(supported_task_types=[CLIENT_APP_TASK])
                 reply = client.AcquireTask(request)
                 if reply.HasField("task") and reply.token:
-                    running.append(subprocess.Popen(task_command(args, reply.token)))
+                    task = _ColdTask(args, reply.token) if zygote is None else _WarmTask(
+                        zygote, args, reply.token)  # fmt: skip
+                    running.append(task)
+                    continue  # another message may be waiting: ask again at once
             time.sleep(POLL_S)
     finally:
         client.close()
@@ -168,6 +248,11 @@ def run_task(args: argparse.Namespace) -> None:
     )
 
 
+def _log_setup() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m client.executor", description=__doc__)
     p.add_argument("mode", choices=["serve", "task"])
@@ -180,13 +265,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--auth-secret-file", help="the SuperNode's --superexec-auth-secret-file (mode serve)"
     )
+    p.add_argument("--cold", action="store_true",
+                   help="a fresh interpreter per task instead of a fork of the warm zygote "
+                        "(mode serve; slower: every task imports torch again)")  # fmt: skip
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
+    _log_setup()
     if args.mode == "serve":
         return serve(args)
     if not args.token:

@@ -53,6 +53,7 @@ class SuperNodeOptions:
     allowed_hooks: str = ""  # 'module:Class' hooks this site agrees to import (comma-separated)
     policy: SitePolicy | None = None  # the site's [policy] (node-config.toml), enforced there
     auth_secret_file: Path | None = None  # only the site executor may take the node's tasks
+    cold_tasks: bool = False  # a fresh interpreter per task, not a fork of the warm zygote
 
     def __post_init__(self) -> None:
         if not self.insecure and (self.ca is None or self.private_key is None):
@@ -116,6 +117,8 @@ def executor_command(options: SuperNodeOptions, keys_dir: Path, parent_pid: int 
         cmd += ["--parent-pid", str(parent_pid)]
     if options.auth_secret_file is not None:
         cmd += ["--auth-secret-file", str(options.auth_secret_file)]
+    if options.cold_tasks:
+        cmd.append("--cold")
     return cmd
 
 

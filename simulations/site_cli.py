@@ -101,6 +101,7 @@ def supernode_options(args: argparse.Namespace) -> SuperNodeOptions:
         server_key=server_key,
         allowed_hooks=template.get("allowed-hooks", ""),
         policy=read_policy(keys / NODE_CONFIG_FILE) if keys else None,
+        cold_tasks=args.cold_tasks,
     )
 
 
@@ -205,6 +206,12 @@ def add_site_commands(site_sub: argparse._SubParsersAction[Any]) -> None:
     c.add_argument("--flwr-home", help="Flower's home for this node (default ~/.flwr)")
     c.add_argument(
         "--server-key", help="the federation's server.pub (default: server.pub in --keys)"
+    )
+    c.add_argument(
+        "--cold-tasks",
+        action="store_true",
+        help="start a fresh Python for every task (as Flower's own executor does) instead of "
+        "forking it from a warm process that imported torch once; slower",
     )
     c.set_defaults(func=cmd_site_start)
 

@@ -113,6 +113,87 @@ def test_a_bundle_that_installs_elsewhere_is_not_loaded(
     assert flower["seen"]["forgotten"] == 0
 
 
-def test_the_executor_takes_a_bounded_number_of_tasks() -> None:
-    assert 1 <= executor.MAX_TASKS <= 8
+class _Stop(Exception):
+    pass
+
+
+def test_the_executor_never_runs_more_than_max_tasks_at_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A flood of messages: the executor takes a task only while fewer than MAX_TASKS run,
+    and takes the next at once when one ends."""
+    import flwr.supercore.runtime as runtime
+
+    running: list[Any] = []
+    peak, acquired = [0], [0]
+
+    class Task:
+        def __init__(self, _args: Any, token: str) -> None:
+            self.token, self.done = token, False
+            running.append(self)
+            peak[0] = max(peak[0], sum(not t.done for t in running))
+
+        def running(self) -> bool:
+            return not self.done
+
+    class Client:
+        def AcquireTask(self, _request: Any) -> Any:  # noqa: N802 (Flower's name)
+            acquired[0] += 1
+            if acquired[0] > 20:
+                raise _Stop
+            return SimpleNamespace(HasField=lambda _f: True, token=f"t{acquired[0]}")
+
+        def close(self) -> None:
+            pass
+
+    def one_task_ends(_s: float) -> None:
+        next(t for t in running if not t.done).done = True
+
+    monkeypatch.setattr(runtime.RuntimeHttpClient, "from_server_address", lambda **_: Client())
+    monkeypatch.setattr(executor, "_ColdTask", Task)
+    monkeypatch.setattr(executor.time, "sleep", one_task_ends)
+    args = executor.parser().parse_args(["serve", "--runtime-api-address", "127.0.0.1:1",
+                                         "--approvals", str(tmp_path / APPROVALS_FILE),
+                                         "--keys", str(tmp_path), "--site", "s", "--cold"])  # fmt: skip
+    with pytest.raises(_Stop):
+        executor.serve(args)
+    assert len(running) == 20 and [t.token for t in running] == [f"t{i}" for i in range(1, 21)]
+    assert peak[0] == executor.MAX_TASKS
     assert executor._auth_interceptors(None) == []
+
+
+def _report(conn: Any) -> None:
+    """The body of a task process in the warm-zygote test: what it found already imported."""
+    import os
+    import sys
+
+    torch = sys.modules.get("torch")
+    conn.send({"pid": os.getpid(), "parent": os.getppid(),
+               "preloaded": sorted(m for m in ("torch", "monai", "flwr", "client.app")
+                                   if m in sys.modules),
+               "left_by_an_earlier_task": getattr(torch, "_hepafed_task", None)})  # fmt: skip
+    if torch is not None:
+        torch._hepafed_task = os.getpid()  # type: ignore[attr-defined]
+    conn.close()
+
+
+def test_tasks_fork_from_a_warm_zygote_and_share_nothing_with_each_other() -> None:
+    """Each task is a new process that finds torch, MONAI, Flower and the site's ClientApp
+    imported already (the zygote's one import: a failed preload would show here), while
+    what one task changes never reaches the next."""
+    import os
+
+    context = executor.warm_zygote()
+    seen = []
+    for _ in range(2):
+        ours, theirs = context.Pipe(duplex=False)
+        proc = context.Process(target=_report, args=(theirs,))
+        proc.start()
+        theirs.close()
+        seen.append(ours.recv())
+        proc.join(timeout=60)
+        assert proc.exitcode == 0
+    assert [s["preloaded"] for s in seen] == [["client.app", "flwr", "monai", "torch"]] * 2
+    assert seen[0]["pid"] != seen[1]["pid"] and os.getpid() not in {s["pid"] for s in seen}
+    assert seen[0]["parent"] == seen[1]["parent"] != os.getpid()  # both forks of the zygote
+    assert [s["left_by_an_earlier_task"] for s in seen] == [None, None]

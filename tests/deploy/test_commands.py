@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,9 @@ def test_supernode_command_is_secure_by_default(tmp_path: Path) -> None:
     assert executor[executor.index("--approvals") + 1] == str(tmp_path / "keys" / APPROVALS_FILE)
     assert executor[executor.index("--runtime-api-address") + 1] == "127.0.0.1:9094"
     assert executor[-2:] == ["--parent-pid", "7"]
+    assert "--cold" not in executor  # tasks fork from the warm zygote unless the site says so
+    cold = executor_command(replace(options, cold_tasks=True), tmp_path / "keys")
+    assert cold[-1] == "--cold"
     with pytest.raises(ValueError, match="--insecure"):
         SuperNodeOptions(superlink="x:1", site_dir=tmp_path, site_name="a")
 
