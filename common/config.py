@@ -256,6 +256,25 @@ class RunConfig:
                     f"(federation.num-rounds = {rounds})"
                 )
 
+    @staticmethod
+    def _check_hook_names(use: tuple[str, ...]) -> None:
+        from common.hooks.registry import UnknownHookError, hook_class
+
+        classes = []
+        for name in use:
+            try:
+                classes.append(hook_class(name))
+            except UnknownHookError as e:
+                raise ConfigError(f"hooks.use: {e}") from e
+        names = [cls.name for cls in classes]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"hooks.use = {','.join(use)!r} names a hook twice")
+        sharing = [cls.name for cls in classes if cls.shares_statistics]
+        if len(sharing) > 1:
+            raise ConfigError(
+                f"hooks.use: {sharing} all share statistics with the server; use at most one"
+            )
+
     def _check_trust(self) -> None:
         _check_choice("data.on-bad-case", self.data.on_bad_case, BadCasePolicy)
         _check_choice("privacy.mode", self.privacy.mode, PrivacyMode)
@@ -280,23 +299,9 @@ class RunConfig:
             )
 
     def _check_hooks(self) -> None:
-        from common.hooks.registry import UnknownHookError, hook_class
-
         h = self.hooks
-        classes = []
-        for name in h.use:
-            try:
-                classes.append(hook_class(name))
-            except UnknownHookError as e:
-                raise ConfigError(f"hooks.use: {e}") from e
-        names = [cls.name for cls in classes]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"hooks.use = {','.join(h.use)!r} names a hook twice")
-        sharing = [cls.name for cls in classes if cls.shares_statistics]
-        if len(sharing) > 1:
-            raise ConfigError(
-                f"hooks.use: {sharing} all share statistics with the server; use at most one"
-            )
+        if h.use:  # (the registry imports torch: not for a config without hooks)
+            self._check_hook_names(h.use)
         marks = h.landmarks
         if (
             len(marks) < 2

@@ -38,6 +38,11 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from common.crypto import PRIVATE_MODE, write_private
 from common.keys import site_name_problem
 
+UNSIGNED_WARNING = (
+    "trust.sign-updates = false: updates and models are NOT signed or checked; "
+    "any party on the path could alter them. Use this only for a local experiment."
+)
+
 SERVER_PRIVATE_KEY = "server_key"
 SERVER_PUBLIC_KEY = "server.pub"
 SITES_DIR = "sites"

@@ -24,6 +24,7 @@ from common.config import RunConfig
 from common.keys import ConfigKey, RecordKey, SiteKey
 from common.signing import (
     SERVER_PUBLIC_KEY,
+    UNSIGNED_WARNING,
     Keyring,
     SigningKeyError,
     arrays_hash,
@@ -45,11 +46,6 @@ log = logging.getLogger("hepafed.progress")
 
 KEYS_DIR = "keys"
 MODELS_REMEMBERED = 4  # a round's shared weights, the full model, the evaluated model
-UNSIGNED_WARNING = (
-    "trust.sign-updates = false: updates and models are NOT signed or checked; "
-    "any party on the path could alter them. Use this only for a local experiment."
-)
-
 
 class ServerTrust:
     """The run's keys, the models it signed, and the check of every signed update."""

@@ -18,7 +18,6 @@ from typing import Any
 
 from common.signing import PublicKey, SigningKeyError, load_public_key, verify
 from server.audit import AUDIT_FILE, HEAD_FILE
-from server.audit_run import verify_run
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_UNFINISHED = 0, 1, 2
 RUN_KEY_COPY = Path("keys") / "server.pub"
@@ -60,6 +59,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             )
     else:
         print(f"key: none (no --public-key and no {key_file}): the head signature is not checked")
+    from server.audit_run import verify_run  # server.trust imports torch: not for --help
+
     audit = verify_run(run_dir, check, key)
     if audit.problems:
         for problem in audit.problems:

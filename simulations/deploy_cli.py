@@ -37,7 +37,7 @@ from common.crypto import (
 )
 from common.keys import site_name_problem
 from common.processes import supervise, with_flower_on_path
-from common.signing import SERVER_PUBLIC_KEY, Keyring, load_public_key
+from common.signing import SERVER_PUBLIC_KEY, UNSIGNED_WARNING, Keyring, load_public_key
 from server.deploy import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -66,7 +66,6 @@ from server.gateway import (
     start_gateway,
     write_gateway_config,
 )
-from server.trust import UNSIGNED_WARNING
 from simulations.site_cli import add_site_commands
 
 EXIT_OK, EXIT_PROBLEMS = 0, 1
