@@ -23,17 +23,17 @@ import hashlib
 import json
 import logging
 import os
-import re
 import tomllib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from common.app_bundle import SHA256 as _SHA256
+
 log = logging.getLogger("hepafed.site-executor")
 
 APPROVALS_FILE = "approved-apps.toml"
 REFUSALS_LOG = "refused-apps.log"
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class AppNotApproved(PermissionError):
@@ -187,23 +187,6 @@ def revoke(path: Path, sha256: str) -> Approvals:
     )
     write_approvals(updated)
     return updated
-
-
-def bundle_sha256(source: str) -> str:
-    """The hash to approve, from a hash, a ``.fab`` file, or an app folder (built as
-    ``flwr run`` builds it)."""
-    if _SHA256.fullmatch(source):
-        return source
-    path = Path(source)
-    if path.is_file():
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    if (path / "pyproject.toml").is_file():
-        from flwr.cli.build import build_fab_from_disk
-
-        return hashlib.sha256(build_fab_from_disk(path)).hexdigest()
-    raise ValueError(
-        f"{source!r} is not a SHA-256, a .fab file or a Flower app folder (with pyproject.toml)"
-    )
 
 
 def log_refusal(keys_dir: Path, message: str) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,3 +220,18 @@ def public_key_fingerprint(public_key_file: Path) -> str:
     digest = hashes.Hash(hashes.SHA256())
     digest.update(der)
     return ":".join(f"{b:02x}" for b in digest.finalize())
+
+
+INSECURE_WARNING = (
+    "\n"
+    "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
+    "!! WARNING: --insecure: TLS is OFF and site authentication is OFF.           !!\n"
+    "!! Model updates and metrics travel UNENCRYPTED and ANY node can join.        !!\n"
+    "!! Use this only for a local test, never with patient data or across sites.  !!\n"
+    "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
+)
+
+
+def warn_insecure() -> None:
+    """Print the loud ``--insecure`` warning on stderr."""
+    print(INSECURE_WARNING, file=sys.stderr, flush=True)

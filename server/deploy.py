@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -33,6 +32,7 @@ from typing import Any
 from common.crypto import CA_CERT, SERVER_CERT, SERVER_KEY, certificate_hosts
 from common.processes import with_flower_on_path
 
+LOOPBACK_NAMES = ("localhost", "127.0.0.1")  # always in the server certificate
 DEFAULT_PORT = 9093
 DEFAULT_HOST = "127.0.0.1"
 DATABASE_FILE = "superlink.db"
@@ -41,20 +41,6 @@ LEGACY_LISTENERS = ("FLWR_INTERNAL_GRPC_CONTROL_API", "FLWR_INTERNAL_GRPC_FLEET_
 FLWR_HOME_DIR = "flwr-home"
 CONNECTION = "hepafed"
 """Name of the SuperLink connection in the temporary Flower CLI config."""
-
-INSECURE_WARNING = (
-    "\n"
-    "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
-    "!! WARNING: --insecure: TLS is OFF and site authentication is OFF.           !!\n"
-    "!! Model updates and metrics travel UNENCRYPTED and ANY node can join.        !!\n"
-    "!! Use this only for a local test, never with patient data or across sites.  !!\n"
-    "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
-)
-
-
-def warn_insecure() -> None:
-    """Print the loud ``--insecure`` warning on stderr."""
-    print(INSECURE_WARNING, file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)

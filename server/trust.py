@@ -47,6 +47,7 @@ log = logging.getLogger("hepafed.progress")
 KEYS_DIR = "keys"
 MODELS_REMEMBERED = 4  # a round's shared weights, the full model, the evaluated model
 
+
 class ServerTrust:
     """The run's keys, the models it signed, and the check of every signed update."""
 

@@ -505,7 +505,7 @@ def simulate_runs(data_dir: Path) -> dict[str, Any]:
     for method in ("none", "fp16", "int8"):
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "run"
-            command = [sys.executable, "-c", "from simulations.cli import main; exit(main())"]
+            command = [sys.executable, "-c", "from common.cli import main; exit(main())"]
             command += ["simulate", "--out", str(out), "--data-dir", str(data_dir)]
             if method != "none":
                 command += ["--run-config", f"federation.compression='{method}'"]

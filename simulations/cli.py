@@ -1,45 +1,19 @@
-"""The `hepafed` command line: simulate, study, report, bench, phantom, site check."""
+"""The simulation commands of ``hepafed``: simulate (and --compare), study, ablate, report,
+bench, phantom (the root parser is ``common.cli``)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import re
 import shlex
 import sys
 import time
-import tomllib
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import common  # noqa: F401  (sets Flower's no-telemetry, no-install environment)
-from common.config import ConfigError, RunConfig
+from common.cli import EXIT_OK, parse_overrides
+from common.config import ConfigError
 from common.keys import EvalDesign, MetricKey
-from common.manifest import ManifestError, SiteManifest, inspect_site
-
-EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
-
-
-def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``key=value`` pairs (TOML values, like ``flwr run --run-config``) to a dict."""
-    out: dict[str, Any] = {}
-    for item in items:
-        pairs = _PAIR.findall(item)
-        leftover = _PAIR.sub("", item).strip()
-        if leftover or not pairs:
-            raise ConfigError(
-                f"--run-config {item!r}: expected key=value pairs, e.g. train.lr=0.01"
-            )
-        for key, value in pairs:
-            try:
-                out[key] = tomllib.loads(f"v = {value}")["v"]
-            except tomllib.TOMLDecodeError:
-                out[key] = value  # a bare word is a string
-    return out
-
-
-_PAIR = re.compile(r"""([\w.\-]+)=('[^']*'|"[^"]*"|\S+)""")
 
 
 class _ProgressHandler(logging.Handler):
@@ -206,30 +180,6 @@ def cmd_phantom(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_site_check(args: argparse.Namespace) -> int:
-    """Validate a site folder and print its summary (read-only; exit 1 on any problem)."""
-    cfg = RunConfig().replace(parse_overrides(args.run_config))
-    manifest: SiteManifest | None
-    try:
-        manifest, problems = inspect_site(
-            Path(args.site_dir), cfg.data.channels, cfg.task, cfg.data.spatial_dims,
-            data_root=args.data_root,
-        )  # fmt: skip
-    except ManifestError as e:
-        manifest, problems = None, list(e.problems)
-    if manifest is not None:
-        from common.acquisition import format_survey, survey_site
-
-        print("\n".join(format_survey(survey_site(manifest))))
-    if problems:
-        print(f"{len(problems)} problem(s):", file=sys.stderr)
-        for p in problems:
-            print(f"  - {p}", file=sys.stderr)
-        return EXIT_PROBLEMS
-    print("  no problems found")
-    return EXIT_OK
-
-
 def cmd_bench(args: argparse.Namespace) -> int:
     from simulations.bench import SECTIONS, run_bench
 
@@ -298,12 +248,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hepafed", description="Federated multi-center learning for liver imaging."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_commands(sub: argparse._SubParsersAction[Any]) -> None:
+    """Add the simulation commands to the root's subparsers (``common.cli``)."""
     p = sub.add_parser("simulate", help="simulate a multi-hospital federation with baselines")
     p.add_argument("--scenario", default="liver-5", help="bundled name or TOML path")
     p.add_argument("--quick", action="store_true", help="3 rounds of 1 epoch")
@@ -391,36 +337,3 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (one sub-folder per site)")
     p.add_argument("--seed", type=int, default=None, help="default: the scenario's seed")
     p.set_defaults(func=cmd_phantom)
-
-    p = sub.add_parser("site", help="site tooling")
-    site_sub = p.add_subparsers(dest="site_command", required=True)
-    c = site_sub.add_parser("check", help="validate a site's manifest and images (read-only)")
-    c.add_argument("site_dir", help="the site folder holding manifest.csv")
-    c.add_argument("--run-config", action="append", default=[], metavar="'KEY=VALUE ...'")
-    c.add_argument(
-        "--data-root",
-        help="a folder outside the site folder that manifest paths may lead to (the site "
-        "policy's data-root; default: every path stays inside the site folder)",
-    )
-    c.set_defaults(func=cmd_site_check)
-    from simulations.deploy_cli import add_deploy_commands  # certs, server, run, site *
-
-    add_deploy_commands(sub, site_sub)
-    from simulations.audit_cli import add_audit_commands  # audit verify
-
-    add_audit_commands(sub)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return int(args.func(args))
-    except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"hepafed: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-
-
-if __name__ == "__main__":
-    sys.exit(main())

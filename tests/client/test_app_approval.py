@@ -14,11 +14,11 @@ from client.app_approval import (
     AppNotApproved,
     ApprovalsError,
     approve,
-    bundle_sha256,
     log_refusal,
     read_approvals,
     revoke,
 )
+from common.app_bundle import bundle_sha256
 
 ROOT = Path(__file__).resolve().parents[2]
 

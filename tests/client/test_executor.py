@@ -137,7 +137,7 @@ def test_the_executor_never_runs_more_than_max_tasks_at_once(
             return not self.done
 
     class Client:
-        def AcquireTask(self, _request: Any) -> Any:  # noqa: N802 (Flower's name)
+        def AcquireTask(self, _request: Any) -> Any:
             acquired[0] += 1
             if acquired[0] > 20:
                 raise _Stop
@@ -152,9 +152,9 @@ def test_the_executor_never_runs_more_than_max_tasks_at_once(
     monkeypatch.setattr(runtime.RuntimeHttpClient, "from_server_address", lambda **_: Client())
     monkeypatch.setattr(executor, "_ColdTask", Task)
     monkeypatch.setattr(executor.time, "sleep", one_task_ends)
-    args = executor.parser().parse_args(["serve", "--runtime-api-address", "127.0.0.1:1",
-                                         "--approvals", str(tmp_path / APPROVALS_FILE),
-                                         "--keys", str(tmp_path), "--site", "s", "--cold"])  # fmt: skip
+    argv = ["serve", "--runtime-api-address", "127.0.0.1:1", "--site", "s", "--cold",
+            "--approvals", str(tmp_path / APPROVALS_FILE), "--keys", str(tmp_path)]  # fmt: skip
+    args = executor.parser().parse_args(argv)
     with pytest.raises(_Stop):
         executor.serve(args)
     assert len(running) == 20 and [t.token for t in running] == [f"t{i}" for i in range(1, 21)]

@@ -543,7 +543,7 @@ def test_docs_name_every_kind_and_the_range_table() -> None:
 def test_site_check_prints_named_problems_for_a_ragged_duplicate_manifest(
     site_factory: Callable[..., Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from simulations.cli import main
+    from common.cli import main
 
     site = site_factory(n_cases=3)
     lines = _lines(site)
@@ -565,7 +565,7 @@ def test_the_sites_policy_and_site_check_name_the_data_root(
     """``policy.data-root`` reaches the ClientApp's loader; ``site check --data-root`` too;
     the run config has no say."""
     from client.site import open_site
-    from simulations.cli import main
+    from common.cli import main
 
     site = site_factory(n_cases=3)
     outside = _outside_copy(site)

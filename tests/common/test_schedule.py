@@ -22,9 +22,7 @@ def test_the_default_recipe_is_one_warm_up_round_then_cosine_to_five_percent() -
     assert not is_constant(cfg)
     lr, rounds = cfg.train.lr, cfg.federation.num_rounds
     assert rounds == 10 and cfg.train.lr_min_factor == 0.05
-    want = [lr / 2] + [
-        lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * k / 8))) for k in range(9)
-    ]
+    want = [lr / 2] + [lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * k / 8))) for k in range(9)]
     assert [round_lr(cfg, r) for r in range(1, 11)] == pytest.approx(want)
     assert round_lr(cfg, 10) == pytest.approx(lr * 0.05)
 

@@ -186,7 +186,8 @@ def snapshot_app(dest: Path) -> Path:
 
 def approve_app(app_dir: Path, *keys_dirs: Path) -> str:
     """Approve the app bundle ``flwr run`` builds from ``app_dir`` at each site; its hash."""
-    from client.app_approval import APPROVALS_FILE, approve, bundle_sha256
+    from client.app_approval import APPROVALS_FILE, approve
+    from common.app_bundle import bundle_sha256
 
     digest = bundle_sha256(str(app_dir))
     for keys in keys_dirs:

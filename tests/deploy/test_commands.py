@@ -20,6 +20,7 @@ from client.node import (
     read_node_config,
     supernode_command,
 )
+from common.cli import build_parser, main
 from common.crypto import certificate_hosts, create_certificates, create_site_keys
 from server.deploy import (
     ControlConnection,
@@ -29,8 +30,7 @@ from server.deploy import (
     run_command,
     superlink_command,
 )
-from simulations.cli import build_parser, main
-from simulations.deploy_cli import run_dir_of
+from server.run_cli import run_dir_of
 from tests.deploy import ROOT
 
 
@@ -213,7 +213,7 @@ def test_site_start_refuses_a_folder_without_manifest(
 
 def test_run_needs_a_keyring_or_an_explicit_unsigned_run(tmp_path: Path) -> None:
     """``deploy-no-keyring``: a deployed run signs models and checks site signatures."""
-    from simulations.deploy_cli import run_overrides
+    from server.run_cli import run_overrides
 
     args = build_parser().parse_args(["run", "--superlink", "h:1", "--ca", "c"])
     with pytest.raises(ValueError, match="needs the federation's keyring"):
@@ -231,9 +231,9 @@ def test_run_needs_a_keyring_or_an_explicit_unsigned_run(tmp_path: Path) -> None
 def test_resume_submits_the_runs_own_config(tmp_path: Path) -> None:
     import json
 
+    from common.cli import parse_overrides
     from common.config import RunConfig
-    from simulations.cli import parse_overrides
-    from simulations.deploy_cli import run_overrides
+    from server.run_cli import run_overrides
 
     cfg = RunConfig().replace({"federation.num-rounds": 3, "trust.keys-dir": "/k"})
     (tmp_path / "config.json").write_text(json.dumps({"config": cfg.to_flat(), "sites": []}))
@@ -250,8 +250,8 @@ def test_site_start_hands_the_sites_own_policy_to_its_node(tmp_path: Path) -> No
     the site's decision, read from its own folder, never from the run config."""
     from flwr.common.config import parse_config_args
 
+    from client.cli import supernode_options
     from client.policy import SitePolicy
-    from simulations.site_cli import supernode_options
     from tests.deploy import set_site_policy
 
     keys = tmp_path / "keys"
@@ -283,7 +283,7 @@ def test_one_key_speaks_for_one_plainly_named_site(tmp_path: Path) -> None:
     """``key-two-names``: a key filed for one site is refused under a second name; a name that
     is not a plain identifier never becomes a key file's path."""
     from common.signing import Keyring, SigningKeyError
-    from simulations.deploy_cli import register_signing_key
+    from server.cli import register_signing_key
 
     files = create_site_keys(tmp_path / "b", comment="hospital-b")
     keyring = tmp_path / "keyring"

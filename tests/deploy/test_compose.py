@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from client.node import SuperNodeOptions, supernode_command
+from common.cli import build_parser
 from server.deploy import SuperLinkOptions, superlink_command, superlink_environment
-from simulations.cli import build_parser
 from tests.deploy import ROOT
 
 HOSPITALS = ("hospital-a", "hospital-b", "hospital-c")

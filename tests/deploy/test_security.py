@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from common.crypto import create_certificates
+from common.crypto import INSECURE_WARNING, create_certificates
 from server.deploy import (
-    INSECURE_WARNING,
     ControlConnection,
     ControlError,
     list_nodes,

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from common.cli import main
 from server.audit import (
     AUDIT_FILE,
     HEAD_FILE,
@@ -24,9 +25,8 @@ from server.audit import (
     entries,
     verify_trail,
 )
+from server.audit_cli import load_public_key, verify_with
 from server.audit_head import head_bytes, head_record
-from simulations.audit_cli import load_public_key, verify_with
-from simulations.cli import main
 
 ZERO = "0" * 64
 EVENTS = [

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from common.cli import main
 from common.config import RunConfig
 from common.signing import load_public_key
 from server.audit import AUDIT_FILE, HEAD_FILE, AuditError, AuditTrail, entries, verify_trail
+from server.audit_cli import verify_with
 from server.audit_run import provenance_problems, verify_run
 from server.records import RunRecorder
 from server.trust import REPORT_SIGNATURE, ServerTrust, file_sha256, sign_report
-from simulations.audit_cli import verify_with
-from simulations.cli import main
 
 RUN_ID = "run-7f3a"
 

@@ -563,9 +563,9 @@ def test_report_edited_after_the_run_is_caught(
 ) -> None:
     """``report-edited``: hepafed audit verify compares the report files with the trail's
     ``report`` entry and the server's signature."""
+    from common.cli import main
     from server.audit import AuditTrail
     from server.trust import sign_report
-    from simulations.cli import main
 
     run = setup.run_dir
     setup.trust.publish_key(run)

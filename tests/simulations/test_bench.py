@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from common.cli import main
 from simulations.bench import run_bench
 from simulations.bench_report import markdown
-from simulations.cli import main
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from simulations.cli import main, parse_overrides
+from common.cli import main, parse_overrides
 
 
 def test_parse_overrides_uses_toml_values() -> None:

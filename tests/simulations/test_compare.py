@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from common.cli import main
 from common.config import RunConfig
 from common.hooks import HookSet
 from common.models import build_model
 from server.records import load_checkpoint, read_evaluations
-from simulations.cli import main
 from simulations.compare import compare
 
 SCENARIO = """

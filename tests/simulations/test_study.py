@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from simulations.cli import main
+from common.cli import main
 from simulations.study import (
     FAILED,
     OK,

@@ -147,9 +147,9 @@ def test_report_trail_and_checkpoint_name_the_model_by_one_hash(
     """One model hash: report.json's model_sha256 of each model is the hash the audit trail
     recorded for its checkpoint and for the model it scored; the run ends sealed, and a
     checkpoint swapped afterwards is named by ``hepafed audit verify``."""
+    from common.cli import main
     from common.signing import state_hash
     from server.audit_run import verify_run
-    from simulations.cli import main
 
     run_dir = tmp_path / "one-hash"
     run_federated(_config(sites, run_dir, **{"federation.num-rounds": 1, "eval.local-only": True}))

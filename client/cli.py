@@ -1,13 +1,14 @@
-"""The hospital's subcommands of ``hepafed``: its site folder, its node, the apps it runs.
+"""The hospital's ``hepafed site`` commands: its data, its site folder, its node, its apps.
 
+``hepafed site check DIR``        validate a data folder's manifest and images (read-only)
 ``hepafed site init NAME``        a site folder: key pair, node config and policy, templates
 ``hepafed site start``            the hospital's Flower SuperNode and its site executor
 ``hepafed site approve-app``      approve an app bundle by hash (revoke-app, list-apps)
 
 The command lines come from ``client.node.supernode_command`` and
 ``client.node.executor_command``; ``site start`` supervises the two processes (when
-one ends, the other is stopped, with its exit code). ``hepafed site check`` is in
-``simulations.cli``.
+one ends, the other is stopped, with its exit code). Nothing of ``server`` is imported
+here: a hospital's commands load the hospital's code only (``common.cli``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from client.app_approval import APPROVALS_FILE, approve, bundle_sha256, read_approvals, revoke
+from client.app_approval import APPROVALS_FILE, approve, read_approvals, revoke
 from client.node import (
     DEFAULT_RUNTIME_PORT,
     NODE_CONFIG_FILE,
@@ -38,13 +39,39 @@ from client.node import (
     write_auth_secret,
 )
 from client.policy_file import read_policy
-from common.crypto import SITE_PRIVATE_KEY, public_key_fingerprint
+from common.app_bundle import bundle_sha256
+from common.cli import EXIT_OK, EXIT_PROBLEMS, parse_overrides
+from common.config import RunConfig
+from common.crypto import SITE_PRIVATE_KEY, public_key_fingerprint, warn_insecure
+from common.manifest import ManifestError, SiteManifest, inspect_site
 from common.processes import supervise, with_flower_on_path
 from common.signing import SERVER_PUBLIC_KEY
-from server.deploy import warn_insecure
 
-EXIT_OK, EXIT_PROBLEMS = 0, 1
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def cmd_site_check(args: argparse.Namespace) -> int:
+    """Validate a site folder and print its summary (read-only; exit 1 on any problem)."""
+    cfg = RunConfig().replace(parse_overrides(args.run_config))
+    manifest: SiteManifest | None
+    try:
+        manifest, problems = inspect_site(
+            Path(args.site_dir), cfg.data.channels, cfg.task, cfg.data.spatial_dims,
+            data_root=args.data_root,
+        )  # fmt: skip
+    except ManifestError as e:
+        manifest, problems = None, list(e.problems)
+    if manifest is not None:
+        from common.acquisition import format_survey, survey_site
+
+        print("\n".join(format_survey(survey_site(manifest))))
+    if problems:
+        print(f"{len(problems)} problem(s):", file=sys.stderr)
+        for p in problems:
+            print(f"  - {p}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    print("  no problems found")
+    return EXIT_OK
 
 
 def cmd_site_init(args: argparse.Namespace) -> int:
@@ -181,8 +208,20 @@ def cmd_site_list_apps(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def add_site_commands(site_sub: argparse._SubParsersAction[Any]) -> None:
-    """Register ``site init``, ``start``, ``approve-app``, ``revoke-app``, ``list-apps``."""
+def add_commands(sub: argparse._SubParsersAction[Any]) -> None:
+    """Add ``site`` and its commands to the root's subparsers (``common.cli``)."""
+    p = sub.add_parser("site", help="a hospital's commands")
+    site_sub = p.add_subparsers(dest="site_command", required=True)
+    c = site_sub.add_parser("check", help="validate a site's manifest and images (read-only)")
+    c.add_argument("site_dir", help="the site folder holding manifest.csv")
+    c.add_argument("--run-config", action="append", default=[], metavar="'KEY=VALUE ...'")
+    c.add_argument(
+        "--data-root",
+        help="a folder outside the site folder that manifest paths may lead to (the site "
+        "policy's data-root; default: every path stays inside the site folder)",
+    )
+    c.set_defaults(func=cmd_site_check)
+
     c = site_sub.add_parser("init", help="create a site folder with its key pair and templates")
     c.add_argument("name", help="the site's name (how it appears in the report)")
     c.add_argument("--out", required=True, help="the site folder to create")

@@ -93,8 +93,8 @@ def _unsigned(run_dir: Path) -> bool:
     return head.get("signature") is None
 
 
-def add_audit_commands(sub: argparse._SubParsersAction[Any]) -> None:
-    """Register ``audit verify`` on the ``hepafed`` subcommand parser."""
+def add_commands(sub: argparse._SubParsersAction[Any]) -> None:
+    """Add ``audit`` and its commands to the root's subparsers (``common.cli``)."""
     p = sub.add_parser("audit", help="check a run's tamper-evident audit trail")
     audit_sub = p.add_subparsers(dest="audit_command", required=True)
     c = audit_sub.add_parser(

@@ -1,12 +1,11 @@
-"""The coordinating center's subcommands of ``hepafed``: certificates, server, runs
-(the hospital's are in ``simulations.site_cli``).
+"""The coordinating center's ``hepafed`` commands: certificates and the server
+(``hepafed run`` is in ``server.run_cli``, the hospital's commands in ``client.cli``).
 
 ``hepafed certs init``            CA + server certificate (coordinating center)
 ``hepafed server start``          the Flower SuperLink on loopback + the Fleet gateway (nginx)
 ``hepafed server gateway``        the Fleet gateway alone (compose.yaml)
 ``hepafed server register-site``  register a site's public key with the SuperLink
 ``hepafed server list-sites``     the SuperNodes the SuperLink knows
-``hepafed run``                   submit this project's app, follow it, say where the report is
 
 The command lines themselves come from ``server.deploy.superlink_command`` and
 ``server.gateway.gateway_config``; ``server start`` supervises the two processes
@@ -16,43 +15,34 @@ The command lines themselves come from ``server.deploy.superlink_command`` and
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any
 
-from client.app_approval import bundle_sha256
+from common.cli import EXIT_OK, EXIT_PROBLEMS
 from common.crypto import (
-    CA_CERT,
     CA_KEY,
-    SERVER_CERT,
-    SERVER_KEY,
-    CertificateFiles,
-    certificate_hosts,
-    create_certificates,
     public_key_fingerprint,
+    warn_insecure,
 )
 from common.keys import site_name_problem
 from common.processes import supervise, with_flower_on_path
-from common.signing import SERVER_PUBLIC_KEY, UNSIGNED_WARNING, Keyring, load_public_key
+from common.signing import Keyring, load_public_key
 from server.deploy import (
     DEFAULT_HOST,
     DEFAULT_PORT,
+    LOOPBACK_NAMES,
     ControlConnection,
     ControlError,
-    RunRequest,
     SuperLinkOptions,
     check_superlink_files,
     list_nodes,
     register_site,
     runtime_host,
     start_superlink,
-    submit_run,
     superlink_command,
-    warn_insecure,
 )
 from server.gateway import (
     DEFAULT_FLEET_PORT,
@@ -66,11 +56,6 @@ from server.gateway import (
     start_gateway,
     write_gateway_config,
 )
-from simulations.site_cli import add_site_commands
-
-EXIT_OK, EXIT_PROBLEMS = 0, 1
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-LOOPBACK_NAMES = ("localhost", "127.0.0.1")
 
 
 def _exec(command: list[str], env: dict[str, str]) -> int:
@@ -81,62 +66,6 @@ def _exec(command: list[str], env: dict[str, str]) -> int:
     program = shutil.which(command[0], path=full_env["PATH"]) or command[0]
     os.execve(program, command, full_env)
     return EXIT_PROBLEMS  # pragma: no cover (execve does not return)
-
-
-# --- certs ---------------------------------------------------------------------------
-
-
-def cmd_certs_init(args: argparse.Namespace) -> int:
-    """Create the CA and the server certificate (or keep complete existing ones)."""
-    out = Path(args.out)
-    # the CA key never sits with the SuperLink's files: by default in a sibling folder that
-    # the operator moves offline (it is needed only to issue new certificates)
-    ca_dir = Path(args.ca_dir) if args.ca_dir else out.parent / f"{out.name}-ca-offline"
-    if not args.ca_dir and (out / CA_KEY).is_file():
-        ca_dir = out  # a folder made before: kept as it is (`server start` warns about it)
-    # The SuperLink's own SuperExec reaches its Runtime API over TLS on loopback.
-    args.host = [*args.host, *(h for h in LOOPBACK_NAMES if h not in args.host)]
-    wanted = [out / CA_CERT, out / SERVER_CERT, out / SERVER_KEY, ca_dir / CA_KEY]
-    if args.exist_ok and all(p.is_file() for p in wanted):
-        have = set(certificate_hosts(out / SERVER_CERT))
-        missing = [h for h in args.host if h not in have]
-        if missing:
-            raise ValueError(
-                f"{out / SERVER_CERT} exists but lacks {', '.join(missing)}; "
-                "create new certificates in a fresh folder"
-            )
-        print(f"certificates in {out} kept (server names: {', '.join(sorted(have))})")
-        files = CertificateFiles(
-            out / CA_CERT, ca_dir / CA_KEY, out / SERVER_CERT, out / SERVER_KEY
-        )
-    else:
-        files = create_certificates(out, args.host, days=args.days)
-        if ca_dir != out:
-            ca_dir.mkdir(parents=True, exist_ok=True)
-            shutil.move(files.ca_key, ca_dir / CA_KEY)
-            shutil.copyfile(files.ca_cert, ca_dir / CA_CERT)
-            files = CertificateFiles(
-                files.ca_cert, ca_dir / CA_KEY, files.server_cert, files.server_key
-            )
-        print(f"CA and server certificate for {', '.join(args.host)} in {out}")
-    if args.public_out:
-        public = Path(args.public_out)
-        public.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(files.ca_cert, public / CA_CERT)
-        print(f"  {public / CA_CERT}: give this file to every site")
-    print(f"  {files.ca_cert}: the CA certificate, give it to every site")
-    print(f"  {files.server_cert}, {files.server_key}: for `hepafed server start --certs {out}`")
-    print(f"  {files.ca_key}: the CA's private key; move {files.ca_key.parent} off this host "
-          "(offline storage), never send it")  # fmt: skip
-    if args.keyring:
-        keyring = Keyring(Path(args.keyring))
-        keyring.ensure_server_key()
-        print(f"  {keyring.server_private}: the server's signing key (runs: --keyring)")
-        print(f"  {keyring.server_public}: give it to every site (`site start --server-key`)")
-        if args.public_out:
-            shutil.copyfile(keyring.server_public, Path(args.public_out) / SERVER_PUBLIC_KEY)
-            print(f"  {Path(args.public_out) / SERVER_PUBLIC_KEY}: the same, for the sites")
-    return EXIT_OK
 
 
 # --- server --------------------------------------------------------------------------
@@ -247,7 +176,7 @@ def cmd_server_gateway(args: argparse.Namespace) -> int:
     return _exec(gateway_command(options, find_nginx()), {})
 
 
-def _connection(args: argparse.Namespace) -> ControlConnection:
+def connection(args: argparse.Namespace) -> ControlConnection:
     if args.insecure:
         warn_insecure()
     ca = Path(args.ca) if args.ca else None
@@ -263,13 +192,13 @@ def _key_name(path: Path) -> str:
 
 def cmd_server_register_site(args: argparse.Namespace) -> int:
     """Register one or more sites' public keys with the SuperLink."""
-    connection = _connection(args)
+    control = connection(args)
     failed = 0
     for key in args.public_key:
         path = Path(key)
         name = args.name or _key_name(path)
         try:
-            node_id = register_site(connection, path, name)
+            node_id = register_site(control, path, name)
         except ControlError as e:
             if args.exist_ok and "already" in str(e).lower():
                 print(f"{name}: already registered")
@@ -318,7 +247,7 @@ def register_signing_key(keyring_dir: str, public_key: Path, name: str) -> Path:
 def cmd_server_list_sites(args: argparse.Namespace) -> int:
     """Print the SuperNodes the SuperLink knows and their status."""
     try:
-        nodes = list_nodes(_connection(args))
+        nodes = list_nodes(connection(args))
     except ControlError as e:
         print(f"hepafed: {e}", file=sys.stderr)
         return EXIT_PROBLEMS
@@ -327,93 +256,10 @@ def cmd_server_list_sites(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# --- run -----------------------------------------------------------------------------
-
-
-def default_app_dir() -> Path:
-    """The Flower app folder: this project's root (holding pyproject.toml) or the cwd."""
-    return PROJECT_ROOT if (PROJECT_ROOT / "pyproject.toml").is_file() else Path.cwd()
-
-
-def run_dir_of(app_dir: Path, run_config: list[str]) -> str:
-    """``output.run-dir`` of a run: the last override, else the app's default."""
-    from simulations.cli import parse_overrides
-
-    overrides: dict[str, Any] = parse_overrides(run_config) if run_config else {}
-    if "output.run-dir" in overrides:
-        return str(overrides["output.run-dir"])
-    pyproject = tomllib.loads((app_dir / "pyproject.toml").read_text())
-    app_cfg = pyproject.get("tool", {}).get("flwr", {}).get("app", {}).get("config", {})
-    return str(app_cfg.get("output", {}).get("run-dir", "runs/flwr"))
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    """Submit this project's app to a SuperLink, follow its log, report where results are."""
-    connection = _connection(args)
-    app_dir = Path(args.app).resolve() if args.app else default_app_dir()
-    run_config = run_overrides(args)
-    run_dir = run_dir_of(app_dir, run_config)
-    print(f"app bundle sha256 {bundle_sha256(str(app_dir))}: every site must have approved it "
-          "(`hepafed site approve-app`), or it refuses the run's tasks", flush=True)  # fmt: skip
-    outcome = submit_run(connection, RunRequest(app_dir, tuple(run_config)))
-    print()
-    if outcome.run_id is None:
-        print(f"run not submitted: {outcome.status}", file=sys.stderr)
-        return EXIT_PROBLEMS
-    print(f"run {outcome.run_id}: {outcome.status}")
-    where = (
-        run_dir
-        if Path(run_dir).is_absolute()
-        else (f"{run_dir} (relative to the folder `hepafed server start` was run in)")
-    )
-    print(f"run folder at the coordinating center: {where}")
-    print("  report.json, report.html, rounds.jsonl, evaluations.json, checkpoint.pt")
-    return EXIT_OK if outcome.completed else EXIT_PROBLEMS
-
-
-def run_overrides(args: argparse.Namespace) -> list[str]:
-    """The run-config overrides ``hepafed run`` submits: ``--resume`` takes the run's own
-    config from RUN_DIR/config.json; ``--keyring`` sets ``trust.keys-dir``. A deployment
-    without a keyring must say ``trust.sign-updates=false`` (and is warned)."""
-    from simulations.cli import parse_overrides
-
-    overrides: list[str] = list(args.run_config)
-    if args.resume:
-        config = Path(args.resume) / "config.json"
-        try:
-            recorded = json.loads(config.read_text())["config"]
-        except (OSError, ValueError, KeyError) as e:
-            raise ValueError(f"--resume {args.resume}: cannot read {config} ({e})") from e
-        recorded.update({"output.run-dir": str(Path(args.resume).resolve()),
-                         "output.resume": True})  # fmt: skip
-        overrides = [" ".join(f"{k}={_toml(v)}" for k, v in sorted(recorded.items()))]
-    if args.keyring:
-        overrides.append(f"trust.keys-dir={_toml(str(Path(args.keyring).resolve()))}")
-    given = parse_overrides(overrides) if overrides else {}
-    if given.get("trust.sign-updates") is False:
-        print(f"warning: {UNSIGNED_WARNING}", file=sys.stderr)
-    elif not given.get("trust.keys-dir"):
-        raise ValueError(
-            "a deployed run needs the federation's keyring to sign models and check site "
-            "signatures: give --keyring DIR (from `hepafed certs init --keyring`), or "
-            "--run-config 'trust.sign-updates=false' to run unsigned (not for patient data)"
-        )
-    return overrides
-
-
-def _toml(value: Any) -> str:
-    """A run-config value as Flower's --run-config parses it (TOML)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return json.dumps(str(value))
-
-
 # --- parser --------------------------------------------------------------------------
 
 
-def _add_connection_args(p: argparse.ArgumentParser) -> None:
+def add_connection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--superlink",
         default=f"127.0.0.1:{DEFAULT_PORT}",
@@ -423,34 +269,8 @@ def _add_connection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--insecure", action="store_true", help="no TLS (local tests only)")
 
 
-def add_deploy_commands(
-    sub: argparse._SubParsersAction[Any], site_sub: argparse._SubParsersAction[Any]
-) -> None:
-    """Register ``certs``, ``server``, ``run`` and ``site init/start`` on the parsers."""
-    p = sub.add_parser("certs", help="TLS certificates for a deployment")
-    certs_sub = p.add_subparsers(dest="certs_command", required=True)
-    c = certs_sub.add_parser("init", help="create a CA and the SuperLink's server certificate")
-    c.add_argument("--out", required=True, help="folder for ca.pem, server.pem, server.key")
-    c.add_argument(
-        "--host",
-        action="append",
-        required=True,
-        help="a host name or IP the sites use to reach the SuperLink (repeat for several); "
-        "localhost and 127.0.0.1 are always added",
-    )
-    c.add_argument(
-        "--ca-dir",
-        help="write ca.key (and a copy of ca.pem) here, to keep offline "
-        "(default: OUT-ca-offline beside --out, never inside it)",
-    )
-    c.add_argument("--public-out", help="also copy ca.pem here, to hand to the sites")
-    c.add_argument("--days", type=int, default=825, help="validity in days (default 825)")
-    c.add_argument("--exist-ok", action="store_true", help="keep complete existing files")
-    c.add_argument("--keyring", help="also create the server's update-signing key here")
-    c.set_defaults(func=cmd_certs_init)
-
-    add_site_commands(site_sub)
-
+def add_commands(sub: argparse._SubParsersAction[Any]) -> None:
+    """Add ``server`` and its commands to the root's subparsers (``common.cli``)."""
     p = sub.add_parser("server", help="the coordinating center's SuperLink")
     server_sub = p.add_subparsers(dest="server_command", required=True)
     c = server_sub.add_parser(
@@ -506,21 +326,9 @@ def add_deploy_commands(
     c.add_argument("--name", help="site name (default: the key's comment)")
     c.add_argument("--exist-ok", action="store_true", help="an already registered key is fine")
     c.add_argument("--keyring", help="also add the key to the run keyring as sites/NAME.pub")
-    _add_connection_args(c)
+    add_connection_args(c)
     c.set_defaults(func=cmd_server_register_site)
 
     c = server_sub.add_parser("list-sites", help="list registered SuperNodes and their status")
-    _add_connection_args(c)
+    add_connection_args(c)
     c.set_defaults(func=cmd_server_list_sites)
-
-    p = sub.add_parser("run", help="submit a federated run to a SuperLink and follow it")
-    _add_connection_args(p)
-    p.add_argument("--run-config", action="append", default=[], metavar="'KEY=VALUE ...'")
-    p.add_argument("--app", help="the Flower app folder (default: this project)")
-    p.add_argument("--keyring", help="the federation's keyring (server signing key, site keys)")
-    p.add_argument(
-        "--resume",
-        metavar="RUN_DIR",
-        help="continue RUN_DIR (its own run config) from its last completed round",
-    )
-    p.set_defaults(func=cmd_run)

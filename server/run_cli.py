@@ -1,0 +1,110 @@
+"""The operator's ``hepafed run``: submit this project's app to a SuperLink, follow it,
+and say where the report is (``--resume`` continues a run from its last round)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from common.app_bundle import bundle_sha256
+from common.cli import EXIT_OK, EXIT_PROBLEMS, parse_overrides
+from common.signing import UNSIGNED_WARNING
+from server.cli import add_connection_args, connection
+from server.deploy import RunRequest, submit_run
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_app_dir() -> Path:
+    """The Flower app folder: this project's root (holding pyproject.toml) or the cwd."""
+    return PROJECT_ROOT if (PROJECT_ROOT / "pyproject.toml").is_file() else Path.cwd()
+
+
+def run_dir_of(app_dir: Path, run_config: list[str]) -> str:
+    """``output.run-dir`` of a run: the last override, else the app's default."""
+    overrides: dict[str, Any] = parse_overrides(run_config) if run_config else {}
+    if "output.run-dir" in overrides:
+        return str(overrides["output.run-dir"])
+    pyproject = tomllib.loads((app_dir / "pyproject.toml").read_text())
+    app_cfg = pyproject.get("tool", {}).get("flwr", {}).get("app", {}).get("config", {})
+    return str(app_cfg.get("output", {}).get("run-dir", "runs/flwr"))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Submit this project's app to a SuperLink, follow its log, report where results are."""
+    control = connection(args)
+    app_dir = Path(args.app).resolve() if args.app else default_app_dir()
+    run_config = run_overrides(args)
+    run_dir = run_dir_of(app_dir, run_config)
+    print(f"app bundle sha256 {bundle_sha256(str(app_dir))}: every site must have approved it "
+          "(`hepafed site approve-app`), or it refuses the run's tasks", flush=True)  # fmt: skip
+    outcome = submit_run(control, RunRequest(app_dir, tuple(run_config)))
+    print()
+    if outcome.run_id is None:
+        print(f"run not submitted: {outcome.status}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    print(f"run {outcome.run_id}: {outcome.status}")
+    where = (
+        run_dir
+        if Path(run_dir).is_absolute()
+        else (f"{run_dir} (relative to the folder `hepafed server start` was run in)")
+    )
+    print(f"run folder at the coordinating center: {where}")
+    print("  report.json, report.html, rounds.jsonl, evaluations.json, checkpoint.pt")
+    return EXIT_OK if outcome.completed else EXIT_PROBLEMS
+
+
+def run_overrides(args: argparse.Namespace) -> list[str]:
+    """The run-config overrides ``hepafed run`` submits: ``--resume`` takes the run's own
+    config from RUN_DIR/config.json; ``--keyring`` sets ``trust.keys-dir``. A deployment
+    without a keyring must say ``trust.sign-updates=false`` (and is warned)."""
+    overrides: list[str] = list(args.run_config)
+    if args.resume:
+        config = Path(args.resume) / "config.json"
+        try:
+            recorded = json.loads(config.read_text())["config"]
+        except (OSError, ValueError, KeyError) as e:
+            raise ValueError(f"--resume {args.resume}: cannot read {config} ({e})") from e
+        recorded.update({"output.run-dir": str(Path(args.resume).resolve()),
+                         "output.resume": True})  # fmt: skip
+        overrides = [" ".join(f"{k}={_toml(v)}" for k, v in sorted(recorded.items()))]
+    if args.keyring:
+        overrides.append(f"trust.keys-dir={_toml(str(Path(args.keyring).resolve()))}")
+    given = parse_overrides(overrides) if overrides else {}
+    if given.get("trust.sign-updates") is False:
+        print(f"warning: {UNSIGNED_WARNING}", file=sys.stderr)
+    elif not given.get("trust.keys-dir"):
+        raise ValueError(
+            "a deployed run needs the federation's keyring to sign models and check site "
+            "signatures: give --keyring DIR (from `hepafed certs init --keyring`), or "
+            "--run-config 'trust.sign-updates=false' to run unsigned (not for patient data)"
+        )
+    return overrides
+
+
+def _toml(value: Any) -> str:
+    """A run-config value as Flower's --run-config parses it (TOML)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))
+
+
+def add_commands(sub: argparse._SubParsersAction[Any]) -> None:
+    """Add ``run`` to the root's subparsers (``common.cli``)."""
+    p = sub.add_parser("run", help="submit a federated run to a SuperLink and follow it")
+    add_connection_args(p)
+    p.add_argument("--run-config", action="append", default=[], metavar="'KEY=VALUE ...'")
+    p.add_argument("--app", help="the Flower app folder (default: this project)")
+    p.add_argument("--keyring", help="the federation's keyring (server signing key, site keys)")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue RUN_DIR (its own run config) from its last completed round",
+    )
+    p.set_defaults(func=cmd_run)
