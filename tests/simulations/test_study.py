@@ -39,10 +39,15 @@ description = "the defaults"
 [variants.slow]
 overrides = {{ "train.lr" = 0.0001 }}
 """
+FP16_TWIN = """
+[variants.slow-fp16]
+overrides = {{ "train.lr" = 0.0001, "federation.compression" = "fp16" }}
+"""
 
 
-def _study(tmp_path: Path) -> Study:
-    text = STUDY.format(results=tmp_path / "results.jsonl", report=tmp_path / "mini-{scenario}.md")
+def _study(tmp_path: Path, extra: str = "") -> Study:
+    text = (STUDY + extra).format(results=tmp_path / "results.jsonl",
+                                  report=tmp_path / "mini-{scenario}.md")  # fmt: skip
     (tmp_path / "mini.toml").write_text(text)
     return load_study(tmp_path / "mini.toml")
 
@@ -51,6 +56,8 @@ def _figures(cell: Cell) -> dict[str, Any]:
     """Made-up figures that depend on the cell, as ``study_figures.cell_figures`` lays out."""
     base = 0.8 if cell.variant.name == "default" else 0.7
     x = base + 0.01 * cell.seed
+    if cell.variant.name == "slow-fp16":  # the compressed twin of "slow": a small change
+        x += 0.002 * cell.seed
     return {
         "pooled_internal_auc": x,
         "site_auc": {"a": x + 0.05, "b": x - 0.1, "e": x - 0.05},
@@ -141,7 +148,7 @@ def test_a_line_cut_short_by_a_crash_is_ignored_and_not_glued_to(tmp_path: Path)
 
 
 def test_the_report_gives_mean_sd_and_the_target_table(tmp_path: Path) -> None:
-    study = _study(tmp_path)
+    study = _study(tmp_path, FP16_TWIN)
     run_study(study, runs_dir=tmp_path / "runs", runner=lambda c, d, r: _figures(c),
               command="hepafed study mini")  # fmt: skip
     text = render(study, read_results(study.results), "liver-5")
@@ -154,6 +161,12 @@ def test_the_report_gives_mean_sd_and_the_target_table(tmp_path: Path) -> None:
     )
     # worst training site over all seeds: b at seed 1, 0.81 - 0.1 (default), 0.71 - 0.1 (slow)
     assert "| worst training-site AUC over all seeds | 0.391 | ≥ 0.75 | 0.710 | 0.610 |" in text
+    # fp16 against its uncompressed twin, same seed: every AUC moves by 0.002 x seed (at most
+    # 0.004 at seed 2), within the targets; the other variants compress nothing
+    fp16_row = next(line for line in text.splitlines() if "compression=fp16" in line)
+    assert fp16_row.endswith(
+        "| — | — | fp16: at most 0.0040 pooled, 0.0040 per site (2 seeds; met) |"
+    ), fp16_row
     # the gap alternates in sign across seeds: 1 of 2 positive, mean 0
     assert "1/2 positive, +0.000 (sd 0.071)" in text
     assert "0.835 / 0.815 / 0.715: order holds, pooled - FedAvg +0.020" in text  # internal, default
