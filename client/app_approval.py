@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from common.app_bundle import SHA256 as _SHA256
+from common.files import write_atomic
 
 log = logging.getLogger("hepafed.site-executor")
 
@@ -151,13 +152,7 @@ def write_approvals(approvals: Approvals) -> None:
                   f"revoked = {json.dumps(r.revoked_at)}"]  # fmt: skip
     path = approvals.path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, "\n".join(lines) + "\n", mode=0o600)
 
 
 def approve(path: Path, sha256: str, label: str = "") -> Approvals:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -20,6 +19,7 @@ from typing import cast
 from flwr.app import ConfigRecord, Context
 
 from client.policy import private_folder
+from common.files import write_atomic
 from common.privacy import gaussian_epsilon
 
 STATE_KEY = "hepafed.privacy"  # Context.state ConfigRecord of a node without a state folder
@@ -83,13 +83,6 @@ def save_ledger(ctx: Context, path: Path | None, ledger: Ledger) -> None:
     )
     try:
         private_folder(path.parent)
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
+        write_atomic(path, text, mode=0o600)
     except OSError as e:
         raise LedgerError(f"cannot write the site's DP ledger {path}: {e}") from e

@@ -45,14 +45,13 @@ from common.device import Compute, derive_seed, seed_everything, select_compute
 from common.hooks import ADAPT_NONE, ADAPT_OWN_LAYERS, HookPoint, HookSet, Statistics
 from common.hooks.normalization import batchnorm_layers
 from common.hooks.tta import reestimate_statistics
-from common.keys import EVAL_ALL, ConfigKey, MetricKey, NodeKey, Share, Split
+from common.keys import EVAL_ALL, GLOBAL_MODEL, ConfigKey, MetricKey, NodeKey, Share, Split
 from common.manifest import SiteManifest, list_site_dirs, open_manifest
 from common.models import build_model
 from common.schedule import epoch_lrs, is_constant, round_lr
 from common.summary import SiteSummary
 from common.weights import load_arrays, shared_state
 
-GLOBAL_MODEL = "global"
 # what a site that never trained a model with local layers gets when no TEST_TIME hook is set
 ADAPT_FORCED = "bn-adapt (the model has no global normalisation statistics)"
 

@@ -23,7 +23,7 @@ from typing import Any, cast
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType
 
 from client.policy import SitePolicy
-from common.keys import ConfigKey, NodeKey, RecordKey, SiteKey
+from common.keys import GLOBAL_MODEL, ConfigKey, NodeKey, RecordKey, SiteKey
 from common.signing import (
     Keyring,
     SigningKeyError,
@@ -111,7 +111,7 @@ def check_model(msg: Message, node_config: dict[str, Any]) -> str:
     statement = model_statement(
         str(config.get(ConfigKey.RUN_ID, "")),
         int(cast(int, config.get(ConfigKey.ROUND, 0))),
-        str(config.get(ConfigKey.MODEL, "global")),
+        str(config.get(ConfigKey.MODEL, GLOBAL_MODEL)),
         digest,
     )
     valid = _verifies(key, statement, signature)
@@ -181,7 +181,7 @@ def sign_reply(msg: Message, reply: Message, node_config: dict[str, Any], model_
     statement = update_statement(
         str(config.get(ConfigKey.RUN_ID, "")),
         int(cast(int, config.get(ConfigKey.ROUND, 0))),
-        str(config.get(ConfigKey.MODEL, "global")),
+        str(config.get(ConfigKey.MODEL, GLOBAL_MODEL)),
         str(site_record[SiteKey.NAME]),
         model_hash,
         update_digest(reply.content),

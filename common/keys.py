@@ -75,6 +75,9 @@ class ConfigKey(StrEnum):
     INSTRUCTION_SIGNATURE = "instruction-signature"  # the server's signature of each message
 
 
+GLOBAL_MODEL = "global"  # the federation's shared model (ConfigKey.MODEL, records, report)
+
+
 class Phase(StrEnum):
     """What a query message asks a site for (``ConfigKey.PHASE``)."""
 

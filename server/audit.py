@@ -40,6 +40,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from common.files import write_atomic
 from server.audit_check import (
     AUDIT_FILE,
     GENESIS,
@@ -81,17 +82,6 @@ def _one_uncovered_entry(run_dir: Path, report: AuditReport) -> int | None:
     if len(items) != int(head.get("entries", -1)) + 1:
         return None
     return int(items[-1]["seq"])
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (POSIX only; elsewhere a no-op)."""
-    if os.name != "posix":
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class AuditTrail:
@@ -233,10 +223,4 @@ class AuditTrail:
         return head
 
     def _write_head(self, head: Mapping[str, Any]) -> None:
-        tmp = self.head_path.with_name(self.head_path.name + ".tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            f.write(json.dumps(head, indent=2, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.head_path)
-        _fsync_dir(self.run_dir)
+        write_atomic(self.head_path, json.dumps(head, indent=2, sort_keys=True) + "\n")

@@ -26,9 +26,9 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from common.keys import EVAL_ALL, EvalDesign, Share, Split
+from common.keys import EVAL_ALL, GLOBAL_MODEL, EvalDesign, Share, Split
 from common.summary import SiteSummary
-from server.federation import GLOBAL, Federation
+from server.federation import Federation
 from server.sites import FederationError, default_splits
 
 log = logging.getLogger("hepafed.progress")
@@ -103,10 +103,12 @@ def run_design(fed: Federation) -> list[Evaluation]:
                 fed.evaluate(arrays, splits, model), model, inside, splits
             )
         return evaluations
-    arrays = fed.train_global(trainers, GLOBAL)
+    arrays = fed.train_global(trainers, GLOBAL_MODEL)
     splits = default_splits(fed.sites)
     inside = {s.name for s in trainers}
-    evaluations += evaluation_records(fed.evaluate(arrays, splits, GLOBAL), GLOBAL, inside, splits)
+    evaluations += evaluation_records(
+        fed.evaluate(arrays, splits, GLOBAL_MODEL), GLOBAL_MODEL, inside, splits
+    )
     if design is EvalDesign.CROSS_SITE or fed.cfg.eval.local_only:
         for site in trainers:
             model = local_model(site.name)
@@ -115,7 +117,7 @@ def run_design(fed: Federation) -> list[Evaluation]:
                 evaluations += evaluation_records(
                     fed.evaluate(local, splits, model, Share.ALL), model, {site.name}, splits
                 )
-    evaluations += finetuned_evaluations(fed, arrays, GLOBAL, splits)
+    evaluations += finetuned_evaluations(fed, arrays, GLOBAL_MODEL, splits)
     return evaluations
 
 

@@ -30,7 +30,16 @@ from flwr.serverapp.strategy import Strategy
 
 from common.config import RunConfig
 from common.hooks import HookError, HookSet
-from common.keys import Compression, ConfigKey, Phase, PrivacyMode, RecordKey, Share, SiteKey
+from common.keys import (
+    GLOBAL_MODEL,
+    Compression,
+    ConfigKey,
+    Phase,
+    PrivacyMode,
+    RecordKey,
+    Share,
+    SiteKey,
+)
 from common.models import build_model
 from common.summary import SiteSummary
 from common.weights import merge, subset, to_arrays
@@ -76,8 +85,6 @@ from server.trust import ServerTrust, file_sha256
 from server.validation import MIN_SITES_FOR_NORMS, screen_update
 
 log = logging.getLogger("hepafed.progress")
-
-GLOBAL = "global"
 
 
 def connect(grid: Grid, cfg: RunConfig, recorder: RunRecorder) -> Federation:
@@ -238,7 +245,7 @@ class Federation:
 
     # ---- federated training ----------------------------------------------------------------
 
-    def train_global(self, trainers: list[SiteInfo], model: str = GLOBAL) -> ArrayRecord:
+    def train_global(self, trainers: list[SiteInfo], model: str = GLOBAL_MODEL) -> ArrayRecord:
         """``federation.num-rounds`` rounds among ``trainers``; the final global weights.
 
         After every round the model is checkpointed and evaluated at every site
@@ -609,7 +616,7 @@ class EvaluationsFailedError(FederationError):
 
 
 def _prefix(model: str) -> str:
-    return "" if model == GLOBAL else f"{model}: "
+    return "" if model == GLOBAL_MODEL else f"{model}: "
 
 
 HEADLINE = ("n", "auc", "auc-var", "accuracy", "sensitivity", "specificity", "dice", "loss")

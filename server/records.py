@@ -24,6 +24,8 @@ from typing import Any
 import torch
 
 from common.config import RunConfig
+from common.files import atomic_file, write_atomic
+from common.keys import GLOBAL_MODEL
 
 CONFIG_FILE = "config.json"
 ROUNDS_FILE = "rounds.jsonl"
@@ -41,7 +43,7 @@ class RunRecorder:
     def start(self, cfg: RunConfig, sites: Sequence[Mapping[str, Any]], run_id: str = "") -> None:
         """Record the resolved config, run id and site list; start a fresh rounds log."""
         doc = {"config": cfg.to_flat(), "sites": list(sites), "run_id": run_id}
-        _write_atomic(self.run_dir / CONFIG_FILE, json.dumps(doc, indent=2).encode())
+        write_atomic(self.run_dir / CONFIG_FILE, json.dumps(doc, indent=2).encode())
         (self.run_dir / ROUNDS_FILE).write_text("")
 
     def keep_rounds(self, keep: Callable[[dict[str, Any]], bool]) -> int:
@@ -51,7 +53,7 @@ class RunRecorder:
         entries = read_rounds(self.run_dir) if path.exists() else []
         kept = [e for e in entries if keep(e)]
         text = "".join(json.dumps(e, sort_keys=True) + "\n" for e in kept)
-        _write_atomic(path, text.encode())
+        write_atomic(path, text.encode())
         return len(entries) - len(kept)
 
     def log_round(self, entry: Mapping[str, Any]) -> None:
@@ -64,7 +66,7 @@ class RunRecorder:
     def write_evaluations(self, evaluations: list[Mapping[str, Any]]) -> Path:
         """Replace RUN_DIR/evaluations.json with ``evaluations`` (atomically)."""
         path = self.run_dir / EVALUATIONS_FILE
-        _write_atomic(path, json.dumps(list(evaluations), indent=1).encode())
+        write_atomic(path, json.dumps(list(evaluations), indent=1).encode())
         return path
 
     def checkpoint(
@@ -72,7 +74,7 @@ class RunRecorder:
         state: Mapping[str, torch.Tensor],
         cfg: RunConfig,
         server_round: int,
-        model: str = "global",
+        model: str = GLOBAL_MODEL,
         shared_statistics: str = "",
         resume: Mapping[str, Any] | None = None,
     ) -> Path:
@@ -88,18 +90,14 @@ class RunRecorder:
             "resume": dict(resume or {}),
         }
         path = self.run_dir / checkpoint_name(model)
-        tmp = path.with_suffix(".tmp")
-        with tmp.open("wb") as fh:
+        with atomic_file(path) as fh:
             torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
         return path
 
 
 def checkpoint_name(model: str) -> str:
     """checkpoint.pt for the global model, checkpoint-MODEL.pt (file-safe) for others."""
-    if model == "global":
+    if model == GLOBAL_MODEL:
         return CHECKPOINT_FILE
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", model)
     return f"checkpoint-{safe}.pt"
@@ -124,9 +122,3 @@ def read_rounds(run_dir: Path | str) -> list[dict[str, Any]]:
 def load_checkpoint(path: Path | str) -> dict[str, Any]:
     """A checkpoint written by ``RunRecorder.checkpoint``."""
     return torch.load(Path(path), map_location="cpu", weights_only=True)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

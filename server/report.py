@@ -59,7 +59,7 @@ import numpy as np
 from scipy import stats as sps
 
 from common.config import EvalConfig, RunConfig
-from common.keys import EvalDesign, Task
+from common.keys import GLOBAL_MODEL, EvalDesign, Task
 from common.stats import (
     AUCResult,
     CalibrationBins,
@@ -73,7 +73,7 @@ from common.stats import (
     wasserstein_1,
 )
 from common.summary import SiteSummary, fpr_grid, histogram_edges
-from server.designs import EXTERNAL, GLOBAL, INTERNAL, Evaluation, local_model, loso_model
+from server.designs import EXTERNAL, INTERNAL, Evaluation, local_model, loso_model
 
 REPORT_VERSION = "1.1"
 SCHEMA_FILE = "report.schema.json"
@@ -349,7 +349,7 @@ def primary_evaluations(evals: Sequence[Evaluation], design: str) -> list[Evalua
     """The evaluations the per-site table, pooling and gaps are about (see module docstring)."""
     if design == EvalDesign.LOSO:
         return [e for e in evals if e.model.startswith("without-")]
-    return [e for e in evals if e.model == GLOBAL]
+    return [e for e in evals if e.model == GLOBAL_MODEL]
 
 
 def build_report(
@@ -432,7 +432,7 @@ def _holdout(primary: Sequence[Evaluation], cfg: ReportSettings) -> dict[str, An
     pooled_int = pooled_block(internal, cfg)
     pooled_ext = pooled_block(external, cfg)
     inside = [e for e in primary if e.role == INTERNAL]
-    rows = _site_rows(primary, cfg, {GLOBAL: inside}, {GLOBAL: pooled_int})
+    rows = _site_rows(primary, cfg, {GLOBAL_MODEL: inside}, {GLOBAL_MODEL: pooled_int})
     gaps = [_gap(e, pooled_int, cfg) for e in primary if e.role == EXTERNAL]
     difference_note = "independent patients: internal and external sites differ"
     body = _body(rows, pooled_int, pooled_ext, [g for g in gaps if g], cfg, difference_note)

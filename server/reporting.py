@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import os
 import subprocess
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from common.files import write_atomic
 from common.signing import state_hash
 from server.designs import Evaluation
 from server.records import (
@@ -123,8 +123,8 @@ def write_report(run_dir: Path | str, extra: list[Evaluation] | None = None) -> 
         privacy=privacy_section(read_rounds(run_dir), recorded["config"]),
     )
     validate(report)
-    _write_atomic(run_dir / REPORT_JSON, json.dumps(report, indent=1, allow_nan=False))
-    _write_atomic(run_dir / REPORT_HTML, render_html(report))
+    write_atomic(run_dir / REPORT_JSON, json.dumps(report, indent=1, allow_nan=False))
+    write_atomic(run_dir / REPORT_HTML, render_html(report))
     return report
 
 
@@ -166,14 +166,8 @@ def render(path: Path | str) -> Path:
     """Re-render report.html next to report.json from the JSON alone."""
     report = load_report(path)
     target = (Path(path) if Path(path).is_dir() else Path(path).parent) / REPORT_HTML
-    _write_atomic(target, render_html(report))
+    write_atomic(target, render_html(report))
     return target
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def format_summary(report: dict[str, Any]) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, cast
@@ -21,6 +20,7 @@ from typing import Any, cast
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
 from common.config import RunConfig
+from common.files import write_atomic
 from common.keys import ConfigKey, RecordKey, SiteKey
 from common.signing import (
     SERVER_PUBLIC_KEY,
@@ -236,9 +236,7 @@ def sign_report(trust: ServerTrust, audit: AuditTrail, run_dir: Path) -> dict[st
     statement = {"kind": "report", "run": trust.run_id, "files": files}
     signature = trust.sign_bytes(canonical(statement))
     doc = {"statement": statement, "signature": signature.hex() if signature else None}
-    tmp = run_dir / (REPORT_SIGNATURE + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
-    os.replace(tmp, run_dir / REPORT_SIGNATURE)
+    write_atomic(run_dir / REPORT_SIGNATURE, json.dumps(doc, indent=1, sort_keys=True))
     audit.append("report", {"files": files, "signed": signature is not None})
     audit.seal(files)  # the run ended: the signed head now covers these report hashes
     return doc

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from common.config import RunConfig
-from common.keys import EvalDesign
-from server.designs import GLOBAL, Evaluation, local_model
+from common.keys import GLOBAL_MODEL, EvalDesign
+from server.designs import Evaluation, local_model
 from server.records import RunRecorder, read_evaluations
 from server.reporting import write_report
 from server.trust import resign_report
@@ -165,7 +165,7 @@ def comparison_rows(evaluations: list[Evaluation], spec: Scenario) -> list[SiteR
     by = {(e.model, e.site): e for e in evaluations}
     rows = []
     for site in spec.sites:
-        own = by.get((GLOBAL, site.name))
+        own = by.get((GLOBAL_MODEL, site.name))
         if own is None:
             continue
         local = by.get((local_model(site.name), site.name))

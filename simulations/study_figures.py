@@ -20,8 +20,9 @@ from client.evaluation import summarize
 from common.config import RunConfig
 from common.data import concat_splits
 from common.device import select_compute
+from common.keys import GLOBAL_MODEL
 from common.models import build_model
-from server.designs import GLOBAL, local_model
+from server.designs import local_model
 from server.records import checkpoint_name, load_checkpoint, read_config
 from simulations.baselines import load_sites
 from simulations.simulate import SimulationSummary
@@ -41,7 +42,7 @@ def cell_figures(summary: SimulationSummary) -> dict[str, Any]:
     gaps = {
         str(g["site"]): float(g["gap"]["estimate"])
         for g in report.get("gaps", [])
-        if g.get("model") == GLOBAL and g.get("gap")
+        if g.get("model") == GLOBAL_MODEL and g.get("gap")
     }
     roles = {r.site: r.role for r in summary.rows}
     trainers = [site for site, role in roles.items() if role != "external"]
@@ -99,7 +100,7 @@ def internal_same_cases(run_dir: Path, cfg: RunConfig, trainers: list[str]) -> d
     local = {site: score(local_model(site)) for site in trainers}
     known = [v for v in local.values() if v is not None]
     return {
-        "fedavg": score(GLOBAL),
+        "fedavg": score(GLOBAL_MODEL),
         "local": local,
         "local_mean": statistics.fmean(known) if known else None,
     }

@@ -1,0 +1,54 @@
+"""Writing a file so that a reader, or a crash, sees the old content or the new, never part.
+
+One writer for every state and record file (run records, checkpoints, the report and its
+signature, the audit head, a site's approvals and privacy ledger): the content goes to
+``NAME.tmp`` in the same folder, is flushed and fsynced, renamed over ``NAME`` (atomic on
+POSIX), and the folder is fsynced so the rename survives a power cut. A failed write
+removes its temporary file and leaves ``NAME`` as it was.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX only; elsewhere a no-op)."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_file(path: Path, mode: int | None = None) -> Iterator[BinaryIO]:
+    """A binary file handle whose content replaces ``path`` when the block ends without an
+    error. ``mode``: the file's permissions from the moment it exists (e.g. 0o600 for a
+    site's private state), whatever the umask; ``None`` keeps the usual umask rule."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666 if mode is None else mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)  # an existing .tmp kept its old permissions
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_atomic(path: Path, data: bytes | str, mode: int | None = None) -> None:
+    """Replace ``path`` with ``data`` (text is written as UTF-8), atomically and durably."""
+    with atomic_file(path, mode) as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
