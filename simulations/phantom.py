@@ -78,14 +78,14 @@ class PhantomExistsError(FileExistsError):
     """The output folder holds something other than this scenario's phantom."""
 
 
-def site_key(name: str) -> int:
+def site_number(name: str) -> int:
     """A stable integer for a site name (adding or reordering sites changes nothing else)."""
     return zlib.crc32(name.encode("utf-8"))
 
 
 def case_rng(seed: int, site: str, index: int, stream: int) -> np.random.Generator:
     """The random stream of one purpose (case, texture, noise) of one case."""
-    return np.random.default_rng([seed, site_key(site), index, stream])
+    return np.random.default_rng([seed, site_number(site), index, stream])
 
 
 def labels_and_splits(site: SiteProfile, seed: int) -> tuple[np.ndarray, list[str]]:
@@ -94,7 +94,7 @@ def labels_and_splits(site: SiteProfile, seed: int) -> tuple[np.ndarray, list[st
     The counts are ``site.split_sizes`` (which the scenario check also uses); this draws
     which cases they are.
     """
-    rng = np.random.default_rng([seed, site_key(site.name)])
+    rng = np.random.default_rng([seed, site_number(site.name)])
     n_malignant, n_test = site.split_sizes
     labels = rng.permutation(np.arange(site.n_cases) < n_malignant).astype(int)
     split = ["train"] * site.n_cases
