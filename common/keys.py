@@ -75,7 +75,23 @@ class ConfigKey(StrEnum):
     INSTRUCTION_SIGNATURE = "instruction-signature"  # the server's signature of each message
 
 
-GLOBAL_MODEL = "global"  # the federation's shared model (ConfigKey.MODEL, records, report)
+# model ids (ConfigKey.MODEL, run records, checkpoints, the report)
+GLOBAL_MODEL = "global"  # the federation's shared model
+
+
+def loso_model(site: str) -> str:
+    """The leave-one-site-out fold's model, trained without ``site``."""
+    return f"without-{site}"
+
+
+def local_model(site: str) -> str:
+    """``site``'s local-only model (trained on its data alone)."""
+    return f"local-{site}"
+
+
+def finetuned_model(site: str) -> str:
+    """The global model fine-tuned at ``site`` (``hooks.finetune-epochs``)."""
+    return f"finetuned-{site}"
 
 
 class Phase(StrEnum):

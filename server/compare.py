@@ -28,7 +28,7 @@ from flwr.serverapp import Grid
 
 from common.config import RunConfig
 from common.hooks import HookPoint, HookSet, hook_class
-from common.keys import Share, StrategyName
+from common.keys import Share, StrategyName, finetuned_model
 from server.designs import Evaluation, evaluation_records
 from server.federation import Federation, connect
 from server.records import RunRecorder
@@ -82,7 +82,7 @@ def score_method(
     for site in view.trainers:
         if site.name not in splits:
             continue
-        tuned_id = f"{method}/finetuned-{site.name}"
+        tuned_id = f"{method}/{finetuned_model(site.name)}"
         tuned = view.finetune(site, arrays, model_id, tuned_id)
         if tuned is None:  # recorded by Federation.train_alone
             continue

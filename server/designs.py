@@ -26,7 +26,16 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from common.keys import EVAL_ALL, GLOBAL_MODEL, EvalDesign, Share, Split
+from common.keys import (
+    EVAL_ALL,
+    GLOBAL_MODEL,
+    EvalDesign,
+    Share,
+    Split,
+    finetuned_model,
+    local_model,
+    loso_model,
+)
 from common.summary import SiteSummary
 from server.federation import Federation
 from server.sites import FederationError, default_splits
@@ -64,18 +73,6 @@ class Evaluation:
             SiteSummary.from_record(d["summary"]),
             str(d.get("adaptation", "none")),
         )
-
-
-def loso_model(site: str) -> str:
-    return f"without-{site}"
-
-
-def local_model(site: str) -> str:
-    return f"local-{site}"
-
-
-def finetuned_model(site: str) -> str:
-    return f"finetuned-{site}"
 
 
 def run_design(fed: Federation) -> list[Evaluation]:

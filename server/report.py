@@ -59,7 +59,7 @@ import numpy as np
 from scipy import stats as sps
 
 from common.config import EvalConfig, RunConfig
-from common.keys import GLOBAL_MODEL, EvalDesign, Task
+from common.keys import GLOBAL_MODEL, EvalDesign, Task, local_model, loso_model
 from common.stats import (
     AUCResult,
     CalibrationBins,
@@ -73,7 +73,7 @@ from common.stats import (
     wasserstein_1,
 )
 from common.summary import SiteSummary, fpr_grid, histogram_edges
-from server.designs import EXTERNAL, INTERNAL, Evaluation, local_model, loso_model
+from server.designs import EXTERNAL, INTERNAL, Evaluation
 
 REPORT_VERSION = "1.1"
 SCHEMA_FILE = "report.schema.json"

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from server.designs import loso_model
+from common.keys import loso_model
 
 __all__ = ["render_html"]
 

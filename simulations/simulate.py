@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from common.config import RunConfig
-from common.keys import GLOBAL_MODEL, EvalDesign
-from server.designs import Evaluation, local_model
+from common.keys import GLOBAL_MODEL, EvalDesign, local_model
+from server.designs import Evaluation
 from server.records import RunRecorder, read_evaluations
 from server.reporting import write_report
 from server.trust import resign_report

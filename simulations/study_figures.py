@@ -20,9 +20,8 @@ from client.evaluation import summarize
 from common.config import RunConfig
 from common.data import concat_splits
 from common.device import select_compute
-from common.keys import GLOBAL_MODEL
+from common.keys import GLOBAL_MODEL, local_model
 from common.models import build_model
-from server.designs import local_model
 from server.records import checkpoint_name, load_checkpoint, read_config
 from simulations.baselines import load_sites
 from simulations.simulate import SimulationSummary
