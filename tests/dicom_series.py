@@ -44,7 +44,7 @@ def write_ct_series(
     hu: np.ndarray,
     spacing: tuple[float, float, float] = (0.8, 0.7, 2.0),
     origin_lps: tuple[float, float, float] = (-10.0, -20.0, 30.0),
-    tags: Mapping[str, str] | None = None,
+    tags: Mapping[str, str | list[str]] | None = None,  # a list: a multi-valued element
     positions: list[float] | None = None,
 ) -> list[Path]:
     """One file per slice of ``hu`` (X, Y, Z): stored = (HU - intercept) / slope.

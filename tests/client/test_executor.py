@@ -42,7 +42,8 @@ def flower(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
         return state["install_to"] or get_project_dir(run.fab_id, run.fab_version, DIGEST)
 
     def run_clientapp(**_: Any) -> None:
-        _msg, _ctx, _run, fab = runner.pull_task_input(None)
+        client: Any = None  # Flower passes its runtime HTTP client; the recorder ignores it
+        _msg, _ctx, _run, fab = runner.pull_task_input(client)
         seen["hash_str"] = fab.hash_str
         runner.install_from_fab(fab.content, skip_prompt=True)
 

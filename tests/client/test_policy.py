@@ -39,6 +39,13 @@ def _message(overrides: dict[str, Any], kind: str = MessageType.EVALUATE) -> Mes
     return Message(RecordDict({"config": config}), dst_node_id=0, message_type=kind)
 
 
+def _reason(reply: Message) -> str:
+    """An error reply's reason (Flower types it as optional)."""
+    reason = reply.error.reason
+    assert reason is not None
+    return reason
+
+
 def _context(node_config: dict[str, Any]) -> Context:
     return Context(run_id=1, node_id=0, node_config=node_config, state=RecordDict(), run_config={})
 
@@ -236,7 +243,7 @@ def test_the_mod_refuses_before_the_handler_runs() -> None:
     reply = policy_mod(msg, _context(_deployed()), handler)
     assert reply.has_error() and not handler.seen
     assert "eval.calibration-bins = 1000000: this site's limit is policy.max-calibration-bins" in (
-        reply.error.reason
+        _reason(reply)
     )
     # a query (who the site is) is answered; a request within the policy reaches the handler
     assert not policy_mod(_message({"eval.calibration-bins": 50}, MessageType.QUERY),
@@ -247,25 +254,29 @@ def test_the_mod_refuses_before_the_handler_runs() -> None:
 
 def test_hook_code_is_refused_before_the_run_config_imports_it() -> None:
     msg = _message({})
-    msg.content["config"]["hooks.use"] = "evil.module:Payload"  # would be imported by parsing
+    config = msg.content["config"]
+    assert isinstance(config, ConfigRecord)
+    config["hooks.use"] = "evil.module:Payload"  # would be imported by parsing
     handler = Recorder()
     reply = policy_mod(msg, _context(_deployed()), handler)
-    assert "['evil.module:Payload']" in reply.error.reason and not handler.seen
-    assert "policy.allowed-hooks = ''" in reply.error.reason
+    assert "['evil.module:Payload']" in _reason(reply) and not handler.seen
+    assert "policy.allowed-hooks = ''" in _reason(reply)
 
 
 def test_the_clientapp_refuses_an_unsigned_model_at_a_site_that_requires_signatures() -> None:
     msg = _message({"trust.sign-updates": False}, MessageType.TRAIN)
     reply = client_app()(msg, _context(_deployed()))
     assert reply.has_error()
-    assert "trust.sign-updates = false" in reply.error.reason
-    assert "policy.require-signed-models = true" in reply.error.reason
+    assert "trust.sign-updates = false" in _reason(reply)
+    assert "policy.require-signed-models = true" in _reason(reply)
     config = ConfigRecord({"trust.sign-updates": False})
     assert models_must_be_signed(config, _deployed())
-    assert not models_must_be_signed(config, _deployed(**{"require-signed-models": False}))
+    assert not models_must_be_signed(
+        config, _deployed("/srv/site", **{"require-signed-models": False})
+    )
     assert not models_must_be_signed(config, {"partition-id": 0})  # simulation: the run decides
 
 
 def test_a_malformed_policy_is_a_named_error_reply() -> None:
     reply = policy_mod(_message({}), _context(_deployed(**{"min-cell": "five"})), Recorder())
-    assert "node-config policy.min-cell = 'five': expected int" in reply.error.reason
+    assert "node-config policy.min-cell = 'five': expected int" in _reason(reply)

@@ -18,6 +18,7 @@ from flwr.app import (
     MessageType,
     MetricRecord,
     RecordDict,
+    UserConfig,
 )
 
 from client.app import client_app
@@ -215,7 +216,7 @@ def test_the_clientapp_with_the_mod_sends_a_clipped_valid_update(
         message_type=MessageType.TRAIN,
     )
     # a site whose policy lets unsigned models in (the default refuses them)
-    node_config = {"site-dir": str(site), "policy.require-signed-models": False}
+    node_config: UserConfig = {"site-dir": str(site), "policy.require-signed-models": False}
     ctx = Context(run_id=1, node_id=0, node_config=node_config, state=RecordDict(), run_config={})
     reply = client_app(inner_mods=[privacy_mod])(msg, ctx)
     assert update_problem(reply, received) is None
@@ -299,7 +300,7 @@ def test_an_unreadable_ledger_stops_releases(tmp_path: Path) -> None:
 def test_a_simulated_site_keeps_its_ledger_in_the_run_folder(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     privacy = {"mode": "local", "noise-multiplier": 2.0}
-    msg = _message(privacy, **{"output.run-dir": str(run_dir)})
+    msg = _message(privacy, RECEIVED, **{"output.run-dir": str(run_dir)})
     ctx = Context(
         run_id=1, node_id=0, node_config={"partition-id": 3}, state=RecordDict(), run_config={}
     )

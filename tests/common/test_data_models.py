@@ -145,6 +145,7 @@ def test_the_cache_never_serves_tensors_made_with_other_settings_or_files(
     assert torch.equal(first.images, again.images)  # the cache itself still serves hits
     case = manifest.split("train")[0]
     img = nib.load(case.images[0])
+    assert isinstance(img, nib.Nifti1Image)  # the site factory writes NIfTI
     data = np.asarray(img.dataobj)
     nib.save(nib.Nifti1Image((data + 100).astype(np.int16), img.affine), str(case.images[0]))
     changed = load_split(manifest, "train", small.data, small.task)

@@ -23,7 +23,8 @@ CHANNELS = ("arterial", "portal", "delayed")
 TASK = "lesion-malignancy"
 
 
-def rewrite(site: Path, edit: Callable[[list[dict[str, str]]], None]) -> None:
+def rewrite(site: Path, edit: Callable[[list[dict[str, str]]], object]) -> None:
+    """Edit the manifest's rows in place (``edit``'s return value is ignored)."""
     path = site / "manifest.csv"
     with path.open() as fh:
         rows = list(csv.DictReader(fh))

@@ -46,6 +46,7 @@ def _site_model(cfg: RunConfig, seed: int) -> torch.nn.Module:
         for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))
         for bn in batchnorm_layers(model).values():
+            assert bn.running_mean is not None and bn.running_var is not None
             bn.running_mean.normal_(0.0, 0.5)
             bn.running_var.uniform_(0.5, 2.0)
     return model
@@ -98,7 +99,7 @@ def test_central_dp_leaves_every_bn_variance_positive_and_scores_finite() -> Non
         own = {k: v.clone() for k, v in site.state_dict().items() if k in local}
         load_arrays(site, subset(new_global, local), optional=local)
         variances = [bn.running_var for bn in batchnorm_layers(site).values()]
-        assert all(bool((v > 0).all()) for v in variances)
+        assert all(v is not None and bool((v > 0).all()) for v in variances)
         for key, value in own.items():  # the site's own statistics, untouched by the round
             assert torch.equal(site.state_dict()[key], value)
         with torch.no_grad():

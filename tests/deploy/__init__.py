@@ -18,6 +18,10 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 HEPAFED = str(Path(sys.executable).parent / "hepafed")
@@ -292,7 +296,7 @@ def _nginx_missing() -> bool:
     return False
 
 
-def requires_nginx() -> object:
+def requires_nginx() -> pytest.MarkDecorator:
     """Skip a test that starts `hepafed server start` where nginx (its gateway) is missing."""
     import pytest
 

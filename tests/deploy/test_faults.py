@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -137,7 +138,7 @@ def _serverapps(deployment: Deployment) -> list[int]:
     return out
 
 
-def _audit(run_dir: Path, kind: str) -> list[dict[str, object]]:
+def _audit(run_dir: Path, kind: str) -> list[dict[str, Any]]:
     return [e for e in entries(run_dir) if e["kind"] == kind]
 
 

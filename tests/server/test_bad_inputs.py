@@ -29,6 +29,7 @@ from flwr.app import (
     MessageType,
     MetricRecord,
     RecordDict,
+    UserConfig,
 )
 
 from client.trust import TrustError, check_model, trust_mod
@@ -83,12 +84,13 @@ class Setup:
     def reply(
         self,
         msg: Message | None = None,
-        before: Callable[[RecordDict], None] | None = None,
+        before: Callable[[RecordDict], object] | None = None,
         site: str = SITE,
         n: float = 20,
         node_config: dict[str, Any] | None = None,
     ) -> Message:
-        """The site's signed reply to ``msg``; ``before`` alters it before it is signed."""
+        """The site's signed reply to ``msg``; ``before`` alters it before it is signed (what
+        it returns is ignored)."""
         msg = msg or self.message()
 
         def handler(m: Message, _: Context) -> Message:
@@ -143,7 +145,7 @@ def _set(content: RecordDict, key: str, value: np.ndarray) -> None:
     _arrays(content)[key] = Array(value)
 
 
-def _after(reply: Message, change: Callable[[RecordDict], None]) -> Message:
+def _after(reply: Message, change: Callable[[RecordDict], object]) -> Message:
     change(reply.content)
     return reply
 
@@ -425,7 +427,7 @@ def test_norm_outliers_x100_and_not_an_honest_large_site() -> None:
 
 # ---- the site's side: the model it receives ---------------------------------------------
 
-MODEL_CASES: list[tuple[str, str, Callable[[Setup, Message], None], str]] = [
+MODEL_CASES: list[tuple[str, str, Callable[[Setup, Message], object], str]] = [
     ("model-ok", "a signed model (control)", lambda s, m: None, ""),
     (
         "model-unsigned",
@@ -458,7 +460,7 @@ MODEL_CASES: list[tuple[str, str, Callable[[Setup, Message], None], str]] = [
     ("case", "what", "damage", "expected"), MODEL_CASES, ids=[c[0] for c in MODEL_CASES]
 )
 def test_site_refuses_a_model_the_server_did_not_sign(
-    setup: Setup, case: str, what: str, damage: Callable[[Setup, Message], None], expected: str
+    setup: Setup, case: str, what: str, damage: Callable[[Setup, Message], object], expected: str
 ) -> None:
     msg = setup.message()
     msg.content[RecordKey.ARRAYS] = ArrayRecord(dict(setup.sent.items()))  # a copy to damage
@@ -588,7 +590,7 @@ def test_deployed_site_imports_only_hooks_it_allowed(setup: Setup) -> None:
     from client.trust import check_hooks
 
     config = ConfigRecord({"hooks.use": "fedbn,tests.common.hooks.sample:CenterCrop"})
-    deployed = {"site-dir": "/srv/data"}
+    deployed: UserConfig = {"site-dir": "/srv/data"}
     with pytest.raises(TrustError, match=r"import hook code \['tests.common.hooks.sample:Cen"):
         check_hooks(config, deployed)
     check_hooks(config, {**deployed, "allowed-hooks": "tests.common.hooks.sample:CenterCrop"})

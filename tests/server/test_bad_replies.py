@@ -121,7 +121,7 @@ QUERY_CASES: list[tuple[str, str, dict[str, Any], str]] = [
 ]
 
 
-def _query_answer(bad: dict[str, Any], bad_node: int = 3) -> Answer:
+def _query_answer(bad: dict[str, Any], bad_node: int = 3) -> Callable[[Message], Message]:
     def answer(msg: Message) -> Message:
         node = msg.metadata.dst_node_id
         fields = {SiteKey.NAME.value: f"site-{node}", **GOOD_QUERY}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
@@ -65,7 +66,9 @@ class _Grid:
                     min_train_nodes=1),
     lambda: FedAdam(eta=0.1, min_available_nodes=0, min_train_nodes=1),
 ], ids=["fedavgm", "fedadam"])  # fmt: skip
-def test_server_optimiser_state_survives_a_checkpoint(make, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_server_optimiser_state_survives_a_checkpoint(
+    make: Callable[[], FedAvgM | FedAdam], tmp_path: Path
+) -> None:
     """Three steps straight == two steps, checkpoint, a fresh strategy loaded, one step."""
     straight = make()
     a = _arrays(0.0)

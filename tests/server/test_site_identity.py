@@ -49,7 +49,9 @@ def _answer(
         return Message(RecordDict({"site": info}), reply_to=m)
 
     reply = trust_mod(msg, ctx, handler)
-    return ConfigRecord(dict(reply.content["site"]))
+    record = reply.content["site"]
+    assert isinstance(record, ConfigRecord)
+    return ConfigRecord(dict(record))
 
 
 @pytest.fixture

@@ -32,15 +32,15 @@ def test_quick_bench_writes_every_section_and_its_figures_hold(tmp_path: Path) -
         rows = [line for line in table.splitlines() if line.startswith("|")]
         assert len({row.count("|") for row in rows}) <= 1, table
 
-    rows = {(r["method"], r["sites"]): r for r in doc["sections"]["aggregation"]}
-    for row in rows.values():
+    aggregation = {(r["method"], r["sites"]): r for r in doc["sections"]["aggregation"]}
+    for row in aggregation.values():
         assert row["max_abs_error"] < 1e-5  # the weighted mean, checked inside the case
     # streaming: one update held at a time, whatever the number of sites
-    ours_2, ours_5 = rows[("hepafed", 2)], rows[("hepafed", 5)]
+    ours_2, ours_5 = aggregation[("hepafed", 2)], aggregation[("hepafed", 5)]
     assert ours_5["live_peak_x_model"] <= 3.0
     assert ours_5["live_peak_x_model"] - ours_2["live_peak_x_model"] < 0.2
     # stock Flower holds every reply: about one model more per site
-    flower_2, flower_5 = rows[("flower", 2)], rows[("flower", 5)]
+    flower_2, flower_5 = aggregation[("flower", 2)], aggregation[("flower", 5)]
     assert flower_5["live_peak_x_model"] - flower_2["live_peak_x_model"] > 2.5
 
     ratios = {r["compression"]: r["ratio"] for r in doc["sections"]["bytes"]}

@@ -10,7 +10,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -150,6 +150,13 @@ def test_external_site_writes_every_case_as_test(tmp_path: Path) -> None:
     assert [r["split"] for r in rows] == ["test"] * 6
 
 
+def load_nifti(path: Path) -> nib.Nifti1Image:
+    """A NIfTI file the phantom wrote (``nib.load`` is typed as returning any image)."""
+    img = nib.load(path)
+    assert isinstance(img, nib.Nifti1Image)
+    return img
+
+
 def world_centre(affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """World (RAS+ mm) position of the centre of an image's first slice."""
     centre = (np.array(shape[:2]) - 1) / 2.0
@@ -163,12 +170,12 @@ def test_images_are_int16_hu_with_spacing_and_position_in_the_affine(liver2: tup
         # the first voxel axis runs to the patient's left, so world x (RAS: right) is negated
         axes = np.diag([-site.pixel_spacing_mm, site.pixel_spacing_mm, site.slice_thickness_mm])
         for r in read_manifest(out / site.name)[:5]:
-            mask = nib.load(out / site.name / r["mask"])
+            mask = load_nifti(out / site.name / r["mask"])
             assert mask.get_data_dtype() == np.uint8 and mask.shape == (n, n, 1)
             values = np.asarray(mask.dataobj)
             assert set(np.unique(values)) == {0, 1}
             for phase in PHASES:
-                img = nib.load(out / site.name / r[f"image_{phase}"])
+                img = load_nifti(out / site.name / r[f"image_{phase}"])
                 assert img.get_data_dtype() == np.int16 and img.shape == (n, n, 1)
                 np.testing.assert_allclose(img.affine[:3, :3], axes, atol=1e-6)
                 np.testing.assert_allclose(img.affine, mask.affine)
@@ -217,7 +224,7 @@ def test_anatomy_is_where_the_affine_says_liver_right_aorta_left_of_the_ivc(
     out = generate_phantom(Scenario("o", 4, (site,)), tmp_path / "o") / "a"
     times = (site.arterial_delay_s, site.portal_delay_s, site.delayed_delay_s)
     for index, r in enumerate(read_manifest(out)):
-        images = [nib.load(out / r[f"image_{phase}"]) for phase in PHASES]
+        images = [load_nifti(out / r[f"image_{phase}"]) for phase in PHASES]
         affine = images[0].affine
         assert nib.aff2axcodes(affine) == ("L", "A", "S")
         hu = np.stack([np.asarray(img.dataobj)[..., 0].astype(np.float64) for img in images])
@@ -420,13 +427,13 @@ def test_three_d_scenarios_write_volumes_through_the_same_generator(tmp_path: Pa
     )
     out = generate_phantom(Scenario("vol", 2, (site,), dims=3), tmp_path / "vol")
     for r in read_manifest(out / "a"):
-        img = nib.load(out / "a" / r["image_portal"])
+        img = load_nifti(out / "a" / r["image_portal"])
         assert img.shape == (94, 94, 16) and img.get_data_dtype() == np.int16
         np.testing.assert_allclose(img.affine[:3, :3], np.diag([-1.6, 1.6, 2.5]), atol=1e-6)
         middle = img.affine @ np.array([46.5, 46.5, 7.5, 1.0])  # centre of the slab
         np.testing.assert_allclose(middle[:2], (30.0, -5.0), atol=1e-3)
         assert -20.0 <= middle[2] <= 20.0  # the lesion's height
-        mask = np.asarray(nib.load(out / "a" / r["mask"]).dataobj)
+        mask = np.asarray(load_nifti(out / "a" / r["mask"]).dataobj)
         assert mask.shape == (94, 94, 16)
         slices = np.flatnonzero(mask.any(axis=(0, 1)))
         assert 7 <= slices.mean() <= 8.5  # the lesion is in the middle of the slab
@@ -615,7 +622,9 @@ def _expand(x: np.ndarray) -> np.ndarray:
     return np.column_stack([x, *pairs])
 
 
-def _fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2):  # type: ignore[no-untyped-def]
+def _fit_logistic(
+    x: np.ndarray, y: np.ndarray, l2: float = 1e-2
+) -> Callable[[np.ndarray], np.ndarray]:
     mu, sd = x.mean(axis=0), x.std(axis=0) + 1e-9
     z = np.column_stack([np.ones(len(x)), (x - mu) / sd])
 
@@ -636,9 +645,9 @@ def site_features(site_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     feats, labels, splits = [], [], []
     for r in read_manifest(site_dir):
         images = np.stack(
-            [np.asarray(nib.load(site_dir / r[f"image_{p}"]).dataobj) for p in PHASES]
+            [np.asarray(load_nifti(site_dir / r[f"image_{p}"]).dataobj) for p in PHASES]
         )
-        mask = np.asarray(nib.load(site_dir / r["mask"]).dataobj)
+        mask = np.asarray(load_nifti(site_dir / r["mask"]).dataobj)
         feats.append(contrast(images, mask, float(r["pixel_spacing_mm"])))
         labels.append(int(r["label"]))
         splits.append(r["split"])
