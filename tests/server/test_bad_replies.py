@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -28,41 +27,11 @@ from server.reply_checks import ReplyError, summary_record
 from server.sites import FederationError, SiteInfo, discover_sites
 from server.statistics_screen import screen_statistics
 from server.trust import ServerTrust
+from tests.server.fake_grid import Answer, ReplyGrid
 
 pytestmark = pytest.mark.usefixtures("flower_task")
 
 ROOT = Path(__file__).resolve().parents[2]
-Answer = Callable[[Message], Message | None]
-
-
-class ReplyGrid:
-    """A Grid whose nodes answer each message with ``answer(message)`` (None: no reply)."""
-
-    def __init__(self, answer: Answer, nodes: tuple[int, ...] = (1, 2, 3)) -> None:
-        self.answer, self.nodes = answer, nodes
-        self.pending: dict[str, Message] = {}
-        self.sent: list[Message] = []
-        self.run = SimpleNamespace(run_id=7)  # the Flower run messages are signed for
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.nodes)
-
-    def push_messages(self, messages: list[Message]) -> list[str]:
-        ids = []
-        for msg in messages:
-            msg.metadata.__dict__["_message_id"] = f"m{len(self.sent)}"
-            self.sent.append(msg)
-            self.pending[msg.metadata.message_id] = msg
-            ids.append(msg.metadata.message_id)
-        return ids
-
-    def pull_messages(self, ids: set[str]) -> list[Message]:
-        out = []
-        for mid in sorted(ids & set(self.pending)):
-            reply = self.answer(self.pending.pop(mid))
-            if reply is not None:
-                out.append(reply)
-        return out
 
 
 def _cfg(tmp_path: Path, **extra: Any) -> RunConfig:

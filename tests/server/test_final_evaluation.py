@@ -13,7 +13,8 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message
 
 from common.config import RunConfig
-from server.federation import EvaluationsFailedError, Federation
+from server.federation import Federation
+from server.final_evaluation import EvaluationsFailedError
 from server.sites import FederationError, SiteInfo
 
 pytestmark = pytest.mark.usefixtures("flower_task")
@@ -48,7 +49,7 @@ def _federation(reasons: dict[str, str | None]) -> Federation:
     fed.sites = [SiteInfo(i + 1, name, "train", 10, 5, "sha") for i, name in enumerate(reasons)]
     fed.names = {s.node_id: s.name for s in fed.sites}
     fed.recorder, fed.audit, fed.trust = Recorder(), Audit(), Trust()  # type: ignore[assignment]
-    fed._config = lambda *args, **kwargs: ConfigRecord({})  # type: ignore[method-assign]
+    fed.message_config = lambda *args, **kwargs: ConfigRecord({})  # type: ignore[method-assign]
 
     def send(messages: Any, label: str, on_reply: Any = None) -> list[Message]:
         replies = []
@@ -58,7 +59,7 @@ def _federation(reasons: dict[str, str | None]) -> Federation:
                 replies.append(Message(Error(code=0, reason=reason), reply_to=message))
         return replies
 
-    fed._send = send  # type: ignore[method-assign]
+    fed.send = send  # type: ignore[method-assign]
     return fed
 
 

@@ -48,7 +48,7 @@ from flwr.clientapp import ClientApp
 
 from client.app import app as clean_client
 from common.config import RunConfig
-from server.federation import EvaluationsFailedError
+from server.final_evaluation import EvaluationsFailedError
 from server.records import read_evaluations, read_rounds
 from simulations.attacks import AttackError, poison_mod, poisoned_client
 from simulations.federated import run_federated
