@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from common.hooks.base import Hook, HookError, HookPoint, Statistics
+from common.hooks.base import Hook, HookPoint, Statistics
 from common.hooks.proximal import FedProx
 from common.hooks.registry import hook_class
 from common.keys import ConfigKey, PrivacyMode
@@ -46,11 +46,8 @@ class HookSet:
         mu = float((config or {}).get(ConfigKey.PROXIMAL_MU, 0.0))
         if mu > 0 and not any(isinstance(h, FedProx) for h in self.hooks):
             self.hooks.append(FedProx(cfg))
-        sharing = [h.name for h in self.hooks if h.shares_statistics]
-        if len(sharing) > 1:
-            raise HookError(
-                f"hooks {sharing} all share statistics with the server; use at most one"
-            )
+        # at most one hook shares statistics: RunConfig's own check (common.config), which
+        # every RunConfig passes when it is made; FedProx added here shares none
 
     def at(self, point: HookPoint) -> list[Hook]:
         return [h for h in self.hooks if point in h.points]
