@@ -49,7 +49,7 @@ from server.sites import (
 )
 from server.strategies import build_strategy
 from server.trust import file_sha256
-from server.validation import MIN_SITES_FOR_NORMS
+from server.validation import norm_rule_applies
 
 if TYPE_CHECKING:
     from server.federation import Federation
@@ -174,7 +174,7 @@ def train_round(
     messages = list(strategy.configure_train(rnd, shared, config, view))
     order = sorted(federation.names[m.metadata.dst_node_id] for m in messages)
     # norm outliers need every norm of the round: then updates wait on disk until the end
-    defer = federation.cfg.trust.norm_z > 0 and len(order) >= MIN_SITES_FOR_NORMS
+    defer = norm_rule_applies(federation.cfg.trust.norm_z, len(order))
     declared = {s.name: s.n_train for s in federation.sites}  # caps each site's weight
     aggregator = RoundAggregator(
         strategy, shared, order, fed.compression, federation.recorder.run_dir, defer,

@@ -161,6 +161,12 @@ def screen_update(
 MIN_SITES_FOR_NORMS = 3  # a robust z-score needs a median and a spread
 
 
+def norm_rule_applies(max_z: float, n_sites: int) -> bool:
+    """Whether the norm-outlier rule (``norm_outliers``) judges a round of ``n_sites``
+    updates: it is on (``trust.norm-z`` > 0) and there are enough sites for a spread."""
+    return max_z > 0 and n_sites >= MIN_SITES_FOR_NORMS
+
+
 def reply_size_problem(reply: Message, max_mb: float) -> str | None:
     """Why ``reply`` is too large to accept (its tensors' bytes), or None."""
     size = sum(
@@ -183,7 +189,7 @@ def norm_outliers(norms: Mapping[str, float], max_z: float, min_ratio: float) ->
     cannot dominate a mean. Needs at least ``MIN_SITES_FOR_NORMS`` sites; with
     ``max_z = 0`` the check is off.
     """
-    if max_z <= 0 or len(norms) < MIN_SITES_FOR_NORMS:
+    if not norm_rule_applies(max_z, len(norms)):
         return {}
     values = np.array(list(norms.values()), dtype=np.float64)
     median = float(np.median(values))
