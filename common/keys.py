@@ -101,6 +101,18 @@ class Phase(StrEnum):
     STATISTICS = "statistics"  # the image statistics of hooks that share them (JSON)
 
 
+class RecordPhase(StrEnum):
+    """What a line of ``rounds.jsonl`` records (its ``"phase"``)."""
+
+    STATISTICS = "statistics"  # the hooks' pooled statistics, before training
+    TRAIN = "train"  # one federated round: accepted, rejected and missing updates
+    EVALUATE = "evaluate"  # the model after a round, scored at every site (monitoring)
+    PRIVACY = "privacy"  # the sites' DP ledger before a model trained at one site
+    PRIVACY_BUDGET = "privacy-budget"  # training stopped: a privacy budget is spent
+    AVERAGE = "average"  # the final model is the mean of the last rounds' models
+    FINAL_EVALUATE = "final-evaluate"  # a model's final scores (or why a site has none)
+
+
 class Share(StrEnum):
     """Which tensors a training site sends back (``ConfigKey.SHARE``)."""
 

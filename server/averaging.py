@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from flwr.app import ArrayRecord
 
+from common.keys import RecordPhase
 from server.records import checkpoint_name, load_checkpoint
 from server.trust import file_sha256
 
@@ -130,6 +131,8 @@ def finish_average(
         "averaged_rounds": late.rounds,
     }
     fed.audit.append("checkpoint", entry)
-    fed.recorder.log_round({"model": model, "phase": "average", "rounds": late.rounds})
+    fed.recorder.log_round(
+        {"model": model, "phase": RecordPhase.AVERAGE.value, "rounds": late.rounds}
+    )
     log.info("%s: final model = mean of rounds %s", model, late.rounds)
     return averaged

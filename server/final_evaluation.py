@@ -13,6 +13,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from common.keys import (
     ConfigKey,
     RecordKey,
+    RecordPhase,
     Share,
     SiteKey,
 )
@@ -100,7 +101,7 @@ def evaluate(
     federation.recorder.log_round(
         {
             "model": label,
-            "phase": "final-evaluate",
+            "phase": RecordPhase.FINAL_EVALUATE.value,
             "splits": splits,
             "failed": failed,
             "adaptation": {site: a for site, (_, a) in sorted(out.items())},

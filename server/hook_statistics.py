@@ -15,6 +15,7 @@ from common.keys import (
     ConfigKey,
     Phase,
     RecordKey,
+    RecordPhase,
 )
 from server.site_identity import identity_problem, identity_required, new_challenge
 from server.sites import (
@@ -75,7 +76,9 @@ def shared_statistics(federation: Federation, trainers: list[SiteInfo]) -> str:
     except HookError as e:
         raise FederationError(f"hook statistics: {e}") from e
     entry = {"sites": sorted(stats), "rejected": rejected}
-    federation.recorder.log_round({"phase": "statistics", **entry, "statistics": combined})
+    federation.recorder.log_round(
+        {"phase": RecordPhase.STATISTICS.value, **entry, "statistics": combined}
+    )
     federation.audit.append("statistics", entry)
     federation.statistics_cache[key] = json.dumps(combined, sort_keys=True)
     return federation.statistics_cache[key]

@@ -15,7 +15,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from common.keys import PrivacyMode
+from common.keys import PrivacyMode, RecordPhase
 from common.privacy import PrivacyMetric
 
 LEDGER_ACCOUNTING = "rdp"  # server.privacy_ledger: Flower's RDP accountant
@@ -93,7 +93,7 @@ def _ledger_rows(rounds: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 def _reported_by_sites(rounds: Iterable[Mapping[str, Any]], delta: float) -> list[dict[str, Any]]:
     best: dict[str, tuple[int, float]] = {}
     for entry in rounds:
-        if entry.get("phase") != "train" or not isinstance(entry.get("sites"), Mapping):
+        if entry.get("phase") != RecordPhase.TRAIN or not isinstance(entry.get("sites"), Mapping):
             continue
         for site, metrics in entry["sites"].items():
             total = _number(metrics.get(PrivacyMetric.EPSILON_TOTAL.value))

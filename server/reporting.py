@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from common.files import write_atomic
+from common.keys import RecordPhase
 from common.signing import state_hash
 from server.designs import Evaluation
 from server.records import (
@@ -96,7 +97,7 @@ def failed_evaluations(run_dir: Path) -> dict[str, dict[str, str]]:
     """model -> site -> reason, for final evaluations a site did not deliver."""
     out: dict[str, dict[str, str]] = {}
     for entry in read_rounds(run_dir):
-        if entry.get("phase") == "final-evaluate" and entry.get("failed"):
+        if entry.get("phase") == RecordPhase.FINAL_EVALUATE and entry.get("failed"):
             out.setdefault(entry["model"], {}).update(entry["failed"])
     return out
 

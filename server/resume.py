@@ -23,6 +23,7 @@ import torch
 from flwr.serverapp.strategy import Strategy
 
 from common.config import RunConfig
+from common.keys import RecordPhase
 from server.audit import AUDIT_FILE, HEAD_FILE, AuditError, entries
 from server.audit_run import checkpoint_problem
 from server.records import RunRecorder, checkpoint_name, load_checkpoint, read_config
@@ -177,7 +178,7 @@ def completed_record(
     """Whether a rounds.jsonl record belongs to a round the resumed run will not redo: a
     train or evaluate record of a round its model's checkpoint already holds. ``rounds``
     memoises each model's checkpointed round (each checkpoint is read once)."""
-    if entry.get("phase") not in ("train", "evaluate") or "model" not in entry:
+    if entry.get("phase") not in (RecordPhase.TRAIN, RecordPhase.EVALUATE) or "model" not in entry:
         return False
     model = str(entry["model"])
     if model not in rounds:

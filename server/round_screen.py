@@ -18,6 +18,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 
 from common.config import RunConfig
+from common.keys import RecordPhase
 from common.signing import arrays_hash, update_digest
 from server.aggregation import RoundAggregator, UpdateRejected, array_view, records
 from server.trust import ServerTrust
@@ -104,7 +105,7 @@ class RoundScreen:
         return {
             "model": self.model,
             "round": self.rnd,
-            "phase": "train",
+            "phase": RecordPhase.TRAIN.value,
             "sites": dict(sorted(self.accepted.items())),
             "rejected": self.rejected,
             "no_reply": self.no_reply,

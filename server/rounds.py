@@ -18,6 +18,7 @@ from flwr.serverapp.strategy import Strategy
 from common.keys import (
     GLOBAL_MODEL,
     ConfigKey,
+    RecordPhase,
     Share,
 )
 from common.weights import merge, subset
@@ -112,7 +113,7 @@ def train_global(
             log.warning("%s: %s; training stops after round %d", model, e, rnd - 1)
             entry = {"model": model, "round": rnd, "reason": str(e),
                      "privacy": privacy_spent(strategy)}  # fmt: skip
-            federation.recorder.log_round({**entry, "phase": "privacy-budget"})
+            federation.recorder.log_round({**entry, "phase": RecordPhase.PRIVACY_BUDGET.value})
             federation.audit.append("privacy-budget", entry)
             break
         monitor(federation, strategy, rnd, arrays, eval_view, model)
@@ -237,7 +238,7 @@ def monitor(
         {
             "model": model,
             "round": rnd,
-            "phase": "evaluate",
+            "phase": RecordPhase.EVALUATE.value,
             "sites": metrics,
             "failed": failed,
             "seconds": time.monotonic() - start,

@@ -15,6 +15,7 @@ from common.keys import (
     ConfigKey,
     PrivacyMode,
     RecordKey,
+    RecordPhase,
     Share,
 )
 from server.exchange import exchange
@@ -80,15 +81,19 @@ def train_alone(
         log.warning("%s at %s: %s", model, site.name, refused)
         entry = {"model": model, "round": 0, "reason": refused,
                  "privacy": {"sites": federation.ledger.summary()}}  # fmt: skip
-        federation.recorder.log_round({**entry, "phase": "privacy-budget"})
+        federation.recorder.log_round({**entry, "phase": RecordPhase.PRIVACY_BUDGET.value})
         federation.recorder.log_round(
-            {"model": model, "phase": "final-evaluate", "failed": {site.name: refused}}
+            {
+                "model": model,
+                "phase": RecordPhase.FINAL_EVALUATE.value,
+                "failed": {site.name: refused},
+            }
         )
         federation.audit.append("privacy-budget", entry)
         return None
     if cfg.privacy.mode != PrivacyMode.NONE:  # the report reads the ledger's last state
         entry = {"model": model, "privacy": {"sites": federation.ledger.summary()}}
-        federation.recorder.log_round({**entry, "phase": "privacy"})
+        federation.recorder.log_round({**entry, "phase": RecordPhase.PRIVACY.value})
     if federation.cfg.output.resume:
         done = checkpoint_round(federation.recorder, model)
         if done is not None:  # trained whole before the server stopped: not trained again
@@ -116,7 +121,11 @@ def train_alone(
     if problem is not None:
         log.warning("%s at %s: %s", model, site.name, problem)
         federation.recorder.log_round(
-            {"model": model, "phase": "final-evaluate", "failed": {site.name: problem}}
+            {
+                "model": model,
+                "phase": RecordPhase.FINAL_EVALUATE.value,
+                "failed": {site.name: problem},
+            }
         )
         return None
     arrays = cast(ArrayRecord, replies[0].content[RecordKey.ARRAYS])

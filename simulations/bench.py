@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from common.keys import RecordPhase
 from simulations.bench_report import BenchResult, evaluate_targets, markdown
 
 GB = 1e9
@@ -412,7 +413,7 @@ def round_time(cfg: Any, repeats: int) -> dict[str, Any]:
             run = cfg.replace({"output.run-dir": str(Path(tmp) / "run")})
             run_federated(run)
             rounds = read_rounds(Path(tmp) / "run")
-            ours += [e["seconds"] for e in rounds if e.get("phase") == "train"][1:]
+            ours += [e["seconds"] for e in rounds if e.get("phase") == RecordPhase.TRAIN][1:]
             seconds: list[float] = []
             server, client = _stock_apps(cfg, seconds)
             run_federated(run, body=server, client=client)
@@ -483,7 +484,7 @@ def hundred_sites(cfg: Any, data_dir: Path, sites: int, cases: int) -> dict[str,
         t = time.monotonic()
         run_federated(run)
         run_s = time.monotonic() - t
-        train = [e for e in read_rounds(Path(tmp) / "run") if e.get("phase") == "train"]
+        train = [e for e in read_rounds(Path(tmp) / "run") if e.get("phase") == RecordPhase.TRAIN]
     return {
         "sites": sites,
         "cases_per_site": cases,
