@@ -24,7 +24,8 @@ from torch import nn
 
 from client.policy import simulated_policy
 from common.badcases import listed
-from common.config import EvalConfig, RunConfig
+from common.config import RunConfig
+from common.config_sections import EvalConfig
 from common.data import SplitTensors
 from common.device import Compute
 from common.keys import Task

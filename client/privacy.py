@@ -52,7 +52,8 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from client.ledger import Ledger, LedgerError, load_ledger, save_ledger
 from client.policy import PolicyError, SitePolicy, site_policy
-from common.config import ConfigError, PrivacyConfig, RunConfig
+from common.config import ConfigError, RunConfig
+from common.config_sections import PrivacyConfig
 from common.keys import ConfigKey, NodeKey, PrivacyMode, RecordKey, Share
 from common.privacy import (
     PrivacyMetric,

@@ -41,7 +41,7 @@ from monai.transforms import (
 
 from common.badcases import BadCaseError, BadInput, NoUsableCasesError, SkippedCase
 from common.checkedload import MASK, CaseFileProblem, LoadCheckedd
-from common.config import DataConfig
+from common.config_sections import DataConfig
 from common.keys import BadCasePolicy, Task
 from common.manifest import MANIFEST_NAME, Case, Problem, SiteManifest
 from common.sitepaths import escape_problem

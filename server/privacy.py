@@ -63,8 +63,8 @@ from flwr.serverapp.strategy import (
 )
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, compute_stdv
 
-from common.config import PrivacyConfig as Settings
 from common.config import RunConfig
+from common.config_sections import PrivacyConfig as Settings
 from common.hooks.proximal import ProximalStrategy
 from common.keys import PrivacyMode, RecordKey, SiteKey, StrategyName
 from common.privacy import (

@@ -58,7 +58,8 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
-from common.config import EvalConfig, RunConfig
+from common.config import RunConfig
+from common.config_sections import EvalConfig
 from common.keys import GLOBAL_MODEL, EvalDesign, Task, local_model, loso_model
 from common.stats import (
     AUCResult,

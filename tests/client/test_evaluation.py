@@ -18,7 +18,8 @@ from client.evaluation import (
     projection,
     summarize,
 )
-from common.config import EvalConfig, RunConfig
+from common.config import RunConfig
+from common.config_sections import EvalConfig
 from common.device import select_compute
 from common.models import build_model
 from common.summary import SiteSummary, Table2x2

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from common.acquisition import acquisition_summary
-from common.config import DataConfig
+from common.config_sections import DataConfig
 from common.data import load_split
 from common.dicom import DicomSeriesError, acquisition_metadata, read_series
 from common.images import image_geometry, load_image

@@ -19,7 +19,7 @@ from client.evaluation import (
 )
 from common.acquisition import acquisition_summary, small_categories
 from common.badcases import SkippedCase, site_relative, skipped_fields
-from common.config import EvalConfig
+from common.config_sections import EvalConfig
 from common.manifest import Case
 from common.summary import coarse_rates, pool_cells, small_cell_groups
 
