@@ -1,0 +1,172 @@
+"""The ServerApp's cost of aggregating one round, against the machine's memory bandwidth.
+
+``bandwidth``: GB/s of an in-place add of two arrays far larger than the caches,
+NumPy ``a += b`` (one thread) and torch ``a.add_(b)`` (all threads): the access
+pattern of aggregation, and the yardstick its throughput is judged against.
+
+``aggregation``: one round of a synthetic model's updates from N sites, hepafed's
+streaming aggregation (validation included) against stock Flower
+(``FedAvg.aggregate_train`` over the list of replies ``Grid.send_and_receive``
+returns): seconds and GB/s, the process's peak RSS above what it held before the
+round, and (in a separate traced run) the peak of live memory from ``tracemalloc``.
+Each case runs in a fresh process, so no case sees another's memory.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simulations.bench_measure import GB, in_fresh_process, reset_peak_rss, rss_bytes, spread
+
+SITE_COUNTS = (5, 20, 50, 100)
+MODEL_PARAMS = 10_000_000
+
+
+# ---- bandwidth ---------------------------------------------------------------------------
+
+
+def bandwidth(n_bytes: int, repeats: int) -> dict[str, Any]:
+    """GB/s of the second operand of an in-place add (the same access pattern as
+    aggregation: read a, read b, write a)."""
+    import torch
+
+    n = n_bytes // 4
+    a = np.ones(n, np.float32)
+    b = np.full(n, 1e-6, np.float32)
+    a += b  # touch every page first
+    numpy_runs, torch_runs = [], []
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a += b
+        numpy_runs.append(n * 4 / (time.perf_counter() - t) / GB)
+        t = time.perf_counter()
+        ta.add_(tb, alpha=0.5)
+        torch_runs.append(n * 4 / (time.perf_counter() - t) / GB)
+    return {
+        "array_mb": n * 4 / 1e6,
+        "numpy_add_gbps": spread(numpy_runs),
+        "torch_add_gbps": spread(torch_runs),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+# ---- aggregation: one round of N updates, in a fresh process per case ---------------------
+
+
+def synthetic_model(params: int) -> OrderedDict[str, np.ndarray]:
+    """~``params`` float32 values in 10 weight matrices and 10 bias vectors."""
+    rng = np.random.default_rng(0)
+    per = max((params // 10 - 64) // 64 * 64, 64)
+    out: OrderedDict[str, np.ndarray] = OrderedDict()
+    for i in range(10):
+        out[f"layer{i}.weight"] = rng.standard_normal(per, dtype=np.float32).reshape(-1, 64)
+        out[f"layer{i}.bias"] = rng.standard_normal(64, dtype=np.float32)
+    return out
+
+
+def aggregation_case(method: str, sites: int, params: int, trace: bool = False) -> dict[str, Any]:
+    """Aggregate one round of ``sites`` replies (run in its own process).
+
+    With ``trace`` the peak of live memory is measured with ``tracemalloc`` (it sees
+    every NumPy buffer and bytes object; timings of a traced run are not used)."""
+    import tracemalloc
+
+    from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
+    from flwr.serverapp.strategy import FedAvg
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from server.aggregation import RoundAggregator
+    from server.validation import update_problem
+
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    model = synthetic_model(params)
+    reference = ArrayRecord(OrderedDict((k, Array(v)) for k, v in model.items()))
+    model_bytes = sum(v.nbytes for v in model.values())
+    names = [f"site-{i:03d}" for i in range(sites)]
+    sent = Message(RecordDict({"arrays": reference}), dst_node_id=1, message_type=MessageType.TRAIN)
+
+    def reply(i: int) -> Message:
+        """Site i's update as Flower delivers it: an ArrayRecord of .npy bytes."""
+        arrays = ArrayRecord(
+            OrderedDict((k, Array(v * np.float32(1 + 1e-3 * i))) for k, v in model.items())
+        )
+        metrics = MetricRecord({"num-examples": float(50 + i)})
+        content = RecordDict({"arrays": arrays, "metrics": metrics})
+        return Message(content, dst_node_id=1, message_type=MessageType.TRAIN)
+
+    seconds = 0.0
+    reset = reset_peak_rss()
+    before = rss_bytes()
+    if trace:
+        tracemalloc.start()
+    if method == "hepafed":
+        with tempfile.TemporaryDirectory() as park:
+            aggregator = RoundAggregator(FedAvg(), reference, names, park_root=Path(park))
+            for i, name in enumerate(names):
+                message = reply(i)  # arrives; building it is the network's cost, not timed
+                t = time.perf_counter()
+                if update_problem(message, reference) is not None:
+                    raise RuntimeError("benchmark update rejected")
+                aggregator.accept(name, message)
+                seconds += time.perf_counter() - t
+                del message
+            t = time.perf_counter()
+            result = aggregator.result(1, [sent])
+            seconds += time.perf_counter() - t
+    else:
+        replies = [reply(i) for i in range(sites)]  # what Grid.send_and_receive returns
+        t = time.perf_counter()
+        result, _ = FedAvg().aggregate_train(1, replies)
+        seconds = time.perf_counter() - t
+    peak = rss_bytes("VmHWM") - before
+    live = tracemalloc.get_traced_memory()[1] if trace else 0
+    tracemalloc.stop()
+    assert result is not None
+    check = result["layer0.bias"].numpy()
+    weights = np.array([50.0 + i for i in range(sites)])
+    scale = float((weights * (1 + 1e-3 * np.arange(sites))).sum() / weights.sum())
+    error = float(np.abs(check - model["layer0.bias"] * scale).max())
+    return {
+        "method": method,
+        "sites": sites,
+        "params": sum(v.size for v in model.values()),
+        "model_mb": model_bytes / 1e6,
+        "seconds": seconds,
+        "throughput_gbps": sites * model_bytes / seconds / GB,
+        "rss_peak_mb": peak / 1e6,
+        "rss_peak_x_model": peak / model_bytes,
+        "rss_peak_measured": reset,
+        "live_peak_mb": live / 1e6,
+        "live_peak_x_model": live / model_bytes,
+        "max_abs_error": error,
+    }
+
+
+def aggregation(counts: Iterable[int], params: int, repeats: int) -> list[dict[str, Any]]:
+    """One row per site count and method: timings over ``repeats`` fresh processes, their
+    largest RSS peak, and the live peak of one more, traced, process."""
+    rows = []
+    for sites in counts:
+        for method in ("hepafed", "flower"):
+            runs = [
+                in_fresh_process(__name__, "aggregation_case", method, sites, params)
+                for _ in range(repeats)
+            ]
+            traced = in_fresh_process(__name__, "aggregation_case", method, sites, params, True)
+            row = {k: v for k, v in runs[0].items() if k not in ("seconds", "throughput_gbps")}
+            row["seconds"] = spread(r["seconds"] for r in runs)
+            row["throughput_gbps"] = spread(r["throughput_gbps"] for r in runs)
+            row["rss_peak_x_model"] = max(r["rss_peak_x_model"] for r in runs)
+            row["rss_peak_mb"] = max(r["rss_peak_mb"] for r in runs)
+            row["live_peak_mb"] = traced["live_peak_mb"]
+            row["live_peak_x_model"] = traced["live_peak_x_model"]
+            rows.append(row)
+    return rows
