@@ -30,7 +30,8 @@ from common.keys import EVAL_ALL
 from common.stats import AUCResult
 from server.records import load_checkpoint
 from simulations.phantom import write_site
-from simulations.scenario import Scenario, SiteProfile, load_scenario
+from simulations.scenario import Scenario, load_scenario
+from simulations.site_profile import SiteProfile
 
 # acquisition factor groups (SiteProfile fields); case mix is never changed
 FACTORS: dict[str, tuple[str, ...]] = {

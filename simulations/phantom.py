@@ -37,7 +37,8 @@ import nibabel as nib
 import numpy as np
 
 from simulations import anatomy, scanner
-from simulations.scenario import Scenario, SiteProfile, validate_scenario
+from simulations.scenario import Scenario, validate_scenario
+from simulations.site_profile import SiteProfile
 
 log = logging.getLogger("hepafed.progress")
 

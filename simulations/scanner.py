@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from simulations import anatomy
+from simulations import anatomy, physiology
 from simulations.anatomy import BASE_HU, Case
-from simulations.scenario import SiteProfile
+from simulations.site_profile import SiteProfile
 
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 REFERENCE_THICKNESS_MM = 2.5  # noise_sigma_hu is defined at this slice thickness
@@ -192,7 +192,7 @@ def _lesion_slab(
             frac = np.clip((1.0 - r) * radius / width + 0.5, 0.0, 1.0)
             if frac.max() > 0:
                 frac_sum[p] += frac
-                hu_sum[p] += frac * anatomy.lesion_hu(
+                hu_sum[p] += frac * physiology.lesion_hu(
                     les, r, (cos_t, sin_t), phase_enh, float(times[p]), texture[i0:i1, j0:j1]
                 )
     if not frac_sum.any():
@@ -204,7 +204,7 @@ def render(
     case: Case, grid: Grid, times_s: tuple[float, float, float], rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """Noise-free HU of the three phases ``(3, nx, ny, nz)`` and the lesion fraction."""
-    enh = anatomy.enhancement(case, times_s)
+    enh = physiology.enhancement(case, times_s)
     times = np.asarray(times_s) - case.arrival_s
     tex = _textures(rng, grid, case)
     px, (nx, ny, nz) = grid.spacing_mm, grid.shape

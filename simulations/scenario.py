@@ -14,23 +14,26 @@ A scenario is a TOML file (see ``docs/phantom.md``)::
 Every problem is reported with the file, the dotted key (``site[2].kernel``,
 sites counted from 0), the bad value and what would be valid. Unknown keys are
 errors, so a typo never silently falls back to a default.
+
+This module holds the ``Scenario``, the rules between the keys of a site (contrast
+timing, lesion sizes, matrix size, the train/test split) and the reading, checking
+and loading of a file; the keys and the values each takes are in ``scenario_schema``,
+a site's parameters in ``site_profile``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-KERNELS = ("soft", "standard", "sharp")
-ROLES = ("train", "external")
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+from simulations.scenario_schema import EXPECTED, MISSING, MIX_RULES, SITE_RULES, TOP_RULES, Checker
+from simulations.site_profile import FLASH_MAX_MM, BenignMix, SiteProfile, matrix_size, split_sizes
+
 SCENARIO_FOLDER = "scenarios"  # inside the ``simulations`` package (package data)
-FLASH_MAX_MM = 20.0  # flash-filling hemangiomas are small: never larger than this
 MATRIX_MAX = 1024  # pixels per in-plane side
 
 
@@ -40,101 +43,6 @@ class ScenarioError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = tuple(problems)
         super().__init__("\n".join(self.problems))
-
-
-@dataclass(frozen=True)
-class BenignMix:
-    """Relative weights of the benign lesion types (normalised when sampling)."""
-
-    cyst: float = 0.25
-    hemangioma: float = 0.45
-    flash_hemangioma: float = 0.30
-
-    def probabilities(self) -> tuple[float, float, float]:
-        total = self.cyst + self.hemangioma + self.flash_hemangioma
-        return (self.cyst / total, self.hemangioma / total, self.flash_hemangioma / total)
-
-
-def _range(default: Any, low: float, high: float) -> Any:
-    """A numeric parameter with its validated range."""
-    return field(default=default, metadata={"range": (low, high)})
-
-
-def _choice(default: str, choices: tuple[str, ...]) -> Any:
-    """A parameter with a closed set of valid values."""
-    return field(default=default, metadata={"choices": choices})
-
-
-@dataclass(frozen=True)
-class SiteProfile:
-    """One hospital: scanner, protocol and case mix (units in the names; docs/phantom.md)."""
-
-    name: str
-    role: str = _choice("train", ROLES)
-    n_cases: int = _range(150, 2, 100_000)
-    test_fraction: float = _range(0.25, 0.0, 0.9)
-    # metadata written to the manifest (kvp also scales the iodine contrast)
-    vendor: str = "generic"
-    scanner_model: str = "ct-64"
-    kvp: int = _range(120, 70, 150)
-    # scanner
-    kernel: str = _choice("standard", KERNELS)
-    hu_scale: float = _range(1.0, 0.8, 1.2)
-    hu_offset: float = _range(0.0, -50.0, 50.0)
-    noise_sigma_hu: float = _range(16.0, 0.0, 60.0)
-    dose_factor: float = _range(1.0, 0.1, 4.0)
-    slice_thickness_mm: float = _range(2.5, 0.5, 10.0)
-    pixel_spacing_mm: float = _range(1.5, 0.5, 3.0)
-    fov_mm: float = _range(240.0, 100.0, 500.0)
-    z_extent_mm: float = _range(48.0, 10.0, 300.0)
-    bias_field: float = _range(0.0, 0.0, 0.5)
-    # contrast timing (seconds after the start of injection) and patient motion
-    arterial_delay_s: float = _range(35.0, 10.0, 60.0)
-    portal_delay_s: float = _range(70.0, 40.0, 120.0)
-    delayed_delay_s: float = _range(180.0, 120.0, 600.0)
-    bolus_jitter_s: float = _range(4.0, 0.0, 15.0)
-    motion_mm: float = _range(3.0, 0.0, 10.0)
-    # case mix
-    prevalence: float = _range(0.45, 0.0, 1.0)
-    lesion_size_median_mm: float = _range(16.0, 5.0, 80.0)
-    lesion_size_spread: float = _range(0.5, 0.0, 1.5)
-    lesion_size_min_mm: float = _range(6.0, 4.0, 100.0)
-    lesion_size_max_mm: float = _range(60.0, 5.0, 120.0)
-    cirrhosis_fraction: float = _range(0.4, 0.0, 1.0)
-    steatosis_fraction: float = _range(0.3, 0.0, 1.0)
-    atypical_hcc_fraction: float = _range(0.4, 0.0, 1.0)
-    capsule_fraction: float = _range(0.4, 0.0, 1.0)
-    slow_hemangioma_fraction: float = _range(0.3, 0.0, 1.0)
-    benign_mix: BenignMix = field(default_factory=BenignMix)
-
-    @property
-    def matrix_size(self) -> int:
-        """Pixels per in-plane side: field of view over pixel spacing."""
-        return matrix_size(self.fov_mm, self.pixel_spacing_mm)
-
-    @property
-    def split_sizes(self) -> tuple[int, tuple[int, int]]:
-        """Malignant cases, and test cases per label (benign, malignant); see ``split_sizes``."""
-        return split_sizes(self.n_cases, self.prevalence, self.test_fraction, self.role)
-
-
-def matrix_size(fov_mm: float, pixel_spacing_mm: float) -> int:
-    """Pixels per in-plane side: field of view over pixel spacing, at least 8."""
-    return max(8, round(fov_mm / pixel_spacing_mm))
-
-
-def split_sizes(
-    n_cases: int, prevalence: float, test_fraction: float, role: str
-) -> tuple[int, tuple[int, int]]:
-    """Malignant cases of a site, and how many of each label (benign, malignant) are test.
-
-    Exactly round(prevalence x n_cases) cases are malignant; round(fraction x count) cases
-    of each label go to the test split, fraction = ``test_fraction`` (1 at an external site).
-    ``phantom.labels_and_splits`` draws which cases, the scenario check uses the counts.
-    """
-    n_malignant = round(prevalence * n_cases)
-    fraction = 1.0 if role == "external" else test_fraction
-    return n_malignant, (round(fraction * (n_cases - n_malignant)), round(fraction * n_malignant))
 
 
 @dataclass(frozen=True)
@@ -173,107 +81,8 @@ class Scenario:
         }
 
 
-# Validation rules: key -> (kind, low, high); kind is "int", "float", "str", "name"
-# (a safe folder name), "table", "sites", or a tuple of the valid choices.
-Rule = tuple[Any, float | None, float | None]
-KINDS = {
-    "int": "int",
-    "float": "float",
-    "str": "str",
-    "BenignMix": "table",
-}
-
-
-def _rule(f: dataclasses.Field[Any]) -> Rule:
-    if "choices" in f.metadata:
-        return (f.metadata["choices"], None, None)
-    low, high = f.metadata.get("range", (None, None))
-    return ("name" if f.name == "name" else KINDS[str(f.type)], low, high)
-
-
-SITE_RULES: dict[str, Rule] = {f.name: _rule(f) for f in dataclasses.fields(SiteProfile)}
-MIX_RULES: dict[str, Rule] = {
-    k: ("float", 0.0, 1000.0) for k in ("cyst", "hemangioma", "flash_hemangioma")
-}
-TOP_RULES: dict[str, Rule] = {
-    "name": ("name", None, None),
-    "seed": ("int", 0, 2**63 - 1),
-    "description": ("str", None, None),
-    "dims": ((2, 3), None, None),
-    "defaults": ("table", None, None),
-    "site": ("sites", None, None),
-}
-EXPECTED = {
-    "int": "an integer",
-    "float": "a number",
-    "str": "a string",
-    "table": "a table",
-    "name": "a string",
-    "sites": "an array of [[site]] tables",
-}
-
-
-_MISSING = object()  # marks a problem about a key that has no value
-
-
-class _Checker:
-    """Collects problems for one file, so the user sees all of them at once."""
-
-    def __init__(self, file: str) -> None:
-        self.file = file
-        self.problems: list[str] = []
-
-    def add(self, key: str, value: Any, message: str) -> None:
-        shown = f" = {value!r}" if value is not _MISSING else ""
-        self.problems.append(f"{self.file}: {key}{shown}: {message}")
-
-    def value(self, key: str, value: Any, rule: Rule) -> bool:
-        """Check one value against its rule; record a problem and return False if bad."""
-        kind, low, high = rule
-        if isinstance(kind, tuple):
-            if value in kind and type(value) is type(kind[0]):
-                return True
-            self.add(key, value, "must be one of " + ", ".join(repr(k) for k in kind))
-            return False
-        ok_type = {
-            "int": isinstance(value, int) and not isinstance(value, bool),
-            "float": isinstance(value, int | float) and not isinstance(value, bool),
-            "str": isinstance(value, str),
-            "name": isinstance(value, str),
-            "table": isinstance(value, dict),
-            "sites": isinstance(value, list) and all(isinstance(v, dict) for v in value),
-        }[kind]
-        span = f" in [{low:g}, {high:g}]" if low is not None and high is not None else ""
-        if not ok_type:
-            self.add(key, value, f"must be {EXPECTED[kind]}{span}, not {type(value).__name__}")
-            return False
-        if kind == "name" and not SAFE_NAME.match(value):
-            self.add(
-                key,
-                value,
-                "must be a safe name: letters, digits, '-' or '_', "
-                "starting with a letter or digit, at most 64 characters",
-            )
-            return False
-        if span and not low <= value <= high:
-            self.add(key, value, f"must be in [{low:g}, {high:g}]")
-            return False
-        return True
-
-    def table(self, prefix: str, raw: dict[str, Any], rules: dict[str, Rule]) -> dict[str, Any]:
-        """The valid entries of a table; unknown keys and bad values become problems."""
-        good: dict[str, Any] = {}
-        for key, value in raw.items():
-            dotted = f"{prefix}.{key}" if prefix else key
-            if key not in rules:
-                self.add(dotted, value, "unknown key; valid keys are " + ", ".join(rules))
-            elif self.value(dotted, value, rules[key]):
-                good[key] = value
-        return good
-
-
 def _benign_mix(
-    check: _Checker, key: str, raw: dict[str, Any], base: BenignMix
+    check: Checker, key: str, raw: dict[str, Any], base: BenignMix
 ) -> tuple[BenignMix, bool]:
     """A benign mix table over ``base`` (keys not given keep their value); False if bad."""
     n_before = len(check.problems)
@@ -334,7 +143,7 @@ def _split_problem(site: dict[str, Any], name: str) -> str | None:
     )
 
 
-def _cross_checks(check: _Checker, prefix: str, site: dict[str, Any], bad: set[str]) -> None:
+def _cross_checks(check: Checker, prefix: str, site: dict[str, Any], bad: set[str]) -> None:
     """Rules between keys of one site, each made when every key it involves is valid.
 
     ``site`` holds the resolved values (built-in defaults, ``[defaults]``, the site's own
@@ -386,7 +195,7 @@ def _cross_checks(check: _Checker, prefix: str, site: dict[str, Any], bad: set[s
             check.add(f"{prefix}.test_fraction", site["test_fraction"], problem)
 
 
-def _defaults(check: _Checker, raw: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
+def _defaults(check: Checker, raw: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
     """The valid ``[defaults]`` values, and the site keys whose default is invalid."""
     raw = dict(raw)
     if "name" in raw:
@@ -403,7 +212,7 @@ def _defaults(check: _Checker, raw: dict[str, Any]) -> tuple[dict[str, Any], set
 
 
 def _site(
-    check: _Checker,
+    check: Checker,
     index: int,
     raw: dict[str, Any],
     defaults: dict[str, Any],
@@ -426,7 +235,7 @@ def _site(
         if not ok:
             bad.add("benign_mix")
     if "name" not in raw:
-        check.add(f"{prefix}.name", _MISSING, "missing required key (the site's folder name)")
+        check.add(f"{prefix}.name", MISSING, "missing required key (the site's folder name)")
     _cross_checks(check, prefix, {**_built_in(), **_coerce(values)}, bad)
     site = SiteProfile(**_coerce(values)) if len(check.problems) == n_before else None
     return site, good.get("name")
@@ -437,11 +246,11 @@ def parse_scenario(data: dict[str, Any], file: str) -> Scenario:
 
     ``file`` names the source in every message (the path as the user gave it).
     """
-    check = _Checker(file)
+    check = Checker(file)
     top = check.table("", data, TOP_RULES)
     for key in ("name", "seed", "site"):
         if key not in data:
-            check.add(key, _MISSING, f"missing required key ({EXPECTED[TOP_RULES[key][0]]})")
+            check.add(key, MISSING, f"missing required key ({EXPECTED[TOP_RULES[key][0]]})")
     defaults, bad_defaults = _defaults(check, top["defaults"]) if "defaults" in top else ({}, set())
     sites: list[SiteProfile] = []
     seen: dict[str, int] = {}

@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage, optimize, stats
 
-from simulations import anatomy, phantom, scanner
+from simulations import anatomy, phantom, physiology, scanner
 from simulations.anatomy import LESION_TYPES, MALIGNANT_TYPES
 from simulations.phantom import (
     MANIFEST_COLUMNS,
@@ -30,14 +30,12 @@ from simulations.phantom import (
     simulate_case,
 )
 from simulations.scenario import (
-    FLASH_MAX_MM,
-    BenignMix,
     Scenario,
     ScenarioError,
-    SiteProfile,
     load_scenario,
     parse_scenario,
 )
+from simulations.site_profile import FLASH_MAX_MM, BenignMix, SiteProfile
 
 
 def read_manifest(site_dir: Path) -> list[dict[str, str]]:
@@ -230,7 +228,7 @@ def test_anatomy_is_where_the_affine_says_liver_right_aorta_left_of_the_ivc(
         hu = np.stack([np.asarray(img.dataobj)[..., 0].astype(np.float64) for img in images])
         # find the structures by their HU in the three phases (the model's own curves)
         case = simulate_case(site, 4, index, 0, dims=2)[0]
-        enh = anatomy.enhancement(case, times)
+        enh = physiology.enhancement(case, times)
         blood = np.full(3, anatomy.BASE_HU["blood"])
         aorta = world_centroid(largest_region(following(hu, blood, enh["aorta"])), affine)
         ivc = world_centroid(largest_region(following(hu, blood, enh["hepatic"])), affine)

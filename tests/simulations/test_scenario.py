@@ -13,15 +13,14 @@ from hypothesis import strategies as st
 import simulations
 from simulations.phantom import labels_and_splits
 from simulations.scenario import (
-    SITE_RULES,
-    BenignMix,
     Scenario,
     ScenarioError,
-    SiteProfile,
     list_scenarios,
     load_scenario,
     parse_scenario,
 )
+from simulations.scenario_schema import SITE_RULES
+from simulations.site_profile import BenignMix, SiteProfile
 
 HEADER = 'name = "liver-x"\nseed = 3\n'
 
