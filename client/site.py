@@ -247,9 +247,14 @@ def site_train(
 
 def _site_lrs(cfg: RunConfig, server_round: int, finetune: bool = False) -> list[float] | None:
     """Each local epoch's lr: the round's (``common.schedule``); a local-only model (round 0)
-    spreads the whole schedule over its epochs; fine-tuning keeps ``train.lr`` (None)."""
-    if is_constant(cfg) or finetune:
+    spreads the whole schedule over its epochs; fine-tuning goes on from the federated model
+    at the lr its last round trained at (a decayed schedule ends far below ``train.lr``, and
+    fine-tuning at ``train.lr`` would undo what the federation converged to). None:
+    ``train.lr`` in every epoch."""
+    if is_constant(cfg):
         return None
+    if finetune:
+        return [round_lr(cfg, cfg.federation.num_rounds)] * cfg.train.local_epochs
     if server_round > 0:
         return [round_lr(cfg, server_round)] * cfg.train.local_epochs
     return epoch_lrs(cfg, cfg.train.local_epochs)

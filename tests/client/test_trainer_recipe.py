@@ -73,4 +73,7 @@ def test_site_lrs_follow_the_round_and_a_model_trained_alone_gets_the_whole_sche
     lrs = _site_lrs(alone, 0)
     assert lrs is not None and len(lrs) == 20
     assert lrs[0] == lrs[1] == round_lr(cos, 1) and lrs[-1] == pytest.approx(round_lr(cos, 10))
-    assert _site_lrs(alone, 0, finetune=True) is None  # fine-tuning: train.lr, as before
+    # fine-tuning goes on at the lr the federation's last round used: lr x min-factor here
+    tuned = cos.replace({"train.local-epochs": 2})
+    assert _site_lrs(tuned, 0, finetune=True) == pytest.approx([1e-3 * 0.05] * 2)
+    assert _site_lrs(cfg, 0, finetune=True) is None  # constant schedule: train.lr, as before
