@@ -422,7 +422,7 @@ class _Page:
 
     def header(self, design: str, task: str, created: str) -> str:
         joined = self.r.get("sites_joined") or []
-        n_ext = sum(1 for s in joined if s.get("role") == "external")
+        n_ext = self.designated_external()
         sites = f"{len(joined)} joined" + (f" ({n_ext} designated external)" if n_ext else "")
         items = [
             ("Design", design),
@@ -455,6 +455,21 @@ class _Page:
             "</header>"
         )
 
+    def designated_external(self) -> int:
+        """How many sites joined the run as designated external sites."""
+        joined = self.r.get("sites_joined") or []
+        return sum(1 for site in joined if site.get("role") == "external")
+
+    def design_note(self) -> str:
+        """What the design trained and scored, said for this run's sites."""
+        if self.design == "holdout" and not self.designated_external():
+            return (
+                "One federated (global) model was trained on the training sites and evaluated "
+                "on each training site's held-out test patients (internal). No designated "
+                "external site joined this run, so there is no external evaluation."
+            )
+        return DESIGN_NOTES.get(self.design, "")
+
     def how_to_read(self) -> str:
         s = self.r.get("settings") or {}
         margin = fmt(s.get("margin"), 3)
@@ -463,7 +478,7 @@ class _Page:
         bullets = [
             "Each hospital evaluated the model on its own patients and sent back summary "
             "statistics only; no images or per-patient results left the hospital.",
-            esc(DESIGN_NOTES.get(self.design, "")),
+            esc(self.design_note()),
             "<strong>Internal</strong> sites (filled squares \u25a0) contributed training data; "
             "<strong>external</strong> sites (open circles \u25cb) did not. The external result is "
             "the better guide to how the model would perform at a new hospital.",
@@ -620,8 +635,9 @@ class _Page:
     def pooled_card(self, label: str, block: Any, role: str) -> str:
         auc = _get(block, "auc")
         if not isinstance(auc, Mapping) or _finite(auc.get("estimate")) is None:
+            none_joined = role == "external" and not self.designated_external()
             why = "No site with a usable AUC" + (
-                " (no external site in this design)." if role == "external" else "."
+                " (no designated external site joined this run)." if none_joined else "."
             )
             return _card(label, "n/a", why, role=role)
         k = block.get("k")
