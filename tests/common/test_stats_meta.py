@@ -267,7 +267,7 @@ def test_invariants(rows: list[tuple[float, float]], method: str, hk: bool) -> N
 def test_reml_solves_the_score_equation_when_fisher_scoring_oscillates() -> None:
     """Four equal sites and one precise outlier: Fisher scoring oscillates (found by
     hypothesis); the estimate must still be the restricted-likelihood maximum."""
-    from common.stats.meta import _reml_loglik
+    from common.stats.tau2 import _reml_loglik
 
     y = np.array([0.0, 0.0, 0.0, 0.0, 1.0])
     v = np.array([1.0, 1.0, 1.0, 1.0, 0.125])
