@@ -2,7 +2,7 @@
 
 The same app serves ``hepafed simulate``, ``flwr run .`` and a deployed
 SuperLink; the federation's mechanics live in ``server.federation``, the
-designs in ``server.designs`` and the report in ``server.report``.
+designs in ``server.designs`` and the report in ``server.report.build``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from common.config import RunConfig
 from server.designs import run_design
 from server.federation import connect
 from server.records import RunRecorder
-from server.reporting import write_report
+from server.report.files import write_report
 from server.trust import sign_report
 
 app = ServerApp()

@@ -92,7 +92,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         verbose=args.verbose,
         design=args.design,
     )
-    from server.reporting import format_summary
+    from server.report.terminal import format_summary
 
     print()
     print(format_summary(summary.report))
@@ -154,7 +154,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from server.reporting import format_summary, load_report, render
+    from server.report.files import load_report, render
+    from server.report.terminal import format_summary
 
     folder = Path(args.run_dir)
     if (folder / "comparison.json").is_file():  # a --compare folder

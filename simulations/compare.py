@@ -1,9 +1,9 @@
 """`hepafed simulate --compare`: several methods on the same phantom, splits and seeds.
 
 For each seed (``seed``, ``seed + 1``, ...) one Flower simulation runs every
-method on the same hospitals (``server.compare``: methods that train alike
+method on the same hospitals (``server.method_runs``: methods that train alike
 share one federation); the sites' summaries of all seeds become one
-comparison (``server.comparison``), written as ``comparison.json`` and
+comparison (``server.report.comparison``), written as ``comparison.json`` and
 ``comparison.md`` in the output folder, with each seed's records in
 ``seed-SEED/`` (e.g. ``seed-2026/``). Per-round monitoring is off
 (``eval.every-round = false``) unless the run config turns it on: only the final
@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from common.config import RunConfig
-from server.compare import describe_method, method_config, serve_comparison
-from server.comparison import build_comparison, comparison_markdown
 from server.designs import Evaluation
+from server.method_runs import describe_method, method_config, serve_comparison
 from server.records import read_config, read_evaluations
+from server.report.comparison import build_comparison, comparison_markdown
 from simulations.federated import run_federated
 from simulations.simulate import QUICK_OVERRIDES, prepare_phantom, scenario_config
 

@@ -26,7 +26,7 @@ from common.config import RunConfig
 from common.keys import GLOBAL_MODEL, EvalDesign, local_model
 from server.designs import Evaluation
 from server.records import RunRecorder, read_evaluations
-from server.reporting import write_report
+from server.report.files import write_report
 from server.trust import resign_report
 from simulations.baselines import POOLED, load_sites, pooled
 from simulations.federated import run_federated

@@ -10,8 +10,8 @@ import pytest
 from common.config import RunConfig
 from common.stats import AUCResult
 from common.summary import SiteSummary
-from server.comparison import build_comparison, comparison_markdown
 from server.designs import Evaluation
+from server.report.comparison import build_comparison, comparison_markdown
 
 
 def _eval(method: str, site: str, role: str, auc: float, var: float) -> Evaluation:

@@ -17,7 +17,7 @@ from common.config import RunConfig
 from common.stats import AUCResult, pool_auc, pool_proportions, wasserstein_1
 from common.summary import SiteSummary, Table2x2, histogram_edges
 from server.designs import Evaluation
-from server.report import build_report, difference
+from server.report.build import build_report, difference
 
 HIST_BINS = 4
 

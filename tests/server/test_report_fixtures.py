@@ -3,7 +3,7 @@
 ``tests/server/data/reports/<kind>/`` holds the ``report.json`` of a real small run
 and the ``report.html`` the renderer of that time produced from it (how they were made:
 ``README.md`` there). Each test renders the JSON again with the public entry points
-(``server.reporting.load_report`` and ``render_html``) and compares the result with the
+(``server.report.files.load_report`` and ``render_html``) and compares the result with the
 committed HTML by content, read with ``html.parser`` alone:
 
 - text: the visible text as a sequence of blocks, each whitespace-normalised. A block
@@ -43,8 +43,8 @@ from typing import Any
 
 import pytest
 
-from server.report_html import render_html
-from server.reporting import load_report
+from server.report.files import load_report
+from server.report.html.page import render_html
 
 DATA = Path(__file__).parent / "data" / "reports"
 HTML_FIXTURES = ("holdout", "holdout-insufficient", "holdout-external", "loso", "cross-site")

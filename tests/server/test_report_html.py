@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from server.report_html import fmt, fmt_ci, fmt_p, fmt_sig, render_html
-from server.reporting import format_summary
+from server.report.html.page import fmt, fmt_ci, fmt_p, fmt_sig, render_html
+from server.report.terminal import format_summary
 from tests.server.test_report_schema import (
     EXAMPLES,
     example,

@@ -17,10 +17,11 @@ from common.config import RunConfig
 from server.designs import Evaluation
 from server.privacy_ledger import SiteLedger
 from server.records import RunRecorder
-from server.report import build_report
-from server.report_html import render_html
-from server.report_privacy import privacy_section
-from server.reporting import ReportError, format_summary, validate, write_report
+from server.report.build import build_report
+from server.report.files import ReportError, validate, write_report
+from server.report.html.page import render_html
+from server.report.privacy import privacy_section
+from server.report.terminal import format_summary
 from server.sites import SiteInfo
 from tests.server.test_report_html import EVIL
 from tests.server.test_report_schema import PROVENANCE, SITES, classification, config

@@ -22,8 +22,8 @@ from jsonschema import Draft202012Validator
 from common.config import RunConfig
 from common.summary import SiteSummary, Table2x2
 from server.designs import Evaluation
-from server.report import REPORT_VERSION, build_report
-from server.reporting import ReportError, schema, validate
+from server.report.build import REPORT_VERSION, build_report
+from server.report.files import ReportError, schema, validate
 
 DATA = Path(__file__).parent / "data"
 EXAMPLES = ("report-holdout.json", "report-loso.json")

@@ -16,7 +16,7 @@ from common.hooks import BUILTIN, Hook, HookError, HookPoint, HookSet, Statistic
 from common.hooks.normalization import FedBN, SiloBN
 from common.hooks.proximal import ProximalStrategy
 from common.models import build_model
-from server.compare import method_config, training_signature
+from server.method_runs import method_config, training_signature
 
 
 class Shift(Hook):

@@ -1,7 +1,7 @@
 """The cross-site report as one self-contained HTML page (``report.json`` -> ``report.html``).
 
-``render_html(report)`` turns the document built by ``server.report`` (layout:
-``server/report.schema.json``) into a page for clinical researchers: a plain
+``render_html(report)`` turns the document built by ``server.report.build`` (layout:
+``server/report/report.schema.json``) into a page for clinical researchers: a plain
 language guide, the headline pooled internal vs external comparison, the
 flags, the per-site table, forest plots, the internal vs external gaps, ROC
 curves, reliability diagrams, drift vs degradation, the model x site matrix

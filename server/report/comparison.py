@@ -28,7 +28,7 @@ from typing import Any
 from common.stats import AUCResult
 from common.summary import SiteSummary
 from server.designs import EXTERNAL, INTERNAL, Evaluation
-from server.report import ReportSettings, auc_se, difference, pooled_block
+from server.report.build import ReportSettings, auc_se, difference, pooled_block
 
 COMPARISON_VERSION = "1.0"
 

@@ -2,7 +2,7 @@
 
 Input is only what sites sent (``Evaluation`` records of ``server.designs``)
 and the run's provenance; output is one JSON-ready document whose layout is
-published in ``server/report.schema.json`` (``REPORT_VERSION``). Every number
+published in ``server/report/report.schema.json`` (``REPORT_VERSION``). Every number
 comes from ``common.stats``:
 
 - per site: AUC with its DeLong CI; sensitivity, specificity, PPV, NPV (Wilson),
@@ -362,7 +362,7 @@ def build_report(
     privacy: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The report document (see the module docstring and ``report.schema.json``);
-    ``privacy``: the DP block (``server.report_privacy``), omitted when None."""
+    ``privacy``: the DP block (``server.report.privacy``), omitted when None."""
     cfg = ReportSettings.from_flat(config)
     roles = {str(s["name"]): str(s["role"]) for s in sites}
     primary = primary_evaluations(evaluations, cfg.design)

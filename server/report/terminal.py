@@ -1,0 +1,90 @@
+"""The terminal view of a report: per-site table, pooled internal vs external, gaps, flags.
+
+``hepafed simulate`` and ``hepafed report`` print it after writing the files; it reads
+the ``report.json`` document alone and imports nothing of the runtime.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from server.report.html.page import skipped_text
+from server.report.privacy import privacy_lines
+
+
+def format_summary(report: dict[str, Any]) -> str:
+    """The terminal summary: per-site table, pooled internal vs external, gaps, flags."""
+    level = round(100 * report["settings"]["level"])
+    lines = [f"report ({report['design']} design, {report['task']})", ""]
+    head = (
+        f"{'site':<12} {'model':<22} {'role':<9} {'n':>4} {'prev':>5}  "
+        f"{'AUC [' + str(level) + '% CI]':<22} {'sens':>5} {'spec':>5} {'slope':>5} "
+        f"{'ECE':>5}  {'drift':>6}"
+    )
+    lines += [head, "-" * len(head)]
+    for r in report["sites"]:
+        if r["insufficient"]:
+            lines.append(
+                f"{r['site']:<12} {r['model']:<22} {r['role']:<9} {r['n']:>4}  insufficient data"
+            )
+            continue
+        auc = r.get("auc")
+        auc_txt = f"{auc['estimate']:.3f} [{auc['lo']:.3f}, {auc['hi']:.3f}]" if auc else "n/a"
+        op = r.get("thresholds", [{}])[0] if r.get("thresholds") else {}
+        sens = _fmt(op.get("sensitivity", {}).get("estimate"))
+        spec = _fmt(op.get("specificity", {}).get("estimate"))
+        cal = r.get("calibration", {})
+        slope = _fmt(cal.get("slope", {}).get("estimate"), 2)
+        ece = _fmt(cal.get("ece"))
+        drift = _fmt(r["drift"].get("frechet_relative"), 3)
+        prev = _fmt(r.get("prevalence"), 2)
+        lines.append(
+            f"{r['site']:<12} {r['model']:<22} {r['role']:<9} {r['n']:>4} {prev:>5}  "
+            f"{auc_txt:<22} {sens:>5} {spec:>5} {slope:>5} {ece:>5}  {drift:>6}"
+        )
+    for r in report["sites"]:
+        if text := skipped_text(r):
+            lines.append(f"{r['site']} ({r['model']}): {text}, not in n (data.on-bad-case = skip)")
+    lines.append("")
+    pooled = report["pooled"]
+    for role in ("internal", "external"):
+        block = pooled.get(role)
+        if block:
+            a = block["auc"]
+            pi = a["prediction_interval"]
+            lines.append(
+                f"pooled {role:<8} AUC {a['estimate']:.3f} [{a['lo']:.3f}, {a['hi']:.3f}]"
+                f"  k={block['k']}  I²={a['i2']:.1f}%  tau²={a['tau2']:.4f}"
+                f"  prediction interval [{_fmt(pi['lo'])}, {_fmt(pi['hi'])}]"
+            )
+    diff = (pooled.get("difference") or {}).get("auc")
+    if diff:
+        lines.append(
+            f"internal - external AUC {diff['estimate']:+.3f} "
+            f"[{diff['lo']:+.3f}, {diff['hi']:+.3f}], p = {_fmt(diff['p'], 4)}"
+        )
+    for g in report["gaps"]:
+        d = g["gap"]
+        lines.append(
+            f"gap at {g['site']} ({g['model']}): internal {g['internal_auc']:.3f} vs "
+            f"{g['external_auc']:.3f}, difference {d['estimate']:+.3f} "
+            f"[{d['lo']:+.3f}, {d['hi']:+.3f}], p = {_fmt(d['p'], 4)}"
+        )
+    sp = report["drift_vs_degradation"]["spearman"]
+    if sp["rho"] is not None:
+        lines.append(
+            f"drift vs AUC drop: Spearman rho {sp['rho']:+.2f} (p = {_fmt(sp['p'], 3)}, "
+            f"n = {sp['n']})"
+        )
+    lines += privacy_lines(report)
+    lines.append("")
+    if report["flags"]:
+        lines.append("flags:")
+        lines += [f"  [{f['kind']}] {f['message']}" for f in report["flags"]]
+    else:
+        lines.append("flags: none")
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
