@@ -28,7 +28,9 @@ from typing import Any
 from common.stats import AUCResult
 from common.summary import SiteSummary
 from server.designs import EXTERNAL, INTERNAL, Evaluation
-from server.report.build import ReportSettings, auc_se, difference, pooled_block
+from server.report.pooling import difference, pooled_block
+from server.report.settings import ReportSettings
+from server.report.site_statistics import auc_se
 
 COMPARISON_VERSION = "1.0"
 

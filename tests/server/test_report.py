@@ -17,7 +17,8 @@ from common.config import RunConfig
 from common.stats import AUCResult, pool_auc, pool_proportions, wasserstein_1
 from common.summary import SiteSummary, Table2x2, histogram_edges
 from server.designs import Evaluation
-from server.report.build import build_report, difference
+from server.report.build import build_report
+from server.report.pooling import difference
 
 HIST_BINS = 4
 
