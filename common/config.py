@@ -10,6 +10,7 @@ typo in ``--run-config`` fails loudly instead of silently using a default.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -51,7 +52,7 @@ class ConfigError(ValueError):
 class RunConfig:
     """Everything a federated run needs to know, typed and validated."""
 
-    task: str = Task.MALIGNANCY.value
+    task: Task = Task.MALIGNANCY
     seed: int = 2026
     federation: FederationConfig = field(default_factory=FederationConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -183,8 +184,9 @@ class RunConfig:
             raise ConfigError(f"privacy.delta = {p.delta!r}: must be in (0, 1)")
         if p.mode != PrivacyMode.NONE and self.federation.compression != Compression.NONE:
             raise ConfigError(
-                f"privacy.mode = {p.mode!r} needs federation.compression = 'none' (the noise is "
-                f"calibrated to float32 updates), got {self.federation.compression!r}"
+                f"privacy.mode = {p.mode.value!r} needs federation.compression = 'none' (the "
+                f"noise is calibrated to float32 updates), got "
+                f"{self.federation.compression.value!r}"
             )
 
     def _check_hooks(self) -> None:
@@ -264,6 +266,8 @@ def _field_type(cls: type, attr: str) -> Any:
 
 
 def _flatten_value(value: Any) -> FlatValue:
+    if isinstance(value, enum.Enum):
+        return str(value.value)
     if isinstance(value, tuple):
         return ",".join(str(v) for v in value)
     if isinstance(value, bool | int | float | str):
@@ -272,7 +276,8 @@ def _flatten_value(value: Any) -> FlatValue:
 
 
 def _coerce(key: str, value: Any, target: Any) -> Any:
-    """Check a flat value against its field type; ints widen to floats only."""
+    """Check a flat value against its field type; ints widen to floats only, choices
+    become their enum member."""
     origin = get_origin(target)
     if origin in (Union, types.UnionType):  # pragma: no cover - no optional fields yet
         target = next(a for a in get_args(target) if a is not type(None))
@@ -299,6 +304,11 @@ def _coerce(key: str, value: Any, target: Any) -> Any:
     elif target is str:
         if isinstance(value, str):
             return value
+    elif isinstance(target, type) and issubclass(target, enum.StrEnum):
+        # a choice: stored as its enum member, so no reader re-wraps or re-checks it
+        if isinstance(value, str) and value in {m.value for m in target}:
+            return target(value)
+        raise ConfigError(f"{key} = {value!r}: must be one of {choices(target)}")
     else:  # pragma: no cover - guards against a new field type
         raise TypeError(f"unsupported config field type {target!r} for {key}")
     raise ConfigError(f"{key} = {value!r}: expected {target.__name__}, got {type(value).__name__}")

@@ -17,6 +17,7 @@ from common.keys import (
     EvalDesign,
     LrSchedule,
     OptimizerName,
+    PoolingMethod,
     PrivacyMode,
     StrategyName,
 )
@@ -26,7 +27,7 @@ from common.keys import (
 class FederationConfig:
     """How the server runs rounds and aggregates."""
 
-    strategy: str = StrategyName.FEDAVG.value
+    strategy: StrategyName = StrategyName.FEDAVG
     num_rounds: int = 10
     fraction_train: float = 1.0
     min_sites: int = 2
@@ -38,7 +39,7 @@ class FederationConfig:
     server_momentum: float = 0.9  # fedavgm
     trim_beta: float = 0.2  # fedtrimmedavg: fraction cut at each end
     krum_byzantine: int = 0  # krum: number of malicious sites tolerated
-    compression: str = Compression.NONE.value  # none | fp16 | int8: how sites send updates
+    compression: Compression = Compression.NONE  # none | fp16 | int8: how sites send updates
     average_last: int = 0  # > 0: the final model is the mean of the last K rounds' models
 
 
@@ -49,10 +50,10 @@ class TrainConfig:
     local_epochs: int = 2
     batch_size: int = 32
     lr: float = 1e-3
-    optimizer: str = OptimizerName.ADAM.value
+    optimizer: OptimizerName = OptimizerName.ADAM
     weight_decay: float = 1e-4
     amp: bool = True  # mixed precision, used only when a GPU is present
-    lr_schedule: str = LrSchedule.COSINE.value  # constant | cosine, across rounds
+    lr_schedule: LrSchedule = LrSchedule.COSINE  # constant | cosine, across rounds
     lr_min_factor: float = 0.05  # cosine: the last round's lr is train.lr times this
     warmup_rounds: int = 1  # linear warm-up over the first rounds (at most num-rounds - 1)
     grad_clip: float = 0.0  # > 0: clip each step's gradient to this L2 norm
@@ -79,14 +80,14 @@ class DataConfig:
     window_max: float = 250.0
     augment: bool = True
     cache_dir: str = ""  # where preprocessed cases are cached; "" = none
-    on_bad_case: str = BadCasePolicy.FAIL.value  # fail: the site's job fails; skip: counted
+    on_bad_case: BadCasePolicy = BadCasePolicy.FAIL  # fail: the site's job fails; skip: counted
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     """Evaluation: what sites summarise, how the server designs and reports it."""
 
-    design: str = EvalDesign.HOLDOUT.value  # holdout | loso | cross-site
+    design: EvalDesign = EvalDesign.HOLDOUT  # holdout | loso | cross-site
     local_only: bool = False  # holdout: also train and evaluate each site's local-only model
     every_round: bool = True  # score the global model at every site after each round (progress)
     thresholds: tuple[float, ...] = (0.5,)  # 2x2 tables; the first is the operating point
@@ -97,7 +98,7 @@ class EvalConfig:
     histogram_bins: int = 32  # per-channel intensity histogram of the model input, on [0, 1]
     embedding_dims: int = 8  # random projection of the penultimate-layer embedding
     level: float = 0.95  # confidence level of every interval in the report
-    pooling: str = "REML"  # random-effects tau^2 estimator: REML | DL | PM
+    pooling: PoolingMethod = PoolingMethod.REML  # random-effects tau^2 estimator: REML | DL | PM
     hartung_knapp: bool = False  # t-based pooled CIs (Hartung-Knapp) instead of z
     margin: float = 0.05  # flag a site whose AUC falls more than this below pooled internal
 
@@ -129,7 +130,7 @@ class TrustConfig:
 class PrivacyConfig:
     """Differential privacy of the updates (``server.privacy``, ``client.privacy``)."""
 
-    mode: str = PrivacyMode.NONE.value  # none | central | central-client-clip | local
+    mode: PrivacyMode = PrivacyMode.NONE  # none | central | central-client-clip | local
     clip_norm: float = 1.0  # L2 bound on each site's update
     noise_multiplier: float = 1.0  # Gaussian noise std / clip-norm
     delta: float = 1e-5  # the delta (epsilon, delta) is reported at

@@ -77,7 +77,7 @@ class Evaluation:
 
 def run_design(fed: Federation) -> list[Evaluation]:
     """Train and evaluate the models of ``eval.design``; every final evaluation."""
-    design = EvalDesign(fed.cfg.eval.design)
+    design = fed.cfg.eval.design
     trainers = fed.trainers
     evaluations: list[Evaluation] = []
     if design is EvalDesign.LOSO:

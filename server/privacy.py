@@ -117,7 +117,7 @@ def wrap_for_privacy(
     a strategy other than plain FedAvg, or a budget that cannot hold without noise.
     """
     p = cfg.privacy
-    mode = PrivacyMode(p.mode)
+    mode = p.mode
     if mode in (PrivacyMode.NONE, PrivacyMode.LOCAL):
         return strategy
     if isinstance(strategy, ProximalStrategy):
@@ -125,9 +125,9 @@ def wrap_for_privacy(
         return ProximalStrategy(inner, strategy.mu)
     if type(strategy) is not FedAvg:
         raise PrivacyError(
-            f"privacy.mode = {p.mode!r} calibrates its noise to the plain mean of clipped "
+            f"privacy.mode = {p.mode.value!r} calibrates its noise to the plain mean of clipped "
             f"updates: it needs federation.strategy = {StrategyName.FEDAVG.value!r}, got "
-            f"{cfg.federation.strategy!r} ({type(strategy).__name__})"
+            f"{cfg.federation.strategy.value!r} ({type(strategy).__name__})"
         )
     if n_sampled <= 0:
         raise PrivacyError(f"{n_sampled} site(s) per round: central DP needs at least one")
@@ -232,7 +232,7 @@ class CentralDp(DifferentialPrivacyClientSideFixedClipping):
         self.sites: list[str] = []
 
     def __repr__(self) -> str:
-        return f"CentralDp(mode={self.settings.mode!r}, {super().__repr__()})"
+        return f"CentralDp(mode={self.settings.mode.value!r}, {super().__repr__()})"
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -292,7 +292,7 @@ def _accountant(p: Settings, population: int) -> RdpAccountant:
         return RdpAccountant(config)
     except ImportError as e:
         raise PrivacyError(
-            f"privacy.mode = {p.mode!r} needs the 'dp-accounting' package (flwr[dp]), a "
+            f"privacy.mode = {p.mode.value!r} needs the 'dp-accounting' package (flwr[dp]), a "
             "dependency of hepafed: reinstall hepafed into this environment"
         ) from e
 

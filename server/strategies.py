@@ -32,7 +32,7 @@ def build_strategy(cfg: RunConfig, n_train_sites: int) -> Strategy:
         "arrayrecord_key": RecordKey.ARRAYS.value,
         "configrecord_key": RecordKey.CONFIG.value,
     }
-    name = StrategyName(fed.strategy)
+    name = fed.strategy
     if name is StrategyName.FEDAVG:
         return FedAvg(**common)
     if name is StrategyName.FEDAVGM:

@@ -67,7 +67,7 @@ def compare(
     base = scenario_config(spec, phantom_dir, data_dir, out_dir, settings)
     if base.eval.design != "holdout":
         raise ValueError(
-            f"eval.design = {base.eval.design!r}: --compare evaluates the holdout design"
+            f"eval.design = {base.eval.design.value!r}: --compare evaluates the holdout design"
         )
     per_seed: dict[int, list[Evaluation]] = {}
     hooks: dict[str, list[str]] = {}
