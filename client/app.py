@@ -19,6 +19,7 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
 from client.memory import keep_residual, recall_residual
+from client.message_config import split_config
 from client.policy import SitePolicy, policy_mod, site_policy
 from client.privacy import privacy_mod
 from client.site import Instructions, Site, open_site, site_evaluate, site_train
@@ -36,10 +37,8 @@ OUTER_MODS: list[Mod] = [policy_mod, trust_mod]
 
 def _run_config(msg: Message) -> tuple[RunConfig, int, Instructions]:
     """The run config the server sent, the round number and the server's other keys."""
-    flat = dict(msg.content[RecordKey.CONFIG])
-    server_round = int(str(flat.pop(ConfigKey.ROUND, 0)))
-    extras = {key.value: flat.pop(key) for key in ConfigKey if key in flat}
-    return RunConfig.from_flat(flat), server_round, Instructions.from_config(extras)
+    cfg, server_round, extras = split_config(msg.content[RecordKey.CONFIG])
+    return cfg, server_round, Instructions.from_config(extras)
 
 
 def _open(

@@ -26,6 +26,7 @@ from flwr.app import ConfigRecord, Context, Error, Message, MessageType
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
 
+from client.message_config import named_hooks, run_config
 from common.config import ConfigError, RunConfig
 from common.keys import NodeKey, PrivacyMode, RecordKey, choices
 
@@ -157,7 +158,7 @@ class SitePolicy:
         p = cfg.privacy
         if PRIVACY_RANK[p.mode] < PRIVACY_RANK[self.min_privacy_mode]:
             problems.append(
-                f"privacy.mode = {p.mode!r}: below this site's floor policy.min-privacy-mode "
+                f"privacy.mode = {p.mode.value!r}: below this site's floor policy.min-privacy-mode "
                 f"= {self.min_privacy_mode!r}"
             )
         if p.mode != PrivacyMode.NONE and p.noise_multiplier < self.min_noise_multiplier:
@@ -251,8 +252,7 @@ def site_policy(node_config: Mapping[str, Any], run_flat: Mapping[str, Any]) -> 
     matching the run (``simulated_policy``)."""
     if NodeKey.SITE_DIR.value in node_config:
         return SitePolicy.from_node_config(node_config)
-    known = {k: v for k, v in run_flat.items() if k in _RUN_KEYS}
-    cfg = RunConfig.from_flat(known)
+    cfg = run_config(run_flat)
     return simulated_policy(cfg, str(node_config.get(NodeKey.PARTITION_ID.value, "")))
 
 
@@ -324,15 +324,15 @@ def policy_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
         return call_next(msg, context)
     flat = dict(config)
     try:
-        named = [h.strip() for h in str(flat.get("hooks.use", "")).split(",") if h.strip()]
         if NodeKey.SITE_DIR.value in context.node_config:
+            # before anything parses the run config, which imports the hooks it names
+            named = named_hooks(flat)
             problems = SitePolicy.from_node_config(context.node_config).hook_problems(named)
             if problems:
                 raise PolicyRefusal(problems)
         policy = site_policy(context.node_config, flat)
         if msg.metadata.message_type.split(".")[0] in (MessageType.TRAIN, MessageType.EVALUATE):
-            policy.check_request(RunConfig.from_flat({k: v for k, v in flat.items()
-                                                      if k in _RUN_KEYS}))  # fmt: skip
+            policy.check_request(run_config(flat))
         return call_next(msg, context)
     except (PolicyRefusal, PolicyError, ConfigError) as e:
         log.error("policy_mod: %s", e)
@@ -340,8 +340,6 @@ def policy_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
 
 
 # ---- internals ---------------------------------------------------------------------------
-
-_RUN_KEYS = set(RunConfig().to_flat())
 
 
 def _limit(key: str, asked: object, policy_key: str, limit: object) -> str:

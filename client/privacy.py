@@ -51,8 +51,9 @@ from flwr.common.constant import ErrorCode
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from client.ledger import Ledger, LedgerError, load_ledger, save_ledger
+from client.message_config import run_config
 from client.policy import PolicyError, SitePolicy, site_policy
-from common.config import ConfigError, RunConfig
+from common.config import ConfigError
 from common.config_sections import PrivacyConfig
 from common.keys import ConfigKey, NodeKey, PrivacyMode, RecordKey, Share
 from common.privacy import (
@@ -66,7 +67,6 @@ from common.privacy import (
 
 log = logging.getLogger(__name__)
 
-PREFIX = "privacy."  # the run-config section this mod reads
 LOCAL_SENSITIVITY = 2.0  # clip norms between two clipped updates (any two site datasets)
 
 
@@ -79,10 +79,10 @@ def privacy_mod(msg: Message, ctx: Context, call_next: ClientAppCallable) -> Mes
         return call_next(msg, ctx)
     flower_clip = config.pop(KEY_CLIPPING_NORM, None)  # a stock Flower DP server adds it
     try:
-        p = RunConfig.from_flat({k: v for k, v in config.items() if k.startswith(PREFIX)}).privacy
+        p = run_config(config).privacy
     except ConfigError as e:
         return _refuse(msg, f"privacy settings: {e}")
-    mode = PrivacyMode(p.mode)
+    mode = p.mode
     if mode not in (PrivacyMode.CENTRAL_CLIENT_CLIP, PrivacyMode.LOCAL):
         return call_next(msg, ctx)
     if flower_clip is not None and float(cast(float, flower_clip)) != p.clip_norm:

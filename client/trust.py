@@ -22,6 +22,7 @@ from typing import Any, cast
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType
 
+from client.message_config import run_config
 from client.policy import SitePolicy
 from common.keys import GLOBAL_MODEL, ConfigKey, NodeKey, RecordKey, SiteKey
 from common.signing import (
@@ -44,19 +45,15 @@ from common.signing import (
 
 log = logging.getLogger(__name__)
 
-SIGN_KEY = "trust.sign-updates"
-KEYS_DIR_KEY = "trust.keys-dir"
-RUN_DIR_KEY = "output.run-dir"
-HOOKS_KEY = "hooks.use"
-
 
 class TrustError(RuntimeError):
     """The model the server sent cannot be trusted, or the site cannot sign."""
 
 
 def _keyring(config: ConfigRecord) -> Keyring:
-    folder = str(config.get(KEYS_DIR_KEY, "") or "")
-    return Keyring(folder or Path(str(config.get(RUN_DIR_KEY, ""))) / "keys")
+    """A simulated site's keyring: ``trust.keys-dir``, by default RUN_DIR/keys."""
+    cfg = run_config(config)
+    return Keyring(cfg.trust.keys_dir or Path(cfg.output.run_dir) / "keys")
 
 
 def _server_key_path(config: ConfigRecord, node_config: dict[str, Any]) -> Path:
@@ -204,27 +201,10 @@ def sign_identity(msg: Message, reply: Message, context: Context) -> None:
     _sign_into(site_record, config, dict(context.node_config), statement, "identity")
 
 
-def check_hooks(config: ConfigRecord, node_config: dict[str, Any]) -> None:
-    """A deployed site imports no code the server names unless the site allowed it.
-
-    ``hooks.use`` may name a hook by import path ('package.module:Class'); the site would
-    import that module. A SuperNode serving a site folder (``site-dir``) accepts only
-    built-in hooks and those in its policy's ``allowed-hooks`` (``client.policy``; the node
-    config's top-level ``allowed-hooks`` counts too). Simulated sites (no ``site-dir``) run
-    the user's own code anyway.
-    """
-    if NodeKey.SITE_DIR.value not in node_config:
-        return
-    named = [h.strip() for h in str(config.get(HOOKS_KEY, "")).split(",") if ":" in h]
-    problems = SitePolicy.from_node_config(node_config).hook_problems(named)
-    if problems:
-        raise TrustError(problems[0])
-
-
 def models_must_be_signed(config: ConfigRecord, node_config: dict[str, Any]) -> bool:
     """Whether a model must carry the server's signature: the run asks for it, or the site's
     policy requires it (``policy.require-signed-models``; the server cannot switch it off)."""
-    if bool(config.get(SIGN_KEY, True)):
+    if run_config(config).trust.sign_updates:
         return True
     return NodeKey.SITE_DIR.value in node_config and (
         SitePolicy.from_node_config(node_config).require_signed_models
@@ -232,13 +212,12 @@ def models_must_be_signed(config: ConfigRecord, node_config: dict[str, Any]) -> 
 
 
 def trust_mod(msg: Message, context: Context, call_next: Any) -> Message:
-    """Check the hooks the run names, and the server's signature of an incoming model; sign
-    an outgoing update."""
+    """Check the server's signature of an incoming model and message; sign an outgoing
+    update. (The hooks a run names were checked against the site's policy by the outer
+    ``client.policy.policy_mod``.)"""
     content = msg.content
     config = content.get(RecordKey.CONFIG)
     node_config = dict(context.node_config)
-    if isinstance(config, ConfigRecord):
-        check_hooks(config, node_config)
     if not isinstance(config, ConfigRecord) or not models_must_be_signed(config, node_config):
         return cast(Message, call_next(msg, context))
     model_hash = ""

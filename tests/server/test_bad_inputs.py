@@ -586,21 +586,30 @@ def test_report_edited_after_the_run_is_caught(
 
 def test_deployed_site_imports_only_hooks_it_allowed(setup: Setup) -> None:
     """``hook-not-allowed``: a run naming hook code by import path is refused by a deployed
-    site (``site-dir`` in its node config) unless its node config allows that hook."""
-    from client.trust import check_hooks
+    site (``site-dir`` in its node config) unless its node config allows that hook, before
+    anything imports it (``client.policy.policy_mod``, the outermost mod)."""
+    from client.app import OUTER_MODS
+    from client.policy import policy_mod
 
-    config = ConfigRecord({"hooks.use": "fedbn,tests.common.hooks.sample:CenterCrop"})
+    assert OUTER_MODS[0] is policy_mod  # it runs before trust_mod and the ClientApp
     deployed: UserConfig = {"site-dir": "/srv/data"}
-    with pytest.raises(TrustError, match=r"import hook code \['tests.common.hooks.sample:Cen"):
-        check_hooks(config, deployed)
-    check_hooks(config, {**deployed, "allowed-hooks": "tests.common.hooks.sample:CenterCrop"})
-    check_hooks(ConfigRecord({"hooks.use": "fedbn,fedprox"}), deployed)  # built-ins: fine
-    check_hooks(config, {"partition-id": 0})  # a simulated site runs the user's own code
-    msg = setup.message()
-    cast(ConfigRecord, msg.content[RecordKey.CONFIG])["hooks.use"] = "os:system"
-    ctx = Context(run_id=1, node_id=1, node_config=deployed, state=RecordDict(), run_config={})
-    with pytest.raises(TrustError, match="os:system"):
-        trust_mod(msg, ctx, lambda m, c: m)
+
+    def reason(hooks: str, node_config: UserConfig) -> str | None:
+        msg = setup.message()
+        cast(ConfigRecord, msg.content[RecordKey.CONFIG])["hooks.use"] = hooks
+        ctx = Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(),
+                      run_config={})  # fmt: skip
+        reply = policy_mod(msg, ctx, lambda m, c: Message(RecordDict(), reply_to=m))
+        return reply.error.reason if reply.has_error() else None
+
+    sample = "tests.common.hooks.test_registry_compose:Shift"  # a real hook class
+    refused = reason(f"fedbn,{sample}", deployed)
+    assert refused is not None and f"import hook code ['{sample}']" in refused
+    assert "policy.allowed-hooks = ''" in refused
+    assert "os:system" in str(reason("os:system", deployed))
+    assert reason(f"fedbn,{sample}", {**deployed, "allowed-hooks": sample}) is None
+    assert reason("fedbn,fedprox", deployed) is None  # built-ins: fine
+    assert reason(sample, {"partition-id": 0}) is None  # a simulated site runs the user's code
 
 
 def test_model_hash_is_never_a_stale_one_of_a_freed_model(setup: Setup) -> None:
