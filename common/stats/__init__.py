@@ -54,6 +54,12 @@ Drift (:mod:`common.stats.drift`):
 - ``fixed_histogram(values, bin_edges)``, ``wasserstein_1(counts_a, counts_b, bin_edges)``,
   ``frechet_distance(mu_a, cov_a, mu_b, cov_b)``,
   ``population_stability_index(counts_a, counts_b, eps=1e-4)``.
+
+Training noise (:mod:`common.stats.seeds`), Rubin's (1987) combining rules:
+
+- ``combine_seeds(estimates, variances) -> SeedCombined``: one figure from several
+  training seeds on the same test cases: mean, within (test-sampling) and between-seed
+  variance, ``.ci(level)`` with Satterthwaite df, Rubin's ``.new_run_variance``.
 """
 
 from common.stats.auc import (
@@ -99,6 +105,7 @@ from common.stats.proportions import (
     wilson_ci,
 )
 from common.stats.roc import DEFAULT_FPR_GRID, RocGrid, roc_at_fpr
+from common.stats.seeds import SeedCombined, combine_seeds
 from common.stats.segmentation import DiceSummary, dice_coefficient, dice_summary, hd95
 
 __all__ = [
@@ -116,10 +123,12 @@ __all__ = [
     "PooledEstimate",
     "Reliability",
     "RocGrid",
+    "SeedCombined",
     "brier_from_bins",
     "brier_score",
     "calibration_bins",
     "calibration_glm",
+    "combine_seeds",
     "compare_auc",
     "delong_auc",
     "delong_test",
