@@ -7,8 +7,8 @@ flags, the per-site table, forest plots, the internal vs external gaps, ROC
 curves, reliability diagrams, drift vs degradation, the model x site matrix
 and the provenance.
 
-The page needs no network at all: the CSS is inline, every figure is an SVG
-drawn here, there is no JavaScript, no font and no image to fetch. Every string
+The page needs no network at all: the CSS is inline, every figure is an inline SVG
+(``server.report.html.charts``), there is no JavaScript, no font and no image to fetch. Every string
 that comes from the report (site names come from hospitals) is escaped. The
 output depends on the report alone, so the same report gives the same bytes.
 Missing values (null in the JSON) are shown as "n/a", never as a number.
@@ -17,45 +17,22 @@ Missing values (null in the JSON) are shown as "n/a", never as a number.
 from __future__ import annotations
 
 import html
-import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from common.keys import loso_model
+from server.report.html.charts.drift import drift_svg
+from server.report.html.charts.forest import ForestPooled, ForestRow, forest_svg
+from server.report.html.charts.numbers import finite as _finite
+from server.report.html.charts.numbers import fmt, fmt_ci, fmt_sig
+from server.report.html.charts.reliability import reliability_svg
+from server.report.html.charts.roc import roc_svg
+from server.report.html.charts.svg import Ids, site_colours
 
 __all__ = ["render_html"]
 
-SVG_NS = "http://www.w3.org/2000/svg"
-
-INTERNAL_COLOUR = "#1d4e89"
-EXTERNAL_COLOUR = "#c2410c"
-FLAG_COLOUR = "#b91c1c"
-GRID_COLOUR = "#e5e7eb"
-AXIS_COLOUR = "#6b7280"
-TEXT_COLOUR = "#1f2937"
-MUTED_COLOUR = "#6b7280"
-# Okabe-Ito (colour-blind safe) without its yellow, then darker extras; repeats after ten sites
-SITE_PALETTE = (
-    "#0072b2",
-    "#d55e00",
-    "#009e73",
-    "#cc79a7",
-    "#e69f00",
-    "#56b4e9",
-    "#332288",
-    "#882255",
-    "#117733",
-    "#6b7280",
-)
-MINUS = "\u2212"
 NUM_CLASS = ' class="num"'
-SUPERSCRIPT = str.maketrans(
-    "-0123456789", "\u207b\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079"
-)
-CHAR_WIDTH = 0.6  # average glyph width in em, to size SVG text boxes
-
 DESIGN_NAMES = {
     "holdout": "Hold-out",
     "loso": "Leave-one-site-out",
@@ -100,40 +77,6 @@ def esc(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _finite(x: object) -> float | None:
-    """``x`` as a float when it is a finite number, else None (bool is not a number here)."""
-    if isinstance(x, bool) or not isinstance(x, int | float):
-        return None
-    v = float(x)
-    return v if math.isfinite(v) else None
-
-
-def fmt(x: object, digits: int = 3, signed: bool = False) -> str:
-    """A number with fixed decimals and a true minus sign; "n/a" when missing."""
-    v = _finite(x)
-    if v is None:
-        return "n/a"
-    text = f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
-    if float(text) == 0:  # no "-0.000" or "+0.000"
-        text = f"{0.0:.{digits}f}"
-    return text.replace("-", MINUS)
-
-
-def fmt_sig(x: object, sig: int = 3) -> str:
-    """``sig`` significant digits in fixed notation (drift measures span decades)."""
-    v = _finite(x)
-    if v is None:
-        return "n/a"
-    if v == 0:
-        return "0"
-    if abs(v) < 1e-4:
-        mantissa, exponent = f"{v:.{sig - 1}e}".split("e")
-        power = str(int(exponent)).translate(SUPERSCRIPT)
-        return f"{mantissa}\u00d710{power}".replace("-", MINUS)
-    decimals = max(0, sig - 1 - math.floor(math.log10(abs(v))))
-    return f"{v:.{decimals}f}".replace("-", MINUS)
-
-
 def fmt_p(p: object) -> str:
     """A p-value as "0.083", "<0.001" or ">0.999"."""
     v = _finite(p)
@@ -158,15 +101,6 @@ def fmt_pct(x: object, digits: int = 1) -> str:
     return "n/a" if v is None else f"{100 * v:.{digits}f}%"
 
 
-def fmt_ci(lo: object, hi: object, digits: int = 3) -> str:
-    """An interval "lo<en dash>hi"; "lo to hi" when a bound is negative (no dash-minus clash)."""
-    a, b = _finite(lo), _finite(hi)
-    if a is None and b is None:
-        return "n/a"
-    sep = " to " if (a is not None and a < 0) or (b is not None and b < 0) else "\u2013"
-    return f"{fmt(a, digits)}{sep}{fmt(b, digits)}"
-
-
 def fmt_date(created: object) -> str:
     """ISO 8601 timestamp as "23 Nov 2026, 13:54 UTC" (the raw text if it does not parse)."""
     try:
@@ -176,21 +110,6 @@ def fmt_date(created: object) -> str:
     offset = when.utcoffset()
     zone = "UTC" if offset is not None and offset.total_seconds() == 0 else ""
     return f"{when.day} {when:%b %Y, %H:%M} {zone}".strip()
-
-
-def _n(x: float) -> str:
-    """An SVG coordinate (two decimals at most, no trailing zeros)."""
-    text = f"{x:.2f}".rstrip("0").rstrip(".")
-    return "0" if text in ("", "-0") else text
-
-
-def _clip(text: str, chars: int) -> str:
-    """``text`` cut to ``chars`` characters with an ellipsis."""
-    return text if len(text) <= chars else text[: max(1, chars - 1)] + "\u2026"
-
-
-def _text_width(text: str, size: float) -> float:
-    return len(text) * size * CHAR_WIDTH
 
 
 def _get(obj: Any, *keys: str) -> Any:
@@ -210,111 +129,6 @@ def _est_ci(block: Any, digits: int = 3) -> str:
     return f'{fmt(block["estimate"], digits)}<span class="ci">{ci}</span>'
 
 
-def _nice_step(span: float) -> float:
-    for step in (0.01, 0.02, 0.05, 0.1, 0.2, 0.25, 0.5, 1.0, 2.0, 5.0):
-        if span / step <= 8:
-            return step
-    return 10 ** math.ceil(math.log10(span / 8))
-
-
-def _ticks(lo: float, hi: float) -> list[float]:
-    step = _nice_step(hi - lo)
-    first = math.ceil(lo / step - 1e-9)
-    last = math.floor(hi / step + 1e-9)
-    return [round(i * step, 10) for i in range(first, last + 1)]
-
-
-def _tick_label(v: float, step: float) -> str:
-    """A tick value with as many decimals as the tick step needs."""
-    decimals = len(f"{step:.6f}".rstrip("0").partition(".")[2])
-    return fmt(v, decimals)
-
-
-# ---- SVG building blocks ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Item:
-    """One row of a forest plot."""
-
-    label: str
-    role: str
-    n: int | None
-    estimate: float | None
-    lo: float | None
-    hi: float | None
-    note: str = ""
-    flagged: bool = False
-
-
-@dataclass(frozen=True)
-class _Pooled:
-    """A pooled row of a forest plot: diamond (CI) and line (prediction interval)."""
-
-    label: str
-    role: str
-    estimate: float
-    lo: float | None
-    hi: float | None
-    pi_lo: float | None
-    pi_hi: float | None
-
-
-def _marker(role: str, x: float, y: float, size: float = 9.0) -> str:
-    """Internal: filled square; external: open circle (shape, not only colour, differs)."""
-    if role == "external":
-        return (
-            f'<circle cx="{_n(x)}" cy="{_n(y)}" r="{_n(size / 2 + 0.5)}" fill="#fff" '
-            f'stroke="{EXTERNAL_COLOUR}" stroke-width="2"/>'
-        )
-    h = size / 2
-    return (
-        f'<rect x="{_n(x - h)}" y="{_n(y - h)}" width="{_n(size)}" height="{_n(size)}" '
-        f'fill="{INTERNAL_COLOUR}"/>'
-    )
-
-
-def _diamond(role: str, x_lo: float, x: float, x_hi: float, y: float, h: float = 8.0) -> str:
-    colour = EXTERNAL_COLOUR if role == "external" else INTERNAL_COLOUR
-    fill = "#fff" if role == "external" else colour
-    points = f"{_n(x_lo)},{_n(y)} {_n(x)},{_n(y - h)} {_n(x_hi)},{_n(y)} {_n(x)},{_n(y + h)}"
-    return f'<polygon points="{points}" fill="{fill}" stroke="{colour}" stroke-width="2"/>'
-
-
-def _text(
-    x: float,
-    y: float,
-    text: str,
-    cls: str = "",
-    anchor: str = "start",
-    extra: str = "",
-) -> str:
-    c = f' class="{cls}"' if cls else ""
-    a = f' text-anchor="{anchor}"' if anchor != "start" else ""
-    return f'<text x="{_n(x)}" y="{_n(y)}"{c}{a}{extra}>{esc(text)}</text>'
-
-
-def _line(x1: float, y1: float, x2: float, y2: float, stroke: str, extra: str = "") -> str:
-    return (
-        f'<line x1="{_n(x1)}" y1="{_n(y1)}" x2="{_n(x2)}" y2="{_n(y2)}" stroke="{stroke}"{extra}/>'
-    )
-
-
-def _legend_swatch(kind: str, x: float, y: float) -> str:
-    """Legend glyphs shared by the figures."""
-    if kind == "internal":
-        return _marker("internal", x + 6, y - 4)
-    if kind == "external":
-        return _marker("external", x + 6, y - 4)
-    if kind == "pooled-internal":
-        return _diamond("internal", x, x + 8, x + 16, y - 4, 6)
-    if kind == "pooled-external":
-        return _diamond("external", x, x + 8, x + 16, y - 4, 6)
-    if kind == "pi":
-        return _line(x, y - 4, x + 16, y - 4, INTERNAL_COLOUR, ' stroke-width="1.5"')
-    return ""
-
-
 # ---- the page ---------------------------------------------------------------------------------
 
 
@@ -328,7 +142,7 @@ class _Page:
 
     def __init__(self, report: Mapping[str, Any]) -> None:
         self.r = report
-        self.counter = 0
+        self.ids = Ids()  # element ids unique within the page
         self.task = str(report.get("task", ""))
         self.design = str(report.get("design", ""))
         self.segmentation = self.task == SEGMENTATION
@@ -350,28 +164,13 @@ class _Page:
                 if name is not None and str(name) not in names:
                     names.append(str(name))
         self.site_order = names
-        self.colours = {n: SITE_PALETTE[i % len(SITE_PALETTE)] for i, n in enumerate(names)}
+        self.colours = site_colours(names)
         self.flag_numbers: dict[tuple[str, str], list[int]] = {}
         for i, f in enumerate(self.flags, start=1):
             key = (str(f.get("site", "")), str(f.get("model", "")))
             self.flag_numbers.setdefault(key, []).append(i)
 
     # ---- helpers ----
-
-    def uid(self, prefix: str) -> str:
-        self.counter += 1
-        return f"{prefix}-{self.counter}"
-
-    def svg(self, width: float, height: float, title: str, desc: str, cls: str, body: str) -> str:
-        """An accessible inline SVG: role img, <title> and <desc> referenced by aria."""
-        t, d = self.uid("svg-title"), self.uid("svg-desc")
-        return (
-            f'<svg xmlns="{SVG_NS}" class="chart {cls}" role="img" '
-            f'viewBox="0 0 {_n(width)} {_n(height)}" width="{_n(width)}" height="{_n(height)}" '
-            f'aria-labelledby="{t} {d}" aria-label="{esc(title)}">'
-            f'<title id="{t}">{esc(title)}</title><desc id="{d}">{esc(desc)}</desc>'
-            f"{body}</svg>"
-        )
 
     def operating_table(self, row: Mapping[str, Any]) -> Mapping[str, Any]:
         tables = row.get("thresholds") or []
@@ -914,7 +713,7 @@ class _Page:
                         pi = est.get("prediction_interval") or {}
                         extra = f", I\u00b2 {fmt(est.get('i2'), 1)}%" if role == "internal" else ""
                         pooled.append(
-                            _Pooled(
+                            ForestPooled(
                                 f"Pooled {role} (k = {_get(block, 'k')}{extra})",
                                 role,
                                 float(est["estimate"]),
@@ -963,7 +762,7 @@ class _Page:
                 notes.append(f"Left out of the pooled {role} AUC: {why}.")
         return notes
 
-    def forest_item(self, row: Mapping[str, Any], block: Any) -> _Item:
+    def forest_item(self, row: Mapping[str, Any], block: Any) -> ForestRow:
         flagged = bool(self.row_flags(row.get("site"), row.get("model")))
         label = str(row.get("site", ""))
         # loso rows are each site under "without-SITE": the model is implied, not repeated
@@ -971,12 +770,14 @@ class _Page:
             label = f"{label} ({row.get('model', '')})"
         n = row.get("n") if isinstance(row.get("n"), int) else None
         if row.get("insufficient"):
-            return _Item(
+            return ForestRow(
                 label, str(row.get("role")), n, None, None, None, "insufficient data", flagged
             )
         if not isinstance(block, Mapping) or _finite(block.get("estimate")) is None:
-            return _Item(label, str(row.get("role")), n, None, None, None, "not estimable", flagged)
-        return _Item(
+            return ForestRow(
+                label, str(row.get("role")), n, None, None, None, "not estimable", flagged
+            )
+        return ForestRow(
             label,
             str(row.get("role")),
             n,
@@ -992,8 +793,8 @@ class _Page:
         fig_id: str,
         title: str,
         axis: str,
-        items: Sequence[_Item],
-        pooled: Sequence[_Pooled],
+        items: Sequence[ForestRow],
+        pooled: Sequence[ForestPooled],
         chance: float | None,
         note: str,
     ) -> str:
@@ -1008,135 +809,11 @@ class _Page:
         self,
         title: str,
         axis: str,
-        items: Sequence[_Item],
-        pooled: Sequence[_Pooled],
+        items: Sequence[ForestRow],
+        pooled: Sequence[ForestPooled],
         chance: float | None,
     ) -> str:
-        width, row_h, top, pooled_h = 920.0, 24.0, 40.0, 34.0
-        x_label, x_role, x_n = 12.0, 230.0, 318.0
-        x0, x1, x_text = 344.0, 724.0, 744.0
-        values: list[float] = []
-        for it in items:
-            values += [v for v in (it.estimate, it.lo, it.hi) if v is not None]
-        for p in pooled:
-            values += [v for v in (p.estimate, p.lo, p.hi, p.pi_lo, p.pi_hi) if v is not None]
-        if chance is not None:
-            values.append(chance)
-        lo = math.floor(min(values, default=0.0) * 10 - 1e-9) / 10
-        hi = math.ceil(max(values, default=1.0) * 10 + 1e-9) / 10
-        lo, hi = max(0.0, lo), min(1.0, hi)
-        if hi - lo < 0.2:
-            lo, hi = (max(0.0, hi - 0.2), hi) if hi - 0.2 >= 0 else (0.0, 0.2)
-
-        def sx(v: float) -> float:
-            return x0 + (v - lo) / (hi - lo) * (x1 - x0)
-
-        n_rows = len(items)
-        y_sep = top + n_rows * row_h + 6
-        y_pooled = y_sep + 8
-        height = y_pooled + len(pooled) * pooled_h + 54
-        out: list[str] = [
-            f'<rect x="0" y="0" width="{_n(width)}" height="{_n(height)}" fill="#fff"/>',
-            _text(x_label, 22, "Site", "th"),
-            _text(x_role, 22, "Role", "th"),
-            _text(x_n, 22, "n", "th", "end"),
-            _text((x0 + x1) / 2, 22, axis, "th", "middle"),
-            _text(x_text, 22, f"{axis} ({self.level_pct} CI)", "th"),
-            _line(x_label, 30, width - 10, 30, "#9ca3af"),
-        ]
-        axis_bottom = y_pooled + len(pooled) * pooled_h
-        ticks = _ticks(lo, hi)
-        step = _nice_step(hi - lo)
-        for i in range(1, n_rows, 2):  # zebra stripes first, so the grid stays visible
-            out.append(
-                f'<rect x="{_n(x_label - 6)}" y="{_n(top + i * row_h)}" '
-                f'width="{_n(width - x_label - 4)}" height="{_n(row_h)}" fill="#f8fafc"/>'
-            )
-        for t in ticks:
-            out.append(_line(sx(t), top - 6, sx(t), axis_bottom, GRID_COLOUR))
-        if chance is not None and lo <= chance <= hi:
-            out.append(
-                _line(
-                    sx(chance),
-                    top - 6,
-                    sx(chance),
-                    axis_bottom,
-                    AXIS_COLOUR,
-                    ' stroke-dasharray="2 3"',
-                )
-            )
-        ref = next((p for p in pooled if p.role == "internal"), None)
-        if ref is not None:
-            out.append(
-                _line(
-                    sx(ref.estimate),
-                    top - 6,
-                    sx(ref.estimate),
-                    axis_bottom,
-                    INTERNAL_COLOUR,
-                    ' stroke-dasharray="5 4" stroke-opacity="0.7"',
-                )
-            )
-        for i, it in enumerate(items):
-            y = top + i * row_h + row_h / 2
-            label = _clip(it.label, 28 if it.flagged else 30)
-            warn = " \u26a0" if it.flagged else ""
-            out.append(
-                f"<g><title>{esc(it.label)} ({esc(it.role)}): "
-                f"{esc(_item_text(it))}</title>"
-                + _text(x_label, y + 4, label + warn, "lbl" + (" flagged" if it.flagged else ""))
-                + _text(x_role, y + 4, it.role, "muted")
-                + _text(x_n, y + 4, "" if it.n is None else str(it.n), "num", "end")
-            )
-            if it.estimate is None:
-                out.append(_text(x0 + 6, y + 4, it.note, "muted ital"))
-                out.append(_text(x_text, y + 4, it.note, "muted ital") + "</g>")
-                continue
-            colour = EXTERNAL_COLOUR if it.role == "external" else INTERNAL_COLOUR
-            if it.lo is not None and it.hi is not None:
-                out.append(
-                    _line(sx(it.lo), y, sx(it.hi), y, colour, ' stroke-width="2"')
-                    + _line(sx(it.lo), y - 4, sx(it.lo), y + 4, colour, ' stroke-width="1.5"')
-                    + _line(sx(it.hi), y - 4, sx(it.hi), y + 4, colour, ' stroke-width="1.5"')
-                )
-            out.append(_marker(it.role, sx(it.estimate), y))
-            out.append(_text(x_text, y + 4, _item_text(it), "num") + "</g>")
-        if pooled:
-            out.append(_line(x_label, y_sep, width - 10, y_sep, "#9ca3af"))
-        for j, p in enumerate(pooled):
-            y = y_pooled + j * pooled_h + pooled_h / 2 - 2
-            pi_text = (
-                f"PI {fmt_ci(p.pi_lo, p.pi_hi)}"
-                if p.pi_lo is not None and p.pi_hi is not None
-                else ""
-            )
-            g = [
-                f"<g><title>{esc(p.label)}: {esc(_pooled_text(p))}; prediction interval "
-                f"{esc(fmt_ci(p.pi_lo, p.pi_hi))}</title>"
-            ]
-            g.append(_text(x_label, y + 4, p.label, "lbl strong"))
-            colour = EXTERNAL_COLOUR if p.role == "external" else INTERNAL_COLOUR
-            if p.pi_lo is not None and p.pi_hi is not None:
-                g.append(
-                    _line(sx(p.pi_lo), y, sx(p.pi_hi), y, colour, ' stroke-width="1.5"')
-                    + _line(sx(p.pi_lo), y - 5, sx(p.pi_lo), y + 5, colour)
-                    + _line(sx(p.pi_hi), y - 5, sx(p.pi_hi), y + 5, colour)
-                )
-            lo_x = sx(p.lo if p.lo is not None else p.estimate)
-            hi_x = sx(p.hi if p.hi is not None else p.estimate)
-            g.append(_diamond(p.role, lo_x, sx(p.estimate), hi_x, y))
-            g.append(_text(x_text, y, _pooled_text(p), "num strong"))
-            g.append(_text(x_text, y + 12, pi_text, "muted small"))
-            out.append("".join(g) + "</g>")
-        y_axis = axis_bottom + 4
-        out.append(_line(x0, y_axis, x1, y_axis, AXIS_COLOUR))
-        for t in ticks:
-            out.append(_line(sx(t), y_axis, sx(t), y_axis + 5, AXIS_COLOUR))
-            out.append(_text(sx(t), y_axis + 18, _tick_label(t, step), "tick", "middle"))
-        out.append(_text((x0 + x1) / 2, y_axis + 36, axis, "axis", "middle"))
-        desc = "; ".join(f"{it.label}: {_item_text(it)}" for it in items)
-        desc += "".join(f"; {p.label}: {_pooled_text(p)}" for p in pooled)
-        return self.svg(width, height, f"Forest plot: {title}", desc, "forest-svg", "".join(out))
+        return forest_svg(self.ids, title, axis, items, pooled, chance, level_pct=self.level_pct)
 
     # ---- internal vs external ----
 
@@ -1306,70 +983,12 @@ class _Page:
         return head + note + f"<div{grid}>{''.join(figures)}</div></section>"
 
     def roc_svg(self, title: str, curves: Sequence[Mapping[str, Any]], fpr: Sequence[float]) -> str:
-        x0, y0, size = 58.0, 16.0, 320.0
-        legend_x = x0 + size + 24
-        entry_h = 34.0
-        width = legend_x + 200
-        height = max(y0 + size + 52, y0 + len(curves) * entry_h + 20)
-
-        def sx(v: float) -> float:
-            return x0 + v * size
-
-        def sy(v: float) -> float:
-            return y0 + (1 - v) * size
-
-        out = [f'<rect x="0" y="0" width="{_n(width)}" height="{_n(height)}" fill="#fff"/>']
-        for t in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0):
-            out.append(_line(sx(t), y0, sx(t), y0 + size, GRID_COLOUR))
-            out.append(_line(x0, sy(t), x0 + size, sy(t), GRID_COLOUR))
-            out.append(_text(sx(t), y0 + size + 16, f"{t:.1f}", "tick", "middle"))
-            out.append(_text(x0 - 6, sy(t) + 4, f"{t:.1f}", "tick", "end"))
-        out.append(
-            f'<rect x="{_n(x0)}" y="{_n(y0)}" width="{_n(size)}" height="{_n(size)}" '
-            f'fill="none" stroke="{AXIS_COLOUR}"/>'
-        )
-        out.append(_line(sx(0), sy(0), sx(1), sy(1), "#9ca3af", ' stroke-dasharray="4 4"'))
-        out.append(
-            _text(
-                x0 + size / 2,
-                y0 + size + 36,
-                "False-positive rate (1 \u2212 specificity)",
-                "axis",
-                "middle",
-            )
-        )
-        out.append(
-            _text(
-                16,
-                y0 + size / 2,
-                "Sensitivity",
-                "axis",
-                "middle",
-                f' transform="rotate(-90 16 {_n(y0 + size / 2)})"',
-            )
-        )
-        desc = []
-        for i, c in enumerate(curves):
-            site = str(c.get("site", ""))
-            role = str(c.get("role", ""))
-            colour = self.colours.get(site, SITE_PALETTE[0])
-            tpr = [_finite(v) for v in c.get("tpr") or []]
-            path = _step_path(fpr, tpr, sx, sy)
-            dash = ' stroke-dasharray="7 4"' if role == "external" else ""
+        aucs: dict[tuple[str, str], float | None] = {}
+        for c in curves:
             auc = self.auc_of(c.get("site"), c.get("model"))
-            auc_text = f"AUC {fmt(auc.get('estimate'))}" if auc else "AUC n/a"
-            out.append(
-                f"<g><title>{esc(site)} ({esc(role)}), {esc(auc_text)}</title>"
-                f'<path d="{path}" fill="none" stroke="{colour}" stroke-width="2"{dash}/></g>'
-            )
-            ly = y0 + i * entry_h + 10
-            out.append(
-                _line(legend_x, ly, legend_x + 26, ly, colour, f' stroke-width="2.5"{dash}')
-                + _text(legend_x + 34, ly + 4, _clip(site, 22), "lbl")
-                + _text(legend_x + 34, ly + 18, f"{role} \u00b7 {auc_text}", "muted small")
-            )
-            desc.append(f"{site} ({role}) {auc_text}")
-        return self.svg(width, height, title, "; ".join(desc), "roc-svg", "".join(out))
+            key = (str(c.get("site", "")), str(c.get("model", "")))
+            aucs[key] = _finite(auc.get("estimate")) if auc else None
+        return roc_svg(self.ids, title, curves, fpr, colours=self.colours, aucs=aucs)
 
     # ---- reliability ----
 
@@ -1403,101 +1022,13 @@ class _Page:
         return "".join(parts) + "</section>"
 
     def reliability_svg(self, e: Mapping[str, Any]) -> str:
-        width, height = 236.0, 266.0
-        x0, y0, size = 44.0, 46.0, 176.0
-        site = str(e.get("site", ""))
-        role = str(e.get("role", ""))
-        model = str(e.get("model", ""))
-
-        def sx(v: float) -> float:
-            return x0 + v * size
-
-        def sy(v: float) -> float:
-            return y0 + (1 - v) * size
-
+        site, model = str(e.get("site", "")), str(e.get("model", ""))
         row = next(
             (r for r in self.rows if r.get("site") == site and r.get("model") == model), None
         )
         ece = _get(row, "calibration", "ece") if row else None
         slope = _get(row, "calibration", "slope", "estimate") if row else None
-        sub = f"{role}" + (f" \u00b7 ECE {fmt(ece)}" if ece is not None else "")
-        sub += f" \u00b7 slope {fmt(slope, 2)}" if slope is not None else ""
-        colour = self.colours.get(site, SITE_PALETTE[0])
-        out = [
-            f'<rect x="0" y="0" width="{_n(width)}" height="{_n(height)}" fill="#fff"/>',
-            _text(8, 18, _clip(site, 30), "lbl strong"),
-            _text(8, 34, sub, "muted small"),
-        ]
-        for t in (0.0, 0.25, 0.5, 0.75, 1.0):
-            out.append(_line(sx(t), y0, sx(t), y0 + size, GRID_COLOUR))
-            out.append(_line(x0, sy(t), x0 + size, sy(t), GRID_COLOUR))
-        for t in (0.0, 0.5, 1.0):
-            out.append(_text(sx(t), y0 + size + 14, f"{t:.1f}", "tick", "middle"))
-            out.append(_text(x0 - 5, sy(t) + 4, f"{t:.1f}", "tick", "end"))
-        out.append(
-            f'<rect x="{_n(x0)}" y="{_n(y0)}" width="{_n(size)}" height="{_n(size)}" '
-            f'fill="none" stroke="{AXIS_COLOUR}"/>'
-        )
-        out.append(_line(sx(0), sy(0), sx(1), sy(1), "#9ca3af", ' stroke-dasharray="4 4"'))
-        out.append(_text(x0 + size / 2, y0 + size + 32, "Mean predicted risk", "axis", "middle"))
-        out.append(
-            _text(
-                14,
-                y0 + size / 2,
-                "Observed rate",
-                "axis",
-                "middle",
-                f' transform="rotate(-90 14 {_n(y0 + size / 2)})"',
-            )
-        )
-        pts = []
-        counts = [int(c) for c in e.get("count") or [] if isinstance(c, int)]
-        max_count = max(counts, default=0)
-        for p, o, c in zip(
-            e.get("mean_predicted") or [],
-            e.get("observed_rate") or [],
-            e.get("count") or [],
-            strict=False,
-        ):
-            pv, ov = _finite(p), _finite(o)
-            if pv is None or ov is None or not c:
-                continue
-            pts.append((pv, ov, int(c)))
-        if len(pts) > 1:
-            d = " ".join(
-                f"{'M' if i == 0 else 'L'}{_n(sx(pv))},{_n(sy(ov))}"
-                for i, (pv, ov, _) in enumerate(pts)
-            )
-            out.append(f'<path d="{d}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
-        for pv, ov, c in pts:
-            r = 3 + 7 * math.sqrt(c / max_count) if max_count else 3
-            # same shapes as everywhere: internal square (filled), external circle (open)
-            marker = (
-                f'<circle cx="{_n(sx(pv))}" cy="{_n(sy(ov))}" r="{_n(r)}" fill="#fff" '
-                f'fill-opacity="0.6" stroke="{colour}" stroke-width="2"/>'
-                if role == "external"
-                else f'<rect x="{_n(sx(pv) - r)}" y="{_n(sy(ov) - r)}" width="{_n(2 * r)}" '
-                f'height="{_n(2 * r)}" fill="{colour}" fill-opacity="0.4" stroke="{colour}" '
-                'stroke-width="1.5"/>'
-            )
-            anchor_right = sx(pv) + r + 3 + _text_width(str(c), 10) < x0 + size
-            lx = sx(pv) + r + 3 if anchor_right else sx(pv) - r - 3
-            out.append(
-                f"<g><title>predicted {fmt(pv)}, observed {fmt(ov)}, {c} cases</title>{marker}"
-                + _text(lx, sy(ov) + 4, str(c), "tick", "start" if anchor_right else "end")
-                + "</g>"
-            )
-        if not pts:
-            out.append(_text(x0 + size / 2, y0 + size / 2, "no populated bins", "muted", "middle"))
-        desc = "; ".join(f"bin predicted {fmt(pv)} observed {fmt(ov)} n {c}" for pv, ov, c in pts)
-        return self.svg(
-            width,
-            height,
-            f"Reliability diagram: {site} ({model}, {role})",
-            desc or "no populated bins",
-            "reliability-svg",
-            "".join(out),
-        )
+        return reliability_svg(self.ids, e, colours=self.colours, ece=ece, slope=slope)
 
     # ---- drift vs degradation ----
 
@@ -1539,106 +1070,9 @@ class _Page:
         )
 
     def drift_svg(self, points: Sequence[Mapping[str, Any]]) -> str:
-        width, height = 820.0, 420.0
-        x0, x1, y0, y1 = 76.0, 600.0, 20.0, 360.0
-        xs = [float(p["drift"]) for p in points]
-        ys = [float(p["auc_drop"]) for p in points]
         margin = _finite(_get(self.r, "settings", "margin"))
-        x_hi = max(xs) * 1.15 if max(xs) > 0 else 1.0
-        y_vals = [*ys, 0.0] + ([margin] if margin is not None else [])
-        y_lo, y_hi = min(y_vals), max(y_vals)
-        pad = max(0.02, (y_hi - y_lo) * 0.12)
-        y_lo, y_hi = y_lo - pad, y_hi + pad
-        x_ticks, y_ticks = _ticks(0.0, x_hi), _ticks(y_lo, y_hi)
-        x_step, y_step = _nice_step(x_hi), _nice_step(y_hi - y_lo)
-
-        def sx(v: float) -> float:
-            return x0 + v / x_hi * (x1 - x0)
-
-        def sy(v: float) -> float:
-            return y1 - (v - y_lo) / (y_hi - y_lo) * (y1 - y0)
-
-        out = [f'<rect x="0" y="0" width="{_n(width)}" height="{_n(height)}" fill="#fff"/>']
-        for t in x_ticks:
-            out.append(_line(sx(t), y0, sx(t), y1, GRID_COLOUR))
-            out.append(_text(sx(t), y1 + 16, _tick_label(t, x_step), "tick", "middle"))
-        for t in y_ticks:
-            out.append(_line(x0, sy(t), x1, sy(t), GRID_COLOUR))
-            out.append(_text(x0 - 6, sy(t) + 4, _tick_label(t, y_step), "tick", "end"))
-        out.append(
-            f'<rect x="{_n(x0)}" y="{_n(y0)}" width="{_n(x1 - x0)}" height="{_n(y1 - y0)}" '
-            f'fill="none" stroke="{AXIS_COLOUR}"/>'
-        )
-        out.append(_line(x0, sy(0), x1, sy(0), AXIS_COLOUR, ' stroke-width="1.2"'))
-        out.append(_text(x1 - 4, sy(0) - 5, "no drop", "muted small", "end"))
-        if margin is not None:
-            out.append(
-                _line(x0, sy(margin), x1, sy(margin), FLAG_COLOUR, ' stroke-dasharray="6 4"')
-            )
-            out.append(
-                _text(x1 - 4, sy(margin) - 5, f"flag margin {fmt(margin)}", "flagtext small", "end")
-            )
-        out.append(
-            _text(
-                (x0 + x1) / 2,
-                y1 + 38,
-                "Embedding drift (relative Fr\u00e9chet distance)",
-                "axis",
-                "middle",
-            )
-        )
-        out.append(
-            _text(
-                18,
-                (y0 + y1) / 2,
-                "AUC drop vs pooled internal",
-                "axis",
-                "middle",
-                f' transform="rotate(-90 18 {_n((y0 + y1) / 2)})"',
-            )
-        )
-        placed: list[tuple[float, float, float, float]] = [
-            (sx(x) - 7, sy(y) - 7, sx(x) + 7, sy(y) + 7) for x, y in zip(xs, ys, strict=True)
-        ]
-        desc = []
-        for p, x, y in zip(points, xs, ys, strict=True):
-            site = str(p.get("site", ""))
-            role = str(p.get("role", ""))
-            label = _clip(site, 24)
-            px, py = sx(x), sy(y)
-            lx, ly, anchor = _place_label(label, px, py, placed, (x0, y0, x1, y1))
-            flagged = bool(self.row_flags(p.get("site"), p.get("model")))
-            out.append(
-                f"<g><title>{esc(site)} ({esc(role)}): drift {fmt_sig(x)}, AUC drop "
-                f"{fmt(y, 3, True)}</title>{_marker(role, px, py, 10)}"
-                + _text(
-                    lx,
-                    ly,
-                    label + (" \u26a0" if flagged else ""),
-                    "lbl" + (" flagged" if flagged else ""),
-                    anchor,
-                )
-                + "</g>"
-            )
-            desc.append(f"{site} ({role}): drift {fmt_sig(x)}, AUC drop {fmt(y, 3, True)}")
-        lx = x1 + 24
-        out.append(_text(lx, y0 + 12, "Legend", "th"))
-        out.append(
-            _legend_swatch("internal", lx, y0 + 36)
-            + _text(lx + 22, y0 + 36, "internal site", "lbl")
-        )
-        out.append(
-            _legend_swatch("external", lx, y0 + 58)
-            + _text(lx + 22, y0 + 58, "external site", "lbl")
-        )
-        out.append(
-            _line(lx, y0 + 76, lx + 16, y0 + 76, FLAG_COLOUR, ' stroke-dasharray="6 4"')
-            + _text(lx + 22, y0 + 80, "flag margin", "lbl")
-        )
-        out.append(_text(lx + 22, y0 + 102, "\u26a0 flagged site", "lbl"))
-        return self.svg(
-            width, height, "Drift vs degradation", "; ".join(desc), "scatter-svg", "".join(out)
-        )
+        flagged = set(self.flag_numbers)
+        return drift_svg(self.ids, points, margin=margin, flagged=flagged)
 
     # ---- matrix ----
 
@@ -1939,83 +1373,6 @@ def _card(
         f'<div class="{cls}"><p class="card-label">{esc(label)}</p>'
         f'<p class="card-value">{esc(value)}</p><p class="card-detail">{detail}</p></div>'
     )
-
-
-def _item_text(it: _Item) -> str:
-    if it.estimate is None:
-        return it.note
-    if it.lo is None or it.hi is None:
-        return fmt(it.estimate)
-    return f"{fmt(it.estimate)} ({fmt_ci(it.lo, it.hi)})"
-
-
-def _pooled_text(p: _Pooled) -> str:
-    return f"{fmt(p.estimate)} ({fmt_ci(p.lo, p.hi)})"
-
-
-def _step_path(
-    fpr: Sequence[float],
-    tpr: Sequence[float | None],
-    sx: Any,
-    sy: Any,
-) -> str:
-    """Step-after path: sensitivity stays at TPR(t_i) until the next grid point."""
-    d: list[str] = []
-    prev: float | None = None
-    for i, (x, y) in enumerate(zip(fpr, tpr, strict=False)):
-        if y is None:
-            prev = None
-            continue
-        if prev is None:
-            d.append(f"M{_n(sx(x))},{_n(sy(y))}")
-        else:
-            d.append(f"H{_n(sx(x))}")
-            if y != prev:
-                d.append(f"V{_n(sy(y))}")
-        prev = y
-        if i == len(fpr) - 1:
-            break
-    return "".join(d)
-
-
-def _place_label(
-    label: str,
-    px: float,
-    py: float,
-    placed: list[tuple[float, float, float, float]],
-    bounds: tuple[float, float, float, float],
-) -> tuple[float, float, str]:
-    """A label position next to (px, py) that overlaps no earlier label or marker."""
-    w, h = _text_width(label + "  ", 12), 14.0
-    candidates = [
-        (px + 9, py + 4, "start", (px + 9, py - 9, px + 9 + w, py + 5)),
-        (px - 9, py + 4, "end", (px - 9 - w, py - 9, px - 9, py + 5)),
-        (px, py - 12, "middle", (px - w / 2, py - 24, px + w / 2, py - 10)),
-        (px, py + 22, "middle", (px - w / 2, py + 10, px + w / 2, py + 24)),
-        (px + 9, py + 18, "start", (px + 9, py + 5, px + 9 + w, py + 19)),
-        (px + 9, py - 10, "start", (px + 9, py - 23, px + 9 + w, py - 9)),
-        (px - 9, py + 18, "end", (px - 9 - w, py + 5, px - 9, py + 19)),
-        (px - 9, py - 10, "end", (px - 9 - w, py - 23, px - 9, py - 9)),
-    ]
-    bx0, by0, bx1, by1 = bounds
-
-    def clear(box: tuple[float, float, float, float]) -> bool:
-        if box[0] < bx0 or box[2] > bx1 or box[1] < by0 or box[3] > by1:
-            return False
-        own = (px - 7, py - 7, px + 7, py + 7)
-        return all(
-            b == own or box[2] <= b[0] or box[0] >= b[2] or box[3] <= b[1] or box[1] >= b[3]
-            for b in placed
-        )
-
-    for x, y, anchor, box in candidates:
-        if clear(box):
-            placed.append(box)
-            return x, y, anchor
-    x, y, anchor, box = candidates[0] if px + 9 + w <= bx1 else candidates[1]
-    placed.append(box)
-    _ = h
-    return x, y, anchor
 
 
 CSS = """
