@@ -57,10 +57,8 @@ from common.keys import GLOBAL_MODEL, EvalDesign
 from server.designs import Evaluation
 from server.report.design_body import holdout_body, loso_body, model_site_matrix
 from server.report.flags import flags
+from server.report.model import REPORT_VERSION
 from server.report.settings import ReportSettings
-
-REPORT_VERSION = "1.1"
-SCHEMA_FILE = "report.schema.json"
 
 
 def primary_evaluations(evals: Sequence[Evaluation], design: str) -> list[Evaluation]:
@@ -99,7 +97,14 @@ def build_report(
             "hooks": list(cfg.hooks),
         },
         # node ids are unsigned 64-bit: strings, so JSON readers keep every digit
-        "sites_joined": [{**s, "node_id": str(s["node_id"])} for s in sites],
+        # a site that sent no acquisition summary has none in the report (not an empty one)
+        "sites_joined": [
+            {
+                **{k: v for k, v in s.items() if k != "acquisition" or v},
+                "node_id": str(s["node_id"]),
+            }
+            for s in sites
+        ],
         **body,
         "matrix": model_site_matrix(evaluations, cfg),
         "provenance": dict(provenance or {}),

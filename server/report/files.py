@@ -2,7 +2,8 @@
 
 ``write_report(run_dir)`` reads what the run recorded (config.json,
 evaluations.json, rounds.jsonl, the checkpoints), builds the report
-(``server.report.build``), validates it against ``report.schema.json`` and writes
+(``server.report.build``), validates it (``server.report.schema``: the models that
+``report.schema.json`` is generated from) and writes
 ``report.json`` and the self-contained ``report.html``. ``render(run_dir)``
 re-renders the HTML from ``report.json`` alone (``hepafed report RUN_DIR``).
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import subprocess
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -27,34 +27,15 @@ from server.records import (
     read_evaluations,
     read_rounds,
 )
-from server.report.build import REPORT_VERSION, SCHEMA_FILE, build_report
+from server.report.build import build_report
 from server.report.html.page import render_html
+from server.report.model import REPORT_VERSION
 from server.report.privacy import privacy_section
+from server.report.schema import ReportError, validate
+from server.report.schema import schema as schema  # re-exported: callers read it here
 
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
-
-
-class ReportError(ValueError):
-    """A run folder or report file cannot be turned into a report."""
-
-
-def schema() -> dict[str, Any]:
-    """The published JSON Schema of ``report.json``."""
-    text = resources.files("server.report").joinpath(SCHEMA_FILE).read_text(encoding="utf-8")
-    return dict(json.loads(text))
-
-
-def validate(report: dict[str, Any]) -> None:
-    """Raise ``ReportError`` naming the first path that breaks the schema."""
-    import jsonschema
-
-    validator = jsonschema.Draft202012Validator(schema())
-    errors = sorted(validator.iter_errors(report), key=lambda e: list(e.absolute_path))
-    if errors:
-        e = errors[0]
-        where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
-        raise ReportError(f"report does not match {SCHEMA_FILE} at {where}: {e.message}")
 
 
 def code_version() -> str:

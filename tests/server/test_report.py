@@ -262,3 +262,17 @@ def test_roc_and_reliability_curves_are_carried_for_primary_evaluations() -> Non
     rel = {c["site"]: c for c in report["curves"]["reliability"]}
     assert rel["a"]["mean_predicted"] == pytest.approx([0.2, 0.8])
     assert rel["a"]["observed_rate"] == pytest.approx([0.2, 0.8])
+
+
+def test_a_site_without_an_acquisition_summary_has_none_in_a_valid_report() -> None:
+    """A site that sent no acquisition summary is recorded with ``{}`` (server.sites); the
+    report leaves the key out, since a summary without its case count is not one."""
+    from server.report.model_joined import SiteJoined
+
+    acq = {"n_cases": 150, "vendor": {"GE": 150}}
+    sites = [{**SITES[0], "acquisition": {}}, {**SITES[1], "acquisition": acq}, *SITES[2:]]
+    report = build_report(holdout_evals(), config(), sites)
+    joined = {s["name"]: s for s in report["sites_joined"]}
+    assert "acquisition" not in joined["a"] and joined["b"]["acquisition"] == acq
+    for site in report["sites_joined"]:
+        SiteJoined.model_validate(site)  # an empty summary would fail: n_cases is required

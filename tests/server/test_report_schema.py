@@ -1,32 +1,53 @@
 """report.schema.json: real reports validate, damaged copies are rejected at the right path.
 
+The schema is generated from the pydantic models of ``server.report.model``, and
+``validate`` checks a document through those models; so every check here runs twice,
+with the models (``validate``) and with ``jsonschema`` against the generated schema,
+and the committed ``report.schema.json`` must be the generated one.
+
 The two examples under ``tests/server/data`` are report.json files written by
 ``hepafed simulate`` (a 5-hospital phantom, one external hospital): a holdout run
-and a leave-one-site-out run. Reports built by ``server.report.build_report``
-for the shapes the examples lack (segmentation, insufficient sites, missing
-evaluations, cross-site) must validate too, so the schema tracks the producer.
+and a leave-one-site-out run; ``tests/server/data/reports/*/report.json`` are the
+fixtures of small liver-2 runs (their README). Reports built by
+``server.report.build_report`` for the shapes the examples lack (segmentation,
+insufficient sites, missing evaluations, cross-site) must validate too, so the schema
+tracks the producer.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import re
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from jsonschema import Draft202012Validator
 
+import server.report.schema as schema_module
 from common.config import RunConfig
+from common.keys import PrivacyMode
 from common.summary import SiteSummary, Table2x2
 from server.designs import Evaluation
-from server.report.build import REPORT_VERSION, build_report
-from server.report.files import ReportError, schema, validate
+from server.report import model as report_model
+from server.report.build import build_report
+from server.report.files import ReportError, load_report, schema, upgrade, validate
+from server.report.model import REPORT_VERSION, Report
+from server.report.model_privacy import DpMode
+from server.report.schema import SCHEMA_FILE, schema_text
 
 DATA = Path(__file__).parent / "data"
 EXAMPLES = ("report-holdout.json", "report-loso.json")
+# every committed report.json: the two above and the fixtures of tests/server/data/reports
+ALL_EXAMPLES = (
+    *EXAMPLES,
+    *sorted(str(p.relative_to(DATA)) for p in DATA.glob("reports/*/report.json")),
+)
 
 
 def example(name: str) -> dict[str, Any]:
@@ -386,3 +407,186 @@ def test_damaged_reports_are_rejected_naming_the_path(
         validate(report)
     location = "/".join(str(p) for p in where) or "(top level)"
     assert f"at {location}" in str(err.value)
+
+
+# ---- the schema is generated from the models ---------------------------------------------------
+
+
+def test_the_committed_schema_is_the_generated_one() -> None:
+    committed = Path(schema_module.__file__).with_name(SCHEMA_FILE).read_text(encoding="utf-8")
+    assert committed == schema_text(), (
+        f"server/report/{SCHEMA_FILE} differs from the models: regenerate it with "
+        "`python -m server.report.schema` (never edit it by hand)"
+    )
+
+
+def test_one_report_version_and_the_choices_of_the_runtime() -> None:
+    assert get_args(Report.model_fields["report_version"].annotation) == (REPORT_VERSION,)
+    assert report_model.REPORT_VERSION == REPORT_VERSION
+    assert set(get_args(DpMode)) == {m.value for m in PrivacyMode} - {PrivacyMode.NONE.value}
+
+
+def test_validation_lives_in_schema_and_files_re_exports_it() -> None:
+    from server.report import files
+
+    assert files.schema is schema_module.schema
+    assert files.validate is schema_module.validate
+    assert files.ReportError is schema_module.ReportError
+
+
+def test_the_models_import_nothing_of_the_runtime() -> None:
+    code = (
+        "import sys, server.report.schema, server.report.model; "
+        "print(sorted({'torch', 'flwr', 'monai', 'numpy', 'scipy'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def same_document(a: Any, b: Any, where: str = "") -> None:
+    """``a == b`` with the types checked too (``True == 1`` in Python), except that an integer
+    in a ``number`` field comes back as a float (120 as 120.0: the same JSON number)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict), where
+        assert a.keys() == b.keys(), f"{where}: keys differ: {sorted(set(a) ^ set(b))}"
+        for key in a:
+            same_document(a[key], b[key], f"{where}/{key}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            same_document(x, y, f"{where}/{i}")
+    else:
+        numbers = (type(a), type(b)) == (int, float)
+        assert type(a) is type(b) or numbers, f"{where}: {a!r} came back as {b!r}"
+        assert a == b, f"{where}: {a!r} came back as {b!r}"
+
+
+@pytest.mark.parametrize("name", ALL_EXAMPLES)
+def test_every_example_validates_with_the_models_and_the_generated_schema(name: str) -> None:
+    report = example(name)
+    Report.model_validate(report)
+    validate(report)
+    Draft202012Validator(schema()).validate(report)
+
+
+@pytest.mark.parametrize("name", ALL_EXAMPLES)
+def test_the_models_give_back_every_example_unchanged(name: str) -> None:
+    # exclude_unset: a key the document leaves out (privacy, folds, a row's auc...) stays out;
+    # every value it has, null included, comes back as it was
+    report = example(name)
+    dumped = Report.model_validate(report).model_dump(mode="json", exclude_unset=True)
+    same_document(report, dumped)
+
+
+@pytest.mark.parametrize("name", sorted(BUILT))
+def test_built_reports_validate_with_the_models_and_come_back_unchanged(name: str) -> None:
+    built = BUILT[name]()
+    validate(built)  # as write_report does, before the JSON is written
+    report = json.loads(json.dumps(built, allow_nan=False))
+    dumped = Report.model_validate(report).model_dump(mode="json", exclude_unset=True)
+    same_document(report, dumped)
+
+
+# (label, mutation, path both validators must name); applied to every example
+MUTATIONS: list[tuple[str, Callable[[dict[str, Any]], None], tuple[Any, ...]]] = [
+    ("wrong role", _set(("sites", 0, "role"), "sideways"), ("sites", 0, "role")),
+    (
+        "wrong joined role",
+        _set(("sites_joined", 0, "role"), "internal"),
+        ("sites_joined", 0, "role"),
+    ),
+    ("wrong pooling", _set(("settings", "pooling"), "ML"), ("settings", "pooling")),
+    ("wrong task", _set(("task",), "lesion-detection"), ("task",)),
+    ("no adaptation", _delete(("matrix", 0, "adaptation")), ("matrix", 0)),
+    (
+        "no spearman n",
+        _delete(("drift_vs_degradation", "spearman", "n")),
+        ("drift_vs_degradation", "spearman"),
+    ),
+    ("no created", _delete(("created",)), ()),
+    ("extra curves key", _set(("curves", "precision_recall"), []), ("curves",)),
+    ("extra provenance key", _set(("provenance", "signature"), "ab"), ("provenance",)),
+    ("extra matrix key", _set(("matrix", 1, "auc_text"), "0.7"), ("matrix", 1)),
+    ("level as string", _set(("settings", "level"), "0.95"), ("settings", "level")),
+    ("count as string", _set(("matrix", 0, "n"), "10"), ("matrix", 0, "n")),
+    ("count as boolean", _set(("sites", 0, "n"), True), ("sites", 0, "n")),
+    ("count as float", _set(("sites", 0, "n_pos"), 4.5), ("sites", 0, "n_pos")),
+    ("boolean as number", _set(("sites", 0, "insufficient"), 0), ("sites", 0, "insufficient")),
+    ("report version 1.0", _set(("report_version",), "1.0"), ("report_version",)),
+    ("report version 1.2", _set(("report_version",), "1.2"), ("report_version",)),
+    (
+        "null, not absent",
+        _set(("sites_joined", 0, "acquisition"), None),
+        ("sites_joined", 0, "acquisition"),
+    ),
+    ("null joined count", _set(("sites_joined", 1, "n_test"), None), ("sites_joined", 1, "n_test")),
+    ("too few thresholds", _set(("settings", "thresholds"), []), ("settings", "thresholds")),
+]
+
+
+@pytest.mark.parametrize("name", ALL_EXAMPLES)
+@pytest.mark.parametrize(
+    ("mutate", "where"), [pytest.param(m, w, id=label) for label, m, w in MUTATIONS]
+)
+def test_both_validators_reject_a_mutation_at_its_path(
+    mutate: Callable[[dict[str, Any]], None], where: tuple[Any, ...], name: str
+) -> None:
+    report = copy.deepcopy(example(name))
+    mutate(report)
+    assert where in error_paths(report), f"jsonschema: no error at {where}"
+    location = "/".join(str(p) for p in where) or "(top level)"
+    with pytest.raises(ReportError, match=re.escape(f"at {location}: ")):
+        validate(report)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "where"),
+    [
+        (_set(("settings", "margin"), float("nan")), "settings/margin"),
+        (_set(("sites", 0, "drift", "psi"), float("inf")), "sites/0/drift/psi"),
+        (_set(("created",), "5 December 2026"), "created"),
+        (_set(("created",), "2026-12-05T18:01:08"), "created"),  # no UTC offset
+    ],
+)
+def test_the_models_also_refuse_what_json_cannot_hold_and_bad_dates(
+    mutate: Callable[[dict[str, Any]], None], where: str
+) -> None:
+    # the generated schema says "number" and "format: date-time"; jsonschema accepts NaN as a
+    # number and checks formats only when asked, but write_report must not get that far
+    report = copy.deepcopy(example(EXAMPLES[0]))
+    mutate(report)
+    with pytest.raises(ReportError, match=f"at {where}: "):
+        validate(report)
+
+
+def test_a_union_names_every_alternative() -> None:
+    report = copy.deepcopy(example(EXAMPLES[0]))
+    report["provenance"]["config"]["eval.thresholds"] = [0.5]
+    with pytest.raises(ReportError) as err:
+        validate(report)
+    assert str(err.value).endswith(
+        "at provenance/config/eval.thresholds: Input should be a valid string, a valid "
+        "boolean, a valid integer or a valid number"
+    )
+
+
+def _as_version_1_0(report: dict[str, Any]) -> dict[str, Any]:
+    """A 1.1 report as 1.0 wrote it: no hooks, no adaptation."""
+    old = copy.deepcopy(report)
+    old["report_version"] = "1.0"
+    del old["settings"]["hooks"]
+    for row in [*old["sites"], *old["matrix"]]:
+        del row["adaptation"]
+    return old
+
+
+@pytest.mark.parametrize("name", ALL_EXAMPLES)
+def test_reports_of_version_1_0_validate_after_upgrade(name: str, tmp_path: Path) -> None:
+    old = _as_version_1_0(example(name))
+    with pytest.raises(ReportError):
+        validate(old)  # not without its upgrade
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(old), encoding="utf-8")
+    loaded = load_report(path)  # upgrades, then validates
+    assert loaded["report_version"] == REPORT_VERSION
+    validate(upgrade(_as_version_1_0(example(name))))
