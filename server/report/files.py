@@ -28,7 +28,7 @@ from server.records import (
     read_rounds,
 )
 from server.report.build import build_report
-from server.report.html.page import render_html
+from server.report.html import render_html
 from server.report.model import REPORT_VERSION
 from server.report.privacy import privacy_section
 from server.report.schema import ReportError, validate

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.report.html.page import skipped_text
+from server.report.html import skipped_text
 from server.report.privacy import privacy_lines
 
 

@@ -44,7 +44,7 @@ from typing import Any
 import pytest
 
 from server.report.files import load_report
-from server.report.html.page import render_html
+from server.report.html import render_html
 
 DATA = Path(__file__).parent / "data" / "reports"
 HTML_FIXTURES = ("holdout", "holdout-insufficient", "holdout-external", "loso", "cross-site")

@@ -14,14 +14,20 @@ import os
 import re
 import struct
 import subprocess
+import sys
 import zlib
 from html.parser import HTMLParser
+from importlib.resources import files
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from jinja2 import UndefinedError
 
-from server.report.html.page import fmt, fmt_ci, fmt_p, fmt_sig, render_html
+from server.report.html import ENVIRONMENT, render_html
+from server.report.html.format import fmt, fmt_ci, fmt_p, fmt_sig
+from server.report.html.view import read_page
 from server.report.terminal import format_summary
 from tests.server.test_report_schema import (
     EXAMPLES,
@@ -256,6 +262,96 @@ def test_number_formats() -> None:
     assert fmt_sig(0.0026168) == "0.00262"
     assert fmt_sig(0.1686) == "0.169"
     assert fmt_sig(3.17e-5) == "3.17\u00d710\u207b\u2075"
+
+
+# ---- the templates: escaping, strictness, inline CSS, no runtime imports ---------------------
+
+
+class PageText(HTMLParser):
+    """The text of a page by the element it is in (tables and SVG charts apart)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.open: list[str] = []
+        self.cells: list[str] = []  # text in table cells
+        self.chart: list[str] = []  # text in an SVG's <title>, <desc> or <text>
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag not in VOID:
+            self.open.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self.open:
+            del self.open[len(self.open) - 1 - self.open[::-1].index(tag) :]
+
+    def handle_data(self, data: str) -> None:
+        if "svg" in self.open and self.open[-1] in ("title", "desc", "text"):
+            self.chart.append(data)
+        elif "td" in self.open or "th" in self.open:
+            self.cells.append(data)
+
+
+def test_names_from_hospitals_are_escaped_in_tables_and_charts() -> None:
+    script, amp = "<script>alert(1)</script>", "a & b"
+    text = json.dumps(example("report-holdout.json"))
+    text = text.replace("hospital-a", script).replace("hospital-b", amp)
+    html = page(json.loads(text))
+    assert "<script" not in html and "a & b" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "a &amp; b" in html
+    # escaped, the names still read as themselves: in the tables and in the charts
+    reader = PageText()
+    reader.feed(html)
+    reader.close()
+    for name in (script, amp):
+        assert any(name in t for t in reader.cells), name
+        assert any(name in t for t in reader.chart), name
+    # inside the charts' markup too (SVG <title>, <text>, aria-label)
+    charts = "".join(re.findall(r"<svg .*?</svg>", html, flags=re.S))
+    assert "a &amp; b" in charts and "&lt;script&gt;alert(1)" in charts
+    assert "<script" not in charts and "a & b" not in charts
+
+
+def test_a_template_naming_a_missing_view_attribute_fails() -> None:
+    view = read_page(example("report-holdout.json"))
+    with pytest.raises(UndefinedError, match="no_such_section"):
+        ENVIRONMENT.from_string("<p>{{ page.no_such_section }}</p>").render(page=view)
+    with pytest.raises(UndefinedError):  # a real partial, given a page without its section
+        ENVIRONMENT.get_template("_footer.html.j2").render(page=SimpleNamespace())
+    autoescape = ENVIRONMENT.autoescape
+    assert callable(autoescape) and autoescape("page.html.j2") and autoescape("x.html")
+    assert ENVIRONMENT.from_string("{{ x }}").render(x="a & b") == "a &amp; b"
+
+
+def test_the_css_file_is_inlined() -> None:
+    html = page(example("report-holdout.json"))
+    css = files("server.report.html").joinpath("report.css").read_text(encoding="utf-8")
+    assert "<link" not in html.lower()
+    assert re.findall(r"<style>(.*?)</style>", html, flags=re.S) == [css]
+    assert "--flagbg" in css
+
+
+def test_rendering_imports_nothing_of_the_runtime() -> None:
+    script = (
+        "import json, sys\n"
+        "from server.report.html import render_html\n"
+        "report = json.load(open(sys.argv[1], encoding='utf-8'))\n"
+        "assert render_html(report).startswith('<!DOCTYPE html>')\n"
+        "loaded = [m for m in ('torch', 'flwr', 'monai', 'server.federation') "
+        "if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+        "print('ok')\n"
+    )
+    report = Path(__file__).parent / "data" / "reports" / "holdout" / "report.json"
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(report)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
 # ---- headless Chromium -----------------------------------------------------------------------

@@ -19,7 +19,7 @@ from server.privacy_ledger import SiteLedger
 from server.records import RunRecorder
 from server.report.build import build_report
 from server.report.files import ReportError, validate, write_report
-from server.report.html.page import render_html
+from server.report.html import render_html
 from server.report.privacy import privacy_section
 from server.report.terminal import format_summary
 from server.sites import SiteInfo
