@@ -38,7 +38,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "simulations.cli",
         "which acquisition factor of a phantom hospital degrades a trained model",
     ),
-    "report": ("simulations.cli", "re-render a run's report, or a --compare folder's comparison"),
+    "report": (
+        "simulations.cli",
+        "re-render a run's report; combine a --seeds folder's seeds, or a --compare folder's",
+    ),
     "bench": ("simulations.cli", "measure round overhead, aggregation, throughput and scaling"),
     "phantom": ("simulations.cli", "write a multi-center phantom in the site data contract"),
     "site": (

@@ -40,6 +40,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     app_dir = Path(args.app).resolve() if args.app else default_app_dir()
     run_config = run_overrides(args)
     run_dir = run_dir_of(app_dir, run_config)
+    if args.seeds is not None and args.seeds != 1:
+        return _run_seeds(args.seeds, control, app_dir, run_config, run_dir)
     print(f"app bundle sha256 {bundle_sha256(str(app_dir))}: every site must have approved it "
           "(`hepafed site approve-app`), or it refuses the run's tasks", flush=True)  # fmt: skip
     outcome = submit_run(control, RunRequest(app_dir, tuple(run_config)))
@@ -58,11 +60,46 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK if outcome.completed else EXIT_PROBLEMS
 
 
+def _run_seeds(count: int, control: Any, app_dir: Path, run_config: list[str], run_dir: str) -> int:
+    """``hepafed run --seeds N``: the same run with N training seeds, one after another,
+    each in RUN_DIR/seed-SEED; then one report combining them (``hepafed report``)."""
+    from common.config import RunConfig
+    from server.report.training_noise import seed_dirs, seed_list, write_combined_report
+
+    given = parse_overrides(run_config) if run_config else {}
+    seeds = seed_list(int(given.get("seed", RunConfig().seed)), count)
+    for i, seed in enumerate(seeds):
+        folder = f"{run_dir}/seed-{seed}"
+        print(f"seed {seed} ({i + 1} of {count}): run folder {folder}", flush=True)
+        request = RunRequest(app_dir, (*run_config, f"seed={seed} output.run-dir={_toml(folder)}"))
+        outcome = submit_run(control, request)
+        if not outcome.completed:
+            done = ", ".join(map(str, seeds[:i])) or "none"
+            print(f"seed {seed}: run {outcome.run_id} {outcome.status}; seeds done: {done}",
+                  file=sys.stderr)  # fmt: skip
+            return EXIT_PROBLEMS
+        print(f"seed {seed}: run {outcome.run_id} {outcome.status}")
+    out = Path(run_dir)
+    runs = [(seed, d) for seed, d in seed_dirs(out) if seed in seeds]
+    if out.is_absolute() and len(runs) == count:
+        write_combined_report(out, runs)
+        print(f"report combining seeds {', '.join(map(str, seeds))}: {out}/report.html")
+    else:
+        print(f"run folders {run_dir}/seed-* at the coordinating center; there, "
+              f"`hepafed report {run_dir}` writes the report combining the seeds")  # fmt: skip
+    return EXIT_OK
+
+
 def run_overrides(args: argparse.Namespace) -> list[str]:
     """The run-config overrides ``hepafed run`` submits: ``--resume`` takes the run's own
     config from RUN_DIR/config.json; ``--keyring`` sets ``trust.keys-dir``. A deployment
     without a keyring must say ``trust.sign-updates=false`` (and is warned)."""
     overrides: list[str] = list(args.run_config)
+    if args.resume and getattr(args, "seeds", None) not in (None, 1):
+        raise ValueError(
+            "--resume continues one run: resume each seed's folder on its own "
+            "(--resume RUN_DIR/seed-SEED), then `hepafed report RUN_DIR` combines them"
+        )
     if args.resume:
         config = Path(args.resume) / "config.json"
         try:
@@ -106,5 +143,13 @@ def add_commands(sub: argparse._SubParsersAction[Any]) -> None:
         "--resume",
         metavar="RUN_DIR",
         help="continue RUN_DIR (its own run config) from its last completed round",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run N times with training seeds seed, seed+1, ... (RUN_DIR/seed-SEED) and "
+        "write one report with each figure's training noise (5 or more seeds)",
     )
     p.set_defaults(func=cmd_run)

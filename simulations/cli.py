@@ -58,7 +58,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     methods = DEFAULT_METHODS if args.compare == "default" else args.compare.split(",")
     doc = compare(
         methods=methods,
-        seeds=args.seeds,
+        seeds=3 if args.seeds is None else args.seeds,
         scenario=args.scenario,
         data_dir=Path(args.data_dir),
         out_dir=Path(args.out) if args.out else None,
@@ -82,6 +82,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         if args.design not in (None, EvalDesign.HOLDOUT.value):
             raise ConfigError("--compare evaluates the holdout design; drop --design")
         return cmd_compare(args)
+    if args.seeds is not None and args.seeds != 1:
+        return cmd_seeds(args)
     _show_progress()
     summary = simulate(
         scenario=args.scenario,
@@ -124,6 +126,32 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return _print_footer(summary)
 
 
+def cmd_seeds(args: argparse.Namespace) -> int:
+    """``hepafed simulate --seeds N``: N training seeds, one report with training noise."""
+    from server.report.terminal import format_summary
+    from simulations.seeds import simulate_seeds
+
+    _show_progress()
+    result = simulate_seeds(
+        args.seeds,
+        scenario=args.scenario,
+        data_dir=Path(args.data_dir),
+        out_dir=Path(args.out) if args.out else None,
+        overrides=parse_overrides(args.run_config),
+        quick=args.quick,
+        verbose=args.verbose,
+        design=args.design,
+    )
+    print()
+    print(format_summary(result.report))
+    reused = [s for s in result.seeds if s not in result.ran]
+    if reused:
+        print(f"\nseeds {', '.join(map(str, reused))}: reused from their folders")
+    print(f"\nseeds {', '.join(map(str, result.seeds))}: one run each in {result.out_dir}/seed-*")
+    print(f"run folder: {result.out_dir} (report.html, report.json: all seeds combined)")
+    return EXIT_OK
+
+
 def _print_footer(summary: Any) -> int:
     s = summary.seconds
     parts = ", ".join(f"{k} {v:.0f}s" for k, v in s.items() if k != "total")
@@ -163,6 +191,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
         doc = rebuild_comparison(folder)
         print(f"comparison of {len(doc['methods'])} methods: {folder / 'comparison.md'}")
+        return EXIT_OK
+    from server.report.training_noise import seed_dirs, write_combined_report
+
+    seeds = seed_dirs(folder) if folder.is_dir() else []
+    if len(seeds) >= 2:  # a --seeds folder: combine its seeds' reports again
+        report = write_combined_report(folder, seeds)
+        print(format_summary(report))
+        print(f"\nreport combining seeds {', '.join(str(s) for s, _ in seeds)}: "
+              f"{folder / 'report.html'}")  # fmt: skip
         return EXIT_OK
     report = load_report(args.run_dir)
     html = render(args.run_dir)
@@ -275,7 +312,14 @@ def add_commands(sub: argparse._SubParsersAction[Any]) -> None:
         "'+'-joined hook names, strategy names and 'finetune' (docs/hooks.md)",
     )
     p.add_argument(
-        "--seeds", type=int, default=3, help="with --compare: training seeds (default 3)"
+        "--seeds",
+        type=int,
+        default=None,
+        metavar="N",
+        help="training seeds (seed, seed+1, ...) on the same phantom and splits: one report "
+        "with each figure's between-seed spread and an interval that includes training "
+        "noise (5 or more for reliable intervals); with --compare, seeds per method "
+        "(default 3)",
     )
     p.set_defaults(func=cmd_simulate)
 
@@ -293,8 +337,8 @@ def add_commands(sub: argparse._SubParsersAction[Any]) -> None:
 
     p = sub.add_parser(
         "report",
-        help="re-render a run's report.html from its report.json, or a --compare folder's "
-        "comparison from its seeds",
+        help="re-render a run's report.html from its report.json; a --seeds folder's "
+        "combined report, or a --compare folder's comparison, from its seeds",
     )
     p.add_argument("run_dir", help="run folder holding report.json (or the file itself)")
     p.set_defaults(func=cmd_report)

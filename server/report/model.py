@@ -36,6 +36,7 @@ from server.report.model_joined import SiteJoined
 from server.report.model_pooled import DriftVsDegradation, Fold, Gap, Pooled
 from server.report.model_privacy import Privacy
 from server.report.model_sites import MatrixCell, SiteRow
+from server.report.model_training_noise import TrainingNoise
 
 REPORT_VERSION = "1.1"  # the Literal of Report.report_version; server.report.build writes it
 TITLE = f"hepafed cross-site performance report, version {REPORT_VERSION}"
@@ -125,7 +126,11 @@ class Curves(ReportModel):
 
 
 FlagKind = Literal[
-    "below-prediction-interval", "drop-exceeds-margin", "insufficient-data", "no-evaluation"
+    "below-prediction-interval",
+    "drop-exceeds-margin",
+    "insufficient-data",
+    "no-evaluation",
+    "gap-within-training-noise",
 ]
 
 
@@ -141,7 +146,9 @@ class Flag(ReportModel):
     kind: FlagKind = Field(
         description="below-prediction-interval: AUC below the pooled internal prediction "
         "interval; drop-exceeds-margin: AUC more than settings.margin below pooled internal; "
-        "insufficient-data: too few cases; no-evaluation: the site did not report."
+        "insufficient-data: too few cases; no-evaluation: the site did not report; "
+        "gap-within-training-noise: one seed alone called the site's gap significant, the "
+        "seeds together do not (training_noise)."
     )
     message: str = Field(description="Human-readable explanation.")
 
@@ -231,6 +238,11 @@ class Report(ReportModel):
         None,
         description="Epsilon and delta per site under differential privacy; absent with "
         "privacy.mode = none.",
+    )
+    training_noise: Omittable[TrainingNoise] = Field(
+        None,
+        description="Several training seeds combined (hepafed simulate --seeds N); absent "
+        "for a single run.",
     )
     flags: list[Flag] = Field(description="Sites flagged for the reader's attention.")
 

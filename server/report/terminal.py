@@ -77,6 +77,7 @@ def format_summary(report: dict[str, Any]) -> str:
             f"n = {sp['n']})"
         )
     lines += privacy_lines(report)
+    lines += training_noise_lines(report)
     lines.append("")
     if report["flags"]:
         lines.append("flags:")
@@ -88,3 +89,34 @@ def format_summary(report: dict[str, Any]) -> str:
 
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def training_noise_lines(report: dict[str, Any]) -> list[str]:
+    """Each site's AUC, the pooled AUCs and the gaps over the seeds (``--seeds N``)."""
+    block = report.get("training_noise")
+    if not block:
+        return []
+    seeds = block["seeds"]
+    level = round(100 * block["level"])
+    lines = [
+        "",
+        f"training noise over {len(seeds)} seeds ({', '.join(map(str, seeds))}; the rows "
+        f"above are seed {seeds[0]}'s): mean [{level}% CI with training noise], "
+        "between-seed sd, test-sampling se",
+    ]
+    figures = [(f"{s['site']} ({s['model']})", s["auc"], "") for s in block["sites"]]
+    figures += [(f"pooled {k}", block["pooled"][k], "") for k in ("internal", "external")]
+    figures += [("pooled internal - external", block["pooled"]["difference"], "+")]
+    figures += [(f"gap at {g['site']} ({g['model']})", g["gap"], "+") for g in block["gaps"]]
+    for name, fig, sign in figures:
+        c = fig["combined"]
+        if c is None:
+            lines.append(f"  {name:<34} n/a (fewer than 2 seeds have it)")
+            continue
+        lines.append(
+            f"  {name:<34} {c['estimate']:{sign}.3f} [{c['lo']:{sign}.3f}, {c['hi']:{sign}.3f}]"
+            f"  sd {_fmt(c['between_sd'])}  se {_fmt(c['within_se'])}"
+        )
+    if len(seeds) < 5:
+        lines.append("  (fewer than 5 seeds: the between-seed sd is itself uncertain)")
+    return lines

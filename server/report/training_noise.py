@@ -25,12 +25,17 @@ it has no combined interval.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+from common.files import write_atomic
 from common.stats import combine_seeds
 from common.stats.seeds import SeedCombined
+from server.report.files import REPORT_HTML, REPORT_JSON, ReportError, load_report, validate
+from server.report.html import render_html
 from server.report.site_statistics import json_float
 
 METHOD = (
@@ -41,10 +46,18 @@ METHOD = (
 FLAG = "gap-within-training-noise"
 
 
+AUC_RANGE = (0.0, 1.0)
+DIFFERENCE_RANGE = (-1.0, 1.0)
+
+
 def _combined(
-    seeds: Sequence[int], values: Sequence[tuple[float, float] | None], level: float
+    seeds: Sequence[int],
+    values: Sequence[tuple[float, float] | None],
+    level: float,
+    bounds: tuple[float, float] = AUC_RANGE,
 ) -> dict[str, Any]:
-    """Per-seed estimates (estimate, variance; None where missing) -> the JSON block."""
+    """Per-seed estimates (estimate, variance; None where missing) -> the JSON block; the
+    interval is clipped to the figure's range, as a single AUC's Wald interval is."""
     used = [(s, v) for s, v in zip(seeds, values, strict=True) if v is not None]
     block: dict[str, Any] = {
         "per_seed": [None if v is None else json_float(v[0]) for v in values],
@@ -56,8 +69,8 @@ def _combined(
     lo, hi = c.ci(level)
     block["combined"] = {
         "estimate": json_float(c.estimate),
-        "lo": json_float(lo),
-        "hi": json_float(hi),
+        "lo": json_float(max(bounds[0], lo)),
+        "hi": json_float(min(bounds[1], hi)),
         "se": json_float(c.se),
         "df": None if math.isinf(c.df) else json_float(c.df),
         "within_se": json_float(math.sqrt(c.within)),
@@ -128,7 +141,10 @@ def training_noise(
         for role in ("internal", "external")
     }
     pooled["difference"] = _combined(
-        seeds, [_value((d["pooled"].get("difference") or {}).get("auc"), "se") for d in docs], level
+        seeds,
+        [_value((d["pooled"].get("difference") or {}).get("auc"), "se") for d in docs],
+        level,
+        DIFFERENCE_RANGE,
     )
 
     gap_keys: list[tuple[str, str]] = []
@@ -144,7 +160,7 @@ def training_noise(
         block: dict[str, Any] = {
             "site": site,
             "model": model,
-            "gap": _combined(seeds, [_value(g, "se") for g in per_seed], level),
+            "gap": _combined(seeds, [_value(g, "se") for g in per_seed], level, DIFFERENCE_RANGE),
         }
         gaps.append(block)
         combined = block["gap"]["combined"]
@@ -189,3 +205,44 @@ def combined_report(
     block, flags = training_noise(runs, level)
     block["runs"] = list(run_dirs)
     return {**first, "training_noise": block, "flags": [*first["flags"], *flags]}
+
+
+def seed_list(first: int, count: int) -> list[int]:
+    """``count`` consecutive training seeds from ``first`` (``--seeds N``)."""
+    if count < 2:
+        raise ValueError(f"--seeds {count}: training noise needs at least 2 seeds (5 or more)")
+    return [first + i for i in range(count)]
+
+
+def seed_dirs(out_dir: Path) -> list[tuple[int, Path]]:
+    """The ``seed-SEED`` run folders under ``out_dir`` that hold a report, in seed order."""
+    found = []
+    for d in out_dir.glob("seed-*"):
+        suffix = d.name.removeprefix("seed-")
+        if suffix.lstrip("-").isdigit() and (d / REPORT_JSON).is_file():
+            found.append((int(suffix), d))
+    return sorted(found)
+
+
+def write_combined_report(out_dir: Path, runs: Sequence[tuple[int, Path]]) -> dict[str, Any]:
+    """Combine the reports of ``runs`` ((seed, run folder), two or more) into
+    ``out_dir``'s report.json and report.html (validated like any report)."""
+    if len(runs) < 2:
+        raise ReportError(
+            f"{out_dir}: training noise needs the reports of at least 2 seeds "
+            f"(seed-SEED/report.json), found {len(runs)}"
+        )
+    docs = [(seed, load_report(run)) for seed, run in runs]
+    names = [
+        str(run.relative_to(out_dir)) if run.is_relative_to(out_dir) else str(run)
+        for _, run in runs
+    ]
+    try:
+        report = combined_report(docs, names)
+    except ValueError as e:
+        raise ReportError(f"{out_dir}: cannot combine the seeds' reports: {e}") from None
+    validate(report)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(out_dir / REPORT_JSON, json.dumps(report, indent=2))
+    write_atomic(out_dir / REPORT_HTML, render_html(report))
+    return report

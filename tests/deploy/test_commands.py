@@ -30,7 +30,7 @@ from server.deploy import (
     run_command,
     superlink_command,
 )
-from server.run_cli import run_dir_of
+from server.run_cli import run_dir_of, run_overrides
 from tests.deploy import ROOT
 
 
@@ -319,3 +319,53 @@ def test_the_superlink_never_opens_flowers_legacy_listeners(
     deploy.start_superlink(SuperLinkOptions(state_dir=tmp_path, insecure=True))
     assert not {"FLWR_INTERNAL_GRPC_CONTROL_API", "FLWR_INTERNAL_GRPC_FLEET_API"} & set(seen["env"])
     assert seen["env"]["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] == "1"
+
+
+def test_run_with_seeds_submits_one_run_per_seed_and_combines_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``hepafed run --seeds 2``: two runs, each with its seed and its own run folder, then
+    one report combining them (the SuperLink replaced by a stand-in that writes each run's
+    report, a committed example with the AUCs moved for the second seed)."""
+    import copy
+    import json
+
+    import server.run_cli as run_cli
+    from common.cli import parse_overrides
+    from server.deploy import RunOutcome
+
+    example = Path(__file__).parents[1] / "server" / "data" / "reports" / "holdout-external"
+    report = json.loads((example / "report.json").read_text())
+    submitted: list[dict[str, object]] = []
+
+    def fake_submit(control: object, request: RunRequest) -> RunOutcome:
+        given = parse_overrides(list(request.run_config))
+        submitted.append(given)
+        folder = Path(str(given["output.run-dir"]))
+        folder.mkdir(parents=True)
+        doc = copy.deepcopy(report)
+        for row in doc["sites"]:
+            if "auc" in row:
+                row["auc"]["estimate"] -= 0.01 * (len(submitted) - 1)
+        (folder / "report.json").write_text(json.dumps(doc))
+        return RunOutcome(len(submitted), "finished:completed", {})
+
+    monkeypatch.setattr(run_cli, "submit_run", fake_submit)
+    run_dir = tmp_path / "runs"
+    argv = ["run", "--superlink", "h:1", "--insecure", "--keyring", str(tmp_path), "--seeds"]
+    argv += ["2", "--run-config", f'seed=7 output.run-dir="{run_dir}"']
+    assert main(argv) == 0
+    assert [(g["seed"], g["output.run-dir"]) for g in submitted] == [
+        (7, str(run_dir / "seed-7")),
+        (8, str(run_dir / "seed-8")),
+    ]
+    combined = json.loads((run_dir / "report.json").read_text())
+    assert combined["training_noise"]["seeds"] == [7, 8]
+    assert (run_dir / "report.html").is_file()
+    assert "report combining seeds 7, 8" in capsys.readouterr().out
+    # --resume continues one run, not several
+    args = build_parser().parse_args(
+        ["run", "--superlink", "h:1", "--ca", "c", "--resume", str(run_dir), "--seeds", "2"]
+    )
+    with pytest.raises(ValueError, match="--resume continues one run"):
+        run_overrides(args)

@@ -7,13 +7,19 @@ left out, and when the ``gap-within-training-noise`` flag is raised.
 
 from __future__ import annotations
 
+import copy
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from common.stats import combine_seeds
+from server.report.schema import ReportError
 from server.report.training_noise import FLAG, combined_report, training_noise
+
+DATA = Path(__file__).parent / "data" / "reports"
 
 
 def _doc(site_aucs: dict[str, float | None], gap: tuple[float, float] | None) -> dict[str, Any]:
@@ -115,3 +121,34 @@ def test_bad_input_is_named() -> None:
     other = {**_doc({"a": 0.8}, None), "design": "loso"}
     with pytest.raises(ValueError, match="different evaluation designs"):
         training_noise([(1, _doc({"a": 0.8}, None)), (2, other)], 0.95)
+
+
+def test_a_combined_example_report_is_valid_and_written(tmp_path: Path) -> None:
+    """Two seeds of a committed example report (the second with other AUCs) combine into a
+    report that validates, and ``write_combined_report`` writes its JSON and HTML."""
+    from server.report.schema import validate
+    from server.report.training_noise import seed_dirs, write_combined_report
+
+    example = json.loads((DATA / "holdout-external" / "report.json").read_text())
+    second = copy.deepcopy(example)
+    for row in second["sites"]:
+        if "auc" in row:
+            row["auc"]["estimate"] = round(row["auc"]["estimate"] * 0.95, 6)
+    for g in second["gaps"]:
+        g["gap"] = {**g["gap"], "estimate": g["gap"]["estimate"] + 0.05}
+    out = tmp_path / "run"
+    for seed, doc in ((2026, example), (2027, second)):
+        (out / f"seed-{seed}").mkdir(parents=True)
+        (out / f"seed-{seed}" / "report.json").write_text(json.dumps(doc))
+    (out / "seed-x").mkdir()  # not a seed folder: ignored
+    runs = seed_dirs(out)
+    assert [s for s, _ in runs] == [2026, 2027]
+    report = write_combined_report(out, runs)
+    validate(report)
+    assert report["training_noise"]["runs"] == ["seed-2026", "seed-2027"]
+    site = report["training_noise"]["sites"][0]["auc"]
+    assert site["per_seed"][1] == pytest.approx(site["per_seed"][0] * 0.95, abs=1e-6)
+    assert json.loads((out / "report.json").read_text()) == report
+    assert "Training noise" in (out / "report.html").read_text()
+    with pytest.raises(ReportError, match="at least 2 seeds"):
+        write_combined_report(out, runs[:1])

@@ -101,24 +101,31 @@ def test_bad_run_config_is_a_usage_error(
 
 
 @pytest.mark.slow
-def test_simulate_quick_on_liver_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "run"
+def test_simulate_quick_on_liver_2_with_two_seeds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``hepafed simulate --quick --seeds 2``: each seed a whole simulation in its own
+    folder (checked in full for the first), then one report combining them."""
+    top = tmp_path / "run"
     code = main(
         [
             "simulate",
             "--scenario",
             "liver-2",
             "--quick",
+            "--seeds",
+            "2",
             "--data-dir",
             str(tmp_path / "data"),
             "--out",
-            str(out),
+            str(top),
             "--run-config",
             "eval.min-cases=8 eval.min-per-class=3",  # liver-2 has 10 test cases per site
         ]
     )
     assert code == 0
     printed = capsys.readouterr().out
+    out = top / "seed-2026"
     summary = json.loads((out / "summary.json").read_text())
     sites = [r["site"] for r in summary["rows"]]
     assert len(sites) >= 2
@@ -133,13 +140,37 @@ def test_simulate_quick_on_liver_2(tmp_path: Path, capsys: pytest.CaptureFixture
     models = {(c["model"], c["site"]) for c in report["matrix"]}
     for site in sites:
         assert {("global", site), (f"local-{site}", site), ("pooled", site)} <= models
-    assert "pooled internal AUC" in printed and "report.html" in printed
     # the report rewritten with the pooled baseline is signed again and the trail says why
     assert main(["audit", "verify", str(out)]) == 0
     assert "chain intact, head signed by the server key" in capsys.readouterr().out
     kinds = [json.loads(line)["kind"] for line in (out / "audit.jsonl").read_text().splitlines()]
     assert kinds[-5:] == ["report", "final", "report-rewritten", "report", "final"]
-    # `hepafed report` re-renders the page from report.json alone
+    # the second seed trained on the same splits with its own seed
+    second = json.loads((top / "seed-2027" / "config.json").read_text())["config"]
+    assert second["seed"] == 2027
+    assert second["data.site-root"] == report["provenance"]["config"]["data.site-root"]
+    # one report over both seeds: each site's AUC per seed, spread and combined interval
+    combined = json.loads((top / "report.json").read_text())
+    noise = combined["training_noise"]
+    assert noise["seeds"] == [2026, 2027] and noise["runs"] == ["seed-2026", "seed-2027"]
+    by_seed = [json.loads((top / f"seed-{s}" / "report.json").read_text()) for s in (2026, 2027)]
+    for entry in noise["sites"]:
+        aucs = [
+            next(r["auc"]["estimate"] for r in doc["sites"] if r["site"] == entry["site"])
+            for doc in by_seed
+        ]
+        assert entry["auc"]["per_seed"] == pytest.approx(aucs)
+        c = entry["auc"]["combined"]
+        assert c["estimate"] == pytest.approx(sum(aucs) / 2)
+        assert c["between_sd"] == pytest.approx(abs(aucs[0] - aucs[1]) / 2**0.5)
+        assert c["lo"] <= min(aucs) and c["hi"] >= max(aucs)  # t with 1 df: wide
+    assert "training noise over 2 seeds" in printed and "report.html" in printed
+    assert "Training noise" in (top / "report.html").read_text()
+    # `hepafed report` combines the seeds again, and re-renders a single run
+    (top / "report.html").unlink()
+    assert main(["report", str(top)]) == 0
+    assert (top / "report.html").is_file()
+    assert "combining seeds 2026, 2027" in capsys.readouterr().out
     (out / "report.html").unlink()
     assert main(["report", str(out)]) == 0
     assert (out / "report.html").is_file()

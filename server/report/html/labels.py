@@ -52,6 +52,7 @@ FLAG_NAMES = {
     "drop-exceeds-margin": "AUC drop exceeds margin",
     "insufficient-data": "Insufficient data",
     "no-evaluation": "No evaluation received",
+    "gap-within-training-noise": "Gap within training noise",
 }
 # The same kinds in a few words, under a flag's number in the per-site table.
 FLAG_SHORT = {
@@ -59,4 +60,5 @@ FLAG_SHORT = {
     "drop-exceeds-margin": "drop > margin",
     "insufficient-data": "too few cases",
     "no-evaluation": "no report",
+    "gap-within-training-noise": "gap within seed noise",
 }

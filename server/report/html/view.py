@@ -10,6 +10,7 @@ values, format numbers and choose between fixed texts.
 - ``view_read``: reading helpers and ``Estimate``;
 - ``view_context``: page-wide facts (design, level, flag numbering, site colours);
 - ``view_summary``: masthead, reading guide, summary cards, flags;
+- ``view_training_noise``: several seeds combined (``--seeds N``);
 - ``view_sites``: the per-site table;
 - ``view_forest``: the forest plots;
 - ``view_pooled``: internal vs external (difference, gaps, folds);
@@ -56,6 +57,7 @@ from server.report.html.view_summary import (
     read_header,
     read_summary,
 )
+from server.report.html.view_training_noise import TrainingNoiseSection, read_training_noise
 
 __all__ = ["Page", "read_page"]
 
@@ -67,6 +69,7 @@ class Page:
     header: Header
     guide: Guide
     summary: Summary
+    training_noise: TrainingNoiseSection | None  # None: a single run
     flags: tuple[FlagItem, ...]
     sites: SitesSection
     forest: ForestSection
@@ -88,6 +91,7 @@ def read_page(report: Mapping[str, Any]) -> Page:
         header=read_header(ctx),
         guide=read_guide(ctx),
         summary=read_summary(ctx),
+        training_noise=read_training_noise(ctx),
         flags=read_flags(ctx),
         sites=read_sites(ctx),
         forest=read_forest(ctx, ids),
