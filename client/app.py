@@ -56,7 +56,8 @@ def _open(
 
 
 def query(msg: Message, context: Context) -> Message:
-    """Report the site's name, case counts, manifest hash and acquisition summary.
+    """Report the site's name, case counts (train, test, val), manifest hash and acquisition
+    summary.
 
     The acquisition summary (``SiteKey.ACQUISITION``) is JSON text of
     ``common.acquisition.acquisition_summary``: counts per vendor, scanner model
@@ -84,6 +85,7 @@ def query(msg: Message, context: Context) -> Message:
             SiteKey.NAME.value: site.name,
             SiteKey.N_TRAIN.value: len(site.manifest.split(Split.TRAIN)),
             SiteKey.N_TEST.value: len(site.manifest.split(Split.TEST)),
+            SiteKey.N_VAL.value: len(site.manifest.split(Split.VAL)),
             SiteKey.MANIFEST_SHA256.value: site.manifest.sha256,
             SiteKey.ACQUISITION.value: acquisition_json(site.manifest.cases, policy.min_cell),
         }

@@ -46,6 +46,7 @@ class SiteKey(StrEnum):
     NAME = "name"
     N_TRAIN = "n-train"
     N_TEST = "n-test"
+    N_VAL = "n-val"  # validation cases (model selection, thresholds; never trained on)
     MANIFEST_SHA256 = "manifest-sha256"
     # JSON text of common.acquisition.acquisition_summary: counts and ranges, never per case
     ACQUISITION = "acquisition"
@@ -63,7 +64,7 @@ class ConfigKey(StrEnum):
 
     ROUND = "server-round"  # Flower strategies inject this one themselves
     PHASE = "phase"  # query: Phase.SITE (default) or Phase.STATISTICS
-    EVAL_SPLIT = "eval-split"  # "test" (default) or "all": a site left out of training
+    EVAL_SPLIT = "eval-split"  # "test" (default), "val", or "all" (a site left out of training)
     MODEL = "model"  # which model a message is about: "global", "without-SITE", ...
     BASE_MODEL = "base-model"  # fine-tuning: the federated model whose local layers to start from
     SHARE = "share"  # train: Share.SHARED (keep local layers) or Share.ALL (send every tensor)
@@ -111,6 +112,16 @@ class RecordPhase(StrEnum):
     PRIVACY_BUDGET = "privacy-budget"  # training stopped: a privacy budget is spent
     AVERAGE = "average"  # the final model is the mean of the last rounds' models
     FINAL_EVALUATE = "final-evaluate"  # a model's final scores (or why a site has none)
+    VALIDATE = "validate"  # a model scored on the training sites' validation split
+    THRESHOLD = "threshold"  # a model's operating threshold, chosen on validation summaries
+
+
+class ThresholdRule(StrEnum):
+    """How a model's operating threshold is chosen (``eval.threshold-rule``)."""
+
+    FIXED = "fixed"  # the first of eval.thresholds
+    YOUDEN = "youden"  # the candidate with the largest sensitivity + specificity - 1
+    SENSITIVITY = "sensitivity"  # the highest candidate reaching eval.target-sensitivity
 
 
 class Share(StrEnum):

@@ -10,8 +10,10 @@ A site is a folder with ``manifest.csv``. Columns:
 - ``mask``: the lesion mask (0/1) on the same grid (affine) as the images, needed
   by both tasks (classification crops a lesion-centred region of interest from it);
 - ``label``: 0 (benign) or 1 (malignant), required for ``lesion-malignancy``;
-- ``split`` (optional): ``train``, ``val`` or ``test``. Without the column every
-  case is assigned by a stable hash of its id (25 % test, see ``hash_split``);
+- ``split`` (optional): ``train``, ``val`` or ``test``. Only ``train`` cases are
+  trained on; ``val`` cases select the model and its operating threshold, ``test``
+  cases judge it. Without the column every case is assigned by a stable hash of its
+  id (25 % test, the rest train, see ``hash_split``);
 - any other column is acquisition or case metadata (vendor, kernel, slice
   thickness, contrast timing...) and is kept as text; the numeric ones must be
   plausible numbers (``common.metadata``).

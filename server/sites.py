@@ -1,11 +1,12 @@
 """The sites of a federation: waiting for them, asking who they are, their roles.
 
-A node answers the site query with its name, case counts, manifest hash and
-acquisition summary; the server assigns roles from ``federation.external-sites``
-(external sites evaluate only, never train) and decides which split each site
-scores by default. A node whose answer cannot be believed (an error, a missing or
-malformed field, an absurd count, bad JSON) is refused by name and left out; the
-run stops only when too few sites remain.
+A node answers the site query with its name, case counts (train, test and val; a site
+older than the val split sends no val count, read as 0), manifest hash and acquisition
+summary; the server assigns roles from ``federation.external-sites`` (external sites
+evaluate only, never train) and decides which split each site scores by default. A
+node whose answer cannot be believed (an error, a missing or malformed field, an absurd
+count, bad JSON) is refused by name and left out; the run stops only when too few
+sites remain.
 """
 
 from __future__ import annotations
@@ -53,13 +54,14 @@ class SiteInfo:
     manifest_sha256: str
     # common.acquisition.acquisition_summary of the site's cases (counts and ranges only)
     acquisition: dict[str, Any] = field(default_factory=dict)
+    n_val: int = 0  # validation cases; 0 from a site that does not send the count
 
     @property
     def declared_cases(self) -> int:
         """Every case the site's manifest lists, as it declared when it joined (the
-        acquisition summary's count; train plus test when it sent none)."""
+        acquisition summary's count; train plus val plus test when it sent none)."""
         n = self.acquisition.get("n_cases")
-        return int(n) if isinstance(n, int) else self.n_train + self.n_test
+        return int(n) if isinstance(n, int) else self.n_train + self.n_val + self.n_test
 
 
 class NodeView:
@@ -173,8 +175,10 @@ def site_from_reply(reply: Message, cfg: RunConfig) -> SiteInfo:
     problem = site_name_problem(name)
     if problem is not None or not isinstance(name, str):
         raise ReplyError(f"{SiteKey.NAME.value}: {problem}")
-    counts = {}
-    for key in (SiteKey.N_TRAIN, SiteKey.N_TEST):
+    counts = {SiteKey.N_VAL: 0}  # a site from before the val split sends no n-val
+    for key in (SiteKey.N_TRAIN, SiteKey.N_TEST, SiteKey.N_VAL):
+        if key == SiteKey.N_VAL and key not in info:
+            continue
         problem = count_problem(key.value, info.get(key))
         if problem is not None:
             raise ReplyError(problem)
@@ -186,11 +190,12 @@ def site_from_reply(reply: Message, cfg: RunConfig) -> SiteInfo:
         acquisition = parse_acquisition(info.get(SiteKey.ACQUISITION), name)
     except FederationError as e:
         raise ReplyError(str(e)) from e
-    declared = counts[SiteKey.N_TRAIN] + counts[SiteKey.N_TEST]
+    declared = sum(counts.values())
     if "n_cases" in acquisition:
         problem = count_problem("acquisition n_cases", acquisition["n_cases"], MAX_CASES, declared)
         if problem is not None:
-            raise ReplyError(f"{problem} (n-train + n-test = {declared})")
+            parts = [k.value for k in (SiteKey.N_TRAIN, SiteKey.N_VAL, SiteKey.N_TEST) if k in info]
+            raise ReplyError(f"{problem} ({' + '.join(parts)} = {declared})")
         acquisition["n_cases"] = int(acquisition["n_cases"])
     role = ROLE_EXTERNAL if name in cfg.federation.external_sites else ROLE_TRAIN
     return SiteInfo(
@@ -201,6 +206,7 @@ def site_from_reply(reply: Message, cfg: RunConfig) -> SiteInfo:
         counts[SiteKey.N_TEST],
         manifest,
         acquisition,
+        counts[SiteKey.N_VAL],
     )
 
 

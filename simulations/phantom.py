@@ -36,6 +36,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from common.keys import Split
 from simulations import anatomy, scanner
 from simulations.scenario import Scenario, validate_scenario
 from simulations.site_profile import SiteProfile
@@ -44,7 +45,8 @@ log = logging.getLogger("hepafed.progress")
 
 # bump whenever the same scenario and seed would give other files (or phantom.json changes);
 # 2.0: affine in RAS+ patient millimetres, per-site byte totals in phantom.json
-GENERATOR_VERSION = "2.0"
+# 2.1: a val split at training sites (val_fraction), n_val in the site summaries
+GENERATOR_VERSION = "2.1"
 PHASES = ("arterial", "portal", "delayed")
 PHANTOM_JSON = "phantom.json"
 MANIFEST_CSV = "manifest.csv"
@@ -72,6 +74,9 @@ MANIFEST_COLUMNS = (
     "cirrhosis",
 )
 STREAM_CASE, STREAM_TEXTURE, STREAM_NOISE = 0, 1, 2
+# the site's val draw: a purpose no case stream uses (NumPy pads a shorter seed with zeros,
+# so (seed, site, 2) would be case 2's own patient stream)
+STREAM_VAL = 3
 GZIP_LEVEL = 1  # level 1 is 3x faster than 6 and ~2 % larger on noisy images
 
 
@@ -90,20 +95,25 @@ def case_rng(seed: int, site: str, index: int, stream: int) -> np.random.Generat
 
 
 def labels_and_splits(site: SiteProfile, seed: int) -> tuple[np.ndarray, list[str]]:
-    """Exact prevalence, and a test split stratified by label (all test if external).
+    """Exact prevalence, a test split stratified by label (all test if external), and a val
+    split stratified by label out of the remaining (training) cases.
 
     The counts are ``site.split_sizes`` (which the scenario check also uses); this draws
-    which cases they are.
+    which cases they are. The val cases come from a stream of their own, drawn after the
+    test split, so ``val_fraction`` never changes the labels or the test split.
     """
     rng = np.random.default_rng([seed, site_number(site.name)])
-    n_malignant, n_test = site.split_sizes
-    labels = rng.permutation(np.arange(site.n_cases) < n_malignant).astype(int)
-    split = ["train"] * site.n_cases
+    sizes = site.split_sizes
+    labels = rng.permutation(np.arange(site.n_cases) < sizes.n_malignant).astype(int)
+    split = np.full(site.n_cases, Split.TRAIN.value, dtype=object)
     for value in (0, 1):
         members = np.flatnonzero(labels == value)
-        for i in rng.permutation(members)[: n_test[value]]:
-            split[i] = "test"
-    return labels, split
+        split[rng.permutation(members)[: sizes.test[value]]] = Split.TEST.value
+    val_rng = np.random.default_rng([seed, site_number(site.name), 0, STREAM_VAL])
+    for value in (0, 1):
+        train = np.flatnonzero((labels == value) & (split == Split.TRAIN.value))
+        split[val_rng.permutation(train)[: sizes.val[value]]] = Split.VAL.value
+    return labels, [str(s) for s in split]
 
 
 def simulate_case(
@@ -205,7 +215,8 @@ def write_site(site: SiteProfile, seed: int, dims: int, site_dir: Path) -> dict[
         "role": site.role,
         "n_cases": site.n_cases,
         "n_malignant": int(labels.sum()),
-        "n_test": splits.count("test"),
+        "n_test": splits.count(Split.TEST.value),
+        "n_val": splits.count(Split.VAL.value),
         "matrix": list(grid.shape),
         "bytes": n_bytes + len(manifest),
     }

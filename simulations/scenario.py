@@ -16,7 +16,7 @@ sites counted from 0), the bad value and what would be valid. Unknown keys are
 errors, so a typo never silently falls back to a default.
 
 This module holds the ``Scenario``, the rules between the keys of a site (contrast
-timing, lesion sizes, matrix size, the train/test split) and the reading, checking
+timing, lesion sizes, matrix size, the train/val/test split) and the reading, checking
 and loading of a file; the keys and the values each takes are in ``scenario_schema``,
 a site's parameters in ``site_profile``.
 """
@@ -110,18 +110,19 @@ def _built_in() -> dict[str, Any]:
 
 
 def _split_problem(site: dict[str, Any], name: str) -> str | None:
-    """Why a site's split leaves no test cases (or a training site no train cases), if so."""
+    """Why a site's test split is empty (or leaves a training site no other case), if so."""
     n, prevalence, fraction, role = (
         site[k] for k in ("n_cases", "prevalence", "test_fraction", "role")
     )
 
     def fine(n_cases: int, test_fraction: float) -> bool:
-        n_test = sum(split_sizes(n_cases, prevalence, test_fraction, role)[1])
+        n_test = sum(split_sizes(n_cases, prevalence, test_fraction, 0.0, role).test)
         return n_test >= 1 and (role == "external" or n_test < n_cases)
 
     if fine(n, fraction):
         return None
-    n_malignant, (test_benign, test_malignant) = split_sizes(n, prevalence, fraction, role)
+    sizes = split_sizes(n, prevalence, fraction, 0.0, role)
+    n_malignant, (test_benign, test_malignant) = sizes.n_malignant, sizes.test
     empty = "test" if test_benign + test_malignant == 0 else "train"
     used = 1.0 if role == "external" else fraction
     advice = []
@@ -140,6 +141,30 @@ def _split_problem(site: dict[str, Any], name: str) -> str | None:
         f"{test_benign} of its {n - n_malignant} benign and round({used:g} x {n_malignant}) = "
         f"{test_malignant} of its {n_malignant} malignant cases go to the test split"
         + (f"; use {' or '.join(advice)}" if advice else "")
+    )
+
+
+def _val_problem(site: dict[str, Any], name: str) -> str | None:
+    """Why a training site's val split takes every case the test split left it, if so
+    (checked once the test split leaves it some)."""
+    n, prevalence, test_fraction, fraction, role = (
+        site[k] for k in ("n_cases", "prevalence", "test_fraction", "val_fraction", "role")
+    )
+
+    def fine(val_fraction: float) -> bool:
+        sizes = split_sizes(n, prevalence, test_fraction, val_fraction, role)
+        return role == "external" or sum(sizes.train) >= 1
+
+    if fine(fraction):
+        return None
+    sizes = split_sizes(n, prevalence, test_fraction, fraction, role)
+    left = [v + t for v, t in zip(sizes.val, sizes.train, strict=True)]
+    high = max(f / 100 for f in range(0, 91) if fine(f / 100))  # 0 always works here
+    return (
+        f"leaves site {name} no train cases: round({fraction:g} x {left[0]}) = {sizes.val[0]} "
+        f"of its {left[0]} benign and round({fraction:g} x {left[1]}) = {sizes.val[1]} of its "
+        f"{left[1]} malignant cases left after the test split go to the val split; use "
+        f"val_fraction in [0, {high:g}]"
     )
 
 
@@ -193,6 +218,10 @@ def _cross_checks(check: Checker, prefix: str, site: dict[str, Any], bad: set[st
         problem = _split_problem(site, name)
         if problem is not None:
             check.add(f"{prefix}.test_fraction", site["test_fraction"], problem)
+        elif usable("val_fraction"):
+            problem = _val_problem(site, name)
+            if problem is not None:
+                check.add(f"{prefix}.val_fraction", site["val_fraction"], problem)
 
 
 def _defaults(check: Checker, raw: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:

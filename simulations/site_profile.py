@@ -2,14 +2,14 @@
 
 Every parameter carries its default and its valid values (a range or a closed set of
 choices) in the field metadata, which the scenario check (``scenario_schema.SITE_RULES``)
-reads; ``matrix_size`` and ``split_sizes`` derive the image matrix and the train/test
-split counts from a site's parameters.
+reads; ``matrix_size`` and ``split_sizes`` derive the image matrix and the
+train/val/test split counts from a site's parameters.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 KERNELS = ("soft", "standard", "sharp")
 ROLES = ("train", "external")
@@ -47,6 +47,7 @@ class SiteProfile:
     role: str = _choice("train", ROLES)
     n_cases: int = _range(150, 2, 100_000)
     test_fraction: float = _range(0.25, 0.0, 0.9)
+    val_fraction: float = _range(0.2, 0.0, 0.9)  # of the training cases left after test
     # metadata written to the manifest (kvp also scales the iodine contrast)
     vendor: str = "generic"
     scanner_model: str = "ct-64"
@@ -87,9 +88,11 @@ class SiteProfile:
         return matrix_size(self.fov_mm, self.pixel_spacing_mm)
 
     @property
-    def split_sizes(self) -> tuple[int, tuple[int, int]]:
-        """Malignant cases, and test cases per label (benign, malignant); see ``split_sizes``."""
-        return split_sizes(self.n_cases, self.prevalence, self.test_fraction, self.role)
+    def split_sizes(self) -> SplitSizes:
+        """Malignant cases, and test and val cases per label; see ``split_sizes``."""
+        return split_sizes(
+            self.n_cases, self.prevalence, self.test_fraction, self.val_fraction, self.role
+        )
 
 
 def matrix_size(fov_mm: float, pixel_spacing_mm: float) -> int:
@@ -97,15 +100,38 @@ def matrix_size(fov_mm: float, pixel_spacing_mm: float) -> int:
     return max(8, round(fov_mm / pixel_spacing_mm))
 
 
-def split_sizes(
-    n_cases: int, prevalence: float, test_fraction: float, role: str
-) -> tuple[int, tuple[int, int]]:
-    """Malignant cases of a site, and how many of each label (benign, malignant) are test.
+class SplitSizes(NamedTuple):
+    """How many of a site's cases are malignant, and how many of each label (benign,
+    malignant) are test and val; the rest are train."""
 
-    Exactly round(prevalence x n_cases) cases are malignant; round(fraction x count) cases
-    of each label go to the test split, fraction = ``test_fraction`` (1 at an external site).
-    ``phantom.labels_and_splits`` draws which cases, the scenario check uses the counts.
+    n_cases: int
+    n_malignant: int
+    test: tuple[int, int]
+    val: tuple[int, int]
+
+    @property
+    def train(self) -> tuple[int, int]:
+        """Training cases per label (benign, malignant)."""
+        benign, malignant = self.n_cases - self.n_malignant, self.n_malignant
+        return (benign - self.test[0] - self.val[0], malignant - self.test[1] - self.val[1])
+
+
+def split_sizes(
+    n_cases: int, prevalence: float, test_fraction: float, val_fraction: float, role: str
+) -> SplitSizes:
+    """Malignant cases of a site, and how many of each label are test and val.
+
+    Exactly round(prevalence x n_cases) cases are malignant. Of each label's count,
+    round(fraction x count) cases go to the test split, fraction = ``test_fraction`` (1 at an
+    external site); then round(``val_fraction`` x the label's cases left) go to the val
+    split (none at an external site), and the rest to train. ``phantom.labels_and_splits``
+    draws which cases, the scenario check uses the counts.
     """
     n_malignant = round(prevalence * n_cases)
-    fraction = 1.0 if role == "external" else test_fraction
-    return n_malignant, (round(fraction * (n_cases - n_malignant)), round(fraction * n_malignant))
+    counts = (n_cases - n_malignant, n_malignant)
+    external = role == "external"
+    fraction = 1.0 if external else test_fraction
+    test = (round(fraction * counts[0]), round(fraction * counts[1]))
+    left = (counts[0] - test[0], counts[1] - test[1])
+    val = (0, 0) if external else (round(val_fraction * left[0]), round(val_fraction * left[1]))
+    return SplitSizes(n_cases, n_malignant, test, val)

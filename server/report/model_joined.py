@@ -83,6 +83,13 @@ class SiteJoined(ReportModel):
     )
     n_train: Count = Field(description="Training cases at the site.")
     n_test: Count = Field(description="Test cases at the site.")
+    n_val: Omittable[Count] = Field(
+        None,
+        description='Validation cases at the site (query reply key "n-val"): never trained '
+        "on, they select the model and its operating threshold, so that neither uses the test "
+        "split. 0 from a site that sent no count; absent in reports from before it was "
+        "recorded.",
+    )
     manifest_sha256: Sha256Hex = Field(description="SHA-256 (hex) of the site's manifest file.")
     acquisition: Omittable[AcquisitionSummary] = Field(
         None,

@@ -118,7 +118,7 @@ def test_manifest_columns_and_values_follow_the_contract(liver2: tuple) -> None:
             assert r["mask"] == f"masks/{r['case_id']}.nii.gz"
             assert r["lesion_type"] in LESION_TYPES
             assert r["label"] == ("1" if r["lesion_type"] in MALIGNANT_TYPES else "0")
-            assert r["split"] in ("train", "test")
+            assert r["split"] in ("train", "val", "test")
             size = float(r["lesion_size_mm"])
             assert site.lesion_size_min_mm <= size <= site.lesion_size_max_mm
             assert r["cirrhosis"] in ("0", "1")
@@ -135,10 +135,12 @@ def test_manifest_columns_and_values_follow_the_contract(liver2: tuple) -> None:
             assert float(r["delayed_delay_s"]) == site.delayed_delay_s
         labels = np.array([int(r["label"]) for r in rows])
         assert labels.sum() == round(site.prevalence * site.n_cases)
-        for value in (0, 1):  # the test split is stratified by label
+        for value in (0, 1):  # the test split, then the val split, is stratified by label
             group = [r for r in rows if int(r["label"]) == value]
             n_test = sum(r["split"] == "test" for r in group)
             assert n_test == round(site.test_fraction * len(group))
+            n_val = sum(r["split"] == "val" for r in group)
+            assert n_val == round(site.val_fraction * (len(group) - n_test))
 
 
 def test_external_site_writes_every_case_as_test(tmp_path: Path) -> None:
