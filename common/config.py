@@ -102,6 +102,16 @@ class RunConfig:
             raise ConfigError(
                 f"eval.thresholds = {self.eval.thresholds!r}: give one or more values in (0, 1)"
             )
+        cands = self.eval.threshold_candidates
+        if not cands or list(cands) != sorted(set(cands)) or not all(0.0 < t < 1.0 for t in cands):
+            raise ConfigError(
+                f"eval.threshold-candidates = {','.join(f'{t:g}' for t in cands)!r}: give one "
+                "or more strictly increasing values in (0, 1)"
+            )
+        if not 0.0 < self.eval.target_sensitivity < 1.0:
+            raise ConfigError(
+                f"eval.target-sensitivity = {self.eval.target_sensitivity!r}: must be in (0, 1)"
+            )
         if not 0.5 <= self.eval.level < 1.0:
             raise ConfigError(f"eval.level = {self.eval.level!r}: must be in [0.5, 1)")
         if not 0.0 <= self.eval.margin < 1.0:

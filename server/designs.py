@@ -39,6 +39,7 @@ from common.keys import (
 from common.summary import SiteSummary
 from server.federation import Federation
 from server.sites import FederationError, default_splits
+from server.threshold_choice import evaluate_at_operating_point
 
 log = logging.getLogger("hepafed.progress")
 
@@ -97,23 +98,28 @@ def run_design(fed: Federation) -> list[Evaluation]:
             splits[left_out.name] = EVAL_ALL
             inside = {s.name for s in others}
             evaluations += evaluation_records(
-                fed.evaluate(arrays, splits, model), model, inside, splits
+                evaluate_at_operating_point(fed, arrays, splits, model, others),
+                model,
+                inside,
+                splits,
             )
         return evaluations
     arrays = fed.train_global(trainers, GLOBAL_MODEL)
     splits = default_splits(fed.sites)
     inside = {s.name for s in trainers}
     evaluations += evaluation_records(
-        fed.evaluate(arrays, splits, GLOBAL_MODEL), GLOBAL_MODEL, inside, splits
+        evaluate_at_operating_point(fed, arrays, splits, GLOBAL_MODEL, trainers),
+        GLOBAL_MODEL,
+        inside,
+        splits,
     )
     if design is EvalDesign.CROSS_SITE or fed.cfg.eval.local_only:
         for site in trainers:
             model = local_model(site.name)
             local = fed.train_local_only(site, model)
             if local is not None:  # a failure is recorded and flagged in the report
-                evaluations += evaluation_records(
-                    fed.evaluate(local, splits, model, Share.ALL), model, {site.name}, splits
-                )
+                scores = evaluate_at_operating_point(fed, local, splits, model, [site], Share.ALL)
+                evaluations += evaluation_records(scores, model, {site.name}, splits)
     evaluations += finetuned_evaluations(fed, arrays, GLOBAL_MODEL, splits)
     return evaluations
 
@@ -130,7 +136,7 @@ def finetuned_evaluations(
         model = finetuned_model(site.name)
         tuned = fed.finetune(site, arrays, base, model)
         if tuned is not None:  # a failure is recorded and flagged in the report
-            summaries = fed.evaluate(tuned, splits, model, Share.ALL)
+            summaries = evaluate_at_operating_point(fed, tuned, splits, model, [site], Share.ALL)
             out += evaluation_records(summaries, model, {site.name}, splits)
     return out
 

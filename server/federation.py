@@ -27,11 +27,7 @@ from flwr.serverapp import Grid
 
 from common.config import RunConfig
 from common.hooks import HookError, HookSet
-from common.keys import (
-    GLOBAL_MODEL,
-    ConfigKey,
-    Share,
-)
+from common.keys import GLOBAL_MODEL, ConfigKey, RecordPhase, Share
 from common.models import build_model
 from common.summary import SiteSummary
 from common.weights import to_arrays
@@ -211,3 +207,15 @@ class Federation:
     ) -> dict[str, tuple[SiteSummary, str]]:
         """``arrays`` scored at every site in ``splits`` (``server.final_evaluation``)."""
         return final_evaluation.evaluate(self, arrays, splits, model, share, label)
+
+    def evaluate_split(
+        self,
+        arrays: ArrayRecord,
+        splits: dict[str, str],
+        model: str,
+        share: str,
+        phase: RecordPhase,
+    ) -> dict[str, tuple[SiteSummary, str]]:
+        """``evaluate`` recorded as ``phase`` (the validation scores that choose a threshold)."""
+        label = f"{model} {phase.value}"
+        return final_evaluation.evaluate(self, arrays, splits, model, share, label, phase)

@@ -36,6 +36,7 @@ def evaluate(
     model: str,
     share: str = Share.SHARED,
     label: str = "",
+    phase: RecordPhase = RecordPhase.FINAL_EVALUATE,
 ) -> dict[str, tuple[SiteSummary, str]]:
     """Per site named in ``splits`` (site -> split to score): the summary of ``arrays``
     and how the site adapted the model first (``client.site.prepare_for_scoring``).
@@ -44,7 +45,9 @@ def evaluate(
     whole at one site. ``label`` names the evaluation in the records when it
     differs from the model id (a method scoring another method's model). A site
     that fails or does not answer is logged and recorded as missing; the
-    others' results are returned.
+    others' results are returned. ``phase`` names the record: ``RecordPhase.VALIDATE`` for
+    a score on the validation split, which chooses the operating threshold
+    (``server.threshold_choice``) and is not a final result.
     """
     label = label or model
     start = time.monotonic()
@@ -88,7 +91,7 @@ def evaluate(
             log.warning("evaluation of %s at %s: unreadable summary %r", label, name, err)
     failed.update({s: "no reply" for s in splits if s not in out and s not in failed})
     federation.audit.append(
-        "final-evaluation",
+        "final-evaluation" if phase is RecordPhase.FINAL_EVALUATE else phase.value,
         {
             "model": label,
             "model_sha256": federation.trust.model_hash(arrays),
@@ -101,7 +104,7 @@ def evaluate(
     federation.recorder.log_round(
         {
             "model": label,
-            "phase": RecordPhase.FINAL_EVALUATE.value,
+            "phase": phase.value,
             "splits": splits,
             "failed": failed,
             "adaptation": {site: a for site, (_, a) in sorted(out.items())},

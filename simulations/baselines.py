@@ -4,7 +4,9 @@ One centralised model on all training hospitals' train splits: the upper bound
 that privacy rules out in practice, so it exists only in simulation. It trains
 for as many epochs as the federation's rounds x local epochs, with the same
 trainer, seeds and preprocessing, and is evaluated through the same site-side
-summaries on every site's held-out test split, the external hospital included.
+summaries on every site's held-out test split, the external hospital included, at an
+operating threshold chosen like a federated model's: on the training hospitals'
+validation splits (``common.operating_point``).
 (The other reference point, each hospital's local-only model, is trained by
 the federation itself through the ClientApp: ``eval.local-only``.)
 """
@@ -23,9 +25,10 @@ from client.trainer import train_local
 from common.config import RunConfig
 from common.data import SplitTensors, concat_splits, load_split
 from common.device import Compute, derive_seed, seed_everything, select_compute
-from common.keys import Split
+from common.keys import Split, Task, ThresholdRule
 from common.manifest import list_site_dirs, open_manifest
 from common.models import build_model
+from common.operating_point import ThresholdChoice, choose_threshold, evaluation_thresholds
 from common.schedule import epoch_lrs, is_constant
 from common.summary import SiteSummary
 from server.designs import EXTERNAL, INTERNAL, Evaluation
@@ -37,11 +40,12 @@ POOLED = "pooled"  # the model id of the centralised baseline
 
 @dataclass(frozen=True)
 class SiteData:
-    """A simulated hospital's preprocessed train and test splits."""
+    """A simulated hospital's preprocessed train, validation and test splits."""
 
     name: str
     train: SplitTensors
     test: SplitTensors
+    val: SplitTensors
 
 
 def load_sites(cfg: RunConfig) -> list[SiteData]:
@@ -55,6 +59,7 @@ def load_sites(cfg: RunConfig) -> list[SiteData]:
                 manifest.name,
                 load_split(manifest, Split.TRAIN, cfg.data, cfg.task),
                 load_split(manifest, Split.TEST, cfg.data, cfg.task),
+                load_split(manifest, Split.VAL, cfg.data, cfg.task),
             )
         )
     return out
@@ -74,18 +79,37 @@ def train_baseline(
     return model
 
 
-def pooled(
-    cfg: RunConfig, sites: Sequence[SiteData], trainers: Sequence[str]
-) -> tuple[list[Evaluation], SiteSummary]:
+@dataclass(frozen=True)
+class PooledBaseline:
+    """What ``pooled`` returns."""
+
+    evaluations: list[Evaluation]  # at every site with a test split
+    internal: SiteSummary  # on all training sites' test cases together
+    threshold: ThresholdChoice | None  # None under eval.threshold-rule = fixed
+
+
+def pooled(cfg: RunConfig, sites: Sequence[SiteData], trainers: Sequence[str]) -> PooledBaseline:
     """The centralised model's evaluation at every site, and on all internal test cases.
 
-    The second value is the in-distribution figure the phantom's difficulty
-    is tuned to: the pooled model on the training sites' test cases together.
+    The internal figure is the in-distribution one the phantom's difficulty is tuned
+    to: the pooled model on the training sites' test cases together.
     """
     compute = select_compute(cfg.train.amp)
     train = concat_splits([s.train for s in sites if s.name in trainers])
     log.info("baseline pooled: training on %d cases from %d sites", len(train), len(trainers))
     model = train_baseline(cfg, train, POOLED, compute)
+    choice = None
+    if cfg.eval.threshold_rule is not ThresholdRule.FIXED and cfg.task == Task.MALIGNANCY:
+        grid = ",".join(f"{t:g}" for t in cfg.eval.threshold_candidates)
+        at_candidates = cfg.replace({"eval.thresholds": grid})
+        validation = {
+            s.name: summarize(model, s.val, at_candidates, compute)
+            for s in sites
+            if s.name in trainers and len(s.val)
+        }
+        choice = choose_threshold(cfg.eval, validation)
+        thresholds = evaluation_thresholds(cfg.eval, choice)
+        cfg = cfg.replace({"eval.thresholds": ",".join(f"{t:g}" for t in thresholds)})
     evaluations = [
         Evaluation(
             POOLED,
@@ -98,4 +122,4 @@ def pooled(
         if len(s.test)
     ]
     internal = concat_splits([s.test for s in sites if s.name in trainers])
-    return evaluations, summarize(model, internal, cfg, compute)
+    return PooledBaseline(evaluations, summarize(model, internal, cfg, compute), choice)

@@ -107,14 +107,17 @@ def simulate(
 
     evaluations = [Evaluation.from_dict(d) for d in read_evaluations(run_dir)]
     pool_internal: dict[str, Any] = {}
+    choices: list[dict[str, Any]] = []  # the pooled baseline's operating threshold
     if cfg.eval.design != EvalDesign.LOSO:  # one pooled model per fold is not simulated
         t = time.monotonic()
-        pooled_evals, internal = pooled(cfg, load_sites(cfg), spec.training_sites)
-        evaluations += pooled_evals
-        pool_internal = internal.to_record()
+        baseline = pooled(cfg, load_sites(cfg), spec.training_sites)
+        evaluations += baseline.evaluations
+        pool_internal = baseline.internal.to_record()
+        if baseline.threshold is not None:
+            choices.append(baseline.threshold.to_record(POOLED))
         RunRecorder(run_dir).write_evaluations([e.to_dict() for e in evaluations])
         seconds["baselines"] = time.monotonic() - t
-    report = write_report(run_dir)
+    report = write_report(run_dir, extra_choices=choices)
     resign_report(run_dir, cfg, "the simulation added the pooled baseline's evaluations")
     seconds["total"] = time.monotonic() - t0
 

@@ -75,12 +75,18 @@ def build_report(
     provenance: Mapping[str, Any] | None = None,
     failed: Mapping[str, Mapping[str, str]] | None = None,
     privacy: Mapping[str, Any] | None = None,
+    threshold_choices: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """The report document (see the module docstring and ``report.schema.json``);
-    ``privacy``: the DP block (``server.report.privacy``), omitted when None."""
+    ``privacy``: the DP block (``server.report.privacy``), omitted when None;
+    ``threshold_choices``: each model's operating threshold chosen on validation data
+    (``common.operating_point``), whose test tables list it first."""
     cfg = ReportSettings.from_flat(config)
     roles = {str(s["name"]): str(s["role"]) for s in sites}
     primary = primary_evaluations(evaluations, cfg.design)
+    chosen = {str(c["model"]): float(c["threshold"]) for c in threshold_choices}
+    primary_models = sorted({e.model for e in primary})
+    operating = next((chosen[m] for m in primary_models if m in chosen), cfg.thresholds[0])
     body = loso_body(primary, cfg) if cfg.design == EvalDesign.LOSO else holdout_body(primary, cfg)
     report: dict[str, Any] = {
         "report_version": REPORT_VERSION,
@@ -90,11 +96,16 @@ def build_report(
         "settings": {
             "level": cfg.level,
             "thresholds": list(cfg.thresholds),
-            "operating_threshold": cfg.thresholds[0],
+            "operating_threshold": operating,
             "pooling": cfg.pooling,
             "hartung_knapp": cfg.hartung_knapp,
             "margin": cfg.margin,
             "hooks": list(cfg.hooks),
+            **(
+                {"threshold_choices": [dict(c) for c in threshold_choices]}
+                if threshold_choices
+                else {}
+            ),
         },
         # node ids are unsigned 64-bit: strings, so JSON readers keep every digit
         # a site that sent no acquisition summary has none in the report (not an empty one)

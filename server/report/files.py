@@ -83,8 +83,24 @@ def failed_evaluations(run_dir: Path) -> dict[str, dict[str, str]]:
     return out
 
 
-def write_report(run_dir: Path | str, extra: list[Evaluation] | None = None) -> dict[str, Any]:
-    """Build, validate and write report.json and report.html for a finished run."""
+def threshold_choices(run_dir: Path) -> list[dict[str, Any]]:
+    """Each model's recorded operating-threshold choice (``server.threshold_choice``), the
+    last one per model, in the order they were made."""
+    out: dict[str, dict[str, Any]] = {}
+    for entry in read_rounds(run_dir):
+        if entry.get("phase") == RecordPhase.THRESHOLD and entry.get("rule") != "fixed":
+            out[entry["model"]] = {k: v for k, v in entry.items() if k != "phase"}
+    return list(out.values())
+
+
+def write_report(
+    run_dir: Path | str,
+    extra: list[Evaluation] | None = None,
+    extra_choices: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Build, validate and write report.json and report.html for a finished run;
+    ``extra``: evaluations made outside the run (a simulation's pooled baseline), with
+    their threshold choices ``extra_choices``."""
     run_dir = Path(run_dir)
     try:
         recorded = read_config(run_dir)
@@ -103,6 +119,7 @@ def write_report(run_dir: Path | str, extra: list[Evaluation] | None = None) -> 
         },
         failed=failed_evaluations(run_dir),
         privacy=privacy_section(read_rounds(run_dir), recorded["config"]),
+        threshold_choices=[*threshold_choices(run_dir), *(extra_choices or [])],
     )
     validate(report)
     write_atomic(run_dir / REPORT_JSON, json.dumps(report, indent=1, allow_nan=False))
@@ -132,7 +149,10 @@ def upgrade(report: dict[str, Any]) -> dict[str, Any]:
 
     1.0 -> 1.1 added what each site did to a model before scoring it
     (``adaptation``) and the run's hooks (``settings.hooks``); a 1.0 run had no
-    hooks, so every site scored the model as received."""
+    hooks, so every site scored the model as received. (Since then only optional
+    blocks were added: ``settings.threshold_choices``, ``training_noise``, a joined
+    site's ``n_val``; a report without them used the first of its thresholds and one
+    seed.)"""
     if report.get("report_version") == "1.0":
         report.setdefault("settings", {}).setdefault("hooks", [])
         rows = [*report.get("sites", []), *report.get("matrix", [])]

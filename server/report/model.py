@@ -53,6 +53,41 @@ def _aware_iso_datetime(text: str) -> str:
     return text
 
 
+class ThresholdCandidate(ReportModel):
+    """The training sites' validation cases together at one candidate threshold."""
+
+    threshold: OpenProbability = Field(description="The candidate threshold.")
+    tp: Count = Field(description="True positives, summed over the sites.")
+    fp: Count = Field(description="False positives, summed over the sites.")
+    fn: Count = Field(description="False negatives, summed over the sites.")
+    tn: Count = Field(description="True negatives, summed over the sites.")
+    sensitivity: Probability | None = Field(description="tp / (tp + fn); null without positives.")
+    specificity: Probability | None = Field(description="tn / (tn + fp); null without negatives.")
+
+
+class ThresholdChoice(ReportModel):
+    """How one model's operating threshold was chosen, on validation data only."""
+
+    model: str = Field(description=MODEL)
+    rule: Literal["youden", "sensitivity"] = Field(
+        description="youden: largest sensitivity + specificity - 1; sensitivity: the highest "
+        "candidate reaching target_sensitivity (eval.threshold-rule)."
+    )
+    threshold: OpenProbability = Field(description="The operating threshold the model used.")
+    chosen: bool = Field(
+        description="false: no usable validation summary, the first of thresholds was kept."
+    )
+    reason: str = Field(description="Why this threshold, in words.")
+    sites: list[str] = Field(description="The sites whose validation tables were pooled.")
+    target_sensitivity: Probability | None = Field(
+        description="The target of the sensitivity rule; null under youden."
+    )
+    candidates: list[ThresholdCandidate] = Field(
+        description="Every candidate (eval.threshold-candidates) with the pooled counts; empty "
+        "when nothing was chosen."
+    )
+
+
 class Settings(ReportModel):
     """The run's evaluation settings (eval.*) the statistics used."""
 
@@ -65,8 +100,10 @@ class Settings(ReportModel):
         min_length=1, description="Probability thresholds of the 2x2 tables (eval.thresholds)."
     )
     operating_threshold: OpenProbability = Field(
-        description="The first threshold: where sensitivity and specificity are reported and "
-        "pooled."
+        description="Where sensitivity and specificity are reported and pooled: the first of "
+        "thresholds, or, with threshold_choices, the threshold chosen for the primary model "
+        "(the global model; under loso the first fold's). Each site row's first 2x2 table is "
+        "at its own model's operating threshold."
     )
     pooling: PoolingMethod = Field(strict=False, description="Random-effects tau² estimator.")
     hartung_knapp: bool = Field(
@@ -79,6 +116,12 @@ class Settings(ReportModel):
     hooks: list[Annotated[str, Field(min_length=1)]] = Field(
         description="The run's domain-adaptation hooks (hooks.use) in the order they compose, "
         "each with the settings that matter."
+    )
+    threshold_choices: Omittable[list[ThresholdChoice]] = Field(
+        None,
+        description="Each model's operating threshold chosen on the validation split of the "
+        "sites that trained it (eval.threshold-rule, common.operating_point); absent under "
+        "eval.threshold-rule = fixed.",
     )
 
 

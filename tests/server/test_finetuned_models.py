@@ -43,10 +43,11 @@ def _site(name: str, role: str) -> SiteInfo:
 def test_each_training_site_fine_tunes_the_global_model_and_it_is_scored_everywhere() -> None:
     sites = [_site("a", "train"), _site("b", "train"), _site("c", "train"), _site("x", "external")]
     splits = default_splits(sites)
-    off = StubFederation(RunConfig(), sites)
+    fixed = RunConfig().replace({"eval.threshold-rule": "fixed"})  # thresholds: test_threshold_choice.py
+    off = StubFederation(fixed, sites)
     assert finetuned_evaluations(off, "global-weights", "global", splits) == []  # type: ignore[arg-type]
     assert off.calls == []
-    fed = StubFederation(RunConfig().replace({"hooks.finetune-epochs": 3}), sites)
+    fed = StubFederation(fixed.replace({"hooks.finetune-epochs": 3}), sites)
     evals = finetuned_evaluations(fed, "global-weights", "global", splits)  # type: ignore[arg-type]
     assert [c[:2] for c in fed.calls if c[0] == "finetune"] == [
         ("finetune", "a"),

@@ -38,6 +38,8 @@ class Context:
     task: str
     level_pct: str  # "95%"
     operating_threshold: float | None
+    # each model's threshold chosen on validation data (settings.threshold_choices)
+    choices: tuple[Mapping[str, Any], ...]
     rows: tuple[Mapping[str, Any], ...]  # report["sites"]
     flags: tuple[Mapping[str, Any], ...]
     pooled: Mapping[str, Any]
@@ -63,6 +65,13 @@ class Context:
     def threshold_text(self) -> str:
         """The operating threshold in running text."""
         op = self.operating_threshold
+        if self.choices:
+            values = unique(fmt_g(float(c["threshold"])) for c in self.choices)
+            rule = "Youden's J" if self.choices[0].get("rule") == "youden" else "sensitivity"
+            where = f"chosen by {rule} on the training sites' validation split"
+            if len(values) == 1:
+                return f"threshold {values[0]} ({where})"
+            return f"each model's operating threshold ({where})"
         return "the operating threshold" if op is None else f"threshold {fmt_g(op)}"
 
     def flags_of(self, site: object, model: object) -> tuple[FlagRef, ...]:
@@ -70,8 +79,11 @@ class Context:
         return self.flag_refs.get((text(site), text(model)), ())
 
     def operating_table(self, row: Mapping[str, Any]) -> Mapping[str, Any]:
-        """A row's 2x2 table at the operating threshold (its first one when none matches)."""
+        """A row's 2x2 table at the operating threshold (its first one when none matches;
+        with thresholds chosen per model, always its first: its own model's choice)."""
         tables = records(row.get("thresholds"))
+        if self.choices:
+            return tables[0] if tables else {}
         op = self.operating_threshold
         for table in tables:
             if op is not None and finite(table.get("threshold")) == op:
@@ -105,6 +117,9 @@ def read_context(report: Mapping[str, Any]) -> Context:
         task=text(report.get("task")),
         level_pct=f"{fmt_g(100 * level)}%",
         operating_threshold=finite(get(report, "settings", "operating_threshold")),
+        choices=tuple(
+            c for c in records(get(report, "settings", "threshold_choices")) if "threshold" in c
+        ),
         rows=rows,
         flags=flags,
         pooled=mapping(report.get("pooled")),

@@ -8,7 +8,7 @@ from typing import Any
 
 from server.report.html.format import finite
 from server.report.html.view_context import Context, FlagRef
-from server.report.html.view_read import Estimate, estimate, get, mapping, text
+from server.report.html.view_read import Estimate, estimate, get, mapping, records, text
 
 __all__ = [
     "ClassificationCells",
@@ -86,6 +86,19 @@ class SiteRow:
 
 
 @dataclass(frozen=True)
+class ThresholdLine:
+    """How one model's operating threshold was chosen (settings.threshold_choices)."""
+
+    model: str
+    threshold: float | None
+    chosen: bool
+    reason: str
+    sites: str  # comma-separated
+    sensitivity: float | None  # pooled over the validation cases, at the threshold
+    specificity: float | None
+
+
+@dataclass(frozen=True)
 class SitesSection:
     segmentation: bool
     loso: bool
@@ -93,6 +106,21 @@ class SitesSection:
     threshold_text: str
     rows: tuple[SiteRow, ...]
     missing: str  # joined sites without a row, comma-separated; "" when none
+    choices: tuple[ThresholdLine, ...] = ()
+
+
+def _threshold_line(choice: Mapping[str, Any]) -> ThresholdLine:
+    t = finite(choice.get("threshold"))
+    at = next((c for c in records(choice.get("candidates")) if finite(c.get("threshold")) == t), {})
+    return ThresholdLine(
+        model=text(choice.get("model")),
+        threshold=t,
+        chosen=bool(choice.get("chosen")),
+        reason=text(choice.get("reason")),
+        sites=", ".join(str(x) for x in choice.get("sites") or []),
+        sensitivity=finite(at.get("sensitivity")),
+        specificity=finite(at.get("specificity")),
+    )
 
 
 def skipped_text(row: Mapping[str, Any]) -> str:
@@ -183,4 +211,5 @@ def read_sites(ctx: Context) -> SitesSection:
         threshold_text=ctx.threshold_text,
         rows=tuple(_row(ctx, r) for r in ctx.rows),
         missing=", ".join(missing),
+        choices=tuple(_threshold_line(c) for c in ctx.choices),
     )

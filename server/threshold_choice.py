@@ -1,0 +1,84 @@
+"""Each model's operating threshold, chosen on the validation split of the sites that
+trained it, before its test evaluation (``common.operating_point`` has the rule).
+
+For a model the server asks every site that trained it and has a validation split
+(``SiteInfo.n_val``) to score the model on that split, with 2x2 tables at
+``eval.threshold-candidates``; the pooled tables choose the threshold; the choice is
+recorded (``rounds.jsonl``, phase ``threshold``, and the audit trail); then the model's
+test evaluation asks for the chosen threshold first. The validation scores never reach
+the report's statistics, and the test split never reaches the choice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from flwr.app import ArrayRecord
+
+from common.keys import RecordPhase, Share, Split, Task, ThresholdRule
+from common.operating_point import ThresholdChoice, choose_threshold, evaluation_thresholds
+from common.summary import SiteSummary
+from server.final_evaluation import EvaluationsFailedError
+from server.sites import SiteInfo
+
+if TYPE_CHECKING:
+    from server.federation import Federation
+
+log = logging.getLogger(__name__)
+
+
+def _flat(values: Sequence[float]) -> str:
+    return ",".join(f"{v:g}" for v in values)
+
+
+def choose_operating_threshold(
+    fed: Federation,
+    arrays: ArrayRecord,
+    model: str,
+    trainers: Sequence[SiteInfo],
+    share: str = Share.SHARED,
+) -> ThresholdChoice | None:
+    """``model``'s operating threshold from ``trainers``' validation summaries (recorded);
+    None under ``eval.threshold-rule = fixed`` or for a task without a threshold."""
+    ev = fed.cfg.eval
+    if ev.threshold_rule is ThresholdRule.FIXED or fed.cfg.task != Task.MALIGNANCY:
+        return None
+    splits = {s.name: Split.VAL.value for s in trainers if s.n_val > 0}
+    summaries: dict[str, SiteSummary] = {}
+    if splits:
+        view = fed.with_config(fed.cfg.replace({"eval.thresholds": _flat(ev.threshold_candidates)}))
+        try:
+            results = view.evaluate_split(arrays, splits, model, share, RecordPhase.VALIDATE)
+        except EvaluationsFailedError as e:
+            log.warning("%s: no validation summary (%s)", model, e)
+            results = {}
+        summaries = {site: summary for site, (summary, _) in results.items()}
+    choice = choose_threshold(ev, summaries)
+    record = choice.to_record(model)
+    fed.recorder.log_round({"phase": RecordPhase.THRESHOLD.value, **record})
+    fed.audit.append(RecordPhase.THRESHOLD.value, record)
+    if choice.chosen:
+        log.info("%s: operating threshold %g (%s)", model, choice.threshold, choice.reason)
+    else:
+        log.warning("%s: operating threshold %g: %s", model, choice.threshold, choice.reason)
+    return choice
+
+
+def evaluate_at_operating_point(
+    fed: Federation,
+    arrays: ArrayRecord,
+    splits: dict[str, str],
+    model: str,
+    trainers: Sequence[SiteInfo],
+    share: str = Share.SHARED,
+) -> dict[str, tuple[SiteSummary, str]]:
+    """``model``'s test evaluation at its operating threshold, chosen first on the
+    validation split of ``trainers`` (the sites that trained it)."""
+    choice = choose_operating_threshold(fed, arrays, model, trainers, share)
+    thresholds = evaluation_thresholds(fed.cfg.eval, choice)
+    view = fed
+    if thresholds != fed.cfg.eval.thresholds:
+        view = fed.with_config(fed.cfg.replace({"eval.thresholds": _flat(thresholds)}))
+    return view.evaluate(arrays, splits, model, share)
