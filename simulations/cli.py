@@ -75,6 +75,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _simulation(args: argparse.Namespace) -> dict[str, Any]:
+    """What ``hepafed simulate`` hands every simulation, whether one run or several seeds."""
+    return {
+        "scenario": args.scenario,
+        "data_dir": Path(args.data_dir),
+        "overrides": parse_overrides(args.run_config),
+        "quick": args.quick,
+        "verbose": args.verbose,
+        "design": args.design,
+    }
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from simulations.simulate import simulate
 
@@ -85,15 +97,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.seeds is not None and args.seeds != 1:
         return cmd_seeds(args)
     _show_progress()
-    summary = simulate(
-        scenario=args.scenario,
-        data_dir=Path(args.data_dir),
-        run_dir=Path(args.out) if args.out else None,
-        overrides=parse_overrides(args.run_config),
-        quick=args.quick,
-        verbose=args.verbose,
-        design=args.design,
-    )
+    summary = simulate(run_dir=Path(args.out) if args.out else None, **_simulation(args))
     from server.report.terminal import format_summary
 
     print()
@@ -132,16 +136,8 @@ def cmd_seeds(args: argparse.Namespace) -> int:
     from simulations.seeds import simulate_seeds
 
     _show_progress()
-    result = simulate_seeds(
-        args.seeds,
-        scenario=args.scenario,
-        data_dir=Path(args.data_dir),
-        out_dir=Path(args.out) if args.out else None,
-        overrides=parse_overrides(args.run_config),
-        quick=args.quick,
-        verbose=args.verbose,
-        design=args.design,
-    )
+    out = Path(args.out) if args.out else None
+    result = simulate_seeds(args.seeds, out_dir=out, **_simulation(args))
     print()
     print(format_summary(result.report))
     reused = [s for s in result.seeds if s not in result.ran]
