@@ -94,7 +94,7 @@ class EvalConfig:
     thresholds: tuple[float, ...] = (0.5,)  # 2x2 tables; the first is the operating point
     # ... unless chosen on the training sites' validation split (common.operating_point):
     threshold_rule: ThresholdRule = ThresholdRule.YOUDEN  # fixed | youden | sensitivity
-    threshold_candidates: tuple[float, ...] = (0.2, 0.35, 0.5, 0.65, 0.8)  # the choice's grid
+    threshold_candidates: tuple[float, ...] = (0.2, 0.35, 0.5, 0.65)  # the choice's grid
     target_sensitivity: float = 0.9  # threshold-rule = sensitivity: the sensitivity to reach
     min_cases: int = 20  # a site with fewer test cases reports "insufficient data"
     min_per_class: int = 5  # ... or with fewer positives or negatives than this

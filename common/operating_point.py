@@ -5,7 +5,9 @@ specificity; choosing it on the test split would make those figures optimistic. 
 ``eval.threshold-rule`` other than ``fixed`` it is chosen from the 2x2 tables that the
 sites which trained the model send for their **validation** split, at the candidate
 thresholds ``eval.threshold-candidates`` (a site's policy caps how many tables it sends,
-``policy.max-thresholds``, so the candidates are a short grid, not every score):
+``policy.max-thresholds`` and cases / ``policy.min-cell``, so the candidates are a short
+grid, not every score: four fit any site with ``eval.min-cases`` = 20 validation cases
+under the default ``min-cell`` of 5):
 
 - the tables are pooled by adding counts (``sum tp / sum (tp + fn)``, the sensitivity of
   all the sites' validation cases together);
@@ -114,8 +116,11 @@ def pool_candidates(
     return candidates, tuple(used)
 
 
-def choose_threshold(ev: EvalConfig, summaries: Mapping[str, SiteSummary]) -> ThresholdChoice:
-    """The operating threshold by ``ev.threshold_rule`` from validation ``summaries``."""
+def choose_threshold(
+    ev: EvalConfig, summaries: Mapping[str, SiteSummary], failed: str = ""
+) -> ThresholdChoice:
+    """The operating threshold by ``ev.threshold_rule`` from validation ``summaries``;
+    ``failed``: why sites sent none (said in the reason of a fall-back)."""
     rule = ev.threshold_rule
     target = ev.target_sensitivity if rule is ThresholdRule.SENSITIVITY else None
     fallback = ev.thresholds[0]
@@ -124,7 +129,7 @@ def choose_threshold(ev: EvalConfig, summaries: Mapping[str, SiteSummary]) -> Th
     candidates, sites = pool_candidates(summaries, ev.threshold_candidates)
     usable = [c for c in candidates if c.youden is not None]
     if not usable:
-        why = (
+        why = failed or (
             "no training site sent a sufficient validation summary (a val split of at least "
             "eval.min-cases cases with eval.min-per-class of each class)"
         )

@@ -47,15 +47,18 @@ def choose_operating_threshold(
         return None
     splits = {s.name: Split.VAL.value for s in trainers if s.n_val > 0}
     summaries: dict[str, SiteSummary] = {}
+    failed = ""
     if splits:
         view = fed.with_config(fed.cfg.replace({"eval.thresholds": _flat(ev.threshold_candidates)}))
         try:
             results = view.evaluate_split(arrays, splits, model, share, RecordPhase.VALIDATE)
         except EvaluationsFailedError as e:
-            log.warning("%s: no validation summary (%s)", model, e)
             results = {}
+            failed = "; ".join(f"{site}: {why}" for site, why in sorted(e.failed.items()))
         summaries = {site: summary for site, (summary, _) in results.items()}
-    choice = choose_threshold(ev, summaries)
+    else:
+        failed = "no training site has a val split"
+    choice = choose_threshold(ev, summaries, failed)
     record = choice.to_record(model)
     fed.recorder.log_round({"phase": RecordPhase.THRESHOLD.value, **record})
     fed.audit.append(RecordPhase.THRESHOLD.value, record)

@@ -74,10 +74,10 @@ def test_validation_first_then_the_test_split_at_the_chosen_threshold() -> None:
     # only the training sites with a validation split are asked, for it, at the candidates
     assert validation["splits"] == {"a": "val", "c": "val"}
     assert validation["phase"] == "validate"
-    assert validation["thresholds"] == (0.2, 0.35, 0.5, 0.65, 0.8)
+    assert validation["thresholds"] == (0.2, 0.35, 0.5, 0.65)
     # J = tp/10 + (10 - fp)/10 - 1 per candidate (both sites alike): 0.2 -> tp 8, fp 6:
-    # 0.2; 0.35 -> 6, 4: 0.2; 0.5 -> 5, 2: 0.3; 0.65 -> 4, 1: 0.3; 0.8 -> 2, 0: 0.2;
-    # the tie of 0.5 and 0.65 goes to the lower threshold
+    # 0.2; 0.35 -> 6, 4: 0.2; 0.5 -> 5, 2: 0.3; 0.65 -> 4, 1: 0.3; the tie of 0.5 and
+    # 0.65 goes to the lower threshold
     record = next(e for e in log if isinstance(e, dict) and e["phase"] == "threshold")
     assert record["threshold"] == 0.5 and record["sites"] == ["a", "c"]
     assert final["splits"] == test_splits and final["phase"] == "final"
@@ -108,4 +108,23 @@ def test_without_validation_splits_the_configured_threshold_is_kept_and_recorded
     assert [a["phase"] for a in asked] == ["final"]
     record = next(e for e in log if isinstance(e, dict))
     assert record["chosen"] is False and record["threshold"] == 0.5
-    assert "no training site sent a sufficient validation summary" in record["reason"]
+    assert "no training site has a val split" in record["reason"]
+
+
+def test_sites_refusing_the_validation_request_are_named_in_the_fallback() -> None:
+    """A site whose policy refuses the candidate tables (too few validation cases per
+    table) sends nothing; when none sends, the record says why."""
+    from server.final_evaluation import EvaluationsFailedError
+
+    class Refusing(FakeFederation):
+        def with_config(self, cfg: RunConfig) -> Refusing:
+            return Refusing(cfg, self.asked, self.log)
+
+        def evaluate_split(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+            raise EvaluationsFailedError("global validate", {"a": "refused by this site's policy"})
+
+    log: list[Any] = []
+    fed = Refusing(RunConfig(), [], log)
+    evaluate_at_operating_point(fed, None, {"a": "test"}, "global", [_site("a", 12)])  # type: ignore[arg-type]
+    record = next(e for e in log if isinstance(e, dict))
+    assert not record["chosen"] and record["reason"].startswith("a: refused by this site's policy")
