@@ -76,6 +76,7 @@ def format_summary(report: dict[str, Any]) -> str:
             f"drift vs AUC drop: Spearman rho {sp['rho']:+.2f} (p = {_fmt(sp['p'], 3)}, "
             f"n = {sp['n']})"
         )
+    lines += threshold_lines(report)
     lines += privacy_lines(report)
     lines += training_noise_lines(report)
     lines.append("")
@@ -119,4 +120,18 @@ def training_noise_lines(report: dict[str, Any]) -> list[str]:
         )
     if len(seeds) < 5:
         lines.append("  (fewer than 5 seeds: the between-seed sd is itself uncertain)")
+    return lines
+
+
+def threshold_lines(report: dict[str, Any]) -> list[str]:
+    """How each model's operating threshold (sens, spec above) was chosen."""
+    choices = report["settings"].get("threshold_choices") or []
+    lines = []
+    for c in choices:
+        where = f"validation at {', '.join(c['sites'])}" if c["sites"] else "no validation"
+        how = c["rule"] if c["chosen"] else "kept, not chosen"
+        lines.append(
+            f"operating threshold of {c['model']}: {c['threshold']:g} ({how}; {where}): "
+            f"{c['reason']}"
+        )
     return lines
