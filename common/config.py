@@ -35,6 +35,7 @@ from common.keys import (
     OptimizerName,
     PoolingMethod,
     PrivacyMode,
+    RoundSelection,
     StrategyName,
     Task,
     choices,
@@ -139,6 +140,26 @@ class RunConfig:
         self._check_hooks()
         self._check_trust()
         self._check_recipe()
+        self._check_selection()
+
+    def _check_selection(self) -> None:
+        f = self.federation
+        if f.select_round is RoundSelection.BEST_VAL_AUC:
+            if f.average_last:
+                raise ConfigError(
+                    "federation.select-round = 'best-val-auc' picks one round's model; "
+                    f"federation.average-last = {f.average_last} averages several: use one"
+                )
+            if not self.eval.every_round:
+                raise ConfigError(
+                    "federation.select-round = 'best-val-auc' scores every round's model on "
+                    "the val split: it needs eval.every-round = true"
+                )
+            if self.task != Task.MALIGNANCY:
+                raise ConfigError(
+                    "federation.select-round = 'best-val-auc' needs the AUC of "
+                    f"task = {Task.MALIGNANCY.value!r}, not {self.task.value!r}"
+                )
 
     def _check_recipe(self) -> None:
         _check_choice("train.lr-schedule", self.train.lr_schedule, LrSchedule)

@@ -19,6 +19,7 @@ from common.keys import (
     OptimizerName,
     PoolingMethod,
     PrivacyMode,
+    RoundSelection,
     StrategyName,
     ThresholdRule,
 )
@@ -42,6 +43,8 @@ class FederationConfig:
     krum_byzantine: int = 0  # krum: number of malicious sites tolerated
     compression: Compression = Compression.NONE  # none | fp16 | int8: how sites send updates
     average_last: int = 0  # > 0: the final model is the mean of the last K rounds' models
+    # best-val-auc: the round whose model has the best pooled AUC on the val split
+    select_round: RoundSelection = RoundSelection.LAST
 
 
 @dataclass(frozen=True)

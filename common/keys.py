@@ -111,9 +111,17 @@ class RecordPhase(StrEnum):
     PRIVACY = "privacy"  # the sites' DP ledger before a model trained at one site
     PRIVACY_BUDGET = "privacy-budget"  # training stopped: a privacy budget is spent
     AVERAGE = "average"  # the final model is the mean of the last rounds' models
+    SELECT = "select"  # the final model is the round with the best validation AUC
     FINAL_EVALUATE = "final-evaluate"  # a model's final scores (or why a site has none)
     VALIDATE = "validate"  # a model scored on the training sites' validation split
     THRESHOLD = "threshold"  # a model's operating threshold, chosen on validation summaries
+
+
+class RoundSelection(StrEnum):
+    """Which round's global model is the final one (``federation.select-round``)."""
+
+    LAST = "last"  # the last round's (or, with federation.average-last, the late mean)
+    BEST_VAL_AUC = "best-val-auc"  # the round whose model scored best on validation
 
 
 class ThresholdRule(StrEnum):

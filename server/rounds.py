@@ -15,12 +15,7 @@ from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from common.keys import (
-    GLOBAL_MODEL,
-    ConfigKey,
-    RecordPhase,
-    Share,
-)
+from common.keys import GLOBAL_MODEL, ConfigKey, RecordPhase, RoundSelection, Share, Split
 from common.weights import merge, subset
 from server.aggregation import RoundAggregator
 from server.averaging import LateAverage, finish_average
@@ -43,6 +38,7 @@ from server.resume import (
     strategy_state,
 )
 from server.round_screen import RoundScreen
+from server.round_selection import BestRound, finish_best, validation_auc
 from server.sites import (
     FederationError,
     NodeView,
@@ -86,18 +82,25 @@ def train_global(
         raise FederationError(f"{model}: {e}") from e
     federation.model_statistics[model] = federation.shared_statistics(trainers)
     train_view = cast(Grid, NodeView(s.node_id for s in trainers))
-    eval_view = cast(Grid, NodeView(s.node_id for s in federation.sites if s.n_test > 0))
+    select = fed.select_round is RoundSelection.BEST_VAL_AUC
+    # monitoring scores every site's test split; choosing a round scores the val split of
+    # the training sites instead, never a test split
+    watched = [s for s in trainers if s.n_val > 0] if select else federation.sites
+    eval_view = cast(Grid, NodeView(s.node_id for s in watched if select or s.n_test > 0))
+    split = Split.VAL if select else Split.TEST
     resumed = resume_point(federation, model) if federation.cfg.output.resume else None
     late = LateAverage(fed.average_last)  # federation.average-last: the final model
+    best = BestRound()  # federation.select-round = best-val-auc: the final model
     if resumed is None:
         arrays, first = federation.initial_arrays(), 1
-        monitor(federation, strategy, 0, arrays, eval_view, model)
+        monitor(federation, strategy, 0, arrays, eval_view, model, split)
     else:
         arrays, done, state = resumed
         load_strategy_state(strategy, state.get("strategy", {}))
         federation.ledger.restore(state.get("privacy-ledger", {}))
         set_rng_state(state["rng"])
         late.load_state_dict(state)
+        best.load_state_dict(state)
         first = done + 1
         path = federation.recorder.run_dir / checkpoint_name(model)
         federation.audit.append(
@@ -116,8 +119,10 @@ def train_global(
             federation.recorder.log_round({**entry, "phase": RecordPhase.PRIVACY_BUDGET.value})
             federation.audit.append("privacy-budget", entry)
             break
-        monitor(federation, strategy, rnd, arrays, eval_view, model)
+        scores = monitor(federation, strategy, rnd, arrays, eval_view, model, split)
         late.add(rnd, arrays)
+        if select:
+            best.add(rnd, arrays, validation_auc(scores))
         # a round is complete once checkpointed with everything needed to go on from it
         path = federation.recorder.checkpoint(
             arrays.to_torch_state_dict(),
@@ -130,6 +135,7 @@ def train_global(
                 "rng": rng_state(),
                 "privacy-ledger": federation.ledger.state_dict(),
                 **late.state_dict(),
+                **(best.state_dict() if select else {}),
             },
         )
         federation.audit.append(
@@ -137,6 +143,8 @@ def train_global(
             {"model": model, "round": rnd, "file": path.name, "sha256": file_sha256(path),
              "model_sha256": federation.trust.model_hash(arrays)},
         )  # fmt: skip
+    if select:
+        return finish_best(federation, best, arrays, model)
     return finish_average(federation, late, arrays, model)
 
 
@@ -204,16 +212,19 @@ def monitor(
     arrays: ArrayRecord,
     view: Grid,
     model: str,
-) -> None:
-    """Every site with a test split scores ``arrays``; summaries are logged by site.
+    split: Split = Split.TEST,
+) -> dict[str, dict[str, Any]]:
+    """The sites of ``view`` score ``arrays`` on their ``split`` (test: progress
+    monitoring; val: choosing the final round); their summaries, logged by site.
 
     Skipped with ``eval.every-round = false`` (the final evaluation still runs)."""
     if not federation.cfg.eval.every_round:
-        return
+        return {}
     start = time.monotonic()
-    config = federation.message_config(
-        model, arrays, **{ConfigKey.ROUND.value: rnd, ConfigKey.SHARE.value: Share.SHARED.value}
-    )
+    extra = {ConfigKey.ROUND.value: rnd, ConfigKey.SHARE.value: Share.SHARED.value}
+    if split is not Split.TEST:
+        extra[ConfigKey.EVAL_SPLIT.value] = split.value
+    config = federation.message_config(model, arrays, **extra)
     messages = list(strategy.configure_evaluate(rnd, arrays, config, view))
     replies = federation.send(messages, f"{_prefix(model)}round {rnd} evaluate")
     failed = {federation.site_of(r): r.error.reason for r in replies if r.has_error()}
@@ -239,6 +250,7 @@ def monitor(
             "model": model,
             "round": rnd,
             "phase": RecordPhase.EVALUATE.value,
+            "split": split.value,
             "sites": metrics,
             "failed": failed,
             "seconds": time.monotonic() - start,
@@ -254,6 +266,7 @@ def monitor(
             "failed": failed,
         },
     )
+    return metrics
 
 
 def _prefix(model: str) -> str:

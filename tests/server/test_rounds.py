@@ -18,6 +18,7 @@ from flwr.app import Array, ArrayRecord, Error, Message, MessageType, MetricReco
 
 from common.config import RunConfig
 from common.keys import ConfigKey, RecordKey
+from common.summary import SiteSummary
 from server.audit import AuditTrail, entries
 from server.federation import Federation
 from server.records import RunRecorder, load_checkpoint
@@ -46,9 +47,22 @@ def _shifted(msg: Message, shift: float) -> ArrayRecord:
     return ArrayRecord(out)
 
 
-def _sites_answer(failing: int | None = None, seen: list[Message] | None = None) -> Answer:
+def _sites_answer(
+    failing: int | None = None,
+    seen: list[Message] | None = None,
+    val_auc: dict[int, float] | None = None,
+) -> Answer:
+    """``val_auc``: round -> the AUC each site reports for the val split after it."""
+
     def answer(msg: Message) -> Message:
         node = msg.metadata.dst_node_id
+        config = msg.content[RecordKey.CONFIG]
+        if msg.metadata.message_type == MessageType.EVALUATE:
+            assert val_auc is not None and config[ConfigKey.EVAL_SPLIT.value] == "val"
+            auc = val_auc.get(int(str(config[ConfigKey.ROUND.value])), 0.5)
+            summary = SiteSummary(n=20, n_pos=10, n_neg=10, auc=auc, auc_var=0.01)
+            return Message(RecordDict({"metrics": MetricRecord(summary.to_record())}),
+                           reply_to=msg)  # fmt: skip
         assert msg.metadata.message_type == MessageType.TRAIN
         if seen is not None:
             seen.append(msg)
@@ -62,14 +76,16 @@ def _sites_answer(failing: int | None = None, seen: list[Message] | None = None)
     return answer
 
 
-def _federation(tmp_path: Path, answer: Answer, reverse: bool = False) -> Federation:
+def _federation(
+    tmp_path: Path, answer: Answer, reverse: bool = False, **settings: Any
+) -> Federation:
     run = tmp_path / "run"
     cfg = RunConfig().replace({
         "output.run-dir": str(run), "model.width": 4, "federation.num-rounds": 2,
         "federation.round-timeout-s": 0.5, "data.channels": "arterial,portal",
-        "eval.every-round": False, "trust.sign-updates": False,
+        "eval.every-round": False, "trust.sign-updates": False, **settings,
     })  # fmt: skip
-    sites = [SiteInfo(n, _site(n), "train", N_TRAIN[n], 5, "ab" * 32) for n in N_TRAIN]
+    sites = [SiteInfo(n, _site(n), "train", N_TRAIN[n], 5, "ab" * 32, n_val=20) for n in N_TRAIN]
     recorder = RunRecorder(run)
     (run / "rounds.jsonl").write_text("")
     grid = ReplyGrid(answer, tuple(N_TRAIN), reverse=reverse)
@@ -131,3 +147,29 @@ def test_a_failing_site_is_left_out_and_the_others_are_averaged(tmp_path: Path) 
     records = _train_records(tmp_path)
     assert all(sorted(r["sites"]) == ["site-1", "site-3"] for r in records)
     assert all("out of memory" in r["rejected"]["site-2"] for r in records), records
+
+
+def test_the_round_with_the_best_validation_auc_is_the_final_model(tmp_path: Path) -> None:
+    """federation.select-round = best-val-auc: every round's model is scored on the sites'
+    val split (never test), and the best round's model is the final one."""
+    seen: list[Message] = []
+    settings: dict[str, Any] = {"federation.num-rounds": 3, "eval.every-round": True,
+                                "federation.select-round": "best-val-auc"}  # fmt: skip
+    answer = _sites_answer(seen=seen, val_auc={1: 0.70, 2: 0.90, 3: 0.80})
+    fed = _federation(tmp_path, answer, **settings)
+    start = fed.initial_arrays()
+    final = fed.train_global(fed.trainers)
+    # round 2's model: two rounds of (10 x 1 + 20 x 2 + 30 x 3) / 60 / 1000
+    assert _float_shift(start, final) == {round(2 * 140 / 60 / 1000, 6)}
+    lines = (tmp_path / "run" / "rounds.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    select = next(r for r in records if r["phase"] == "select")
+    assert select["round"] == 2 and select["val_auc"] == pytest.approx(0.90)
+    assert select["scores"] == {"1": 0.7, "2": 0.9, "3": 0.8}  # round 0 is no candidate
+    assert {r["split"] for r in records if r["phase"] == "evaluate"} == {"val"}
+    saved = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert saved["round"] == 3  # written over the last checkpoint, saying which round it is
+    restored = ArrayRecord(saved["model"])
+    assert all(np.array_equal(restored[k].numpy(), final[k].numpy()) for k in final)
+    checkpoints = [e for e in entries(tmp_path / "run") if e["kind"] == "checkpoint"]
+    assert checkpoints[-1]["data"]["selected_round"] == 2
