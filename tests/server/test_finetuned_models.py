@@ -43,7 +43,8 @@ def _site(name: str, role: str) -> SiteInfo:
 def test_each_training_site_fine_tunes_the_global_model_and_it_is_scored_everywhere() -> None:
     sites = [_site("a", "train"), _site("b", "train"), _site("c", "train"), _site("x", "external")]
     splits = default_splits(sites)
-    fixed = RunConfig().replace({"eval.threshold-rule": "fixed"})  # thresholds: test_threshold_choice.py
+    # the operating threshold has its own test (test_threshold_choice.py)
+    fixed = RunConfig().replace({"eval.threshold-rule": "fixed"})
     off = StubFederation(fixed, sites)
     assert finetuned_evaluations(off, "global-weights", "global", splits) == []  # type: ignore[arg-type]
     assert off.calls == []
