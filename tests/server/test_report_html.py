@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from jinja2 import UndefinedError
 
-from server.report.html import ENVIRONMENT, render_html
+from server.report.html import environment, render_html
 from server.report.html.format import fmt, fmt_ci, fmt_p, fmt_sig
 from server.report.html.view import read_page
 from server.report.terminal import format_summary
@@ -314,12 +314,12 @@ def test_names_from_hospitals_are_escaped_in_tables_and_charts() -> None:
 def test_a_template_naming_a_missing_view_attribute_fails() -> None:
     view = read_page(example("report-holdout.json"))
     with pytest.raises(UndefinedError, match="no_such_section"):
-        ENVIRONMENT.from_string("<p>{{ page.no_such_section }}</p>").render(page=view)
+        environment().from_string("<p>{{ page.no_such_section }}</p>").render(page=view)
     with pytest.raises(UndefinedError):  # a real partial, given a page without its section
-        ENVIRONMENT.get_template("_footer.html.j2").render(page=SimpleNamespace())
-    autoescape = ENVIRONMENT.autoescape
+        environment().get_template("_footer.html.j2").render(page=SimpleNamespace())
+    autoescape = environment().autoescape
     assert callable(autoescape) and autoescape("page.html.j2") and autoescape("x.html")
-    assert ENVIRONMENT.from_string("{{ x }}").render(x="a & b") == "a &amp; b"
+    assert environment().from_string("{{ x }}").render(x="a & b") == "a &amp; b"
 
 
 def test_the_css_file_is_inlined() -> None:
@@ -481,3 +481,51 @@ def read_png(data: bytes) -> tuple[int, int, list[tuple[int, int, int]]]:
             pixels.append((line[x * bpp], line[x * bpp + 1], line[x * bpp + 2]))
         prev = line
     return width, height, pixels
+
+
+def test_the_committed_assets_equal_the_template_and_css_files() -> None:
+    """``assets.json`` is generated from ``templates/*.j2`` and ``report.css``
+    (``python -m server.report.html.assets``): an edit to one without the other fails."""
+    from server.report.html import assets
+
+    committed = (assets.HERE / assets.ASSETS_FILE).read_text(encoding="utf-8")
+    assert committed == assets.assets_text(), (
+        "server/report/html/assets.json differs from the templates or report.css: "
+        "regenerate it with `python -m server.report.html.assets`"
+    )
+    templates, css = assets.load()
+    assert "page.html.j2" in templates and len(templates) >= 15 and ".report" in css
+
+
+def test_a_report_renders_from_the_flower_app_bundle(tmp_path: Path) -> None:
+    """A deployed ServerApp runs the code of the app bundle ``flwr run`` builds, which
+    keeps only some file types: the report must render from that bundle alone."""
+    import io
+    import subprocess
+    import sys
+    import zipfile
+
+    from flwr.cli.build import build_fab_from_disk
+
+    root = Path(__file__).resolve().parents[2]
+    with zipfile.ZipFile(io.BytesIO(build_fab_from_disk(root))) as fab:
+        fab.extractall(tmp_path / "app")
+    report = Path(__file__).parent / "data" / "reports" / "holdout" / "report.json"
+    script = (
+        "import json, sys\n"
+        "import server.report.html as h\n"
+        f"assert h.__file__.startswith({str(tmp_path / 'app')!r}), h.__file__\n"
+        f"page = h.render_html(json.load(open({str(report)!r})))\n"
+        "print(len(page), 'Per-site results' in page)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path / "app",
+        env={"PYTHONPATH": str(tmp_path / "app"), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    size, found = done.stdout.split()
+    assert int(size) > 50_000 and found == "True"

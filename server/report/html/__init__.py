@@ -12,7 +12,9 @@ diagrams, drift vs degradation, the model x site matrix and the provenance.
 - ``charts/``: the SVG figures, built by the view model;
 - ``format``: how numbers and dates are written (the templates' filters);
 - ``labels``: the names readers see for designs, tasks and flags;
-- ``report.css``: the styles, inlined into the page.
+- ``report.css``: the styles, inlined into the page;
+- ``assets``: templates and CSS as the renderer loads them (``assets.json``, generated
+  from the files: a Flower app bundle carries no ``.j2`` or ``.css`` file).
 
 The page needs no network at all: the CSS is inline, every figure is an inline SVG,
 there is no JavaScript, no font and no image to fetch. Every string from the report is
@@ -23,19 +25,19 @@ number. Rendering imports nothing of the runtime (torch, Flower, MONAI).
 
 from __future__ import annotations
 
+import functools
 import html
 from collections.abc import Mapping
-from importlib.resources import files
 from typing import Any
 
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from jinja2 import DictLoader, Environment, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
 from server.report.html.format import FILTERS
 from server.report.html.view import read_page
 from server.report.html.view_sites import skipped_text
 
-__all__ = ["ENVIRONMENT", "render_html", "skipped_text"]
+__all__ = ["environment", "render_html", "skipped_text"]
 
 
 def _escape(value: object) -> object:
@@ -47,9 +49,13 @@ def _escape(value: object) -> object:
     return Markup(html.escape(str(value), quote=True))
 
 
-def _environment() -> Environment:
+@functools.cache
+def environment() -> Environment:
+    """The page's Jinja2 environment (made once, on first use)."""
+    from server.report.html.assets import load  # not at import: `-m ...assets` writes it
+
     env = Environment(
-        loader=PackageLoader("server.report.html", "templates"),
+        loader=DictLoader(load()[0]),
         autoescape=select_autoescape(["html", "j2"], default_for_string=True),
         undefined=StrictUndefined,
         trim_blocks=True,
@@ -61,10 +67,9 @@ def _environment() -> Environment:
     return env
 
 
-ENVIRONMENT = _environment()
-
-
 def render_html(report: Mapping[str, Any]) -> str:
     """The report as one self-contained HTML page (see the module docstring)."""
-    css = Markup(files("server.report.html").joinpath("report.css").read_text(encoding="utf-8"))
-    return ENVIRONMENT.get_template("page.html.j2").render(page=read_page(report), css=css)
+    from server.report.html.assets import load
+
+    css = Markup(load()[1])
+    return environment().get_template("page.html.j2").render(page=read_page(report), css=css)
