@@ -50,9 +50,14 @@ def test_two_sites_two_rounds_learn_and_report_by_site(
         (1, "evaluate"),
         (2, "train"),
         (2, "evaluate"),
+        (None, "threshold"),
         (None, "final-evaluate"),
     ]
-    rounds = rounds[:-1]
+    # these sites have no val split: the operating threshold stays eval.thresholds' first
+    choice = rounds[-2]
+    assert not choice["chosen"] and choice["threshold"] == 0.5
+    assert choice["reason"].startswith("no training site has a val split")
+    rounds = rounds[:-2]
     for r in rounds:
         assert set(r["sites"]) == {"hospital-x", "hospital-y"}  # site names, not node ids
     assert rounds[1]["sites"]["hospital-x"]["num-examples"] == 40
@@ -187,7 +192,8 @@ def test_flwr_run_dot_runs_the_same_apps(site_factory: Callable[..., Path], tmp_
         (0, "evaluate"),
         (1, "train"),
         (1, "evaluate"),
+        (None, "threshold"),
         (None, "final-evaluate"),
     ]
-    assert set(rounds[-2]["sites"]) == {"hospital-x", "hospital-y"}
+    assert set(rounds[-3]["sites"]) == {"hospital-x", "hospital-y"}
     assert (run_dir / "report.json").is_file() and (run_dir / "report.html").is_file()
