@@ -8,13 +8,22 @@ server optimisers that start from it: FedAvgM, FedAdam, FedYogi), each reply
 is folded into one float32 running sum the moment it arrives and then dropped:
 the server holds the global model, the running sum and one reply, whatever
 the number of sites. Tensors are read straight from the message bytes (no
-copy) and added with one fused multiply-add per tensor.
+copy), and each update's bytes are read once: checked, measured (its norm) and
+added block by block while the block is in cache (``server.folding``).
 
 **Order.** Floating-point sums depend on the order of the terms, and replies
 arrive in whatever order sites finish. Updates are therefore folded in site
 name order: a reply that arrives before its turn is parked on disk (in the
-run folder, deleted after the round) and folded when its turn comes, so a
-rerun gives the same model bit for bit and memory stays bounded.
+run folder, deleted after the round; checked and measured as it is written)
+and folded when its turn comes, so a rerun gives the same model bit for bit and
+memory stays bounded.
+
+**Norm outliers** (``trust.norm-z``) are judged once every norm of the round is
+known, but nothing waits for that: each update is folded in its turn, and with
+the rule on (``defer``) a copy of it is written to the run folder as it is read.
+An update the rule excludes is then subtracted from the sum again, with its
+weight from the total: this leaves a rounding difference against never having
+added it (about 1e-7 of the mean; bounded in ``server.folding``).
 
 **Robust strategies** (FedMedian, FedTrimmedAvg, Krum, or a strategy a hook
 wraps in something other than ``ProximalStrategy``) need every update at once
@@ -25,7 +34,7 @@ site declared when it joined (``declared``): screening rejects a larger count
 (``server.validation``), and the cap holds here too, in the streamed and the
 hold-all paths alike, whoever calls the aggregator.
 
-**Compressed updates** (``common.compression``) are decoded tensor by tensor
+**Compressed updates** (``common.compression``) are decoded block by block
 during the fold: the running sum is then of updates, and the result is the
 global weights plus their weighted mean, the same model as averaging weights.
 """
@@ -33,32 +42,27 @@ global weights plus their weighted mean, the same model as averaging weights.
 from __future__ import annotations
 
 import io
-import math
+import re
 import shutil
 import tempfile
-import warnings
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping
 from enum import Enum
 from pathlib import Path
 from typing import TypeVar, cast
 
 import numpy as np
-import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedYogi, Strategy
 
 from common.compression import PACKED, unpack
 from common.hooks.proximal import ProximalStrategy
 from common.keys import Compression, MetricKey, RecordKey
+from server.folding import RunningMean, Spill, Update
+from server.folding import UpdateRejected as UpdateRejected  # where callers catch it
+from server.folding import as_tensor as as_tensor  # screening reads updates with it
 
 NUMPY_STYPE = "numpy.ndarray"
-
-
-class UpdateRejected(ValueError):
-    """An update that passed screening turns out unusable while it is folded in
-    (e.g. its norm overflows); the message is the rejection reason."""
 
 
 def array_view(array: Array) -> np.ndarray:
@@ -69,19 +73,68 @@ def array_view(array: Array) -> np.ndarray:
     """
     if array.stype != NUMPY_STYPE:
         return array.numpy()
-    header = io.BytesIO(array.data[:4096])  # .npy headers are far shorter
-    version = np.lib.format.read_magic(header)
-    reader = (
-        np.lib.format.read_array_header_1_0
-        if version == (1, 0)
-        else np.lib.format.read_array_header_2_0
-    )
-    shape, fortran, dtype = reader(header)
+    parsed = _plain_header(array.data)
+    if parsed is None:  # any other header: NumPy's own parser
+        header = io.BytesIO(array.data[:4096])  # .npy headers are far shorter
+        version = np.lib.format.read_magic(header)
+        reader = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        parsed = (*reader(header), header.tell())
+    shape, fortran, dtype, offset = parsed
     if dtype.hasobject:
         raise ValueError("object arrays are not accepted")
     count = int(np.prod(shape, dtype=np.int64))
-    flat = np.frombuffer(array.data, dtype=dtype, count=count, offset=header.tell())
+    flat = np.frombuffer(array.data, dtype=dtype, count=count, offset=offset)
     return flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
+
+
+# the header NumPy writes for a plain array, e.g. {'descr': '<f4', 'fortran_order': False,
+# 'shape': (16, 64), }: dict keys sorted, a shape tuple as Python writes it, space-padded
+PLAIN_HEADER = re.compile(
+    rb"\{'descr': '([<>|][a-z]\d{1,2})', 'fortran_order': (False|True), "
+    rb"'shape': \((|\d+,|\d+(?:, \d+)+)\), \} *\n"
+)
+
+
+def _plain_header(data: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int] | None:
+    """Shape, Fortran order, dtype and data offset of a version 1 or 2 ``.npy`` header in
+    the exact form NumPy writes for a plain array, read with one regular expression (NumPy's
+    parser, ``ast.literal_eval``, takes ~50 us per tensor); None for anything else."""
+    if data[:6] != b"\x93NUMPY" or len(data) < 12 or data[6] not in (1, 2):
+        return None
+    size = 2 if data[6] == 1 else 4
+    start = 8 + size
+    end = start + int.from_bytes(data[8:start], "little")
+    match = PLAIN_HEADER.fullmatch(data, start, end)
+    if match is None:
+        return None
+    shape = tuple(int(n) for n in match[3].split(b",") if n.strip())
+    return shape, match[2] == b"True", np.dtype(match[1].decode()), end
+
+
+class RecordViews(Mapping[str, np.ndarray]):
+    """A record's arrays as ``array_view``s, made when first read and again if the record
+    is given another array under that key."""
+
+    def __init__(self, record: ArrayRecord) -> None:
+        self.record = record
+        self._views: dict[str, tuple[Array, np.ndarray]] = {}  # key -> (array, its view)
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        array = self.record[key]
+        known = self._views.get(key)
+        if known is None or known[0] is not array:
+            known = self._views[key] = (array, array_view(array))
+        return known[1]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.record)
+
+    def __len__(self) -> int:
+        return len(self.record)
 
 
 R = TypeVar("R", ArrayRecord, MetricRecord, ConfigRecord)
@@ -95,13 +148,6 @@ def records(content: RecordDict, kind: type[R]) -> dict[str, R]:
     garbage collector runs, and a round holds several updates instead of one.
     """
     return {k: v for k, v in content.items() if isinstance(v, kind)}
-
-
-def as_tensor(values: np.ndarray) -> torch.Tensor:
-    """A tensor sharing ``values``' memory; it is only read (the views are read-only)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "the given NumPy array is not writable"
-        return torch.from_numpy(values)
 
 
 class Mode(Enum):
@@ -122,38 +168,18 @@ def aggregation_mode(strategy: Strategy) -> Mode:
     return Mode.HOLD_ALL
 
 
-@dataclass
-class Update:
-    """One site's accepted update: its weight and tensors (views, or parked files)."""
-
-    site: str
-    weight: float
-    arrays: Mapping[str, np.ndarray]
-    scales: Mapping[str, np.ndarray] = field(default_factory=dict)
-
-    @classmethod
-    def from_reply(cls, site: str, reply: Message, cap: float | None = None) -> Update:
-        """The update ``reply`` carries; its weight is at most ``cap`` (declared cases)."""
-        content = reply.content
-        arrays = cast(ArrayRecord, content[RecordKey.ARRAYS])
-        scales = records(content, ArrayRecord).get(RecordKey.SCALES, ArrayRecord())
-        return cls(
-            site,
-            reply_weight(reply, cap),
-            {k: array_view(v) for k, v in arrays.items()},
-            {k: array_view(v) for k, v in scales.items()},
-        )
-
-    def park(self, folder: Path) -> Update:
-        """Write the tensors to ``folder``; the same update, read back lazily from disk."""
-        folder.mkdir(parents=True)
-        parked: dict[str, dict[str, np.ndarray]] = {"arrays": {}, "scales": {}}
-        for part, tensors in (("arrays", self.arrays), ("scales", self.scales)):
-            for i, (key, values) in enumerate(tensors.items()):
-                path = folder / f"{part}-{i}.npy"
-                np.save(path, values, allow_pickle=False)
-                parked[part][key] = np.load(path, mmap_mode="r", allow_pickle=False)
-        return Update(self.site, self.weight, parked["arrays"], parked["scales"])
+def reply_update(site: str, reply: Message, cap: float | None = None) -> Update:
+    """The update ``reply`` carries, as views of its bytes; its weight is at most ``cap``
+    (the site's declared cases)."""
+    content = reply.content
+    arrays = cast(ArrayRecord, content[RecordKey.ARRAYS])
+    scales = records(content, ArrayRecord).get(RecordKey.SCALES, ArrayRecord())
+    return Update(
+        site,
+        reply_weight(reply, cap),
+        {k: array_view(v) for k, v in arrays.items()},
+        {k: array_view(v) for k, v in scales.items()},
+    )
 
 
 def reply_weight(reply: Message, cap: float | None = None) -> float:
@@ -161,62 +187,6 @@ def reply_weight(reply: Message, cap: float | None = None) -> float:
     metrics = next(iter(records(reply.content, MetricRecord).values()))
     weight = float(cast(float, metrics[MetricKey.NUM_EXAMPLES.value]))
     return weight if cap is None else min(weight, float(cap))
-
-
-class RunningMean:
-    """The weighted mean of updates, folded in one at a time (float32 running sum).
-
-    With compression the folded tensors are decoded updates, and the mean is
-    added to ``reference`` (the global weights the sites received).
-    """
-
-    def __init__(self, reference: ArrayRecord, compression: str = Compression.NONE) -> None:
-        self.reference = reference
-        self.compression = compression
-        self.sums: dict[str, torch.Tensor] = {}
-        self.total = 0.0
-        self.count = 0
-
-    def add(self, update: Update) -> None:
-        for key, values in self.tensors(update):
-            ref = self.reference[key]
-            tensor = as_tensor(np.asarray(values))
-            acc = self.sums.get(key)
-            if acc is None:  # the first term: one pass, no zero fill; NumPy-allocated, so
-                # memory profilers see it
-                acc = self.sums[key] = torch.from_numpy(np.empty(tuple(ref.shape), np.float32))
-                torch.mul(tensor, update.weight, out=acc)
-            else:
-                acc.add_(tensor, alpha=update.weight)
-        self.total += update.weight
-        self.count += 1
-
-    def tensors(self, update: Update) -> Iterable[tuple[str, np.ndarray]]:
-        """(key, weights or decoded update) per tensor of the global model."""
-        if self.compression == Compression.NONE:
-            return ((key, update.arrays[key]) for key in self.reference)
-        shapes = [(k, tuple(r.shape)) for k, r in self.reference.items()]
-        scales = update.scales.get(PACKED)
-        return unpack(
-            np.asarray(update.arrays[PACKED]),
-            None if scales is None else np.asarray(scales),
-            shapes,
-            self.compression,
-        )
-
-    def result(self) -> ArrayRecord | None:
-        """The mean as float32 weights (sums are released tensor by tensor); None if empty."""
-        if not self.count:
-            return None
-        out: OrderedDict[str, Array] = OrderedDict()
-        for key, ref in self.reference.items():
-            acc = self.sums.pop(key)
-            acc.div_(self.total)
-            if self.compression != Compression.NONE:
-                acc.add_(as_tensor(array_view(ref)))
-            out[key] = Array(acc.numpy().astype(ref.dtype, copy=False))
-            del acc
-        return ArrayRecord(out)
 
 
 class RoundAggregator:
@@ -239,62 +209,85 @@ class RoundAggregator:
     ) -> None:
         self.strategy, self.reference, self.compression = strategy, reference, compression
         self.mode = aggregation_mode(strategy)
-        # defer: fold nothing before every reply is in (norm outliers need all the norms);
-        # streamed updates then wait on disk, so memory still does not grow with sites
+        # defer: the norm-outlier rule judges the round once every norm is in; updates are
+        # still folded in their turn, and a copy of each waits on disk in case it is excluded
         self.defer = defer
-        self.track_norms = track_norms or defer  # one more pass over each update
+        self.track_norms = track_norms or defer  # norms of weights minus the global model
         self.norms: dict[str, float] = {}  # L2 norm of each accepted site's update
         self.declared = dict(declared or {})  # site -> training cases: its weight's cap
-        self.mean = RunningMean(reference, compression)
+        self.mean = RunningMean(RecordViews(reference), compression, self.track_norms)
         self.order = list(order)
         self.next = 0  # index in ``order`` of the next site to fold
-        self.waiting: dict[str, Update | None] = {}  # arrived before their turn (None: skipped)
+        self.waiting: dict[str, Spill | None] = {}  # arrived before their turn (None: skipped)
+        self.rejected_at: dict[str, tuple[int, int]] = {}  # parked, then found bad: see accept
+        self.folded: set[str] = set()
+        self.copies: dict[str, Spill] = {}  # defer: folded updates, on disk until the result
+        self.excluded: set[str] = set()  # folded, then excluded: subtracted in ``result``
         self.held: dict[str, Message] = {}  # HOLD_ALL: accepted replies
         self.parked = 0  # how many updates had to wait on disk (for the round record)
+        self._files = 0
         self._park_root = park_root
         self._park_dir: Path | None = None
 
     def accept(self, site: str, reply: Message) -> None:
-        """Take ``site``'s screened update; UpdateRejected (nothing taken) if its norm
-        is not finite."""
-        update = Update.from_reply(site, reply, self.declared.get(site))
-        if self.track_norms:
-            norm = self.norm(update)
-            if not math.isfinite(norm):
-                raise UpdateRejected(f"update norm is not finite ({norm}): values overflow")
-            self.norms[site] = norm
+        """Take ``site``'s screened update, reading its bytes once: checked, measured and
+        folded in its turn, or checked, measured and parked until then. UpdateRejected
+        (nothing taken) if a value is not finite or its norm overflows.
+
+        A parked update found bad is kept on disk: in its turn the sum goes through what
+        a direct fold of it would have done (part added, then subtracted), so the bits do
+        not depend on the arrival order."""
+        update = reply_update(site, reply, self.declared.get(site))
         if self.mode is Mode.HOLD_ALL:
+            if self.track_norms:
+                self.norms[site] = self.mean.measure(update)
             self.held[site] = self._capped(site, reply)
             return
-        if site == self._due() and not self.defer:
-            self._fold(update)
+        due = site == self._due()
+        spill = self._spill() if self.defer or not due else None
+        try:
+            norm = self.mean.add(update, spill) if due else self.mean.measure(update, spill)
+        except UpdateRejected as e:
+            if spill is not None and not due and e.at is not None:
+                self.waiting[site] = spill.finish(site, update.weight)
+                self.rejected_at[site] = e.at
+            elif spill is not None:
+                spill.discard()
+            raise
+        if self.track_norms:
+            self.norms[site] = norm
+        if spill is not None:
+            spill.finish(site, update.weight)
+        if due:
+            self._folded(site, spill)
+            self.next += 1
+            self._drain()
         else:
-            self.waiting[site] = update.park(self._folder() / str(self.parked))
+            self.waiting[site] = spill
             self.parked += 1
 
     def skip(self, site: str) -> None:
         """``site`` contributes nothing this round (error, rejected update)."""
         if self.mode is not Mode.HOLD_ALL:
-            self.waiting[site] = None
+            if site not in self.rejected_at:
+                self.waiting[site] = None
             self._drain()
 
-    def norm(self, update: Update) -> float:
-        """The L2 norm of ``update`` minus the global model (of the decoded update when
-        compressed), accumulated in float64 over tensors."""
-        total = 0.0
-        for key, values in self.mean.tensors(update):
-            tensor = as_tensor(np.asarray(values)).float()
-            if self.compression == Compression.NONE:
-                tensor = tensor - as_tensor(array_view(self.reference[key])).float()
-            total += float(torch.linalg.vector_norm(tensor, dtype=torch.float64)) ** 2
-        return total**0.5
-
     def exclude(self, sites: Iterable[str]) -> None:
-        """Drop accepted updates after all (norm outliers), before ``result``."""
+        """Drop accepted updates after all (norm outliers), before ``result``: one still
+        waiting is never folded; one folded is subtracted again in ``result`` (``defer``
+        kept a copy of it)."""
         for site in sites:
             self.held.pop(site, None)
             if site in self.waiting:
                 self.waiting[site] = None
+            elif site in self.folded:
+                if site not in self.copies:
+                    raise ValueError(
+                        f"cannot exclude {site}: its update was folded without a copy "
+                        "(build the RoundAggregator with defer=True to exclude after folding)"
+                    )
+                self.excluded.add(site)
 
     def result(self, server_round: int, sent: list[Message]) -> ArrayRecord | None:
         """The new shared weights, or None if no update was accepted; cleans up parked files."""
@@ -305,10 +298,11 @@ class RoundAggregator:
                 replies = [self._weights_reply(self.held[s]) for s in sorted(self.held)]
                 return self.strategy.aggregate_train(server_round, replies)[0]
             for site in self.order[self.next :]:  # sites that never replied are passed over
-                update = self.waiting.pop(site, None)
-                if update is not None:
-                    self.mean.add(update)
+                if site in self.waiting:
+                    self._fold_waiting(site)
             self.next = len(self.order)
+            for site in sorted(self.excluded):  # after every fold, so in a fixed place
+                self.mean.subtract(self.copies[site].read())
             mean = self.mean.result()
             if mean is None or self.mode is Mode.MEAN:
                 return mean
@@ -320,6 +314,7 @@ class RoundAggregator:
             )[0]
         finally:
             self.waiting.clear()
+            self.copies.clear()
             if self._park_dir is not None:
                 shutil.rmtree(self._park_dir, ignore_errors=True)
 
@@ -328,19 +323,32 @@ class RoundAggregator:
     def _due(self) -> str | None:
         return self.order[self.next] if self.next < len(self.order) else None
 
-    def _fold(self, update: Update) -> None:
-        self.mean.add(update)
-        self.next += 1
-        self._drain()
-
     def _drain(self) -> None:
-        if self.defer:
-            return
         while (site := self._due()) is not None and site in self.waiting:
-            update = self.waiting.pop(site)
-            if update is not None:
-                self.mean.add(update)
+            self._fold_waiting(site)
             self.next += 1
+
+    def _fold_waiting(self, site: str) -> None:
+        """Fold a parked update (checked when it was parked), or replay a bad one."""
+        spill = self.waiting.pop(site)
+        at = self.rejected_at.pop(site, None)
+        if spill is None:
+            return
+        if at is not None:
+            self.mean.replay(spill.read(), at)
+            return
+        self.mean.fold_checked(spill.read())
+        self._folded(site, spill if self.defer else None)  # its parked file is its copy
+
+    def _folded(self, site: str, copy: Spill | None) -> None:
+        self.folded.add(site)
+        if copy is not None:
+            self.copies[site] = copy
+
+    def _spill(self) -> Spill:
+        path = self._folder() / f"{self._files}.update"
+        self._files += 1
+        return Spill(path)
 
     def _folder(self) -> Path:
         if self._park_dir is None:
@@ -364,9 +372,12 @@ class RoundAggregator:
         """A compressed reply as full weights (robust strategies compare whole models)."""
         if self.compression == Compression.NONE:
             return reply
-        update = Update.from_reply("", reply)
+        update = reply_update("", reply)
+        shapes = [(k, tuple(r.shape)) for k, r in self.reference.items()]
+        scales = update.scales.get(PACKED)
         weights: OrderedDict[str, Array] = OrderedDict()
-        for key, delta in self.mean.tensors(update):
+        for key, delta in unpack(np.asarray(update.arrays[PACKED]), scales, shapes,
+                                 self.compression):  # fmt: skip
             ref = self.reference[key]
             weights[key] = Array((array_view(ref) + delta).astype(ref.dtype, copy=False))
         reply.content = RecordDict(

@@ -9,7 +9,15 @@ streaming aggregation (validation included) against stock Flower
 (``FedAvg.aggregate_train`` over the list of replies ``Grid.send_and_receive``
 returns): seconds and GB/s, the process's peak RSS above what it held before the
 round, and (in a separate traced run) the peak of live memory from ``tracemalloc``.
+hepafed takes every update's norm, as a round does (``server.rounds``; the copies the
+norm-outlier rule keeps on disk are measured in ``one_pass``); its rows also give
+``fold_gbps``, the update bytes folded per second by the aggregator alone (the
+one-pass fold of ``server.folding``: check, norm and add), without screening.
 Each case runs in a fresh process, so no case sees another's memory.
+
+``one_pass``: the fold's GB/s as a fraction of the measured memory bandwidth, and the
+peak memory in model sizes, at 20 and 100 sites, and at 20 with the norm-outlier rule on
+(``python -m simulations.bench_aggregation``; about a minute on two idle cores).
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import numpy as np
 from simulations.bench_measure import GB, in_fresh_process, reset_peak_rss, rss_bytes, spread
 
 SITE_COUNTS = (5, 20, 50, 100)
+MODULE = "simulations.bench_aggregation"  # what fresh processes import, also under ``-m``
 MODEL_PARAMS = 10_000_000
 
 
@@ -72,11 +81,15 @@ def synthetic_model(params: int) -> OrderedDict[str, np.ndarray]:
     return out
 
 
-def aggregation_case(method: str, sites: int, params: int, trace: bool = False) -> dict[str, Any]:
+def aggregation_case(
+    method: str, sites: int, params: int, trace: bool = False, norm_rule: bool = False
+) -> dict[str, Any]:
     """Aggregate one round of ``sites`` replies (run in its own process).
 
     With ``trace`` the peak of live memory is measured with ``tracemalloc`` (it sees
-    every NumPy buffer and bytes object; timings of a traced run are not used)."""
+    every NumPy buffer and bytes object; timings of a traced run are not used). With
+    ``norm_rule`` hepafed keeps a copy of each folded update on disk until the round's
+    norms are known, as a round does with ``trust.norm-z`` on and 3 sites or more."""
     import tracemalloc
 
     from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
@@ -102,25 +115,31 @@ def aggregation_case(method: str, sites: int, params: int, trace: bool = False) 
         content = RecordDict({"arrays": arrays, "metrics": metrics})
         return Message(content, dst_node_id=1, message_type=MessageType.TRAIN)
 
-    seconds = 0.0
+    seconds = fold = 0.0
     reset = reset_peak_rss()
     before = rss_bytes()
     if trace:
         tracemalloc.start()
     if method == "hepafed":
         with tempfile.TemporaryDirectory() as park:
-            aggregator = RoundAggregator(FedAvg(), reference, names, park_root=Path(park))
+            aggregator = RoundAggregator(
+                FedAvg(), reference, names, park_root=Path(park), defer=norm_rule, track_norms=True
+            )
             for i, name in enumerate(names):
                 message = reply(i)  # arrives; building it is the network's cost, not timed
                 t = time.perf_counter()
                 if update_problem(message, reference) is not None:
                     raise RuntimeError("benchmark update rejected")
+                screened = time.perf_counter()
                 aggregator.accept(name, message)
-                seconds += time.perf_counter() - t
+                done = time.perf_counter()
+                seconds += done - t
+                fold += done - screened
                 del message
             t = time.perf_counter()
             result = aggregator.result(1, [sent])
             seconds += time.perf_counter() - t
+            fold += time.perf_counter() - t
     else:
         replies = [reply(i) for i in range(sites)]  # what Grid.send_and_receive returns
         t = time.perf_counter()
@@ -136,11 +155,13 @@ def aggregation_case(method: str, sites: int, params: int, trace: bool = False) 
     error = float(np.abs(check - model["layer0.bias"] * scale).max())
     return {
         "method": method,
+        "norm_rule": norm_rule,
         "sites": sites,
         "params": sum(v.size for v in model.values()),
         "model_mb": model_bytes / 1e6,
         "seconds": seconds,
         "throughput_gbps": sites * model_bytes / seconds / GB,
+        "fold_gbps": sites * model_bytes / fold / GB if fold else None,
         "rss_peak_mb": peak / 1e6,
         "rss_peak_x_model": peak / model_bytes,
         "rss_peak_measured": reset,
@@ -157,16 +178,82 @@ def aggregation(counts: Iterable[int], params: int, repeats: int) -> list[dict[s
     for sites in counts:
         for method in ("hepafed", "flower"):
             runs = [
-                in_fresh_process(__name__, "aggregation_case", method, sites, params)
+                in_fresh_process(MODULE, "aggregation_case", method, sites, params)
                 for _ in range(repeats)
             ]
-            traced = in_fresh_process(__name__, "aggregation_case", method, sites, params, True)
-            row = {k: v for k, v in runs[0].items() if k not in ("seconds", "throughput_gbps")}
+            traced = in_fresh_process(MODULE, "aggregation_case", method, sites, params, True)
+            timed = ("seconds", "throughput_gbps", "fold_gbps")
+            row = {k: v for k, v in runs[0].items() if k not in timed}
             row["seconds"] = spread(r["seconds"] for r in runs)
             row["throughput_gbps"] = spread(r["throughput_gbps"] for r in runs)
+            if method == "hepafed":
+                row["fold_gbps"] = spread(r["fold_gbps"] for r in runs)
             row["rss_peak_x_model"] = max(r["rss_peak_x_model"] for r in runs)
             row["rss_peak_mb"] = max(r["rss_peak_mb"] for r in runs)
             row["live_peak_mb"] = traced["live_peak_mb"]
             row["live_peak_x_model"] = traced["live_peak_x_model"]
             rows.append(row)
     return rows
+
+
+# ---- one_pass: the fold against the machine's memory bandwidth ---------------------------
+
+
+def one_pass(
+    counts: Iterable[int] = (20, 100),
+    params: int = MODEL_PARAMS,
+    repeats: int = 3,
+    norm_rule_counts: Iterable[int] = (20,),
+) -> dict[str, Any]:
+    """The one-pass fold at ``counts`` sites: GB/s of update bytes folded (aggregator only)
+    and with screening, each as a fraction of the memory bandwidth measured in the same
+    run (the larger of NumPy's and torch's in-place add), and the peak memory in model
+    sizes (live: tracemalloc; RSS: the process's high-water mark). At
+    ``norm_rule_counts`` also with the norm-outlier rule on (a copy of every update
+    written to disk as it is folded)."""
+    bw = in_fresh_process(MODULE, "bandwidth", 512_000_000, max(repeats, 3))
+    yardstick = max(bw["numpy_add_gbps"]["median"], bw["torch_add_gbps"]["median"])
+    cases = [(n, False) for n in counts] + [(n, True) for n in norm_rule_counts]
+    rows = []
+    for sites, rule in cases:
+        args = ("hepafed", sites, params)
+        runs = [
+            in_fresh_process(MODULE, "aggregation_case", *args, False, rule) for _ in range(repeats)
+        ]
+        traced = in_fresh_process(MODULE, "aggregation_case", *args, True, rule)
+        fold = spread(r["fold_gbps"] for r in runs)
+        screened = spread(r["throughput_gbps"] for r in runs)
+        rows.append(
+            {
+                "sites": sites,
+                "norm_rule": rule,
+                "fold_gbps": fold,
+                "fold_of_bandwidth": fold["median"] / yardstick,
+                "with_screening_gbps": screened,
+                "with_screening_of_bandwidth": screened["median"] / yardstick,
+                "live_peak_x_model": traced["live_peak_x_model"],
+                "rss_peak_x_model": max(r["rss_peak_x_model"] for r in runs),
+            }
+        )
+    return {"bandwidth_gbps": yardstick, "bandwidth": bw, "model_mb": runs[0]["model_mb"],
+            "rows": rows}  # fmt: skip
+
+
+def _print_one_pass(result: dict[str, Any]) -> None:
+    print(f"memory bandwidth (in-place add): {result['bandwidth_gbps']:.2f} GB/s; "
+          f"model {result['model_mb']:.0f} MB")  # fmt: skip
+    print("sites | norm rule | fold GB/s (min-max) | of bandwidth | with screening "
+          "| peak live / RSS, x model")  # fmt: skip
+    for r in result["rows"]:
+        f, w = r["fold_gbps"], r["with_screening_gbps"]
+        print(
+            f"{r['sites']:5d} | {'on' if r['norm_rule'] else 'off':9s} | "
+            f"{f['median']:5.2f} ({f['min']:.2f}-{f['max']:.2f}) | "
+            f"{r['fold_of_bandwidth']:12.0%} | {w['median']:5.2f} = "
+            f"{r['with_screening_of_bandwidth']:.0%} | "
+            f"{r['live_peak_x_model']:.2f} / {r['rss_peak_x_model']:.2f}"
+        )
+
+
+if __name__ == "__main__":
+    _print_one_pass(one_pass())

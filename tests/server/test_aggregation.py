@@ -18,7 +18,8 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from common.compression import BLOCK, PACKED, compress_update, decode, encode, pack, unpack
 from common.keys import Compression
-from server.aggregation import Mode, RoundAggregator, RunningMean, Update, array_view
+from server.aggregation import Mode, RoundAggregator, _plain_header, array_view
+from server.folding import RunningMean, Update
 from server.validation import update_problem
 
 pytestmark = pytest.mark.usefixtures("flower_task")
@@ -78,11 +79,19 @@ def test_array_view_reads_flowers_bytes_without_a_copy(values: np.ndarray) -> No
     assert view.dtype == array.numpy().dtype and view.shape == values.shape
     if values.size:
         assert not view.flags.owndata and not view.flags.writeable  # a view of the bytes
+    assert _plain_header(array.data) is not None  # NumPy's own header: the fast path
+
+
+def test_any_other_npy_header_goes_to_numpys_parser() -> None:
+    data = Array(np.arange(5, dtype=np.float32)).data.replace(b"(5,)", b"(5) ")  # shape 5
+    assert _plain_header(data) is None
+    with pytest.raises(ValueError, match="shape"):
+        array_view(Array(dtype="float32", shape=(5,), stype="numpy.ndarray", data=data))
 
 
 def test_streamed_mean_equals_flowers_aggregate_arrayrecords() -> None:
     updates = _updates()
-    mean = RunningMean(_record(_global()))
+    mean = RunningMean(_global())
     for site, (tensors, n) in updates.items():
         mean.add(Update(site, n, tensors))
     ours = mean.result()

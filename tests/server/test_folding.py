@@ -1,0 +1,392 @@
+"""One-pass folding (``server.folding``) through the round aggregator: each update's bytes
+are read once, the mean matches a float64 weighted mean, bad and outlying updates are
+taken out again, and the bits do not depend on the arrival order.
+
+Blocks are shrunk to 2,048 values (``small_blocks``) so that small tensors span several
+blocks; one test runs the real block size."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import strategy as fl
+from hypothesis import given
+from hypothesis import strategies as st
+
+from common.compression import BLOCK, PACKED, compress_update, decode, n_blocks, pack
+from common.config import RunConfig
+from common.keys import Compression
+from server import folding
+from server.aggregation import RoundAggregator, array_view
+from server.folding import Op, UpdateRejected
+from server.round_screen import RoundScreen
+from server.trust import ServerTrust
+from server.validation import norm_outliers
+
+pytestmark = pytest.mark.usefixtures("flower_task", "small_blocks")
+
+# conv: within one block; fc.weight: four blocks, the last one partial; step: 0-d
+SHAPES = {"conv.weight": (8, 3, 5, 5), "fc.weight": (7, 1000), "fc.bias": (7,), "step": ()}
+SITES = ["site-a", "site-b", "site-c", "site-d", "site-e"]
+METHODS = [Compression.NONE, Compression.FP16, Compression.INT8]
+Updates = dict[str, tuple[dict[str, np.ndarray], float]]
+
+
+@pytest.fixture
+def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(folding, "BLOCK_VALUES", 2048)  # a multiple of the int8 BLOCK
+
+
+def _base(shapes: dict[str, tuple[int, ...]] = SHAPES) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
+
+
+def _updates(seed: int = 1, sites: list[str] = SITES, scale: dict[str, float] | None = None,
+             shapes: dict[str, tuple[int, ...]] = SHAPES) -> Updates:  # fmt: skip
+    """Each site's trained weights (global + noise x its ``scale``) and example count."""
+    rng = np.random.default_rng(seed)
+    base, scale = _base(shapes), scale or {}
+    return {
+        site: (
+            {k: _noisy(v, rng, 0.05 * scale.get(site, 1.0)) for k, v in base.items()},
+            float(rng.integers(10, 200)),
+        )
+        for site in sites
+    }
+
+
+def _noisy(values: np.ndarray, rng: np.random.Generator, scale: float) -> np.ndarray:
+    return np.asarray(values + rng.normal(scale=scale, size=values.shape), dtype=np.float32)
+
+
+def _reply(tensors: dict[str, np.ndarray], n: float, method: str = Compression.NONE,
+           nan_at: tuple[str, int] | None = None) -> Message:  # fmt: skip
+    """The reply a site sends: its weights, or its packed compressed update; ``nan_at``
+    (tensor, flat index) makes that value NaN (int8: the scale of its block)."""
+    scales: dict[str, np.ndarray] = {}
+    if method != Compression.NONE:
+        codes, per_tensor, _ = compress_update(tensors, _base(), method)
+        flat, flat_scales = pack(codes, per_tensor, list(SHAPES))
+        tensors = {PACKED: flat}
+        scales = {} if flat_scales is None else {PACKED: flat_scales}
+    if nan_at is not None:
+        key, index = nan_at
+        before = list(SHAPES)[: list(SHAPES).index(key)]
+        if method == Compression.NONE:
+            tensors = {k: v.copy() for k, v in tensors.items()}
+            tensors[key].reshape(-1)[index] = np.nan
+        elif method == Compression.FP16:
+            tensors[PACKED][sum(math.prod(SHAPES[k]) for k in before) + index] = np.nan
+        else:
+            offset = sum(n_blocks(math.prod(SHAPES[k])) for k in before) + index // BLOCK
+            scales[PACKED][offset] = np.nan
+    record = ArrayRecord({k: Array(v) for k, v in tensors.items()})
+    content = RecordDict({"arrays": record, "metrics": MetricRecord({"num-examples": n})})
+    if scales:
+        content["scales"] = ArrayRecord({k: Array(v) for k, v in scales.items()})
+    return Message(content, dst_node_id=1, message_type=MessageType.TRAIN)
+
+
+def _sent_to(tensors: dict[str, np.ndarray], method: str) -> dict[str, np.ndarray]:
+    """What the server folds for a site: its weights, or its decoded update."""
+    if method == Compression.NONE:
+        return tensors
+    codes, scales, _ = compress_update(tensors, _base(), method)
+    return {k: decode(codes[k], scales.get(k), method) for k in tensors}
+
+
+def _expected(updates: Updates, method: str = Compression.NONE) -> dict[str, np.ndarray]:
+    """The float64 weighted mean of the models the sites sent."""
+    total = sum(n for _, n in updates.values())
+    out: dict[str, np.ndarray] = {}
+    for key, ref in _base().items():
+        terms = [_sent_to(t, method)[key].astype(np.float64) * n for t, n in updates.values()]
+        mean = np.sum(terms, axis=0).reshape(ref.shape) / total  # 0-d codes travel as (1,)
+        out[key] = mean + ref if method != Compression.NONE else mean
+    return out
+
+
+def _round(updates: Updates, arrival: list[str], method: str = Compression.NONE,
+           defer: bool = False, bad: dict[str, tuple[str, int]] | None = None,
+           exclude: Callable[[RoundAggregator], list[str]] = lambda _: [],
+           **kwargs: Any) -> tuple[ArrayRecord | None, RoundAggregator]:  # fmt: skip
+    """One FedAvg round with replies arriving in ``arrival``; ``bad`` replies (a NaN at
+    tensor, index) are rejected and skipped, as ``RoundScreen`` does; ``exclude`` picks
+    outliers."""
+    reference = ArrayRecord({k: Array(v) for k, v in _base().items()})
+    aggregator = RoundAggregator(fl.FedAvg(), reference, sorted(updates), method, defer=defer,
+                                 **kwargs)  # fmt: skip
+    for site in arrival:
+        try:
+            aggregator.accept(site, _reply(*updates[site], method, (bad or {}).get(site)))
+        except UpdateRejected:
+            aggregator.skip(site)
+    aggregator.exclude(exclude(aggregator))
+    sent = Message(RecordDict({"arrays": reference}), dst_node_id=1, message_type=MessageType.TRAIN)
+    return aggregator.result(1, [sent]), aggregator
+
+
+def _close(result: ArrayRecord | None, expected: dict[str, np.ndarray], rel: float) -> None:
+    """Largest difference at most ``rel`` times the largest value."""
+    assert result is not None
+    for key, values in expected.items():
+        got = result[key].numpy().astype(np.float64)
+        assert got.shape == values.shape
+        assert np.abs(got - values).max() <= rel * max(np.abs(values).max(), 1e-30), key
+
+
+def _bits(result: ArrayRecord | None) -> dict[str, bytes]:
+    assert result is not None
+    return {k: bytes(v.data) for k, v in result.items()}
+
+
+@given(
+    n_sites=st.integers(1, 5),
+    seed=st.integers(0, 2**16),
+    method=st.sampled_from(METHODS),
+    defer=st.booleans(),
+    order=st.randoms(use_true_random=False),
+)
+def test_the_one_pass_mean_is_the_float64_weighted_mean(
+    n_sites: int, seed: int, method: str, defer: bool, order: Any
+) -> None:
+    updates = _updates(seed, SITES[:n_sites])
+    arrival = list(updates)
+    order.shuffle(arrival)
+    result, aggregator = _round(updates, arrival, method, defer)
+    _close(result, _expected(updates, method), 1e-6)
+    assert aggregator.mean.count == n_sites
+
+
+def test_the_norms_are_those_of_the_updates(tmp_path: Path) -> None:
+    updates = _updates()
+    for method in METHODS:
+        _, aggregator = _round(updates, SITES[::-1], method, track_norms=True, park_root=tmp_path)
+        for site, (tensors, _) in updates.items():
+            sent = _sent_to(tensors, method)
+            if method == Compression.NONE:
+                sent = {k: v.astype(np.float64) - _base()[k] for k, v in sent.items()}
+            norm = math.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in
+                                 sent.values()))  # fmt: skip
+            assert aggregator.norms[site] == pytest.approx(norm, rel=1e-5), (method, site)
+
+
+class _Spy:
+    """Records every kernel pass: which tensor, what it did, and what it read."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[dict[str, Any]] = []
+        real = folding.fold_blocks
+
+        def spy(src: folding.Source, *args: Any, **kwargs: Any) -> tuple[float, int | None]:
+            op = args[2] if len(args) > 2 else kwargs["op"]
+            self.calls.append({"key": src.key, "op": op, "values": src.values,
+                               "measure": kwargs.get("measure", True),
+                               "copied": kwargs.get("sink") is not None})  # fmt: skip
+            return real(src, *args, **kwargs)
+
+        monkeypatch.setattr(folding, "fold_blocks", spy)
+
+    def take(self) -> list[dict[str, Any]]:
+        calls, self.calls = self.calls, []
+        return calls
+
+
+def _reads(call: dict[str, Any], message: Message) -> bool:
+    """Whether a pass read the bytes of ``message``."""
+    views = [array_view(a) for r in message.content.values() if isinstance(r, ArrayRecord)
+             for a in r.values()]  # fmt: skip
+    return any(np.shares_memory(call["values"], v) for v in views)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("defer", [False, True], ids=["streamed", "norm-rule"])
+def test_each_update_is_read_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, method: str, defer: bool
+) -> None:
+    """In its turn: one pass per tensor that checks, measures, folds (and copies, with the
+    norm rule on). Early: one pass that checks, measures and parks; in its turn the parked
+    file is folded, never the message again."""
+    updates = _updates()
+    spy = _Spy(monkeypatch)
+    reference = ArrayRecord({k: Array(v) for k, v in _base().items()})
+    aggregator = RoundAggregator(fl.FedAvg(), reference, SITES, method, tmp_path, defer)
+    messages = {s: _reply(t, n, method) for s, (t, n) in updates.items()}
+    passes: dict[str, list[dict[str, Any]]] = {}
+    for site in ["site-a", "site-c", "site-b"]:  # c is early: parked until b drains it
+        aggregator.accept(site, messages[site])
+        calls = spy.take()
+        passes[site], passes["site-c folded"] = calls[: len(SHAPES)], calls[len(SHAPES) :]
+    for site in ["site-a", "site-b", "site-c"]:  # one pass per tensor, over the message
+        assert [c["key"] for c in passes[site]] == list(SHAPES)
+        assert all(_reads(c, messages[site]) and c["measure"] for c in passes[site])
+    for site in ["site-a", "site-b"]:  # in their turn: checked, measured, folded (copied)
+        assert all(c["op"] in (Op.FIRST, Op.ADD) and c["copied"] is defer for c in passes[site])
+    assert all(c["op"] is Op.NONE and c["copied"] for c in passes["site-c"])  # parked
+    folded = passes["site-c folded"]  # from the parked file: the message is not read again
+    assert [c["key"] for c in folded] == list(SHAPES)
+    assert all(c["op"] is Op.ADD and not c["measure"] for c in folded)
+    assert not any(_reads(c, messages["site-c"]) or c["copied"] for c in folded)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_nan_update_is_rejected_named_and_the_others_kept(method: str) -> None:
+    """site-b's NaN sits in the third block of fc.weight: conv.weight and two blocks were
+    added before it was found, and are subtracted again."""
+    updates = _updates()
+    reference = ArrayRecord({k: Array(v) for k, v in _base().items()})
+    aggregator = RoundAggregator(fl.FedAvg(), reference, SITES, method)
+    aggregator.accept("site-a", _reply(*updates["site-a"], method))
+    with pytest.raises(UpdateRejected) as caught:
+        aggregator.accept("site-b", _reply(*updates["site-b"], method, ("fc.weight", 5000)))
+    assert (caught.value.site, caught.value.tensor) == ("site-b", "fc.weight")
+    assert str(caught.value) == (  # int8: the NaN makes its block's scale NaN
+        "tensor 'fc.weight': block scales are not finite"
+        if method == Compression.INT8
+        else "tensor 'fc.weight' contains NaN or Inf"
+    )
+    assert caught.value.at == (1, 4096)  # tensor 1, its third block
+    rest = {s: u for s, u in updates.items() if s != "site-b"}
+    bad = {"site-b": ("fc.weight", 5000)}
+    in_turn, aggregator = _round(updates, SITES, method, bad=bad)
+    assert aggregator.mean.count == 4 and "site-b" not in aggregator.norms
+    _close(in_turn, _expected(rest, method), 1e-6)
+    early, _ = _round(updates, SITES[::-1], method, bad=bad)  # b parked, then replayed
+    assert _bits(early) == _bits(in_turn)
+
+
+def test_a_bad_first_update_leaves_no_trace() -> None:
+    """Rejected while it was the first term: the sums were its alone and are dropped, so
+    the round is bit for bit the round without it."""
+    updates = _updates()
+    with_bad, _ = _round(updates, SITES, bad={"site-a": ("fc.weight", 3000)})
+    rest = {s: u for s, u in updates.items() if s != "site-a"}
+    without, _ = _round(rest, SITES[1:])
+    assert _bits(with_bad) == _bits(without)
+
+
+def _outliers(aggregator: RoundAggregator) -> list[str]:
+    return sorted(norm_outliers(aggregator.norms, 3.5, 3.0))
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("arrival", [SITES, SITES[::-1]], ids=["in-turn", "early"])
+def test_an_excluded_outlier_is_subtracted_from_the_folded_sum(
+    method: str, arrival: list[str], tmp_path: Path
+) -> None:
+    """site-c's update is 40 times the others: folded in its turn, then the norm rule
+    excludes it and it is subtracted. Against the mean of the others folded from scratch:
+    within 1e-6 of its size (the rounding the module docstring bounds)."""
+    updates = _updates(scale={"site-c": 40.0})
+    result, aggregator = _round(updates, arrival, method, defer=True, exclude=_outliers,
+                                park_root=tmp_path)  # fmt: skip
+    assert aggregator.excluded == {"site-c"} and aggregator.mean.count == 4
+    rest = {s: u for s, u in updates.items() if s != "site-c"}
+    scratch, _ = _round(rest, sorted(rest), method)
+    assert scratch is not None
+    _close(result, {k: v.numpy().astype(np.float64) for k, v in scratch.items()}, 1e-6)
+    _close(result, _expected(rest, method), 2e-6)
+    assert list(tmp_path.iterdir()) == []  # the copies are deleted with the round
+
+
+def test_the_round_screen_judges_norms_after_folding(tmp_path: Path) -> None:
+    """The whole round as ``server.rounds`` runs it with the norm rule on (the default):
+    the outlier is rejected by name, subtracted, and the others' mean applied."""
+    cfg = RunConfig().replace({"output.run-dir": str(tmp_path), "trust.sign-updates": False})
+    updates = _updates(scale={"site-c": 40.0})
+    shared = ArrayRecord({k: Array(v) for k, v in _base().items()})
+    aggregator = RoundAggregator(fl.FedAvg(), shared, SITES, park_root=tmp_path, defer=True)
+    trust = ServerTrust(cfg, tmp_path, "run-1")
+    screen = RoundScreen(cfg, trust, aggregator, shared, SITES, 1, "global")
+    for site in ["site-d", "site-a", "site-c", "site-b", "site-e"]:
+        screen.on_reply(_reply(*updates[site]), site)
+    new = screen.result([])
+    assert "is an outlier" in screen.rejected["site-c"] and aggregator.excluded == {"site-c"}
+    assert set(screen.round_record(True, None, 0.0)["norms"]) == set(SITES)
+    _close(new, _expected({s: u for s, u in updates.items() if s != "site-c"}), 2e-6)
+
+
+def test_an_outlier_still_waiting_is_never_folded() -> None:
+    """site-b never replies: c, d, e wait behind it; the excluded e is dropped unfolded,
+    and the result is bit for bit the round without it."""
+    updates = _updates(scale={"site-e": 40.0})
+    arrival = ["site-e", "site-a", "site-d", "site-c"]
+    result, aggregator = _round(updates, arrival, defer=True, exclude=_outliers)
+    assert aggregator.excluded == set() and aggregator.mean.count == 3
+    rest = {s: u for s, u in updates.items() if s != "site-e"}
+    without, _ = _round(rest, ["site-a", "site-c", "site-d"])
+    assert _bits(result) == _bits(without)
+
+
+def test_excluding_a_folded_update_needs_its_copy() -> None:
+    updates = _updates()
+    reference = ArrayRecord({k: Array(v) for k, v in _base().items()})
+    aggregator = RoundAggregator(fl.FedAvg(), reference, SITES)
+    aggregator.accept("site-a", _reply(*updates["site-a"]))
+    with pytest.raises(ValueError, match="defer=True"):
+        aggregator.exclude(["site-a"])
+
+
+@pytest.mark.parametrize("defer", [False, True], ids=["streamed", "norm-rule"])
+def test_the_weight_is_capped_at_the_declared_cases_when_parked(defer: bool) -> None:
+    """b claims 1000 examples, declared 30, and arrives first (parked): (10 + 90) / 40."""
+    updates = {"site-a": ({"w": np.full(5000, 1.0, np.float32)}, 10.0),
+               "site-b": ({"w": np.full(5000, 3.0, np.float32)}, 1000.0)}  # fmt: skip
+    reference = ArrayRecord({"w": Array(np.zeros(5000, np.float32))})
+    aggregator = RoundAggregator(fl.FedAvg(), reference, ["site-a", "site-b"], defer=defer,
+                                 declared={"site-a": 10, "site-b": 30})  # fmt: skip
+    for site in ["site-b", "site-a"]:
+        content = RecordDict(
+            {
+                "arrays": ArrayRecord({"w": Array(updates[site][0]["w"])}),
+                "metrics": MetricRecord({"num-examples": updates[site][1]}),
+            }
+        )
+        aggregator.accept(site, Message(content, dst_node_id=1, message_type=MessageType.TRAIN))
+    assert aggregator.parked == 1 and aggregator.mean.total == 40.0
+    result = aggregator.result(1, [])
+    assert result is not None
+    np.testing.assert_allclose(result["w"].numpy(), 2.5, rtol=1e-6)
+
+
+def _orders() -> Iterator[list[str]]:
+    yield SITES
+    yield SITES[::-1]
+    yield ["site-c", "site-a", "site-e", "site-b", "site-d"]
+    yield ["site-b", "site-d", "site-a", "site-e", "site-c"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_bits_do_not_depend_on_the_arrival_order(method: str) -> None:
+    """With an outlier excluded and a bad update rejected part-way, too."""
+    updates = _updates(scale={"site-d": 40.0})
+    bad = {"site-b": ("fc.weight", 2500)}
+    runs = [
+        _bits(_round(updates, order, method, defer=True, bad=bad, exclude=_outliers)[0])
+        for order in _orders()
+    ]
+    assert all(run == runs[0] for run in runs[1:])
+
+
+def test_the_real_block_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.undo()  # back to BLOCK_VALUES, 262,144 values: fc.weight spans 3 blocks
+    assert folding.BLOCK_VALUES == 262_144
+    shapes = {"fc.weight": (600, 1000), "fc.bias": (600,)}
+    updates = _updates(sites=SITES[:3], shapes=shapes)
+    reference = ArrayRecord({k: Array(v) for k, v in _base(shapes).items()})
+    aggregator = RoundAggregator(fl.FedAvg(), reference, SITES[:3], track_norms=True)
+    for site in SITES[:3][::-1]:
+        aggregator.accept(site, _reply(*updates[site]))
+    result = aggregator.result(1, [])
+    assert result is not None
+    total = sum(n for _, n in updates.values())
+    for key in shapes:
+        mean = sum(t[key].astype(np.float64) * n for t, n in updates.values()) / total
+        np.testing.assert_allclose(result[key].numpy(), mean, rtol=0, atol=2e-6)
