@@ -104,6 +104,33 @@ class LateAverage:
         return ArrayRecord(average_states([state for _, state in self._window]))
 
 
+def rewrite_checkpoint(fed: Federation, model: str, arrays: ArrayRecord, **why: Any) -> None:
+    """Write ``arrays`` as ``model``'s final weights over its last checkpoint (keeping that
+    checkpoint's round, statistics and resume state) and record it in the audit trail,
+    with ``why`` (e.g. the averaged or the selected rounds)."""
+    path = fed.recorder.run_dir / checkpoint_name(model)
+    last = load_checkpoint(path)
+    fed.recorder.checkpoint(
+        arrays.to_torch_state_dict(),
+        fed.cfg,
+        int(last["round"]),
+        model,
+        str(last.get("shared_statistics", "")),
+        resume=last.get("resume") or {},
+    )
+    fed.audit.append(
+        "checkpoint",
+        {
+            "model": model,
+            "round": int(last["round"]),
+            "file": path.name,
+            "sha256": file_sha256(path),
+            "model_sha256": fed.trust.model_hash(arrays),
+            **why,
+        },
+    )
+
+
 def finish_average(
     fed: Federation, late: LateAverage, arrays: ArrayRecord, model: str
 ) -> ArrayRecord:
@@ -112,25 +139,7 @@ def finish_average(
     averaged = late.result()
     if averaged is None:
         return arrays
-    path = fed.recorder.run_dir / checkpoint_name(model)
-    last = load_checkpoint(path)
-    fed.recorder.checkpoint(
-        averaged.to_torch_state_dict(),
-        fed.cfg,
-        int(last["round"]),
-        model,
-        str(last.get("shared_statistics", "")),
-        resume=last.get("resume") or {},
-    )
-    entry = {
-        "model": model,
-        "round": int(last["round"]),
-        "file": path.name,
-        "sha256": file_sha256(path),
-        "model_sha256": fed.trust.model_hash(averaged),
-        "averaged_rounds": late.rounds,
-    }
-    fed.audit.append("checkpoint", entry)
+    rewrite_checkpoint(fed, model, averaged, averaged_rounds=late.rounds)
     fed.recorder.log_round(
         {"model": model, "phase": RecordPhase.AVERAGE.value, "rounds": late.rounds}
     )

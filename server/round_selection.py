@@ -22,8 +22,7 @@ import torch
 from flwr.app import ArrayRecord
 
 from common.keys import MetricKey, RecordPhase
-from server.records import checkpoint_name, load_checkpoint
-from server.trust import file_sha256
+from server.averaging import rewrite_checkpoint
 
 if TYPE_CHECKING:
     from server.federation import Federation
@@ -101,27 +100,7 @@ def finish_best(fed: Federation, best: BestRound, arrays: ArrayRecord, model: st
                     model)  # fmt: skip
         fed.recorder.log_round({**entry, "phase": RecordPhase.SELECT.value})
         return arrays
-    path = fed.recorder.run_dir / checkpoint_name(model)
-    last = load_checkpoint(path)
-    fed.recorder.checkpoint(
-        chosen.to_torch_state_dict(),
-        fed.cfg,
-        int(last["round"]),
-        model,
-        str(last.get("shared_statistics", "")),
-        resume=last.get("resume") or {},
-    )
-    fed.audit.append(
-        "checkpoint",
-        {
-            "model": model,
-            "round": int(last["round"]),
-            "file": path.name,
-            "sha256": file_sha256(path),
-            "model_sha256": fed.trust.model_hash(chosen),
-            "selected_round": best.round,
-        },
-    )
+    rewrite_checkpoint(fed, model, chosen, selected_round=best.round)
     fed.recorder.log_round({**entry, "phase": RecordPhase.SELECT.value})
     log.info("%s: final model = round %d (validation AUC %.3f)", model, best.round, best.score)
     return chosen
