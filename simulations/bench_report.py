@@ -196,8 +196,31 @@ def markdown(result: BenchResult) -> str:
             "",
             f"- hepafed: {_fmt(r['hepafed_round_s'])} s",
             f"- stock Flower: {_fmt(r['flower_round_s'])} s",
-            f"- ratio: {r['ratio']:.3f}",
+            f"- ratio: {r['ratio']:.3f}, the median of {len(r.get('pair_ratios', [])) or 1} "
+            "paired, interleaved runs' ratios"
+            + (f" ({_fmt(r['ratio_spread'], 3)})" if "ratio_spread" in r else ""),
         ]
+        ours, theirs = r.get("hepafed_phases_s") or {}, r.get("flower_phases_s") or {}
+        if ours or theirs:
+            lines += [
+                "",
+                "Median seconds per round by phase (hepafed: prepare = config, model hash "
+                "and signature; exchange = signing, transfer and the sites' work; "
+                "screen_fold = each reply checked, verified and folded on arrival; finish = "
+                "the result. Stock: configure_train, send_and_receive, aggregate_train):",
+                "",
+                "| phase | hepafed | stock Flower |",
+                "|---|---|---|",
+            ]
+            known = ("prepare", "exchange", "screen_fold", "finish")  # in the round's order
+            phases = [k for k in known if k in ours or k in theirs]
+            phases += sorted({*ours, *theirs} - set(known))
+            for phase in phases:
+                a, b = ours.get(phase), theirs.get(phase)
+                lines.append(
+                    f"| {phase} | {'' if a is None else f'{a:.3f}'} | "
+                    f"{'' if b is None else f'{b:.3f}'} |"
+                )
     if "sites-100" in s:
         r = s["sites-100"]
         lines += [

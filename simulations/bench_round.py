@@ -6,6 +6,13 @@ Flower as a FedAvg ServerApp body (``configure_train``, ``Grid.send_and_receive`
 ``aggregate_train``) with a ClientApp that trains with the plain PyTorch loop of
 ``bench_client``, timed from sending the model to the aggregate. The first round of
 each run is left out of both: for stock Flower it includes starting the workers.
+
+The runs are paired and interleaved (hepafed then stock, stock then hepafed, ...), so a
+machine that slows down during the benchmark slows both sides of a pair alike; the
+ratio is the median of the pairs' ratios (each pair: the median round of each side),
+with its spread. Each side's round is also split into phases: hepafed's from its
+round records (``phase_seconds``: prepare, exchange, screen_fold, finish), stock
+Flower's timed around ``configure_train``, ``send_and_receive`` and ``aggregate_train``.
 """
 
 from __future__ import annotations
@@ -23,7 +30,9 @@ from simulations.bench_measure import spread
 # ---- per-round time: hepafed vs stock Flower -----------------------------------------------
 
 
-def _stock_apps(cfg: Any, round_seconds: list[float]) -> tuple[Any, Any]:
+def _stock_apps(
+    cfg: Any, round_seconds: list[float], phases: list[dict[str, float]]
+) -> tuple[Any, Any]:
     """A stock Flower FedAvg ServerApp body and a ClientApp with a plain training loop."""
     from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
@@ -64,43 +73,89 @@ def _stock_apps(cfg: Any, round_seconds: list[float]) -> tuple[Any, Any]:
         for rnd in range(1, run.federation.num_rounds + 1):
             t = time.monotonic()
             messages = strategy.configure_train(rnd, arrays, ConfigRecord(run.to_flat()), grid)
+            prepared = time.monotonic()
             replies = list(grid.send_and_receive(messages))
+            exchanged = time.monotonic()
             failed = [r.error.reason for r in replies if r.has_error()]
             if failed:
                 raise RuntimeError(f"stock Flower round {rnd} failed: {failed[0]}")
             new, _ = strategy.aggregate_train(rnd, replies)
             arrays = new if new is not None else arrays
-            round_seconds.append(time.monotonic() - t)
+            done = time.monotonic()
+            round_seconds.append(done - t)
+            phases.append(
+                {
+                    "prepare": prepared - t,
+                    "exchange": exchanged - prepared,
+                    "finish": done - exchanged,
+                }
+            )
 
     return server, client
 
 
-def round_time(cfg: Any, repeats: int) -> dict[str, Any]:
-    """Per-round wall time of hepafed vs stock Flower FedAvg, same sites and settings."""
+def _medians(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Each phase's median over ``rows`` (one dict of phase seconds per round)."""
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    return {k: statistics.median(row.get(k, 0.0) for row in rows) for k in keys}
+
+
+def _hepafed_run(cfg: Any, ours: list[float], phases: list[dict[str, float]]) -> float:
+    """One hepafed run; its rounds (first left out) appended; the median round."""
     from server.records import read_rounds
     from simulations.federated import run_federated
 
+    with tempfile.TemporaryDirectory() as tmp:
+        run_federated(cfg.replace({"output.run-dir": str(Path(tmp) / "run")}))
+        rounds = [e for e in read_rounds(Path(tmp) / "run") if e.get("phase") == RecordPhase.TRAIN]
+    ours += [e["seconds"] for e in rounds[1:]]
+    phases += [e.get("phase_seconds", {}) for e in rounds[1:]]
+    return statistics.median(e["seconds"] for e in rounds[1:])
+
+
+def _stock_run(cfg: Any, stock: list[float], phases: list[dict[str, float]]) -> float:
+    """One stock Flower run on the same sites; its rounds (first left out) appended."""
+    from simulations.federated import run_federated
+
+    seconds: list[float] = []
+    per_phase: list[dict[str, float]] = []
+    server, client = _stock_apps(cfg, seconds, per_phase)
+    with tempfile.TemporaryDirectory() as tmp:
+        run_federated(cfg.replace({"output.run-dir": str(Path(tmp) / "run")}), body=server,
+                      client=client)  # fmt: skip
+    stock += seconds[1:]
+    phases += per_phase[1:]
+    return statistics.median(seconds[1:])
+
+
+def round_time(cfg: Any, repeats: int) -> dict[str, Any]:
+    """Per-round wall time of hepafed vs stock Flower FedAvg, same sites and settings:
+    ``repeats`` pairs of runs, interleaved, the order alternating within pairs."""
     cfg = cfg.replace({"eval.every-round": False})
     # the first round of each run is left out: for stock Flower it includes starting the
     # simulation's workers (hepafed starts them with its site query, before round 1)
     ours: list[float] = []
     stock: list[float] = []
-    for _ in range(repeats):
-        with tempfile.TemporaryDirectory() as tmp:
-            run = cfg.replace({"output.run-dir": str(Path(tmp) / "run")})
-            run_federated(run)
-            rounds = read_rounds(Path(tmp) / "run")
-            ours += [e["seconds"] for e in rounds if e.get("phase") == RecordPhase.TRAIN][1:]
-            seconds: list[float] = []
-            server, client = _stock_apps(cfg, seconds)
-            run_federated(run, body=server, client=client)
-            stock += seconds[1:]
-    med_ours, med_stock = statistics.median(ours), statistics.median(stock)
+    ours_phases: list[dict[str, float]] = []
+    stock_phases: list[dict[str, float]] = []
+    ratios = []
+    for pair in range(repeats):
+        if pair % 2 == 0:
+            a = _hepafed_run(cfg, ours, ours_phases)
+            b = _stock_run(cfg, stock, stock_phases)
+        else:
+            b = _stock_run(cfg, stock, stock_phases)
+            a = _hepafed_run(cfg, ours, ours_phases)
+        ratios.append(a / b)
     return {
         "sites": cfg.federation.expected_sites,
         "rounds_per_run": cfg.federation.num_rounds,
         "runs": repeats,
         "hepafed_round_s": spread(ours),
         "flower_round_s": spread(stock),
-        "ratio": med_ours / med_stock,
+        "pair_ratios": ratios,
+        "ratio_spread": spread(ratios),
+        "ratio": statistics.median(ratios),
+        "hepafed_phases_s": _medians(ours_phases),
+        "flower_phases_s": _medians(stock_phases),
     }

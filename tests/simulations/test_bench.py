@@ -10,6 +10,7 @@ and the files hold every section that ran.
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -54,9 +55,15 @@ def test_quick_bench_writes_every_section_and_its_figures_hold(tmp_path: Path) -
         assert client[key]["median"] > 0
     round_ = doc["sections"]["round"]
     assert round_["hepafed_round_s"]["runs"] == round_["flower_round_s"]["runs"] == 2
-    assert round_["ratio"] == pytest.approx(
-        round_["hepafed_round_s"]["median"] / round_["flower_round_s"]["median"]
-    )
+    # paired runs: the ratio is the median of the pairs' ratios
+    assert round_["ratio"] == pytest.approx(statistics.median(round_["pair_ratios"]))
+    assert len(round_["pair_ratios"]) == round_["runs"]
+    assert set(round_["hepafed_phases_s"]) == {"prepare", "exchange", "screen_fold", "finish"}
+    assert set(round_["flower_phases_s"]) == {"prepare", "exchange", "finish"}
+    assert all(v >= 0 for v in round_["hepafed_phases_s"].values())
+    # the phases account for the round: their medians add up to about the median round
+    total = sum(round_["hepafed_phases_s"].values())
+    assert total == pytest.approx(round_["hepafed_round_s"]["median"], rel=0.35)
     assert {"aggregation_memory", "aggregation_bandwidth", "client_throughput"} <= set(
         doc["targets"]
     )
