@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -283,9 +284,10 @@ class RunConfig:
         return RunConfig.from_flat({**self.to_flat(), **overrides})
 
 
-def valid_keys() -> set[str]:
-    """Every flat key ``RunConfig.from_flat`` accepts."""
-    return set(RunConfig().to_flat())
+@functools.cache
+def valid_keys() -> frozenset[str]:
+    """Every flat key ``RunConfig.from_flat`` accepts (a site checks each message's)."""
+    return frozenset(RunConfig().to_flat())
 
 
 def _section_type(section: str) -> type:
@@ -314,6 +316,9 @@ def _coerce(key: str, value: Any, target: Any) -> Any:
         target = next(a for a in get_args(target) if a is not type(None))
         origin = get_origin(target)
     if origin is tuple:
+        # Flower's flat configs say "0.2,0.5"; code replacing a value may pass the tuple
+        if isinstance(value, tuple | list):
+            value = ",".join(str(v) for v in value)
         if not isinstance(value, str):
             raise ConfigError(f"{key} = {value!r}: expected a comma-separated string")
         parts = tuple(part.strip() for part in value.split(",") if part.strip())

@@ -29,10 +29,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def _flat(values: Sequence[float]) -> str:
-    return ",".join(f"{v:g}" for v in values)
-
-
 def choose_operating_threshold(
     fed: Federation,
     arrays: ArrayRecord,
@@ -49,7 +45,7 @@ def choose_operating_threshold(
     summaries: dict[str, SiteSummary] = {}
     failed = ""
     if splits:
-        view = fed.with_config(fed.cfg.replace({"eval.thresholds": _flat(ev.threshold_candidates)}))
+        view = fed.with_config(fed.cfg.replace({"eval.thresholds": ev.threshold_candidates}))
         try:
             results = view.evaluate_split(arrays, splits, model, share, RecordPhase.VALIDATE)
         except EvaluationsFailedError as e:
@@ -83,5 +79,5 @@ def evaluate_at_operating_point(
     thresholds = evaluation_thresholds(fed.cfg.eval, choice)
     view = fed
     if thresholds != fed.cfg.eval.thresholds:
-        view = fed.with_config(fed.cfg.replace({"eval.thresholds": _flat(thresholds)}))
+        view = fed.with_config(fed.cfg.replace({"eval.thresholds": thresholds}))
     return view.evaluate(arrays, splits, model, share)

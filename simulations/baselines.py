@@ -100,8 +100,7 @@ def pooled(cfg: RunConfig, sites: Sequence[SiteData], trainers: Sequence[str]) -
     model = train_baseline(cfg, train, POOLED, compute)
     choice = None
     if cfg.eval.threshold_rule is not ThresholdRule.FIXED and cfg.task == Task.MALIGNANCY:
-        grid = ",".join(f"{t:g}" for t in cfg.eval.threshold_candidates)
-        at_candidates = cfg.replace({"eval.thresholds": grid})
+        at_candidates = cfg.replace({"eval.thresholds": cfg.eval.threshold_candidates})
         validation = {
             s.name: summarize(model, s.val, at_candidates, compute)
             for s in sites
@@ -109,7 +108,7 @@ def pooled(cfg: RunConfig, sites: Sequence[SiteData], trainers: Sequence[str]) -
         }
         choice = choose_threshold(cfg.eval, validation)
         thresholds = evaluation_thresholds(cfg.eval, choice)
-        cfg = cfg.replace({"eval.thresholds": ",".join(f"{t:g}" for t in thresholds)})
+        cfg = cfg.replace({"eval.thresholds": thresholds})
     evaluations = [
         Evaluation(
             POOLED,

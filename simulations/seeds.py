@@ -22,7 +22,7 @@ from common.config import RunConfig
 from server.report.files import REPORT_JSON
 from server.report.training_noise import seed_list, write_combined_report
 from simulations.scenario import load_scenario
-from simulations.simulate import SimulationSummary, default_run_dir, simulate
+from simulations.simulate import default_run_dir, simulate
 
 log = logging.getLogger("hepafed.progress")
 
@@ -35,7 +35,6 @@ class SeedsSummary:
     seeds: list[int]
     runs: list[Path]
     ran: list[int]  # the seeds this call trained (the others were on disk)
-    first: SimulationSummary | None  # the first seed's summary, when this call ran it
     report: dict[str, Any]
 
 
@@ -55,7 +54,6 @@ def simulate_seeds(
     seeds = seed_list(base.seed, count)
     out = out_dir or default_run_dir(load_scenario(scenario).name)
     runs, ran = [], []
-    first: SimulationSummary | None = None
     for i, seed in enumerate(seeds):
         run_dir = out / f"seed-{seed}"
         runs.append(run_dir)
@@ -63,7 +61,7 @@ def simulate_seeds(
             log.info("seed %d (%d of %d): already in %s", seed, i + 1, count, run_dir)
             continue
         log.info("seed %d (%d of %d)", seed, i + 1, count)
-        summary = simulate(
+        simulate(
             scenario=scenario,
             data_dir=data_dir,
             run_dir=run_dir,
@@ -73,7 +71,5 @@ def simulate_seeds(
             design=design,
         )
         ran.append(seed)
-        if i == 0:
-            first = summary
     report = write_combined_report(out, list(zip(seeds, runs, strict=True)))
-    return SeedsSummary(out, seeds, runs, ran, first, report)
+    return SeedsSummary(out, seeds, runs, ran, report)

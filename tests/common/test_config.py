@@ -60,3 +60,11 @@ def test_replace_keeps_other_values() -> None:
     assert cfg.federation.num_rounds == 9
     assert cfg.train == RunConfig().train
     assert "federation.num-rounds" in valid_keys()
+
+
+def test_replace_takes_a_tuple_for_a_list_field_and_checks_it_alike() -> None:
+    """Code may pass a tuple where Flower's flat config writes "0.3,0.5"; a rogue value is
+    refused the same way (a site's policy then counts the parsed thresholds)."""
+    assert RunConfig().replace({"eval.thresholds": (0.3, 0.5)}).eval.thresholds == (0.3, 0.5)
+    with pytest.raises(ConfigError, match="eval.thresholds"):
+        RunConfig().replace({"eval.thresholds": [0.3, 1.5]})
