@@ -29,11 +29,19 @@ from pathlib import Path
 from typing import Any
 
 from common.config import ConfigError, RunConfig
+from simulations.phantom import GENERATOR_VERSION
 
 log = logging.getLogger("hepafed.progress")
 
 STUDIES_DIR = Path(__file__).parent / "studies"
 OK, FAILED = "ok", "failed"
+# cells recorded before the key named the phantom ran on generator 2.0 (no val split)
+UNNAMED_PHANTOM = "2.0"
+
+
+def phantom_of(record: Mapping[str, Any]) -> str:
+    """The phantom generator version a results record ran on."""
+    return str(record.get("phantom", UNNAMED_PHANTOM))
 
 
 class StudyError(ValueError):
@@ -70,15 +78,18 @@ class Cell:
     seed: int
     scenario: str
     quick: bool = False  # `hepafed simulate --quick` settings (a smoke test, not a result)
+    phantom: str = GENERATOR_VERSION  # the phantom generator the cell runs on
 
     @property
     def key(self) -> str:
-        """What identifies the cell in the results file: names, seed, quick, and the
+        """What identifies the cell in the results file: names, seed, quick, the phantom
+        generator's version (a new phantom, new splits: every cell runs again) and the
         overrides' fingerprint, so a variant whose overrides change is run again."""
         text = json.dumps(self.variant.overrides, sort_keys=True)
         digest = hashlib.sha256(text.encode()).hexdigest()[:12]
         quick = "-quick" if self.quick else ""
-        return f"{self.scenario}/{self.variant.name}/seed-{self.seed}{quick}/{digest}"
+        name = f"{self.variant.name}/seed-{self.seed}{quick}/{digest}"
+        return f"{self.scenario}/phantom-{self.phantom}/{name}"
 
 
 def load_study(path: str | Path, check: bool = True) -> Study:
@@ -240,6 +251,7 @@ def run_study(
             "seed": cell.seed,
             "scenario": cell.scenario,
             "quick": cell.quick,
+            "phantom": cell.phantom,
             "overrides": cell.variant.overrides,
             "run_dir": str(run_dir),
             "command": command,

@@ -14,7 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from simulations.study import OK, Study, read_results
+from simulations.phantom import GENERATOR_VERSION
+from simulations.study import OK, Study, phantom_of, read_results
 
 # issue 14's "now" column: liver-5, default training, seeds 2026-2028
 ISSUE_NOW = {
@@ -41,7 +42,11 @@ def latest_ok(records: Sequence[Record], scenario: str) -> list[Record]:
 
 
 def group_name(record: Record) -> str:
-    return str(record["variant"]) + (" (quick)" if record.get("quick") else "")
+    """A variant's name, marked when its cells are quick or ran on an earlier phantom (their
+    figures are not comparable with the current phantom's: other splits, no val split)."""
+    name = str(record["variant"]) + (" (quick)" if record.get("quick") else "")
+    phantom = phantom_of(record)
+    return name if phantom == GENERATOR_VERSION else f"{name} (phantom {phantom})"
 
 
 def _stats(values: Sequence[float | None]) -> tuple[float, float, int]:
@@ -132,7 +137,8 @@ def compression_cell(records: Sequence[Record], groups: Mapping[str, Sequence[Re
         return "—"
     plain = {k: v for k, v in overrides.items() if k != COMPRESSION_KEY}
     base = next((rs for rs in groups.values() if rs and dict(rs[0].get("overrides", {})) == plain
-                 and rs[0].get("quick") == records[0].get("quick")), None)  # fmt: skip
+                 and rs[0].get("quick") == records[0].get("quick")
+                 and phantom_of(rs[0]) == phantom_of(records[0])), None)  # fmt: skip
     if base is None:
         return "no uncompressed variant with the same overrides"
     by_seed = {r["seed"]: r for r in base}
@@ -215,7 +221,11 @@ def render(study: Study, records: Sequence[Record], scenario: str) -> str:
     ok = latest_ok(records, scenario)
     order = {v.name: i for i, v in enumerate(study.variants)}
     groups: dict[str, list[Record]] = {}
-    for r in sorted(ok, key=lambda r: (order.get(str(r["variant"]), 99), r["seed"])):
+    def place(r: Record) -> tuple[bool, str, int, int]:  # the current phantom's cells first
+        old = phantom_of(r) != GENERATOR_VERSION
+        return old, phantom_of(r), order.get(str(r["variant"]), 99), int(r["seed"])
+
+    for r in sorted(ok, key=place):
         groups.setdefault(group_name(r), []).append(r)
     out = [f"# Stability study `{study.name}` on {scenario}", ""]
     if study.description:

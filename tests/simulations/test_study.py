@@ -24,6 +24,7 @@ from simulations.study import (
     run_study,
     select,
 )
+from simulations.phantom import GENERATOR_VERSION
 from simulations.study_report import render, write_reports
 
 STUDY = """
@@ -81,7 +82,7 @@ def test_the_grid_is_variants_within_seeds_and_keys_follow_the_overrides(tmp_pat
     assert [(c.seed, c.variant.name) for c in grid] == [
         (1, "default"), (1, "slow"), (2, "default"), (2, "slow")
     ]  # fmt: skip
-    assert grid[0].key.startswith("liver-5/default/seed-1/")
+    assert grid[0].key.startswith(f"liver-5/phantom-{GENERATOR_VERSION}/default/seed-1/")
     assert grid[0].key != next(iter(cells(study, quick=True))).key
     changed = select(study, variants=["slow"])
     assert [v.name for v in changed.variants] == ["slow"]
@@ -189,3 +190,24 @@ def test_study_report_command_reads_only_the_results_file(tmp_path: Path, capsys
     assert main(["study", "--report", "--seeds", "x"]) == 2
     doc = json.loads(results.read_text().splitlines()[0])
     assert doc["key"] == cell.key
+
+
+def test_cells_of_an_earlier_phantom_are_run_again_and_reported_apart(tmp_path: Path) -> None:
+    """A record without a phantom version ran on generator 2.0 (before the val split): its
+    cell is not done on the current phantom, and its figures form their own group, after
+    the current phantom's, never averaged with them."""
+    study = _study(tmp_path)
+    old = Cell(study.variants[0], 1, "liver-5", phantom="2.0")
+    legacy_key = old.key.replace("/phantom-2.0", "")  # how keys were written before
+    append_result(study.results, {"key": legacy_key, "status": OK, "variant": "default",
+                                  "seed": 1, "scenario": "liver-5", **_figures(old)})  # fmt: skip
+    assert legacy_key not in {c.key for c in cells(study)}
+    written = run_study(study, runs_dir=tmp_path / "runs",
+                        runner=lambda c, d, r: _figures(c))  # fmt: skip
+    assert len(written) == 4 and all(r["phantom"] == GENERATOR_VERSION for r in written)
+    text = render(study, read_results(study.results), "liver-5")
+    headings = [line for line in text.splitlines() if line.startswith("### ")]
+    assert headings == ["### default", "### slow", "### default (phantom 2.0)"]
+    # the current default: seeds 1 and 2 (0.81, 0.82); the 2.0 group only its one cell
+    assert "| pooled internal AUC (FedAvg, random effects) | 0.815 |" in text
+    assert "| pooled internal AUC (FedAvg, random effects) | 0.810 | n/a | 1 |" in text
