@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ from common.config_sections import EvalConfig
 from common.data import SplitTensors
 from common.device import Compute
 from common.keys import Task
+from common.recalibration import apply_recalibration
 from common.stats import (
     brier_score,
     calibration_bins,
@@ -123,6 +125,7 @@ def classification_summary(
         )
     bins = small_cell_calibration(y, p, ev.calibration_bins, min_cell)
     recal = calibration_glm(y, p)
+    after = recalibrated(y, p, ev, min_cell)
     mean, cov = embedding_moments(embedding)
     return SiteSummary(
         n=len(y),
@@ -144,6 +147,7 @@ def classification_summary(
         cal_slope_se=recal.slope_se,
         cal_intercept=recal.intercept,
         cal_intercept_se=recal.intercept_se,
+        **after,
         hist_counts=_histograms(images, ev.histogram_bins, min_cell),
         emb_mean=mean,
         emb_cov=cov,
@@ -212,15 +216,47 @@ def _histograms(
     return intensity_histograms(images, bins, min_cell) if images is not None else ()
 
 
-def small_cell_calibration(y: np.ndarray, p: np.ndarray, n_bins: int, min_cell: int) -> np.ndarray:
+def small_cell_calibration(
+    y: np.ndarray, p: np.ndarray, n_bins: int, min_cell: int, after: np.ndarray | None = None
+) -> np.ndarray:
     """Calibration bins (rows: count, sum of p, positives, sum of squared errors) with each
-    bin of fewer than ``min_cell`` cases merged into its neighbours (``pool_cells``)."""
+    bin of fewer than ``min_cell`` cases merged into its neighbours (``pool_cells``).
+
+    ``after``: other probabilities of the same cases (recalibrated); two more rows, their
+    sum and their sum of squared errors, on the bins and groups of ``p``."""
     bins = calibration_bins(y, p, n_bins)
     rows = np.array([bins.count, bins.sum_p, bins.sum_y, bins.sum_sq_error], dtype=float)
     idx = np.minimum(np.floor(p * n_bins).astype(int), n_bins - 1)  # calibration_bins' rule
+    if after is not None:
+        extra = [np.bincount(idx, weights=w, minlength=n_bins) for w in (after, (after - y) ** 2)]
+        rows = np.vstack([rows, *extra])
     present = np.zeros((len(p), n_bins), dtype=bool)
     present[np.arange(len(p)), idx] = True
     return pool_cells(rows, small_cell_groups(present, min_cell), rows[0])
+
+
+def recalibrated(y: np.ndarray, p: np.ndarray, ev: EvalConfig, min_cell: int) -> dict[str, Any]:
+    """The calibration summary of the recalibrated probabilities (``eval.recalibration``;
+    ``common.recalibration``) as ``SiteSummary`` fields: per calibration group of the raw
+    probabilities (the same groups, so the same counts: nothing new is partitioned), the
+    sums of the recalibrated probabilities and of their squared errors, their Brier score
+    and their logistic calibration fit. Empty without a recalibration."""
+    if not ev.recalibration:
+        return {}
+    q = apply_recalibration(p, ev.recalibration)
+    rows = small_cell_calibration(y, p, ev.calibration_bins, min_cell, after=q)
+    fit = calibration_glm(y, q)
+    return {
+        "recal_sum_p": tuple(float(v) for v in rows[4]),
+        "recal_sum_sq": tuple(float(v) for v in rows[5]),
+        "recal_brier": brier_score(y, q),
+        "recal_citl": fit.citl,
+        "recal_citl_se": fit.citl_se,
+        "recal_slope": fit.slope,
+        "recal_slope_se": fit.slope_se,
+        "recal_intercept": fit.intercept,
+        "recal_intercept_se": fit.intercept_se,
+    }
 
 
 def coarse_roc(y: np.ndarray, p: np.ndarray, points: int, min_cell: int) -> tuple[float, ...]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import math
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -109,6 +110,13 @@ class RunConfig:
             raise ConfigError(
                 f"eval.threshold-candidates = {','.join(f'{t:g}' for t in cands)!r}: give one "
                 "or more strictly increasing values in (0, 1)"
+            )
+        recal = self.eval.recalibration
+        if recal and (len(recal) != 2 or not all(math.isfinite(v) for v in recal) or recal[1] <= 0):
+            raise ConfigError(
+                f"eval.recalibration = {recal!r}: give the intercept a and a positive slope b "
+                "of p' = expit(a + b logit p), or nothing (the server fits them on validation "
+                "summaries under eval.recalibrate = 'logistic')"
             )
         if not 0.0 < self.eval.target_sensitivity < 1.0:
             raise ConfigError(

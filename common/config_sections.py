@@ -19,6 +19,7 @@ from common.keys import (
     OptimizerName,
     PoolingMethod,
     PrivacyMode,
+    Recalibrate,
     RoundSelection,
     StrategyName,
     ThresholdRule,
@@ -99,6 +100,10 @@ class EvalConfig:
     threshold_rule: ThresholdRule = ThresholdRule.YOUDEN  # fixed | youden | sensitivity
     threshold_candidates: tuple[float, ...] = (0.2, 0.35, 0.5, 0.65)  # the choice's grid
     target_sensitivity: float = 0.9  # threshold-rule = sensitivity: the sensitivity to reach
+    # logistic recalibration fitted on the same validation summaries (common.recalibration);
+    # sites then report calibration before and after it
+    recalibrate: Recalibrate = Recalibrate.NONE  # none | logistic
+    recalibration: tuple[float, ...] = ()  # (a, b) fitted by the server; () = none applied
     min_cases: int = 20  # a site with fewer test cases reports "insufficient data"
     min_per_class: int = 5  # ... or with fewer positives or negatives than this
     calibration_bins: int = 10  # equal-width probability bins for reliability and ECE

@@ -132,6 +132,14 @@ class ThresholdRule(StrEnum):
     SENSITIVITY = "sensitivity"  # the highest candidate reaching eval.target-sensitivity
 
 
+class Recalibrate(StrEnum):
+    """Whether a model's probabilities are recalibrated on validation data
+    (``eval.recalibrate``, ``common.recalibration``)."""
+
+    NONE = "none"  # report the probabilities as the model gives them
+    LOGISTIC = "logistic"  # p' = expit(a + b logit p), a and b fitted on validation summaries
+
+
 class Share(StrEnum):
     """Which tensors a training site sends back (``ConfigKey.SHARE``)."""
 

@@ -26,11 +26,12 @@ threshold first (the operating point), followed by ``eval.thresholds``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from common.config_sections import EvalConfig
-from common.keys import ThresholdRule
+from common.keys import Recalibrate, ThresholdRule
+from common.recalibration import Recalibration, fit_recalibration
 from common.summary import SiteSummary
 
 
@@ -71,6 +72,8 @@ class ThresholdChoice:
     sites: tuple[str, ...]  # whose validation tables were pooled
     candidates: tuple[Candidate, ...]
     target_sensitivity: float | None = None
+    # fitted on the same validation summaries under eval.recalibrate (common.recalibration)
+    recalibration: Recalibration | None = None
 
     def to_record(self, model: str) -> dict[str, Any]:
         """The JSON form (``rounds.jsonl`` and the report's ``settings.threshold_choices``)."""
@@ -94,6 +97,7 @@ class ThresholdChoice:
                 }
                 for c in self.candidates
             ],
+            **({"recalibration": self.recalibration.to_record()} if self.recalibration else {}),
         }
 
 
@@ -153,6 +157,36 @@ def choose_threshold(
             f"{best.threshold:g}, reaches {best.sensitivity:.3f}"
         )
     return ThresholdChoice(rule, best.threshold, True, reason, sites, candidates, target)
+
+
+def on_validation(ev: EvalConfig) -> bool:
+    """Whether anything is chosen on validation summaries: the threshold or a recalibration."""
+    return ev.threshold_rule is not ThresholdRule.FIXED or ev.recalibrate is not Recalibrate.NONE
+
+
+def choose_on_validation(
+    ev: EvalConfig, summaries: Mapping[str, SiteSummary], failed: str = ""
+) -> ThresholdChoice:
+    """The operating threshold (``choose_threshold``) and, under ``eval.recalibrate``, the
+    recalibration, both from the same validation ``summaries``."""
+    choice = choose_threshold(ev, summaries, failed)
+    recal = fit_recalibration(ev, summaries)
+    if recal is not None and failed and not recal.sites:
+        recal = replace(recal, reason=f"{failed}: nothing applied")
+    return replace(choice, recalibration=recal)
+
+
+def evaluation_config(ev: EvalConfig, choice: ThresholdChoice | None) -> dict[str, Any]:
+    """The ``eval.*`` overrides of a test evaluation after ``choice``: its thresholds (the
+    chosen one first) and the fitted recalibration, where they differ from ``ev``."""
+    out: dict[str, Any] = {}
+    thresholds = evaluation_thresholds(ev, choice)
+    if thresholds != ev.thresholds:
+        out["eval.thresholds"] = thresholds
+    recal = choice.recalibration if choice else None
+    if recal is not None and recal.parameters != ev.recalibration:
+        out["eval.recalibration"] = recal.parameters
+    return out
 
 
 def evaluation_thresholds(ev: EvalConfig, choice: ThresholdChoice | None) -> tuple[float, ...]:

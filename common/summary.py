@@ -53,6 +53,13 @@ SCALAR_KEYS = {
     "cal_slope_se": "cal-slope-se",
     "cal_intercept": "cal-intercept",
     "cal_intercept_se": "cal-intercept-se",
+    "recal_brier": "recal-brier",
+    "recal_citl": "recal-citl",
+    "recal_citl_se": "recal-citl-se",
+    "recal_slope": "recal-slope",
+    "recal_slope_se": "recal-slope-se",
+    "recal_intercept": "recal-intercept",
+    "recal_intercept_se": "recal-intercept-se",
     "dice_mean": "dice",
     "dice_sd": "dice-sd",
     "dice_median": "dice-median",
@@ -98,6 +105,18 @@ class SiteSummary:
     cal_slope_se: float | None = None
     cal_intercept: float | None = None  # ... and its intercept
     cal_intercept_se: float | None = None
+    # after the recalibration eval.recalibration (common.recalibration), on the same cases:
+    # per calibration group above (same counts, same positives) the sums of the recalibrated
+    # probabilities and of their squared errors, and the same scalars
+    recal_sum_p: tuple[float, ...] = ()
+    recal_sum_sq: tuple[float, ...] = ()
+    recal_brier: float | None = None
+    recal_citl: float | None = None
+    recal_citl_se: float | None = None
+    recal_slope: float | None = None
+    recal_slope_se: float | None = None
+    recal_intercept: float | None = None
+    recal_intercept_se: float | None = None
     # segmentation
     dice_mean: float | None = None
     dice_sd: float | None = None
@@ -140,6 +159,8 @@ class SiteSummary:
             "cal-sum-p": list(self.cal_sum_p),
             "cal-sum-y": [int(v) for v in self.cal_sum_y],
             "cal-sum-sq": list(self.cal_sum_sq),
+            "recal-sum-p": list(self.recal_sum_p),
+            "recal-sum-sq": list(self.recal_sum_sq),
             "emb-mean": list(self.emb_mean),
             "emb-cov": [v for row in self.emb_cov for v in row],
             "hist": [int(v) for row in self.hist_counts for v in row],
@@ -205,6 +226,8 @@ class SiteSummary:
             cal_sum_p=tuple(seq("cal-sum-p")),
             cal_sum_y=tuple(int(v) for v in r.get("cal-sum-y", [])),
             cal_sum_sq=tuple(seq("cal-sum-sq")),
+            recal_sum_p=tuple(seq("recal-sum-p")),
+            recal_sum_sq=tuple(seq("recal-sum-sq")),
             hd95_n=int(r.get("hd95-n", 0)),
             hist_counts=hist,
             emb_mean=emb_mean,

@@ -25,10 +25,15 @@ from client.trainer import train_local
 from common.config import RunConfig
 from common.data import SplitTensors, concat_splits, load_split
 from common.device import Compute, derive_seed, seed_everything, select_compute
-from common.keys import Split, Task, ThresholdRule
+from common.keys import Split, Task
 from common.manifest import list_site_dirs, open_manifest
 from common.models import build_model
-from common.operating_point import ThresholdChoice, choose_threshold, evaluation_thresholds
+from common.operating_point import (
+    ThresholdChoice,
+    choose_on_validation,
+    evaluation_config,
+    on_validation,
+)
 from common.schedule import epoch_lrs, is_constant
 from common.summary import SiteSummary
 from server.designs import EXTERNAL, INTERNAL, Evaluation
@@ -99,16 +104,15 @@ def pooled(cfg: RunConfig, sites: Sequence[SiteData], trainers: Sequence[str]) -
     log.info("baseline pooled: training on %d cases from %d sites", len(train), len(trainers))
     model = train_baseline(cfg, train, POOLED, compute)
     choice = None
-    if cfg.eval.threshold_rule is not ThresholdRule.FIXED and cfg.task == Task.MALIGNANCY:
+    if on_validation(cfg.eval) and cfg.task == Task.MALIGNANCY:
         at_candidates = cfg.replace({"eval.thresholds": cfg.eval.threshold_candidates})
         validation = {
             s.name: summarize(model, s.val, at_candidates, compute)
             for s in sites
             if s.name in trainers and len(s.val)
         }
-        choice = choose_threshold(cfg.eval, validation)
-        thresholds = evaluation_thresholds(cfg.eval, choice)
-        cfg = cfg.replace({"eval.thresholds": thresholds})
+        choice = choose_on_validation(cfg.eval, validation)
+        cfg = cfg.replace(evaluation_config(cfg.eval, choice))
     evaluations = [
         Evaluation(
             POOLED,

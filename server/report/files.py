@@ -85,10 +85,13 @@ def failed_evaluations(run_dir: Path) -> dict[str, dict[str, str]]:
 
 def threshold_choices(run_dir: Path) -> list[dict[str, Any]]:
     """Each model's recorded operating-threshold choice (``server.threshold_choice``), the
-    last one per model, in the order they were made."""
+    last one per model, in the order they were made: a chosen threshold, or a fixed one
+    with a recalibration fitted on validation data."""
     out: dict[str, dict[str, Any]] = {}
     for entry in read_rounds(run_dir):
-        if entry.get("phase") == RecordPhase.THRESHOLD and entry.get("rule") != "fixed":
+        if entry.get("phase") != RecordPhase.THRESHOLD:
+            continue
+        if entry.get("rule") != "fixed" or "recalibration" in entry:
             out[entry["model"]] = {k: v for k, v in entry.items() if k != "phase"}
     return list(out.values())
 

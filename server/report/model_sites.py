@@ -78,8 +78,9 @@ class ThresholdTable(ReportModel):
     )
 
 
-class Calibration(ReportModel):
-    """Calibration of the predicted probabilities at the site."""
+class CalibrationMeasures(ReportModel):
+    """The calibration measures of a set of predicted probabilities (``Calibration`` and its
+    ``recalibrated`` block)."""
 
     citl: SeInterval = Field(
         description="Calibration-in-the-large (logit scale; 0 = ideal, > 0 = risks underestimated)."
@@ -96,6 +97,25 @@ class Calibration(ReportModel):
     )
     brier: Probability | None = Field(
         description="Brier score: mean squared error of the probabilities, on [0, 1]."
+    )
+
+
+class Recalibrated(CalibrationMeasures):
+    """The same measures on the same test cases, computed on the recalibrated probabilities
+    p' = expit(a + b logit p) (a and b in settings.threshold_choices[].recalibration, fitted
+    on validation summaries only). The ECE uses the same case groups as before
+    recalibration (the raw-probability bins after the small-cell merge), so before and
+    after differ only in the predictions."""
+
+
+class Calibration(CalibrationMeasures):
+    """Calibration of the predicted probabilities at the site."""
+
+    recalibrated: Omittable[Recalibrated] = Field(
+        None,
+        description="The same measures after logistic recalibration of the model's "
+        "probabilities (eval.recalibrate = logistic), on the same test cases; absent when no "
+        "recalibration was applied.",
     )
 
 

@@ -5,6 +5,7 @@ number helpers the report's modules share (NaN and infinities become null)."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 from scipy import stats as sps
@@ -91,6 +92,15 @@ def site_statistics(s: SiteSummary, cfg: ReportSettings) -> dict[str, Any]:
             "ece": json_float(ece_from_bins(bins)),
             "brier": json_float(s.brier),
         }
+        if s.recal_sum_p:  # the same statistics after the recalibration, on the same groups
+            after = replace(bins, sum_p=tuple(s.recal_sum_p), sum_sq_error=tuple(s.recal_sum_sq))
+            out["calibration"]["recalibrated"] = {
+                "citl": _interval_se(s.recal_citl, s.recal_citl_se, cfg.level),
+                "slope": _interval_se(s.recal_slope, s.recal_slope_se, cfg.level),
+                "intercept": _interval_se(s.recal_intercept, s.recal_intercept_se, cfg.level),
+                "ece": json_float(ece_from_bins(after)),
+                "brier": json_float(s.recal_brier),
+            }
     if s.dice_mean is not None:
         half = (
             float(sps.t.ppf(0.5 + cfg.level / 2, s.n - 1)) * (s.dice_sd or 0.0) / math.sqrt(s.n)

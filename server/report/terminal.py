@@ -45,6 +45,7 @@ def format_summary(report: dict[str, Any]) -> str:
     for r in report["sites"]:
         if text := skipped_text(r):
             lines.append(f"{r['site']} ({r['model']}): {text}, not in n (data.on-bad-case = skip)")
+    lines += recalibrated_lines(report)
     lines.append("")
     pooled = report["pooled"]
     for role in ("internal", "external"):
@@ -124,14 +125,54 @@ def training_noise_lines(report: dict[str, Any]) -> list[str]:
 
 
 def threshold_lines(report: dict[str, Any]) -> list[str]:
-    """How each model's operating threshold (sens, spec above) was chosen."""
+    """How each model's operating threshold (sens, spec above) was chosen, and its
+    probabilities recalibrated."""
     choices = report["settings"].get("threshold_choices") or []
     lines = []
     for c in choices:
-        where = f"validation at {', '.join(c['sites'])}" if c["sites"] else "no validation"
-        how = c["rule"] if c["chosen"] else "kept, not chosen"
-        lines.append(
-            f"operating threshold of {c['model']}: {c['threshold']:g} ({how}; {where}): "
-            f"{c['reason']}"
-        )
+        if c["rule"] == "fixed":
+            lines.append(
+                f"operating threshold of {c['model']}: {c['threshold']:g} (fixed, not chosen): "
+                f"{c['reason']}"
+            )
+        else:
+            where = f"validation at {', '.join(c['sites'])}" if c["sites"] else "no validation"
+            how = c["rule"] if c["chosen"] else "kept, not chosen"
+            lines.append(
+                f"operating threshold of {c['model']}: {c['threshold']:g} ({how}; {where}): "
+                f"{c['reason']}"
+            )
+        if recal := c.get("recalibration"):
+            lines.append(f"  {recalibration_text(recal)}")
+    return lines
+
+
+def recalibration_text(recal: dict[str, Any]) -> str:
+    """A model's recalibration (settings.threshold_choices[].recalibration) in one line."""
+    if not recal["fitted"]:
+        return f"Recalibration not fitted: {recal['reason']}"
+    sites = recal["sites"]
+    return (
+        f"Recalibration ({recal['method']}): a = {recal['intercept']:.3f}, "
+        f"b = {recal['slope']:.3f}, fitted on {recal['n']} validation cases of "
+        f"{'site' if len(sites) == 1 else 'sites'} {', '.join(sites)}"
+    )
+
+
+def recalibrated_lines(report: dict[str, Any]) -> list[str]:
+    """Each site's calibration before → after recalibration, on the same test cases."""
+    lines = []
+    for r in report["sites"]:
+        cal = r.get("calibration") or {}
+        after = cal.get("recalibrated")
+        if not after:
+            continue
+        pairs = [
+            ("ECE", cal["ece"], after["ece"], 3),
+            ("Brier", cal["brier"], after["brier"], 3),
+            ("CITL", cal["citl"]["estimate"], after["citl"]["estimate"], 2),
+            ("slope", cal["slope"]["estimate"], after["slope"]["estimate"], 2),
+        ]
+        shown = ", ".join(f"{name} {_fmt(x, d)} → {_fmt(y, d)}" for name, x, y, d in pairs)
+        lines.append(f"{r['site']} ({r['model']}): recalibrated: {shown}")
     return lines

@@ -31,10 +31,16 @@ from server.report.html.view import read_page
 from server.report.terminal import format_summary
 from tests.server.test_report_schema import (
     EXAMPLES,
+    NOT_FITTED,
+    RECALIBRATED,
+    RECALIBRATION,
     example,
+    fixed_choice,
     holdout_with_problems,
     loso_report,
+    recalibrated_report,
     segmentation_report,
+    threshold_choice,
 )
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -207,6 +213,153 @@ def test_skipped_cases_are_shown_with_the_site_count() -> None:
     assert html.count("skipped cases:") == 1  # only the site that skipped some
     summary = format_summary(holdout_with_problems())  # the terminal summary says it too
     assert "b (global): skipped cases: 2 (b-003, b-011), not in n" in summary
+
+
+def _table(html: str, caption: str) -> str:
+    """The table whose caption starts with ``caption``, from its caption to its end."""
+    start = html.index(f"<caption>{caption}")
+    return html[start : html.index("</table>", start)]
+
+
+def _recalibration_row(table: str, site: str) -> list[str]:
+    """The four before -> after cells of a site's row in the recalibration table."""
+    row = table[table.index(f'<th scope="row" class="site">{site}<') :]
+    row = row[: row.index("</tr>")]
+    return re.findall(r'<td class="num">([^<]*)</td>', row)
+
+
+def test_calibration_before_and_after_recalibration_is_a_table() -> None:
+    report = recalibrated_report()
+    html = page(report)
+    checker = TagBalance()
+    checker.feed(html)
+    checker.close()
+    assert checker.errors == [] and checker.stack == []
+    table = _table(html, "Before and after recalibration")
+    assert "<caption>Before and after recalibration</caption>" in table  # one model
+    rows = {r["site"]: r["calibration"] for r in report["sites"]}
+    for site, after in RECALIBRATED.items():
+        before = rows[site]
+        assert _recalibration_row(table, site) == [
+            f"{fmt(before['ece'])} \u2192 {fmt(after['ece'])}",
+            f"{fmt(before['brier'])} \u2192 {fmt(after['brier'])}",
+            f"{fmt(before['citl']['estimate'], 2)} \u2192 {fmt(after['citl']['estimate'], 2)}",
+            f"{fmt(before['slope']['estimate'], 2)} \u2192 {fmt(after['slope']['estimate'], 2)}",
+        ]
+    # the numbers themselves: site a's bins were off by 0.05 before, 0.0412 after
+    assert _recalibration_row(table, "a") == [
+        "0.050 \u2192 0.041",
+        "0.123 \u2192 0.092",
+        "0.10 \u2192 0.02",
+        "0.90 \u2192 1.04",
+    ]
+    assert _recalibration_row(table, "e")[1:3] == ["0.100 \u2192 n/a", "0.10 \u2192 \u22120.11"]
+    assert '<th scope="row" class="site">b<' not in table  # b's row has no recalibration
+    # the sentence above it: the map, a and b, the validation sites and cases, never test
+    sentence = html[html.index("The probabilities of model global") :]
+    sentence = sentence[: sentence.index("</p>")]
+    assert sentence == (
+        "The probabilities of model global were recalibrated as p\u2032 = expit(a + b\u00b7logit "
+        "p) with a = \u22120.214 and b = 0.873, fitted on the validation splits of sites a, b "
+        "(104 cases in 14 calibration groups), never on test cases."
+    )
+    assert html.index(sentence) < html.index("<caption>Before and after recalibration")
+    # the threshold choice says it in one line under the model's threshold
+    choices = _table(html, "Operating thresholds and recalibration, chosen on validation data")
+    assert (
+        '<tr class="recal"><td colspan="5">Recalibration (logistic): a = \u22120.214, '
+        "b = 0.873, fitted on 104 validation cases of sites a, b</td></tr>"
+    ) in choices
+    assert '<td class="model" rowspan="2">global</td><td class="num">0.50</td>' in choices
+    assert "Calibration columns are for the model's own probabilities" in html
+
+
+def test_each_model_has_its_own_recalibration_sentence_and_table() -> None:
+    report = loso_report()
+    models = sorted({r["model"] for r in report["sites"]})
+    report["settings"]["threshold_choices"] = [
+        threshold_choice(m, recalibration={**RECALIBRATION, "intercept": i / 10, "n": 100 + i})
+        for i, m in enumerate(models)
+    ]
+    for i, row in enumerate(report["sites"]):
+        row["calibration"]["recalibrated"] = {**RECALIBRATED["a"], "ece": i / 100}
+    html = page(report)
+    for i, model in enumerate(models):
+        assert (
+            f"The probabilities of model {model} were recalibrated as p\u2032 = expit(a + "
+            f"b\u00b7logit p) with a = {fmt(i / 10)} and b = 0.873, fitted on the validation "
+            f"splits of sites a, b ({100 + i} cases in 14 calibration groups)"
+        ) in html
+        table = _table(html, f"Before and after recalibration, model {model}")
+        rows = [(j, r) for j, r in enumerate(report["sites"]) if r["model"] == model]
+        assert table.count('<th scope="row"') == len(rows)
+        for j, row in rows:
+            assert f"{fmt(row['calibration']['ece'])} \u2192 {fmt(j / 100)}" in table
+
+
+def test_a_report_without_recalibration_has_no_before_and_after_table() -> None:
+    for report in (*(example(n) for n in EXAMPLES), holdout_with_problems(), loso_report()):
+        html = page(report)
+        assert "Before and after recalibration" not in html
+        assert "expit" not in html and 'class="recal"' not in html
+        assert "Recalibration" not in html and "after recalibration" not in html
+        assert read_page(report).calibration.recalibrated == ()
+
+
+def test_a_fixed_threshold_with_a_recalibration_says_it_is_fixed() -> None:
+    html = page(recalibrated_report(fixed_choice()))
+    choices = _table(html, "Recalibration, fitted on validation data only")
+    assert "operating thresholds fixed</caption>" in choices
+    assert '<td class="num">0.50<span class="ci">fixed</span></td>' in choices
+    assert "<td>Threshold fixed, not chosen: eval.threshold-rule = &#x27;fixed&#x27;</td>" in (
+        choices
+    )
+    assert "a = \u22120.214, b = 0.873, fitted on 104 validation cases of sites a, b" in choices
+    assert "at threshold 0.5." in html and "chosen by" not in html  # not "chosen by Youden"
+    assert "<caption>Before and after recalibration</caption>" in html
+
+
+def test_a_recalibration_not_fitted_says_why_escaped() -> None:
+    not_fitted = {**NOT_FITTED, "reason": f"{EVIL}: nothing applied", "sites": [EVIL]}
+    report = recalibrated_report(threshold_choice(recalibration=not_fitted))
+    for row in report["sites"]:
+        row["calibration"].pop("recalibrated", None)  # nothing applied: no "after"
+    html = page(report)
+    assert (
+        '<tr class="recal"><td colspan="5">Recalibration not fitted: &lt;script&gt;alert('
+        "&quot;x&quot;)&lt;/script&gt; &amp; Co: nothing applied</td></tr>"
+    ) in html
+    assert "<script" not in html.lower() and "Before and after recalibration" not in html
+    summary = format_summary(report)
+    assert f"  Recalibration not fitted: {EVIL}: nothing applied" in summary.splitlines()
+
+
+def test_the_terminal_summary_shows_the_recalibration_and_ece_before_and_after() -> None:
+    lines = format_summary(recalibrated_report()).splitlines()
+    assert (
+        "a (global): recalibrated: ECE 0.050 \u2192 0.041, Brier 0.123 \u2192 0.092, "
+        "CITL 0.10 \u2192 0.02, slope 0.90 \u2192 1.04"
+    ) in lines
+    assert (
+        "e (global): recalibrated: ECE 0.000 \u2192 0.063, Brier 0.100 \u2192 n/a, "
+        "CITL 0.10 \u2192 -0.11, slope 0.90 \u2192 0.97"
+    ) in lines
+    assert not any(line.startswith("b (global): recalibrated") for line in lines)
+    at = lines.index(
+        "operating threshold of global: 0.5 (youden; validation at a, b): largest pooled "
+        "sensitivity + specificity - 1 = 0.538"
+    )
+    assert lines[at + 1] == (
+        "  Recalibration (logistic): a = -0.214, b = 0.873, fitted on 104 validation cases "
+        "of sites a, b"
+    )
+    fixed = format_summary(recalibrated_report(fixed_choice())).splitlines()
+    at = fixed.index(
+        "operating threshold of global: 0.5 (fixed, not chosen): eval.threshold-rule = 'fixed'"
+    )
+    assert fixed[at + 1].startswith("  Recalibration (logistic): a = -0.214, b = 0.873,")
+    plain = format_summary(holdout_with_problems())
+    assert "Recalibration" not in plain and "recalibrated" not in plain
 
 
 def test_null_pooled_blocks_and_empty_curves() -> None:

@@ -185,11 +185,106 @@ def cross_site_report() -> dict[str, Any]:
     return build_report(evals, cfg, SITES, provenance=PROVENANCE)
 
 
+# a model's logistic recalibration, fitted on the validation splits of a and b
+RECALIBRATION: dict[str, Any] = {
+    "method": "logistic",
+    "fitted": True,
+    "intercept": -0.214,
+    "slope": 0.873,
+    "reason": "grouped logistic fit on 14 calibration groups",
+    "sites": ["a", "b"],
+    "n": 104,
+    "n_groups": 14,
+}
+NOT_FITTED: dict[str, Any] = {
+    **RECALIBRATION,
+    "fitted": False,
+    "intercept": None,
+    "slope": None,
+    "reason": "12 validation cases (3 positive) from 1 site(s): nothing applied",
+    "sites": ["a"],
+    "n": 12,
+    "n_groups": 3,
+}
+
+
+def candidate(threshold: float, tp: int, fp: int) -> dict[str, Any]:
+    """A candidate threshold over 52 malignant and 52 benign validation cases."""
+    counts = {"tp": tp, "fp": fp, "fn": 52 - tp, "tn": 52 - fp}
+    return {"threshold": threshold, **counts, "sensitivity": tp / 52, "specificity": 1 - fp / 52}
+
+
+def threshold_choice(model: str = "global", **extra: Any) -> dict[str, Any]:
+    """A Youden choice of 0.5 on a's and b's validation cases, as rounds.jsonl records it."""
+    choice = {
+        "model": model,
+        "rule": "youden",
+        "threshold": 0.5,
+        "chosen": True,
+        "reason": "largest pooled sensitivity + specificity - 1 = 0.538",
+        "sites": ["a", "b"],
+        "target_sensitivity": None,
+        "candidates": [candidate(t, tp, fp) for t, tp, fp in ((0.35, 48, 30), (0.5, 40, 12))],
+    }
+    return {**choice, **extra}
+
+
+def fixed_choice(model: str = "global", **extra: Any) -> dict[str, Any]:
+    """eval.threshold-rule = fixed with a recalibration: the first threshold, not chosen."""
+    fixed = {
+        "rule": "fixed",
+        "chosen": False,
+        "reason": "eval.threshold-rule = 'fixed'",
+        "sites": [],
+        "candidates": [],
+        "recalibration": RECALIBRATION,
+    }
+    return threshold_choice(model, **{**fixed, **extra})
+
+
+# each site's calibration after the recalibration (the "before" is the row's own)
+RECALIBRATED: dict[str, dict[str, Any]] = {
+    "a": {
+        "citl": {"estimate": 0.021, "lo": -0.37, "hi": 0.412, "se": 0.2},
+        "slope": {"estimate": 1.043, "lo": 0.847, "hi": 1.239, "se": 0.1},
+        "intercept": {"estimate": 0.018, "lo": -0.374, "hi": 0.41, "se": 0.2},
+        "ece": 0.0412,
+        "brier": 0.0917,
+    },
+    "e": {
+        "citl": {"estimate": -0.114, "lo": -0.506, "hi": 0.278, "se": 0.2},
+        "slope": {"estimate": 0.968, "lo": 0.772, "hi": 1.164, "se": 0.1},
+        "intercept": {"estimate": -0.12, "lo": -0.512, "hi": 0.272, "se": 0.2},
+        "ece": 0.0634,
+        "brier": None,  # nullable after as before
+    },
+}
+
+
+def recalibrated_report(choice: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A holdout report whose global model was recalibrated: the choice carries the map,
+    sites a and e their calibration after it (b's row has none, as from an older site)."""
+    worse = replace(classification(0.90, 0.001), cal_sum_p=(7.5, 22.5), brier=0.1234)
+    evals = [
+        Evaluation("global", "a", "internal", "test", worse),
+        Evaluation("global", "b", "internal", "test", classification(0.86, 0.0014)),
+        Evaluation("global", "e", "external", "test", classification(0.70, 0.002, 2.0)),
+    ]
+    chosen = choice or threshold_choice(recalibration=RECALIBRATION)
+    report = build_report(evals, config(), SITES, provenance=PROVENANCE, threshold_choices=[chosen])
+    for row in report["sites"]:
+        if row["site"] in RECALIBRATED:
+            row["calibration"]["recalibrated"] = copy.deepcopy(RECALIBRATED[row["site"]])
+    return report
+
+
 BUILT: dict[str, Callable[[], dict[str, Any]]] = {
     "holdout-with-problems": holdout_with_problems,
     "segmentation": segmentation_report,
     "loso": loso_report,
     "cross-site": cross_site_report,
+    "recalibrated": recalibrated_report,
+    "recalibrated-fixed-threshold": lambda: recalibrated_report(fixed_choice()),
 }
 
 
@@ -289,6 +384,138 @@ def _delete(path: tuple[Any, ...]) -> Callable[[dict[str, Any]], None]:
         del node[path[-1]]
 
     return mutate
+
+
+# ---- recalibration ---------------------------------------------------------------------------
+
+
+def _jsonschema_and_models(report: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """The paths jsonschema finds wrong; the models must agree on whether any is."""
+    paths = error_paths(report)
+    if paths:
+        with pytest.raises(ReportError):
+            validate(report)
+    else:
+        validate(report)
+        Report.model_validate(report)
+    return paths
+
+
+def test_a_recalibration_and_the_calibration_after_it_validate() -> None:
+    report = json.loads(json.dumps(recalibrated_report(), allow_nan=False))
+    assert _jsonschema_and_models(report) == []
+    rows = {r["site"]: r for r in report["sites"]}
+    assert rows["a"]["calibration"]["recalibrated"]["ece"] == 0.0412
+    assert "recalibrated" not in rows["b"]["calibration"]  # optional: older rows validate
+    model = Report.model_validate(report)
+    choice = (model.settings.threshold_choices or [])[0]
+    assert choice.recalibration is not None
+    assert (choice.recalibration.intercept, choice.recalibration.slope) == (-0.214, 0.873)
+    assert (choice.recalibration.n, choice.recalibration.n_groups) == (104, 14)
+    a = model.sites[0].calibration
+    assert a is not None and a.recalibrated is not None and a.recalibrated.slope.estimate == 1.043
+    # a recalibration that could not be fitted: no coefficients, nothing applied
+    report["settings"]["threshold_choices"][0]["recalibration"] = copy.deepcopy(NOT_FITTED)
+    for row in report["sites"]:
+        row["calibration"].pop("recalibrated", None)
+    assert _jsonschema_and_models(report) == []
+
+
+def test_a_fixed_threshold_with_a_recalibration_validates() -> None:
+    report = json.loads(json.dumps(recalibrated_report(fixed_choice()), allow_nan=False))
+    assert _jsonschema_and_models(report) == []
+    choice = report["settings"]["threshold_choices"][0]
+    assert (choice["rule"], choice["chosen"], choice["candidates"]) == ("fixed", False, [])
+    assert report["settings"]["operating_threshold"] == 0.5
+
+
+RECALIBRATION_DAMAGE: list[tuple[str, Callable[[dict[str, Any]], None], tuple[Any, ...]]] = [
+    (
+        "recalibrated block without ece",
+        _delete(("sites", 0, "calibration", "recalibrated", "ece")),
+        ("sites", 0, "calibration", "recalibrated"),
+    ),
+    (
+        "recalibrated ece above 1",
+        _set(("sites", 0, "calibration", "recalibrated", "ece"), 1.5),
+        ("sites", 0, "calibration", "recalibrated", "ece"),
+    ),
+    (
+        "recalibrated block with an extra key",
+        _set(("sites", 0, "calibration", "recalibrated", "recalibrated"), {}),
+        ("sites", 0, "calibration", "recalibrated"),
+    ),
+    (
+        "recalibrated null, not absent",
+        _set(("sites", 0, "calibration", "recalibrated"), None),
+        ("sites", 0, "calibration", "recalibrated"),
+    ),
+    (
+        "recalibration of another method",
+        _set(("settings", "threshold_choices", 0, "recalibration", "method"), "isotonic"),
+        ("settings", "threshold_choices", 0, "recalibration", "method"),
+    ),
+    (
+        "recalibration without n_groups",
+        _delete(("settings", "threshold_choices", 0, "recalibration", "n_groups")),
+        ("settings", "threshold_choices", 0, "recalibration"),
+    ),
+    (
+        "fitted recalibration without its slope",
+        _set(("settings", "threshold_choices", 0, "recalibration", "slope"), None),
+        ("settings", "threshold_choices", 0, "recalibration"),
+    ),
+    (
+        "recalibration not fitted but with coefficients",
+        _set(("settings", "threshold_choices", 0, "recalibration", "fitted"), False),
+        ("settings", "threshold_choices", 0, "recalibration"),
+    ),
+    (
+        "recalibration slope not positive",
+        _set(("settings", "threshold_choices", 0, "recalibration", "slope"), -0.5),
+        ("settings", "threshold_choices", 0, "recalibration", "slope"),
+    ),
+    (
+        "fixed threshold without a recalibration",
+        lambda r: r["settings"]["threshold_choices"].__setitem__(
+            0, {k: v for k, v in fixed_choice().items() if k != "recalibration"}
+        ),
+        ("settings", "threshold_choices", 0),
+    ),
+    (
+        "fixed threshold said to be chosen",
+        _set(("settings", "threshold_choices", 0), fixed_choice(chosen=True)),
+        ("settings", "threshold_choices", 0),
+    ),
+    (
+        "fixed threshold with candidates",
+        _set(
+            ("settings", "threshold_choices", 0),
+            fixed_choice(candidates=threshold_choice()["candidates"]),
+        ),
+        ("settings", "threshold_choices", 0),
+    ),
+    (
+        "unknown threshold rule",
+        _set(("settings", "threshold_choices", 0, "rule"), "manual"),
+        ("settings", "threshold_choices", 0, "rule"),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "where"), [pytest.param(m, w, id=label) for label, m, w in RECALIBRATION_DAMAGE]
+)
+def test_a_damaged_recalibration_is_rejected_by_both_validators(
+    mutate: Callable[[dict[str, Any]], None], where: tuple[Any, ...]
+) -> None:
+    report = json.loads(json.dumps(recalibrated_report(), allow_nan=False))
+    assert report["sites"][0]["site"] == "a"
+    mutate(report)
+    assert where in error_paths(report), f"jsonschema: no error at {where}: {error_paths(report)}"
+    location = "/".join(str(p) for p in where) or "(top level)"
+    with pytest.raises(ReportError, match=re.escape(f"at {location}: ")):
+        validate(report)
 
 
 # (name, example, mutation, path where the error must be reported)

@@ -191,3 +191,79 @@ def test_skipped_cases_text() -> None:
     assert skipped_text({"skipped_cases": {"n": 5, "ids": ["x"]}}) == (
         "skipped cases: 5 (x, \u2026)"
     )
+
+
+def calibration(ece: float | None, brier: float, citl: float, slope: float) -> dict[str, Any]:
+    return {"ece": ece, "brier": brier, "citl": interval(citl), "slope": interval(slope)}
+
+
+def recalibration(fitted: bool = True, **extra: Any) -> dict[str, Any]:
+    block = {
+        "method": "logistic",
+        "fitted": fitted,
+        "intercept": -0.3 if fitted else None,
+        "slope": 1.2 if fitted else None,
+        "reason": "fit" if fitted else "too few validation cases",
+        "sites": ["a"],
+        "n": 40,
+        "n_groups": 6,
+    }
+    return {**block, **extra}
+
+
+def test_calibration_before_and_after_recalibration_by_model() -> None:
+    before = calibration(0.08, 0.21, 0.4, 0.7)
+    after = calibration(0.03, 0.19, -0.05, 1.1)
+    sites = [
+        row("a", calibration={**before, "recalibrated": after}),
+        row("b", calibration=before),  # not recalibrated: no row in the table
+        row("c", model="local-c", calibration={**before, "recalibrated": after}),
+        row("tiny", insufficient=True),
+    ]
+    choices = [
+        {"model": "global", "rule": "youden", "threshold": 0.35, "chosen": True,
+         "recalibration": recalibration(sites=["a", "b"])},
+        {"model": "local-c", "rule": "youden", "threshold": 0.5, "chosen": True,
+         "recalibration": recalibration(fitted=False)},
+    ]  # fmt: skip
+    doc = report(sites=sites, settings={"level": 0.95, "threshold_choices": choices})
+    groups = read_page(doc).calibration.recalibrated
+    assert [(g.model, [r.site for r in g.rows]) for g in groups] == [
+        ("global", ["a"]),
+        ("local-c", ["c"]),
+    ]
+    a = groups[0].rows[0]
+    assert (a.ece.before, a.ece.after) == (0.08, 0.03)
+    assert (a.brier.before, a.brier.after) == (0.21, 0.19)
+    assert (a.citl.before, a.citl.after) == (0.4, -0.05)
+    assert (a.slope.before, a.slope.after) == (0.7, 1.1)
+    fit = groups[0].fit
+    assert fit is not None
+    assert (fit.intercept, fit.slope, fit.n, fit.n_groups) == (-0.3, 1.2, "40", "6")
+    assert fit.sites == "a, b" and fit.many_sites
+    assert groups[1].fit is None  # recalibrated rows, but no fitted map recorded for local-c
+    sites_view = read_page(doc).sites
+    assert sites_view.recalibrated
+    assert [c.recalibration.fitted if c.recalibration else None for c in sites_view.choices] == [
+        True,
+        False,
+    ]
+    assert sites_view.choices_caption.startswith("Operating thresholds and recalibration")
+
+
+def test_a_fixed_threshold_is_not_said_to_be_chosen() -> None:
+    fixed = {"model": "global", "rule": "fixed", "threshold": 0.5, "chosen": False,
+             "sites": [], "candidates": [], "recalibration": recalibration()}  # fmt: skip
+    doc = report(settings={"level": 0.95, "operating_threshold": 0.5, "threshold_choices": [fixed]})
+    assert read_context(doc).threshold_text == "threshold 0.5"
+    line = read_page(doc).sites.choices[0]
+    assert line.fixed and not line.chosen and line.sensitivity is None
+    assert line.recalibration is not None and not line.recalibration.many_sites
+    assert read_page(doc).sites.choices_caption.endswith("operating thresholds fixed")
+    assert not read_page(doc).sites.recalibrated
+    chosen = {**fixed, "rule": "youden", "chosen": True}
+    doc = report(settings={"level": 0.95, "threshold_choices": [chosen]})
+    assert read_context(doc).threshold_text == (
+        "threshold 0.5 (chosen by Youden's J on the training sites' validation split)"
+    )
+    assert not read_page(doc).sites.choices[0].fixed

@@ -7,7 +7,9 @@ summaries, so the test sees which split, thresholds and sites each request names
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
+
+import pytest
 
 from common.config import RunConfig
 from common.keys import RecordPhase, Share
@@ -128,3 +130,38 @@ def test_sites_refusing_the_validation_request_are_named_in_the_fallback() -> No
     evaluate_at_operating_point(fed, None, {"a": "test"}, "global", [_site("a", 12)])  # type: ignore[arg-type]
     record = next(e for e in log if isinstance(e, dict))
     assert not record["chosen"] and record["reason"].startswith("a: refused by this site's policy")
+
+
+def test_a_recalibration_is_fitted_on_the_same_validation_and_sent_to_the_test_sites() -> None:
+    """Under eval.recalibrate = logistic the validation answers' calibration groups fit
+    (a, b); the test evaluation asks every site for calibration after that map; with the
+    threshold rule fixed the validation split is still asked, for the fit alone."""
+    from dataclasses import replace
+
+    class Binned(FakeFederation):
+        def with_config(self, cfg: RunConfig) -> Binned:
+            self.recalibrations.append(cfg.eval.recalibration)
+            return Binned(cfg, self.asked, self.log)
+
+        recalibrations: ClassVar[list[tuple[float, ...]]] = []
+
+        def _answer(self, splits: dict[str, str], phase: str, share: str) -> dict[str, Any]:
+            out = super()._answer(splits, phase, share)
+            # 10 + 10 cases in two groups: 2 of 10 malignant at p 0.4, 8 of 10 at p 0.6
+            bins = {"cal_count": (10, 10), "cal_sum_p": (4.0, 6.0), "cal_sum_y": (2, 8)}
+            return {site: (replace(s, **bins), why) for site, (s, why) in out.items()}
+
+    log: list[Any] = []
+    cfg = RunConfig().replace({"eval.recalibrate": "logistic", "eval.threshold-rule": "fixed"})
+    fed = Binned(cfg, [], log)
+    trainers = [_site("a", 20), _site("b", 20)]
+    evaluate_at_operating_point(fed, None, {"a": "test"}, "global", trainers)  # type: ignore[arg-type]
+    assert [a["phase"] for a in fed.asked] == ["validate", "final"]
+    record = next(e for e in log if isinstance(e, dict))
+    recal = record["recalibration"]
+    # two groups, a perfect fit: logit(0.2) = a + b logit(0.4), logit(0.8) = a + b logit(0.6)
+    # -> b = logit(0.8) / logit(0.6) = 3.419, a = 0
+    assert recal["fitted"] and recal["sites"] == ["a", "b"] and recal["n"] == 40
+    assert recal["slope"] == pytest.approx(3.4190, abs=1e-4)
+    assert recal["intercept"] == pytest.approx(0.0, abs=1e-9)
+    assert Binned.recalibrations[-1] == pytest.approx((0.0, 3.4190), abs=1e-4)

@@ -11,7 +11,8 @@ values, format numbers and choose between fixed texts.
 - ``view_context``: page-wide facts (design, level, flag numbering, site colours);
 - ``view_summary``: masthead, reading guide, summary cards, flags;
 - ``view_training_noise``: several seeds combined (``--seeds N``);
-- ``view_sites``: the per-site table;
+- ``view_sites``: the per-site table and the threshold choices;
+- ``view_recalibration``: each model's recalibration, and calibration before and after;
 - ``view_forest``: the forest plots;
 - ``view_pooled``: internal vs external (difference, gaps, folds);
 - ``view_curves``: ROC curves, reliability diagrams, drift vs degradation;

@@ -65,9 +65,10 @@ class Context:
     def threshold_text(self) -> str:
         """The operating threshold in running text."""
         op = self.operating_threshold
-        if self.choices:
-            values = unique(fmt_g(float(c["threshold"])) for c in self.choices)
-            rule = "Youden's J" if self.choices[0].get("rule") == "youden" else "sensitivity"
+        chosen = [c for c in self.choices if c.get("rule") != "fixed"]  # fixed: not chosen
+        if chosen:
+            values = unique(fmt_g(float(c["threshold"])) for c in chosen)
+            rule = "Youden's J" if chosen[0].get("rule") == "youden" else "sensitivity"
             where = f"chosen by {rule} on the training sites' validation split"
             if len(values) == 1:
                 return f"threshold {values[0]} ({where})"

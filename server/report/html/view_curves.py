@@ -15,6 +15,7 @@ from server.report.html.charts.svg import Ids
 from server.report.html.format import finite
 from server.report.html.view_context import Context
 from server.report.html.view_read import get, mapping, records, text, unique
+from server.report.html.view_recalibration import RecalibrationGroup, read_recalibrated
 
 __all__ = [
     "Calibration",
@@ -51,6 +52,8 @@ class CalibrationGroup:
 class Calibration:
     segmentation: bool
     groups: tuple[CalibrationGroup, ...]  # one per model; none: no bins were sent
+    # before and after recalibration, one per model; none: no probabilities recalibrated
+    recalibrated: tuple[RecalibrationGroup, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -111,13 +114,14 @@ def _panel(ctx: Context, ids: Ids, entry: Mapping[str, Any]) -> Markup:
 
 
 def read_calibration(ctx: Context, ids: Ids) -> Calibration:
-    """The reliability diagrams by model, drawn with the page's ``ids``."""
+    """The reliability diagrams by model, drawn with the page's ``ids``, and the sites'
+    calibration before and after recalibration."""
     entries = records(get(ctx.report, "curves", "reliability"))
     groups = []
     for model in unique(text(e.get("model")) for e in entries):
         panels = [_panel(ctx, ids, e) for e in entries if text(e.get("model")) == model]
         groups.append(CalibrationGroup(model, tuple(panels)))
-    return Calibration(ctx.segmentation, tuple(groups))
+    return Calibration(ctx.segmentation, tuple(groups), read_recalibrated(ctx))
 
 
 def read_drift(ctx: Context, ids: Ids) -> DriftSection:

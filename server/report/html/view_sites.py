@@ -9,6 +9,7 @@ from typing import Any
 from server.report.html.format import finite
 from server.report.html.view_context import Context, FlagRef
 from server.report.html.view_read import Estimate, estimate, get, mapping, records, text
+from server.report.html.view_recalibration import RecalibrationFit, read_fit
 
 __all__ = [
     "ClassificationCells",
@@ -17,6 +18,7 @@ __all__ = [
     "SegmentationCells",
     "SiteRow",
     "SitesSection",
+    "ThresholdLine",
     "adaptation_text",
     "read_sites",
     "skipped_text",
@@ -92,10 +94,12 @@ class ThresholdLine:
     model: str
     threshold: float | None
     chosen: bool
+    fixed: bool  # eval.threshold-rule = fixed: listed for its recalibration, not chosen
     reason: str
     sites: str  # comma-separated
     sensitivity: float | None  # pooled over the validation cases, at the threshold
     specificity: float | None
+    recalibration: RecalibrationFit | None  # None: none was asked for
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,19 @@ class SitesSection:
     rows: tuple[SiteRow, ...]
     missing: str  # joined sites without a row, comma-separated; "" when none
     choices: tuple[ThresholdLine, ...] = ()
+    recalibrated: bool = False  # some row also has its calibration after recalibration
+
+    @property
+    def choices_caption(self) -> str:
+        """The caption of the threshold-choice table."""
+        recal = any(c.recalibration is not None for c in self.choices)
+        if all(c.fixed for c in self.choices):
+            return (
+                "Recalibration, fitted on validation data only (never the test split); "
+                "operating thresholds fixed"
+            )
+        what = "Operating thresholds and recalibration" if recal else "Operating thresholds"
+        return f"{what}, chosen on validation data only (never the test split)"
 
 
 def _threshold_line(choice: Mapping[str, Any]) -> ThresholdLine:
@@ -116,10 +133,12 @@ def _threshold_line(choice: Mapping[str, Any]) -> ThresholdLine:
         model=text(choice.get("model")),
         threshold=t,
         chosen=bool(choice.get("chosen")),
+        fixed=choice.get("rule") == "fixed",
         reason=text(choice.get("reason")),
         sites=", ".join(str(x) for x in choice.get("sites") or []),
         sensitivity=finite(at.get("sensitivity")),
         specificity=finite(at.get("specificity")),
+        recalibration=read_fit(choice),
     )
 
 
@@ -212,4 +231,7 @@ def read_sites(ctx: Context) -> SitesSection:
         rows=tuple(_row(ctx, r) for r in ctx.rows),
         missing=", ".join(missing),
         choices=tuple(_threshold_line(c) for c in ctx.choices),
+        recalibrated=any(
+            isinstance(get(r, "calibration", "recalibrated"), Mapping) for r in ctx.rows
+        ),
     )
