@@ -221,6 +221,7 @@ def render(study: Study, records: Sequence[Record], scenario: str) -> str:
     ok = latest_ok(records, scenario)
     order = {v.name: i for i, v in enumerate(study.variants)}
     groups: dict[str, list[Record]] = {}
+
     def place(r: Record) -> tuple[bool, str, int, int]:  # the current phantom's cells first
         old = phantom_of(r) != GENERATOR_VERSION
         return old, phantom_of(r), order.get(str(r["variant"]), 99), int(r["seed"])

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from common.cli import main
+from simulations.phantom import GENERATOR_VERSION
 from simulations.study import (
     FAILED,
     OK,
@@ -24,7 +25,6 @@ from simulations.study import (
     run_study,
     select,
 )
-from simulations.phantom import GENERATOR_VERSION
 from simulations.study_report import render, write_reports
 
 STUDY = """
