@@ -65,7 +65,7 @@ from numpy.typing import ArrayLike
 from common.stats._checks import check_level, count, z_crit
 from common.stats.auc import AUCResult, _placements
 from common.stats.meta import Method, PooledEstimate, pool_auc
-from common.stats.proportions import Estimate, wilson_ci
+from common.stats.proportions import Estimate, proportion
 
 __all__ = [
     "ClassAccuracy",
@@ -380,13 +380,6 @@ class ClassAccuracy:
     n_neg: int
 
 
-def _wilson(k: int, n: int, level: float) -> Estimate:
-    if n == 0:
-        return Estimate(math.nan, math.nan, math.nan)
-    lo, hi = wilson_ci(k, n, level)
-    return Estimate(k / n, lo, hi)
-
-
 def per_class_accuracy(counts: ArrayLike, level: float = 0.95) -> tuple[ClassAccuracy, ...]:
     """OvR sensitivity and specificity of each class from the full (unsuppressed) counts.
 
@@ -409,5 +402,5 @@ def per_class_accuracy(counts: ArrayLike, level: float = 0.95) -> tuple[ClassAcc
         tp = int(c[k, k])
         tn = total - pos - int(c[:, k].sum()) + tp
         neg = total - pos
-        out.append(ClassAccuracy(k, _wilson(tp, pos, lv), _wilson(tn, neg, lv), pos, neg))
+        out.append(ClassAccuracy(k, proportion(tp, pos, lv), proportion(tn, neg, lv), pos, neg))
     return tuple(out)

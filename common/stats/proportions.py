@@ -87,7 +87,8 @@ class DiagnosticAccuracy:
     corrected: bool
 
 
-def _prop(k: int, n: int, level: float) -> Estimate:
+def proportion(k: int, n: int, level: float) -> Estimate:
+    """k of n with its Wilson interval; nan for n = 0."""
     if n == 0:
         return Estimate(math.nan, math.nan, math.nan)
     lo, hi = wilson_ci(k, n, level)
@@ -129,10 +130,10 @@ def diagnostic_accuracy(
         fn=c,
         tn=d,
         level=lv,
-        sensitivity=_prop(a, a + c, lv),
-        specificity=_prop(d, b + d, lv),
-        ppv=_prop(a, a + b, lv),
-        npv=_prop(d, c + d, lv),
+        sensitivity=proportion(a, a + c, lv),
+        specificity=proportion(d, b + d, lv),
+        ppv=proportion(a, a + b, lv),
+        npv=proportion(d, c + d, lv),
         lr_pos=_log_ci(lr_pos, se_pos, z),
         lr_neg=_log_ci(lr_neg, se_neg, z),
         dor=_log_ci(dor, se_dor, z),
