@@ -85,7 +85,10 @@ def connect(grid: Grid, cfg: RunConfig, recorder: RunRecorder) -> Federation:
             {"run_id": run_id, "config": cfg.to_flat(), "sites": site_docs,
              "signing": trust.describe(), "refused_sites": refused},
         )  # fmt: skip
-    log.info("sites: %s", ", ".join(f"{s.name} ({s.role}, {s.n_train}/{s.n_test})" for s in sites))
+    joined = (
+        f"{s.name} ({s.role}, train/val/test {s.n_train}/{s.n_val}/{s.n_test})" for s in sites
+    )
+    log.info("sites: %s", ", ".join(joined))
     return Federation(grid, cfg, recorder, sites, trust, audit)
 
 

@@ -184,6 +184,23 @@ def test_sites_that_joined_show_their_acquisition() -> None:
     assert row.count('class="na">n/a</td>') == 3 and 'class="num na">n/a</td>' in row
 
 
+def test_validation_counts_get_a_column_only_when_recorded() -> None:
+    """Sites that sent their val count show it between training and test cases; a report
+    from before the count was recorded keeps the old columns."""
+    report = example(EXAMPLES[0])
+    assert not any("n_val" in s for s in report["sites_joined"])
+    assert "Validation cases" not in page(report)
+    for s in report["sites_joined"]:
+        s["n_val"] = 7 if s["name"] == "hospital-b" else 0
+    html = page(report)
+    assert '<th scope="col">Training cases</th><th scope="col">Validation cases</th>' in html
+    b = next(s for s in report["sites_joined"] if s["name"] == "hospital-b")
+    cells = (
+        f'<td class="num">{b["n_train"]}</td><td class="num">7</td><td class="num">{b["n_test"]}'
+    )
+    assert cells in _joined_row(html, "hospital-b")
+
+
 def test_acquisition_values_from_hospitals_are_escaped() -> None:
     report = example(EXAMPLES[0])
     report["sites_joined"][0]["acquisition"]["vendor"] = {EVIL: 180}

@@ -69,6 +69,7 @@ class JoinedSite:
     name: str
     role: str
     n_train: str
+    n_val: str | None  # None in reports from before the val split was recorded
     n_test: str
     vendor: str | None  # each value with its case count when there are several
     scanner_model: str | None
@@ -79,11 +80,18 @@ class JoinedSite:
 
 @dataclass(frozen=True)
 class Provenance:
+    """The run's facts, model hashes, joined sites, settings and configuration."""
+
     facts: tuple[tuple[str, str], ...]  # (label, value), the known ones
     models: tuple[tuple[str, Hash | None], ...]  # model weights' SHA-256
     sites: tuple[JoinedSite, ...]
     settings: tuple[tuple[str, str], ...]  # the report settings, as text
     config: tuple[tuple[str, str], ...]  # the resolved run configuration, as text
+
+    @property
+    def has_val(self) -> bool:
+        """Whether any site's validation count was recorded (a column for it)."""
+        return any(s.n_val is not None for s in self.sites)
 
 
 @dataclass(frozen=True)
@@ -159,6 +167,7 @@ def _joined(ctx: Context, manifests: Mapping[str, Any]) -> tuple[JoinedSite, ...
                 name=name,
                 role=text(s.get("role", "n/a")),
                 n_train=text(s.get("n_train", "n/a")),
+                n_val=text(s["n_val"]) if "n_val" in s else None,
                 n_test=text(s.get("n_test", "n/a")),
                 vendor=_counts(acquisition, "vendor"),
                 scanner_model=_counts(acquisition, "scanner_model"),
