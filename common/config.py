@@ -17,6 +17,7 @@ import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Union, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
 
 from common.config_sections import (
     DataConfig,
@@ -26,6 +27,7 @@ from common.config_sections import (
     ModelConfig,
     OutputConfig,
     PrivacyConfig,
+    TrackingConfig,
     TrainConfig,
     TrustConfig,
 )
@@ -40,6 +42,7 @@ from common.keys import (
     RoundSelection,
     StrategyName,
     Task,
+    TrackingBackend,
     choices,
 )
 
@@ -66,6 +69,7 @@ class RunConfig:
     trust: TrustConfig = field(default_factory=TrustConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
         _check_choice("task", self.task, Task)
@@ -150,6 +154,21 @@ class RunConfig:
         self._check_trust()
         self._check_recipe()
         self._check_selection()
+        self._check_tracking()
+
+    def _check_tracking(self) -> None:
+        # whether the backend's package is installed is the server's check
+        # (server.tracking.require_backend): a site has no use for it
+        _check_choice("tracking.backend", self.tracking.backend, TrackingBackend)
+        uri = urlsplit(self.tracking.uri)
+        if uri.username is not None or uri.password is not None:
+            raise ConfigError(
+                "tracking.uri holds credentials: the run config travels to every site and "
+                "into config.json; give the bare URI and set MLFLOW_TRACKING_USERNAME / "
+                "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the server's environment"
+            )
+        if not self.tracking.experiment.strip():
+            raise ConfigError("tracking.experiment is empty: name the MLflow experiment")
 
     def _check_selection(self) -> None:
         f = self.federation

@@ -1,6 +1,6 @@
 """The sections of the run config: one frozen dataclass per topic (``federation.*``,
 ``train.*``, ``model.*``, ``data.*``, ``eval.*``, ``hooks.*``, ``trust.*``, ``privacy.*``,
-``output.*``), each option with its default and what it means.
+``output.*``, ``tracking.*``), each option with its default and what it means.
 
 Every default lives here (the same values as ``[tool.flwr.app.config]`` in
 pyproject.toml, which a test keeps in step); ``common.config.RunConfig`` assembles
@@ -23,6 +23,7 @@ from common.keys import (
     RoundSelection,
     StrategyName,
     ThresholdRule,
+    TrackingBackend,
 )
 
 
@@ -156,3 +157,15 @@ class OutputConfig:
 
     run_dir: str = "runs/flwr"
     resume: bool = False  # continue RUN_DIR from its last completed round
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Experiment tracking at the server (``server.tracking``): the summaries the run folder
+    holds, mirrored into MLflow or TensorBoard; sites ignore this section."""
+
+    backend: TrackingBackend = TrackingBackend.NONE  # none | mlflow | tensorboard
+    # mlflow: tracking URI; "" = sqlite:///RUN_DIR/mlflow.db. No credentials in it: MLflow
+    # reads MLFLOW_TRACKING_USERNAME / _PASSWORD / _TOKEN from the server's environment
+    uri: str = ""
+    experiment: str = "hepafed"  # mlflow: the experiment runs are logged under

@@ -140,6 +140,14 @@ class Recalibrate(StrEnum):
     LOGISTIC = "logistic"  # p' = expit(a + b logit p), a and b fitted on validation summaries
 
 
+class TrackingBackend(StrEnum):
+    """Where the server mirrors a run's summaries (``tracking.backend``, ``server.tracking``)."""
+
+    NONE = "none"  # the run folder only
+    MLFLOW = "mlflow"  # an MLflow tracking store (SQLite under the run folder by default)
+    TENSORBOARD = "tensorboard"  # TensorBoard event files under RUN_DIR/tensorboard
+
+
 class Share(StrEnum):
     """Which tensors a training site sends back (``ConfigKey.SHARE``)."""
 

@@ -18,6 +18,7 @@ from server.designs import run_design
 from server.federation import connect
 from server.records import RunRecorder
 from server.report.files import write_report
+from server.tracking import require_backend
 from server.trust import sign_report
 
 app = ServerApp()
@@ -32,11 +33,13 @@ def main(grid: Grid, context: Context) -> None:
 
 def serve(grid: Grid, cfg: RunConfig) -> Path:
     """Run the design of ``cfg``, write evaluations and the report; the run folder."""
+    require_backend(cfg)  # a missing tracking package fails before any site is asked
     recorder = RunRecorder(Path(cfg.output.run_dir))
-    federation = connect(grid, cfg, recorder)
-    evaluations = run_design(federation)
-    recorder.write_evaluations([e.to_dict() for e in evaluations])
-    write_report(recorder.run_dir)
-    sign_report(federation.trust, federation.audit, recorder.run_dir)
+    with recorder.tracked():  # tracking.backend: the report's figures, then the run ends
+        federation = connect(grid, cfg, recorder)
+        evaluations = run_design(federation)
+        recorder.write_evaluations([e.to_dict() for e in evaluations])
+        write_report(recorder.run_dir)
+        sign_report(federation.trust, federation.audit, recorder.run_dir)
     log.info("run finished; results and report in %s", recorder.run_dir)
     return recorder.run_dir

@@ -7,6 +7,7 @@ Layout::
     RUN_DIR/checkpoint.pt   global model state, config and round, written atomically
     RUN_DIR/checkpoint-MODEL.pt   the same for the design's other models (e.g. a LOSO fold)
     RUN_DIR/evaluations.json      every final evaluation: model, site, role, summary
+    RUN_DIR/tracking.json   the MLflow or TensorBoard run it is mirrored into (tracking.*)
 
 A checkpoint is replaced only once the new one is completely on disk, so an
 interrupted write never leaves a corrupt file.
@@ -17,7 +18,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ import torch
 from common.config import RunConfig
 from common.files import atomic_file, write_atomic
 from common.keys import GLOBAL_MODEL
+from server import tracking
 
 CONFIG_FILE = "config.json"
 ROUNDS_FILE = "rounds.jsonl"
@@ -39,16 +42,20 @@ class RunRecorder:
     def __init__(self, run_dir: Path | str) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.tracking = tracking.TrackingRun()  # none until ``start`` or a resume
 
     def start(self, cfg: RunConfig, sites: Sequence[Mapping[str, Any]], run_id: str = "") -> None:
-        """Record the resolved config, run id and site list; start a fresh rounds log."""
+        """Record the resolved config, run id and site list; start a fresh rounds log, and a
+        tracking run under ``tracking.backend``."""
         doc = {"config": cfg.to_flat(), "sites": list(sites), "run_id": run_id}
         write_atomic(self.run_dir / CONFIG_FILE, json.dumps(doc, indent=2).encode())
         (self.run_dir / ROUNDS_FILE).write_text("")
+        self.tracking = tracking.start_run(cfg, self.run_dir, run_id)
 
     def keep_rounds(self, keep: Callable[[dict[str, Any]], bool]) -> int:
-        """Resume: rewrite rounds.jsonl (atomically) with only the records ``keep`` accepts;
-        the number dropped."""
+        """Resume: rewrite rounds.jsonl (atomically) with only the records ``keep`` accepts,
+        and continue the run's tracking run; the number dropped."""
+        self.tracking = tracking.continue_run(self.run_dir)
         path = self.run_dir / ROUNDS_FILE
         entries = read_rounds(self.run_dir) if path.exists() else []
         kept = [e for e in entries if keep(e)]
@@ -57,11 +64,25 @@ class RunRecorder:
         return len(entries) - len(kept)
 
     def log_round(self, entry: Mapping[str, Any]) -> None:
-        """Append one round/phase record as a JSON line (flushed immediately)."""
+        """Append one round/phase record as a JSON line (flushed immediately); mirror its
+        summaries into the tracking run."""
         with (self.run_dir / ROUNDS_FILE).open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(entry, sort_keys=True) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+        self.tracking.log_round(entry)
+
+    @contextmanager
+    def tracked(self) -> Iterator[None]:
+        """End the tracking run when the block ends: with the report's figures and files
+        when it succeeded, marked failed when it raised."""
+        try:
+            yield
+        except BaseException:
+            self.tracking.end(failed=True)
+            raise
+        self.tracking.log_report(self.run_dir)
+        self.tracking.end()
 
     def write_evaluations(self, evaluations: list[Mapping[str, Any]]) -> Path:
         """Replace RUN_DIR/evaluations.json with ``evaluations`` (atomically)."""

@@ -25,6 +25,14 @@ from server.designs import Evaluation
 from server.method_runs import describe_method, method_config, serve_comparison
 from server.records import read_config, read_evaluations
 from server.report.comparison import build_comparison, comparison_markdown
+from server.tracking import (
+    ended,
+    ending_in,
+    log_comparison,
+    parent_params,
+    require_backend,
+    start_parent,
+)
 from simulations.federated import run_federated
 from simulations.simulate import QUICK_OVERRIDES, prepare_phantom, scenario_config
 
@@ -57,6 +65,7 @@ def compare(
             method_config(RunConfig(), name)
         except ValueError as e:
             raise ValueError(f"--compare method {name!r}: {e}") from e
+    require_backend(RunConfig().replace(dict(overrides or {})))
     spec, phantom_dir = prepare_phantom(scenario, data_dir)
     out_dir = out_dir or Path("runs") / f"compare-{spec.name}-{datetime.now():%Y%m%d-%H%M%S}"
     settings = {
@@ -71,16 +80,24 @@ def compare(
         )
     per_seed: dict[int, list[Evaluation]] = {}
     hooks: dict[str, list[str]] = {}
-    for i in range(seeds):
-        seed = base.seed + i
-        run_dir = (out_dir / f"seed-{seed}").resolve()
-        cfg = base.replace({"seed": seed, "output.run-dir": str(run_dir)})
-        configs = {name: method_config(cfg, name) for name in names}
-        hooks = hooks or {n: describe_method(c) for n, c in configs.items()}
-        log.info("seed %d (%d of %d): %s", seed, i + 1, seeds, ", ".join(names))
-        run_federated(cfg, verbose=verbose, body=partial(serve_comparison, methods=configs))
-        per_seed[seed] = [Evaluation.from_dict(d) for d in read_evaluations(run_dir)]
-    return write_comparison(out_dir, per_seed, hooks, base.to_flat(), spec.name, command)
+    runs: dict[int, Path] = {}
+    # tracking.backend: one parent run here, each seed's run its child
+    with ended(start_parent(base, out_dir)) as parent:
+        parent.log_config(parent_params(base.to_flat()), {"hepafed.methods": ",".join(names)})
+        for i in range(seeds):
+            seed = base.seed + i
+            run_dir = runs[seed] = (out_dir / f"seed-{seed}").resolve()
+            cfg = base.replace({"seed": seed, "output.run-dir": str(run_dir)})
+            configs = {name: method_config(cfg, name) for name in names}
+            hooks = hooks or {n: describe_method(c) for n, c in configs.items()}
+            log.info("seed %d (%d of %d): %s", seed, i + 1, seeds, ", ".join(names))
+            with ending_in(cfg, run_dir):
+                body = partial(serve_comparison, methods=configs)
+                run_federated(cfg, verbose=verbose, body=body)
+            per_seed[seed] = [Evaluation.from_dict(d) for d in read_evaluations(run_dir)]
+        doc = write_comparison(out_dir, per_seed, hooks, base.to_flat(), spec.name, command)
+        log_comparison(parent, out_dir, doc, runs)
+    return doc
 
 
 def write_comparison(

@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from common.config import RunConfig
+from server.records import read_config
 from server.report.files import REPORT_JSON
 from server.report.training_noise import seed_list, write_combined_report
+from server.tracking import ended, parent_params, start_parent
 from simulations.scenario import load_scenario
 from simulations.simulate import default_run_dir, simulate
 
@@ -50,26 +52,31 @@ def simulate_seeds(
 ) -> SeedsSummary:
     """Run (or reuse) each seed's simulation, then write the combined report."""
     settings = dict(overrides or {})
-    base = RunConfig().replace({"seed": settings["seed"]} if "seed" in settings else {})
+    base = RunConfig().replace(settings)
     seeds = seed_list(base.seed, count)
     out = out_dir or default_run_dir(load_scenario(scenario).name)
     runs, ran = [], []
-    for i, seed in enumerate(seeds):
-        run_dir = out / f"seed-{seed}"
-        runs.append(run_dir)
-        if (run_dir / REPORT_JSON).is_file():
-            log.info("seed %d (%d of %d): already in %s", seed, i + 1, count, run_dir)
-            continue
-        log.info("seed %d (%d of %d)", seed, i + 1, count)
-        simulate(
-            scenario=scenario,
-            data_dir=data_dir,
-            run_dir=run_dir,
-            overrides={**settings, "seed": seed},
-            quick=quick,
-            verbose=verbose,
-            design=design,
-        )
-        ran.append(seed)
-    report = write_combined_report(out, list(zip(seeds, runs, strict=True)))
+    # tracking.backend: one parent run here, each seed's run its child
+    with ended(start_parent(base, out)) as parent:
+        for i, seed in enumerate(seeds):
+            run_dir = out / f"seed-{seed}"
+            runs.append(run_dir)
+            if (run_dir / REPORT_JSON).is_file():
+                log.info("seed %d (%d of %d): already in %s", seed, i + 1, count, run_dir)
+                continue
+            log.info("seed %d (%d of %d)", seed, i + 1, count)
+            simulate(
+                scenario=scenario,
+                data_dir=data_dir,
+                run_dir=run_dir,
+                overrides={**settings, "seed": seed},
+                quick=quick,
+                verbose=verbose,
+                design=design,
+            )
+            ran.append(seed)
+        report = write_combined_report(out, list(zip(seeds, runs, strict=True)))
+        seeds_tag = {"hepafed.seeds": ",".join(map(str, seeds))}
+        parent.log_config(parent_params(read_config(runs[0])["config"]), seeds_tag)
+        parent.log_report(out)
     return SeedsSummary(out, seeds, runs, ran, report)

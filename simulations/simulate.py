@@ -27,6 +27,7 @@ from common.keys import GLOBAL_MODEL, EvalDesign, local_model
 from server.designs import Evaluation
 from server.records import RunRecorder, read_evaluations
 from server.report.files import write_report
+from server.tracking import relog_report, require_backend
 from server.trust import resign_report
 from simulations.baselines import POOLED, load_sites, pooled
 from simulations.federated import run_federated
@@ -83,13 +84,14 @@ def simulate(
     """Run the whole comparison; see the module docstring."""
     seconds: dict[str, float] = {}
     t0 = time.monotonic()
+    settings: dict[str, Any] = {**(QUICK_OVERRIDES if quick else {}), **(overrides or {})}
+    if design is not None:
+        settings["eval.design"] = design
+    require_backend(RunConfig().replace(settings))  # before the phantom is even generated
     spec, phantom_dir = prepare_phantom(scenario, data_dir)
     seconds["phantom"] = time.monotonic() - t0
 
     run_dir = run_dir or default_run_dir(spec.name)
-    settings: dict[str, Any] = {**(QUICK_OVERRIDES if quick else {}), **(overrides or {})}
-    if design is not None:
-        settings["eval.design"] = design
     # the comparison table shows local-only models
     cfg = scenario_config(
         spec, phantom_dir, data_dir, run_dir, {"eval.local-only": True, **settings}
@@ -119,6 +121,7 @@ def simulate(
         seconds["baselines"] = time.monotonic() - t
     report = write_report(run_dir, extra_choices=choices)
     resign_report(run_dir, cfg, "the simulation added the pooled baseline's evaluations")
+    relog_report(cfg, run_dir)
     seconds["total"] = time.monotonic() - t0
 
     rows = comparison_rows(evaluations, spec)
