@@ -38,11 +38,14 @@ from client.node import (
     supernode_environment,
     write_auth_secret,
 )
+from client.policy import PolicyError
 from client.policy_file import read_policy
 from common.app_bundle import bundle_sha256
 from common.cli import EXIT_OK, EXIT_PROBLEMS, parse_overrides
 from common.config import RunConfig
 from common.crypto import SITE_PRIVATE_KEY, public_key_fingerprint, warn_insecure
+from common.dicomweb import open_source
+from common.dicomweb_secrets import DicomWebConfigError
 from common.manifest import ManifestError, SiteManifest, inspect_site
 from common.processes import supervise, with_flower_on_path
 from common.signing import SERVER_PUBLIC_KEY
@@ -51,16 +54,26 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def cmd_site_check(args: argparse.Namespace) -> int:
-    """Validate a site folder and print its summary (read-only; exit 1 on any problem)."""
+    """Validate a site folder and print its summary (read-only for the site folder; exit 1
+    on any problem). With ``--keys``, the node config's policy gives the data root and the
+    DICOMweb server, whose series are retrieved into the node's cache folder."""
     cfg = RunConfig().replace(parse_overrides(args.run_config))
     manifest: SiteManifest | None
+    data_root, pacs = args.data_root, None
     try:
+        if args.keys:
+            policy = read_policy(Path(args.keys) / NODE_CONFIG_FILE)
+            data_root = data_root or policy.data_root or None
+            pacs = open_source(policy.dicomweb_secrets, policy.cache_dir)
         manifest, problems = inspect_site(
             Path(args.site_dir), cfg.data.channels, cfg.task, cfg.data.spatial_dims,
-            data_root=args.data_root,
+            data_root=data_root, pacs=pacs,
         )  # fmt: skip
     except ManifestError as e:
         manifest, problems = None, list(e.problems)
+    except (DicomWebConfigError, PolicyError) as e:
+        print(f"site check: {e}", file=sys.stderr)
+        return EXIT_PROBLEMS
     if manifest is not None:
         from common.acquisition import format_survey, survey_site
 
@@ -219,6 +232,11 @@ def add_commands(sub: argparse._SubParsersAction[Any]) -> None:
         "--data-root",
         help="a folder outside the site folder that manifest paths may lead to (the site "
         "policy's data-root; default: every path stays inside the site folder)",
+    )
+    c.add_argument(
+        "--keys",
+        help="the folder from `hepafed site init`: its node-config.toml's [policy] gives the "
+        "data root and the DICOMweb server (dicomweb-secrets, cache-dir) of dicomweb: cells",
     )
     c.set_defaults(func=cmd_site_check)
 

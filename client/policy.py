@@ -84,6 +84,7 @@ class SitePolicy:
     state_dir: str = ""  # the site's own folder for state kept across runs (the DP ledger)
     cache_dir: str = ""  # where this site caches preprocessed crops; "": nowhere
     data_root: str = ""  # a folder outside the site folder that manifest paths may lead to
+    dicomweb_secrets: str = ""  # the 0600 file naming the site's PACS (common.dicomweb_secrets)
     allowed_hooks: tuple[str, ...] = ()  # 'module:Class' hooks the site imports ("*": any)
 
     def __post_init__(self) -> None:

@@ -33,6 +33,7 @@ EXPLAINED = {
     "state-dir": "this site's state kept across runs (the DP ledger), created 0700",
     "cache-dir": 'where this site caches preprocessed crops (0700/0600); "": nowhere',
     "data-root": 'images outside the site folder may be read only under this folder; "": none',
+    "dicomweb-secrets": 'owner-only (0600) file: URL, CA, credentials of the PACS; "": none',
     "allowed-hooks": "'module:Class' hooks this site imports (comma-separated)",
 }
 

@@ -42,6 +42,7 @@ from common.badcases import SKIPPED_CASES
 from common.config import RunConfig
 from common.data import SplitTensors, load_split, load_splits
 from common.device import Compute, derive_seed, seed_everything, select_compute
+from common.dicomweb import open_source
 from common.hooks import ADAPT_NONE, ADAPT_OWN_LAYERS, HookPoint, HookSet, Statistics
 from common.hooks.normalization import batchnorm_layers
 from common.hooks.tta import reestimate_statistics
@@ -169,12 +170,15 @@ def open_site(node_config: Mapping[str, Any], cfg: RunConfig) -> Site:
     """Resolve and read this node's site. The manifest table is checked; a row with a
     missing file or a bad label is kept for loading to fail or skip (``open_manifest``).
     The cache folder ``data.cache-dir`` (the site's own, ``SitePolicy.apply``) is created
-    owner-only (0700)."""
+    owner-only (0700); the series of ``dicomweb:`` cells are retrieved into it from the
+    site's DICOMweb server (``policy.dicomweb-secrets``, ``common.dicomweb.open_source``)."""
     site_dir = resolve_site_dir(node_config, cfg)
     if cfg.data.cache_dir:
         private_folder(Path(cfg.data.cache_dir))
     data_root = site_policy_data_root(node_config)
-    manifest = open_manifest(site_dir, cfg.data.channels, cfg.task, data_root=data_root)
+    secrets = SitePolicy.from_node_config(node_config).dicomweb_secrets
+    pacs = open_source(secrets, cfg.data.cache_dir)
+    manifest = open_manifest(site_dir, cfg.data.channels, cfg.task, data_root=data_root, pacs=pacs)
     name = str(node_config.get(NodeKey.SITE_NAME, "")) or manifest.name
     return Site(name, manifest)
 

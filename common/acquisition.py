@@ -22,13 +22,13 @@ import statistics
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from common.dicom import DELAY_SUFFIX, DicomSeriesError
 from common.keys import Split
 from common.manifest import Case, SiteManifest
 from common.metadata import number  # None for a blank or implausible cell
-from common.sitepaths import escape_problem
 
 CATEGORICAL_FIELDS = ("vendor", "scanner_model", "kernel")
 NUMERIC_FIELDS = ("slice_thickness_mm", "kvp", "field_strength_t")
@@ -121,13 +121,24 @@ class SiteSurvey:
     channels: tuple[str, ...]
     size: dict[str, dict[str, float]]  # axis -> range of image sizes (voxels)
     spacing: dict[str, dict[str, float]]  # axis -> range of voxel spacing (mm)
-    sources: dict[str, int]  # "NIfTI" / "DICOM series" / "DICOM file" -> image count
+    sources: dict[str, int]  # "NIfTI" / "DICOM series" / "DICOM file" / "DICOMweb series"
     acquisition: dict[str, Any] = field(default_factory=dict)
+
+
+def _source_kind(manifest: SiteManifest, img: Path) -> str:
+    """How an image reached the site: a NIfTI file, a DICOM series folder or file, or a
+    series retrieved from the site's DICOMweb server."""
+    from common.dicom import is_dicom_source
+
+    if img in manifest.retrieved:
+        return "DICOMweb series"
+    if not is_dicom_source(img):
+        return "NIfTI"
+    return "DICOM series" if img.is_dir() else "DICOM file"
 
 
 def survey_site(manifest: SiteManifest) -> SiteSurvey:
     """Summarise a parsed manifest; image geometry comes from headers only."""
-    from common.dicom import is_dicom_source
     from common.images import image_geometry
 
     sizes: list[tuple[int, ...]] = []
@@ -135,13 +146,9 @@ def survey_site(manifest: SiteManifest) -> SiteSurvey:
     sources: Counter[str] = Counter()
     for case in manifest.cases:
         for img in case.images:
-            if not img.exists() or escape_problem(img, manifest.site_dir, manifest.data_root):
+            if not img.exists() or manifest.escape(img):
                 continue  # reported as a problem; a file outside the site is never opened
-            sources[
-                ("DICOM series" if img.is_dir() else "DICOM file")
-                if is_dicom_source(img)
-                else "NIfTI"
-            ] += 1
+            sources[_source_kind(manifest, img)] += 1
             try:
                 geo = image_geometry(img)
             except (DicomSeriesError, OSError, ValueError, AttributeError):

@@ -55,6 +55,20 @@ class BadInput(StrEnum):
     MASK_GEOMETRY = "mask-geometry"  # a mask (or channel) not on its case's image grid
     METADATA_UNIT = "metadata-unit"  # a numeric metadata cell that is not a plain number
     METADATA_RANGE = "metadata-range"  # a numeric metadata value outside its plausible range
+    # a series named by a ``dicomweb:`` cell that could not be retrieved (common.dicomweb)
+    DICOMWEB_CELL = "dicomweb-cell"  # a dicomweb: cell that names no study and series UID
+    DICOMWEB_UNCONFIGURED = "dicomweb-unconfigured"  # the site names no DICOMweb server
+    DICOMWEB_UNREACHABLE = "dicomweb-unreachable"  # connection refused, timed out, no route
+    DICOMWEB_TLS = "dicomweb-tls"  # the server's certificate is not trusted by the ca-file
+    DICOMWEB_UNAUTHORIZED = "dicomweb-unauthorized"  # HTTP 401/403: wrong credentials
+    DICOMWEB_SERIES_MISSING = "dicomweb-series-missing"  # no such series on the server
+    DICOMWEB_NOT_IMAGE = "dicomweb-not-image"  # an instance without pixel data (SR, PDF...)
+    DICOMWEB_FAILED = "dicomweb-failed"  # any other refusal or malformed answer
+
+
+# kinds of a manifest image cell naming a DICOMweb series that could not be retrieved: the
+# cell names no file, so its error names the manifest row (common.data)
+DICOMWEB_KINDS = frozenset(k for k in BadInput if k.value.startswith("dicomweb-"))
 
 
 @dataclass(frozen=True)
@@ -154,8 +168,10 @@ def skipped_fields(
     skipped: Sequence[SkippedCase], site_dir: Path | str | None = None
 ) -> dict[str, list[str]]:
     """The site-record (ConfigRecord) entries naming the first ``MAX_LISTED`` skipped cases,
-    with every file named relative to ``site_dir`` (``site_relative``): a reply never
-    carries the hospital's absolute paths."""
+    with every file named relative to ``site_dir`` (``site_relative``) and DICOM UIDs
+    redacted: a reply never carries the hospital's absolute paths or a series' UID."""
+    from common.dicomweb import redact_uids
+
     first = skipped[:MAX_LISTED]
     reasons = []
     for s in first:
@@ -163,7 +179,7 @@ def skipped_fields(
         reason = s.reason.replace(str(s.path), path)
         if site_dir is not None:  # other files of the folder the reason names
             reason = reason.replace(f"{Path(site_dir)}/", "")
-        reasons.append(f"{path}: {reason}")
+        reasons.append(redact_uids(f"{path}: {reason}"))  # nor a study's or series' UID
     return {SKIPPED_CASE_IDS: [s.case_id for s in first], SKIPPED_CASE_REASONS: reasons}
 
 

@@ -39,12 +39,17 @@ from monai.transforms import (
     SqueezeDimd,
 )
 
-from common.badcases import BadCaseError, BadInput, NoUsableCasesError, SkippedCase
+from common.badcases import (
+    DICOMWEB_KINDS,
+    BadCaseError,
+    BadInput,
+    NoUsableCasesError,
+    SkippedCase,
+)
 from common.checkedload import MASK, CaseFileProblem, LoadCheckedd
 from common.config_sections import DataConfig
 from common.keys import BadCasePolicy, Task
 from common.manifest import MANIFEST_NAME, Case, Problem, SiteManifest
-from common.sitepaths import escape_problem
 
 log = logging.getLogger("hepafed.progress")
 
@@ -300,7 +305,7 @@ def _load_case(
         raise _row_error(manifest, case, manifest.row_problems[case.case_id], bad)
     columns = [f"image_{ch}" for ch in manifest.channels]
     for column, path in zip([*columns, MASK], [*case.images, case.mask], strict=True):
-        escape = escape_problem(path, manifest.site_dir, manifest.data_root) if path else None
+        escape = manifest.escape(path) if path else None
         if escape is not None:  # a link changed since the manifest was checked
             raise bad(escape.path, f"{column}: {escape.message}")
     try:
@@ -323,13 +328,14 @@ def _row_error(
     bad: Callable[[Path | str, str], BadCaseError],
 ) -> BadCaseError:
     """The error for a row the manifest check rejected: a missing file names that file;
-    an empty cell or a bad label names the manifest."""
+    an empty cell, a bad label or a DICOMweb series that could not be retrieved names the
+    manifest."""
     first = problems[0]
     where = f"{MANIFEST_NAME} row {case.row}"
     more = f"; and {len(problems) - 1} more problem(s) in the row" if len(problems) > 1 else ""
     path = _row_file(manifest, case, first.field)
-    escaped = first.kind in (BadInput.PATH_ESCAPE, BadInput.SYMLINK_ESCAPE)
-    if path is not None and not escaped and not path.exists():
+    names_no_file = first.kind in (BadInput.PATH_ESCAPE, BadInput.SYMLINK_ESCAPE, *DICOMWEB_KINDS)
+    if path is not None and not names_no_file and not path.exists():
         return bad(path, f"{first.field}: file not found ({where}){more}")
     return bad(manifest.path, f"{first.field}: {first.message} ({where}){more}")
 

@@ -6,7 +6,9 @@ A site is a folder with ``manifest.csv``. Columns:
 - ``image_<channel>`` for every channel of ``data.channels`` (e.g.
   ``image_arterial``): a NIfTI file or a DICOM series folder, relative to the
   site folder or absolute, but inside it (or inside an allowed ``data_root``;
-  ``common.sitepaths``);
+  ``common.sitepaths``); or ``dicomweb:STUDY_UID/SERIES_UID``, a series on the
+  site's DICOMweb server (``common.dicomweb``), retrieved into the site's cache
+  folder and from there read as a DICOM series folder;
 - ``mask``: the lesion mask (0/1) on the same grid (affine) as the images, needed
   by both tasks (classification crops a lesion-centred region of interest from it);
 - ``label``: 0 (benign) or 1 (malignant), required for ``lesion-malignancy``;
@@ -49,10 +51,17 @@ from pathlib import Path
 from common.badcases import BadInput, Problem, array_problems, load_problem, shape_problem
 from common.csvtable import read_table
 from common.dicom import DicomSeriesError, read_series
+from common.dicomweb import DicomWebSource, is_dicomweb_cell
 from common.geometry import alignment_problems, grid_problems
 from common.keys import Split, Task, choices
-from common.manifest_row import file_problem, parse_label, resolve, with_dicom_metadata
-from common.sitepaths import escape_problem
+from common.manifest_row import (
+    file_problem,
+    parse_label,
+    resolve,
+    retrieved_series,
+    with_dicom_metadata,
+)
+from common.sitepaths import Escape, escape_problem
 
 MANIFEST_NAME = "manifest.csv"
 TEST_FRACTION_BY_HASH = 0.25
@@ -93,6 +102,9 @@ class SiteManifest:
     row_problems: Mapping[str, tuple[Problem, ...]] = field(default_factory=dict)
     # a folder outside the site folder that its paths may also lead to (None: none)
     data_root: Path | None = None
+    # the folders of the series retrieved from the site's DICOMweb server (common.dicomweb),
+    # in the site's own cache folder
+    retrieved: frozenset[Path] = frozenset()
 
     @property
     def name(self) -> str:
@@ -105,6 +117,14 @@ class SiteManifest:
     def split(self, split: str) -> tuple[Case, ...]:
         """The cases of one split, in manifest order."""
         return tuple(c for c in self.cases if c.split == split)
+
+    def escape(self, path: Path) -> Escape | None:
+        """Why a case's file may not be opened (``common.sitepaths.escape_problem``), or
+        None; a series this site retrieved from its DICOMweb server lies in the site's own
+        cache folder and may be (a manifest cell that leads there is still refused)."""
+        if path in self.retrieved:
+            return None
+        return escape_problem(path, self.site_dir, self.data_root)
 
 
 def hash_split(case_id: str, test_fraction: float = TEST_FRACTION_BY_HASH) -> str:
@@ -120,12 +140,15 @@ def read_manifest(
     task: str,
     *,
     data_root: Path | str | None = None,
+    pacs: DicomWebSource | None = None,
 ) -> SiteManifest:
     """Parse and check a site's manifest table (files must exist; only DICOM headers are read).
 
     ``data_root``: a folder outside the site folder that manifest paths may lead to (the
-    site's node config allows it); by default they must stay inside the site folder."""
-    manifest, problems = parse_manifest(site_dir, channels, task, data_root=data_root)
+    site's node config allows it); by default they must stay inside the site folder.
+    ``pacs``: the site's DICOMweb server, which retrieves the series of ``dicomweb:`` cells
+    (``common.dicomweb``); without it such a cell is a problem of its case."""
+    manifest, problems = parse_manifest(site_dir, channels, task, data_root=data_root, pacs=pacs)
     if problems:
         raise ManifestError(problems)
     return manifest
@@ -150,6 +173,7 @@ def open_manifest(
     task: str,
     *,
     data_root: Path | str | None = None,
+    pacs: DicomWebSource | None = None,
 ) -> SiteManifest:
     """Like ``read_manifest``, but a row whose files, label or metadata are unusable is kept,
     its problems in ``row_problems``: the loader fails or skips it by ``data.on-bad-case``.
@@ -157,7 +181,7 @@ def open_manifest(
     Problems of the table itself (its text, columns, ragged rows, case ids, splits) still
     raise ``ManifestError``.
     """
-    manifest, problems = parse_manifest(site_dir, channels, task, data_root=data_root)
+    manifest, problems = parse_manifest(site_dir, channels, task, data_root=data_root, pacs=pacs)
     ids = {c.case_id for c in manifest.cases}
     table = [p for p in problems if not is_case_problem(p, channels) or p.case_id not in ids]
     if table:
@@ -174,10 +198,12 @@ def parse_manifest(
     task: str,
     *,
     data_root: Path | str | None = None,
+    pacs: DicomWebSource | None = None,
 ) -> tuple[SiteManifest, list[Problem]]:
     """The manifest's cases and every problem found in the table (raises only if unusable:
     missing, not UTF-8 text, NUL bytes, or a header with a missing, duplicate or unnamed
-    column)."""
+    column). The series of ``dicomweb:`` cells are retrieved here, through ``pacs``; a
+    series that cannot be is a problem of its case (``common.manifest_row``)."""
     site_dir = Path(site_dir)
     root = None if data_root is None else Path(data_root)
     path = site_dir / MANIFEST_NAME
@@ -207,6 +233,7 @@ def parse_manifest(
             ]
         )
     known = {*required, "label", "split"}
+    fetched: set[Path] = set()  # folders of series retrieved from the DICOMweb server
     cases: list[Case] = []
     seen: dict[str, int] = {}
     has_split = "split" in header
@@ -223,13 +250,22 @@ def parse_manifest(
             bad("case_id", f"duplicate of row {seen[cid]}: case ids must be unique")
         else:
             seen[cid] = row_no
-        images = tuple(resolve(site_dir, row[c]) for c in image_cols)
+        paths: list[Path] = []
         inside: list[Path] = []  # files that may be opened (header reads)
-        for col, img in zip(image_cols, images, strict=True):
+        for col in image_cols:
+            img = resolve(site_dir, row[col])  # what names no file is not opened, nor found
             if not row[col]:
                 bad(col, "empty: give the image path for this channel")
+            elif is_dicomweb_cell(row[col]):
+                retrieved = retrieved_series(col, row[col], pacs, bad)
+                if retrieved is not None:
+                    img = retrieved
+                    inside.append(img)
+                    fetched.add(img)
             elif file_problem(col, img, site_dir, root, bad):
                 inside.append(img)
+            paths.append(img)
+        images = tuple(paths)
         mask = resolve(site_dir, row["mask"]) if row.get("mask") else None
         if mask is None:
             bad("mask", "empty: both tasks need the lesion mask")
@@ -246,7 +282,12 @@ def parse_manifest(
     if not cases and not problems:
         problems.append(Problem(fname, "manifest", "lists no cases"))
     manifest = SiteManifest(
-        site_dir, tuple(channels), tuple(cases), hashlib.sha256(raw).hexdigest(), data_root=root
+        site_dir,
+        tuple(channels),
+        tuple(cases),
+        hashlib.sha256(raw).hexdigest(),
+        data_root=root,
+        retrieved=frozenset(fetched),
     )
     return manifest, problems
 
@@ -275,7 +316,7 @@ def check_images(manifest: SiteManifest, spatial_dims: int = 2) -> list[Problem]
         for col, img_path in [*zip(cols, case.images, strict=True), ("mask", case.mask)]:
             if img_path is None or not img_path.exists():
                 continue  # reported by the table check
-            if escape_problem(img_path, manifest.site_dir, manifest.data_root) is not None:
+            if manifest.escape(img_path) is not None:
                 continue  # reported by the table check; never opened
             if img_path.is_dir():
                 try:
@@ -313,13 +354,14 @@ def inspect_site(
     spatial_dims: int = 2,
     *,
     data_root: Path | str | None = None,
+    pacs: DicomWebSource | None = None,
 ) -> tuple[SiteManifest, list[Problem]]:
     """Check the table and open every existing file; return all problems, raise none.
 
     Raises ``ManifestError`` only when the manifest itself is unusable (missing,
     not UTF-8 text, NUL bytes, a missing, duplicate or unnamed column).
     """
-    manifest, problems = parse_manifest(site_dir, channels, task, data_root=data_root)
+    manifest, problems = parse_manifest(site_dir, channels, task, data_root=data_root, pacs=pacs)
     return manifest, problems + check_images(manifest, spatial_dims)
 
 
@@ -330,9 +372,12 @@ def validate_site(
     spatial_dims: int = 2,
     *,
     data_root: Path | str | None = None,
+    pacs: DicomWebSource | None = None,
 ) -> SiteManifest:
     """Read the manifest and open every file; raise ``ManifestError`` on any problem."""
-    manifest, problems = inspect_site(site_dir, channels, task, spatial_dims, data_root=data_root)
+    manifest, problems = inspect_site(
+        site_dir, channels, task, spatial_dims, data_root=data_root, pacs=pacs
+    )
     if problems:
         raise ManifestError(problems)
     return manifest

@@ -1,4 +1,5 @@
-"""One manifest row's cells: its file paths, its label and its acquisition metadata.
+"""One manifest row's cells: its file paths (or DICOMweb series), its label and its
+acquisition metadata.
 
 ``common.manifest.parse_manifest`` judges each row with these; every problem goes to the
 row's ``report(field, message, kind)``, so that all of them are listed at once.
@@ -9,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from common.badcases import BadInput
 from common.dicom import acquisition_metadata, is_dicom_source
+from common.dicomweb import DicomWebCellError, DicomWebError, DicomWebSource, parse_cell
 from common.keys import Task
 from common.metadata import value_problem
 from common.sitepaths import escape_problem
@@ -40,6 +43,32 @@ def file_problem(
         bad(column, f"file not found: {path}", "")
         return False
     return True
+
+
+def retrieved_series(
+    column: str, cell: str, source: DicomWebSource | None, bad: Report
+) -> Path | None:
+    """The local folder of the series a ``dicomweb:`` cell names, retrieved by the site's
+    DICOMweb ``source`` (``common.dicomweb``); None, reported, if it cannot be had."""
+    try:
+        ref = parse_cell(cell)
+    except DicomWebCellError as e:
+        bad(column, str(e), BadInput.DICOMWEB_CELL)
+        return None
+    if source is None:
+        bad(
+            column,
+            f"names DICOMweb {ref}, but this site has no DICOMweb server: name its secrets "
+            "file as dicomweb-secrets in the [policy] of the site's node-config.toml (and give "
+            "`hepafed site check` that folder as --keys); see docs/pacs.md",
+            BadInput.DICOMWEB_UNCONFIGURED,
+        )
+        return None
+    try:
+        return source.fetch(ref)
+    except DicomWebError as e:
+        bad(column, str(e), e.kind)
+        return None
 
 
 def with_dicom_metadata(

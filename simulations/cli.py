@@ -211,6 +211,11 @@ def cmd_phantom(args: argparse.Namespace) -> int:
     spec = load_scenario(args.scenario)
     out = generate_phantom(spec, Path(args.out), seed=args.seed)
     print(f"phantom {spec.name!r} ({len(spec.sites)} sites) in {out}")
+    if args.dicom:
+        from simulations.phantom_dicom import write_dicom_phantom
+
+        sites = write_dicom_phantom(out, Path(args.dicom))
+        print(f"  as DICOM series ({len(sites)} sites) in {args.dicom}")
     return EXIT_OK
 
 
@@ -377,4 +382,10 @@ def add_commands(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--scenario", default="liver-5", help="bundled name or TOML path")
     p.add_argument("--out", required=True, help="output folder (one sub-folder per site)")
     p.add_argument("--seed", type=int, default=None, help="default: the scenario's seed")
+    p.add_argument(
+        "--dicom",
+        metavar="DIR",
+        help="also write every site with its images as DICOM series (one file per slice, "
+        "as a PACS holds them) under DIR",
+    )
     p.set_defaults(func=cmd_phantom)
