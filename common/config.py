@@ -73,6 +73,13 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check_choice("task", self.task, Task)
+        if self.task == Task.LESION_TYPE:
+            raise ConfigError(
+                "task = 'lesion-type': manifests and the MRI phantom carry its three-way "
+                "labels, but no network, site summary or report for three classes exists "
+                "yet, so nothing trains on it; train task = 'lesion-malignancy' (a binary "
+                "manifest) meanwhile"
+            )
         _check_choice("federation.strategy", self.federation.strategy, StrategyName)
         _check_choice("train.optimizer", self.train.optimizer, OptimizerName)
         _check_choice("federation.compression", self.federation.compression, Compression)

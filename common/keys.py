@@ -160,6 +160,7 @@ class Task(StrEnum):
 
     MALIGNANCY = "lesion-malignancy"
     SEGMENTATION = "lesion-segmentation"
+    LESION_TYPE = "lesion-type"  # 0 benign, 1 primary malignant, 2 metastasis (MRI phantom)
 
 
 class StrategyName(StrEnum):

@@ -100,17 +100,30 @@ def with_dicom_metadata(
     return metadata
 
 
+LABELS: dict[str, tuple[int, ...]] = {  # the labels of each classification task
+    Task.MALIGNANCY: (0, 1),
+    Task.LESION_TYPE: (0, 1, 2),
+}
+LABEL_MEANINGS: dict[str, str] = {  # ... and what they mean
+    Task.MALIGNANCY: "0 (benign) or 1 (malignant)",
+    Task.LESION_TYPE: "0 (benign), 1 (primary malignant) or 2 (metastasis)",
+}
+
+
 def parse_label(value: str, task: str, report: Report) -> int | None:
-    """The 0/1 label, or None (reported through ``report`` when it is required)."""
+    """The task's label (0/1, or 0/1/2 for lesion-type), or None (reported through
+    ``report`` when the task requires it)."""
+    valid = LABELS.get(task, LABELS[Task.MALIGNANCY])  # a Task key is its str value
+    meaning = LABEL_MEANINGS.get(task, LABEL_MEANINGS[Task.MALIGNANCY])
     if not value:
-        if task == Task.MALIGNANCY:
-            report("label", "empty: lesion-malignancy needs 0 (benign) or 1 (malignant)")
+        if task in LABELS:
+            report("label", f"empty: {task} needs {meaning}")
         return None
     try:
         label = int(float(value)) if float(value).is_integer() else None
     except ValueError:
         label = None
-    if label not in (0, 1):
-        report("label", f"{value!r} is out of range: use 0 (benign) or 1 (malignant)")
+    if label not in valid:
+        report("label", f"{value!r} is out of range: use {meaning}")
         return None
     return label

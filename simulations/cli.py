@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common.cli import EXIT_OK, parse_overrides
+from common.cli import EXIT_OK, EXIT_USAGE, parse_overrides
 from common.config import ConfigError
 from common.keys import EvalDesign, MetricKey
 
@@ -205,6 +205,19 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_phantom(args: argparse.Namespace) -> int:
+    from simulations.mri_scenario import is_mri_scenario
+
+    if is_mri_scenario(args.scenario):  # the MRI phantom (docs/phantom.md, "The MRI phantom")
+        from simulations.mri_phantom import generate_mri_phantom
+        from simulations.mri_scenario import load_mri_scenario
+
+        mri = load_mri_scenario(args.scenario)
+        if args.dicom:
+            print("error: --dicom writes the CT phantom only", file=sys.stderr)
+            return EXIT_USAGE
+        out = generate_mri_phantom(mri, Path(args.out), seed=args.seed)
+        print(f"MRI phantom {mri.name!r} ({len(mri.sites)} sites) in {out}")
+        return EXIT_OK
     from simulations.phantom import generate_phantom
     from simulations.scenario import load_scenario
 

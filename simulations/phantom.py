@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import gzip
 import io
 import json
@@ -30,8 +31,9 @@ import shutil
 import stat
 import time
 import zlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import nibabel as nib
 import numpy as np
@@ -102,17 +104,39 @@ def labels_and_splits(site: SiteProfile, seed: int) -> tuple[np.ndarray, list[st
     which cases they are. The val cases come from a stream of their own, drawn after the
     test split, so ``val_fraction`` never changes the labels or the test split.
     """
-    rng = np.random.default_rng([seed, site_number(site.name)])
     sizes = site.split_sizes
-    labels = rng.permutation(np.arange(site.n_cases) < sizes.n_malignant).astype(int)
-    split = np.full(site.n_cases, Split.TRAIN.value, dtype=object)
-    for value in (0, 1):
+    counts = (site.n_cases - sizes.n_malignant, sizes.n_malignant)
+    return stratified_splits(seed, site.name, counts, sizes.test, sizes.val)
+
+
+def stratified_splits(
+    seed: int,
+    site: str,
+    counts: Sequence[int],
+    test: Sequence[int],
+    val: Sequence[int],
+) -> tuple[np.ndarray, list[str]]:
+    """Labels 0..K-1 (``counts[k]`` cases of label k) in a random order, ``test[k]`` of each
+    label drawn for the test split, then ``val[k]`` of each label's remaining cases for val.
+
+    Labels and test come from the site's stream ``(seed, site)``, val from a stream of its
+    own, so a val count never moves a label or a test case. The labels start in descending
+    order (K-1 first) before the shuffle: for two labels this is the order the binary
+    phantom has always used, so its files stay byte-identical.
+    """
+    rng = np.random.default_rng([seed, site_number(site)])
+    ordered = np.concatenate(
+        [np.full(c, k, dtype=int) for k, c in reversed(list(enumerate(counts)))]
+    )
+    labels = rng.permutation(ordered).astype(int)
+    split = np.full(labels.size, Split.TRAIN.value, dtype=object)
+    for value in range(len(counts)):
         members = np.flatnonzero(labels == value)
-        split[rng.permutation(members)[: sizes.test[value]]] = Split.TEST.value
-    val_rng = np.random.default_rng([seed, site_number(site.name), 0, STREAM_VAL])
-    for value in (0, 1):
+        split[rng.permutation(members)[: test[value]]] = Split.TEST.value
+    val_rng = np.random.default_rng([seed, site_number(site), 0, STREAM_VAL])
+    for value in range(len(counts)):
         train = np.flatnonzero((labels == value) & (split == Split.TRAIN.value))
-        split[val_rng.permutation(train)[: sizes.val[value]]] = Split.VAL.value
+        split[val_rng.permutation(train)[: val[value]]] = Split.VAL.value
     return labels, [str(s) for s in split]
 
 
@@ -257,8 +281,11 @@ def _site_problem(site_dir: Path, summary: dict[str, Any], n_cases: int) -> str 
     if len(rows) != n_cases:
         return f"{manifest} lists {len(rows)} cases, not {n_cases}"
     total = len(text)
+    # the file columns (FILE_COLUMNS for CT): every image column and the mask
+    header = text.decode("utf-8").split("\n", 1)[0].split(",")
+    columns = [c for c in header if c.startswith("image_") or c == "mask"]
     for row in rows:
-        for column in FILE_COLUMNS:
+        for column in columns:
             path = site_dir / (row.get(column) or "?")
             try:
                 info = path.stat()
@@ -306,7 +333,7 @@ def _reusable(out_dir: Path, identity: dict[str, Any]) -> bool:
     return _stale(found, identity) is None and _damage(out_dir, found or {}, identity) is None
 
 
-def _check_replaceable(out_dir: Path, scenario: Scenario) -> None:
+def _check_replaceable(out_dir: Path, scenario: _Named) -> None:
     """Refuse to touch a non-empty folder unless it holds a phantom of this scenario+seed."""
     if not out_dir.exists() or (out_dir.is_dir() and not any(out_dir.iterdir())):
         return
@@ -355,8 +382,48 @@ def generate_phantom(scenario: Scenario, out_dir: Path, seed: int | None = None)
     if seed is not None:
         scenario = dataclasses.replace(scenario, seed=int(seed))
     validate_scenario(scenario)
-    out_dir = Path(out_dir)
-    identity = _identity(scenario)
+    writers = [
+        # ``write_site`` is looked up when called, so a test may replace it
+        SiteWriter(site.name, site.n_cases, functools.partial(_write_ct_site, site, scenario))
+        for site in scenario.sites
+    ]
+    return write_phantom(scenario, Path(out_dir), _identity(scenario), writers)
+
+
+def _write_ct_site(site: SiteProfile, scenario: Scenario, site_dir: Path) -> dict[str, Any]:
+    return write_site(site, scenario.seed, scenario.dims, site_dir)
+
+
+class _Named(Protocol):
+    """What the writer needs to know of a scenario: its name and seed."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def seed(self) -> int: ...
+
+
+class SiteWriter(NamedTuple):
+    """One site of a phantom: its name, case count and the function that writes its folder
+    (given the folder to create) and returns its summary for phantom.json."""
+
+    name: str
+    n_cases: int
+    write: Callable[[Path], dict[str, Any]]
+
+
+def write_phantom(
+    scenario: _Named, out_dir: Path, identity: dict[str, Any], writers: Sequence[SiteWriter]
+) -> Path:
+    """Write (or reuse) a phantom whose phantom.json starts with ``identity``; return ``out_dir``.
+
+    ``identity`` holds at least ``scenario``, ``seed`` and ``resolved_scenario`` (whose
+    ``sites`` give each site's ``name`` and ``n_cases``): a folder whose phantom.json has the
+    same identity and whose files are intact is reused; one of the same scenario name and
+    seed is replaced; anything else raises PhantomExistsError. The sites are written into a
+    temporary sibling folder that is renamed onto ``out_dir`` when complete.
+    """
     found = _read_identity(out_dir)
     stale = _stale(found, identity)
     damage = _damage(out_dir, found, identity) if found is not None and stale is None else None
@@ -378,14 +445,14 @@ def generate_phantom(scenario: Scenario, out_dir: Path, seed: int | None = None)
     tmp.mkdir()
     try:
         summaries = []
-        for site in scenario.sites:
+        for writer in writers:
             start = time.monotonic()
-            summaries.append(write_site(site, scenario.seed, scenario.dims, tmp / site.name))
+            summaries.append(writer.write(tmp / writer.name))
             log.info(
                 "phantom %s: %s, %d cases in %.1f s",
                 scenario.name,
-                site.name,
-                site.n_cases,
+                writer.name,
+                writer.n_cases,
                 time.monotonic() - start,
             )
         text = json.dumps({**identity, "sites": summaries}, indent=2, sort_keys=True)
