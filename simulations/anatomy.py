@@ -266,8 +266,9 @@ def _place(
     return (float(x[i]), float(y[i]), z)
 
 
-def _shift(rng: np.random.Generator, sd_mm: float) -> tuple[float, float, float]:
-    """Breath-hold difference between phases: mostly craniocaudal (z), half in-plane."""
+def breath_hold_shift(rng: np.random.Generator, sd_mm: float) -> tuple[float, float, float]:
+    """Breath-hold difference between phases or series: mostly craniocaudal (z), half
+    in-plane."""
     dx, dy = rng.normal(0.0, sd_mm / 2, 2)
     return (float(dx), float(dy), float(rng.normal(0.0, sd_mm)))
 
@@ -325,7 +326,8 @@ def sample_case(
             (-24.0, -30.0, rng.uniform(9.0, 12.0)),
         ),
         motion=tuple(
-            _shift(rng, site.motion_mm) if phase != 1 else (0.0, 0.0, 0.0) for phase in range(3)
+            breath_hold_shift(rng, site.motion_mm) if phase != 1 else (0.0, 0.0, 0.0)
+            for phase in range(3)
         ),
         arrival_s=jitter,
         gain=gain,

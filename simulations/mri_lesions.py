@@ -238,12 +238,6 @@ def _lesion(
     return replace(base, body=body, core=core, core_rel=rng.uniform(0.6, 0.8))
 
 
-def _shift(rng: np.random.Generator, sd_mm: float) -> tuple[float, float, float]:
-    """Breath-hold difference between series: mostly craniocaudal (z), half in-plane."""
-    dx, dy = rng.normal(0.0, sd_mm / 2, 2)
-    return (float(dx), float(dy), float(rng.normal(0.0, sd_mm)))
-
-
 def sample_mri_case(
     site: MriSiteProfile, label: int, rng: np.random.Generator, fov_centre: tuple[float, float]
 ) -> MriCase:
@@ -261,6 +255,7 @@ def sample_mri_case(
     liver = _tissue(rng, "liver")
     fat = rng.uniform(0.05, 0.25) if rng.random() < site.steatosis_fraction else 0.0
     motion = tuple(
-        _shift(rng, site.motion_mm) if s != "t1_portal" else (0.0, 0.0, 0.0) for s in SERIES
+        anatomy.breath_hold_shift(rng, site.motion_mm) if s != "t1_portal" else (0.0, 0.0, 0.0)
+        for s in SERIES
     )
     return MriCase(label, lesion, patient, liver, fat, motion)

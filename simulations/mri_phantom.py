@@ -20,10 +20,8 @@ random streams (seed, site name, case index, purpose), the same split drawing
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import functools
-import io
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +33,6 @@ from simulations.mri_lesions import MriCase, anatomy_profile, sample_mri_case
 from simulations.mri_scenario import MODALITY, MriScenario, validate_mri_scenario
 from simulations.mri_site import CLASSES, MriSiteProfile
 from simulations.phantom import (
-    MANIFEST_CSV,
     STREAM_CASE,
     STREAM_NOISE,
     STREAM_TEXTURE,
@@ -44,6 +41,7 @@ from simulations.phantom import (
     nifti_gz,
     nifti_header,
     stratified_splits,
+    write_manifest,
     write_phantom,
 )
 from simulations.scanner import FOV_CENTRE_MM, Grid, acquisition_grid
@@ -186,12 +184,7 @@ def write_mri_site(site: MriSiteProfile, seed: int, dims: int, site_dir: Path) -
         n_bytes += len(blob)
         row.update(label=str(case.label), split=splits[index], **_metadata(site, case))
         rows.append(row)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=manifest_columns(site), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    manifest = buffer.getvalue().encode("utf-8")
-    (site_dir / MANIFEST_CSV).write_bytes(manifest)
+    manifest = write_manifest(site_dir, manifest_columns(site), rows)
     return {
         "name": site.name,
         "role": site.role,

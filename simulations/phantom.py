@@ -188,6 +188,17 @@ def _fmt(value: float) -> str:
     return f"{value:g}"
 
 
+def write_manifest(site_dir: Path, columns: Sequence[str], rows: list[dict[str, str]]) -> bytes:
+    """Write ``site_dir/manifest.csv`` (a header, one row per case, "\\n" line ends); its bytes."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    manifest = buffer.getvalue().encode("utf-8")
+    (site_dir / MANIFEST_CSV).write_bytes(manifest)
+    return manifest
+
+
 def write_site(site: SiteProfile, seed: int, dims: int, site_dir: Path) -> dict[str, Any]:
     """Write one hospital's images, masks and manifest; return a summary for phantom.json."""
     (site_dir / "images").mkdir(parents=True)
@@ -228,12 +239,7 @@ def write_site(site: SiteProfile, seed: int, dims: int, site_dir: Path) -> dict[
             cirrhosis="1" if case.cirrhosis > 0 else "0",
         )
         rows.append(row)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    manifest = buffer.getvalue().encode("utf-8")
-    (site_dir / MANIFEST_CSV).write_bytes(manifest)
+    manifest = write_manifest(site_dir, MANIFEST_COLUMNS, rows)
     return {
         "name": site.name,
         "role": site.role,
