@@ -11,12 +11,23 @@ resource limits and small-cell rule.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from typing import cast
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
-from flwr.clientapp.typing import Mod
+from flwr.clientapp.typing import ClientAppCallable, Mod
+from flwr.common.constant import ErrorCode
 
 from client.memory import keep_residual, recall_residual
 from client.message_config import split_config
@@ -25,14 +36,41 @@ from client.privacy import privacy_mod
 from client.site import Instructions, Site, open_site, site_evaluate, site_train
 from client.trust import trust_mod
 from common.acquisition import acquisition_json
-from common.badcases import skipped_fields
+from common.badcases import redacted_reason, skipped_fields
 from common.compression import PACKED, compress_update, pack
 from common.config import RunConfig
-from common.keys import Compression, ConfigKey, Phase, RecordKey, Share, SiteKey, Split
+from common.keys import (
+    Compression,
+    ConfigKey,
+    NodeKey,
+    Phase,
+    RecordKey,
+    Share,
+    SiteKey,
+    Split,
+)
 
-# outermost: the site refuses what its policy forbids before anything else; then it checks
-# the model exactly as it came in and signs exactly what leaves
-OUTER_MODS: list[Mod] = [policy_mod, trust_mod]
+log = logging.getLogger(__name__)
+
+
+def redaction_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Whatever goes wrong at the site, the error reply names no absolute path and no DICOM
+    UID (``common.badcases.redacted_reason``): Flower would send the exception's text as it
+    is. The full text stays in the site's own log."""
+    try:
+        return call_next(msg, context)
+    except Exception as e:
+        log.exception("the site's reply is an error (full text here, redacted in the reply)")
+        site_dir = context.node_config.get(NodeKey.SITE_DIR.value)
+        folder = str(site_dir) if site_dir else None
+        reason = redacted_reason(f"{type(e).__name__}: {e}", folder)
+        code = ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+        return Message(Error(code=code, reason=reason), reply_to=msg)
+
+
+# outermost: whatever fails leaves redacted; the site refuses what its policy forbids before
+# anything else; then it checks the model exactly as it came in and signs exactly what leaves
+OUTER_MODS: list[Mod] = [redaction_mod, policy_mod, trust_mod]
 
 
 def _run_config(msg: Message) -> tuple[RunConfig, int, Instructions]:

@@ -29,6 +29,7 @@ from flwr.common.constant import ErrorCode
 from client.message_config import named_hooks, run_config
 from common.config import ConfigError, RunConfig
 from common.keys import NodeKey, PrivacyMode, RecordKey, choices
+from common.recalibration import RECALIBRATION_LIMIT
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,9 @@ class SitePolicy:
     max_histogram_bins: int = 32
     max_embedding_dims: int = 8
     max_roi_size: int = 128  # ceiling of data.roi-size
+    # a recalibration (eval.recalibration = a, b) only with 1/m <= b <= m and |a| <= m; 0: none.
+    # A steep map would turn the recalibrated sums into 2x2 tables at any threshold
+    max_recalibration: float = RECALIBRATION_LIMIT
     max_memory_mb: float = 8192.0  # ceiling of the estimated size of the site's loaded tensors
     state_dir: str = ""  # the site's own folder for state kept across runs (the DP ledger)
     cache_dir: str = ""  # where this site caches preprocessed crops; "": nowhere
@@ -112,6 +116,10 @@ class SitePolicy:
                 f"{PREFIX}min-noise-multiplier = {self.min_noise_multiplier!r} and "
                 f"{PREFIX}max-epsilon = {self.max_epsilon!r} must be >= 0, "
                 f"{PREFIX}max-memory-mb = {self.max_memory_mb!r} > 0"
+            )
+        if self.max_recalibration != 0 and self.max_recalibration < 1:
+            raise PolicyError(
+                f"{PREFIX}max-recalibration = {self.max_recalibration!r}: 0 (never) or >= 1"
             )
         if not 0.0 < self.max_delta < 1.0:
             raise PolicyError(f"{PREFIX}max-delta = {self.max_delta!r}: must be in (0, 1)")
@@ -185,8 +193,23 @@ class SitePolicy:
             "data.roi-size": (cfg.data.roi_size, "max-roi-size", self.max_roi_size),
         }  # fmt: skip
         problems += [_limit(k, v, pk, lim) for k, (v, pk, lim) in ceilings.items() if v > lim]
+        problems += self.recalibration_problems(ev.recalibration)
         problems += self.hook_problems(cfg.hooks.use)
         return problems
+
+    def recalibration_problems(self, recal: tuple[float, ...]) -> list[str]:
+        """A recalibration map steeper, flatter or more shifted than this site reports on."""
+        if not recal:
+            return []
+        a, b = recal
+        m = self.max_recalibration
+        if m == 0 or not (1 / m <= b <= m and abs(a) <= m):
+            allowed = "none" if m == 0 else f"1/{m:g} <= b <= {m:g} and |a| <= {m:g}"
+            return [
+                f"eval.recalibration = ({a:g}, {b:g}): this site reports calibration after a "
+                f"recalibration only with {allowed} ({PREFIX}max-recalibration)"
+            ]
+        return []
 
     def check_request(self, cfg: RunConfig) -> None:
         """Raise ``PolicyRefusal`` when the run config asks for more than this policy allows."""
@@ -223,10 +246,12 @@ class SitePolicy:
         """Differencing guard: no more 2x2 tables than ``n // min-cell`` for ``n`` cases (a
         split under ``eval.min-cases`` reports counts only, and passes)."""
         most = max(1, n // self.min_cell)
-        if n >= cfg.eval.min_cases and len(cfg.eval.thresholds) > most:
+        # calibration after a recalibration counts as one table more: another sum per group
+        asked = len(cfg.eval.thresholds) + (1 if cfg.eval.recalibration else 0)
+        if n >= cfg.eval.min_cases and asked > most:
             raise PolicyRefusal(
                 [
-                    f"eval.thresholds asks for {len(cfg.eval.thresholds)} tables; with {n} "
+                    f"eval.thresholds (and a recalibration) ask for {asked} tables; with {n} "
                     f"cases and policy.min-cell = {self.min_cell} this site reports at most "
                     f"{most} (cases / min-cell)"
                 ]

@@ -19,6 +19,7 @@ spacing and grids (``common.geometry``) and numeric metadata (``common.metadata`
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -181,6 +182,20 @@ def skipped_fields(
             reason = reason.replace(f"{Path(site_dir)}/", "")
         reasons.append(redact_uids(f"{path}: {reason}"))  # nor a study's or series' UID
     return {SKIPPED_CASE_IDS: [s.case_id for s in first], SKIPPED_CASE_REASONS: reasons}
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:[^\s'\":,;()]+/)*([^\s'\":,;()/]+)")
+
+
+def redacted_reason(text: str, site_dir: Path | str | None) -> str:
+    """An error text as it may leave the site: files under the site folder named relative
+    to it, any other absolute path by its last component, DICOM UIDs as ``<UID>``."""
+    from common.dicomweb import redact_uids
+
+    if site_dir is not None:
+        for root in {str(Path(site_dir)), str(Path(site_dir).resolve())}:
+            text = text.replace(f"{root}/", "").replace(root, ".")
+    return redact_uids(_ABSOLUTE_PATH.sub(lambda m: m.group(1), text))
 
 
 def site_relative(path: Path | str, site_dir: Path | str | None) -> str:

@@ -168,9 +168,10 @@ class RunConfig:
         # (server.tracking.require_backend): a site has no use for it
         _check_choice("tracking.backend", self.tracking.backend, TrackingBackend)
         uri = urlsplit(self.tracking.uri)
-        if uri.username is not None or uri.password is not None:
+        if uri.username is not None or uri.password is not None or uri.query or uri.fragment:
             raise ConfigError(
-                "tracking.uri holds credentials: the run config travels to every site and "
+                "tracking.uri holds credentials (or a query, where a token hides): the run "
+                "config travels to every site and "
                 "into config.json; give the bare URI and set MLFLOW_TRACKING_USERNAME / "
                 "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the server's environment"
             )

@@ -53,7 +53,9 @@ RETRY_ATTEMPTS, RETRY_WAIT_MS = 3, 250  # waits 0.5 s, then 1 s
 UID_MAX = 64
 _UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+")
 # a UID in free text: a root arc 0, 1 or 2 and at least two more groups (2.25.<uuid> has two)
-_UID_IN_TEXT = re.compile(r"(?<![\w.])[0-2](?:\.(?:0|[1-9][0-9]*)){2,}(?![0-9])")
+# a UID-like run: a root of 0, 1 or 2 and two or more components (leading zeros included,
+# so a malformed UID is redacted too)
+_UID_IN_TEXT = re.compile(r"(?<![\w.])[0-2](?:\.[0-9]+){2,}(?![0-9])")
 REDACTED_UID = "<UID>"
 SOP_INSTANCE_UID = "00080018"  # DICOM JSON tag of a QIDO-RS result
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
@@ -115,9 +117,9 @@ def parse_cell(text: str) -> SeriesRef:
     body = text.strip()[len(PREFIX) :]
     study, _, series = body.partition("/")
     if not (is_uid(study) and is_uid(series)):
-        raise DicomWebCellError(
-            f"{text.strip()!r} does not name a DICOMweb series: write {SYNTAX}, two DICOM "
-            f"UIDs (digits and dots, at most {UID_MAX} characters each)"
+        raise DicomWebCellError(  # the cell itself is not echoed: it may hold an identifier
+            f"the cell does not name a DICOMweb series: write {SYNTAX}, two DICOM UIDs "
+            f"(digits and dots, at most {UID_MAX} characters each)"
         )
     return SeriesRef(study, series)
 
@@ -208,6 +210,13 @@ class DicomWebSource:
                     BadInput.DICOMWEB_FAILED, ref, f"instance {uid} could not be kept in the "
                     f"site's cache folder ({e.strerror or type(e).__name__}): is its disk full?",
                 ) from e  # fmt: skip
+            except DicomWebError:
+                raise
+            except Exception as e:  # what the server sent is no DICOM file pydicom can write
+                raise DicomWebError(
+                    BadInput.DICOMWEB_FAILED, ref, f"instance {uid} as the server sent it is "
+                    f"not a usable DICOM file ({type(e).__name__}): ask the PACS administrator",
+                ) from e  # fmt: skip
             self.retrieved += 1
         return folder
 
@@ -287,7 +296,7 @@ class DicomWebSource:
                 BadInput.DICOMWEB_FAILED, ref, f"the server answered HTTP {status}: see its "
                 "log, or ask the PACS administrator",
             ) from e  # fmt: skip
-        except (requests.exceptions.RequestException, ValueError, KeyError) as e:
+        except Exception as e:  # an answer the library cannot parse (not DICOM, not JSON...)
             raise DicomWebError(
                 BadInput.DICOMWEB_FAILED, ref, f"the server's answer could not be read "
                 f"({type(e).__name__}): is url the server's DICOMweb root?",

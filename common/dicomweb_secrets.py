@@ -57,9 +57,18 @@ def read_secrets(path: Path | str) -> DicomWebSettings:
     file, readable by others, owned by another user, not TOML, an unknown key, a bad URL.
     """
     path = Path(path)
-    check_private(path)
+    try:  # opened once, without following a link, and checked as opened (no swap between)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as e:
+        raise DicomWebConfigError(
+            f"DICOMweb secrets file {path} (policy.dicomweb-secrets) cannot be read: "
+            f"{e.strerror or e} (a symbolic link is refused: name the file itself)"
+        ) from e
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        with os.fdopen(fd, "rb") as fh:
+            check_private(path, os.fstat(fh.fileno()))
+            raw = fh.read()
+        data = tomllib.loads(raw.decode("utf-8"))
     except (OSError, UnicodeDecodeError) as e:
         raise DicomWebConfigError(f"DICOMweb secrets file {path}: cannot read it ({e})") from e
     except tomllib.TOMLDecodeError as e:  # its message has a position, never a value
@@ -67,15 +76,17 @@ def read_secrets(path: Path | str) -> DicomWebSettings:
     return _settings(path, data)
 
 
-def check_private(path: Path) -> None:
-    """Refuse a secrets file that is not a regular file, owner-only and the node's own."""
-    try:
-        st = path.stat()
-    except OSError as e:
-        raise DicomWebConfigError(
-            f"DICOMweb secrets file {path} (policy.dicomweb-secrets) cannot be read: "
-            f"{e.strerror or e}"
-        ) from e
+def check_private(path: Path, st: os.stat_result | None = None) -> None:
+    """Refuse a secrets file that is not a regular file, owner-only and the node's own
+    (``st``: the open file's status; default: the path's)."""
+    if st is None:
+        try:
+            st = path.stat()
+        except OSError as e:
+            raise DicomWebConfigError(
+                f"DICOMweb secrets file {path} (policy.dicomweb-secrets) cannot be read: "
+                f"{e.strerror or e}"
+            ) from e
     if not stat.S_ISREG(st.st_mode):
         raise DicomWebConfigError(f"DICOMweb secrets file {path} is not a regular file")
     if st.st_mode & 0o077:
@@ -115,6 +126,11 @@ def _settings(path: Path, data: dict[str, Any]) -> DicomWebSettings:
     ca = path.parent / text["ca-file"] if text["ca-file"] else None  # relative: to the file
     if ca is not None and not ca.is_file():
         raise bad(f"ca-file {ca} does not exist or is not a file")
+    if ca is not None and ca.stat().st_mode & 0o022:  # whoever may write it may add a CA
+        raise bad(
+            f"ca-file {ca} may be written by others (mode {stat.S_IMODE(ca.stat().st_mode):04o})"
+            f": they could add a CA and read the PACS credentials; run `chmod go-w {ca}`"
+        )
     return DicomWebSettings(
         url=url,
         source=path,

@@ -43,10 +43,14 @@ from scipy.special import expit, logit
 
 from common.config_sections import EvalConfig
 from common.keys import Recalibrate
-from common.stats import calibration_glm
+from common.stats import CalibrationFit, calibration_glm
 from common.summary import SiteSummary
 
 CLIP = 1e-12  # probabilities are kept this far from 0 and 1 before the logit
+# the largest slope (and 1 / the smallest) and |intercept| a site's policy accepts by default
+# (client.policy, max-recalibration): a steeper map would make the recalibrated sums 2x2
+# tables at any threshold the server likes; a fit beyond it is not applied
+RECALIBRATION_LIMIT = 5.0
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,17 @@ def binomial_groups(
     )
 
 
+def grouped_fit(mean_p: np.ndarray, pos: np.ndarray, count: np.ndarray) -> CalibrationFit:
+    """``glm(cbind(pos, count - pos) ~ qlogis(mean_p), binomial)`` and its CITL: each group
+    written out as its cases (``pos`` ones and ``count - pos`` zeros at the group's mean
+    probability), which is the same likelihood, through ``calibration_glm``."""
+    p_cases = np.repeat(mean_p, count)
+    y_cases = np.concatenate(
+        [np.r_[np.ones(k), np.zeros(m - k)] for k, m in zip(pos, count, strict=True)]
+    )
+    return calibration_glm(y_cases.astype(int), p_cases, clip=CLIP)
+
+
 def fit_recalibration(ev: EvalConfig, summaries: Mapping[str, SiteSummary]) -> Recalibration | None:
     """The logistic recalibration of ``ev.recalibrate`` from validation ``summaries``;
     None under ``eval.recalibrate = "none"``."""
@@ -133,14 +148,14 @@ def fit_recalibration(ev: EvalConfig, summaries: Mapping[str, SiteSummary]) -> R
             f"{n} validation cases ({n_pos} positive) from {len(sites)} site(s): a fit needs "
             f"at least eval.min-cases = {ev.min_cases} and both classes; nothing applied"
         )
-    # each group written out as its cases: y_j ones and n_j - y_j zeros at the group's mean
-    # probability (the grouped binomial likelihood, case by case)
-    p_cases = np.repeat(mean_p, count)
-    y_cases = np.concatenate(
-        [np.r_[np.ones(k), np.zeros(m - k)] for k, m in zip(pos, count, strict=True)]
-    )
-    fit = calibration_glm(y_cases.astype(int), p_cases, clip=CLIP)
+    fit = grouped_fit(mean_p, pos, count)
     if fit.slope_estimable and fit.slope > 0:
+        lim = RECALIBRATION_LIMIT
+        if not (1 / lim <= fit.slope <= lim and abs(fit.intercept) <= lim):
+            return unfitted(
+                f"the fit (a = {fit.intercept:.3g}, b = {fit.slope:.3g}) lies beyond what sites "
+                f"accept by default (1/{lim:g} <= b <= {lim:g}, |a| <= {lim:g}); nothing applied"
+            )
         return Recalibration(
             ev.recalibrate, True, fit.intercept, fit.slope,
             f"grouped logistic fit on {len(count)} calibration groups",
@@ -152,8 +167,8 @@ def fit_recalibration(ev: EvalConfig, summaries: Mapping[str, SiteSummary]) -> R
         if not fit.slope_estimable
         else f"the fitted slope {fit.slope:.3g} is not positive (the ranking is reversed)"
     )
-    if not math.isfinite(fit.citl):
-        return unfitted(f"{why}, nor the intercept; nothing applied")
+    if not math.isfinite(fit.citl) or abs(fit.citl) > RECALIBRATION_LIMIT:
+        return unfitted(f"{why}, and the intercept {fit.citl:.3g} is not usable; nothing applied")
     return Recalibration(
         ev.recalibrate, True, fit.citl, 1.0,
         f"{why}: calibration-in-the-large only (b = 1)", sites, n, len(count),

@@ -176,10 +176,30 @@ def test_more_tables_than_cases_over_k_are_refused() -> None:
     SitePolicy(min_cell=5).check_split(cfg, 9)  # under eval.min-cases: counts only
     with pytest.raises(PolicyRefusal) as err:
         SitePolicy(min_cell=5).check_split(cfg, 14)
-    assert "eval.thresholds asks for 3 tables; with 14 cases and policy.min-cell = 5" in str(
-        err.value
-    )
+    assert "eval.thresholds (and a recalibration) ask for 3 tables; with 14 cases" in str(err.value)
     assert "at most 2" in str(err.value)
+    # calibration after a recalibration is one more table: 3 + 1 > 15 // 5
+    with pytest.raises(PolicyRefusal, match="ask for 4 tables; with 15 cases"):
+        SitePolicy(min_cell=5).check_split(cfg.replace({"eval.recalibration": (0.2, 1.5)}), 15)
+
+
+def test_a_steep_or_shifted_recalibration_is_refused() -> None:
+    """A map steep enough to be a step at a threshold of the server's choosing would turn
+    the recalibrated sums into 2x2 tables: refused beyond max-recalibration (default 5);
+    0 refuses every recalibration."""
+    assert (
+        SitePolicy().request_problems(RunConfig().replace({"eval.recalibration": (-0.6, 1.25)}))
+        == []
+    )
+    for recal in [(0.0, 1e9), (0.0, 0.1), (6.0, 1.0), (-5.5, 2.0)]:
+        problems = SitePolicy().request_problems(RunConfig().replace({"eval.recalibration": recal}))
+        assert len(problems) == 1 and "1/5 <= b <= 5 and |a| <= 5" in problems[0], recal
+    never = SitePolicy(max_recalibration=0).request_problems(
+        RunConfig().replace({"eval.recalibration": (0.0, 1.0)})
+    )
+    assert "only with none (policy.max-recalibration)" in never[0]
+    with pytest.raises(PolicyError, match="max-recalibration = 0.5: 0 \\(never\\) or >= 1"):
+        SitePolicy(max_recalibration=0.5)
 
 
 def test_the_cache_folder_is_the_sites_not_the_servers(tmp_path: Path) -> None:

@@ -115,6 +115,29 @@ def test_uids_are_redacted_from_what_leaves_the_site() -> None:
     assert redact_uids(text) == "DICOMweb series <UID> (study <UID>): HTTP 404."
     kept = "manifest.csv row 3, kVp 120.5, version 1.2, host 10.0.0.5"
     assert redact_uids(kept) == kept
+    # a component with a leading zero (not a valid UID, still one): redacted whole
+    assert redact_uids("series 1.3.12.2.1107.5.1.4.0123.30000 failed") == "series <UID> failed"
+
+
+def test_a_malformed_cell_is_not_echoed() -> None:
+    """A cell that is no series reference may hold an identifier (an MRN): the error that
+    can reach the server says what is wrong without repeating it."""
+    with pytest.raises(DicomWebCellError) as info:
+        parse_cell("dicomweb:MRN0042317/1.2.3")
+    assert "MRN0042317" not in str(info.value)
+
+
+def test_an_answer_that_is_no_dicom_is_a_named_failure_not_a_crash(tmp_path: Path) -> None:
+    """A PACS whose answer pydicom cannot read (InvalidDicomError is no ValueError) gives the
+    site's named DICOMWEB_FAILED bad case, never an exception that stops every message."""
+    from pydicom.errors import InvalidDicomError
+
+    instances = _series(tmp_path / "server")
+    server, ref = FakeServer(instances), _ref(instances)
+    server.fail = InvalidDicomError("File is missing DICOM File Meta Information header")
+    with pytest.raises(DicomWebError, match=r"could not be read \(InvalidDicomError\)") as info:
+        _source(tmp_path, server).fetch(ref)
+    assert info.value.kind == BadInput.DICOMWEB_FAILED
 
 
 # ---- the secrets file ------------------------------------------------------------------
@@ -172,6 +195,22 @@ def test_an_unusable_secrets_file_is_named_and_never_echoed(
     with pytest.raises(DicomWebConfigError, match=message) as info:
         read_secrets(path)
     assert str(path) in str(info.value) and PASSWORD not in str(info.value)
+
+
+def test_a_linked_secrets_file_and_a_ca_others_may_write_are_refused(tmp_path: Path) -> None:
+    """The file is opened once without following a link and checked as opened (no swap
+    between the check and the read); a CA file others may write could gain their CA."""
+    real = _secrets(tmp_path, 'url = "https://p/dw"\nca-file = "ca.pem"')
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    os.chmod(tmp_path / "ca.pem", 0o644)
+    assert read_secrets(real).ca_file == tmp_path / "ca.pem"
+    link = tmp_path / "link.toml"
+    link.symlink_to(real)
+    with pytest.raises(DicomWebConfigError, match="a symbolic link is refused"):
+        read_secrets(link)
+    os.chmod(tmp_path / "ca.pem", 0o666)
+    with pytest.raises(DicomWebConfigError, match="may be written by others .*`chmod go-w"):
+        read_secrets(real)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
@@ -440,3 +479,35 @@ def test_a_path_cell_into_the_cache_folder_is_still_outside_the_site(tmp_path: P
     manifest, problems = inspect_site(site, CHANNELS, TASK, spatial_dims=3, pacs=source)
     assert [(p.case_id, p.kind) for p in problems] == [("sneak", BadInput.PATH_ESCAPE)]
     assert manifest.escape(cached) is not None  # only what this manifest retrieved is allowed
+
+
+def test_an_error_reply_names_no_absolute_path_and_no_uid(
+    tmp_path: Path, flower_task: object
+) -> None:
+    """Under on-bad-case = fail the case's error stops the message; what the site replies
+    (Flower would send the exception's text) names files relative to the site folder, any
+    other absolute path by its name, and no UID; the full text stays in the site's log."""
+    from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+
+    from client.app import redaction_mod
+    from common.badcases import BadCaseError
+
+    site_dir = tmp_path / "site"
+    error = BadCaseError("hospital-a", "c7", str(site_dir / "manifest.csv"),
+                         "image_ct: DICOMweb series 1.2.840.113619.2.55.3.604688119.7 (study "
+                         "1.2.840.113619.2.55.3.6) via /etc/hepafed/pacs.toml: HTTP 404",
+                         site_dir)  # fmt: skip
+
+    def fail(msg: Message, ctx: Context) -> Message:
+        raise error
+
+    msg = Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=1,
+                  message_type=MessageType.EVALUATE)  # fmt: skip
+    ctx = Context(run_id=1, node_id=1, node_config={"site-dir": str(site_dir)}, state=RecordDict(),
+                  run_config={})  # fmt: skip
+    reply = redaction_mod(msg, ctx, fail)
+    assert reply.has_error()
+    reason = str(reply.error.reason)
+    assert "case 'c7': manifest.csv: image_ct: DICOMweb series <UID> (study <UID>)" in reason
+    assert str(tmp_path) not in reason and "/etc/hepafed" not in reason
+    assert "via pacs.toml" in reason and reason.startswith("BadCaseError: site 'hospital-a'")

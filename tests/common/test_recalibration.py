@@ -19,7 +19,12 @@ from common.config import RunConfig
 from common.config_sections import EvalConfig
 from common.keys import Recalibrate
 from common.operating_point import choose_on_validation, evaluation_config
-from common.recalibration import apply_recalibration, fit_recalibration
+from common.recalibration import (
+    apply_recalibration,
+    binomial_groups,
+    fit_recalibration,
+    grouped_fit,
+)
 from common.stats import calibration_glm, ece_from_bins
 from common.summary import SiteSummary
 from server.report.site_statistics import calibration_bins
@@ -40,21 +45,22 @@ def _bins_summary(mean_p: list[float], pos: list[int], count: list[int]) -> Site
 
 
 def test_the_grouped_fit_equals_the_published_beetle_example_across_sites() -> None:
-    """Groups at logit(mean p) = dose: the fit is glm(cbind(killed, alive) ~ dose); the
-    eight groups split over two sites give the same fit as one site with all eight."""
+    """Groups at logit(mean p) = dose: the fit is glm(cbind(killed, alive) ~ dose), SEs
+    included; the eight groups split over two sites are the same eight groups. (A slope of
+    34 is far beyond what a site accepts as a recalibration: it is not applied.)"""
     p = [float(expit(d)) for d in DOSE]
     sites = {
         "a": _bins_summary(p[:4], KILLED[:4], BEETLES[:4]),
         "b": _bins_summary(p[4:], KILLED[4:], BEETLES[4:]),
     }
-    fit = fit_recalibration(LOGISTIC, sites)
-    assert fit is not None and fit.fitted
+    mean_p, pos, count, used = binomial_groups(sites)
+    assert used == ("a", "b") and int(count.sum()) == sum(BEETLES)
+    fit = grouped_fit(mean_p, pos, count)
     assert fit.intercept == pytest.approx(-60.717455, abs=5e-5)
     assert fit.slope == pytest.approx(34.270326, abs=5e-5)
-    assert (fit.sites, fit.n, fit.n_groups) == (("a", "b"), sum(BEETLES), 8)
-    one = fit_recalibration(LOGISTIC, {"all": _bins_summary(p, KILLED, BEETLES)})
-    assert one is not None
-    assert (one.intercept, one.slope) == pytest.approx((fit.intercept, fit.slope))
+    assert (fit.intercept_se, fit.slope_se) == pytest.approx((5.180701, 2.912134), abs=5e-4)
+    applied = fit_recalibration(LOGISTIC, sites)
+    assert applied is not None and not applied.fitted and "beyond" in applied.reason
 
 
 def test_the_fit_recovers_a_known_miscalibration_and_corrects_it_on_new_cases() -> None:
@@ -124,12 +130,22 @@ def test_without_enough_validation_or_with_separation_it_says_what_it_did() -> N
 
 
 def test_the_test_evaluation_carries_the_fit_and_the_choice_records_it() -> None:
-    p = [float(expit(d)) for d in DOSE]
+    """Two groups, a perfect fit: logit(0.2) = a + b logit(0.4) and logit(0.8) = a + b
+    logit(0.6), so a = 0 and b = logit(0.8) / logit(0.6) = 3.419."""
     ev = RunConfig().replace({"eval.recalibrate": "logistic", "eval.threshold-rule": "fixed"}).eval
-    choice = choose_on_validation(ev, {"a": _bins_summary(p, KILLED, BEETLES)})
+    choice = choose_on_validation(ev, {"a": _bins_summary([0.4, 0.6], [4, 16], [20, 20])})
     assert not choice.chosen and choice.recalibration is not None
     overrides = evaluation_config(ev, choice)
     assert overrides == {"eval.recalibration": choice.recalibration.parameters}
     record = choice.to_record("global")
-    assert record["recalibration"]["slope"] == pytest.approx(34.270326, abs=5e-5)
+    assert record["recalibration"]["slope"] == pytest.approx(3.4190, abs=1e-4)
     assert RunConfig().replace(overrides).eval.recalibration == choice.recalibration.parameters
+
+
+def test_a_fit_beyond_what_sites_accept_is_not_applied() -> None:
+    """Groups that call for a slope above the default max-recalibration (5) fit nothing:
+    the map a site would refuse is never sent."""
+    steep = _bins_summary([0.45, 0.55], [1, 29], [30, 30])  # logit 0.2 apart, rates 1/30, 29/30
+    fit = fit_recalibration(LOGISTIC, {"a": steep})
+    assert fit is not None and not fit.fitted and fit.parameters == ()
+    assert "beyond what sites accept by default" in fit.reason

@@ -588,10 +588,13 @@ def test_deployed_site_imports_only_hooks_it_allowed(setup: Setup) -> None:
     """``hook-not-allowed``: a run naming hook code by import path is refused by a deployed
     site (``site-dir`` in its node config) unless its node config allows that hook, before
     anything imports it (``client.policy.policy_mod``, the outermost mod)."""
-    from client.app import OUTER_MODS
+    from client.app import OUTER_MODS, redaction_mod
     from client.policy import policy_mod
+    from client.trust import trust_mod
 
-    assert OUTER_MODS[0] is policy_mod  # it runs before trust_mod and the ClientApp
+    # it runs before trust_mod and the ClientApp; only the redaction of error replies wraps
+    # it, and that reads nothing of the message
+    assert OUTER_MODS[:3] == [redaction_mod, policy_mod, trust_mod]
     deployed: UserConfig = {"site-dir": "/srv/data"}
 
     def reason(hooks: str, node_config: UserConfig) -> str | None:

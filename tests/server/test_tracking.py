@@ -396,7 +396,13 @@ def test_a_backend_failing_mid_run_stops_tracking_not_the_run(
 
 
 def test_credentials_never_ride_in_the_tracking_uri() -> None:
-    for uri in ("https://user:secret@mlflow.example", "https://token@mlflow.example"):
+    with_secrets = (
+        "https://user:secret@mlflow.example",
+        "https://token@mlflow.example",
+        "https://mlflow.example/?token=secret",
+        "https://mlflow.example/#secret",
+    )
+    for uri in with_secrets:
         with pytest.raises(ConfigError, match="MLFLOW_TRACKING_PASSWORD"):
             RunConfig().replace({"tracking.uri": uri})
     assert RunConfig().replace({"tracking.uri": "https://mlflow.example"}).tracking.uri
