@@ -158,16 +158,11 @@ def _lesion_size(site: SiteProfile, rng: np.random.Generator, kind: str) -> floa
     return float(np.clip(site.lesion_size_median_mm, low, high))
 
 
-def _lesion(
-    kind: str,
-    size: float,
-    centre: tuple[float, float, float],
-    site: SiteProfile,
-    rng: np.random.Generator,
-) -> Lesion:
+def lesion_outline(rng: np.random.Generator, size: float, wobble: float) -> Shape:
+    """A lesion's outline: an ellipse of ``size`` mm (the short axis 75-100 % of it) at a
+    random angle, its edge wobbling by up to ``wobble`` in three harmonics."""
     a = size / 2.0
-    wobble = {"cyst": 0.02, "hemangioma": 0.08, "flash-hemangioma": 0.05}.get(kind, 0.07)
-    outline = Shape(
+    return Shape(
         0.0,
         0.0,
         a,
@@ -177,6 +172,18 @@ def _lesion(
         tuple(rng.uniform(0, wobble, 3)),
         tuple(rng.uniform(0, 2 * math.pi, 3)),
     )
+
+
+def _lesion(
+    kind: str,
+    size: float,
+    centre: tuple[float, float, float],
+    site: SiteProfile,
+    rng: np.random.Generator,
+) -> Lesion:
+    a = size / 2.0
+    wobble = {"cyst": 0.02, "hemangioma": 0.08, "flash-hemangioma": 0.05}.get(kind, 0.07)
+    outline = lesion_outline(rng, size, wobble)
     geometry = Lesion(
         kind=kind,
         size_mm=size,

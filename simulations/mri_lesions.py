@@ -122,17 +122,7 @@ def anatomy_profile(site: MriSiteProfile, cirrhosis_fraction: float) -> SiteProf
 
 
 def _outline(rng: np.random.Generator, size: float, wobble: float) -> anatomy.Shape:
-    a = size / 2.0
-    return anatomy.Shape(
-        0.0,
-        0.0,
-        a,
-        a * rng.uniform(0.75, 1.0),
-        rng.uniform(0, math.pi),
-        (2, 3, 4),
-        tuple(rng.uniform(0, wobble, 3)),
-        tuple(rng.uniform(0, 2 * math.pi, 3)),
-    )
+    return anatomy.lesion_outline(rng, size, wobble)
 
 
 def _lesion(
