@@ -64,29 +64,40 @@ def _run_seeds(count: int, control: Any, app_dir: Path, run_config: list[str], r
     """``hepafed run --seeds N``: the same run with N training seeds, one after another,
     each in RUN_DIR/seed-SEED; then one report combining them (``hepafed report``)."""
     from common.config import RunConfig
+    from server.records import read_config
     from server.report.training_noise import seed_dirs, seed_list, write_combined_report
+    from server.tracking import TrackingRun, ended, parent_params, start_parent
 
     given = parse_overrides(run_config) if run_config else {}
-    seeds = seed_list(int(given.get("seed", RunConfig().seed)), count)
-    for i, seed in enumerate(seeds):
-        folder = f"{run_dir}/seed-{seed}"
-        print(f"seed {seed} ({i + 1} of {count}): run folder {folder}", flush=True)
-        request = RunRequest(app_dir, (*run_config, f"seed={seed} output.run-dir={_toml(folder)}"))
-        outcome = submit_run(control, request)
-        if not outcome.completed:
-            done = ", ".join(map(str, seeds[:i])) or "none"
-            print(f"seed {seed}: run {outcome.run_id} {outcome.status}; seeds done: {done}",
-                  file=sys.stderr)  # fmt: skip
-            return EXIT_PROBLEMS
-        print(f"seed {seed}: run {outcome.run_id} {outcome.status}")
+    base = RunConfig().replace(given)
+    seeds = seed_list(base.seed, count)
     out = Path(run_dir)
-    runs = [(seed, d) for seed, d in seed_dirs(out) if seed in seeds]
-    if out.is_absolute() and len(runs) == count:
-        write_combined_report(out, runs)
-        print(f"report combining seeds {', '.join(map(str, seeds))}: {out}/report.html")
-    else:
-        print(f"run folders {run_dir}/seed-* at the coordinating center; there, "
-              f"`hepafed report {run_dir}` writes the report combining the seeds")  # fmt: skip
+    # at the coordinating center (an absolute RUN_DIR this machine holds, as the combined
+    # report needs): one tracking parent there, each seed's ServerApp run its child
+    here = out.is_absolute() and (out.exists() or out.parent.is_dir())
+    with ended(start_parent(base, out) if here else TrackingRun()) as parent:
+        for i, seed in enumerate(seeds):
+            folder = f"{run_dir}/seed-{seed}"
+            print(f"seed {seed} ({i + 1} of {count}): run folder {folder}", flush=True)
+            pinned = f"seed={seed} output.run-dir={_toml(folder)}"
+            outcome = submit_run(control, RunRequest(app_dir, (*run_config, pinned)))
+            if not outcome.completed:
+                done = ", ".join(map(str, seeds[:i])) or "none"
+                print(f"seed {seed}: run {outcome.run_id} {outcome.status}; seeds done: {done}",
+                      file=sys.stderr)  # fmt: skip
+                return EXIT_PROBLEMS
+            print(f"seed {seed}: run {outcome.run_id} {outcome.status}")
+        runs = [(seed, d) for seed, d in seed_dirs(out) if seed in seeds]
+        if here and len(runs) == count:
+            write_combined_report(out, runs)
+            if base.tracking.backend != "none":  # the seeds' shared config, the figures
+                seeds_tag = {"hepafed.seeds": ",".join(map(str, seeds))}
+                parent.log_config(parent_params(read_config(runs[0][1])["config"]), seeds_tag)
+                parent.log_report(out)
+            print(f"report combining seeds {', '.join(map(str, seeds))}: {out}/report.html")
+        else:
+            print(f"run folders {run_dir}/seed-* at the coordinating center; there, "
+                  f"`hepafed report {run_dir}` writes the report combining the seeds")  # fmt: skip
     return EXIT_OK
 
 

@@ -369,3 +369,47 @@ def test_run_with_seeds_submits_one_run_per_seed_and_combines_them(
     )
     with pytest.raises(ValueError, match="--resume continues one run"):
         run_overrides(args)
+
+
+def test_run_seeds_is_one_tracking_parent_with_each_seeds_run_its_child(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`hepafed run --seeds` at the coordinating center: a TensorBoard (or MLflow) parent
+    run in RUN_DIR before the first seed is submitted, so each seed's ServerApp run (here
+    started as the ServerApp starts it) is its child, and the parent gets the combined
+    report's figures."""
+    import json
+
+    from common.cli import parse_overrides
+    from common.config import RunConfig
+    from server import run_cli
+    from server.deploy import RunOutcome
+    from server.tracking import read_record, start_run
+
+    pytest.importorskip("tensorboard", reason="the tensorboard extra")
+    example = Path(__file__).parents[1] / "server" / "data" / "reports" / "holdout-external"
+    report = json.loads((example / "report.json").read_text())
+    parents: list[dict[str, object] | None] = []
+
+    def fake_submit(control: object, request: RunRequest) -> RunOutcome:
+        given = parse_overrides(list(request.run_config))
+        folder = Path(str(given["output.run-dir"]))
+        cfg = RunConfig().replace(given)
+        parents.append(read_record(folder.parent))  # what the ServerApp finds there
+        run = start_run(cfg, folder, f"run-{given['seed']}")  # as RunRecorder.start does
+        (folder / "config.json").write_text(json.dumps({"config": cfg.to_flat(), "sites": []}))
+        (folder / "report.json").write_text(json.dumps(report))
+        run.end()
+        return RunOutcome(len(parents), "finished:completed", {})
+
+    monkeypatch.setattr(run_cli, "submit_run", fake_submit)
+    run_dir = tmp_path / "runs"
+    argv = ["run", "--superlink", "h:1", "--insecure", "--keyring", str(tmp_path), "--seeds",
+            "2", "--run-config", f'seed=7 output.run-dir="{run_dir}" '
+            'tracking.backend="tensorboard"']  # fmt: skip
+    assert main(argv) == 0
+    assert all(p is not None and p["role"] == "parent" for p in parents)
+    children = [read_record(run_dir / f"seed-{s}") for s in (7, 8)]
+    assert all(c is not None and c["role"] == "run" for c in children)
+    assert (run_dir / "tensorboard").is_dir() and (run_dir / "report.json").is_file()
+    assert {p.name for p in (run_dir / "tensorboard").iterdir()} >= {"seed-7", "seed-8"}
