@@ -28,8 +28,7 @@ from flwr.common.constant import ErrorCode
 
 from client.message_config import named_hooks, run_config
 from common.config import ConfigError, RunConfig
-from common.keys import NodeKey, PrivacyMode, RecordKey, choices
-from common.recalibration import RECALIBRATION_LIMIT
+from common.keys import RECALIBRATION_LIMIT, NodeKey, PrivacyMode, RecordKey, choices
 
 log = logging.getLogger(__name__)
 

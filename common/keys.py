@@ -140,6 +140,12 @@ class Recalibrate(StrEnum):
     LOGISTIC = "logistic"  # p' = expit(a + b logit p), a and b fitted on validation summaries
 
 
+# the largest slope (and 1 / the smallest) and |intercept| of a recalibration map a site's
+# policy accepts by default (client.policy, max-recalibration; common.recalibration): a
+# steeper map would make the recalibrated sums 2x2 tables at any threshold the server likes
+RECALIBRATION_LIMIT = 5.0
+
+
 class TrackingBackend(StrEnum):
     """Where the server mirrors a run's summaries (``tracking.backend``, ``server.tracking``)."""
 

@@ -42,15 +42,11 @@ import numpy as np
 from scipy.special import expit, logit
 
 from common.config_sections import EvalConfig
-from common.keys import Recalibrate
+from common.keys import RECALIBRATION_LIMIT, Recalibrate  # a fit beyond it is not applied
 from common.stats import CalibrationFit, calibration_glm
 from common.summary import SiteSummary
 
 CLIP = 1e-12  # probabilities are kept this far from 0 and 1 before the logit
-# the largest slope (and 1 / the smallest) and |intercept| a site's policy accepts by default
-# (client.policy, max-recalibration): a steeper map would make the recalibrated sums 2x2
-# tables at any threshold the server likes; a fit beyond it is not applied
-RECALIBRATION_LIMIT = 5.0
 
 
 @dataclass(frozen=True)
