@@ -58,6 +58,8 @@ _UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+")
 _UID_IN_TEXT = re.compile(r"(?<![\w.])[0-2](?:\.[0-9]+){2,}(?![0-9])")
 REDACTED_UID = "<UID>"
 SOP_INSTANCE_UID = "00080018"  # DICOM JSON tag of a QIDO-RS result
+PAGE_SIZE = 500  # instances per QIDO-RS page
+MAX_INSTANCES = 5000  # a series of more is refused: one volume has at most a few thousand slices
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 # failures that every further request to the server would meet too
 _SOURCE_FAILURES = (
@@ -221,15 +223,36 @@ class DicomWebSource:
         return folder
 
     def _instances(self, client: Any, ref: SeriesRef) -> list[str]:
-        """The SOP Instance UIDs of the series (QIDO-RS), sorted; never empty."""
-        found = self._call(
-            ref,
-            client.search_for_instances,
-            study_instance_uid=ref.study,
-            series_instance_uid=ref.series,
-            fields=["SOPInstanceUID"],
-            get_remaining=True,
-        )
+        """The SOP Instance UIDs of the series (QIDO-RS), sorted; never empty.
+
+        Paged by hand: a page that adds no new instance ends the list (a server that ignores
+        ``offset`` sends the same page again, forever), and a series of more than
+        ``MAX_INSTANCES`` instances is refused rather than listed without end."""
+        found: list[Any] = []
+        seen: set[str] = set()
+        while True:
+            page = self._call(
+                ref,
+                client.search_for_instances,
+                study_instance_uid=ref.study,
+                series_instance_uid=ref.series,
+                fields=["SOPInstanceUID"],
+                offset=len(found),
+                limit=PAGE_SIZE,
+            )
+            new = [item for item in page or [] if _listed_uid(item) not in seen]
+            if not new:
+                break
+            found += new
+            seen.update(_listed_uid(item) for item in new)
+            if len(found) > MAX_INSTANCES:
+                raise DicomWebError(
+                    BadInput.DICOMWEB_FAILED, ref, f"the server lists more than "
+                    f"{MAX_INSTANCES} instances in one series: a series is one volume; check "
+                    "the manifest cell, or ask the PACS administrator",
+                )  # fmt: skip
+            if len(page) < PAGE_SIZE:
+                break
         uids: set[str] = set()
         for item in found:
             try:
@@ -329,6 +352,14 @@ def open_source(secrets_file: str, cache_dir: str) -> DicomWebSource | None:
             "from the PACS are kept in the site's cache folder; set policy.cache-dir"
         )
     return DicomWebSource(read_secrets(secrets_file), cache_dir)
+
+
+def _listed_uid(item: Any) -> str:
+    """A QIDO-RS entry's SOP Instance UID as text ('' when it has none: reported later)."""
+    try:
+        return str(item[SOP_INSTANCE_UID]["Value"][0])
+    except (KeyError, IndexError, TypeError):
+        return ""
 
 
 def _instance_bytes(ds: Any, ref: SeriesRef, uid: str) -> bytes:

@@ -511,3 +511,31 @@ def test_an_error_reply_names_no_absolute_path_and_no_uid(
     assert "case 'c7': manifest.csv: image_ct: DICOMweb series <UID> (study <UID>)" in reason
     assert str(tmp_path) not in reason and "/etc/hepafed" not in reason
     assert "via pacs.toml" in reason and reason.startswith("BadCaseError: site 'hospital-a'")
+
+
+def test_the_instance_list_is_paged_with_an_end_and_a_cap(tmp_path: Path) -> None:
+    """QIDO-RS is paged by the site: a server that ignores offset (the same page again)
+    ends the list instead of looping; one that never stops listing new instances is
+    refused past MAX_INSTANCES, a named failure rather than memory without end."""
+    from common.dicomweb import MAX_INSTANCES, PAGE_SIZE
+
+    def entry(i: int) -> dict[str, Any]:
+        return {"00080018": {"vr": "UI", "Value": [f"1.2.3.{i}"]}}
+
+    class SamePage:
+        calls = 0
+
+        def search_for_instances(self, **kw: Any) -> list[dict[str, Any]]:
+            SamePage.calls += 1
+            return [entry(i) for i in range(PAGE_SIZE)]  # offset ignored
+
+    class Endless:
+        def search_for_instances(self, offset: int = 0, **kw: Any) -> list[dict[str, Any]]:
+            return [entry(offset + i) for i in range(PAGE_SIZE)]
+
+    ref = SeriesRef("1.2.3", "1.2.3.4")
+    source = _source(tmp_path, FakeServer())
+    assert len(source._instances(SamePage(), ref)) == PAGE_SIZE and SamePage.calls == 2
+    with pytest.raises(DicomWebError, match=f"more than {MAX_INSTANCES} instances") as info:
+        source._instances(Endless(), ref)
+    assert info.value.kind == BadInput.DICOMWEB_FAILED
