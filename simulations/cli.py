@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common.cli import EXIT_OK, EXIT_USAGE, parse_overrides
+from common.cli import EXIT_OK, parse_overrides
 from common.config import ConfigError
 from common.keys import EvalDesign, MetricKey
+from simulations.phantom_cli import add_phantom_command
 
 
 class _ProgressHandler(logging.Handler):
@@ -204,34 +205,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_phantom(args: argparse.Namespace) -> int:
-    from simulations.mri_scenario import is_mri_scenario
-
-    if is_mri_scenario(args.scenario):  # the MRI phantom (docs/phantom.md, "The MRI phantom")
-        from simulations.mri_phantom import generate_mri_phantom
-        from simulations.mri_scenario import load_mri_scenario
-
-        mri = load_mri_scenario(args.scenario)
-        if args.dicom:
-            print("error: --dicom writes the CT phantom only", file=sys.stderr)
-            return EXIT_USAGE
-        out = generate_mri_phantom(mri, Path(args.out), seed=args.seed)
-        print(f"MRI phantom {mri.name!r} ({len(mri.sites)} sites) in {out}")
-        return EXIT_OK
-    from simulations.phantom import generate_phantom
-    from simulations.scenario import load_scenario
-
-    spec = load_scenario(args.scenario)
-    out = generate_phantom(spec, Path(args.out), seed=args.seed)
-    print(f"phantom {spec.name!r} ({len(spec.sites)} sites) in {out}")
-    if args.dicom:
-        from simulations.phantom_dicom import write_dicom_phantom
-
-        sites = write_dicom_phantom(out, Path(args.dicom))
-        print(f"  as DICOM series ({len(sites)} sites) in {args.dicom}")
-    return EXIT_OK
-
-
 def cmd_bench(args: argparse.Namespace) -> int:
     from simulations.bench import SECTIONS, run_bench
 
@@ -390,15 +363,4 @@ def add_commands(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--data-dir", default="data", help="phantom and cache folder")
     p.add_argument("--runs-dir", default="", help="run folders (default runs/study-NAME)")
     p.set_defaults(func=cmd_study)
-
-    p = sub.add_parser("phantom", help="write a multi-center phantom in the site data contract")
-    p.add_argument("--scenario", default="liver-5", help="bundled name or TOML path")
-    p.add_argument("--out", required=True, help="output folder (one sub-folder per site)")
-    p.add_argument("--seed", type=int, default=None, help="default: the scenario's seed")
-    p.add_argument(
-        "--dicom",
-        metavar="DIR",
-        help="also write every site with its images as DICOM series (one file per slice, "
-        "as a PACS holds them) under DIR",
-    )
-    p.set_defaults(func=cmd_phantom)
+    add_phantom_command(sub)

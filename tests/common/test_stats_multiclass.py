@@ -25,13 +25,11 @@ from hypothesis import strategies as st
 from scipy.stats import norm
 
 from common.stats import AUCResult, delong_auc, pool_auc, wilson_ci
-from common.stats.multiclass import (
+from common.stats.multiclass import macro_auc, ovr_auc, ovr_pooled
+from common.stats.multiclass_counts import (
     argmax_rule,
     confusion_counts,
     confusion_matrix,
-    macro_auc,
-    ovr_auc,
-    ovr_pooled,
     per_class_accuracy,
     threshold_rule,
 )
