@@ -123,9 +123,11 @@ def classification_summary(
                 tn=int((~called & (y == 0)).sum()),
             )
         )
-    bins = small_cell_calibration(y, p, ev.calibration_bins, min_cell)
+    # after eval.recalibration: the recalibrated probabilities, binned in the same groups
+    q = apply_recalibration(p, ev.recalibration) if ev.recalibration else None
+    bins = small_cell_calibration(y, p, ev.calibration_bins, min_cell, after=q)
     recal = calibration_glm(y, p)
-    after = recalibrated(y, p, ev, min_cell)
+    after = recalibrated(y, q, bins) if q is not None else {}
     mean, cov = embedding_moments(embedding)
     return SiteSummary(
         n=len(y),
@@ -235,16 +237,12 @@ def small_cell_calibration(
     return pool_cells(rows, small_cell_groups(present, min_cell), rows[0])
 
 
-def recalibrated(y: np.ndarray, p: np.ndarray, ev: EvalConfig, min_cell: int) -> dict[str, Any]:
-    """The calibration summary of the recalibrated probabilities (``eval.recalibration``;
+def recalibrated(y: np.ndarray, q: np.ndarray, rows: np.ndarray) -> dict[str, Any]:
+    """The calibration summary of the recalibrated probabilities ``q`` (``eval.recalibration``;
     ``common.recalibration``) as ``SiteSummary`` fields: per calibration group of the raw
-    probabilities (the same groups, so the same counts: nothing new is partitioned), the
-    sums of the recalibrated probabilities and of their squared errors, their Brier score
-    and their logistic calibration fit. Empty without a recalibration."""
-    if not ev.recalibration:
-        return {}
-    q = apply_recalibration(p, ev.recalibration)
-    rows = small_cell_calibration(y, p, ev.calibration_bins, min_cell, after=q)
+    probabilities (``rows`` 4 and 5 of ``small_cell_calibration(..., after=q)``: the same
+    groups, so the same counts, nothing new partitioned), the sums of the recalibrated
+    probabilities and of their squared errors, their Brier score and their logistic fit."""
     fit = calibration_glm(y, q)
     return {
         "recal_sum_p": tuple(float(v) for v in rows[4]),
