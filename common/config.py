@@ -35,6 +35,7 @@ from common.keys import (
     BadCasePolicy,
     Compression,
     EvalDesign,
+    Intensity,
     LrSchedule,
     OptimizerName,
     PoolingMethod,
@@ -44,6 +45,7 @@ from common.keys import (
     Task,
     TrackingBackend,
     choices,
+    classifies,
 )
 
 FlatValue = bool | int | float | str
@@ -73,12 +75,10 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check_choice("task", self.task, Task)
-        if self.task == Task.LESION_TYPE:
+        if self.task == Task.LESION_TYPE and self.eval.design == EvalDesign.LOSO:
             raise ConfigError(
-                "task = 'lesion-type': manifests and the MRI phantom carry its three-way "
-                "labels, but no network, site summary or report for three classes exists "
-                "yet, so nothing trains on it; train task = 'lesion-malignancy' (a binary "
-                "manifest) meanwhile"
+                "task = 'lesion-type' with eval.design = 'loso': the three-way report "
+                "covers the holdout and cross-site designs; use eval.design = 'holdout'"
             )
         _check_choice("federation.strategy", self.federation.strategy, StrategyName)
         _check_choice("train.optimizer", self.train.optimizer, OptimizerName)
@@ -153,6 +153,12 @@ class RunConfig:
                 f"data.window-max = {self.data.window_max!r} must exceed "
                 f"data.window-min = {self.data.window_min!r}"
             )
+        _check_choice("data.intensity", self.data.intensity, Intensity)
+        if not 0.0 <= self.data.percentile_low < self.data.percentile_high <= 100.0:
+            raise ConfigError(
+                f"data.percentile-low = {self.data.percentile_low!r} and data.percentile-high"
+                f" = {self.data.percentile_high!r}: need 0 <= low < high <= 100"
+            )
         if self.data.spatial_dims not in (2, 3):
             raise ConfigError(f"data.spatial-dims = {self.data.spatial_dims!r}: must be 2 or 3")
         if not self.data.channels:
@@ -191,10 +197,10 @@ class RunConfig:
                     "federation.select-round = 'best-val-auc' scores every round's model on "
                     "the val split: it needs eval.every-round = true"
                 )
-            if self.task != Task.MALIGNANCY:
+            if not classifies(self.task):
                 raise ConfigError(
-                    "federation.select-round = 'best-val-auc' needs the AUC of "
-                    f"task = {Task.MALIGNANCY.value!r}, not {self.task.value!r}"
+                    "federation.select-round = 'best-val-auc' needs the AUC of a "
+                    f"classification task, not task = {self.task.value!r}"
                 )
 
     def _check_recipe(self) -> None:

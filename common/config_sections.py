@@ -15,6 +15,7 @@ from common.keys import (
     BadCasePolicy,
     Compression,
     EvalDesign,
+    Intensity,
     LrSchedule,
     OptimizerName,
     PoolingMethod,
@@ -82,8 +83,12 @@ class DataConfig:
     spatial_dims: int = 2  # 2: slices stored as (X, Y) or (X, Y, 1); 3: volumes
     roi_size: int = 64  # pixels of the lesion-centred crop after resampling
     spacing_mm: float = 1.5  # in-plane spacing every site is resampled to
+    intensity: Intensity = Intensity.WINDOW  # window (CT, HU) | percentile (MRI)
     window_min: float = -150.0  # CT window (HU) mapped to [0, 1]
     window_max: float = 250.0
+    # intensity = percentile: each image's percentile-low..percentile-high mapped to [0, 1]
+    percentile_low: float = 1.0
+    percentile_high: float = 99.0
     augment: bool = True
     cache_dir: str = ""  # where preprocessed cases are cached; "" = none
     on_bad_case: BadCasePolicy = BadCasePolicy.FAIL  # fail: the site's job fails; skip: counted

@@ -35,6 +35,7 @@ from monai.transforms import (
     Orientationd,
     ResizeWithPadOrCropd,
     ScaleIntensityRanged,
+    ScaleIntensityRangePercentilesd,
     Spacingd,
     SqueezeDimd,
 )
@@ -48,7 +49,7 @@ from common.badcases import (
 )
 from common.checkedload import MASK, CaseFileProblem, LoadCheckedd
 from common.config_sections import DataConfig
-from common.keys import BadCasePolicy, Task
+from common.keys import BadCasePolicy, Intensity, classifies
 from common.manifest import MANIFEST_NAME, Case, Problem, SiteManifest
 
 log = logging.getLogger("hepafed.progress")
@@ -64,7 +65,7 @@ class SplitTensors:
 
     images: torch.Tensor  # (N, C, *spatial) float32 in [0, 1]
     masks: torch.Tensor  # (N, 1, *spatial) float32 in {0, 1}
-    labels: torch.Tensor  # (N,) float32 in {0, 1}; NaN where the task has none
+    labels: torch.Tensor  # (N,) float32 in {0, 1} ({0, 1, 2}: lesion-type); NaN where none
     case_ids: tuple[str, ...]
     # cases left out under data.on-bad-case = "skip", in manifest order (not in the tensors)
     skipped: tuple[SkippedCase, ...] = ()
@@ -75,7 +76,7 @@ class SplitTensors:
 
 def crop_size(cfg: DataConfig, task: str) -> tuple[int, ...]:
     """Spatial size of the network input: the lesion ROI, larger for segmentation."""
-    side = cfg.roi_size if task == Task.MALIGNANCY else 2 * cfg.roi_size
+    side = cfg.roi_size if classifies(task) else 2 * cfg.roi_size
     if cfg.spatial_dims == 2:
         return (side, side)
     return (side, side, max(8, side // 4))
@@ -102,14 +103,7 @@ def deterministic_transforms(cfg: DataConfig, task: str) -> Compose:
             keys=keys, axcodes="RA" if cfg.spatial_dims == 2 else "RAS", labels=RAS_LABELS
         ),
         Spacingd(keys=keys, pixdim=spacing, mode=modes),
-        ScaleIntensityRanged(
-            keys=channels,
-            a_min=cfg.window_min,
-            a_max=cfg.window_max,
-            b_min=0.0,
-            b_max=1.0,
-            clip=True,
-        ),
+        intensity_step(cfg),
         ConcatItemsd(keys=channels, name=IMAGE, dim=0),
         # The reader's lesion annotation defines the region of interest.
         CropForegroundd(keys=[IMAGE, MASK], source_key=MASK, allow_smaller=True),
@@ -117,6 +111,29 @@ def deterministic_transforms(cfg: DataConfig, task: str) -> Compose:
         EnsureTyped(keys=[IMAGE, MASK], dtype=torch.float32, track_meta=False),
     ]
     return Compose(steps)
+
+
+def intensity_step(cfg: DataConfig) -> Any:
+    """Stored values -> [0, 1], per channel: the fixed HU window on CT (the same Hounsfield
+    units at every site), or on MRI, whose intensities have no absolute unit (they scale
+    with receive gain, coil and sequence), each image's own ``percentile-low`` and
+    ``percentile-high`` percentiles (robust min-max scaling, computed on the whole
+    resampled image before the lesion crop, so the lesion is scaled relative to its liver
+    and body). Harmonisation across sites (``common.hooks``: z-score, histogram matching)
+    runs afterwards on a site's stacked tensors."""
+    channels = list(cfg.channels)
+    if cfg.intensity == Intensity.PERCENTILE:
+        return ScaleIntensityRangePercentilesd(
+            keys=channels,
+            lower=cfg.percentile_low,
+            upper=cfg.percentile_high,
+            b_min=0.0,
+            b_max=1.0,
+            clip=True,
+        )
+    return ScaleIntensityRanged(
+        keys=channels, a_min=cfg.window_min, a_max=cfg.window_max, b_min=0.0, b_max=1.0, clip=True
+    )
 
 
 def case_record(case: Case, channels: Sequence[str]) -> dict[str, Any]:
@@ -164,7 +181,12 @@ def pipeline_key(cfg: DataConfig, task: str) -> str:
         "roi_size": cfg.roi_size,
         "spacing_mm": cfg.spacing_mm,
         "window": [cfg.window_min, cfg.window_max],
-        "preprocess": None,  # kept so that existing caches keep their key
+        # None (the CT window above) keeps the key of caches made before data.intensity
+        "preprocess": (
+            None
+            if cfg.intensity == Intensity.WINDOW
+            else [str(cfg.intensity), cfg.percentile_low, cfg.percentile_high]
+        ),
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -169,6 +169,16 @@ class Task(StrEnum):
     LESION_TYPE = "lesion-type"  # 0 benign, 1 primary malignant, 2 metastasis (MRI phantom)
 
 
+# task lesion-type: label k is LESION_CLASSES[k] (the MRI phantom's and a manifest's coding)
+LESION_CLASSES = ("benign", "primary malignant", "metastasis")
+
+
+def classifies(task: str) -> bool:
+    """A task with a label per case, scored by AUC (lesion-type's headline figures are its
+    benign vs malignant view), as opposed to segmentation's masks."""
+    return task in (Task.MALIGNANCY, Task.LESION_TYPE)
+
+
 class StrategyName(StrEnum):
     """Server aggregation strategies selectable by name (Flower's own)."""
 
@@ -187,6 +197,13 @@ class Compression(StrEnum):
     NONE = "none"  # float32 weights, as stock Flower
     FP16 = "fp16"  # half-precision update (trained - global), error feedback
     INT8 = "int8"  # block-scaled 8-bit update, error feedback
+
+
+class Intensity(StrEnum):
+    """How a channel's stored values become the model input on [0, 1] (``data.intensity``)."""
+
+    WINDOW = "window"  # CT: the fixed HU window data.window-min..window-max
+    PERCENTILE = "percentile"  # MRI (no absolute unit): each image's own percentiles
 
 
 class BadCasePolicy(StrEnum):

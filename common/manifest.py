@@ -53,7 +53,7 @@ from common.csvtable import read_table
 from common.dicom import DicomSeriesError, read_series
 from common.dicomweb import DicomWebSource, is_dicomweb_cell
 from common.geometry import alignment_problems, grid_problems
-from common.keys import Split, Task, choices
+from common.keys import Split, choices, classifies
 from common.manifest_row import (
     file_problem,
     parse_label,
@@ -219,7 +219,7 @@ def parse_manifest(
     header = table.header
     image_cols = [f"image_{ch}" for ch in channels]
     required = ["case_id", *image_cols, "mask"]
-    if task == Task.MALIGNANCY:
+    if classifies(task):
         required.append("label")
     missing = [c for c in required if c not in header]
     if missing:

@@ -8,13 +8,13 @@ from monai.networks.nets import BasicUNet, DenseNet, ResNet, UNet
 from torch import nn
 
 from common.config import RunConfig
-from common.keys import Task
+from common.keys import LESION_CLASSES, Task
 
 Builder = Callable[[int, int, int], nn.Module]  # (spatial_dims, in_channels, width)
 
 
-def _resnet(dims: int, in_ch: int, w: int) -> nn.Module:
-    # A ResNet-10 (one basic block per stage), BatchNorm, one logit.
+def _resnet(dims: int, in_ch: int, w: int, outputs: int = 1) -> nn.Module:
+    # A ResNet-10 (one basic block per stage), BatchNorm, one logit (or one per class).
     return ResNet(
         block="basic",
         layers=[1, 1, 1, 1],
@@ -22,15 +22,15 @@ def _resnet(dims: int, in_ch: int, w: int) -> nn.Module:
         spatial_dims=dims,
         n_input_channels=in_ch,
         conv1_t_size=5,
-        num_classes=1,
+        num_classes=outputs,
     )
 
 
-def _densenet(dims: int, in_ch: int, w: int) -> nn.Module:
+def _densenet(dims: int, in_ch: int, w: int, outputs: int = 1) -> nn.Module:
     return DenseNet(
         spatial_dims=dims,
         in_channels=in_ch,
-        out_channels=1,
+        out_channels=outputs,
         init_features=w,
         growth_rate=max(4, w // 2),
         block_config=(2, 4, 4),
@@ -58,11 +58,25 @@ def _basicunet(dims: int, in_ch: int, w: int) -> nn.Module:
     )
 
 
+def _three_way(builder: Callable[..., nn.Module]) -> Builder:
+    """The classifier with a softmax head: one logit per lesion type (``common.tasks``)."""
+
+    def build(dims: int, in_ch: int, w: int) -> nn.Module:
+        return builder(dims, in_ch, w, outputs=len(LESION_CLASSES))
+
+    return build
+
+
 MODELS: dict[str, dict[str, Builder]] = {
     Task.MALIGNANCY.value: {"resnet": _resnet, "densenet": _densenet},
     Task.SEGMENTATION.value: {"unet": _unet, "basicunet": _basicunet},
+    Task.LESION_TYPE.value: {"resnet": _three_way(_resnet), "densenet": _three_way(_densenet)},
 }
-DEFAULT_MODEL = {Task.MALIGNANCY.value: "resnet", Task.SEGMENTATION.value: "unet"}
+DEFAULT_MODEL = {
+    Task.MALIGNANCY.value: "resnet",
+    Task.SEGMENTATION.value: "unet",
+    Task.LESION_TYPE.value: "resnet",
+}
 
 
 class ModelError(ValueError):

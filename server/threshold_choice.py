@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from flwr.app import ArrayRecord
 
-from common.keys import RecordPhase, Share, Split, Task, ThresholdRule
+from common.keys import RecordPhase, Share, Split, ThresholdRule, classifies
 from common.operating_point import (
     ThresholdChoice,
     choose_on_validation,
@@ -46,7 +46,7 @@ def choose_operating_threshold(
     from ``trainers``' validation summaries (recorded); None when neither is chosen
     (``eval.threshold-rule = fixed`` without a recalibration) or for a task without one."""
     ev = fed.cfg.eval
-    if not on_validation(ev) or fed.cfg.task != Task.MALIGNANCY:
+    if not on_validation(ev) or not classifies(fed.cfg.task):
         return None
     splits = {s.name: Split.VAL.value for s in trainers if s.n_val > 0}
     summaries: dict[str, SiteSummary] = {}

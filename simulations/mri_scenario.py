@@ -33,7 +33,7 @@ from simulations.mri_site import (
     class_counts,
     split_counts,
 )
-from simulations.scenario import MATRIX_MAX, ScenarioError
+from simulations.scenario import MATRIX_MAX, ScenarioError, SiteRoles
 from simulations.scenario_schema import EXPECTED, MISSING, TOP_RULES, Checker, Rule
 from simulations.site_profile import matrix_size
 
@@ -63,7 +63,7 @@ MRI_TOP_RULES: dict[str, Rule] = {**TOP_RULES, "modality": ((MODALITY,), None, N
 
 
 @dataclass(frozen=True)
-class MriScenario:
+class MriScenario(SiteRoles):
     """A set of MRI hospitals generated together from one seed."""
 
     name: str

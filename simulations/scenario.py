@@ -45,16 +45,10 @@ class ScenarioError(ValueError):
         super().__init__("\n".join(self.problems))
 
 
-@dataclass(frozen=True)
-class Scenario:
-    """A set of hospitals generated together from one seed."""
+class SiteRoles:
+    """Which of a scenario's sites train and which only evaluate (CT and MRI alike)."""
 
-    name: str
-    seed: int
-    sites: tuple[SiteProfile, ...]
-    dims: int = 2
-    description: str = ""
-    source: str = field(default="", compare=False)
+    sites: tuple[Any, ...]
 
     @property
     def external_sites(self) -> tuple[str, ...]:
@@ -63,6 +57,18 @@ class Scenario:
     @property
     def training_sites(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.sites if s.role == "train")
+
+
+@dataclass(frozen=True)
+class Scenario(SiteRoles):
+    """A set of hospitals generated together from one seed."""
+
+    name: str
+    seed: int
+    sites: tuple[SiteProfile, ...]
+    dims: int = 2
+    description: str = ""
+    source: str = field(default="", compare=False)
 
     def site(self, name: str) -> SiteProfile:
         for s in self.sites:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config import RunConfig
-from common.keys import GLOBAL_MODEL, EvalDesign, local_model
+from common.keys import GLOBAL_MODEL, EvalDesign, Intensity, Task, local_model
 from server.designs import Evaluation
 from server.records import RunRecorder, read_evaluations
 from server.report.files import write_report
@@ -31,6 +31,8 @@ from server.tracking import relog_report, require_backend
 from server.trust import resign_report
 from simulations.baselines import POOLED, load_sites, pooled
 from simulations.federated import run_federated
+from simulations.mri_phantom import generate_mri_phantom
+from simulations.mri_scenario import MriScenario, is_mri_scenario, load_mri_scenario
 from simulations.phantom import generate_phantom
 from simulations.scenario import Scenario, load_scenario
 
@@ -134,16 +136,49 @@ def simulate(
     return summary
 
 
-def prepare_phantom(scenario: str | Path, data_dir: Path) -> tuple[Scenario, Path]:
-    """The scenario and its phantom folder, generated unless already on disk."""
+AnyScenario = Scenario | MriScenario
+
+
+def prepare_phantom(scenario: str | Path, data_dir: Path) -> tuple[AnyScenario, Path]:
+    """The scenario (CT, or MRI: ``simulations.mri_scenario``) and its phantom folder,
+    generated unless already on disk."""
+    spec: AnyScenario
+    if is_mri_scenario(scenario):
+        spec = load_mri_scenario(scenario)
+        phantom_dir = data_dir / "phantom" / f"{spec.name}-seed{spec.seed}"
+        generate_mri_phantom(spec, phantom_dir)
+        return spec, phantom_dir
     spec = load_scenario(scenario)
     phantom_dir = data_dir / "phantom" / f"{spec.name}-seed{spec.seed}"
     generate_phantom(spec, phantom_dir)
     return spec, phantom_dir
 
 
+def modality_settings(spec: AnyScenario, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """What an MRI scenario changes in the run config unless ``settings`` say otherwise:
+    its channels, each image scaled by its own percentiles (MRI has no absolute unit), the
+    three-way task its labels code, and at least one training site a round (liver-mri-3
+    has one training center, as the study it follows). A CT scenario changes nothing.
+    Asking an MRI phantom for another task is refused with what to do."""
+    if not isinstance(spec, MriScenario):
+        return {}
+    task = settings.get("task", Task.LESION_TYPE.value)
+    if task != Task.LESION_TYPE:
+        raise ValueError(
+            f"scenario {spec.name!r} is an MRI phantom whose labels are lesion types "
+            f"(0 benign, 1 primary malignant, 2 metastasis): task = {task!r} cannot train "
+            "on it; leave task unset or use --run-config \"task='lesion-type'\""
+        )
+    return {
+        "task": Task.LESION_TYPE.value,
+        "data.channels": ",".join(spec.channels),
+        "data.intensity": Intensity.PERCENTILE.value,
+        "federation.min-sites": min(2, len(spec.training_sites)),
+    }
+
+
 def scenario_config(
-    spec: Scenario,
+    spec: AnyScenario,
     phantom_dir: Path,
     data_dir: Path,
     run_dir: Path,
@@ -153,6 +188,7 @@ def scenario_config(
     where the phantom, the cache and the run folder are and which sites are external."""
     cfg = RunConfig().replace(
         {
+            **modality_settings(spec, settings),
             **settings,
             "data.site-root": str(phantom_dir.resolve()),
             "data.cache-dir": str((data_dir / "cache" / phantom_dir.name).resolve()),
@@ -166,7 +202,7 @@ def scenario_config(
     return cfg
 
 
-def comparison_rows(evaluations: list[Evaluation], spec: Scenario) -> list[SiteRow]:
+def comparison_rows(evaluations: list[Evaluation], spec: AnyScenario) -> list[SiteRow]:
     """Per site: the global, its own local-only (or the mean of them) and the pooled model."""
     by = {(e.model, e.site): e for e in evaluations}
     rows = []
@@ -200,7 +236,7 @@ def comparison_rows(evaluations: list[Evaluation], spec: Scenario) -> list[SiteR
     return rows
 
 
-def _check_scenario_fits(cfg: RunConfig, spec: Scenario) -> None:
+def _check_scenario_fits(cfg: RunConfig, spec: AnyScenario) -> None:
     trainers = [s for s in spec.sites if s.role != "external"]
     if len(trainers) < cfg.federation.min_sites:
         raise ValueError(

@@ -4,10 +4,10 @@
   running mean and variance on the site's own images (cumulative average over
   batches of ``train.batch-size``), then score in eval mode.
 - ``tent`` (Wang et al., ICLR 2021): ``hooks.tent-steps`` Adam steps at
-  ``hooks.tent-lr`` that minimise the mean binary entropy of the predictions,
-  updating only the BatchNorm affine parameters with batch statistics; then
-  the statistics are re-estimated with the adapted affine parameters so the
-  site scores in eval mode. Steps are bounded; every other weight is frozen.
+  ``hooks.tent-lr`` that minimise the mean entropy of the predictions (binary; the
+  softmax's for lesion-type), updating only the BatchNorm affine parameters with
+  batch statistics; then the statistics are re-estimated with the adapted affine
+  parameters so the site scores in eval mode. Steps are bounded; every other weight is frozen.
 
 Both receive only an image tensor: labels and masks are never passed in.
 """
@@ -50,6 +50,15 @@ def reestimate_statistics(
         for name, m in layers.items():
             m.momentum = saved[name]
         model.eval()
+
+
+def prediction_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """What TENT minimises: the mean softmax entropy of a classifier with one logit per
+    class (N, K > 1), else the mean binary entropy of its sigmoid outputs."""
+    if logits.ndim == 2 and logits.shape[1] > 1:
+        logp = nn.functional.log_softmax(logits.float(), dim=1)
+        return -(logp.exp() * logp).sum(dim=1).mean()
+    return binary_entropy(logits)
 
 
 def binary_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -107,7 +116,7 @@ class Tent(Hook):
                 batch = images[idx].to(compute.device, non_blocking=True)
                 optimizer.zero_grad(set_to_none=True)
                 with compute.autocast():
-                    loss = binary_entropy(model(batch))
+                    loss = prediction_entropy(model(batch))
                 loss.backward()
                 optimizer.step()
         finally:

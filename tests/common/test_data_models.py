@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,10 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from common.config import RunConfig
-from common.data import augment_batch, concat_splits, crop_size, load_split
+from common.config import ConfigError, RunConfig
+from common.data import augment_batch, concat_splits, crop_size, load_split, pipeline_key
+from common.hooks.tta import binary_entropy, prediction_entropy
 from common.manifest import read_manifest
 from common.models import ModelError, build_model, model_name
+from common.tasks import loss_function, probabilities, targets
 from common.weights import WeightsError, load_arrays, shared_state, to_arrays
 
 
@@ -91,6 +94,8 @@ def test_augmentation_keeps_image_and_mask_aligned() -> None:
         ("lesion-malignancy", "densenet", (2, 1)),
         ("lesion-segmentation", "unet", (2, 1, 64, 64)),
         ("lesion-segmentation", "basicunet", (2, 1, 64, 64)),
+        ("lesion-type", "resnet", (2, 3)),
+        ("lesion-type", "densenet", (2, 3)),
     ],
 )
 def test_model_factory(task: str, name: str, out_shape: tuple[int, ...]) -> None:
@@ -151,3 +156,59 @@ def test_the_cache_never_serves_tensors_made_with_other_settings_or_files(
     changed = load_split(manifest, "train", small.data, small.task)
     assert not torch.equal(first.images[0], changed.images[0])
     assert torch.equal(first.images[1:], changed.images[1:])
+
+
+def test_lesion_type_trains_on_class_indices_and_predicts_a_softmax() -> None:
+    """Cross-entropy on one logit per class (targets are class indices), softmax rows that
+    sum to 1; the malignancy and segmentation outputs keep their sigmoid."""
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
+    labels = torch.tensor([0.0, 2.0])  # SplitTensors hold float labels
+    y = targets("lesion-type", labels, torch.zeros(2, 1, 4, 4))
+    assert y.dtype == torch.int64 and y.tolist() == [0, 2]
+    loss = float(loss_function("lesion-type")(logits, y))
+    # by hand: mean of -log softmax at the true class
+    first = -(2.0 - math.log(math.exp(2.0) + 1.0 + math.exp(-1.0)))
+    assert loss == pytest.approx((first + math.log(3.0)) / 2, rel=1e-6)
+    p = probabilities(logits)
+    assert p.sum(dim=1).tolist() == pytest.approx([1.0, 1.0])
+    assert p[1].tolist() == pytest.approx([1 / 3] * 3)
+    assert probabilities(torch.tensor([[0.0]])).item() == 0.5  # one logit: sigmoid
+    masks = probabilities(torch.zeros(1, 1, 2, 2))
+    assert masks.shape == (1, 1, 2, 2) and float(masks.max()) == 0.5
+
+
+def test_tent_minimises_softmax_entropy_for_three_classes() -> None:
+    uniform = prediction_entropy(torch.zeros(4, 3))
+    assert float(uniform) == pytest.approx(math.log(3.0))
+    assert float(prediction_entropy(torch.tensor([[50.0, 0.0, 0.0]]))) < 1e-6
+    one = torch.tensor([[0.3], [-1.2]])
+    assert float(prediction_entropy(one)) == pytest.approx(float(binary_entropy(one)))
+
+
+def test_percentile_intensity_scales_each_image_by_its_own_percentiles(
+    site_factory: Callable[..., Path],
+) -> None:
+    """MRI has no absolute unit: with data.intensity = percentile a site whose images are
+    all 3x brighter (another receive gain) gives the same model input, while the CT
+    window gives another one; the cache key changes with the setting."""
+    plain = site_factory("plain", n_cases=3, seed=7)
+    bright = site_factory("bright", n_cases=3, seed=7)
+    for f in sorted((bright / "images").iterdir()):
+        img = nib.load(f)
+        data = np.asarray(img.dataobj, dtype=np.float32) * 3.0 + 500.0
+        nib.save(nib.Nifti1Image(data, img.affine), f)
+    window = _cfg()
+    percentile = _cfg(**{"data.intensity": "percentile"})
+    loaded = {}
+    for name, cfg in (("window", window), ("percentile", percentile)):
+        for site in (plain, bright):
+            m = read_manifest(site, cfg.data.channels, cfg.task)
+            loaded[name, site.name] = load_split(m, "train", cfg.data, cfg.task).images
+    assert torch.allclose(loaded["percentile", "plain"], loaded["percentile", "bright"], atol=1e-5)
+    assert float(loaded["percentile", "plain"].max()) == pytest.approx(1.0)
+    assert not torch.allclose(loaded["window", "plain"], loaded["window", "bright"], atol=0.05)
+    assert pipeline_key(window.data, window.task) != pipeline_key(percentile.data, window.task)
+    with pytest.raises(ConfigError, match="percentile-low.*need 0 <= low < high <= 100"):
+        _cfg(**{"data.percentile-low": 99.0, "data.percentile-high": 1.0})
+    with pytest.raises(ConfigError, match="data.intensity"):
+        _cfg(**{"data.intensity": "zscore"})

@@ -347,16 +347,17 @@ def test_the_manifest_validates_for_the_lesion_type_task(tmp_path: Path) -> None
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
 
 
-def test_the_phantom_command_writes_an_mri_scenario_and_a_run_refuses_lesion_type(
+def test_the_phantom_command_writes_an_mri_scenario_and_a_simulation_configures_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`hepafed phantom` dispatches an MRI scenario file (modality = "mri") to the MRI
     generator: the same files as generate_mri_phantom; --dicom is refused for it; and a
-    run config asking to train lesion-type is refused with what to do, not failed
-    half-way."""
+    simulation of it trains lesion-type on every channel, percentile-scaled, unless told
+    otherwise, and refuses a binary task on three-way labels before anything runs."""
     from common.cli import main
     from common.config import ConfigError, RunConfig
     from simulations.mri_scenario import is_mri_scenario
+    from simulations.simulate import modality_settings, scenario_config
 
     scenario = tmp_path / "tiny-mri.toml"
     scenario.write_text(
@@ -373,5 +374,16 @@ def test_the_phantom_command_writes_an_mri_scenario_and_a_run_refuses_lesion_typ
     assert main(["phantom", "--scenario", str(scenario), "--out", str(tmp_path / "x"),
                  "--dicom", str(tmp_path / "d")]) == 2  # fmt: skip
     assert "--dicom writes the CT phantom only" in capsys.readouterr().err
-    with pytest.raises(ConfigError, match="lesion-type.*nothing trains on it"):
-        RunConfig().replace({"task": "lesion-type"})
+    spec = load_mri_scenario("liver-mri-3")
+    cfg = scenario_config(spec, tmp_path / "cli", tmp_path, tmp_path / "run", {})
+    assert cfg.task == "lesion-type" and cfg.data.intensity == "percentile"
+    assert cfg.data.channels == spec.channels and len(spec.channels) == 7
+    assert cfg.federation.min_sites == 1  # one training center, as in the study
+    assert cfg.federation.external_sites == ("center-b", "center-c")
+    own = scenario_config(spec, tmp_path / "cli", tmp_path, tmp_path / "run",
+                          {"data.channels": "t2,dwi", "federation.min-sites": 1})  # fmt: skip
+    assert own.data.channels == ("t2", "dwi")
+    with pytest.raises(ValueError, match="MRI phantom whose labels are lesion types"):
+        modality_settings(spec, {"task": "lesion-malignancy"})
+    with pytest.raises(ConfigError, match="lesion-type.*eval.design = 'loso'"):
+        RunConfig().replace({"task": "lesion-type", "eval.design": "loso"})
