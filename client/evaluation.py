@@ -77,6 +77,14 @@ def summarize(
         summary = classification_summary(
             data.labels.numpy(), probs.numpy(), cfg.eval, hist_images, embedding, k
         )
+    elif cfg.task == Task.LESION_TYPE:
+        # imported here: client.evaluation_multiclass builds on this module's functions
+        from client.evaluation_multiclass import lesion_type_summary
+
+        probs, embedding = predict(model, data.images, compute, cfg.seed, cfg.eval.embedding_dims)
+        summary = lesion_type_summary(
+            data.labels.numpy(), probs.numpy(), cfg.eval, hist_images, embedding, k
+        )
     else:
         probs, _ = predict(model, data.images, compute, cfg.seed, 0)
         summary = segmentation_summary(

@@ -23,6 +23,13 @@ count is in it (``SKIPPED_CASES``), the ids belong in the reply's site record
 (``SKIPPED_CASE_IDS``) and are read back with ``from_record(..., skipped_ids=...)``;
 ``to_dict`` keeps both for JSON.
 
+A three-class task (``lesion-type``) adds per-class counts (``class_n``, always), and
+when every class holds ``eval.min-per-class`` cases: predicted-class counts, the
+correct ones, the confusion matrix under complementary suppression (-1: a suppressed
+cell), OvR AUCs with their covariance, per-class calibration bins and the multiclass
+Brier score (``client.evaluation_multiclass``); its binary view (benign vs malignant)
+fills the binary fields.
+
 ``SiteSummary.to_record`` / ``from_record`` are the one encoding both sides use
 (a Flower ``MetricRecord`` holds numbers and lists of numbers).
 """
@@ -66,6 +73,24 @@ SCALAR_KEYS = {
     "dice_q1": "dice-q1",
     "dice_q3": "dice-q3",
     "hd95_mean": "hd95",
+    "brier_multi": "brier-multi",
+}
+
+SUPPRESSED_CELL = -1  # a confusion-matrix cell sent as this was not disclosed (small cell)
+
+# SiteSummary's multiclass list fields and their record keys: counts, then floats
+CLASS_COUNT_KEYS = {
+    "class_n": "class-n",
+    "class_pred": "class-pred",
+    "class_correct": "class-correct",
+    "confusion": "confusion",
+    "class_cal_count": "class-cal-count",
+    "class_cal_sum_y": "class-cal-sum-y",
+}
+CLASS_FLOAT_KEYS = {
+    "class_auc": "class-auc",
+    "class_auc_cov": "class-auc-cov",
+    "class_cal_sum_p": "class-cal-sum-p",
 }
 
 
@@ -129,6 +154,17 @@ class SiteSummary:
     hist_counts: tuple[tuple[int, ...], ...] = ()  # channel x bin, model input on [0, 1]
     emb_mean: tuple[float, ...] = ()
     emb_cov: tuple[tuple[float, ...], ...] = field(default=())  # d x d (ddof = 1)
+    # multiclass (lesion-type, K classes): the binary fields above hold benign vs the rest
+    class_n: tuple[int, ...] = ()  # cases per true class
+    class_pred: tuple[int, ...] = ()  # cases per predicted class (argmax)
+    class_correct: tuple[int, ...] = ()  # cases per class predicted correctly (the diagonal)
+    confusion: tuple[int, ...] = ()  # K*K row-major, rows true; -1 = suppressed (small cell)
+    class_auc: tuple[float, ...] = ()  # one-vs-rest AUC per class
+    class_auc_cov: tuple[float, ...] = ()  # their K*K DeLong covariance, row-major
+    class_cal_count: tuple[int, ...] = ()  # K * eval.calibration-bins, class-major (OvR)
+    class_cal_sum_p: tuple[float, ...] = ()
+    class_cal_sum_y: tuple[int, ...] = ()
+    brier_multi: float | None = None  # mean over cases of sum_k (p_k - [y = k])^2
     # data.on-bad-case = skip: cases left out of ``n``, and the first MAX_LISTED of their ids
     skipped: int = 0
     skipped_ids: tuple[str, ...] = ()
@@ -165,6 +201,8 @@ class SiteSummary:
             "emb-cov": [v for row in self.emb_cov for v in row],
             "hist": [int(v) for row in self.hist_counts for v in row],
         }
+        lists.update({k: [int(v) for v in getattr(self, a)] for a, k in CLASS_COUNT_KEYS.items()})
+        lists.update({k: [float(v) for v in getattr(self, a)] for a, k in CLASS_FLOAT_KEYS.items()})
         out.update({k: v for k, v in lists.items() if v})
         if self.hist_counts:
             out["hist-channels"] = len(self.hist_counts)
@@ -214,8 +252,11 @@ class SiteSummary:
             d = len(emb_mean)
             cov_flat = np.asarray(seq("emb-cov"), dtype=float).reshape(d, d)
             cov = tuple(tuple(float(v) for v in row) for row in cov_flat)
+        fields: dict[str, Any] = {attr: num(key) for attr, key in SCALAR_KEYS.items()}
+        fields.update({a: tuple(int(v) for v in r.get(k, [])) for a, k in CLASS_COUNT_KEYS.items()})
+        fields.update({a: tuple(seq(k)) for a, k in CLASS_FLOAT_KEYS.items()})
         return cls(
-            **{attr: num(key) for attr, key in SCALAR_KEYS.items()},
+            **fields,
             n=int(r.get("n", 0)),
             n_pos=int(r.get("n-pos", 0)),
             n_neg=int(r.get("n-neg", 0)),

@@ -18,15 +18,20 @@ from flwr.app import ConfigRecord, Message, MetricRecord
 
 from common.badcases import SKIPPED_CASES
 from common.keys import RecordKey
+from common.summary import SUPPRESSED_CELL
 
 # more cases than any one hospital's manifest lists: a count above it is absurd, not large
 MAX_CASES = 10_000_000
 MAX_INT = 2**63  # MetricRecord integers are int64; a larger Python int is no honest metric
 MAX_JSON_CHARS = 1_000_000  # a site's JSON text (acquisition summary, hook statistics)
 
+CLASS_CAL_KEYS = ("class-cal-count", "class-cal-sum-p", "class-cal-sum-y")
 # evaluation summary keys (``common.summary.SiteSummary.to_record``) that count cases
 SUMMARY_COUNTS = ("num-examples", "n", "n-pos", "n-neg", "hd95-n", SKIPPED_CASES)
-SUMMARY_COUNT_LISTS = ("tp", "fp", "fn", "tn", "cal-count", "cal-sum-y")
+SUMMARY_COUNT_LISTS = (
+    "tp", "fp", "fn", "tn", "cal-count", "cal-sum-y",
+    "class-n", "class-pred", "class-correct", "class-cal-count", "class-cal-sum-y",
+)  # fmt: skip
 
 
 class ReplyError(ValueError):
@@ -108,7 +113,8 @@ def summary_problem(record: Mapping[str, Any], max_cases: int) -> str | None:
 
     Every value finite; every case count a whole number from 0 to ``max_cases`` (the
     cases the site declared when it joined); positives, negatives and each 2x2 table
-    no more than ``n``.
+    no more than ``n``; per-class counts (``class-n``) adding up to ``n``; each
+    confusion cell a count or -1 (suppressed).
     """
     problem = metrics_problem(record)
     if problem is not None:
@@ -124,6 +130,12 @@ def summary_problem(record: Mapping[str, Any], max_cases: int) -> str | None:
             problem = count_problem(f"{key}[{i}]", value, max_cases, limit_name=limit_name)
             if problem is not None:
                 return problem
+    for i, value in enumerate(_as_list(record.get("confusion", []))):
+        if value == SUPPRESSED_CELL and not isinstance(value, bool):
+            continue
+        problem = count_problem(f"confusion[{i}]", value, max_cases, limit_name=limit_name)
+        if problem is not None:
+            return f"{problem} (or {SUPPRESSED_CELL}: a suppressed cell)"
     for i, value in enumerate(_as_list(record.get("hist", []))):  # pixels, not cases
         problem = count_problem(f"hist[{i}]", value, MAX_INT, limit_name="the int64 range")
         if problem is not None:
@@ -136,6 +148,28 @@ def summary_problem(record: Mapping[str, Any], max_cases: int) -> str | None:
     for i, table in enumerate(zip(*cells, strict=False)):
         if sum(table) > n:
             return f"2x2 table {i} counts {sum(table):g} cases, more than n = {n!r}"
+    class_n = _as_list(record.get("class-n", []))
+    if class_n and sum(class_n) != n:
+        return f"class-n {_show(class_n)} sums to {sum(class_n):g} cases, but n = {n!r}"
+    return class_shape_problem(record, len(class_n))
+
+
+def class_shape_problem(record: Mapping[str, Any], k: int) -> str | None:
+    """A three-way summary's lists must have the lengths its K classes (``class-n``) give:
+    K per class, K x K for the confusion matrix and the AUC covariance, and the per-class
+    calibration lists one equal multiple of K (the bins)."""
+    shapes = {"class-pred": k, "class-correct": k, "class-auc": k}
+    shapes |= {"confusion": k * k, "class-auc-cov": k * k}
+    cal = [len(_as_list(record[key])) for key in CLASS_CAL_KEYS if key in record]
+    if cal:
+        shapes |= dict.fromkeys(CLASS_CAL_KEYS, cal[0] if k and cal[0] % k == 0 else -1)
+    for key, length in shapes.items():
+        if key in record and len(_as_list(record[key])) != length:
+            need = str(length) if length >= 0 else f"a multiple of {k}"
+            return (
+                f"{key} has {len(_as_list(record[key]))} value(s); with the {k} class(es) "
+                f"of class-n it needs {need}"
+            )
     return None
 
 
