@@ -53,10 +53,11 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from common.keys import GLOBAL_MODEL, EvalDesign
+from common.keys import GLOBAL_MODEL, EvalDesign, Task
 from server.designs import Evaluation
 from server.report.design_body import holdout_body, loso_body, model_site_matrix
 from server.report.flags import flags
+from server.report.lesion_type import lesion_type_block
 from server.report.model import REPORT_VERSION
 from server.report.settings import ReportSettings
 
@@ -122,5 +123,7 @@ def build_report(
     }
     if privacy is not None:
         report["privacy"] = dict(privacy)
+    if cfg.task == Task.LESION_TYPE:
+        report["lesion_type"] = lesion_type_block(primary, cfg)
     report["flags"] = flags(report, cfg, roles, failed or {})
     return report

@@ -34,6 +34,7 @@ from server.report.model_base import (
 )
 from server.report.model_choices import ThresholdChoice
 from server.report.model_joined import SiteJoined
+from server.report.model_lesion_type import LesionType
 from server.report.model_pooled import DriftVsDegradation, Fold, Gap, Pooled
 from server.report.model_privacy import Privacy
 from server.report.model_sites import MatrixCell, SiteRow
@@ -184,11 +185,17 @@ class Provenance(ReportModel):
     )
 
 
-# folds are there exactly when the design is loso (JSON Schema: if / then / else)
+# folds are there exactly when the design is loso, lesion_type exactly when the task is
+# lesion-type (JSON Schema: if / then / else)
 FOLDS_ONLY_FOR_LOSO: JsonDict = {
     "if": {"properties": {"design": {"const": EvalDesign.LOSO.value}}},
     "then": {"required": ["folds"]},
     "else": {"not": {"required": ["folds"]}},
+}
+LESION_TYPE_ONLY_FOR_ITS_TASK: JsonDict = {
+    "if": {"properties": {"task": {"const": Task.LESION_TYPE.value}}},
+    "then": {"required": ["lesion_type"]},
+    "else": {"not": {"required": ["lesion_type"]}},
 }
 
 
@@ -199,7 +206,10 @@ class Report(ReportModel):
     flags and provenance. Intervals are at settings.level; numbers that cannot be computed
     (NaN or infinite) are null."""
 
-    model_config = ConfigDict(title=TITLE, json_schema_extra=FOLDS_ONLY_FOR_LOSO)
+    model_config = ConfigDict(
+        title=TITLE,
+        json_schema_extra={"allOf": [FOLDS_ONLY_FOR_LOSO, LESION_TYPE_ONLY_FOR_ITS_TASK]},
+    )
 
     report_version: Literal["1.1"] = Field(description="Version of this report layout.")
     created: Annotated[
@@ -207,8 +217,10 @@ class Report(ReportModel):
     ] = Field(description="When the report was built (ISO 8601, UTC).")
     task: Task = Field(
         strict=False,
-        description="Learning task: lesion-malignancy (binary classification, AUC) or "
-        "lesion-segmentation (Dice).",
+        description="Learning task: lesion-malignancy (binary classification, AUC), "
+        "lesion-type (three classes: benign, primary malignant, metastasis; the sections "
+        "other than lesion_type are its benign vs malignant view) or lesion-segmentation "
+        "(Dice).",
     )
     design: EvalDesign = Field(
         strict=False,
@@ -254,6 +266,12 @@ class Report(ReportModel):
         description="Several training seeds combined (hepafed simulate --seeds N); absent "
         "for a single run.",
     )
+    lesion_type: Omittable[LesionType] = Field(
+        None,
+        description="Task lesion-type's three-way view (per-class AUCs, sensitivity and "
+        "specificity, macro AUC, confusion matrices, per-class pooling); absent for the "
+        "other tasks.",
+    )
     flags: list[Flag] = Field(description="Sites flagged for the reader's attention.")
 
     @model_validator(mode="after")
@@ -266,5 +284,20 @@ class Report(ReportModel):
                 "folds_not_loso",
                 "'folds' is only for design loso, not {design}",
                 {"design": self.design.value},
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _lesion_type_only_for_its_task(self) -> Report:
+        has_block = "lesion_type" in self.model_fields_set
+        if self.task == Task.LESION_TYPE and not has_block:
+            raise PydanticCustomError(
+                "lesion_type_missing", "'lesion_type' is required with task lesion-type"
+            )
+        if self.task != Task.LESION_TYPE and has_block:
+            raise PydanticCustomError(
+                "lesion_type_not_its_task",
+                "'lesion_type' is only for task lesion-type, not {task}",
+                {"task": self.task.value},
             )
         return self

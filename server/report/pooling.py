@@ -54,7 +54,7 @@ def pooled_block(
         "sites": sorted(usable),
         "k": len(usable),
         "excluded": excluded,
-        "auc": _pooled_json(fit),
+        "auc": pooled_json(fit),
     }
     op = [(site, s.tables[0]) for site, s in summaries.items() if s.tables and not s.insufficient]
     if op:
@@ -69,11 +69,11 @@ def pooled_block(
                 hartung_knapp=cfg.hartung_knapp,
                 level=cfg.level,
             )
-            block[name] = _pooled_json(prop)
+            block[name] = pooled_json(prop)
     return block
 
 
-def _pooled_json(fit: Any) -> dict[str, Any]:
+def pooled_json(fit: Any) -> dict[str, Any]:
     m = fit.logit
     # standard error on the probability scale (delta method), for differences of pooled AUCs
     se = m.se * fit.estimate * (1 - fit.estimate)

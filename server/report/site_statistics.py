@@ -10,7 +10,7 @@ from typing import Any
 
 from scipy import stats as sps
 
-from common.keys import Task
+from common.keys import classifies
 from common.stats import (
     AUCResult,
     CalibrationBins,
@@ -53,7 +53,8 @@ def site_statistics(s: SiteSummary, cfg: ReportSettings) -> dict[str, Any]:
         "n": s.n,
         "n_pos": s.n_pos,
         "n_neg": s.n_neg,
-        "prevalence": json_float(s.n_pos / s.n) if s.n and cfg.task == Task.MALIGNANCY else None,
+        # lesion-type: its benign vs malignant view's prevalence of malignancy
+        "prevalence": json_float(s.n_pos / s.n) if s.n and classifies(cfg.task) else None,
         "insufficient": s.insufficient,
         # bad cases left out under data.on-bad-case = skip: the count, the first ids
         "skipped_cases": {"n": s.skipped, "ids": list(s.skipped_ids)},

@@ -77,6 +77,7 @@ def format_summary(report: dict[str, Any]) -> str:
             f"drift vs AUC drop: Spearman rho {sp['rho']:+.2f} (p = {_fmt(sp['p'], 3)}, "
             f"n = {sp['n']})"
         )
+    lines += lesion_type_lines(report)
     lines += threshold_lines(report)
     lines += privacy_lines(report)
     lines += training_noise_lines(report)
@@ -91,6 +92,37 @@ def format_summary(report: dict[str, Any]) -> str:
 
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def lesion_type_lines(report: dict[str, Any]) -> list[str]:
+    """Task lesion-type's three-way view: each site's macro AUC, and per class the pooled
+    internal and external one-vs-rest AUC and their difference."""
+    block = report.get("lesion_type")
+    if not block:
+        return []
+    lines = ["", "three-way lesion type (one-vs-rest, argmax; the rows above: benign vs malignant)"]
+    for r in block["sites"]:
+        m = r["macro"]
+        shown = (
+            "insufficient data"
+            if r["insufficient"] or m is None or m["estimate"] is None
+            else f"macro AUC {m['estimate']:.3f} [{_fmt(m['lo'])}, {_fmt(m['hi'])}]"
+        )
+        counts = "/".join(str(v) for v in r["class_n"])
+        lines.append(f"  {r['site']} ({r['model']}, {r['role']}, n {counts}): {shown}")
+    for g in block["gap"]:
+        d = g["difference"]
+        diff = (
+            f"difference {d['estimate']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}], "
+            f"p = {_fmt(d['p'], 4)}"
+            if d and d["estimate"] is not None
+            else "difference n/a"
+        )
+        lines.append(
+            f"  {g['class_name']:<17} pooled internal {_fmt(g['internal_auc'])}, "
+            f"external {_fmt(g['external_auc'])}, {diff}"
+        )
+    return lines
 
 
 def training_noise_lines(report: dict[str, Any]) -> list[str]:

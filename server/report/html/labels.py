@@ -45,6 +45,7 @@ SEGMENTATION = "lesion-segmentation"
 TASK_NAMES = {
     "lesion-malignancy": "Lesion malignancy classification",
     SEGMENTATION: "Lesion segmentation",
+    "lesion-type": "Lesion type (benign, primary malignant, metastasis)",
 }
 
 FLAG_NAMES = {

@@ -15,6 +15,7 @@ values, format numbers and choose between fixed texts.
 - ``view_recalibration``: each model's recalibration, and calibration before and after;
 - ``view_forest``: the forest plots;
 - ``view_pooled``: internal vs external (difference, gaps, folds);
+- ``view_lesion_type``: task lesion-type's three-way view;
 - ``view_curves``: ROC curves, reliability diagrams, drift vs degradation;
 - ``view_matrix``: the model x site matrix;
 - ``view_provenance``: privacy, provenance and the footer.
@@ -37,6 +38,7 @@ from server.report.html.view_curves import (
     read_roc,
 )
 from server.report.html.view_forest import ForestSection, read_forest
+from server.report.html.view_lesion_type import LesionTypeSection, read_lesion_type
 from server.report.html.view_matrix import Matrix, read_matrix
 from server.report.html.view_pooled import InternalExternal, read_internal_external
 from server.report.html.view_provenance import (
@@ -75,6 +77,7 @@ class Page:
     sites: SitesSection
     forest: ForestSection
     internal_external: InternalExternal
+    lesion_type: LesionTypeSection | None  # None: a task other than lesion-type
     roc: RocSection
     calibration: Calibration
     drift: DriftSection
@@ -97,6 +100,7 @@ def read_page(report: Mapping[str, Any]) -> Page:
         sites=read_sites(ctx),
         forest=read_forest(ctx, ids),
         internal_external=read_internal_external(ctx),
+        lesion_type=read_lesion_type(ctx),
         roc=read_roc(ctx, ids),
         calibration=read_calibration(ctx, ids),
         drift=read_drift(ctx, ids),
