@@ -98,14 +98,21 @@ def score_method(
 FINETUNE_DEFAULT_EPOCHS = 2  # a "finetune" method when hooks.finetune-epochs is 0
 
 
+CHANNELS_PART = "channels="
+
+
 def method_config(cfg: RunConfig, method: str) -> RunConfig:
     """The run config of a method name: ``+``-joined parts, each a strategy name
-    (``fedavg``, ``fedadam``...), ``finetune``, or a hook name."""
+    (``fedavg``, ``fedadam``...), ``finetune``, ``channels=A:B`` (train and score on
+    those image channels only, e.g. ``channels=t2:dwi``: a channel-subset comparison on
+    the same cases), or a hook name."""
     hooks: list[str] = []
     # fine-tuning belongs to the methods that name it, never to the baseline
     overrides: dict[str, object] = {"hooks.finetune-epochs": 0}
     for part in (p.strip() for p in method.split("+")):
-        if part in {s.value for s in StrategyName}:  # "fedavg" is FedAvg whatever the config
+        if part.startswith(CHANNELS_PART):
+            overrides["data.channels"] = channel_subset(cfg, part.removeprefix(CHANNELS_PART))
+        elif part in {s.value for s in StrategyName}:  # "fedavg" is FedAvg whatever the config
             overrides["federation.strategy"] = part
         elif part == "finetune":
             epochs = cfg.hooks.finetune_epochs or FINETUNE_DEFAULT_EPOCHS
@@ -115,9 +122,26 @@ def method_config(cfg: RunConfig, method: str) -> RunConfig:
     return cfg.replace({**overrides, "hooks.use": ",".join([*cfg.hooks.use, *hooks])})
 
 
-def describe_method(cfg: RunConfig) -> list[str]:
-    """What a method does beyond FedAvg, one entry per part, for the comparison table."""
+def channel_subset(cfg: RunConfig, text: str) -> str:
+    """``A:B`` -> ``"A,B"`` after checking each is one of the run's channels (a subset is
+    compared on the same cases, so it cannot name a channel the sites were not given)."""
+    wanted = [c.strip() for c in text.split(":") if c.strip()]
+    unknown = [c for c in wanted if c not in cfg.data.channels]
+    if not wanted or unknown or len(set(wanted)) != len(wanted):
+        raise ValueError(
+            f"{CHANNELS_PART}{text}: name distinct channels of data.channels, ':'-joined "
+            f"(unknown: {', '.join(unknown) or 'none'}; the run has "
+            f"{', '.join(cfg.data.channels)})"
+        )
+    return ",".join(wanted)
+
+
+def describe_method(cfg: RunConfig, base: RunConfig | None = None) -> list[str]:
+    """What a method does beyond FedAvg, one entry per part, for the comparison table
+    (its channels when they differ from ``base``'s)."""
     parts = HookSet(cfg).describe()
+    if base is not None and cfg.data.channels != base.data.channels:
+        parts.insert(0, f"channels {', '.join(cfg.data.channels)}")
     if cfg.federation.strategy != StrategyName.FEDAVG:
         parts.insert(0, f"strategy {cfg.federation.strategy}")
     if cfg.hooks.finetune_epochs:

@@ -89,7 +89,7 @@ def compare(
             run_dir = runs[seed] = (out_dir / f"seed-{seed}").resolve()
             cfg = base.replace({"seed": seed, "output.run-dir": str(run_dir)})
             configs = {name: method_config(cfg, name) for name in names}
-            hooks = hooks or {n: describe_method(c) for n, c in configs.items()}
+            hooks = hooks or {n: describe_method(c, cfg) for n, c in configs.items()}
             log.info("seed %d (%d of %d): %s", seed, i + 1, seeds, ", ".join(names))
             with ending_in(cfg, run_dir):
                 body = partial(serve_comparison, methods=configs)

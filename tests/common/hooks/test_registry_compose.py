@@ -16,7 +16,7 @@ from common.hooks import BUILTIN, Hook, HookError, HookPoint, HookSet, Statistic
 from common.hooks.normalization import FedBN, SiloBN
 from common.hooks.proximal import ProximalStrategy
 from common.models import build_model
-from server.method_runs import method_config, training_signature
+from server.method_runs import describe_method, method_config, training_signature
 
 
 class Shift(Hook):
@@ -214,6 +214,16 @@ def test_methods_parse_and_share_training_when_only_scoring_differs() -> None:
     assert sig(method_config(cfg, "fedbn")) != sig(cfg)
     with pytest.raises(ConfigError, match="unknown hook 'fedbm'"):
         method_config(cfg, "fedbm")
+    # a channel subset: its own model (trains differently), described against the base
+    mri = cfg.replace({"data.channels": "t2,dwi,adc"})
+    sub = method_config(mri, "channels=t2:dwi+fedbn")
+    assert sub.data.channels == ("t2", "dwi") and sub.hooks.use == ("fedbn",)
+    assert sig(method_config(mri, "channels=t2")) != sig(mri)
+    assert describe_method(method_config(mri, "channels=t2"), mri) == ["channels t2"]
+    assert describe_method(mri, mri) == []
+    for bad, why in (("channels=t1", "unknown: t1"), ("channels=t2:t2", "distinct")):
+        with pytest.raises(ValueError, match=why):
+            method_config(mri, bad)
 
 
 def test_proximal_strategy_sends_flowers_fedprox_key(flower_task: object) -> None:
