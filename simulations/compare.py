@@ -34,7 +34,13 @@ from server.tracking import (
     start_parent,
 )
 from simulations.federated import run_federated
-from simulations.simulate import QUICK_OVERRIDES, prepare_phantom, scenario_config
+from simulations.simulate import (
+    QUICK_OVERRIDES,
+    any_scenario,
+    phantom_path,
+    scenario_config,
+    write_phantom,
+)
 
 log = logging.getLogger("hepafed.progress")
 
@@ -60,20 +66,21 @@ def compare(
     names = list(dict.fromkeys(m.strip() for m in methods if m.strip()))
     if not names:
         raise ValueError("--compare names no method; e.g. --compare fedavg,fedbn,bn-adapt")
-    for name in names:  # a typo fails before any phantom is generated or model trained
-        try:
-            method_config(RunConfig(), name)
-        except ValueError as e:
-            raise ValueError(f"--compare method {name!r}: {e}") from e
     require_backend(RunConfig().replace(dict(overrides or {})))
-    spec, phantom_dir = prepare_phantom(scenario, data_dir)
+    spec = any_scenario(scenario)
     out_dir = out_dir or Path("runs") / f"compare-{spec.name}-{datetime.now():%Y%m%d-%H%M%S}"
     settings = {
         "eval.every-round": False,
         **(QUICK_OVERRIDES if quick else {}),
         **(overrides or {}),
     }
-    base = scenario_config(spec, phantom_dir, data_dir, out_dir, settings)
+    base = scenario_config(spec, phantom_path(spec, data_dir), data_dir, out_dir, settings)
+    for name in names:  # a typo fails before any phantom is generated or model trained
+        try:
+            method_config(base, name)
+        except ValueError as e:
+            raise ValueError(f"--compare method {name!r}: {e}") from e
+    write_phantom(spec, data_dir)
     if base.eval.design != "holdout":
         raise ValueError(
             f"eval.design = {base.eval.design.value!r}: --compare evaluates the holdout design"

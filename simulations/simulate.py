@@ -142,16 +142,28 @@ AnyScenario = Scenario | MriScenario
 def prepare_phantom(scenario: str | Path, data_dir: Path) -> tuple[AnyScenario, Path]:
     """The scenario (CT, or MRI: ``simulations.mri_scenario``) and its phantom folder,
     generated unless already on disk."""
-    spec: AnyScenario
-    if is_mri_scenario(scenario):
-        spec = load_mri_scenario(scenario)
-        phantom_dir = data_dir / "phantom" / f"{spec.name}-seed{spec.seed}"
+    spec = any_scenario(scenario)
+    return spec, write_phantom(spec, data_dir)
+
+
+def any_scenario(scenario: str | Path) -> AnyScenario:
+    """A CT or MRI scenario (bundled name or file), loaded and checked, nothing written."""
+    return load_mri_scenario(scenario) if is_mri_scenario(scenario) else load_scenario(scenario)
+
+
+def phantom_path(spec: AnyScenario, data_dir: Path) -> Path:
+    """Where ``spec``'s phantom lives under ``data_dir`` (one folder per name and seed)."""
+    return data_dir / "phantom" / f"{spec.name}-seed{spec.seed}"
+
+
+def write_phantom(spec: AnyScenario, data_dir: Path) -> Path:
+    """``spec``'s phantom folder under ``data_dir``, generated unless already on disk."""
+    phantom_dir = phantom_path(spec, data_dir)
+    if isinstance(spec, MriScenario):
         generate_mri_phantom(spec, phantom_dir)
-        return spec, phantom_dir
-    spec = load_scenario(scenario)
-    phantom_dir = data_dir / "phantom" / f"{spec.name}-seed{spec.seed}"
-    generate_phantom(spec, phantom_dir)
-    return spec, phantom_dir
+    else:
+        generate_phantom(spec, phantom_dir)
+    return phantom_dir
 
 
 def modality_settings(spec: AnyScenario, settings: Mapping[str, Any]) -> dict[str, Any]:
