@@ -77,6 +77,11 @@ class SeedSite(ReportModel):
     model: str = Field(description=MODEL)
     role: Role = Field(description=ROLE)
     auc: SeedAucFigure = Field(description="The site's AUC in each seed and combined.")
+    macro_auc: SeedAucFigure | None = Field(
+        default=None,
+        description="Task lesion-type: the site's three-way macro (one-vs-rest) AUC in each "
+        "seed and combined (auc above is its benign vs malignant view).",
+    )
 
 
 class SeedPooled(ReportModel):

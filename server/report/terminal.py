@@ -139,6 +139,11 @@ def training_noise_lines(report: dict[str, Any]) -> list[str]:
         "between-seed sd, test-sampling se",
     ]
     figures = [(f"{s['site']} ({s['model']})", s["auc"], "") for s in block["sites"]]
+    figures += [
+        (f"{s['site']} ({s['model']}) macro", s["macro_auc"], "")
+        for s in block["sites"]
+        if s.get("macro_auc")
+    ]
     figures += [(f"pooled {k}", block["pooled"][k], "") for k in ("internal", "external")]
     figures += [("pooled internal - external", block["pooled"]["difference"], "+")]
     figures += [(f"gap at {g['site']} ({g['model']})", g["gap"], "+") for g in block["gaps"]]

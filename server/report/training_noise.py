@@ -8,7 +8,8 @@ splits. Every seed's report is built as usual; this module combines them into th
 - per site and model: the AUC of each seed, their mean, the mean test-sampling
   (DeLong) standard error, the between-seed standard deviation and an interval that
   includes both (``common.stats.seeds``: mean-over-seeds estimand, variance
-  ``U + B / S``, Satterthwaite df);
+  ``U + B / S``, Satterthwaite df); for ``lesion-type`` the three-way macro AUC the
+  same way (its variance from the classes' covariance, ``common.stats.multiclass``);
 - the pooled internal and external AUC and their difference, combined the same way
   from each seed's pooled estimate and its standard error (a seed's federated model
   serves every site, so training noise is shared across sites: combining per seed
@@ -121,8 +122,14 @@ def training_noise(
                 keys.append(key)
                 roles[key] = r["role"]
     by_seed = [{(r["site"], r["model"]): r for r in d["sites"]} for d in docs]
-    sites = [
-        {
+    # lesion-type: each site's three-way macro AUC too (the rows above are its binary view)
+    three_way = [
+        {(r["site"], r["model"]): r for r in (d.get("lesion_type") or {}).get("sites", [])}
+        for d in docs
+    ]
+    sites = []
+    for site, model in keys:
+        entry: dict[str, Any] = {
             "site": site,
             "model": model,
             "role": roles[(site, model)],
@@ -132,8 +139,12 @@ def training_noise(
                 level,
             ),
         }
-        for site, model in keys
-    ]
+        if any(three_way):
+            macro = [
+                _value(rows.get((site, model), {}).get("macro"), "variance") for rows in three_way
+            ]
+            entry["macro_auc"] = _combined(seeds, macro, level)
+        sites.append(entry)
     pooled = {
         role: _combined(
             seeds, [_value((d["pooled"].get(role) or {}).get("auc"), "se") for d in docs], level

@@ -333,3 +333,38 @@ def test_a_malignancy_report_has_no_three_way_block_section_or_lines() -> None:
     validate(report)
     assert 'id="lesion-type"' not in render_html(report)
     assert "three-way" not in format_summary(report)
+
+
+def test_training_noise_combines_each_sites_macro_auc_over_seeds() -> None:
+    """`--seeds N` on lesion-type: each site's macro AUC per seed, combined like the AUC
+    (common.stats.seeds.combine_seeds: mean, U + B/S); a malignancy run has none."""
+    from common.stats import combine_seeds
+    from server.report.training_noise import combined_report
+
+    second = built(
+        [
+            Evaluation("global", "a", "internal", "test", three_way(11)[0]),
+            Evaluation("global", "b", "internal", "test", three_way(12, signal=1.0)[0]),
+            Evaluation("global", "c", "internal", "test", C),
+            Evaluation("global", "e", "external", "test", three_way(13, signal=0.7)[0]),
+            Evaluation("global", "f", "external", "test", E2),
+        ]
+    )
+    doc = combined_report([(2026, REPORT), (2027, second)], ["seed-2026", "seed-2027"])
+    validate(doc)
+    rows = {r["site"]: r for r in doc["training_noise"]["sites"]}
+    for name in ("a", "b", "e", "f"):
+        macros = [
+            next(r["macro"] for r in d["lesion_type"]["sites"] if r["site"] == name)
+            for d in (REPORT, second)
+        ]
+        figure = rows[name]["macro_auc"]
+        assert figure["per_seed"] == pytest.approx([m["estimate"] for m in macros])
+        c = combine_seeds([m["estimate"] for m in macros], [m["variance"] for m in macros])
+        assert figure["combined"]["estimate"] == pytest.approx(c.estimate)
+        assert figure["combined"]["se"] == pytest.approx(c.se)
+    assert rows["c"]["macro_auc"]["combined"] is None  # insufficient in both seeds
+    assert "a (global) macro" in format_summary(doc)
+    assert "global, macro" in render_html(doc)
+    plain = combined_report([(1, built(evaluations(), "lesion-malignancy"))] * 2, ["x", "y"])
+    assert all("macro_auc" not in r for r in plain["training_noise"]["sites"])

@@ -74,9 +74,14 @@ def read_training_noise(ctx: Context) -> TrainingNoiseSection | None:
     if not isinstance(block, Mapping):
         return None
     seeds = tuple(int(s) for s in block.get("seeds") or [])
+    rows = records(block.get("sites"))
     sites = tuple(
         _row(text(r.get("site")), text(r.get("model")), text(r.get("role")), r.get("auc"))
-        for r in records(block.get("sites"))
+        for r in rows
+    ) + tuple(  # lesion-type: the three-way macro AUC (the rows above: benign vs malignant)
+        _row(text(r.get("site")), f"{text(r.get('model'))}, macro", text(r.get("role")), macro)
+        for r in rows
+        if (macro := r.get("macro_auc"))
     )
     pooled_block = mapping(block.get("pooled"))
     pooled = tuple(
