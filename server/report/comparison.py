@@ -16,21 +16,39 @@ where the baseline has a gap: a positive mean larger than its seed-to-seed
 standard deviation (a ratio to a gap of about zero says nothing); a gap halved
 because the method's internal AUC fell by more than the baseline's seed sd
 does not meet the target.
+
+Three-class summaries (task ``lesion-type``: ``class_n`` / ``class_auc``) add the
+three-way view (``server.report.lesion_type``), per role over the sites that sent
+their one-vs-rest (OvR) AUCs: per class the OvR AUC (one site: its own; several:
+random-effects pooled on the logit scale, ``ovr_pooled`` with ``eval.pooling``,
+``eval.hartung-knapp``), and the macro AUC, the mean of the three. With one site the
+macro AUC is that site's ``macro_auc`` with its CI; with several it is the mean of the
+three pooled class AUCs, an estimate without CI (lo/hi null): the classes share
+patients, and their covariance is not carried through pooling. The macro is null when
+a class has no pooled AUC. Other tasks' comparisons have none of these keys.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from common.stats import AUCResult
 from common.summary import SiteSummary
 from server.designs import EXTERNAL, INTERNAL, Evaluation
+from server.report.lesion_type import (
+    CLASSES,
+    K,
+    has_aucs,
+    has_classes,
+    pooled_role,
+    site_macro,
+)
 from server.report.pooling import difference, pooled_block
 from server.report.settings import ReportSettings
-from server.report.site_statistics import auc_se
+from server.report.site_statistics import auc_se, json_float
 
 COMPARISON_VERSION = "1.0"
 
@@ -63,8 +81,39 @@ def _pooled(summaries: Mapping[str, SiteSummary], cfg: ReportSettings) -> dict[s
     }
 
 
-def method_result(evaluations: Sequence[Evaluation], cfg: ReportSettings) -> dict[str, Any]:
-    """One method at one seed: pooled internal, external and the gap."""
+def is_three_way(evaluations: Iterable[Evaluation]) -> bool:
+    """Whether the summaries are three-class ones (class counts or OvR AUCs)."""
+    return any(e.summary.class_n or e.summary.class_auc for e in evaluations)
+
+
+def _three_way(
+    evaluations: Sequence[Evaluation], cfg: ReportSettings
+) -> tuple[dict[str, Any] | None, list[float | None]]:
+    """Macro AUC and the K per-class OvR AUCs over one role's sites (module docstring)."""
+    usable = [e for e in evaluations if has_classes(e.summary) and has_aucs(e.summary)]
+    classes: list[float | None] = [None] * K
+    if len(usable) == 1:
+        s = usable[0].summary
+        classes = [json_float(a) for a in s.class_auc]
+        site = site_macro(s, cfg)
+        if site is None:
+            return None, classes
+        return {**{k: site[k] for k in ("estimate", "lo", "hi")}, "k": 1}, classes
+    pooled = pooled_role(usable, cfg)  # None only when no site is usable
+    if pooled is None:
+        return None, classes
+    classes = [_estimate(c["auc"]) for c in pooled["per_class"]]
+    known = [c for c in classes if c is not None]
+    mean = statistics.fmean(known) if len(known) == K else None
+    return {"estimate": mean, "lo": None, "hi": None, "k": len(usable)}, classes
+
+
+def method_result(
+    evaluations: Sequence[Evaluation], cfg: ReportSettings, three_way: bool | None = None
+) -> dict[str, Any]:
+    """One method at one seed: pooled internal, external and the gap; with ``three_way``
+    (default: whether the summaries are three-class ones) also the macro and per-class
+    OvR AUCs of each role."""
     internal = {e.site: e.summary for e in evaluations if e.role == INTERNAL}
     external = {e.site: e.summary for e in evaluations if e.role == EXTERNAL}
     pooled_int, pooled_ext = _pooled(internal, cfg), _pooled(external, cfg)
@@ -77,6 +126,13 @@ def method_result(evaluations: Sequence[Evaluation], cfg: ReportSettings) -> dic
             pooled_ext["se"],
             cfg.level,
         )
+    if three_way is None:
+        three_way = is_three_way(evaluations)
+    extra: dict[str, Any] = {}
+    if three_way:
+        for role in (INTERNAL, EXTERNAL):
+            macro, classes = _three_way([e for e in evaluations if e.role == role], cfg)
+            extra[f"macro_{role}"], extra[f"class_{role}"] = macro, classes
     return {
         "internal": pooled_int,
         "external": pooled_ext,
@@ -89,6 +145,7 @@ def method_result(evaluations: Sequence[Evaluation], cfg: ReportSettings) -> dic
             }
             for e in sorted(evaluations, key=lambda e: e.site)
         },
+        **extra,
     }
 
 
@@ -114,9 +171,10 @@ def build_comparison(
     """The comparison document; ``methods``: name -> hook descriptions, in run order."""
     cfg = ReportSettings.from_flat(config)
     base = baseline if baseline in methods else next(iter(methods))
+    three_way = is_three_way(e for evals in per_seed.values() for e in evals)
     results: dict[str, dict[int, dict[str, Any]]] = {
         m: {
-            seed: method_result([e for e in evals if e.model == m], cfg)
+            seed: method_result([e for e in evals if e.model == m], cfg, three_way)
             for seed, evals in per_seed.items()
         }
         for m in methods
@@ -182,7 +240,9 @@ def build_comparison(
                 "gain_beats_seed_spread": bool(beats),
             },
         }
-    return {
+        if three_way:
+            out[m].update(_three_way_over_seeds(list(by_seed.values())))
+    doc: dict[str, Any] = {
         "comparison_version": COMPARISON_VERSION,
         "baseline": base,
         "baseline_external_sd": base_spread,
@@ -191,6 +251,20 @@ def build_comparison(
         "pooling": cfg.pooling,
         "methods": out,
     }
+    if three_way:
+        doc["classes"] = list(CLASSES)
+    return doc
+
+
+def _three_way_over_seeds(per_seed: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Mean and sd over seeds of the macro and per-class OvR AUCs of each role."""
+    out: dict[str, Any] = {}
+    for role in (INTERNAL, EXTERNAL):
+        out[f"macro_{role}_auc"] = _mean_sd([_estimate(r[f"macro_{role}"]) for r in per_seed])
+        out[f"class_{role}_auc"] = [
+            _mean_sd([r[f"class_{role}"][k] for r in per_seed]) for k in range(K)
+        ]
+    return out
 
 
 def _pm(block: Mapping[str, Any], digits: int = 3) -> str:
@@ -257,6 +331,8 @@ def comparison_markdown(doc: Mapping[str, Any], title: str, command: str) -> str
             f"| {_pm(m['gap'])} | {_fmt(vs['gap_ratio'], 2)} "
             f"| {_pm(vs['external_gain']) if name != base else '—'} | {target} |"
         )
+    if "classes" in doc:
+        lines += _three_way_markdown(doc)
     lines += [
         "",
         f"## Every seed ({pct} CIs)",
@@ -283,3 +359,28 @@ def comparison_markdown(doc: Mapping[str, Any], title: str, command: str) -> str
 
 def _fmt(x: float | None, digits: int = 3) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _three_way_markdown(doc: Mapping[str, Any]) -> list[str]:
+    """The three-way table: macro OvR AUC of each role and the external AUC of each class."""
+    classes = doc["classes"]
+    lines = [
+        "",
+        "## Three-way (macro one-vs-rest AUC)",
+        "",
+        f"Mean ± sd over seeds. Macro AUC: the mean of the {len(classes)} one-vs-rest AUCs "
+        f"({', '.join(classes)}). With one site of a role, that site's macro AUC; with "
+        f"several, the mean of each class's AUC pooled over them (random-effects, "
+        f"{doc['pooling']}, logit scale). Class columns: the external one-vs-rest AUC "
+        "(pooled as above).",
+        "",
+        "| method | internal macro AUC | external macro AUC | "
+        + " | ".join(f"external AUC: {c}" for c in classes)
+        + " |",
+        "|---|---|---|" + "---|" * len(classes),
+    ]
+    for name, m in doc["methods"].items():
+        cells = [_pm(m["macro_internal_auc"]), _pm(m["macro_external_auc"])]
+        cells += [_pm(c) for c in m["class_external_auc"]]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines

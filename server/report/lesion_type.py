@@ -60,7 +60,7 @@ ROLES = ("internal", "external")
 def lesion_type_block(primary: Sequence[Evaluation], cfg: ReportSettings) -> dict[str, Any]:
     """The ``lesion_type`` block of the report (module docstring) over the primary
     evaluations."""
-    pooled = {role: _pooled_role([e for e in primary if e.role == role], cfg) for role in ROLES}
+    pooled = {role: pooled_role([e for e in primary if e.role == role], cfg) for role in ROLES}
     return {
         "classes": list(CLASSES),
         "rule": RULE,
@@ -75,7 +75,7 @@ def lesion_type_block(primary: Sequence[Evaluation], cfg: ReportSettings) -> dic
 # ---- one site ------------------------------------------------------------------------------
 
 
-def _has_classes(s: SiteSummary) -> bool:
+def has_classes(s: SiteSummary) -> bool:
     """Whether the site sent the per-class part (every class big enough)."""
     return (
         not s.insufficient
@@ -84,7 +84,7 @@ def _has_classes(s: SiteSummary) -> bool:
     )
 
 
-def _has_aucs(s: SiteSummary) -> bool:
+def has_aucs(s: SiteSummary) -> bool:
     """Whether the per-class part holds the OvR AUCs and their covariance."""
     return len(s.class_auc) == K and len(s.class_auc_cov) == K * K
 
@@ -95,7 +95,7 @@ def _class_total(s: SiteSummary) -> int:
 
 def _class_auc(s: SiteSummary, k: int) -> AUCResult | None:
     """Class k's OvR AUC as a binary AUCResult; None where it or its variance is undefined."""
-    if not _has_aucs(s):
+    if not has_aucs(s):
         return None
     auc, var = float(s.class_auc[k]), float(s.class_auc_cov[k * K + k])
     if not (math.isfinite(auc) and 0.0 <= auc <= 1.0 and math.isfinite(var) and var >= 0.0):
@@ -159,8 +159,8 @@ def _per_class(s: SiteSummary, cfg: ReportSettings, k: int) -> dict[str, Any]:
     }
 
 
-def _macro(s: SiteSummary, cfg: ReportSettings) -> dict[str, Any] | None:
-    if not _has_aucs(s):
+def site_macro(s: SiteSummary, cfg: ReportSettings) -> dict[str, Any] | None:
+    if not has_aucs(s):
         return None
     ovr = ovr_result(s)
     if len(ovr.undefined) == K:
@@ -177,7 +177,7 @@ def _site(e: Evaluation, cfg: ReportSettings) -> dict[str, Any]:
         "role": e.role,
         "n": s.n,
         "class_n": [int(m) for m in s.class_n],
-        "insufficient": not _has_classes(s),
+        "insufficient": not has_classes(s),
         "per_class": [],
         "macro": None,
         "brier_multi": None,
@@ -189,7 +189,7 @@ def _site(e: Evaluation, cfg: ReportSettings) -> dict[str, Any]:
     rows = confusion_rows(s)
     out.update(
         per_class=[_per_class(s, cfg, k) for k in range(K)],
-        macro=_macro(s, cfg),
+        macro=site_macro(s, cfg),
         brier_multi=json_float(s.brier_multi),
         confusion=rows,
         suppressed=rows is not None and any(v is None for row in rows for v in row),
@@ -204,10 +204,10 @@ def _poolable(a: AUCResult | None) -> bool:
     return a is not None and 0.0 < a.auc < 1.0 and a.variance > 0.0
 
 
-def _pooled_role(evals: Sequence[Evaluation], cfg: ReportSettings) -> dict[str, Any] | None:
+def pooled_role(evals: Sequence[Evaluation], cfg: ReportSettings) -> dict[str, Any] | None:
     """Per-class pooled OvR AUC and the summed confusion matrix over ``evals``; None when
     no evaluation of the role has the per-class part."""
-    usable = [e for e in evals if _has_classes(e.summary)]
+    usable = [e for e in evals if has_classes(e.summary)]
     if not usable:
         return None
     aucs = np.full((len(usable), K), math.nan)
