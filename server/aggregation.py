@@ -206,8 +206,12 @@ class RoundAggregator:
         defer: bool = False,
         track_norms: bool = False,
         declared: Mapping[str, int] | None = None,
+        statistics: Iterable[str] = (),
     ) -> None:
         self.strategy, self.reference, self.compression = strategy, reference, compression
+        # normalisation statistics (BatchNorm running mean and variance): the sites' weighted
+        # mean, never a server optimiser's step (momentum can take a variance below zero)
+        self.statistics = frozenset(statistics)
         self.mode = aggregation_mode(strategy)
         # defer: the norm-outlier rule judges the round once every norm is in; updates are
         # still folded in their turn, and a copy of each waits on disk in case it is excluded
@@ -309,9 +313,14 @@ class RoundAggregator:
             # the server optimisers step from the weighted mean: hand it over as one reply
             metrics = MetricRecord({MetricKey.NUM_EXAMPLES.value: self.mean.total})
             content = RecordDict({RecordKey.ARRAYS: mean, RecordKey.METRICS: metrics})
-            return self.strategy.aggregate_train(
+            averaged = {k: mean[k] for k in self.statistics if k in mean}
+            stepped = self.strategy.aggregate_train(
                 server_round, [Message(content, reply_to=sent[0])]
             )[0]
+            if stepped is not None:  # in place: FedAvgM/FedAdam keep this record as theirs
+                for key, array in averaged.items():
+                    stepped[key] = array
+            return stepped
         finally:
             self.waiting.clear()
             self.copies.clear()

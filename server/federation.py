@@ -115,6 +115,10 @@ class Federation:
             raise FederationError(f"hooks.use = {','.join(cfg.hooks.use)!r}: {e}") from e
         # entries a hook keeps at the sites: never sent in training, never averaged
         self.local_keys = self.hooks.local_keys(probe)
+        # floating-point buffers (BatchNorm running statistics): averaged, never stepped
+        self.statistics_keys = frozenset(
+            name for name, b in probe.named_buffers() if b.is_floating_point()
+        )
         # pooled hook statistics, shared by every ``with_config`` view of this federation
         self.statistics_cache: dict[tuple[Any, ...], str] = {}  # (hooks, data, trainers) -> JSON
         self.model_statistics: dict[str, str] = {}  # model id -> combined JSON

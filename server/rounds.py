@@ -187,7 +187,7 @@ def train_round(
     declared = {s.name: s.n_train for s in federation.sites}  # caps each site's weight
     aggregator = RoundAggregator(
         strategy, shared, order, fed.compression, federation.recorder.run_dir, defer,
-        track_norms=True, declared=declared,
+        track_norms=True, declared=declared, statistics=federation.statistics_keys,
     )  # fmt: skip
     screen = RoundScreen(
         federation.cfg, federation.trust, aggregator, shared, order, rnd, model, declared=declared

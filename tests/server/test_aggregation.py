@@ -201,6 +201,44 @@ def test_server_optimisers_step_from_the_streamed_mean_as_from_all_replies(
         np.testing.assert_allclose(streamed[key].numpy(), stock[key].numpy(), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: fl.FedAdam(eta=0.1),
+        lambda: fl.FedAvgM(server_learning_rate=0.5, server_momentum=0.5),
+    ],
+)
+def test_normalisation_statistics_are_averaged_never_stepped(
+    make: Callable[[], fl.Strategy], tmp_path: Path
+) -> None:
+    """A server optimiser steps the weights only: a BatchNorm running variance is the
+    sites' weighted mean. Stepped with momentum, a variance falling round after round
+    overshoots below zero (what made FedAvgM's BatchNorm models NaN); the weights are
+    stepped exactly as Flower steps them."""
+    reference = _record({"w": np.ones(4, np.float32), "bn.running_var": np.ones(4, np.float32)})
+    sent = [
+        Message(RecordDict({"arrays": reference}), dst_node_id=1, message_type=MessageType.TRAIN)
+    ]
+    ours, stock = make(), make()
+    _prime(ours, reference)
+    _prime(stock, _record({k: v.numpy() for k, v in reference.items()}))
+    for rnd, value in enumerate((0.4, 0.1, 0.02, 0.01), start=1):
+        update = {
+            "w": np.full(4, value, np.float32),
+            "bn.running_var": np.full(4, value, np.float32),
+        }
+        aggregator = RoundAggregator(
+            ours, reference, ["site-a"], park_root=tmp_path, statistics={"bn.running_var"}
+        )
+        aggregator.accept("site-a", _message(update, 10))
+        result = aggregator.result(rnd, sent)
+        expected = stock.aggregate_train(rnd, [_message(update, 10)])[0]
+        assert result is not None and expected is not None
+        np.testing.assert_allclose(result["bn.running_var"].numpy(), value, rtol=1e-6)
+        np.testing.assert_allclose(result["w"].numpy(), expected["w"].numpy(), atol=1e-6)
+    assert float(expected["bn.running_var"].numpy()[0]) < 0.0 or isinstance(stock, fl.FedAdam)
+
+
 def test_robust_strategies_get_every_reply_in_site_order(tmp_path: Path) -> None:
     updates = _updates()
     result, aggregator = _aggregate(fl.FedMedian(), SITES[::-1], updates, tmp_path)
