@@ -37,6 +37,7 @@ from common.keys import (
     EvalDesign,
     Intensity,
     LrSchedule,
+    Norm,
     OptimizerName,
     PoolingMethod,
     PrivacyMode,
@@ -154,6 +155,7 @@ class RunConfig:
                 f"data.window-min = {self.data.window_min!r}"
             )
         _check_choice("data.intensity", self.data.intensity, Intensity)
+        _check_choice("model.norm", self.model.norm, Norm)
         if not 0.0 <= self.data.percentile_low < self.data.percentile_high <= 100.0:
             raise ConfigError(
                 f"data.percentile-low = {self.data.percentile_low!r} and data.percentile-high"

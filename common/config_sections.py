@@ -17,6 +17,7 @@ from common.keys import (
     EvalDesign,
     Intensity,
     LrSchedule,
+    Norm,
     OptimizerName,
     PoolingMethod,
     PrivacyMode,
@@ -72,6 +73,7 @@ class ModelConfig:
 
     name: str = ""
     width: int = 16  # channels of the first stage; later stages double
+    norm: Norm = Norm.BATCH  # classifiers: batch | group | instance (segmentation: its own)
 
 
 @dataclass(frozen=True)

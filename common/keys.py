@@ -199,6 +199,14 @@ class Compression(StrEnum):
     INT8 = "int8"  # block-scaled 8-bit update, error feedback
 
 
+class Norm(StrEnum):
+    """The classifier's normalisation layers (``model.norm``)."""
+
+    BATCH = "batch"  # BatchNorm: what fedbn, silobn, bn-adapt and tent act on
+    GROUP = "group"  # GroupNorm (8 groups): no running statistics, nothing to mismatch
+    INSTANCE = "instance"  # InstanceNorm with affine parameters, per case
+
+
 class Intensity(StrEnum):
     """How a channel's stored values become the model input on [0, 1] (``data.intensity``)."""
 

@@ -2,15 +2,41 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from monai.networks.nets import BasicUNet, DenseNet, ResNet, UNet
 from torch import nn
 
 from common.config import RunConfig
-from common.keys import LESION_CLASSES, Task
+from common.keys import LESION_CLASSES, Norm, Task, classifies
 
 Builder = Callable[[int, int, int], nn.Module]  # (spatial_dims, in_channels, width)
+GROUPS = 8  # GroupNorm groups (Wu & He 2018 use 32, too many for 16-channel stages)
+
+
+def with_norm(model: nn.Module, norm: str) -> nn.Module:
+    """``model`` with every BatchNorm layer replaced by ``model.norm``'s layer: GroupNorm
+    (gcd(8, channels) groups) or InstanceNorm with affine parameters, each initialised
+    as a fresh BatchNorm is (weight 1, bias 0). MONAI's ResNet takes a ``norm`` argument
+    but builds its residual stages and shortcuts with BatchNorm whatever it says, so the
+    layers are swapped after construction, the same way for every network."""
+    if norm == Norm.BATCH:
+        return model
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.modules.batchnorm._BatchNorm):
+                setattr(parent, name, _norm_layer(norm, child))
+    return model
+
+
+def _norm_layer(norm: str, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
+    c = bn.num_features
+    if norm == Norm.GROUP:
+        return nn.GroupNorm(math.gcd(GROUPS, c), c)
+    instance = {1: nn.InstanceNorm1d, 2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
+    dims = {nn.BatchNorm1d: 1, nn.BatchNorm2d: 2, nn.BatchNorm3d: 3}[type(bn)]
+    return instance[dims](c, affine=True)
 
 
 def _resnet(dims: int, in_ch: int, w: int, outputs: int = 1) -> nn.Module:
@@ -97,6 +123,12 @@ def build_model(cfg: RunConfig) -> nn.Module:
     if name not in builders:
         valid = ", ".join(repr(n) for n in builders)
         raise ModelError(f"model.name = {name!r} is not a {cfg.task} network; use one of {valid}")
+    if not classifies(cfg.task) and cfg.model.norm != Norm.BATCH:
+        raise ModelError(
+            f"model.norm = {cfg.model.norm.value!r} applies to the classification networks; "
+            f"the {name} of task {cfg.task.value!r} keeps its own normalisation"
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return builders[name](cfg.data.spatial_dims, len(cfg.data.channels), cfg.model.width)
+        model = builders[name](cfg.data.spatial_dims, len(cfg.data.channels), cfg.model.width)
+    return with_norm(model, cfg.model.norm)

@@ -212,3 +212,33 @@ def test_percentile_intensity_scales_each_image_by_its_own_percentiles(
         _cfg(**{"data.percentile-low": 99.0, "data.percentile-high": 1.0})
     with pytest.raises(ConfigError, match="data.intensity"):
         _cfg(**{"data.intensity": "zscore"})
+
+
+@pytest.mark.parametrize("task", ["lesion-malignancy", "lesion-type"])
+@pytest.mark.parametrize("name", ["resnet", "densenet"])
+def test_model_norm_swaps_every_batchnorm_layer(task: str, name: str) -> None:
+    """model.norm = group | instance leaves no BatchNorm anywhere (MONAI's ResNet builds
+    its stages with BatchNorm whatever its norm argument says), keeps the weights'
+    seeding, and the BatchNorm hooks refuse such a network by name."""
+    from common.hooks import HookError, HookSet
+
+    batch = build_model(_cfg(task=task, **{"model.name": name}))
+    for norm, kind in (("group", torch.nn.GroupNorm), ("instance", torch.nn.InstanceNorm2d)):
+        cfg = _cfg(task=task, **{"model.name": name, "model.norm": norm})
+        model = build_model(cfg)
+        norms = [m for m in model.modules() if "Norm" in type(m).__name__]
+        assert norms and all(isinstance(m, kind) for m in norms)
+        assert all(float(m.weight.detach().min()) == 1.0 for m in norms)
+        assert all(float(m.bias.detach().abs().max()) == 0.0 for m in norms)
+        convs = [k for k, v in batch.state_dict().items() if v.ndim == 4]  # conv kernels
+        same = [torch.equal(batch.state_dict()[k], model.state_dict()[k]) for k in convs]
+        assert convs and all(same)
+        assert not any("running_var" in k for k in model.state_dict())
+        out = model(torch.randn(2, 3, *crop_size(cfg.data, task)))
+        assert out.shape[0] == 2 and torch.isfinite(out).all()
+        with pytest.raises(HookError, match="fedbn"):
+            HookSet(cfg.replace({"hooks.use": "fedbn"})).check_model(model)
+    group = build_model(_cfg(task=task, **{"model.name": name, "model.norm": "group"}))
+    assert all(m.num_groups == 8 for m in group.modules() if isinstance(m, torch.nn.GroupNorm))
+    with pytest.raises(ModelError, match="model.norm = 'group' applies to the classification"):
+        build_model(_cfg(task="lesion-segmentation", **{"model.norm": "group"}))
