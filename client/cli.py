@@ -4,6 +4,7 @@
 ``hepafed site init NAME``        a site folder: key pair, node config and policy, templates
 ``hepafed site start``            the hospital's Flower SuperNode and its site executor
 ``hepafed site approve-app``      approve an app bundle by hash (revoke-app, list-apps)
+``hepafed site explain DIR``      Grad-CAM overlays of a run's model on the site's own cases
 
 The command lines come from ``client.node.supernode_command`` and
 ``client.node.executor_command``; ``site start`` supervises the two processes (when
@@ -46,6 +47,7 @@ from common.config import RunConfig
 from common.crypto import SITE_PRIVATE_KEY, public_key_fingerprint, warn_insecure
 from common.dicomweb import open_source
 from common.dicomweb_secrets import DicomWebConfigError
+from common.keys import Split
 from common.manifest import ManifestError, SiteManifest, inspect_site
 from common.processes import supervise, with_flower_on_path
 from common.signing import SERVER_PUBLIC_KEY
@@ -221,6 +223,35 @@ def cmd_site_list_apps(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_site_explain(args: argparse.Namespace) -> int:
+    """Write Grad-CAM overlays of a run's final model on this site's cases into its folder."""
+    from client.explain_cli import ExplainError, explain_site  # torch, MONAI: only when chosen
+    from common.badcases import BadCaseError, NoUsableCasesError
+    from common.weights import WeightsError
+
+    try:
+        done = explain_site(
+            Path(args.site_dir), Path(args.run), split=args.split,
+            out=Path(args.out) if args.out else None, max_cases=args.max_cases,
+            model_sha256=args.model_sha256 or "",
+            data_root=Path(args.data_root) if args.data_root else None,
+        )  # fmt: skip
+    except (ExplainError, ManifestError, BadCaseError, NoUsableCasesError, WeightsError) as e:
+        print(f"site explain: {e}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    print(f"model SHA-256 {done.model_sha256}")
+    if not args.model_sha256:
+        print(
+            "note: the checkpoint was not checked against the run's evidence: compare this "
+            "hash with report.json's provenance.model_sha256 (of a run `hepafed audit verify` "
+            "finds intact), or pass it as --model-sha256",
+            file=sys.stderr,
+        )
+    print(f"{done.cases} case(s) explained in {done.folder} (0700; sent nowhere)")
+    print(f"  open {done.folder / 'index.html'}")
+    return EXIT_OK
+
+
 def add_commands(sub: argparse._SubParsersAction[Any]) -> None:
     """Add ``site`` and its commands to the root's subparsers (``common.cli``)."""
     p = sub.add_parser("site", help="a hospital's commands")
@@ -286,3 +317,33 @@ def add_commands(sub: argparse._SubParsersAction[Any]) -> None:
     c = site_sub.add_parser("list-apps", help="the app bundles this site approved and revoked")
     c.add_argument("--keys", required=True, help="the site folder from `hepafed site init`")
     c.set_defaults(func=cmd_site_list_apps)
+
+    c = site_sub.add_parser(
+        "explain",
+        help="Grad-CAM overlays of a run's model on this site's cases, kept in the site folder",
+        description="Grad-CAM of a run's final model on a split of this site's cases, for its "
+        "clinicians: one PNG per case, index.html and explanations.json in "
+        "SITE_DIR/explanations/RUN_NAME/ (0700), sent nowhere. Classification runs with "
+        "data.spatial-dims = 2 only (a 3-D run is refused).",
+    )
+    c.add_argument("site_dir", help="the site folder holding manifest.csv")
+    c.add_argument("--run", required=True, help="the run folder (config.json, checkpoint.pt)")
+    c.add_argument("--split", default=Split.TEST.value, choices=[s.value for s in Split])
+    c.add_argument("--out", help="the output folder (default SITE_DIR/explanations/RUN_NAME)")
+    c.add_argument("--max-cases", type=_positive, help="explain the split's first N cases only")
+    c.add_argument(
+        "--model-sha256",
+        help="refuse a checkpoint whose model hash is not this one (report.json's "
+        "provenance.model_sha256, of a run whose audit trail verifies)",
+    )
+    c.add_argument(
+        "--data-root", help="a folder outside the site folder that manifest paths may lead to"
+    )
+    c.set_defaults(func=cmd_site_explain)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be >= 1")
+    return value

@@ -8,7 +8,8 @@ The ClientApp, the local-only and the pooled baselines all evaluate through
 The small-cell rule (``min_cell``, the site's ``policy.min-cell`` = k): calibration
 bins and intensity-histogram bins holding fewer than k cases are merged with their
 neighbours (``common.summary.small_cell_groups``), and the ROC grid moves in steps of
-k negatives and k positives (``coarse_rates``).
+k negatives and k positives (``coarse_rates``). With ``eval.saliency``, a classification
+summary adds the Grad-CAM shares of ``client.explain``, over at least k cases.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from monai.metrics import DiceMetric, compute_hausdorff_distance
 from torch import nn
 
+from client.explain import saliency_fields
 from client.policy import simulated_policy
 from common.badcases import listed
 from common.config import RunConfig
@@ -90,6 +92,8 @@ def summarize(
         summary = segmentation_summary(
             probs, data.masks, cfg.eval, hist_images, cfg.data.spacing_mm, k
         )
+    if cfg.eval.saliency and not summary.insufficient:  # Grad-CAM shares (client.explain)
+        summary = replace(summary, **saliency_fields(model, data, cfg, compute, k))
     # cases left out under data.on-bad-case = skip: their count and first ids reach the report
     return replace(summary, skipped=len(data.skipped), skipped_ids=listed(data.skipped))
 

@@ -5,8 +5,9 @@ A deployed site's protections are its own, set under ``[policy]`` in its
 to ``policy.*`` node-config keys) and enforced by the ClientApp whatever the run
 config asks: signed models, a privacy floor and budget (with a ledger kept in the
 site's ``state-dir`` across runs), minimum counts and the small-cell rule
-(``min-cell``), caps on every summary's size, resource limits, where patient crops
-are cached, and which hook code may be imported. A request beyond the policy is a
+(``min-cell``), caps on every summary's size, whether Grad-CAM saliency shares may
+leave (``saliency``), resource limits, where patient crops are cached, and which hook
+code may be imported. A request beyond the policy is a
 ``PolicyRefusal`` naming the run-config key, the value asked and the site's limit.
 
 A simulated site (no ``site-dir`` in its node config) gets ``simulated_policy``:
@@ -16,7 +17,6 @@ one that matches the run, with its state in the run folder.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -28,7 +28,9 @@ from flwr.common.constant import ErrorCode
 
 from client.message_config import named_hooks, run_config
 from common.config import ConfigError, RunConfig
-from common.keys import RECALIBRATION_LIMIT, NodeKey, PrivacyMode, RecordKey, choices
+from common.files import private_folder as private_folder  # re-exported (client.site, ledger)
+from common.files import restrict_tree as restrict_tree
+from common.keys import RECALIBRATION_LIMIT, NodeKey, PrivacyMode, RecordKey, choices, classifies
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,7 @@ class SitePolicy:
     # a recalibration (eval.recalibration = a, b) only with 1/m <= b <= m and |a| <= m; 0: none.
     # A steep map would turn the recalibrated sums into 2x2 tables at any threshold
     max_recalibration: float = RECALIBRATION_LIMIT
+    saliency: bool = True  # send eval.saliency's Grad-CAM shares (means over >= min-cell cases)
     max_memory_mb: float = 8192.0  # ceiling of the estimated size of the site's loaded tensors
     state_dir: str = ""  # the site's own folder for state kept across runs (the DP ledger)
     cache_dir: str = ""  # where this site caches preprocessed crops; "": nowhere
@@ -193,6 +196,11 @@ class SitePolicy:
         }  # fmt: skip
         problems += [_limit(k, v, pk, lim) for k, (v, pk, lim) in ceilings.items() if v > lim]
         problems += self.recalibration_problems(ev.recalibration)
+        if ev.saliency and not self.saliency and classifies(cfg.task):
+            problems.append(
+                "eval.saliency = true: this site sends no Grad-CAM saliency shares "
+                f"({PREFIX}saliency = false); run with eval.saliency = false"
+            )
         problems += self.hook_problems(cfg.hooks.use)
         return problems
 
@@ -315,25 +323,6 @@ def tensor_megabytes(cfg: RunConfig, n_cases: int) -> float:
     for side in crop_size(cfg.data, cfg.task):
         voxels *= side
     return n_cases * (len(cfg.data.channels) + 1) * voxels * BYTES_PER_VOXEL / 2**20
-
-
-def private_folder(path: Path) -> Path:
-    """Create ``path`` (and parents) if needed, owner-only (0700); return it."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(path, 0o700)
-    return path
-
-
-def restrict_tree(root: Path) -> None:
-    """Make ``root`` and every folder under it 0700, every file 0600 (cached patient crops)."""
-    if not root.is_dir():
-        return
-    os.chmod(root, 0o700)
-    for folder, dirs, files in os.walk(root):
-        for name in dirs:
-            os.chmod(Path(folder) / name, 0o700)
-        for name in files:
-            os.chmod(Path(folder) / name, 0o600)
 
 
 def policy_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:

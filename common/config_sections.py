@@ -122,6 +122,9 @@ class EvalConfig:
     pooling: PoolingMethod = PoolingMethod.REML  # random-effects tau^2 estimator: REML | DL | PM
     hartung_knapp: bool = False  # t-based pooled CIs (Hartung-Knapp) instead of z
     margin: float = 0.05  # flag a site whose AUC falls more than this below pooled internal
+    # classification: sites also send the mean share of Grad-CAM mass inside the lesion mask
+    # and its chance level (the mask's share), over >= policy.min-cell cases (client.explain)
+    saliency: bool = False
 
 
 @dataclass(frozen=True)

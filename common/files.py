@@ -4,7 +4,8 @@ One writer for every state and record file (run records, checkpoints, the report
 signature, the audit head, a site's approvals and privacy ledger): the content goes to
 ``NAME.tmp`` in the same folder, is flushed and fsynced, renamed over ``NAME`` (atomic on
 POSIX), and the folder is fsynced so the rename survives a power cut. A failed write
-removes its temporary file and leaves ``NAME`` as it was.
+removes its temporary file and leaves ``NAME`` as it was. Folders that hold patient data
+(cached crops, explanations) are owner-only: ``private_folder``, ``restrict_tree``.
 """
 
 from __future__ import annotations
@@ -52,3 +53,22 @@ def write_atomic(path: Path, data: bytes | str, mode: int | None = None) -> None
     """Replace ``path`` with ``data`` (text is written as UTF-8), atomically and durably."""
     with atomic_file(path, mode) as f:
         f.write(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def private_folder(path: Path) -> Path:
+    """Create ``path`` (and parents) if needed, owner-only (0700); return it."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+    return path
+
+
+def restrict_tree(root: Path) -> None:
+    """Make ``root`` and every folder under it 0700, every file 0600 (cached patient crops)."""
+    if not root.is_dir():
+        return
+    os.chmod(root, 0o700)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            os.chmod(Path(folder) / name, 0o700)
+        for name in files:
+            os.chmod(Path(folder) / name, 0o600)

@@ -30,6 +30,10 @@ cell), OvR AUCs with their covariance, per-class calibration bins and the multic
 Brier score (``client.evaluation_multiclass``); its binary view (benign vs malignant)
 fills the binary fields.
 
+With ``eval.saliency`` a classification summary adds two means and a count (``saliency-lesion``,
+``saliency-chance``, ``saliency-n``): where the model's Grad-CAM evidence lies relative to
+the lesion, over at least the site's ``min-cell`` cases; the maps themselves stay at the site.
+
 ``SiteSummary.to_record`` / ``from_record`` are the one encoding both sides use
 (a Flower ``MetricRecord`` holds numbers and lists of numbers).
 """
@@ -74,6 +78,8 @@ SCALAR_KEYS = {
     "dice_q3": "dice-q3",
     "hd95_mean": "hd95",
     "brier_multi": "brier-multi",
+    "saliency_lesion": "saliency-lesion",
+    "saliency_chance": "saliency-chance",
 }
 
 SUPPRESSED_CELL = -1  # a confusion-matrix cell sent as this was not disclosed (small cell)
@@ -165,6 +171,12 @@ class SiteSummary:
     class_cal_sum_p: tuple[float, ...] = ()
     class_cal_sum_y: tuple[int, ...] = ()
     brier_multi: float | None = None  # mean over cases of sum_k (p_k - [y = k])^2
+    # eval.saliency (client.explain): over saliency_n cases (>= the site's min-cell), the mean
+    # share of Grad-CAM mass inside the lesion mask, and the mean share of the image the mask
+    # covers (the share a map spread evenly would give: the chance level)
+    saliency_lesion: float | None = None
+    saliency_chance: float | None = None
+    saliency_n: int = 0
     # data.on-bad-case = skip: cases left out of ``n``, and the first MAX_LISTED of their ids
     skipped: int = 0
     skipped_ids: tuple[str, ...] = ()
@@ -185,6 +197,8 @@ class SiteSummary:
         out.update({k: float(v) for k, v in scalars.items() if v is not None and math.isfinite(v)})
         if self.hd95_n:
             out["hd95-n"] = self.hd95_n
+        if self.saliency_n:
+            out["saliency-n"] = self.saliency_n
         if self.tables:
             out["thresholds"] = [t.threshold for t in self.tables]
             for cell in ("tp", "fp", "fn", "tn"):
@@ -270,6 +284,7 @@ class SiteSummary:
             recal_sum_p=tuple(seq("recal-sum-p")),
             recal_sum_sq=tuple(seq("recal-sum-sq")),
             hd95_n=int(r.get("hd95-n", 0)),
+            saliency_n=int(r.get("saliency-n", 0)),
             hist_counts=hist,
             emb_mean=emb_mean,
             emb_cov=cov,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,11 +27,13 @@ import torch
 from common.config import RunConfig
 from common.files import atomic_file, write_atomic
 from common.keys import GLOBAL_MODEL
+from common.run_files import CHECKPOINT_FILE as CHECKPOINT_FILE  # re-exported: one definition
+from common.run_files import CONFIG_FILE, checkpoint_name
+from common.run_files import load_checkpoint as load_checkpoint
+from common.run_files import read_config as read_config
 from server import tracking
 
-CONFIG_FILE = "config.json"
 ROUNDS_FILE = "rounds.jsonl"
-CHECKPOINT_FILE = "checkpoint.pt"
 EVALUATIONS_FILE = "evaluations.json"
 
 
@@ -116,30 +117,12 @@ class RunRecorder:
         return path
 
 
-def checkpoint_name(model: str) -> str:
-    """checkpoint.pt for the global model, checkpoint-MODEL.pt (file-safe) for others."""
-    if model == GLOBAL_MODEL:
-        return CHECKPOINT_FILE
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", model)
-    return f"checkpoint-{safe}.pt"
-
-
 def read_evaluations(run_dir: Path | str) -> list[dict[str, Any]]:
     """The final evaluations of a run (``RunRecorder.write_evaluations``)."""
     return list(json.loads((Path(run_dir) / EVALUATIONS_FILE).read_text(encoding="utf-8")))
-
-
-def read_config(run_dir: Path | str) -> dict[str, Any]:
-    """RUN_DIR/config.json: ``{"config": flat run config, "sites": [...]}``."""
-    return dict(json.loads((Path(run_dir) / CONFIG_FILE).read_text(encoding="utf-8")))
 
 
 def read_rounds(run_dir: Path | str) -> list[dict[str, Any]]:
     """All records of ``rounds.jsonl`` in order."""
     lines = (Path(run_dir) / ROUNDS_FILE).read_text(encoding="utf-8").splitlines()
     return [json.loads(line) for line in lines if line.strip()]
-
-
-def load_checkpoint(path: Path | str) -> dict[str, Any]:
-    """A checkpoint written by ``RunRecorder.checkpoint``."""
-    return torch.load(Path(path), map_location="cpu", weights_only=True)

@@ -27,7 +27,10 @@ MAX_JSON_CHARS = 1_000_000  # a site's JSON text (acquisition summary, hook stat
 
 CLASS_CAL_KEYS = ("class-cal-count", "class-cal-sum-p", "class-cal-sum-y")
 # evaluation summary keys (``common.summary.SiteSummary.to_record``) that count cases
-SUMMARY_COUNTS = ("num-examples", "n", "n-pos", "n-neg", "hd95-n", SKIPPED_CASES)
+SUMMARY_COUNTS = ("num-examples", "n", "n-pos", "n-neg", "hd95-n", "saliency-n", SKIPPED_CASES)
+# evaluation summary keys that are shares of a whole (``client.explain``: Grad-CAM mass in
+# the lesion, the lesion's share of the image)
+SUMMARY_SHARES = ("saliency-lesion", "saliency-chance")
 SUMMARY_COUNT_LISTS = (
     "tp", "fp", "fn", "tn", "cal-count", "cal-sum-y",
     "class-n", "class-pred", "class-correct", "class-cal-count", "class-cal-sum-y",
@@ -112,9 +115,9 @@ def summary_problem(record: Mapping[str, Any], max_cases: int) -> str | None:
     """Why an evaluation summary (a ``SiteSummary`` MetricRecord) cannot be believed, or None.
 
     Every value finite; every case count a whole number from 0 to ``max_cases`` (the
-    cases the site declared when it joined); positives, negatives and each 2x2 table
-    no more than ``n``; per-class counts (``class-n``) adding up to ``n``; each
-    confusion cell a count or -1 (suppressed).
+    cases the site declared when it joined); saliency shares in [0, 1]; positives,
+    negatives, saliency cases and each 2x2 table no more than ``n``; per-class counts
+    (``class-n``) adding up to ``n``; each confusion cell a count or -1 (suppressed).
     """
     problem = metrics_problem(record)
     if problem is not None:
@@ -140,8 +143,12 @@ def summary_problem(record: Mapping[str, Any], max_cases: int) -> str | None:
         problem = count_problem(f"hist[{i}]", value, MAX_INT, limit_name="the int64 range")
         if problem is not None:
             return problem
+    for key in SUMMARY_SHARES:  # finite numbers (metrics_problem), maybe a list
+        value = record.get(key, 0.0)
+        if isinstance(value, list | tuple) or not 0.0 <= value <= 1.0:
+            return f"{key} = {_show(value)}: a share, must be one number in [0, 1]"
     n = record.get("n", 0)
-    for key in ("n-pos", "n-neg"):
+    for key in ("n-pos", "n-neg", "saliency-n"):
         if record.get(key, 0) > n:
             return f"{key} = {record[key]!r} exceeds n = {n!r}"
     cells = [_as_list(record.get(c, [])) for c in ("tp", "fp", "fn", "tn")]

@@ -37,6 +37,7 @@ print(json.dumps([sorted(tops & set({heavy!r})), server]))
         ["site", "init", "--help"],
         ["site", "start", "--help"],
         ["site", "approve-app", "--help"],
+        ["site", "explain", "--help"],
         ["server", "start", "--help"],
         ["server", "register-site", "--help"],
         ["certs", "init", "--help"],
