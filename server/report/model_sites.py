@@ -1,5 +1,5 @@
 """The report's per-evaluation rows: the per-site table (``sites``) and the model x site
-matrix (``matrix``), with their 2x2 tables, calibration, drift and skipped cases.
+matrix (``matrix``), with their 2x2 tables, calibration, saliency, drift and skipped cases.
 
 ``server.report.site_statistics``, ``server.report.drift`` and
 ``server.report.design_body`` write them.
@@ -119,6 +119,29 @@ class Calibration(CalibrationMeasures):
     )
 
 
+class Saliency(ReportModel):
+    """Where the model looks at the site (eval.saliency = true, where the site's policy
+    allows it): Grad-CAM of the model's last convolutional stage, upsampled to the input by
+    MONAI's interpolation, compared with the lesion mask, each share averaged over the site's
+    cases. Absent when the run did not ask for it or the site did not send it."""
+
+    in_lesion: Probability | None = Field(
+        description="Mean over the cases of the share of the saliency map's total inside the "
+        "lesion mask, on [0, 1]."
+    )
+    chance: Probability | None = Field(
+        description="Chance level: mean over the same cases of the share of the image the "
+        "lesion covers, on [0, 1] (high on lesion-centred crops); a map spread evenly over "
+        "the image puts this share in the lesion."
+    )
+    n: Count = Field(description="Cases the two means are over.")
+    ratio: NonNegative | None = Field(
+        description="in_lesion / chance (unitless): near 1, the model looks at the lesion no "
+        "more than at random places of the crop; well above 1, it concentrates on the "
+        "lesion. Null when the chance level is 0 or unknown."
+    )
+
+
 # a drift measure -> the measures that come with it (``server.report.drift`` writes each
 # group whole: the histogram distances together, the embedding distances together)
 DRIFT_GROUPS: dict[str, tuple[str, ...]] = {
@@ -194,7 +217,7 @@ class Reference(ReportModel):
 
 
 # what a row with too few cases leaves out: it has counts only
-STATISTICS = ("auc", "thresholds", "calibration", "dice", "hd95_mm")
+STATISTICS = ("auc", "thresholds", "calibration", "dice", "hd95_mm", "saliency")
 
 
 def _counts_only() -> JsonDict:
@@ -249,6 +272,12 @@ class SiteRow(ReportModel):
     dice: Omittable[Dice] = Field(None, description="Dice summary (segmentation).")
     hd95_mm: Omittable[Hd95] = Field(
         None, description="HD95 summary in millimetres (segmentation)."
+    )
+    saliency: Omittable[Saliency] = Field(
+        None,
+        description="Where the model looks: Grad-CAM saliency inside the lesion against the "
+        "chance level (eval.saliency = true, where the site's policy allows it); absent "
+        "otherwise.",
     )
     drift: Drift = Field(description="Distribution shift against the reference sites.")
     reference: Reference | None = Field(

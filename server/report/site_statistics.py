@@ -1,6 +1,7 @@
 """One evaluation's statistics, no pooling: AUC (DeLong CI), the 2x2 accuracy measures
-(Wilson and log intervals) at every threshold, calibration, Dice; and the JSON-safe
-number helpers the report's modules share (NaN and infinities become null)."""
+(Wilson and log intervals) at every threshold, calibration, Dice, where the model looks
+(Grad-CAM saliency in the lesion); and the JSON-safe number helpers the report's modules
+share (NaN and infinities become null)."""
 
 from __future__ import annotations
 
@@ -116,7 +117,23 @@ def site_statistics(s: SiteSummary, cfg: ReportSettings) -> dict[str, Any]:
             "q3": json_float(s.dice_q3),
         }
         out["hd95_mm"] = {"mean": json_float(s.hd95_mean), "n": s.hd95_n}
+    if s.saliency_lesion is not None:
+        out["saliency"] = saliency(s)
     return out
+
+
+def saliency(s: SiteSummary) -> dict[str, Any]:
+    """Where the model looks (eval.saliency): the mean share of its saliency inside the
+    lesion, the chance level (the mean share of the image the lesion covers), and their
+    ratio (null when the chance level is 0 or either share is unknown)."""
+    in_lesion, chance = json_float(s.saliency_lesion), json_float(s.saliency_chance)
+    ratio = in_lesion / chance if in_lesion is not None and chance else None
+    return {
+        "in_lesion": in_lesion,
+        "chance": chance,
+        "n": s.saliency_n,
+        "ratio": json_float(ratio),
+    }
 
 
 def _interval_se(est: float | None, se: float | None, level: float) -> dict[str, Any]:

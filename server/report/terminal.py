@@ -46,6 +46,7 @@ def format_summary(report: dict[str, Any]) -> str:
         if text := skipped_text(r):
             lines.append(f"{r['site']} ({r['model']}): {text}, not in n (data.on-bad-case = skip)")
     lines += recalibrated_lines(report)
+    lines += saliency_lines(report)
     lines.append("")
     pooled = report["pooled"]
     for role in ("internal", "external"):
@@ -194,6 +195,22 @@ def recalibration_text(recal: dict[str, Any]) -> str:
         f"b = {recal['slope']:.3f}, fitted on {recal['n']} validation cases of "
         f"{'site' if len(sites) == 1 else 'sites'} {', '.join(sites)}"
     )
+
+
+def saliency_lines(report: dict[str, Any]) -> list[str]:
+    """Each site's Grad-CAM saliency share in the lesion against chance (eval.saliency)."""
+    lines = []
+    for r in report["sites"]:
+        if sal := r.get("saliency"):
+            lines.append(
+                f"{r['site']} ({r['model']}): saliency in lesion {_pct(sal['in_lesion'])} vs "
+                f"chance {_pct(sal['chance'])}, ratio {_fmt(sal['ratio'], 2)} (n = {sal['n']})"
+            )
+    return lines
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
 def recalibrated_lines(report: dict[str, Any]) -> list[str]:

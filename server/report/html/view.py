@@ -12,6 +12,7 @@ values, format numbers and choose between fixed texts.
 - ``view_summary``: masthead, reading guide, summary cards, flags;
 - ``view_training_noise``: several seeds combined (``--seeds N``);
 - ``view_sites``: the per-site table and the threshold choices;
+- ``view_saliency``: where the model looks (Grad-CAM saliency in the lesion);
 - ``view_recalibration``: each model's recalibration, and calibration before and after;
 - ``view_forest``: the forest plots;
 - ``view_pooled``: internal vs external (difference, gaps, folds);
@@ -49,6 +50,7 @@ from server.report.html.view_provenance import (
     read_privacy,
     read_provenance,
 )
+from server.report.html.view_saliency import SaliencySection, read_saliency
 from server.report.html.view_sites import SitesSection, read_sites
 from server.report.html.view_summary import (
     FlagItem,
@@ -75,6 +77,7 @@ class Page:
     training_noise: TrainingNoiseSection | None  # None: a single run
     flags: tuple[FlagItem, ...]
     sites: SitesSection
+    saliency: SaliencySection | None  # None: no site row has saliency
     forest: ForestSection
     internal_external: InternalExternal
     lesion_type: LesionTypeSection | None  # None: a task other than lesion-type
@@ -98,6 +101,7 @@ def read_page(report: Mapping[str, Any]) -> Page:
         training_noise=read_training_noise(ctx),
         flags=read_flags(ctx),
         sites=read_sites(ctx),
+        saliency=read_saliency(ctx),
         forest=read_forest(ctx, ids),
         internal_external=read_internal_external(ctx),
         lesion_type=read_lesion_type(ctx),
