@@ -161,6 +161,8 @@ class RunConfig:
                 f"data.percentile-low = {self.data.percentile_low!r} and data.percentile-high"
                 f" = {self.data.percentile_high!r}: need 0 <= low < high <= 100"
             )
+        if not 0.0 <= self.data.context_mm <= 1000.0:
+            raise ConfigError(f"data.context-mm = {self.data.context_mm!r}: must lie in 0..1000")
         if self.data.spatial_dims not in (2, 3):
             raise ConfigError(f"data.spatial-dims = {self.data.spatial_dims!r}: must be 2 or 3")
         if not self.data.channels:

@@ -106,7 +106,13 @@ def deterministic_transforms(cfg: DataConfig, task: str) -> Compose:
         intensity_step(cfg),
         ConcatItemsd(keys=channels, name=IMAGE, dim=0),
         # The reader's lesion annotation defines the region of interest.
-        CropForegroundd(keys=[IMAGE, MASK], source_key=MASK, allow_smaller=True),
+        # data.context-mm of tissue around the box, then centred and padded to roi-size
+        CropForegroundd(
+            keys=[IMAGE, MASK],
+            source_key=MASK,
+            margin=round(cfg.context_mm / cfg.spacing_mm),
+            allow_smaller=True,
+        ),
         ResizeWithPadOrCropd(keys=[IMAGE, MASK], spatial_size=crop_size(cfg, task)),
         EnsureTyped(keys=[IMAGE, MASK], dtype=torch.float32, track_meta=False),
     ]
@@ -181,6 +187,7 @@ def pipeline_key(cfg: DataConfig, task: str) -> str:
         "roi_size": cfg.roi_size,
         "spacing_mm": cfg.spacing_mm,
         "window": [cfg.window_min, cfg.window_max],
+        **({"context_mm": cfg.context_mm} if cfg.context_mm else {}),  # 0: the keys of before
         # None (the CT window above) keeps the key of caches made before data.intensity
         "preprocess": (
             None

@@ -242,3 +242,29 @@ def test_model_norm_swaps_every_batchnorm_layer(task: str, name: str) -> None:
     assert all(m.num_groups == 8 for m in group.modules() if isinstance(m, torch.nn.GroupNorm))
     with pytest.raises(ModelError, match="model.norm = 'group' applies to the classification"):
         build_model(_cfg(task="lesion-segmentation", **{"model.norm": "group"}))
+
+
+def test_context_keeps_tissue_around_the_lesion(site_factory: Callable[..., Path]) -> None:
+    """data.context-mm = 0: the lesion's bounding box alone, padded with zeros; with
+    context the crop around the same lesion centre is tissue, and the cache key differs
+    (a cache made without context keeps its key)."""
+    site = site_factory(n_cases=4, spacing=1.5)
+    loaded = {}
+    for context in (0.0, 30.0):
+        cfg = _cfg(**{"data.context-mm": context})
+        m = read_manifest(site, cfg.data.channels, cfg.task)
+        loaded[context] = load_split(m, "train", cfg.data, cfg.task)
+    bare, wide = loaded[0.0], loaded[30.0]
+    assert float((bare.images == 0).float().mean()) > 0.5  # mostly padding
+    assert float((wide.images == 0).float().mean()) < float((bare.images == 0).float().mean())
+    # the lesion stays whole (near the image border the window shifts rather than pads)
+    assert torch.equal(bare.masks.sum(dim=(1, 2, 3)), wide.masks.sum(dim=(1, 2, 3)))
+    plain = _cfg()
+    assert pipeline_key(plain.data, plain.task) == pipeline_key(
+        _cfg(**{"data.context-mm": 0.0}).data, plain.task
+    )
+    assert pipeline_key(plain.data, plain.task) != pipeline_key(
+        _cfg(**{"data.context-mm": 30.0}).data, plain.task
+    )
+    with pytest.raises(ConfigError, match="data.context-mm = -1.0"):
+        _cfg(**{"data.context-mm": -1.0})
