@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.dates import acquired_line
 from common.dicom import DELAY_SUFFIX, DicomSeriesError
 from common.keys import Split
 from common.manifest import Case, SiteManifest
@@ -123,6 +124,7 @@ class SiteSurvey:
     spacing: dict[str, dict[str, float]]  # axis -> range of voxel spacing (mm)
     sources: dict[str, int]  # "NIfTI" / "DICOM series" / "DICOM file" / "DICOMweb series"
     acquisition: dict[str, Any] = field(default_factory=dict)
+    acquired: str | None = None  # first and last acquisition date (manifest ``acquired``)
 
 
 def _source_kind(manifest: SiteManifest, img: Path) -> str:
@@ -165,6 +167,8 @@ def survey_site(manifest: SiteManifest) -> SiteSurvey:
         labels={
             "benign": labels.get(0, 0),
             "malignant": labels.get(1, 0),
+            # lesion-type: 1 is primary malignant, 2 metastasis
+            **({"metastasis": labels[2]} if labels.get(2) else {}),
             "none": labels.get(None, 0),
         },
         channels=manifest.channels,
@@ -172,6 +176,7 @@ def survey_site(manifest: SiteManifest) -> SiteSurvey:
         spacing=_per_axis(spacings),
         sources=dict(sources),
         acquisition=acquisition_summary(manifest.cases),
+        acquired=acquired_line(manifest.cases),
     )
 
 
@@ -197,10 +202,17 @@ def format_survey(s: SiteSurvey) -> list[str]:
     lines = [f"site {s.name}: {s.n_cases} cases in {s.manifest}"]
     lines.append("  splits: " + ", ".join(f"{k}={v}" for k, v in s.splits.items()))
     label_text = f"benign={s.labels['benign']} malignant={s.labels['malignant']}"
+    if "metastasis" in s.labels:  # three-way labels: 1 is primary malignant
+        label_text = (
+            f"benign={s.labels['benign']} primary={s.labels['malignant']} "
+            f"metastasis={s.labels['metastasis']}"
+        )
     if s.labels["none"]:
         label_text += f" unlabelled={s.labels['none']}"
     lines.append(f"  labels: {label_text}")
     lines.append(f"  channels: {', '.join(s.channels)}")
+    if s.acquired:
+        lines.append(f"  {s.acquired}")
     lines.append("  image sources: " + ", ".join(f"{k}={v}" for k, v in sorted(s.sources.items())))
     for title, ranges in (("image size (voxels)", s.size), ("voxel spacing (mm)", s.spacing)):
         per_axis = "; ".join(

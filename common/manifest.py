@@ -16,6 +16,10 @@ A site is a folder with ``manifest.csv``. Columns:
   trained on; ``val`` cases select the model and its operating threshold, ``test``
   cases judge it. Without the column every case is assigned by a stable hash of its
   id (25 % test, the rest train, see ``hash_split``);
+- ``acquired`` (optional): the acquisition date of the case's images, and ``label_date``
+  (optional): the date its label became known; ISO 8601 ``YYYY-MM-DD`` (a timestamp is
+  reduced to its date), never in the future. A label date needs a label and is not before
+  the acquisition date; an empty cell is "not recorded" (``common.dates``);
 - any other column is acquisition or case metadata (vendor, kernel, slice
   thickness, contrast timing...) and is kept as text; the numeric ones must be
   plausible numbers (``common.metadata``).
@@ -46,16 +50,20 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import date
 from pathlib import Path
 
 from common.badcases import BadInput, Problem, array_problems, load_problem, shape_problem
 from common.csvtable import read_table
+from common.dates import ACQUIRED, DATE_COLUMNS, LABEL_DATE
 from common.dicom import DicomSeriesError, read_series
 from common.dicomweb import DicomWebSource, is_dicomweb_cell
 from common.geometry import alignment_problems, grid_problems
 from common.keys import Split, choices, classifies
 from common.manifest_row import (
     file_problem,
+    hash_split,
+    parse_dates,
     parse_label,
     resolve,
     retrieved_series,
@@ -64,7 +72,6 @@ from common.manifest_row import (
 from common.sitepaths import Escape, escape_problem
 
 MANIFEST_NAME = "manifest.csv"
-TEST_FRACTION_BY_HASH = 0.25
 
 
 class ManifestError(ValueError):
@@ -87,6 +94,8 @@ class Case:
     split: str
     row: int
     metadata: Mapping[str, str] = field(default_factory=dict)
+    acquired: date | None = None  # when the images were acquired (common.dates)
+    label_date: date | None = None  # when the label became known (None: not recorded)
 
 
 @dataclass(frozen=True)
@@ -127,13 +136,6 @@ class SiteManifest:
         return escape_problem(path, self.site_dir, self.data_root)
 
 
-def hash_split(case_id: str, test_fraction: float = TEST_FRACTION_BY_HASH) -> str:
-    """A split that depends only on the case id, so it never changes between runs."""
-    digest = hashlib.sha256(case_id.encode("utf-8")).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64
-    return Split.TEST.value if u < test_fraction else Split.TRAIN.value
-
-
 def read_manifest(
     site_dir: Path | str,
     channels: Sequence[str],
@@ -155,11 +157,11 @@ def read_manifest(
 
 
 # Fields whose problem spoils one case only; any other problem spoils the table.
-CASE_FIELDS = ("mask", "label")
+CASE_FIELDS = ("mask", "label", ACQUIRED, LABEL_DATE)
 
 
 def is_case_problem(problem: Problem, channels: Sequence[str]) -> bool:
-    """Whether a problem spoils one case (a file, the label, a metadata value), not the table."""
+    """Whether a problem spoils one case (a file, label, date or metadata value), not the table."""
     return (
         problem.field in CASE_FIELDS
         or problem.field in {f"image_{ch}" for ch in channels}
@@ -232,7 +234,8 @@ def parse_manifest(
                 )
             ]
         )
-    known = {*required, "label", "split"}
+    known = {*required, "label", "split", *DATE_COLUMNS}
+    today = date.today()  # a date after it is an error (a wrong clock or export)
     fetched: set[Path] = set()  # folders of series retrieved from the DICOMweb server
     cases: list[Case] = []
     seen: dict[str, int] = {}
@@ -278,7 +281,8 @@ def parse_manifest(
         metadata = with_dicom_metadata(
             {k: v for k, v in row.items() if k not in known}, channels, images, inside, bad
         )
-        cases.append(Case(cid, images, mask, label, split, row_no, metadata))
+        acquired, label_date = parse_dates(row, today, bad)
+        cases.append(Case(cid, images, mask, label, split, row_no, metadata, acquired, label_date))
     if not cases and not problems:
         problems.append(Problem(fname, "manifest", "lists no cases"))
     manifest = SiteManifest(

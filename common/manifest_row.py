@@ -1,5 +1,5 @@
-"""One manifest row's cells: its file paths (or DICOMweb series), its label and its
-acquisition metadata.
+"""One manifest row's cells: its file paths (or DICOMweb series), its label, its split,
+its dates and its acquisition metadata.
 
 ``common.manifest.parse_manifest`` judges each row with these; every problem goes to the
 row's ``report(field, message, kind)``, so that all of them are listed at once.
@@ -7,17 +7,21 @@ row's ``report(field, message, kind)``, so that all of them are listed at once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from datetime import date
 from pathlib import Path
 
 from common.badcases import BadInput
+from common.dates import ACQUIRED, LABEL_DATE, parse_date
 from common.dicom import acquisition_metadata, is_dicom_source
 from common.dicomweb import DicomWebCellError, DicomWebError, DicomWebSource, parse_cell
-from common.keys import Task
+from common.keys import Split, Task
 from common.metadata import value_problem
 from common.sitepaths import escape_problem
 
 Report = Callable[..., None]  # report(field, message, kind="") for one row
+TEST_FRACTION_BY_HASH = 0.25
 
 
 def resolve(site_dir: Path, value: str) -> Path:
@@ -127,3 +131,52 @@ def parse_label(value: str, task: str, report: Report) -> int | None:
         report("label", f"{value!r} is out of range: use {meaning}")
         return None
     return label
+
+
+def hash_split(case_id: str, test_fraction: float = TEST_FRACTION_BY_HASH) -> str:
+    """A split that depends only on the case id, so it never changes between runs."""
+    digest = hashlib.sha256(case_id.encode("utf-8")).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    return Split.TEST.value if u < test_fraction else Split.TRAIN.value
+
+
+def _date_cell(column: str, text: str, today: date, report: Report) -> date | None:
+    """One date cell (``common.dates.parse_date``), or None: empty, or reported."""
+    if not text.strip():
+        return None
+    try:
+        day = parse_date(text)
+    except ValueError as e:
+        report(column, str(e))
+        return None
+    if day > today:
+        report(
+            column, f"{text!r} is in the future (today is {today}): check the clock or the export"
+        )
+        return None
+    return day
+
+
+def parse_dates(
+    row: Mapping[str, str], today: date, report: Report
+) -> tuple[date | None, date | None]:
+    """The row's ``acquired`` and ``label_date`` (``common.dates``; None when the cell is
+    empty, the column absent, or the value reported). A label date needs a label and may
+    not be before the acquisition date; a label without a label date is allowed."""
+    acquired = _date_cell(ACQUIRED, row.get(ACQUIRED, ""), today, report)
+    label_date = _date_cell(LABEL_DATE, row.get(LABEL_DATE, ""), today, report)
+    if label_date is not None and not row.get("label", "").strip():
+        report(
+            LABEL_DATE,
+            f"{row[LABEL_DATE]!r} is given, but the label is empty: a case with a label date "
+            "needs its label; give the label, or leave label_date empty until it is known",
+        )
+        return acquired, None
+    if label_date is not None and acquired is not None and label_date < acquired:
+        report(
+            LABEL_DATE,
+            f"{label_date} is before the case's acquired date {acquired}: a label cannot be "
+            "known before its images were acquired; correct either date",
+        )
+        return acquired, None
+    return acquired, label_date

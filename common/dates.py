@@ -1,0 +1,67 @@
+"""When a case was acquired and when its label became known: the manifest's dates, and the
+time windows that monitoring a deployed model over time draws from them.
+
+A site's manifest may have two optional columns (``common.manifest``): ``acquired``, the
+acquisition date of the case's images, and ``label_date``, the date its label (pathology,
+follow-up) became known. Both are ISO 8601 dates, ``YYYY-MM-DD``; a timestamp
+``YYYY-MM-DDTHH:MM[:SS]`` (or with a space for ``T``, fractional seconds, ``Z`` or a UTC
+offset) is reduced to the date as written. ``parse_date`` is the one reading of that format;
+``common.manifest_row.parse_dates`` judges a row's dates with it and names every problem.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from datetime import date, datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # common.manifest imports this module (through common.manifest_row)
+    from common.manifest import Case
+
+ACQUIRED = "acquired"  # manifest column: acquisition date of the case's images
+LABEL_DATE = "label_date"  # manifest column: the date the case's label became known
+DATE_COLUMNS = (ACQUIRED, LABEL_DATE)
+
+# YYYY-MM-DD, optionally a time (HH:MM, :SS, fraction) and a zone (Z, +HH:MM); the values
+# (month 13, 30 February, hour 25) are judged by datetime.fromisoformat
+ISO_DATE = re.compile(
+    r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?"
+)
+WRITE_DATE = "write YYYY-MM-DD (e.g. 2025-03-14), or a timestamp YYYY-MM-DDTHH:MM[:SS]"
+
+
+def parse_date(text: str) -> date:
+    """The date of an ISO 8601 date or timestamp cell (surrounding blanks ignored); raises
+    ``ValueError`` whose message says what is wrong and how to write it."""
+    cell = text.strip()
+    if not ISO_DATE.fullmatch(cell):
+        raise ValueError(f"{text!r} is not a date; {WRITE_DATE}")
+    try:
+        return datetime.fromisoformat(cell).date()
+    except ValueError as e:  # the form is right, a value is not: month 13, hour 25...
+        raise ValueError(f"{text!r} is not a date ({e}); {WRITE_DATE}") from e
+
+
+def cases_in_window(cases: Iterable[Case], start: date, end: date) -> list[Case]:
+    """The cases acquired from ``start`` (inclusive) to ``end`` (exclusive), in their order;
+    a case without an acquisition date is in no window."""
+    return [c for c in cases if c.acquired is not None and start <= c.acquired < end]
+
+
+def labelled_by(case: Case, as_of: date) -> bool:
+    """Whether the case's label was known on ``as_of``: it has a label, and its label date
+    (if recorded; a label without a date counts as known) is not after ``as_of``."""
+    return case.label is not None and (case.label_date is None or case.label_date <= as_of)
+
+
+def acquired_line(cases: Iterable[Case]) -> str | None:
+    """``"acquired: first DATE, last DATE, N cases without a date"`` for a site summary, or
+    None when no case has an acquisition date."""
+    cases = list(cases)
+    dates = sorted(c.acquired for c in cases if c.acquired is not None)
+    if not dates:
+        return None
+    undated = len(cases) - len(dates)
+    plural = "case" if undated == 1 else "cases"
+    return f"acquired: first {dates[0]}, last {dates[-1]}, {undated} {plural} without a date"
