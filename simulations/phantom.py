@@ -161,6 +161,46 @@ def _fmt(value: float) -> str:
     return f"{value:g}"
 
 
+def write_case(
+    site: SiteProfile, seed: int, dims: int, site_dir: Path, index: int, label: int, split: str
+) -> tuple[dict[str, str], int, tuple[int, ...]]:
+    """Write case ``index``'s images and mask into ``site_dir`` (which has ``images/`` and
+    ``masks/``); return its manifest row, the bytes written and the grid's shape."""
+    case_id = f"{site.name}-{index + 1:04d}"
+    case, grid, images, mask = simulate_case(site, seed, index, label, dims)
+    affine = grid.affine()  # per case: the slices sit at the lesion's height
+    image_header = nifti_header(images[0].shape, images.dtype, affine)
+    row = {"case_id": case_id}
+    n_bytes = 0
+    for p, phase in enumerate(PHASES):
+        row[f"image_{phase}"] = f"images/{case_id}_{phase}.nii.gz"
+        blob = nifti_gz(images[p], affine, image_header)
+        (site_dir / row[f"image_{phase}"]).write_bytes(blob)
+        n_bytes += len(blob)
+    row["mask"] = f"masks/{case_id}.nii.gz"
+    blob = nifti_gz(mask, affine)
+    (site_dir / row["mask"]).write_bytes(blob)
+    n_bytes += len(blob)
+    row.update(
+        label=str(case.label),
+        split=split,
+        lesion_type=case.lesion.kind,
+        lesion_size_mm=f"{case.lesion.size_mm:.1f}",
+        vendor=site.vendor,
+        scanner_model=site.scanner_model,
+        kernel=site.kernel,
+        slice_thickness_mm=_fmt(site.slice_thickness_mm),
+        pixel_spacing_mm=_fmt(site.pixel_spacing_mm),
+        kvp=str(site.kvp),
+        dose_factor=_fmt(site.dose_factor),
+        arterial_delay_s=_fmt(site.arterial_delay_s),
+        portal_delay_s=_fmt(site.portal_delay_s),
+        delayed_delay_s=_fmt(site.delayed_delay_s),
+        cirrhosis="1" if case.cirrhosis > 0 else "0",
+    )
+    return row, n_bytes, grid.shape
+
+
 def write_site(site: SiteProfile, seed: int, dims: int, site_dir: Path) -> dict[str, Any]:
     """Write one hospital's images, masks and manifest; return a summary for phantom.json."""
     (site_dir / "images").mkdir(parents=True)
@@ -168,39 +208,13 @@ def write_site(site: SiteProfile, seed: int, dims: int, site_dir: Path) -> dict[
     labels, splits = labels_and_splits(site, seed)
     rows = []
     n_bytes = 0  # of every file listed in the manifest, and the manifest
+    shape: tuple[int, ...] = ()
     for index in range(site.n_cases):
-        case_id = f"{site.name}-{index + 1:04d}"
-        case, grid, images, mask = simulate_case(site, seed, index, int(labels[index]), dims)
-        affine = grid.affine()  # per case: the slices sit at the lesion's height
-        image_header = nifti_header(images[0].shape, images.dtype, affine)
-        row = {"case_id": case_id}
-        for p, phase in enumerate(PHASES):
-            row[f"image_{phase}"] = f"images/{case_id}_{phase}.nii.gz"
-            blob = nifti_gz(images[p], affine, image_header)
-            (site_dir / row[f"image_{phase}"]).write_bytes(blob)
-            n_bytes += len(blob)
-        row["mask"] = f"masks/{case_id}.nii.gz"
-        blob = nifti_gz(mask, affine)
-        (site_dir / row["mask"]).write_bytes(blob)
-        n_bytes += len(blob)
-        row.update(
-            label=str(case.label),
-            split=splits[index],
-            lesion_type=case.lesion.kind,
-            lesion_size_mm=f"{case.lesion.size_mm:.1f}",
-            vendor=site.vendor,
-            scanner_model=site.scanner_model,
-            kernel=site.kernel,
-            slice_thickness_mm=_fmt(site.slice_thickness_mm),
-            pixel_spacing_mm=_fmt(site.pixel_spacing_mm),
-            kvp=str(site.kvp),
-            dose_factor=_fmt(site.dose_factor),
-            arterial_delay_s=_fmt(site.arterial_delay_s),
-            portal_delay_s=_fmt(site.portal_delay_s),
-            delayed_delay_s=_fmt(site.delayed_delay_s),
-            cirrhosis="1" if case.cirrhosis > 0 else "0",
+        row, written, shape = write_case(
+            site, seed, dims, site_dir, index, int(labels[index]), splits[index]
         )
         rows.append(row)
+        n_bytes += written
     manifest = write_manifest(site_dir, MANIFEST_COLUMNS, rows)
     return {
         "name": site.name,
@@ -209,7 +223,7 @@ def write_site(site: SiteProfile, seed: int, dims: int, site_dir: Path) -> dict[
         "n_malignant": int(labels.sum()),
         "n_test": splits.count(Split.TEST.value),
         "n_val": splits.count(Split.VAL.value),
-        "matrix": list(grid.shape),
+        "matrix": list(shape),
         "bytes": n_bytes + len(manifest),
     }
 

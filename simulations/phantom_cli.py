@@ -1,5 +1,5 @@
-"""`hepafed phantom`: write a CT or MRI phantom in the site data contract (and the CT one
-as DICOM series too). Imports the generators only when the command runs."""
+"""`hepafed phantom`: write a CT, CT timeline or MRI phantom in the site data contract (and
+the CT one as DICOM series too). Imports the generators only when the command runs."""
 
 from __future__ import annotations
 
@@ -13,6 +13,21 @@ from common.cli import EXIT_OK, EXIT_USAGE
 
 def cmd_phantom(args: argparse.Namespace) -> int:
     from simulations.mri_scenario import is_mri_scenario
+    from simulations.timeline import is_timeline_scenario
+
+    if is_timeline_scenario(args.scenario):  # docs/phantom.md, "Time: the liver-timeline ..."
+        from simulations.timeline import generate_timeline_phantom, load_timeline_scenario
+
+        timeline = load_timeline_scenario(args.scenario)
+        if args.dicom:
+            print("error: --dicom writes the CT phantom only", file=sys.stderr)
+            return EXIT_USAGE
+        out = generate_timeline_phantom(timeline, Path(args.out), seed=args.seed)
+        print(
+            f"timeline phantom {timeline.name!r} ({len(timeline.sites)} sites, "
+            f"{timeline.months} months from {timeline.start}) in {out}"
+        )
+        return EXIT_OK
 
     if is_mri_scenario(args.scenario):  # the MRI phantom (docs/phantom.md, "The MRI phantom")
         from simulations.mri_phantom import generate_mri_phantom
