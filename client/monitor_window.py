@@ -1,0 +1,280 @@
+"""What a site computes about one monitoring window: a frozen model's outputs on the
+cases it acquired in that window, reduced to aggregates under its small-cell rule.
+
+Monitoring a deployed model (issue 15) runs the model over the cases of each time window
+(``common.dates.cases_in_window``); a case's label counts only if it was known on the
+window's as-of date (``common.dates.labelled_by``), and the caller passes NaN for the
+others. ``window_summary`` turns the model's probabilities (and optionally its inputs and
+projected embeddings) into a ``WindowSummary``. Nothing per case leaves: every list has a
+length fixed by the run config (``eval.*``), never by the number of cases.
+
+The numbers, all over the window's ``n`` cases unless said otherwise:
+
+- ``n``, ``n_labelled`` (labels known as of the as-of date), ``n_labelled_pos``;
+  ``insufficient`` when ``n < eval.min-cases`` (or ``n < 2``): then only these counts
+  and the flags are sent;
+- ``score_count``: cases per equal-width probability bin (``eval.calibration-bins`` over
+  [0, 1]), each bin of fewer than ``min_cell`` cases merged into its neighbours and the
+  group's count put in its fullest bin (``small_cell_groups`` / ``pool_cells``, as the
+  count row of ``client.evaluation.small_cell_calibration``): the counts sum to ``n``;
+- ``hist_counts``, ``emb_mean``, ``emb_cov``: the model input's intensity histograms and
+  the embedding's mean and covariance (``client.evaluation.intensity_histograms`` /
+  ``embedding_moments``), as in an evaluation summary, when the caller passes them;
+- ``est_auc``, ``est_sens``, ``est_spec`` (at ``threshold``; called malignant when
+  p >= threshold) with their ``_lo`` / ``_hi`` interval at ``level`` (``eval.level``):
+  the label-free estimate (``common.stats.label_free.label_free_performance``) on *all*
+  the window's cases, labels unused. It assumes the probabilities are calibrated on these
+  cases (each label a Bernoulli draw with its probability): the recalibration chosen on
+  validation data (``eval.recalibration``) must be applied by the caller before. The
+  interval is where the realised figure falls *if* that holds; it does not cover a
+  broken calibration, which is what the drift figures above are watched for. A figure
+  that cannot be estimated (every probability 0 or 1) is None and not sent;
+- on the labelled cases only, when they are at least ``eval.min-cases`` with at least
+  ``eval.min-per-class`` of each class (``client.evaluation.sufficient``): ``auc`` with
+  its DeLong variance ``auc_var`` (``common.stats.delong_auc``) and the 2x2 table at
+  ``threshold`` (``tp``, ``fp``, ``fn``, ``tn``); otherwise ``actual_insufficient``.
+
+``WindowSummary.to_record`` / ``from_record`` are its encoding (numbers and lists of
+numbers, a Flower ``MetricRecord``'s content), exact both ways.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from client.evaluation import embedding_moments, intensity_histograms, sufficient
+from common.config_sections import EvalConfig
+from common.stats import delong_auc
+from common.stats.label_free import label_free_performance
+from common.summary import RecordValue, pool_cells, small_cell_groups
+
+LABEL_FREE_DRAWS = 2000  # label sets drawn for the label-free intervals (parametric bootstrap)
+
+# WindowSummary's optional float fields and their record keys (left out when None)
+FLOAT_KEYS = {
+    "threshold": "threshold",
+    "level": "level",
+    "est_auc": "est-auc",
+    "est_auc_lo": "est-auc-lo",
+    "est_auc_hi": "est-auc-hi",
+    "est_sens": "est-sens",
+    "est_sens_lo": "est-sens-lo",
+    "est_sens_hi": "est-sens-hi",
+    "est_spec": "est-spec",
+    "est_spec_lo": "est-spec-lo",
+    "est_spec_hi": "est-spec-hi",
+    "auc": "auc",
+    "auc_var": "auc-var",
+}
+# ... its optional 2x2 cells (left out when None)
+CELL_KEYS = {"tp": "tp", "fp": "fp", "fn": "fn", "tn": "tn"}
+
+
+@dataclass(frozen=True)
+class WindowSummary:
+    """One site's aggregates about a model on one time window (module docstring)."""
+
+    n: int
+    n_labelled: int = 0
+    n_labelled_pos: int = 0
+    insufficient: bool = False
+    actual_insufficient: bool = True
+    threshold: float | None = None
+    # score distribution and drift inputs
+    score_count: tuple[int, ...] = ()  # cases per probability bin, small cells merged
+    hist_counts: tuple[tuple[int, ...], ...] = ()  # channel x bin, model input on [0, 1]
+    emb_mean: tuple[float, ...] = ()
+    emb_cov: tuple[tuple[float, ...], ...] = ()  # d x d (ddof = 1)
+    # label-free estimate on all n cases (calibrated probabilities assumed)
+    level: float | None = None
+    est_auc: float | None = None
+    est_auc_lo: float | None = None
+    est_auc_hi: float | None = None
+    est_sens: float | None = None
+    est_sens_lo: float | None = None
+    est_sens_hi: float | None = None
+    est_spec: float | None = None
+    est_spec_lo: float | None = None
+    est_spec_hi: float | None = None
+    # actual figures on the labelled cases (None when actual_insufficient)
+    auc: float | None = None
+    auc_var: float | None = None
+    tp: int | None = None
+    fp: int | None = None
+    fn: int | None = None
+    tn: int | None = None
+
+    def to_record(self) -> dict[str, RecordValue]:
+        """Flat keys -> numbers or lists of numbers; absent fields are left out."""
+        out: dict[str, RecordValue] = {
+            "num-examples": self.n,  # Flower's weighting key
+            "n": self.n,
+            "n-labelled": self.n_labelled,
+            "n-labelled-pos": self.n_labelled_pos,
+            "insufficient": int(self.insufficient),
+            "actual-insufficient": int(self.actual_insufficient),
+        }
+        for attr, key in FLOAT_KEYS.items():
+            value = getattr(self, attr)
+            if value is not None:
+                out[key] = float(value)
+        for attr, key in CELL_KEYS.items():
+            value = getattr(self, attr)
+            if value is not None:
+                out[key] = int(value)
+        if self.score_count:
+            out["score-count"] = [int(v) for v in self.score_count]
+        if self.hist_counts:
+            out["hist"] = [int(v) for row in self.hist_counts for v in row]
+            out["hist-channels"] = len(self.hist_counts)
+        if self.emb_mean:
+            out["emb-mean"] = [float(v) for v in self.emb_mean]
+            out["emb-cov"] = [float(v) for row in self.emb_cov for v in row]
+        return out
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> WindowSummary:
+        """Parse what ``to_record`` wrote (a MetricRecord or a plain dict)."""
+        r = dict(record)
+        values: dict[str, Any] = {
+            attr: float(r[key]) if key in r else None for attr, key in FLOAT_KEYS.items()
+        }
+        values.update({attr: int(r[key]) if key in r else None for attr, key in CELL_KEYS.items()})
+        hist: tuple[tuple[int, ...], ...] = ()
+        if "hist" in r:
+            flat = np.asarray(r["hist"], dtype=np.int64).reshape(int(r["hist-channels"]), -1)
+            hist = tuple(tuple(int(v) for v in row) for row in flat)
+        emb_mean = tuple(float(v) for v in r.get("emb-mean", []))
+        cov: tuple[tuple[float, ...], ...] = ()
+        if emb_mean:
+            d = len(emb_mean)
+            cov_flat = np.asarray(r["emb-cov"], dtype=float).reshape(d, d)
+            cov = tuple(tuple(float(v) for v in row) for row in cov_flat)
+        return cls(
+            **values,
+            n=int(r["n"]),
+            n_labelled=int(r.get("n-labelled", 0)),
+            n_labelled_pos=int(r.get("n-labelled-pos", 0)),
+            insufficient=bool(r.get("insufficient", 0)),
+            actual_insufficient=bool(r.get("actual-insufficient", 1)),
+            score_count=tuple(int(v) for v in r.get("score-count", [])),
+            hist_counts=hist,
+            emb_mean=emb_mean,
+            emb_cov=cov,
+        )
+
+
+def _finite(value: float) -> float | None:
+    """None for a figure that cannot be estimated (nan), so it is left out of the record."""
+    return float(value) if math.isfinite(value) else None
+
+
+def _inputs(
+    probs: np.ndarray, labels: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The probabilities and labels as flat float arrays, checked (named errors)."""
+    p = np.asarray(probs, dtype=float)
+    y = np.asarray(labels, dtype=float)
+    if p.ndim != 1 or y.shape != p.shape:
+        raise ValueError(
+            f"probs and labels must be 1-d arrays of the same length, got shapes "
+            f"{p.shape} and {y.shape}"
+        )
+    if not np.isfinite(p).all() or (p.size and (p.min() < 0 or p.max() > 1)):
+        raise ValueError("probs must be finite and in [0, 1]")
+    known = y[np.isfinite(y)]
+    if np.isinf(y).any() or not np.isin(known, (0.0, 1.0)).all():
+        raise ValueError("labels must be 0, 1 or NaN (not known as of the window's date)")
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+    return p, y
+
+
+def score_counts(p: np.ndarray, n_bins: int, min_cell: int) -> tuple[int, ...]:
+    """Cases per equal-width probability bin over [0, 1], bins of fewer than ``min_cell``
+    cases merged with their neighbours (the count row of ``small_cell_calibration``)."""
+    idx = np.minimum(np.floor(p * n_bins).astype(int), n_bins - 1)  # calibration_bins' rule
+    counts = np.bincount(idx, minlength=n_bins).astype(float)
+    present = np.zeros((len(p), n_bins), dtype=bool)
+    present[np.arange(len(p)), idx] = True
+    pooled = pool_cells(counts[None, :], small_cell_groups(present, min_cell), counts)[0]
+    return tuple(round(v) for v in pooled)
+
+
+def _label_free(
+    p: np.ndarray, threshold: float, level: float, seed: int, draws: int
+) -> dict[str, Any]:
+    """The label-free fields: expected figures and their intervals (None: not estimable)."""
+    est = label_free_performance(p, threshold, level=level, draws=draws, seed=seed)
+    out: dict[str, Any] = {"level": level}
+    for name, e in (("auc", est.auc), ("sens", est.sensitivity), ("spec", est.specificity)):
+        out[f"est_{name}"] = _finite(e.value)
+        out[f"est_{name}_lo"] = _finite(e.lo)
+        out[f"est_{name}_hi"] = _finite(e.hi)
+    return out
+
+
+def _actual(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, Any]:
+    """AUC with DeLong variance and the 2x2 table at ``threshold`` on labelled cases."""
+    auc = delong_auc(y, p)
+    called = p >= threshold
+    return {
+        "actual_insufficient": False,
+        "auc": auc.auc,
+        "auc_var": auc.variance,
+        "tp": int((called & (y == 1)).sum()),
+        "fp": int((called & (y == 0)).sum()),
+        "fn": int((~called & (y == 1)).sum()),
+        "tn": int((~called & (y == 0)).sum()),
+    }
+
+
+def window_summary(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    ev: EvalConfig,
+    threshold: float,
+    images: torch.Tensor | None,
+    embedding: np.ndarray | None,
+    min_cell: int,
+    rng_seed: int,
+    *,
+    draws: int = LABEL_FREE_DRAWS,
+) -> WindowSummary:
+    """The window's aggregates (module docstring) from the model's probabilities of its
+    ``N`` cases, their labels (NaN where not known as of the as-of date), the model inputs
+    and projected embeddings of the same cases (or None), the site's ``min_cell`` and the
+    seed of the label-free intervals."""
+    p, y = _inputs(probs, labels, threshold)
+    n = len(p)
+    for name, arr in (("images", images), ("embedding", embedding)):
+        if arr is not None and len(arr) != n:
+            raise ValueError(f"{name} has {len(arr)} cases for {n} probabilities")
+    known = np.isfinite(y)
+    y_known = y[known].astype(int)
+    n_labelled, n_pos = int(known.sum()), int(y_known.sum())
+    counts: dict[str, Any] = {"n": n, "n_labelled": n_labelled, "n_labelled_pos": n_pos}
+    if n < max(ev.min_cases, 2):  # the label-free estimate needs two cases
+        return WindowSummary(**counts, insufficient=True)
+    actual: dict[str, Any] = {}
+    n_neg = n_labelled - n_pos
+    if sufficient(n_pos, n_neg, ev) and min(n_pos, n_neg) >= 2:  # DeLong needs 2 per class
+        actual = _actual(y_known, p[known], threshold)
+    mean, cov = embedding_moments(embedding)
+    hist = intensity_histograms(images, ev.histogram_bins, min_cell) if images is not None else ()
+    return WindowSummary(
+        **counts,
+        **actual,
+        **_label_free(p, threshold, ev.level, rng_seed, draws),
+        threshold=float(threshold),
+        score_count=score_counts(p, ev.calibration_bins, min_cell),
+        hist_counts=hist,
+        emb_mean=mean,
+        emb_cov=cov,
+    )
