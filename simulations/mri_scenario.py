@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,16 @@ from simulations.mri_site import (
     split_counts,
 )
 from simulations.scenario import MATRIX_MAX, ScenarioError, SiteRoles
-from simulations.scenario_schema import EXPECTED, MISSING, TOP_RULES, Checker, Rule
+from simulations.scenario_schema import (
+    EXPECTED,
+    MISSING,
+    TOP_RULES,
+    Checker,
+    Rule,
+    bundled_names,
+    is_scenario_path,
+    read_scenario_toml,
+)
 from simulations.site_profile import matrix_size
 
 MRI_FOLDER = ("scenarios", "mri")  # inside the ``simulations`` package
@@ -259,44 +267,22 @@ def validate_mri_scenario(scenario: MriScenario) -> None:
 
 def list_mri_scenarios() -> list[str]:
     """Names of the bundled MRI scenarios (``simulations/scenarios/mri/*.toml``)."""
-    folder = resources.files("simulations").joinpath(*MRI_FOLDER)
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+    return bundled_names(MRI_FOLDER)
 
 
 def is_mri_scenario(name_or_path: str | Path) -> bool:
     """Whether a scenario name or file is an MRI one: a bundled MRI name, or a file that
     says ``modality = "mri"`` (anything else goes to the CT phantom and its messages)."""
-    text = str(name_or_path)
-    path = Path(name_or_path)
-    if not (isinstance(name_or_path, Path) or text.endswith(".toml") or "/" in text):
-        return text in list_mri_scenarios()
+    if not is_scenario_path(name_or_path):
+        return str(name_or_path) in list_mri_scenarios()
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8")).get("modality") == "mri"
+        text = Path(name_or_path).read_text(encoding="utf-8")
+        return tomllib.loads(text).get("modality") == "mri"
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return False
 
 
 def load_mri_scenario(name_or_path: str | Path) -> MriScenario:
     """A bundled MRI scenario by name (``"liver-mri-3"``) or an MRI scenario file by path."""
-    text = str(name_or_path)
-    if isinstance(name_or_path, Path) or text.endswith(".toml") or "/" in text or "\\" in text:
-        path = Path(name_or_path)
-        if not path.is_file():
-            raise ScenarioError([f"{text}: scenario file not found"])
-        raw, file = path.read_bytes(), text
-    else:
-        if text not in list_mri_scenarios():
-            raise ScenarioError(
-                [
-                    f"unknown MRI scenario {text!r}: bundled MRI scenarios are "
-                    + ", ".join(repr(n) for n in list_mri_scenarios())
-                    + " (or give the path of a .toml file)"
-                ]
-            )
-        bundled = resources.files("simulations").joinpath(*MRI_FOLDER, f"{text}.toml")
-        raw, file = bundled.read_bytes(), str(bundled)
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ScenarioError([f"{file}: not valid TOML: {exc}"]) from exc
+    data, file = read_scenario_toml(name_or_path, MRI_FOLDER, "MRI")
     return parse_mri_scenario(data, file)

@@ -114,3 +114,59 @@ class Checker:
             elif self.value(dotted, value, rules[key]):
                 good[key] = value
         return good
+
+
+# ---- bundled scenario files (MRI and timeline scenarios live in their own folders) -------
+
+
+def is_scenario_path(name_or_path: object) -> bool:
+    """Whether ``name_or_path`` names a file (a Path, a ``.toml`` name or one with a
+    folder) rather than a bundled scenario."""
+    from pathlib import Path
+
+    text = str(name_or_path)
+    return isinstance(name_or_path, Path) or text.endswith(".toml") or "/" in text or "\\" in text
+
+
+def bundled_names(folder: tuple[str, ...]) -> list[str]:
+    """Names of the bundled scenarios in ``simulations/<folder>/*.toml``."""
+    from importlib import resources
+
+    found = resources.files("simulations").joinpath(*folder)
+    return sorted(p.name[:-5] for p in found.iterdir() if p.name.endswith(".toml"))
+
+
+def read_scenario_toml(
+    name_or_path: object, folder: tuple[str, ...], kind: str
+) -> tuple[dict[str, Any], str]:
+    """The parsed TOML of a bundled ``kind`` scenario (by name, from ``folder``) or of a
+    scenario file (by path), and the file it came from; ScenarioError naming what is
+    wrong (no such file or name, not TOML)."""
+    import tomllib
+    from importlib import resources
+    from pathlib import Path
+
+    from simulations.scenario import ScenarioError
+
+    text = str(name_or_path)
+    if is_scenario_path(name_or_path):
+        path = Path(text)
+        if not path.is_file():
+            raise ScenarioError([f"{text}: scenario file not found"])
+        raw, file = path.read_bytes(), text
+    else:
+        names = bundled_names(folder)
+        if text not in names:
+            raise ScenarioError(
+                [
+                    f"unknown {kind} scenario {text!r}: bundled {kind} scenarios are "
+                    + ", ".join(repr(n) for n in names)
+                    + " (or give the path of a .toml file)"
+                ]
+            )
+        bundled = resources.files("simulations").joinpath(*folder, f"{text}.toml")
+        raw, file = bundled.read_bytes(), str(bundled)
+    try:
+        return tomllib.loads(raw.decode("utf-8")), file
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ScenarioError([f"{file}: not valid TOML: {exc}"]) from exc

@@ -21,7 +21,6 @@ import dataclasses
 import functools
 import tomllib
 from datetime import date, timedelta
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from common.dates import ACQUIRED, LABEL_DATE
 from common.keys import Split
 from simulations import phantom
 from simulations.phantom import SiteWriter, case_rng, site_number, write_manifest, write_phantom
-from simulations.scenario import ScenarioError
+from simulations.scenario_schema import bundled_names, is_scenario_path, read_scenario_toml
 from simulations.timeline_scenario import (
     TimelineScenario,
     TimelineSite,
@@ -205,19 +204,13 @@ def generate_timeline_phantom(
 
 def list_timeline_scenarios() -> list[str]:
     """Names of the bundled timeline scenarios (``simulations/scenarios/timeline/*.toml``)."""
-    folder = resources.files("simulations").joinpath(*TIMELINE_FOLDER)
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
-
-
-def _is_path(name_or_path: str | Path) -> bool:
-    text = str(name_or_path)
-    return isinstance(name_or_path, Path) or text.endswith(".toml") or "/" in text or "\\" in text
+    return bundled_names(TIMELINE_FOLDER)
 
 
 def is_timeline_scenario(name_or_path: str | Path) -> bool:
     """Whether a scenario name or file is a timeline one: a bundled timeline name, or a file
     with a ``[timeline]`` table (anything else goes to the CT or MRI phantom)."""
-    if not _is_path(name_or_path):
+    if not is_scenario_path(name_or_path):
         return str(name_or_path) in list_timeline_scenarios()
     try:
         return "timeline" in tomllib.loads(Path(name_or_path).read_text(encoding="utf-8"))
@@ -227,25 +220,5 @@ def is_timeline_scenario(name_or_path: str | Path) -> bool:
 
 def load_timeline_scenario(name_or_path: str | Path) -> TimelineScenario:
     """A bundled timeline scenario by name (``"liver-timeline"``) or a file by path."""
-    text = str(name_or_path)
-    if _is_path(name_or_path):
-        path = Path(name_or_path)
-        if not path.is_file():
-            raise ScenarioError([f"{text}: scenario file not found"])
-        raw, file = path.read_bytes(), text
-    else:
-        if text not in list_timeline_scenarios():
-            raise ScenarioError(
-                [
-                    f"unknown timeline scenario {text!r}: bundled timeline scenarios are "
-                    + ", ".join(repr(n) for n in list_timeline_scenarios())
-                    + " (or give the path of a .toml file)"
-                ]
-            )
-        bundled = resources.files("simulations").joinpath(*TIMELINE_FOLDER, f"{text}.toml")
-        raw, file = bundled.read_bytes(), str(bundled)
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ScenarioError([f"{file}: not valid TOML: {exc}"]) from exc
+    data, file = read_scenario_toml(name_or_path, TIMELINE_FOLDER, "timeline")
     return parse_timeline_scenario(data, file)
