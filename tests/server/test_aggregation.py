@@ -236,6 +236,7 @@ def test_normalisation_statistics_are_averaged_never_stepped(
         assert result is not None and expected is not None
         np.testing.assert_allclose(result["bn.running_var"].numpy(), value, rtol=1e-6)
         np.testing.assert_allclose(result["w"].numpy(), expected["w"].numpy(), atol=1e-6)
+    assert expected is not None
     assert float(expected["bn.running_var"].numpy()[0]) < 0.0 or isinstance(stock, fl.FedAdam)
 
 
