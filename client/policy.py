@@ -317,7 +317,7 @@ def simulated_policy(cfg: RunConfig, node: str = "") -> SitePolicy:
 
 def tensor_megabytes(cfg: RunConfig, n_cases: int) -> float:
     """Estimated size of ``n_cases`` preprocessed cases (channels + mask, float32), in MB."""
-    from common.data import crop_size  # torch and MONAI: not for `hepafed site init`
+    from common.preprocess import crop_size  # torch and MONAI: not for `hepafed site init`
 
     voxels = 1
     for side in crop_size(cfg.data, cfg.task):

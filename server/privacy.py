@@ -75,7 +75,7 @@ from common.privacy import (
     noise_rng,
     update_norm,
 )
-from server.aggregation import array_view, records
+from server.array_views import array_view, records
 from server.privacy_ledger import ACCOUNTING, SiteLedger
 
 log = logging.getLogger("hepafed.progress")

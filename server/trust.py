@@ -39,7 +39,7 @@ from common.signing import (
     update_statement,
     verify,
 )
-from server.aggregation import records
+from server.array_views import records
 from server.audit import AuditTrail
 
 log = logging.getLogger("hepafed.progress")

@@ -12,7 +12,8 @@ from flwr.app import ArrayRecord, Message, MetricRecord
 from common.compression import CODE_DTYPE, PACKED, packed_sizes
 from common.config import RunConfig
 from common.keys import Compression, MetricKey, RecordKey
-from server.aggregation import array_view, as_tensor, records
+from server.array_views import array_view, records
+from server.folding import as_tensor
 from server.reply_checks import MAX_CASES, count_problem, metrics_problem
 from server.trust import ServerTrust
 

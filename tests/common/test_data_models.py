@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from common.config import ConfigError, RunConfig
-from common.data import augment_batch, concat_splits, crop_size, load_split, pipeline_key
+from common.data import augment_batch, concat_splits, load_split
 from common.hooks.tta import binary_entropy, prediction_entropy
 from common.manifest import read_manifest
 from common.models import ModelError, build_model, model_name
+from common.preprocess import crop_size, pipeline_key
 from common.tasks import loss_function, probabilities, targets
 from common.weights import WeightsError, load_arrays, shared_state, to_arrays
 

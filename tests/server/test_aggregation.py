@@ -18,7 +18,8 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from common.compression import BLOCK, PACKED, compress_update, decode, encode, pack, unpack
 from common.keys import Compression
-from server.aggregation import Mode, RoundAggregator, _plain_header, array_view
+from server.aggregation import Mode, RoundAggregator
+from server.array_views import _plain_header, array_view
 from server.folding import RunningMean, Update
 from server.validation import update_problem
 

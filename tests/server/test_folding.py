@@ -23,7 +23,8 @@ from common.compression import BLOCK, PACKED, compress_update, decode, n_blocks,
 from common.config import RunConfig
 from common.keys import Compression
 from server import folding
-from server.aggregation import RoundAggregator, array_view
+from server.aggregation import RoundAggregator
+from server.array_views import array_view
 from server.folding import Op, UpdateRejected
 from server.round_screen import RoundScreen
 from server.trust import ServerTrust
