@@ -31,6 +31,15 @@ SUMMARY_COUNTS = ("num-examples", "n", "n-pos", "n-neg", "hd95-n", "saliency-n",
 # evaluation summary keys that are shares of a whole (``client.explain``: Grad-CAM mass in
 # the lesion, the lesion's share of the image)
 SUMMARY_SHARES = ("saliency-lesion", "saliency-chance")
+# summary values with a fixed range: AUCs and rates in [0, 1], variances >= 0, Brier scores
+SUMMARY_RANGES = {
+    "auc": (0.0, 1.0),
+    "class-auc": (0.0, 1.0),
+    "roc-tpr": (0.0, 1.0),
+    "auc-var": (0.0, 1.0),
+    "brier": (0.0, 1.0),
+    "brier-multi": (0.0, 2.0),
+}
 SUMMARY_COUNT_LISTS = (
     "tp", "fp", "fn", "tn", "cal-count", "cal-sum-y",
     "class-n", "class-pred", "class-correct", "class-cal-count", "class-cal-sum-y",
@@ -147,6 +156,11 @@ def summary_problem(record: Mapping[str, Any], max_cases: int) -> str | None:
         value = record.get(key, 0.0)
         if isinstance(value, list | tuple) or not 0.0 <= value <= 1.0:
             return f"{key} = {_show(value)}: a share, must be one number in [0, 1]"
+    for key, (low, high) in SUMMARY_RANGES.items():  # a value out of range breaks the report
+        for i, value in enumerate(_as_list(record.get(key, []))):
+            if not low <= value <= high:
+                where = f"{key}[{i}]" if isinstance(record[key], list | tuple) else key
+                return f"{where} = {_show(value)}: must lie in [{low:g}, {high:g}]"
     n = record.get("n", 0)
     for key in ("n-pos", "n-neg", "saliency-n"):
         if record.get(key, 0) > n:

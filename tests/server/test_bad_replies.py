@@ -318,6 +318,15 @@ SUMMARY_CASES: list[tuple[str, str, dict[str, Any], str]] = [
         {"thresholds": [0.5], "tp": [5], "fp": [5], "fn": [5], "tn": [5]},
         "2x2 table 0 counts 20 cases, more than n = 12",
     ),
+    # out of range, the value would stop the report being built for every site
+    ("summary-auc-out-of-range", "auc = 1.5", {"auc": 1.5}, "auc = 1.5: must lie in [0, 1]"),
+    (
+        "summary-class-auc-out-of-range",
+        "a one-vs-rest AUC of -0.2",
+        {"class-auc": [0.8, -0.2, 0.7]},
+        "class-auc[1] = -0.2: must lie in [0, 1]",
+    ),
+    ("summary-negative-variance", "auc-var = -0.01", {"auc-var": -0.01}, "auc-var = -0.01"),
 ]
 
 
