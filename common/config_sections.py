@@ -85,8 +85,9 @@ class DataConfig:
     spatial_dims: int = 2  # 2: slices stored as (X, Y) or (X, Y, 1); 3: volumes
     roi_size: int = 64  # pixels of the lesion-centred crop after resampling
     # tissue kept around the lesion's bounding box before the crop is centred and padded
-    # to roi-size: 0 = the box alone (the rest of the input is zeros)
-    context_mm: float = 0.0
+    # (or cut) to roi-size: 0 = the box alone, the rest of the input zeros. 48 mm: the
+    # stability study's choice (docs/results/stability-liver-shift.md)
+    context_mm: float = 48.0
     spacing_mm: float = 1.5  # in-plane spacing every site is resampled to
     intensity: Intensity = Intensity.WINDOW  # window (CT, HU) | percentile (MRI)
     window_min: float = -150.0  # CT window (HU) mapped to [0, 1]
