@@ -27,7 +27,8 @@ def _cfg(**kw: object) -> RunConfig:
 
 def test_pipeline_shapes_window_and_lesion_centre(site_factory: Callable[..., Path]) -> None:
     site = site_factory(n_cases=6, spacing=1.5)
-    cfg = _cfg()
+    # the box alone: with context the window shifts at the small synthetic image's border
+    cfg = _cfg(**{"data.context-mm": 0.0})
     m = read_manifest(site, cfg.data.channels, cfg.task)
     train = load_split(m, "train", cfg.data, cfg.task)
     assert train.images.shape == (4, 3, 32, 32) and train.images.dtype == torch.float32
@@ -262,11 +263,9 @@ def test_context_keeps_tissue_around_the_lesion(site_factory: Callable[..., Path
     # the lesion stays whole (near the image border the window shifts rather than pads)
     assert torch.equal(bare.masks.sum(dim=(1, 2, 3)), wide.masks.sum(dim=(1, 2, 3)))
     plain = _cfg()
-    assert pipeline_key(plain.data, plain.task) == pipeline_key(
-        _cfg(**{"data.context-mm": 0.0}).data, plain.task
-    )
-    assert pipeline_key(plain.data, plain.task) != pipeline_key(
-        _cfg(**{"data.context-mm": 30.0}).data, plain.task
-    )
+    assert plain.data.context_mm == 48.0  # the default since the stability study
+    keys = {c: pipeline_key(_cfg(**{"data.context-mm": c}).data, plain.task) for c in (0, 30, 48)}
+    assert pipeline_key(plain.data, plain.task) == keys[48]
+    assert len(set(keys.values())) == 3
     with pytest.raises(ConfigError, match="data.context-mm = -1.0"):
         _cfg(**{"data.context-mm": -1.0})
