@@ -36,7 +36,12 @@ def test_compressed_reply_decodes_to_the_trained_model_minus_what_feedback_keeps
 ) -> None:
     site = site_factory(n_cases=12)
     cfg = RunConfig().replace(
-        {"data.roi-size": 32, "train.local-epochs": 1, "federation.compression": method}
+        {
+            "data.roi-size": 32,
+            "data.context-mm": 0.0,
+            "train.local-epochs": 1,
+            "federation.compression": method,
+        }
     )
     received = to_arrays(build_model(cfg))
     ctx = Context(
@@ -64,7 +69,9 @@ def test_compressed_reply_decodes_to_the_trained_model_minus_what_feedback_keeps
 
 def test_uncompressed_reply_is_the_float32_model(site_factory: Callable[..., Path]) -> None:
     site = site_factory(n_cases=12)
-    cfg = RunConfig().replace({"data.roi-size": 32, "train.local-epochs": 1})
+    cfg = RunConfig().replace(
+        {"data.roi-size": 32, "data.context-mm": 0.0, "train.local-epochs": 1}
+    )
     received = to_arrays(build_model(cfg))
     ctx = Context(
         run_id=1, node_id=0, node_config={"site-dir": str(site)}, state=RecordDict(), run_config={}

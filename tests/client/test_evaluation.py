@@ -84,7 +84,9 @@ def test_projection_is_the_same_at_every_site_and_depends_on_the_seed() -> None:
 
 def test_summarize_captures_the_penultimate_embedding(site_factory: Callable[..., Path]) -> None:
     site = site_factory(n_cases=24)
-    cfg = RunConfig().replace({"data.roi-size": 32, "eval.min-cases": 4, "eval.min-per-class": 2})
+    cfg = RunConfig().replace(
+        {"data.roi-size": 32, "data.context-mm": 0.0, "eval.min-cases": 4, "eval.min-per-class": 2}
+    )
     from client.site import open_site
 
     s = open_site({"site-dir": str(site)}, cfg)
@@ -114,7 +116,9 @@ def test_no_per_case_value_leaves_a_site(site_factory: Callable[..., Path]) -> N
     Every list in the reply has a length fixed by the run config, so no list can
     carry one value per case; and nothing but metrics and the site's name is sent.
     """
-    cfg = RunConfig().replace({"data.roi-size": 32, "eval.min-cases": 4, "eval.min-per-class": 2})
+    cfg = RunConfig().replace(
+        {"data.roi-size": 32, "data.context-mm": 0.0, "eval.min-cases": 4, "eval.min-per-class": 2}
+    )
     small = site_factory("site-small", n_cases=27, seed=1)  # 9 test cases
     large = site_factory("site-large", n_cases=45, seed=2)  # 15 test cases
     replies = [_evaluate_at(s, cfg) for s in (small, large)]

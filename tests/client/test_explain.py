@@ -37,7 +37,7 @@ from server.records import RunRecorder
 from server.reply_checks import summary_problem
 
 CPU = Compute(torch.device("cpu"), None)
-SMALL = {"data.roi-size": 32, "model.width": 8}
+SMALL = {"data.roi-size": 32, "data.context-mm": 0.0, "model.width": 8}
 
 
 # ---- the shares ---------------------------------------------------------------------------

@@ -212,7 +212,9 @@ def test_the_cache_folder_is_the_sites_not_the_servers(tmp_path: Path) -> None:
 def test_the_cache_folder_is_owner_only(site_factory: Callable[..., Path], tmp_path: Path) -> None:
     site = site_factory(n_cases=6)
     cache = tmp_path / "cache"
-    cfg = SitePolicy(cache_dir=str(cache)).apply(RunConfig().replace({"data.roi-size": 32}))
+    cfg = SitePolicy(cache_dir=str(cache)).apply(
+        RunConfig().replace({"data.roi-size": 32, "data.context-mm": 0.0})
+    )
     opened = open_site({"site-dir": str(site)}, cfg)
     assert (cache.stat().st_mode & 0o777) == 0o700
     opened.split("train", cfg)

@@ -196,6 +196,7 @@ def test_the_clientapp_with_the_mod_sends_a_clipped_valid_update(
     cfg = RunConfig().replace(
         {
             "data.roi-size": 32,
+            "data.context-mm": 0.0,
             "train.local-epochs": 1,
             "privacy.mode": "central-client-clip",
             "privacy.clip-norm": clip,

@@ -25,7 +25,13 @@ from common.weights import subset, to_arrays
 
 def _cfg(root: Path, **kw: object) -> RunConfig:
     return RunConfig().replace(
-        {"data.site-root": str(root), "data.roi-size": 32, "train.local-epochs": 1, **kw}
+        {
+            "data.site-root": str(root),
+            "data.roi-size": 32,
+            "data.context-mm": 0.0,
+            "train.local-epochs": 1,
+            **kw,
+        }
     )
 
 

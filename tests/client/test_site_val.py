@@ -24,7 +24,12 @@ SPLITS = ("train", "val", "train", "test")  # of 12 cases: 6 train, 3 val, 3 tes
 
 def _cfg(root: Path) -> RunConfig:
     return RunConfig().replace(
-        {"data.site-root": str(root), "data.roi-size": 32, "train.local-epochs": 1}
+        {
+            "data.site-root": str(root),
+            "data.roi-size": 32,
+            "data.context-mm": 0.0,
+            "train.local-epochs": 1,
+        }
     )
 
 

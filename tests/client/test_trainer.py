@@ -19,7 +19,9 @@ from common.weights import to_arrays
 
 
 def _cfg(root: Path, **kw: object) -> RunConfig:
-    return RunConfig().replace({"data.site-root": str(root), "data.roi-size": 32, **kw})
+    return RunConfig().replace(
+        {"data.site-root": str(root), "data.roi-size": 32, "data.context-mm": 0.0, **kw}
+    )
 
 
 def test_cpu_compute_has_no_amp_and_seeds_are_stable() -> None:

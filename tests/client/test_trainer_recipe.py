@@ -18,7 +18,13 @@ from common.schedule import round_lr
 
 def _cfg(root: Path, **kw: object) -> RunConfig:
     return RunConfig().replace(
-        {"data.site-root": str(root), "data.roi-size": 32, "data.augment": False, **kw}
+        {
+            "data.site-root": str(root),
+            "data.roi-size": 32,
+            "data.context-mm": 0.0,
+            "data.augment": False,
+            **kw,
+        }
     )
 
 

@@ -61,7 +61,13 @@ def _fresh_split_cache() -> None:
 
 def _cfg(policy: str = "fail", **kw: object) -> RunConfig:
     return RunConfig().replace(
-        {"data.roi-size": 32, "train.local-epochs": 1, "data.on-bad-case": policy, **kw}
+        {
+            "data.roi-size": 32,
+            "data.context-mm": 0.0,
+            "train.local-epochs": 1,
+            "data.on-bad-case": policy,
+            **kw,
+        }
     )
 
 

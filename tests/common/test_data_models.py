@@ -22,7 +22,7 @@ from common.weights import WeightsError, load_arrays, shared_state, to_arrays
 
 
 def _cfg(**kw: object) -> RunConfig:
-    return RunConfig().replace({"data.roi-size": 32, **kw})
+    return RunConfig().replace({"data.roi-size": 32, "data.context-mm": 0.0, **kw})
 
 
 def test_pipeline_shapes_window_and_lesion_centre(site_factory: Callable[..., Path]) -> None:
@@ -142,7 +142,9 @@ def test_the_cache_never_serves_tensors_made_with_other_settings_or_files(
     """Same cache folder: another crop size or a changed image file is recomputed."""
     site = site_factory(n_cases=6)
     cache = str(tmp_path / "cache")
-    small = RunConfig().replace({"data.roi-size": 32, "data.cache-dir": cache})
+    small = RunConfig().replace(
+        {"data.roi-size": 32, "data.context-mm": 0.0, "data.cache-dir": cache}
+    )
     manifest = read_manifest(site, small.data.channels, small.task)
     large = small.replace({"data.roi-size": 48})
     first = load_split(manifest, "train", small.data, small.task)
@@ -262,7 +264,7 @@ def test_context_keeps_tissue_around_the_lesion(site_factory: Callable[..., Path
     assert float((wide.images == 0).float().mean()) < float((bare.images == 0).float().mean())
     # the lesion stays whole (near the image border the window shifts rather than pads)
     assert torch.equal(bare.masks.sum(dim=(1, 2, 3)), wide.masks.sum(dim=(1, 2, 3)))
-    plain = _cfg()
+    plain = RunConfig().replace({"data.roi-size": 32})
     assert plain.data.context_mm == 48.0  # the default since the stability study
     keys = {c: pipeline_key(_cfg(**{"data.context-mm": c}).data, plain.task) for c in (0, 30, 48)}
     assert pipeline_key(plain.data, plain.task) == keys[48]

@@ -45,7 +45,7 @@ from tests.dicom_series import ct_volume, write_ct_series
 from tests.orthanc import Orthanc, running_orthanc, tls_proxy
 
 N_CASES = 12  # per hospital of liver-2: every split has cases, and it loads in seconds
-CFG = RunConfig().replace({"data.roi-size": 32, "train.local-epochs": 1})
+CFG = RunConfig().replace({"data.roi-size": 32, "data.context-mm": 0.0, "train.local-epochs": 1})
 
 
 @dataclass(frozen=True)

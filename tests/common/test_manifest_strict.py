@@ -39,7 +39,9 @@ def _fresh_split_cache() -> None:
 
 
 def _cfg(policy: str = "fail") -> RunConfig:
-    return RunConfig().replace({"data.roi-size": 32, "data.on-bad-case": policy})
+    return RunConfig().replace(
+        {"data.roi-size": 32, "data.context-mm": 0.0, "data.on-bad-case": policy}
+    )
 
 
 def _lines(site: Path) -> list[str]:

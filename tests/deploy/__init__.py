@@ -233,7 +233,7 @@ def check_completed_run(run_dir: Path, keyring: Path, sites: Sequence[str]) -> N
         sites, "own-local-layers"
     )
     state = torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"]
-    cfg = RunConfig().replace({"data.roi-size": 32, "hooks.use": "fedbn"})
+    cfg = RunConfig().replace({"data.roi-size": 32, "data.context-mm": 0.0, "hooks.use": "fedbn"})
     model = build_model(cfg)
     initial = model.state_dict()
     bn = HookSet(cfg).local_keys(model)
@@ -252,7 +252,8 @@ def check_completed_run(run_dir: Path, keyring: Path, sites: Sequence[str]) -> N
 
 
 RUN_CONFIG = (
-    "federation.num-rounds=2 data.roi-size=32 train.local-epochs=1 train.amp=false "
+    "federation.num-rounds=2 data.roi-size=32 data.context-mm=0 train.local-epochs=1 "
+    "train.amp=false "
     "hooks.use='fedbn,fedprox' eval.min-cases=8 eval.min-per-class=3"
 )
 """The deployed run the real-process tests submit (``check_completed_run`` checks it)."""

@@ -40,7 +40,8 @@ from tests.deploy import (
 
 SITES = ("site-a", "site-b", "site-c")
 BASE_CONFIG = (
-    "federation.expected-sites=3 data.roi-size=32 train.local-epochs=1 train.amp=false "
+    "federation.expected-sites=3 data.roi-size=32 data.context-mm=0 train.local-epochs=1 "
+    "train.amp=false "
     "eval.min-cases=8 eval.min-per-class=3"
 )
 

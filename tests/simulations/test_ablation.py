@@ -57,7 +57,9 @@ def test_variants_change_one_factor_group_at_a_time() -> None:
 def test_ablation_scores_the_same_patients_under_each_variant(tmp_path: Path) -> None:
     scenario = tmp_path / "tiny.toml"
     scenario.write_text(SCENARIO)
-    cfg = RunConfig().replace({"data.roi-size": 32, "eval.min-cases": 8, "eval.min-per-class": 3})
+    cfg = RunConfig().replace(
+        {"data.roi-size": 32, "data.context-mm": 0.0, "eval.min-cases": 8, "eval.min-per-class": 3}
+    )
     checkpoint = RunRecorder(tmp_path / "run").checkpoint(
         shared_state(build_model(cfg)), cfg, 0, "global"
     )

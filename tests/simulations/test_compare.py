@@ -45,6 +45,7 @@ SETTINGS = {
     "eval.min-cases": 8,
     "eval.min-per-class": 3,
     "data.roi-size": 32,
+    "data.context-mm": 0.0,
 }
 
 

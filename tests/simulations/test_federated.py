@@ -36,6 +36,7 @@ def test_two_sites_two_rounds_learn_and_report_by_site(
         {
             "data.site-root": str(tmp_path / "sites"),
             "data.roi-size": 32,
+            "data.context-mm": 0.0,
             "federation.num-rounds": 2,
             "train.local-epochs": 3,
             "output.run-dir": str(run_dir),
@@ -96,6 +97,7 @@ def test_loso_design_leaves_each_site_out_once(
         {
             "data.site-root": str(tmp_path / "sites"),
             "data.roi-size": 32,
+            "data.context-mm": 0.0,
             "federation.num-rounds": 1,
             "eval.design": "loso",
             "eval.min-cases": 10,
@@ -163,7 +165,7 @@ def test_flwr_run_dot_runs_the_same_apps(site_factory: Callable[..., Path], tmp_
     run_config = (
         f"federation.num-rounds=1 federation.expected-sites=2 "
         f"data.site-root='{tmp_path / 'sites'}' "
-        f"data.roi-size=32 output.run-dir='{run_dir}'"
+        f"data.roi-size=32 data.context-mm=0 output.run-dir='{run_dir}'"
     )
     flwr = bin_dir / "flwr"
     try:

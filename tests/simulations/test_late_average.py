@@ -29,6 +29,7 @@ def test_the_final_model_is_the_mean_of_the_last_rounds(
         {
             "data.site-root": str(tmp_path / "sites"),
             "data.roi-size": 32,
+            "data.context-mm": 0.0,
             "train.local-epochs": 1,
             "train.amp": False,
             "eval.min-cases": 4,

@@ -41,7 +41,12 @@ field_strength_t = 3.0
 receiver_gain = 2.5
 """
 
-SETTINGS = {"eval.min-cases": 8, "eval.min-per-class": 3, "data.roi-size": 32}
+SETTINGS = {
+    "eval.min-cases": 8,
+    "eval.min-per-class": 3,
+    "data.roi-size": 32,
+    "data.context-mm": 0.0,
+}
 
 
 @pytest.mark.slow
@@ -84,7 +89,7 @@ def test_lesion_type_trains_on_mri_and_compares_channel_subsets(
     code = main(
         ["simulate", "--scenario", str(scenario), "--quick", "--data-dir",
          str(tmp_path / "data"), "--out", str(sim), "--run-config",
-         "eval.min-cases=8 eval.min-per-class=3 data.roi-size=32"]
+         "eval.min-cases=8 eval.min-per-class=3 data.roi-size=32 data.context-mm=0"]
     )  # fmt: skip
     assert code == 0
     printed = capsys.readouterr().out

@@ -61,6 +61,7 @@ TOLERANCE = 0.02  # the issue's bound on |AUC(defended) - AUC(clean)|
 DAMAGE = 0.1  # undefended, the attack must cost clearly more than the tolerance
 SETTINGS: dict[str, Any] = {
     "data.roi-size": 32,
+    "data.context-mm": 0.0,
     "federation.num-rounds": 3,
     "train.local-epochs": 10,
     "train.batch-size": 8,

@@ -39,6 +39,7 @@ def _config(sites: Path, run_dir: Path, **extra: Any) -> RunConfig:
         {
             "data.site-root": str(sites),
             "data.roi-size": 32,
+            "data.context-mm": 0.0,
             "train.local-epochs": 1,
             "train.amp": False,
             "eval.min-cases": 4,

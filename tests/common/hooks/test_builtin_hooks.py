@@ -177,7 +177,7 @@ def test_test_time_hooks_take_only_images() -> None:
         params = list(inspect.signature(cls.adapt).parameters)
         assert params == ["self", "model", "images", "compute"]
     hooks = HookSet(RunConfig().replace({"hooks.use": "bn-adapt,tent"}))
-    model = build_model(RunConfig().replace({"data.roi-size": 32}))
+    model = build_model(RunConfig().replace({"data.roi-size": 32, "data.context-mm": 0.0}))
     assert hooks.adapt(model, torch.rand(6, 3, 32, 32), CPU) == "bn-adapt+tent"
 
 
