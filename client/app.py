@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, cast
 
 from flwr.app import (
     Array,
@@ -31,6 +31,7 @@ from flwr.common.constant import ErrorCode
 
 from client.memory import keep_residual, recall_residual
 from client.message_config import split_config
+from client.monitor_site import WindowRequest, site_monitor
 from client.policy import SitePolicy, policy_mod, site_policy
 from client.privacy import privacy_mod
 from client.site import Instructions, Site, open_site, site_evaluate, site_train
@@ -173,8 +174,27 @@ def train(msg: Message, context: Context) -> Message:
 
 
 def evaluate(msg: Message, context: Context) -> Message:
-    """Score the global model on this site's test split; reply with summaries."""
+    """Score the global model on this site's test split; reply with summaries. A monitoring
+    request (``ConfigKey.WINDOW``) scores the test cases acquired in one window instead."""
     site, cfg, _, todo, policy = _open(msg, context)
+    request = WindowRequest.from_instructions(todo.raw)
+    if request is not None:
+        window, acquisition = site_monitor(
+            site, msg.content[RecordKey.ARRAYS], cfg, request, policy=policy
+        )
+        info: dict[str, Any] = {
+            SiteKey.NAME.value: site.name,
+            SiteKey.ACQUISITION.value: acquisition,
+        }
+        return Message(
+            RecordDict(
+                {
+                    RecordKey.METRICS: MetricRecord(window.to_record()),
+                    RecordKey.SITE: ConfigRecord(info),
+                }
+            ),
+            reply_to=msg,
+        )
     summary, adaptation = site_evaluate(
         site,
         msg.content[RecordKey.ARRAYS],

@@ -41,6 +41,7 @@ from client.trainer import train_local
 from common.badcases import SKIPPED_CASES
 from common.config import RunConfig
 from common.data import SplitTensors, load_split, load_splits
+from common.dates import acquired_before
 from common.device import Compute, derive_seed, seed_everything, select_compute
 from common.dicomweb import open_source
 from common.hooks import ADAPT_NONE, ADAPT_OWN_LAYERS, HookPoint, HookSet, Statistics
@@ -179,6 +180,10 @@ def open_site(node_config: Mapping[str, Any], cfg: RunConfig) -> Site:
     secrets = SitePolicy.from_node_config(node_config).dicomweb_secrets
     pacs = open_source(secrets, cfg.data.cache_dir)
     manifest = open_manifest(site_dir, cfg.data.channels, cfg.task, data_root=data_root, pacs=pacs)
+    if cfg.data.acquired_before:  # the data of the model's time only
+        manifest = replace(
+            manifest, cases=tuple(acquired_before(manifest.cases, cfg.data.acquired_before))
+        )
     name = str(node_config.get(NodeKey.SITE_NAME, "")) or manifest.name
     return Site(name, manifest)
 

@@ -25,6 +25,7 @@ from common.config_sections import (
     FederationConfig,
     HooksConfig,
     ModelConfig,
+    MonitorConfig,
     OutputConfig,
     PrivacyConfig,
     TrackingConfig,
@@ -73,6 +74,7 @@ class RunConfig:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
     def __post_init__(self) -> None:
         _check_choice("task", self.task, Task)
@@ -163,6 +165,13 @@ class RunConfig:
             )
         if not 0.0 <= self.data.context_mm <= 1000.0:
             raise ConfigError(f"data.context-mm = {self.data.context_mm!r}: must lie in 0..1000")
+        if self.data.acquired_before:
+            from common.dates import parse_date
+
+            try:
+                parse_date(self.data.acquired_before)
+            except ValueError as e:
+                raise ConfigError(f"data.acquired-before: {e}") from e
         if self.data.spatial_dims not in (2, 3):
             raise ConfigError(f"data.spatial-dims = {self.data.spatial_dims!r}: must be 2 or 3")
         if not self.data.channels:
@@ -172,6 +181,24 @@ class RunConfig:
         self._check_recipe()
         self._check_selection()
         self._check_tracking()
+        self._check_monitor()
+
+    def _check_monitor(self) -> None:
+        m = self.monitor
+        if m.reference_windows < 2 or not 0.0 < m.false_alarm_rate < 0.5 or m.cusum_k < 0:
+            raise ConfigError(
+                f"monitor.reference-windows = {m.reference_windows!r} must be >= 2, "
+                f"monitor.false-alarm-rate = {m.false_alarm_rate!r} in (0, 0.5) and "
+                f"monitor.cusum-k = {m.cusum_k!r} >= 0"
+            )
+        if self.eval.design is EvalDesign.MONITOR:
+            if not m.model_run or not m.windows:
+                raise ConfigError(
+                    "eval.design = 'monitor' needs monitor.model-run (the training run folder "
+                    "whose model is watched) and monitor.windows (e.g. '2024-07..2025-12')"
+                )
+            if m.replace and not m.reason.strip():
+                raise ConfigError("monitor.replace = true needs monitor.reason: why windows change")
 
     def _check_tracking(self) -> None:
         # whether the backend's package is installed is the server's check

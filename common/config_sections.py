@@ -88,6 +88,9 @@ class DataConfig:
     # (or cut) to roi-size: 0 = the box alone, the rest of the input zeros. 48 mm: the
     # stability study's choice (docs/results/stability-liver-shift.md)
     context_mm: float = 48.0
+    # "YYYY-MM-DD": cases acquired on or after this day are left out of every split (a model
+    # trained and evaluated on the data of its time; later cases are for monitoring)
+    acquired_before: str = ""
     spacing_mm: float = 1.5  # in-plane spacing every site is resampled to
     intensity: Intensity = Intensity.WINDOW  # window (CT, HU) | percentile (MRI)
     window_min: float = -150.0  # CT window (HU) mapped to [0, 1]
@@ -171,6 +174,23 @@ class OutputConfig:
 
     run_dir: str = "runs/flwr"
     resume: bool = False  # continue RUN_DIR from its last completed round
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """``eval.design = "monitor"``: a finished run's frozen model scored window by window at
+    every site (``server.monitoring``); sites ignore this section."""
+
+    model_run: str = ""  # the training run folder (sealed trail) whose checkpoint is watched
+    checkpoint: str = "checkpoint.pt"  # the model's file in model-run
+    folder: str = ""  # the model's monitoring folder; "" = MODEL_RUN/monitor
+    windows: str = ""  # "2024-07..2025-12" (every month), or "2024-07,2024-08"
+    as_of: str = ""  # "YYYY-MM-DD": labels count if they arrived by then; "" = today
+    reference_windows: int = 6  # each site's first sufficient windows: its in-control level
+    false_alarm_rate: float = 0.002  # per site and window, all of a site's charts together
+    cusum_k: float = 0.5  # CUSUM reference value (half the shift, in sd, detected fastest)
+    replace: bool = False  # a re-run window whose summary changed supersedes it (reason needed)
+    reason: str = ""  # why windows are replaced (kept on the monitoring chain)
 
 
 @dataclass(frozen=True)

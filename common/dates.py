@@ -49,6 +49,15 @@ def cases_in_window(cases: Iterable[Case], start: date, end: date) -> list[Case]
     return [c for c in cases if c.acquired is not None and start <= c.acquired < end]
 
 
+def acquired_before(cases: Iterable[Case], day: str) -> list[Case]:
+    """The cases acquired before ``day`` (``data.acquired-before``, ``YYYY-MM-DD``; "" keeps
+    every case); a case without an acquisition date stays (nothing says it is later)."""
+    if not day:
+        return list(cases)
+    cut = parse_date(day)
+    return [c for c in cases if c.acquired is None or c.acquired < cut]
+
+
 def labelled_by(case: Case, as_of: date) -> bool:
     """Whether the case's label was known on ``as_of``: it has a label, and its label date
     (if recorded; a label without a date counts as known) is not after ``as_of``."""
@@ -65,3 +74,71 @@ def acquired_line(cases: Iterable[Case]) -> str | None:
     undated = len(cases) - len(dates)
     plural = "case" if undated == 1 else "cases"
     return f"acquired: first {dates[0]}, last {dates[-1]}, {undated} {plural} without a date"
+
+
+# ---- monitoring windows ------------------------------------------------------------------------
+
+MONTH = re.compile(r"^(\d{4})-(\d{2})$")
+DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+WRITE_WINDOW = (
+    "name a window YYYY-MM (a month), YYYY-MM-DD (a day) or FROM/TO of either (both ends "
+    "included), and a series FIRST..LAST of months (e.g. 2024-07..2025-12)"
+)
+
+
+def _month(text: str) -> date:
+    found = MONTH.match(text)
+    if not found or not 1 <= int(found.group(2)) <= 12:
+        raise ValueError(f"{text!r} is not a month; {WRITE_WINDOW}")
+    return date(int(found.group(1)), int(found.group(2)), 1)
+
+
+def _next_month(day: date) -> date:
+    return date(day.year + day.month // 12, day.month % 12 + 1, 1)
+
+
+def _bounds(part: str) -> tuple[date, date]:
+    if MONTH.match(part):
+        first = _month(part)
+        return first, _next_month(first)
+    if DAY.match(part):
+        day = parse_date(part)
+        return day, date.fromordinal(day.toordinal() + 1)
+    raise ValueError(f"window {part!r}: {WRITE_WINDOW}")
+
+
+def window_bounds(window: str) -> tuple[date, date]:
+    """The first day of ``window`` and the first day after it (``cases_in_window``'s
+    half-open range); raises ``ValueError`` saying how to name one."""
+    first, _, last = window.partition("/")
+    start, end = _bounds(first)
+    if last:
+        _, end = _bounds(last)
+    if end <= start:
+        raise ValueError(f"window {window!r} ends before it starts; {WRITE_WINDOW}")
+    return start, end
+
+
+def expand_windows(spec: str) -> list[str]:
+    """``monitor.windows`` as window names in time order: ``FIRST..LAST`` (months) gives every
+    month from FIRST to LAST; otherwise a comma-separated list of windows, each checked."""
+    text = spec.strip()
+    if ".." in text:
+        first, _, last = text.partition("..")
+        month, stop = _month(first.strip()), _month(last.strip())
+        if stop < month:
+            raise ValueError(f"windows {spec!r}: {last.strip()} is before {first.strip()}")
+        out = []
+        while month <= stop:
+            out.append(f"{month:%Y-%m}")
+            month = _next_month(month)
+        return out
+    names = [w.strip() for w in text.split(",") if w.strip()]
+    if not names:
+        raise ValueError(f"no windows in {spec!r}; {WRITE_WINDOW}")
+    for name in names:
+        window_bounds(name)
+    ordered = sorted(names, key=window_bounds)
+    if len(set(names)) != len(names):
+        raise ValueError(f"windows {spec!r} name a window twice")
+    return ordered

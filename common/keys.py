@@ -74,6 +74,11 @@ class ConfigKey(StrEnum):
     MODEL_SIGNATURE = "model-signature"  # the server's signature of the model it sends (hex)
     SITE_CHALLENGE = "site-challenge"  # site query: a fresh nonce the site signs with its name
     INSTRUCTION_SIGNATURE = "instruction-signature"  # the server's signature of each message
+    # monitor design: score the cases acquired in a window (common.dates), labels known by as-of
+    WINDOW = "monitor-window"  # the window's name, "YYYY-MM" (server.monitoring.store)
+    WINDOW_START = "monitor-start"  # first day, "YYYY-MM-DD"
+    WINDOW_END = "monitor-end"  # the first day after it, "YYYY-MM-DD" (exclusive)
+    AS_OF = "monitor-as-of"  # labels count when their label_date is on or before this day
 
 
 # model ids (ConfigKey.MODEL, run records, checkpoints, the report)
@@ -278,6 +283,7 @@ class EvalDesign(StrEnum):
     HOLDOUT = "holdout"  # the global model on every site's test split and the external sites
     LOSO = "loso"  # leave one site out: federate without k, evaluate on k and the others
     CROSS_SITE = "cross-site"  # {global, each site's local-only model} x every site
+    MONITOR = "monitor"  # a trained run's frozen model watched window by window (no training)
 
 
 class PoolingMethod(StrEnum):

@@ -13,6 +13,7 @@ the federation itself through the ClientApp: ``eval.local-only``.)
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from client.evaluation import summarize
 from client.trainer import train_local
 from common.config import RunConfig
 from common.data import SplitTensors, concat_splits, load_split
+from common.dates import acquired_before
 from common.device import Compute, derive_seed, seed_everything, select_compute
 from common.keys import Split, Task
 from common.manifest import list_site_dirs, open_manifest
@@ -59,6 +61,9 @@ def load_sites(cfg: RunConfig) -> list[SiteData]:
     out = []
     for site_dir in list_site_dirs(Path(cfg.data.site_root)):
         manifest = open_manifest(site_dir, cfg.data.channels, cfg.task)
+        if cfg.data.acquired_before:  # as the sites do (client.site.open_site)
+            kept = acquired_before(manifest.cases, cfg.data.acquired_before)
+            manifest = dataclasses.replace(manifest, cases=tuple(kept))
         out.append(
             SiteData(
                 manifest.name,

@@ -35,6 +35,12 @@ from simulations.mri_phantom import generate_mri_phantom
 from simulations.mri_scenario import MriScenario, is_mri_scenario, load_mri_scenario
 from simulations.phantom import generate_phantom
 from simulations.scenario import Scenario, load_scenario
+from simulations.timeline import (
+    generate_timeline_phantom,
+    is_timeline_scenario,
+    load_timeline_scenario,
+)
+from simulations.timeline_scenario import TimelineScenario
 
 log = logging.getLogger("hepafed.progress")
 
@@ -91,6 +97,8 @@ def simulate(
         settings["eval.design"] = design
     require_backend(RunConfig().replace(settings))  # before the phantom is even generated
     spec, phantom_dir = prepare_phantom(scenario, data_dir)
+    if is_timeline_scenario(scenario):  # train on its first months; the rest is monitored
+        settings = {**timeline_settings(load_timeline_scenario(scenario)), **settings}
     seconds["phantom"] = time.monotonic() - t0
 
     run_dir = run_dir or default_run_dir(spec.name)
@@ -141,9 +149,27 @@ AnyScenario = Scenario | MriScenario
 
 def prepare_phantom(scenario: str | Path, data_dir: Path) -> tuple[AnyScenario, Path]:
     """The scenario (CT, or MRI: ``simulations.mri_scenario``) and its phantom folder,
-    generated unless already on disk."""
+    generated unless already on disk. A timeline scenario (``simulations.timeline``) is
+    written whole and returned as the CT scenario of its hospitals, every one training."""
+    if is_timeline_scenario(scenario):
+        timeline = load_timeline_scenario(scenario)
+        folder = data_dir / "phantom" / f"{timeline.name}-seed{timeline.seed}"
+        generate_timeline_phantom(timeline, folder)
+        sites = tuple(s.profile for s in timeline.sites)
+        return Scenario(timeline.name, timeline.seed, sites, timeline.dims), folder
     spec = any_scenario(scenario)
     return spec, write_phantom(spec, data_dir)
+
+
+def timeline_settings(spec: TimelineScenario) -> dict[str, Any]:
+    """A timeline's training run: only the cases of its training months (train, val and
+    test splits; later months are for ``hepafed monitor``), and a logistic recalibration
+    fitted on the validation summaries, which the monitor's label-free estimate needs."""
+    first_watched = spec.month_start(spec.training_months + 1)
+    return {
+        "data.acquired-before": first_watched.isoformat(),
+        "eval.recalibrate": "logistic",
+    }
 
 
 def any_scenario(scenario: str | Path) -> AnyScenario:

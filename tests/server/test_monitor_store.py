@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from server.audit import AuditTrail, entries, verify_trail
-from server.monitor_store import MonitorError, MonitorStore
+from server.monitoring.store import MonitorError, MonitorStore
 
 SUMMARY = {"n": 40, "estimated_auc": 0.81, "insufficient": False}
 
