@@ -55,6 +55,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "run": ("server.run_cli", "submit a federated run to a SuperLink and follow it"),
     "audit": ("server.audit_cli", "check a run's tamper-evident audit trail"),
+    "monitor": (
+        "simulations.monitor_cli",
+        "watch a trained model at every site over time: drift, label-free estimates, alarms",
+    ),
 }
 
 

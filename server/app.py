@@ -14,6 +14,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from common.config import RunConfig
+from common.keys import EvalDesign
 from server.designs import run_design
 from server.federation import connect
 from server.records import RunRecorder
@@ -34,6 +35,10 @@ def main(grid: Grid, context: Context) -> None:
 def serve(grid: Grid, cfg: RunConfig) -> Path:
     """Run the design of ``cfg``, write evaluations and the report; the run folder."""
     require_backend(cfg)  # a missing tracking package fails before any site is asked
+    if cfg.eval.design is EvalDesign.MONITOR:  # a trained model watched over time: no training
+        from server.monitoring.design import run_monitor
+
+        return run_monitor(grid, cfg)
     recorder = RunRecorder(Path(cfg.output.run_dir))
     with recorder.tracked():  # tracking.backend: the report's figures, then the run ends
         federation = connect(grid, cfg, recorder)

@@ -79,6 +79,11 @@ class Evaluation:
 def run_design(fed: Federation) -> list[Evaluation]:
     """Train and evaluate the models of ``eval.design``; every final evaluation."""
     design = fed.cfg.eval.design
+    if design is EvalDesign.MONITOR:
+        raise FederationError(
+            "eval.design = 'monitor' trains and evaluates nothing here: the ServerApp runs "
+            "it (server.monitoring.design), as `hepafed monitor` does"
+        )
     trainers = fed.trainers
     evaluations: list[Evaluation] = []
     if design is EvalDesign.LOSO:

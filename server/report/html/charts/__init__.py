@@ -9,6 +9,9 @@
 - ``roc``: ``roc_svg``, ROC step curves per site.
 - ``reliability``: ``reliability_svg``, one site's calibration bins.
 - ``drift``: ``drift_svg``, embedding drift against AUC drop.
+- ``timeline``: ``timeline_svg``, a monitored site's estimated and actual AUC by window
+  (``monitor.html``).
+- ``cusum``: ``cusum_svg``, one monitoring chart's CUSUM against its limit.
 
 Each chart function returns ``markupsafe.Markup``, ready for a Jinja2 template; every
 text that comes from the report is escaped inside it.

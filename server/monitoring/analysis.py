@@ -1,0 +1,736 @@
+"""A deployed model's monitoring, site by site and window by window: ``analyse`` turns the
+stored window summaries into the ``monitor.json`` document (``server.monitoring.model``).
+
+For each site, over its windows in time order (only those asked for; a window of too few
+cases is listed without numbers and skipped by every chart):
+
+- **reference period**: the site's first R sufficient windows (``reference_windows``); with
+  fewer than 2, no chart runs;
+- **charts**: four one-sided CUSUMs (``common.stats.change_detection``, restarted after each
+  alarm) on standardised values z over the windows after the reference period. Two watch
+  performance (lower side): the label-free estimated AUC and the actual AUC once labels
+  arrive. Two watch the inputs (upper side): the embedding mean (Hotelling T²) and the
+  intensity histograms (Jensen-Shannon divergence); their signal is a *drift notice*, since
+  inputs can move without costing performance. Each chart is tuned to ARL0 = 4 / alpha
+  (Bonferroni over the four), so a site in control raises about alpha false alarms per
+  window, all charts together. A window without a statistic's inputs is skipped by that
+  chart alone (the actual AUC's chart runs over a gappy series: labels arrive late);
+- the acquisition changes between consecutive sufficient windows, and the label-free
+  estimate checked against the actual AUC wherever both exist.
+
+**Self-starting charts.** The estimated AUC's and the intensity divergence's in-control
+level and spread come from a handful of windows. A new value x standardised with the
+predictive t over the n windows of its reference, ``z = Phi^-1(F_t,n-1((x - mean) /
+(sd sqrt(1 + 1/n))))``, is exactly N(0, 1) under normality although mean and sd are
+estimated from few windows. A *fixed* reference would still share its estimation error with
+every later window (the z's correlate through it): with R = 6 the false-alarm rate would be
+several times the planned one (eight times at alpha = 0.002, by simulation). So the
+reference grows: each window is standardised against the reference period and the earlier
+charted windows (Hawkins 1987's self-starting chart), which keeps the z's close to
+independent N(0, 1) in control. Two guards keep a change from diluting the reference it is
+judged against (with every window joining, a step that multiplied a divergence by 60 was
+absorbed after one window and never alarmed): a window beyond 2.5 on the alarm's side does
+not join (0.6 % of in-control windows), and at a chart's first alarm the reference goes back
+to where the change began and stays there, so a lasting change keeps signalling (the price:
+after a *false* alarm that chart's later false alarms come more often; at the default alpha
+a chart's first false alarm comes after some 2000 windows on average). The actual AUC's
+reference (the inverse-variance mean of the AUCs, whose variances are known) grows the same
+way: its prediction errors are independent too. The intensity divergences, right-skewed, are
+charted as logs. The embedding's reference is the pooled cases of the reference period: its
+T², like the actual AUC's z, takes a window's spread from its cases, so a site whose windows
+differ by more than case sampling raises more of those than planned.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, TypeVar
+
+import numpy as np
+from scipy import stats
+from scipy.spatial.distance import jensenshannon
+
+from common.acquisition import CATEGORICAL_FIELDS, CONTRAST_FIELD, NUMERIC_FIELDS
+from common.stats import AUCResult, wilson_ci
+from common.stats.change_detection import ChartResult, Reference, Side, cusum, cusum_limit
+from common.window_summary import LABEL_KEYS  # the keys a window's actual figures hold
+from server.monitoring.model import MONITOR_VERSION, validate
+from server.monitoring.store import WINDOW, WindowState
+from server.report.site_statistics import interval
+
+# statistic -> (kind, side), in the order the charts are listed
+CHARTS: dict[str, tuple[str, Side]] = {
+    "est-auc": ("performance", "lower"),
+    "actual-auc": ("performance", "lower"),
+    "embedding": ("drift", "upper"),
+    "intensity": ("drift", "upper"),
+}
+Z_CLIP = 8.0  # |z| beyond this is an alarm either way; keeps tail probabilities finite
+MEDIAN_CHANGE = 0.05  # relative change of a median reported as an acquisition change
+JS_FLOOR = 1e-12  # the intensity chart standardises log divergences
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class MonitorSettings:
+    """What ``analyse`` charts and how (module docstring)."""
+
+    windows: tuple[str, ...]  # the windows asked for, time order (the whole history)
+    as_of: str  # "YYYY-MM-DD": labels known by this date (recorded; the sites applied it)
+    reference_windows: int = 6  # R: each site's first R sufficient windows
+    false_alarm_rate: float = 0.002  # alpha, per site and window, all its charts together
+    cusum_k: float = 0.5
+    level: float = 0.95  # of every interval
+    min_cases: int = 20  # a window of fewer cases is insufficient, whatever the site said
+
+    def __post_init__(self) -> None:
+        bad = [w for w in self.windows if not WINDOW.match(w)]
+        if not self.windows or bad:
+            raise ValueError(f"windows must be YYYY-MM, YYYY-MM-DD or FROM/TO, got {bad or '()'}")
+        if list(self.windows) != sorted(set(self.windows)):
+            raise ValueError("windows must be distinct and in time order")
+        if not (len(self.as_of) == 10 and WINDOW.match(self.as_of)):
+            raise ValueError(f"as_of must be a date YYYY-MM-DD, got {self.as_of!r}")
+        if self.reference_windows < 2:
+            raise ValueError(f"reference_windows must be at least 2, got {self.reference_windows}")
+        if not 0 < self.false_alarm_rate < 1:
+            raise ValueError(f"false_alarm_rate must be in (0, 1), got {self.false_alarm_rate}")
+        if self.cusum_k <= 0 or not 0.5 <= self.level < 1 or self.min_cases < 1:
+            raise ValueError("cusum_k must be > 0, level in [0.5, 1) and min_cases >= 1")
+
+    @property
+    def arl0(self) -> float:
+        """Each chart's in-control ARL: ``len(CHARTS) / alpha`` (Bonferroni)."""
+        return len(CHARTS) / self.false_alarm_rate
+
+    @cached_property
+    def cusum_h(self) -> float:
+        """The decision interval of a one-sided chart with ARL0 ``arl0`` (either side: the
+        same by symmetry); computed once per settings (a Markov-chain root search)."""
+        return cusum_limit(self.arl0, self.cusum_k, "upper")
+
+
+# ---- the statistics ---------------------------------------------------------------------------
+
+
+def predictive_z(x: float, reference: Sequence[float]) -> float:
+    """``x`` standardised against ``reference`` (n >= 2 values, sd > 0) with the predictive t
+    (module docstring): N(0, 1) for a new value from the reference's normal distribution."""
+    ref = np.asarray(reference, dtype=float)
+    n, sd = ref.size, float(ref.std(ddof=1))
+    if sd == 0:  # a reference that never varied: any other value is off the scale
+        return float(np.sign(x - ref.mean()) * Z_CLIP)
+    u = (x - ref.mean()) / (sd * math.sqrt(1 + 1 / n))
+    # through the smaller tail, so that neither probability rounds to 0 or 1
+    z = -stats.norm.ppf(stats.t.sf(u, n - 1)) if u > 0 else stats.norm.ppf(stats.t.cdf(u, n - 1))
+    return float(np.clip(z, -Z_CLIP, Z_CLIP))
+
+
+def pooled_moments(
+    parts: Sequence[tuple[int, np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """The pooled mean, covariance (ddof 1) and count of groups ``(n_i, mean_i, cov_i)``:
+    within ``sum (n_i - 1) C_i`` plus between ``sum n_i (m_i - m)(m_i - m)^T``."""
+    n0 = sum(n for n, _, _ in parts)
+    m0 = np.sum([n * m for n, m, _ in parts], axis=0) / n0
+    scatter = sum((n - 1) * c + n * np.outer(m - m0, m - m0) for n, m, c in parts)
+    return m0, np.asarray(scatter) / (n0 - 1), n0
+
+
+def hotelling_t2(
+    mean: np.ndarray, n: int, m0: np.ndarray, s0: np.ndarray, n0: int
+) -> tuple[float, float]:
+    """Hotelling's T² of a window mean of ``n`` cases against a reference mean of ``n0``,
+    ``d' S0^-1 d / (1/n + 1/n0)``, and the Mahalanobis distance ``sqrt(d' S0^-1 d)``. A
+    singular ``s0`` gets a ridge of 1e-9 times its mean variance."""
+    d = np.asarray(mean, dtype=float) - m0
+    s = np.asarray(s0, dtype=float)
+    if np.linalg.matrix_rank(s) < len(s):
+        s = s + 1e-9 * np.trace(s) / len(s) * np.eye(len(s))
+    q = float(d @ np.linalg.solve(s, d))
+    return q / (1 / n + 1 / n0), math.sqrt(max(q, 0.0))
+
+
+def js_divergence(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Mean over channels of the Jensen-Shannon divergence (base 2, on [0, 1]) between the
+    histograms ``a`` and ``b`` (counts, ``(..., channels, bins)``), each normalised."""
+    return np.clip(np.mean(jensenshannon(a, b, base=2, axis=-1) ** 2, axis=-1), 0.0, 1.0)
+
+
+# ---- the charts -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Point:
+    """A charted window: its value, z, and the reference level and size it was judged by."""
+
+    value: float
+    z: float
+    level: float
+    n_ref: int
+
+
+# a window whose z lies beyond this on the alarm's side does not join its chart's reference
+# (in control that leaves out 0.6 % of the windows)
+JOIN_LIMIT = 2.5
+
+
+def since_index(result: ChartResult, alarm: int) -> int:
+    """The window after the one where the chart's sum was last 0 (or restarted) before
+    ``alarm``: the estimated start of the change."""
+    for j in range(alarm - 1, -1, -1):
+        if result.statistic[j] == 0 or j in result.alarms:
+            return j + 1
+    return 0
+
+
+def self_starting(
+    xs: Sequence[T],
+    initial: Sequence[T],
+    point: Callable[[list[T], T], Point],
+    k: float,
+    h: float,
+    side: Side,
+) -> tuple[list[Point], ChartResult]:
+    """The CUSUM of ``xs``, each window judged by ``point`` against ``initial`` plus the
+    earlier windows that joined it (module docstring): a window joins unless it lies beyond
+    ``JOIN_LIMIT`` on the alarm's side, and at the first alarm the reference goes back to
+    what it was where the change began and stays there."""
+    ref = Reference(0.0, 1.0, len(initial))  # the z's are already standardised
+    reference = list(initial)
+    kept: list[list[T]] = []  # the reference each window was judged against
+    points: list[Point] = []
+    up = down = 0.0
+    began = 0  # the first window since the alarm side's sum was last 0
+    frozen = False
+    for t, x in enumerate(xs):
+        kept.append(list(reference))
+        p = point(list(reference), x)
+        points.append(p)
+        up = max(0.0, up + p.z - k) if side != "lower" else 0.0
+        down = max(0.0, down - p.z - k) if side != "upper" else 0.0
+        if up > h or down > h:  # an alarm: the sums restart, as ``cusum`` does
+            up = down = 0.0
+            if not frozen:
+                reference, frozen = kept[began], True
+            began = t + 1
+            continue
+        if up == 0.0 and down == 0.0:
+            began = t + 1
+        beyond = (side != "lower" and p.z > JOIN_LIMIT) or (side != "upper" and p.z < -JOIN_LIMIT)
+        if not frozen and not beyond:
+            reference.append(x)
+    return points, cusum([p.z for p in points], ref, k, h, side)
+
+
+def _clip(z: float) -> float:
+    return float(np.clip(z, -Z_CLIP, Z_CLIP))
+
+
+def _est_point(ref: list[float], x: float) -> Point:
+    return Point(x, predictive_z(x, ref), float(np.mean(ref)), len(ref))
+
+
+def weighted_auc(aucs: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """The inverse-variance weighted mean of ``(auc, variance)`` pairs and its variance."""
+    weights = np.array([1 / v for _, v in aucs])
+    return float(weights @ [a for a, _ in aucs] / weights.sum()), float(1 / weights.sum())
+
+
+def _auc_point(ref: list[tuple[float, float]], x: tuple[float, float]) -> Point:
+    mu0, var0 = weighted_auc(ref)
+    return Point(x[0], _clip((x[0] - mu0) / math.sqrt(x[1] + var0)), mu0, len(ref))
+
+
+def _intensity_point(ref: list[np.ndarray], x: np.ndarray) -> Point:
+    hists = np.stack(ref)
+    pool = hists.sum(axis=0)
+    loo = js_divergence(hists, pool - hists)  # each reference window against the others
+    value = float(js_divergence(x, pool))
+    # divergences are right-skewed (sums of squares, near chi-square): charted as logs
+    z = predictive_z(math.log(max(value, JS_FLOOR)), np.log(np.maximum(loo, JS_FLOOR)))
+    return Point(value, z, float(loo.mean()), len(ref))
+
+
+@dataclass(frozen=True)
+class ChartInput:
+    """One statistic's reference values, its charted windows' values and how a window is
+    judged; ``not_run`` says why the chart cannot run (empty when it can)."""
+
+    statistic: str
+    initial: list[Any]
+    charted: list[tuple[str, Any]]
+    point: Callable[[list[Any], Any], Point]
+    not_run: str = ""
+    how: str = "self-starting CUSUM"
+
+
+# ---- one window's inputs, checked (the server survives any summary) ---------------------------
+
+
+def _number(record: Mapping[str, Any], key: str) -> float | None:
+    v = record.get(key)
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        return None
+    return float(v)
+
+
+def _probability(record: Mapping[str, Any], key: str) -> float | None:
+    v = _number(record, key)
+    return v if v is not None and 0 <= v <= 1 else None
+
+
+def _count(record: Mapping[str, Any], key: str) -> int | None:
+    v = _number(record, key)
+    return int(v) if v is not None and v >= 0 and v == int(v) else None
+
+
+def _embedding(s: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    try:
+        mean = np.asarray(s["emb-mean"], dtype=float)
+        cov = np.asarray(s["emb-cov"], dtype=float).reshape(mean.size, mean.size)
+    except (KeyError, TypeError, ValueError):
+        return None
+    ok = mean.ndim == 1 and mean.size > 0 and np.isfinite(cov).all() and np.isfinite(mean).all()
+    return (mean, cov) if ok else None
+
+
+def _histogram(s: Mapping[str, Any]) -> np.ndarray | None:
+    try:
+        hist = np.asarray(s["hist"], dtype=float).reshape(int(s["hist-channels"]), -1)
+    except (KeyError, TypeError, ValueError):
+        return None
+    ok = hist.size > 0 and np.isfinite(hist).all() and (hist >= 0).all()
+    return hist if ok and (hist.sum(axis=1) > 0).all() else None
+
+
+@dataclass(frozen=True)
+class _Window:
+    """One site-window's inputs; a value a site sent malformed counts as missing."""
+
+    state: WindowState
+    n: int
+    insufficient: bool
+    est_auc: float | None
+    auc: tuple[float, float] | None  # the actual AUC and its DeLong variance (> 0)
+    emb: tuple[np.ndarray, np.ndarray] | None
+    hist: np.ndarray | None
+
+    @property
+    def name(self) -> str:
+        return self.state.window
+
+
+def _window(state: WindowState, min_cases: int) -> _Window:
+    s, a = state.summary, state.actual or {}
+    n = _count(s, "n") or 0
+    auc, var = _probability(a, "auc"), _number(a, "auc-var")
+    labelled = (
+        None if auc is None or not var or var < 0 or a.get("actual-insufficient") else (auc, var)
+    )
+    insufficient = bool(s.get("insufficient")) or n < min_cases
+    est = _probability(s, "est-auc")
+    return _Window(state, n, insufficient, est, labelled, _embedding(s), _histogram(s))
+
+
+# ---- the four charts' inputs --------------------------------------------------------------
+
+
+def _est_auc_input(ref: list[_Window], later: list[_Window]) -> ChartInput:
+    initial = [w.est_auc for w in ref if w.est_auc is not None]
+    charted = [(w.name, w.est_auc) for w in later if w.est_auc is not None]
+    why = ""
+    if len(initial) < 2:
+        why = "not run: fewer than 2 reference windows have an estimated AUC"
+    elif np.std(initial) == 0:
+        why = "not run: the reference windows' estimated AUC does not vary (sd 0), no scale"
+    return ChartInput("est-auc", initial, charted, _est_point, why)
+
+
+def _actual_auc_input(ref: list[_Window], later: list[_Window]) -> ChartInput:
+    initial = [w.auc for w in ref if w.auc is not None]
+    charted = [(w.name, w.auc) for w in later if w.auc is not None]
+    why = "" if len(initial) >= 2 else "not run: fewer than 2 reference windows have an actual AUC"
+    return ChartInput("actual-auc", initial, charted, _auc_point, why)
+
+
+def _embedding_input(
+    ref: list[_Window], later: list[_Window], drift: dict[str, dict[str, float]]
+) -> ChartInput:
+    """Hotelling T² against the reference period's pooled cases; fills ``drift`` with every
+    window's Mahalanobis distance."""
+    parts = [(w.n, *w.emb) for w in ref if w.emb is not None and w.n > 1]
+    dims = {m.size for _, m, _ in parts}
+    why = ""
+    if len(parts) < 2:
+        why = "fewer than 2 reference windows have embedding moments"
+    elif len(dims) > 1:
+        why = "the reference windows' embeddings differ in dimension"
+    else:
+        m0, s0, n0 = pooled_moments(parts)
+        why = "" if np.trace(s0) > 0 else "the reference windows' embeddings do not vary"
+    if why:
+        return ChartInput("embedding", [], [], _est_point, f"not run: {why}")
+    d = dims.pop()
+    t2 = {}
+    for w in [*ref, *later]:
+        if w.emb is not None and w.emb[0].size == d:
+            t2[w.name], drift[w.name]["embedding"] = hotelling_t2(w.emb[0], w.n, m0, s0, n0)
+
+    def point(_: list[Any], window: str) -> Point:
+        z = -stats.norm.ppf(stats.chi2.sf(t2[window], d))  # chi2_d in control
+        return Point(drift[window]["embedding"], _clip(z), 0.0, len(parts))
+
+    charted = [(w.name, w.name) for w in later if w.name in t2]
+    how = "CUSUM against the reference period's pooled cases"
+    return ChartInput("embedding", [], charted, point, how=how)
+
+
+def _intensity_input(
+    ref: list[_Window], later: list[_Window], drift: dict[str, dict[str, float]]
+) -> ChartInput:
+    """JS divergence to the reference's pooled histogram; fills ``drift`` with the reference
+    windows' leave-one-out divergences."""
+    with_hist = [w for w in ref if w.hist is not None]
+    shapes = {w.hist.shape for w in with_hist if w.hist is not None}
+    if len(with_hist) < 2 or len(shapes) != 1:
+        why = "fewer than 2 reference windows have intensity histograms"
+        if len(with_hist) >= 2:
+            why = "the reference windows' histograms differ in shape"
+        return ChartInput("intensity", [], [], _intensity_point, f"not run: {why}")
+    initial = [w.hist for w in with_hist if w.hist is not None]
+    hists = np.stack(initial)
+    loo = js_divergence(hists, hists.sum(axis=0) - hists)
+    for w, value in zip(with_hist, loo, strict=True):
+        drift[w.name]["intensity"] = float(value)
+    if np.ptp(np.log(np.maximum(loo, JS_FLOOR))) == 0:
+        why = "not run: the reference windows' divergences do not vary (sd 0), no scale"
+        return ChartInput("intensity", [], [], _intensity_point, why)
+    charted = [(w.name, w.hist) for w in later if w.hist is not None and w.hist.shape in shapes]
+    return ChartInput("intensity", initial, charted, _intensity_point)
+
+
+# ---- one site -------------------------------------------------------------------------------
+
+
+LABELS = {
+    "est-auc": "estimated AUC",
+    "actual-auc": "actual AUC",
+    "embedding": "embedding shift (Mahalanobis distance)",
+    "intensity": "intensity JS divergence",
+}
+
+
+def _run(inp: ChartInput, site: str, k: float, h: float, after: int) -> tuple[dict, list[dict]]:
+    """The chart's block and its alarms."""
+    kind, side = CHARTS[inp.statistic]
+    block: dict[str, Any] = {"statistic": inp.statistic, "kind": kind, "side": side}
+    if inp.not_run:
+        empty: dict[str, Any] = {key: [] for key in ("windows", "value", "z", "cusum")}
+        return {**block, **empty, "reference": [], "reference_n": [], "limit": h, "alarms": [],
+                "note": inp.not_run}, []  # fmt: skip
+    windows = [w for w, _ in inp.charted]
+    points, result = self_starting([x for _, x in inp.charted], inp.initial, inp.point, k, h, side)
+    note = f"{inp.how} over {len(windows)} windows after the reference period"
+    if len(windows) < after:
+        note += f" ({after - len(windows)} of {after} lack the statistic: a gappy series)"
+    sums = [abs(v) for v in result.statistic]
+    block |= {
+        "windows": windows,
+        "value": [p.value for p in points],
+        "z": [p.z for p in points],
+        "cusum": sums,
+        "reference": [p.level for p in points],
+        "reference_n": [p.n_ref for p in points],
+        "limit": h,
+        "alarms": [windows[i] for i in result.alarms],
+        "note": note,
+    }
+    alarms = []
+    for i in result.alarms:
+        p, window, since = points[i], windows[i], windows[since_index(result, i)]
+        what = "performance alarm" if kind == "performance" else "drift notice"
+        fmt = ".3f" if kind == "performance" else ".4g"
+        message = (
+            f"{site} {window}: {LABELS[inp.statistic]} {p.value:{fmt}} against "
+            f"{p.level:{fmt}} over {p.n_ref} reference windows (z {p.z:.1f}): {what} "
+            f"(CUSUM {sums[i]:.2f} > {h:.2f}, since {since})"
+        )
+        alarms.append({"site": site, "window": window, "kind": kind, "statistic": inp.statistic,
+                       "value": p.value, "reference": p.level, "reference_n": p.n_ref,
+                       "z": p.z, "cusum": sums[i], "limit": h, "since": since,
+                       "message": message})  # fmt: skip
+    return block, alarms
+
+
+def _estimate(s: Mapping[str, Any], key: str) -> dict[str, Any] | None:
+    est = _probability(s, key)
+    if est is None:
+        return None
+    return interval(est, _probability(s, f"{key}-lo"), _probability(s, f"{key}-hi"))
+
+
+def _proportion(k: int | None, other: int | None, level: float) -> dict[str, Any] | None:
+    """k of k + other with its Wilson interval; None without the cells or a denominator."""
+    if k is None or other is None or k + other == 0:
+        return None
+    return interval(k / (k + other), *wilson_ci(k, k + other, level))
+
+
+def _actual(w: _Window, level: float) -> dict[str, Any] | None:
+    a = w.state.actual
+    if a is None or w.insufficient:
+        return None
+    n_lab, n_pos = _count(a, "n-labelled") or 0, _count(a, "n-labelled-pos") or 0
+    auc = None
+    if w.auc is not None:
+        result = AUCResult(w.auc[0], w.auc[1], n_pos, max(n_lab - n_pos, 0))
+        auc = interval(result.auc, *result.ci(level))
+    tp, fp, fn, tn = (_count(a, key) for key in ("tp", "fp", "fn", "tn"))
+    return {
+        "n_labelled": n_lab,
+        "n_labelled_pos": n_pos,
+        "insufficient": w.auc is None,
+        "auc": auc,
+        "sensitivity": _proportion(tp, fn, level),
+        "specificity": _proportion(tn, fp, level),
+        "revisions": int(w.state.revisions),
+    }
+
+
+def _window_row(w: _Window, reference: bool, drift: Mapping[str, float], level: float) -> dict:
+    s, numbers = w.state.summary, not w.insufficient
+    acquisition = s.get("acquisition")
+    return {
+        "window": w.name,
+        "n": w.n,
+        "insufficient": w.insufficient,
+        "reference": reference,
+        "est_auc": _estimate(s, "est-auc") if numbers else None,
+        "est_sens": _estimate(s, "est-sens") if numbers else None,
+        "est_spec": _estimate(s, "est-spec") if numbers else None,
+        "actual": _actual(w, level),
+        "drift": {"embedding": drift.get("embedding"), "intensity": drift.get("intensity")},
+        "acquisition": dict(acquisition) if numbers and isinstance(acquisition, dict) else {},
+        "replaced": len(w.state.replaced),
+    }
+
+
+def _reference(ref: list[_Window]) -> dict[str, Any]:
+    est = [w.est_auc for w in ref if w.est_auc is not None]
+    aucs = [w.auc for w in ref if w.auc is not None]
+    actual, var0 = weighted_auc(aucs) if aucs else (None, None)
+    return {
+        "windows": [w.name for w in ref],
+        "n_cases": sum(w.n for w in ref),
+        "status": "ok" if len(ref) >= 2 else "insufficient",
+        "est_auc_mean": float(np.mean(est)) if est else None,
+        "est_auc_sd": float(np.std(est, ddof=1)) if len(est) > 1 else None,
+        "actual_auc": actual,
+        "actual_auc_se": math.sqrt(var0) if var0 is not None else None,
+        "actual_windows": [w.name for w in ref if w.auc is not None],
+    }
+
+
+def _site(name: str, ws: list[_Window], cfg: MonitorSettings, h: float) -> tuple[dict, list]:
+    """One site's block and its alarms."""
+    sufficient = [w for w in ws if not w.insufficient]
+    ref, later = sufficient[: cfg.reference_windows], sufficient[cfg.reference_windows :]
+    drift: dict[str, dict[str, float]] = {w.name: {} for w in ws}
+    charts, alarms = [], []
+    if len(ref) >= 2:
+        inputs = (
+            _est_auc_input(ref, later),
+            _actual_auc_input(ref, later),
+            _embedding_input(ref, later, drift),
+            _intensity_input(ref, later, drift),
+        )
+        for inp in inputs:
+            block, found = _run(inp, name, cfg.cusum_k, h, len(later))
+            charts.append(block)
+            alarms += found
+            if inp.statistic == "intensity":  # the later windows' divergence, as charted
+                for window, value in zip(block["windows"], block["value"], strict=True):
+                    drift[window]["intensity"] = value
+    in_ref = {w.name for w in ref}
+    rows = [_window_row(w, w.name in in_ref, drift[w.name], cfg.level) for w in ws]
+    site = {
+        "site": name,
+        "reference": _reference(ref),
+        "windows": rows,
+        "charts": charts,
+        "acquisition_changes": acquisition_changes(
+            [(w.name, w.state.summary.get("acquisition")) for w in sufficient]
+        ),
+        "estimate_check": estimate_check(rows),
+    }
+    return site, alarms
+
+
+# ---- acquisition changes and the estimate check -----------------------------------------------
+
+
+def _names(value: Any) -> list[str]:
+    return sorted(str(k) for k in value) if isinstance(value, Mapping) else []
+
+
+def _ranges(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(field, range before, range after) of the numeric fields and each contrast phase."""
+    out = [(f, a.get(f), b.get(f)) for f in NUMERIC_FIELDS]
+    before, after = a.get(CONTRAST_FIELD), b.get(CONTRAST_FIELD)
+    before = before if isinstance(before, Mapping) else {}
+    after = after if isinstance(after, Mapping) else {}
+    for phase in sorted({*before, *after}):
+        out.append((f"{CONTRAST_FIELD}.{phase}", before.get(phase), after.get(phase)))
+    return out
+
+
+def _median_text(value: Any) -> tuple[float | None, str]:
+    m = _number(value, "median") if isinstance(value, Mapping) else None
+    return m, f"{m:.4g}" if m is not None else "not recorded"
+
+
+def _changes(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(field, before, after) of every field that changed from ``a`` to ``b``."""
+    out = []
+    for f in CATEGORICAL_FIELDS:
+        before, after = (", ".join(_names(r.get(f))) or "not recorded" for r in (a, b))
+        if before != after:
+            out.append((f, before, after))
+    for f, ra, rb in _ranges(a, b):
+        (x, before), (y, after) = _median_text(ra), _median_text(rb)
+        if x is None or y is None:
+            moved = x is not y  # recorded in one window only
+        else:
+            moved = abs(x - y) > MEDIAN_CHANGE * max(abs(x), abs(y))
+        if moved:
+            out.append((f, before, after))
+    return out
+
+
+def acquisition_changes(windows: Sequence[tuple[str, Any]]) -> list[dict[str, str]]:
+    """What changed between consecutive windows (in time order) that have an acquisition
+    summary: the set of vendors, scanner models or kernels; a median of slice thickness,
+    kVp, field strength or a contrast delay that moved by more than 5 % or was recorded in
+    one window only."""
+    have = [(w, a) for w, a in windows if isinstance(a, Mapping) and a]
+    return [
+        {"window": window, "previous": previous, "field": f, "before": x, "after": y}
+        for (previous, a), (window, b) in itertools.pairwise(have)
+        for f, x, y in _changes(a, b)
+    ]
+
+
+def estimate_check(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The label-free estimated AUC against the actual AUC over the window rows that have
+    both: each error and whether the estimate's interval held the actual; the mean absolute
+    error and the interval's coverage (null without rows)."""
+    checked = []
+    for r in rows:
+        est, actual = r["est_auc"], r["actual"]
+        if est is None or actual is None or actual["auc"] is None:
+            continue
+        value, lo, hi = actual["auc"]["estimate"], est["lo"], est["hi"]
+        checked.append({
+            "window": r["window"],
+            "estimate": est["estimate"],
+            "lo": lo,
+            "hi": hi,
+            "actual": value,
+            "error": est["estimate"] - value,
+            "covered": lo <= value <= hi if lo is not None and hi is not None else None,
+            "n_labelled": actual["n_labelled"],
+        })  # fmt: skip
+    covered = [r["covered"] for r in checked if r["covered"] is not None]
+    return {
+        "rows": checked,
+        "mae": float(np.mean([abs(r["error"]) for r in checked])) if checked else None,
+        "coverage": float(np.mean(covered)) if covered else None,
+    }
+
+
+# ---- the document -----------------------------------------------------------------------------
+
+
+def analyse(
+    states: Mapping[tuple[str, str], WindowState],
+    settings: MonitorSettings,
+    model: Mapping[str, Any],
+    created: str,
+) -> dict[str, Any]:
+    """The ``monitor.json`` document of the stored windows ``(site, window) -> state`` over
+    ``settings.windows`` (module docstring), checked against its schema."""
+    h = settings.cusum_h
+    asked = set(settings.windows)
+    sites, alarms = [], []
+    for name in sorted({site for site, window in states if window in asked}):
+        ws = [_window(states[name, w], settings.min_cases) for w in settings.windows
+              if (name, w) in states]  # fmt: skip
+        site, found = _site(name, ws, settings, h)
+        sites.append(site)
+        alarms += found
+    alarms.sort(key=lambda a: (a["window"], a["site"], a["kind"], a["statistic"]))
+
+    def with_kind(kind: str) -> list[dict[str, Any]]:
+        return [a for a in alarms if a["kind"] == kind]
+
+    doc = {
+        "monitor_version": MONITOR_VERSION,
+        "created": created,
+        "model": dict(model),
+        "settings": {
+            "windows": list(settings.windows),
+            "as_of": settings.as_of,
+            "reference_windows": settings.reference_windows,
+            "false_alarm_rate": settings.false_alarm_rate,
+            "charts_per_site": len(CHARTS),
+            "arl0": settings.arl0,
+            "cusum_k": settings.cusum_k,
+            "cusum_h": h,
+            "level": settings.level,
+            "min_cases": settings.min_cases,
+        },
+        "sites": sites,
+        "alarms": alarms,
+        "summary": {
+            "sites": len(sites),
+            "windows": sum(len(s["windows"]) for s in sites),
+            "performance_alarms": len(with_kind("performance")),
+            "drift_notices": len(with_kind("drift")),
+            "insufficient_windows": sum(r["insufficient"] for s in sites for r in s["windows"]),
+            "sites_with_performance_alarm": sorted({a["site"] for a in with_kind("performance")}),
+            "sites_with_drift_notice": sorted({a["site"] for a in with_kind("drift")}),
+        },
+    }
+    validate(doc)
+    return doc
+
+
+def exit_status(doc: Mapping[str, Any], windows: Collection[str]) -> str:
+    """The CLI's exit status: "performance" if a performance alarm falls in ``windows``,
+    else "drift" if a drift notice does, else "none"."""
+    kinds = {a["kind"] for a in doc["alarms"] if a["window"] in windows}
+    return "performance" if "performance" in kinds else "drift" if "drift" in kinds else "none"
+
+
+__all__ = [
+    "CHARTS",
+    "LABEL_KEYS",
+    "MonitorSettings",
+    "acquisition_changes",
+    "analyse",
+    "estimate_check",
+    "exit_status",
+    "hotelling_t2",
+    "js_divergence",
+    "pooled_moments",
+    "predictive_z",
+    "self_starting",
+    "since_index",
+    "weighted_auc",
+]

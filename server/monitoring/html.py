@@ -1,0 +1,428 @@
+"""``monitor.json`` as one self-contained HTML page (``monitor.html``).
+
+``render_html(doc)`` shows how a deployed model held up at each site, window by window:
+the model and the monitoring settings, the performance alarms, the drift notices (kept
+apart: a change in the images is not by itself a loss of performance), and per site a
+timeline of the estimated and the actual AUC, the CUSUM charts, the acquisition changes,
+the check of the label-free estimate against the labels, and the window table.
+
+It is built with the cross-site report's machinery (``server.report.html``): its Jinja2
+environment (autoescaped; a name a template gets wrong is an error), number formats,
+SVG pieces and CSS, plus the page's own templates (``monitor.html.j2``, the
+``_monitor_*`` partials and ``_monitor.css.j2``, carried in ``assets.json`` like the
+report's). This module is the only code that reads the document; the templates see the
+``MonitorPage`` it builds. The page fetches nothing (inline CSS and SVG, no script),
+and its Content-Security-Policy allows nothing but its own style element.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from markupsafe import Markup
+
+from server.report.html import environment
+from server.report.html.assets import load
+from server.report.html.charts.cusum import cusum_svg
+from server.report.html.charts.svg import FLAG_COLOUR, Ids
+from server.report.html.charts.timeline import NOTICE_COLOUR, Point, timeline_svg
+from server.report.html.format import finite, fmt_g
+from server.report.html.labels import TASK_NAMES
+from server.report.html.view_provenance import HASH_CHARS, Hash
+from server.report.html.view_read import Estimate, estimate, get, mapping, records, text
+
+__all__ = ["PERFORMANCE", "STATISTIC_NAMES", "MonitorPage", "read_monitor", "render_html"]
+
+PERFORMANCE, DRIFT = "performance", "drift"
+STATISTIC_NAMES = {
+    "est-auc": "Estimated AUC (label-free)",
+    "actual-auc": "Actual AUC (labelled)",
+    "embedding": "Embedding drift",
+    "intensity": "Intensity drift",
+}
+
+
+@dataclass(frozen=True)
+class Header:
+    """The model watched and how it was watched."""
+
+    model_hash: Hash | None
+    checkpoint: str
+    run_id: str
+    task: str
+    threshold: float | None
+    threshold_how: str
+    recalibration: tuple[float, float] | None  # (a, b): logit' = a + b * logit
+    created: str
+    first: str
+    last: str
+    n_windows: int
+    as_of: str
+    reference_windows: int | None
+    false_alarm_rate: str  # as configured ("0.01"); "n/a" when missing
+    charts_per_site: int | None
+    arl0: float | None
+    k: float | None
+    h: float | None
+    level_pct: str
+    min_cases: int | None
+
+
+@dataclass(frozen=True)
+class Event:
+    """A performance alarm or a drift notice, as the tables show it."""
+
+    site: str
+    anchor: str  # the site section's id
+    window: str
+    statistic: str
+    value: float | None
+    reference: float | None
+    z: float | None
+    since: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Chart:
+    """One CUSUM chart of a site; ``svg`` None: it did not run (``note`` says why)."""
+
+    name: str
+    kind: str
+    side: str
+    svg: Markup | None
+    note: str
+    alarms: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One window of a site."""
+
+    window: str
+    n: int | None
+    insufficient: bool
+    reference: bool
+    est_auc: Estimate
+    actual_auc: Estimate
+    labelled: int | None
+    labelled_pos: int | None
+    labels_insufficient: bool
+    embedding: float | None
+    intensity: float | None
+    revisions: int | None
+    replaced: int | None
+    alarm: bool
+    notice: bool
+
+
+@dataclass(frozen=True)
+class CheckRow:
+    """One window's label-free estimate beside the AUC from its labels."""
+
+    window: str
+    estimate: Estimate
+    actual: float | None
+    error: float | None
+    covered: bool | None
+    n_labelled: int | None
+
+
+@dataclass(frozen=True)
+class Check:
+    """The label-free estimate against the actual AUC, where labels arrived."""
+
+    windows: int
+    mae: float | None
+    coverage: float | None
+    rows: tuple[CheckRow, ...]
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A site's reference period; ``ok`` False: too little data to set up the charts."""
+
+    ok: bool
+    windows: tuple[str, ...]
+    n_cases: int | None
+    est_auc_mean: float | None
+    est_auc_sd: float | None
+    actual_auc: float | None
+    actual_auc_se: float | None
+    actual_windows: int  # reference windows with an actual AUC
+
+
+@dataclass(frozen=True)
+class Change:
+    """An acquisition setting that changed at a site (``before`` -> ``after``)."""
+
+    window: str
+    previous: str  # the earlier window compared with; "" when not given
+    field: str
+    before: str
+    after: str
+
+
+@dataclass(frozen=True)
+class Site:
+    """One site's section."""
+
+    name: str
+    anchor: str
+    status: str  # "alarm", "notice" or "ok"
+    reference: Reference
+    timeline: Markup | None
+    charts: tuple[Chart, ...]
+    changes: tuple[Change, ...]
+    check: Check
+    rows: tuple[Row, ...]
+
+
+@dataclass(frozen=True)
+class MonitorPage:
+    """Everything the page shows, in page order."""
+
+    header: Header
+    alarms: tuple[Event, ...]
+    notices: tuple[Event, ...]
+    insufficient_windows: int
+    sites: tuple[Site, ...]
+    version: str
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _count(value: object) -> int:
+    """A count given as a number or as the list of what it counts."""
+    return len(value) if isinstance(value, list) else _int(value) or 0
+
+
+def _setting(value: object) -> str:
+    v = finite(value)
+    return "n/a" if v is None else fmt_g(v)
+
+
+def _point(block: object) -> Point | None:
+    e = estimate(block)
+    return None if e.estimate is None else Point(e.estimate, e.lo, e.hi)
+
+
+def _header(doc: Mapping[str, Any]) -> Header:
+    model, settings = mapping(doc.get("model")), mapping(doc.get("settings"))
+    windows = [text(w) for w in settings.get("windows") or []]
+    full = text(model.get("model_sha256"))
+    short = full[:HASH_CHARS] + ("\u2026" if len(full) > HASH_CHARS else "")
+    recal = model.get("recalibration")
+    ab = [v for v in map(finite, recal) if v is not None] if isinstance(recal, list) else []
+    task = text(model.get("task"))
+    return Header(
+        model_hash=Hash(full, short) if full else None,
+        checkpoint=text(model.get("checkpoint")),
+        run_id=text(model.get("training_run_id")),
+        task=TASK_NAMES.get(task, task),
+        threshold=finite(model.get("threshold")),
+        threshold_how=text(model.get("threshold_how")),
+        recalibration=(ab[0], ab[1]) if len(ab) == 2 else None,
+        created=text(doc.get("created")),
+        first=windows[0] if windows else "",
+        last=windows[-1] if windows else "",
+        n_windows=len(windows),
+        as_of=text(settings.get("as_of")),
+        reference_windows=_int(settings.get("reference_windows")),
+        false_alarm_rate=_setting(settings.get("false_alarm_rate")),
+        charts_per_site=_int(settings.get("charts_per_site")),
+        arl0=finite(settings.get("arl0")),
+        k=finite(settings.get("cusum_k")),
+        h=finite(settings.get("cusum_h")),
+        level_pct=f"{fmt_g(100 * (finite(settings.get('level')) or 0.95))}%",
+        min_cases=_int(settings.get("min_cases")),
+    )
+
+
+def _event(alarm: Mapping[str, Any], anchors: Mapping[str, str]) -> Event:
+    statistic = text(alarm.get("statistic"))
+    return Event(
+        site=text(alarm.get("site")),
+        anchor=anchors.get(text(alarm.get("site")), ""),
+        window=text(alarm.get("window")),
+        statistic=STATISTIC_NAMES.get(statistic, statistic),
+        value=finite(alarm.get("value")),
+        reference=finite(alarm.get("reference")),
+        z=finite(alarm.get("z")),
+        since=text(alarm.get("since")),
+        message=text(alarm.get("message")),
+    )
+
+
+def _row(w: Mapping[str, Any], alarms: set[str], notices: set[str]) -> Row:
+    actual = mapping(w.get("actual"))
+    window = text(w.get("window"))
+    return Row(
+        window=window,
+        n=_int(w.get("n")),
+        insufficient=w.get("insufficient") is True,
+        reference=w.get("reference") is True,
+        est_auc=estimate(w.get("est_auc")),
+        actual_auc=estimate(actual.get("auc")),
+        labelled=_int(actual.get("n_labelled")),
+        labelled_pos=_int(actual.get("n_labelled_pos")),
+        labels_insufficient=actual.get("insufficient") is True,
+        embedding=finite(get(w, "drift", "embedding")),
+        intensity=finite(get(w, "drift", "intensity")),
+        revisions=_int(actual.get("revisions")),
+        replaced=_int(w.get("replaced")),
+        alarm=window in alarms,
+        notice=window in notices,
+    )
+
+
+def _reference(block: object) -> Reference:
+    r = mapping(block)
+    return Reference(
+        ok=r.get("status") == "ok",
+        windows=tuple(text(w) for w in r.get("windows") or []),
+        n_cases=_int(r.get("n_cases")),
+        est_auc_mean=finite(r.get("est_auc_mean")),
+        est_auc_sd=finite(r.get("est_auc_sd")),
+        actual_auc=finite(r.get("actual_auc")),
+        actual_auc_se=finite(r.get("actual_auc_se")),
+        actual_windows=_count(r.get("actual_windows")),
+    )
+
+
+def _check_row(r: Mapping[str, Any]) -> CheckRow:
+    covered = r.get("covered")
+    return CheckRow(
+        window=text(r.get("window")),
+        estimate=estimate(r),
+        actual=finite(r.get("actual")),
+        error=finite(r.get("error")),
+        covered=covered if isinstance(covered, bool) else None,
+        n_labelled=_int(r.get("n_labelled")),
+    )
+
+
+def _chart(c: Mapping[str, Any], ids: Ids) -> Chart:
+    statistic = text(c.get("statistic"))
+    name = STATISTIC_NAMES.get(statistic, statistic)
+    kind = text(c.get("kind"))
+    windows = [text(w) for w in c.get("windows") or []]
+    cusum = [finite(v) for v in c.get("cusum") or []]
+    limit = finite(c.get("limit"))
+    alarms = tuple(text(w) for w in c.get("alarms") or [])
+    ran = bool(windows) and len(cusum) == len(windows) and limit is not None
+    ran = ran and any(v is not None for v in cusum)
+    svg = None
+    if ran:
+        assert limit is not None
+        colour = FLAG_COLOUR if kind == PERFORMANCE else NOTICE_COLOUR
+        svg = cusum_svg(
+            ids, windows, cusum, limit, title=f"CUSUM of {name}", alarms=alarms, colour=colour
+        )
+    return Chart(name, kind, text(c.get("side")), svg, text(c.get("note")), alarms)
+
+
+def _site(
+    s: Mapping[str, Any], anchor: str, events: list[Mapping[str, Any]], h: Header, ids: Ids
+) -> Site:
+    name = text(s.get("site"))
+    mine = [e for e in events if text(e.get("site")) == name]
+    alarms = {text(e.get("window")) for e in mine if e.get("kind") == PERFORMANCE}
+    notices = {text(e.get("window")) for e in mine if e.get("kind") == DRIFT}
+    windows = records(s.get("windows"))
+    reference = _reference(s.get("reference"))
+    timeline = None
+    if windows:
+        timeline = timeline_svg(
+            ids,
+            [text(w.get("window")) for w in windows],
+            title=f"{name}: estimated and actual AUC by window",
+            estimate=[_point(w.get("est_auc")) for w in windows],
+            actual=[_point(get(w, "actual", "auc")) for w in windows],
+            reference=reference.est_auc_mean,
+            shaded={text(w.get("window")) for w in windows if w.get("reference") is True},
+            insufficient={text(w.get("window")) for w in windows if w.get("insufficient") is True},
+            alarms=alarms,
+            notices=notices,
+            names=("estimated AUC", "actual AUC"),
+            level_pct=h.level_pct,
+        )
+    check = mapping(s.get("estimate_check"))
+    status = "alarm" if alarms else "notice" if notices else "ok"
+    return Site(
+        name=name,
+        anchor=anchor,
+        status=status,
+        reference=reference,
+        timeline=timeline,
+        charts=tuple(_chart(c, ids) for c in records(s.get("charts"))),
+        changes=tuple(
+            Change(
+                text(c.get("window")),
+                text(c.get("previous")),
+                text(c.get("field")),
+                text(c.get("before"), "n/a"),
+                text(c.get("after"), "n/a"),
+            )
+            for c in records(s.get("acquisition_changes"))
+        ),
+        check=Check(
+            windows=_int(check.get("windows")) or len(records(check.get("rows"))),
+            mae=finite(check.get("mae")),
+            coverage=finite(check.get("coverage")),
+            rows=tuple(_check_row(r) for r in records(check.get("rows"))),
+        ),
+        rows=tuple(_row(w, alarms, notices) for w in windows),
+    )
+
+
+def read_monitor(doc: Mapping[str, Any]) -> MonitorPage:
+    """The view model of ``doc`` (a ``monitor.json`` document)."""
+    ids = Ids()
+    header = _header(doc)
+    sites = records(doc.get("sites"))
+    anchors: dict[str, str] = {}
+    for i, s in enumerate(sites, start=1):
+        anchors.setdefault(text(s.get("site")), f"site-{i}")
+    events = records(doc.get("alarms"))
+    return MonitorPage(
+        header=header,
+        alarms=tuple(_event(e, anchors) for e in events if e.get("kind") == PERFORMANCE),
+        notices=tuple(_event(e, anchors) for e in events if e.get("kind") == DRIFT),
+        insufficient_windows=_int(get(doc, "summary", "insufficient_windows")) or 0,
+        sites=tuple(
+            _site(s, f"site-{i}", events, header, ids) for i, s in enumerate(sites, start=1)
+        ),
+        version=text(doc.get("monitor_version")),
+    )
+
+
+def style() -> str:
+    """The page's CSS: the report's, then the monitoring page's own rules."""
+    own = environment().get_template("_monitor.css.j2").render()
+    return load()[1] + own
+
+
+def csp(css: str) -> str:
+    """The Content-Security-Policy: nothing may load; only this exact style element applies."""
+    digest = base64.b64encode(hashlib.sha256(css.encode("utf-8")).digest()).decode("ascii")
+    return (
+        f"default-src 'none'; style-src 'sha256-{digest}'; img-src 'none'; "
+        "base-uri 'none'; form-action 'none'"
+    )
+
+
+def render_html(doc: Mapping[str, Any]) -> str:
+    """``doc`` as one self-contained HTML page (see the module docstring)."""
+    css = style()
+    return (
+        environment()
+        .get_template("monitor.html.j2")
+        .render(page=read_monitor(doc), css=Markup(css), csp=csp(css))
+    )
