@@ -105,10 +105,11 @@ def run_simulated(args: argparse.Namespace) -> Path:
 
 
 def run_deployed(args: argparse.Namespace) -> Path:
-    """The monitoring design submitted to a SuperLink (``hepafed run``'s path)."""
+    """The monitoring design submitted to a SuperLink (``hepafed run``'s path: the app
+    folder every site approved, the federation's keyring to sign with)."""
     from server.cli import connection
     from server.deploy import RunRequest, submit_run
-    from server.run_cli import default_app_dir
+    from server.run_cli import default_app_dir, run_overrides
 
     settings = monitor_overrides(args)
     if not args.out:
@@ -117,8 +118,10 @@ def run_deployed(args: argparse.Namespace) -> Path:
             "center (an absolute path the ServerApp writes and this command reads)"
         )
     settings["output.run-dir"] = str(Path(args.out).resolve())
-    items = [f"{k}={json.dumps(v)}" for k, v in settings.items()]
-    outcome = submit_run(connection(args), RunRequest(default_app_dir(), tuple(items)))
+    given = [" ".join(f"{k}={json.dumps(v)}" for k, v in settings.items())]
+    request = argparse.Namespace(run_config=given, resume=None, seeds=None, keyring=args.keyring)
+    app = Path(args.app).resolve() if args.app else default_app_dir()
+    outcome = submit_run(connection(args), RunRequest(app, tuple(run_overrides(request))))
     if not outcome.completed:
         raise RuntimeError(f"the monitoring run did not complete: {outcome.status}")
     return Path(args.out)
@@ -171,5 +174,7 @@ def add_commands(sub: argparse._SubParsersAction[Any]) -> None:
         action="store_true",
         help="run on the deployed federation (--superlink, --ca) instead of simulating",
     )
+    p.add_argument("--app", help="deployed: the Flower app folder (default: this project)")
+    p.add_argument("--keyring", help="deployed: the federation's keyring (signs the model)")
     add_connection_args(p)
     p.set_defaults(func=cmd_monitor)

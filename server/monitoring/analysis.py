@@ -34,11 +34,13 @@ not join (0.6 % of in-control windows), and at a chart's first alarm the referen
 to where the change began and stays there, so a lasting change keeps signalling (the price:
 after a *false* alarm that chart's later false alarms come more often; at the default alpha
 a chart's first false alarm comes after some 2000 windows on average). The actual AUC's
-reference (the inverse-variance mean of the AUCs, whose variances are known) grows the same
-way: its prediction errors are independent too. The intensity divergences, right-skewed, are
-charted as logs. The embedding's reference is the pooled cases of the reference period: its
-T², like the actual AUC's z, takes a window's spread from its cases, so a site whose windows
-differ by more than case sampling raises more of those than planned.
+reference is the reference period's inverse-variance mean AUC, fixed: each window's AUC
+variance is known (DeLong), the reference's own variance adds to it, and the correlation
+it leaves between windows is small (1 / (R + 1) at equal variances). The intensity
+divergences, right-skewed, are charted as logs. The embedding's reference is the pooled
+cases of the reference period: its T², like the actual AUC's z, takes a window's spread
+from its cases, so a site whose windows differ by more than case sampling raises more of
+those than planned.
 """
 
 from __future__ import annotations
@@ -268,6 +270,7 @@ class ChartInput:
     point: Callable[[list[Any], Any], Point]
     not_run: str = ""
     how: str = "self-starting CUSUM"
+    fixed: bool = False  # judge every window against ``initial`` alone (a known variance)
 
 
 # ---- one window's inputs, checked (the server survives any summary) ---------------------------
@@ -356,7 +359,10 @@ def _actual_auc_input(ref: list[_Window], later: list[_Window]) -> ChartInput:
     initial = [w.auc for w in ref if w.auc is not None]
     charted = [(w.name, w.auc) for w in later if w.auc is not None]
     why = "" if len(initial) >= 2 else "not run: fewer than 2 reference windows have an actual AUC"
-    return ChartInput("actual-auc", initial, charted, _auc_point, why)
+    # each AUC's variance is known (DeLong), so the reference period alone sets the level:
+    # a fixed reference lets no early loss (a window within 2.5 sd) lower it
+    how = "CUSUM against the reference period's inverse-variance mean AUC"
+    return ChartInput("actual-auc", initial, charted, _auc_point, why, how, fixed=True)
 
 
 def _embedding_input(
@@ -435,7 +441,12 @@ def _run(inp: ChartInput, site: str, k: float, h: float, after: int) -> tuple[di
         return {**block, **empty, "reference": [], "reference_n": [], "limit": h, "alarms": [],
                 "note": inp.not_run}, []  # fmt: skip
     windows = [w for w, _ in inp.charted]
-    points, result = self_starting([x for _, x in inp.charted], inp.initial, inp.point, k, h, side)
+    values = [x for _, x in inp.charted]
+    if inp.fixed:
+        points = [inp.point(list(inp.initial), x) for x in values]
+        result = cusum([p.z for p in points], Reference(0.0, 1.0, len(inp.initial)), k, h, side)
+    else:
+        points, result = self_starting(values, inp.initial, inp.point, k, h, side)
     note = f"{inp.how} over {len(windows)} windows after the reference period"
     if len(windows) < after:
         note += f" ({after - len(windows)} of {after} lack the statistic: a gappy series)"

@@ -46,7 +46,7 @@ def _site_line(site: Mapping[str, Any], events: list[Mapping[str, Any]]) -> str:
         if hits:
             first = hits[0]
             since = f" (since {first['since']})" if first.get("since") else ""
-            where = ", ".join(str(e.get("window")) for e in hits)
+            where = ", ".join(sorted({str(e.get("window")) for e in hits}))
             states.append(f"{label} in {where}{since}")
     if not any(e.get("kind") == PERFORMANCE for e in mine):
         states.insert(0, "no alarm")

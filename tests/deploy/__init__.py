@@ -304,3 +304,67 @@ def requires_nginx() -> pytest.MarkDecorator:
     return pytest.mark.skipif(
         _nginx_missing(), reason="nginx is not installed (apt-get install nginx)"
     )
+
+
+# ---- monitoring on a deployed federation (test_deployment, test_netns) ----------------------
+
+DATED_CASES = 48  # every third case is test: 16, eight acquired in March 2024, eight in April
+
+
+def dated_site(site: Path, n_cases: int = DATED_CASES) -> Path:
+    """Acquisition and label dates on a synthetic site: train cases in January and February,
+    the test cases half in March and half in April (two monitoring windows of eight), labels
+    ten days after acquisition."""
+    from datetime import date, timedelta
+
+    from tests.common.test_manifest_dates import with_dates
+
+    cells = {}
+    for i in range(n_cases):
+        test = i % 3 == 2  # conftest.make_site's default splits: train, train, test
+        month = (3 if i // 3 < n_cases // 6 else 4) if test else 1 + i % 2
+        acquired = date(2024, month, 1 + i // 3)
+        cells[i] = (acquired.isoformat(), (acquired + timedelta(days=10)).isoformat())
+    with_dates(site, cells)
+    return site
+
+
+def watched_model(site_root: Path, run_dir: Path) -> Path:
+    """A model without local layers to monitor (the deployed run's uses FedBN), trained in
+    simulation on the same site folders; its run is sealed like any other."""
+    from common.config import RunConfig
+    from simulations.federated import run_federated
+
+    settings = {
+        "data.site-root": str(site_root), "data.roi-size": 32, "data.context-mm": 0.0,
+        "federation.num-rounds": 1, "train.local-epochs": 1, "train.amp": False,
+        "eval.min-cases": 8, "eval.min-per-class": 3, "output.run-dir": str(run_dir),
+    }  # fmt: skip
+    run_federated(RunConfig().replace(settings))
+    return run_dir
+
+
+def monitor_args(
+    superlink: str, ca: Path, keyring: Path, app: Path, watched: Path, out: Path, sites: int
+) -> list[str]:
+    """``hepafed monitor --deployed`` over March and April 2024 (both the reference period:
+    nothing to alarm about, exit 0)."""
+    return [
+        "monitor", "--deployed", "--superlink", superlink, "--ca", str(ca),
+        "--keyring", str(keyring), "--app", str(app), "--run", str(watched),
+        "--windows", "2024-03..2024-04", "--as-of", "2024-12-31", "--out", str(out),
+        "--run-config", f"monitor.reference-windows=2 federation.expected-sites={sites}",
+    ]  # fmt: skip
+
+
+def check_monitoring(stdout: str, watched: Path, out: Path, sites: Sequence[str]) -> None:
+    """Two windows of eight cases at every genuine site, every label known, nothing failed."""
+    import json
+
+    doc = json.loads((watched / "monitor" / "monitor.json").read_text())
+    windows = {s["site"]: [w["n"] for w in s["windows"]] for s in doc["sites"]}
+    assert windows == {name: [8, 8] for name in sites}, windows
+    assert all(w["actual"]["n_labelled"] == 8 for s in doc["sites"] for w in s["windows"])
+    outcome = json.loads((out / "monitor-run.json").read_text())
+    assert outcome["failed"] == {} and outcome["status"] == "none", outcome
+    assert "monitor.json and monitor.html in" in stdout

@@ -2,7 +2,7 @@
 
 Everything goes through the ``hepafed`` command line a hospital IT team and the
 coordinating center would use: ``certs init``, ``site init``, ``server
-register-site``, ``server start``, ``site start`` and ``run``.
+register-site``, ``server start``, ``site start``, ``run`` and ``monitor``.
 """
 
 from __future__ import annotations
@@ -15,23 +15,26 @@ import pytest
 
 from server.deploy import ControlConnection, list_nodes
 from tests.deploy import (
+    DATED_CASES,
     HEPAFED,
     RUN_CONFIG,
     Processes,
     approve_app,
     check_completed_run,
+    check_monitoring,
+    dated_site,
     free_port,
     hepafed,
+    monitor_args,
     netns_available,
     requires_nginx,
     set_site_policy,
     snapshot_app,
     wait_until,
+    watched_model,
 )
 
 SITES = ("site-a", "site-b", "site-c")
-
-
 pytestmark = requires_nginx()
 
 
@@ -65,7 +68,10 @@ def test_two_round_deployment_with_tls_and_site_auth(
     ca = certs / "ca.pem"
     assert (certs / "server.key").stat().st_mode & 0o777 == 0o600
 
-    data = {name: site_factory(name, n_cases=30, seed=i) for i, name in enumerate(SITES)}
+    data = {
+        name: dated_site(site_factory(name, n_cases=DATED_CASES, seed=i))
+        for i, name in enumerate(SITES)
+    }
     keys: dict[str, Path] = {}
     for name in SITES:
         keys[name] = tmp_path / "hospitals" / name
@@ -126,6 +132,14 @@ def test_two_round_deployment_with_tls_and_site_auth(
     assert f"run folder at the coordinating center: {run_dir}" in log
 
     check_completed_run(run_dir, keyring, SITES)
+
+    # monitoring on the same federation: two months of a model without local layers
+    watched = watched_model(data["site-a"].parent, tmp_path / "watched")
+    monitor_run = tmp_path / "monitor-run"
+    args = monitor_args(superlink, ca, keyring, app, watched, monitor_run, len(SITES))
+    out = hepafed(*args, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr + processes.log("superlink")[-4000:]
+    check_monitoring(out.stdout, watched, monitor_run, SITES)
 
     elapsed = time.monotonic() - started
     print(f"\nloopback deployment (3 sites, 2 rounds, TLS + site auth): {elapsed:.1f} s wall time")

@@ -16,7 +16,9 @@ One test, one federation, everything checked on it:
   runs (its ClientApp would leave a file behind on import), and the sites log it;
 - a node registered for another partner that claims ``site-a`` is refused at the
   site query and is absent from the report;
-- the genuine run completes with the three hospitals (``check_completed_run``).
+- the genuine run completes with the three hospitals (``check_completed_run``);
+- ``hepafed monitor --deployed`` watches a model over two months at the three hospitals
+  (``check_monitoring``), the impostor refused again.
 
 Needs root and ``ip netns``; skipped otherwise (then ``test_deployment.py`` runs the
 same federation on loopback).
@@ -38,17 +40,22 @@ from client.app_approval import REFUSALS_LOG
 from server.audit import entries
 from tests.conftest import make_site
 from tests.deploy import (
+    DATED_CASES,
     HEPAFED,
     RUN_CONFIG,
     Processes,
     approve_app,
     check_completed_run,
+    check_monitoring,
+    dated_site,
     hepafed,
+    monitor_args,
     netns_available,
     requires_nginx,
     set_site_policy,
     snapshot_app,
     wait_until,
+    watched_model,
 )
 
 SUBNET = "10.231.77"
@@ -217,7 +224,9 @@ def test_the_center_the_hospitals_an_impostor_and_an_outsider(
         app = snapshot_app(tmp_path / "app")
         approve_app(app, *keys.values())
         for name in (*SITES, "impostor"):
-            site = make_site(tmp_path / "data", name, n_cases=30, seed=len(name))
+            site = dated_site(
+                make_site(tmp_path / "data", name, n_cases=DATED_CASES, seed=len(name))
+            )
             extra = ["--site-name", "site-a"] if name == "impostor" else []
             procs.start(name, network.exec(
                 name, HEPAFED, "site", "start", "--site-dir", str(site), "--keys",
@@ -269,5 +278,13 @@ def test_the_center_the_hospitals_an_impostor_and_an_outsider(
         report = json.loads((run_dir / "report.json").read_text())
         assert sorted(s["name"] for s in report["sites_joined"]) == list(SITES)
         assert not genuine & {procs.log("impostor").split("SuperNode ID: ")[-1].split()[0]}
+
+        # monitoring over the same network: two months, the impostor refused again
+        watched = watched_model(tmp_path / "data", tmp_path / "watched")
+        monitor_run = tmp_path / "monitor-run"
+        args = monitor_args(control, ca, keyring, app, watched, monitor_run, len(SITES) + 1)
+        out = network.run("center", HEPAFED, *args, timeout=600)
+        assert out.returncode == 0, out.stdout + out.stderr + procs.log("superlink")[-4000:]
+        check_monitoring(out.stdout, watched, monitor_run, SITES)
     finally:
         procs.stop_all()
