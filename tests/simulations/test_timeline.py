@@ -346,7 +346,7 @@ def test_the_bundled_timeline_is_found_by_name_and_only_as_a_timeline(tiny):
     assert events == {
         "hospital-a": [],
         "hospital-b": [("step", 13, None)],
-        "hospital-c": [("drift", 7, 20)],
-        "hospital-d": [("step", 10, None)],
+        "hospital-c": [("drift", 13, 24)],
+        "hospital-d": [("step", 16, None)],
     }
     assert {s.cases_per_month for s in spec.sites} == {60}
