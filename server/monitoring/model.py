@@ -13,8 +13,6 @@ cannot be computed is null, and nothing here imports the runtime (numpy, torch, 
 
 from __future__ import annotations
 
-import copy
-import json
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,7 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, ConfigDict, Field, ValidationError, model_validator
 
 from common.keys import Task
-from server.report.model import _aware_iso_datetime
+from server.report.model import aware_iso_datetime
 from server.report.model_base import (
     SITE,
     AucDifference,
@@ -35,7 +33,7 @@ from server.report.model_base import (
     Sha256Hex,
 )
 from server.report.model_stats import ProbabilityInterval
-from server.report.schema import DIALECT, _one_line, _ReportSchema, first_problem
+from server.report.schema import first_problem, published_schema, schema_json
 
 MONITOR_VERSION = "1.0"  # the Literal of Monitor.monitor_version
 SCHEMA_FILE = "monitor.schema.json"
@@ -342,7 +340,7 @@ class Monitor(ReportModel):
 
     monitor_version: Literal["1.0"] = Field(description="Version of this document layout.")
     created: Annotated[
-        str, AfterValidator(_aware_iso_datetime), Field(json_schema_extra={"format": "date-time"})
+        str, AfterValidator(aware_iso_datetime), Field(json_schema_extra={"format": "date-time"})
     ] = Field(description="When the document was built (ISO 8601 with a UTC offset).")
     model: ModelInfo = Field(description="The monitored model.")
     settings: Settings = Field(description="The settings the monitoring ran with.")
@@ -355,20 +353,12 @@ class Monitor(ReportModel):
 
 def schema() -> dict[str, Any]:
     """The published JSON Schema of ``monitor.json``, generated from ``Monitor``."""
-    generated = _one_line(copy.deepcopy(Monitor.model_json_schema(schema_generator=_ReportSchema)))
-    head = {
-        "$schema": DIALECT,
-        "$id": SCHEMA_ID,
-        "title": generated.pop("title"),
-        "description": generated.pop("description"),
-    }
-    defs = generated.pop("$defs")
-    return {**head, **generated, "$defs": defs}
+    return published_schema(Monitor, SCHEMA_ID)
 
 
 def schema_text() -> str:
     """``schema()`` as the committed file holds it."""
-    return json.dumps(schema(), indent=2, ensure_ascii=False) + "\n"
+    return schema_json(schema())
 
 
 def validate(doc: Mapping[str, Any]) -> None:

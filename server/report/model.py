@@ -44,7 +44,7 @@ REPORT_VERSION = "1.1"  # the Literal of Report.report_version; server.report.bu
 TITLE = f"hepafed cross-site performance report, version {REPORT_VERSION}"
 
 
-def _aware_iso_datetime(text: str) -> str:
+def aware_iso_datetime(text: str) -> str:
     """An ISO 8601 date-time with its UTC offset (JSON Schema's ``date-time``)."""
     try:
         when = datetime.fromisoformat(text)
@@ -213,7 +213,7 @@ class Report(ReportModel):
 
     report_version: Literal["1.1"] = Field(description="Version of this report layout.")
     created: Annotated[
-        str, AfterValidator(_aware_iso_datetime), Field(json_schema_extra={"format": "date-time"})
+        str, AfterValidator(aware_iso_datetime), Field(json_schema_extra={"format": "date-time"})
     ] = Field(description="When the report was built (ISO 8601, UTC).")
     task: Task = Field(
         strict=False,

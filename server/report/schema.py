@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import ErrorDetails, core_schema
 
@@ -63,12 +63,13 @@ def _one_line(node: Any) -> Any:
     return node
 
 
-def schema() -> dict[str, Any]:
-    """The published JSON Schema of ``report.json``, generated from ``Report``."""
-    generated = _one_line(copy.deepcopy(Report.model_json_schema(schema_generator=_ReportSchema)))
+def published_schema(model: type[BaseModel], schema_id: str) -> dict[str, Any]:
+    """The JSON Schema (2020-12) a document model publishes: its ``$id``, title and
+    description first, no field titles or defaults (``_ReportSchema``), one-line texts."""
+    generated = _one_line(copy.deepcopy(model.model_json_schema(schema_generator=_ReportSchema)))
     head = {
         "$schema": DIALECT,
-        "$id": SCHEMA_ID,
+        "$id": schema_id,
         "title": generated.pop("title"),
         "description": generated.pop("description"),
     }
@@ -76,9 +77,19 @@ def schema() -> dict[str, Any]:
     return {**head, **generated, "$defs": defs}
 
 
+def schema_json(schema: dict[str, Any]) -> str:
+    """A published schema as its committed file holds it."""
+    return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
+
+
+def schema() -> dict[str, Any]:
+    """The published JSON Schema of ``report.json``, generated from ``Report``."""
+    return published_schema(Report, SCHEMA_ID)
+
+
 def schema_text() -> str:
     """``schema()`` as the committed file holds it."""
-    return json.dumps(schema(), indent=2, ensure_ascii=False) + "\n"
+    return schema_json(schema())
 
 
 def validate(report: Mapping[str, Any]) -> None:
