@@ -222,6 +222,11 @@ def record_reply(
     record = window_record(reply, joined.declared_cases, fed.cfg)
     info = reply.content.config_records.get(RecordKey.SITE, ConfigRecord())
     acquisition = json_object(info.get(SiteKey.ACQUISITION, "{}"), "acquisition summary")
+    if acquisition.get("n_cases", record["n"]) != record["n"]:
+        raise ReplyError(
+            f"the acquisition summary counts {acquisition.get('n_cases')!r} cases, the "
+            f"window summary n = {record['n']}"
+        )
     summary = {k: v for k, v in record.items() if k not in LABEL_KEYS}
     summary["acquisition"] = acquisition
     m = fed.cfg.monitor
