@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -53,9 +54,9 @@ def _dated_site(root: Path, name: str, seed: int) -> Path:
     if name == "site-moved":
         for path in sorted((site / "images").glob("*.nii.gz")):
             if _month_of(int(path.name.split("_")[0].rsplit("-", 1)[1])) >= MOVED_FROM:
-                img = nib.load(path)  # type: ignore[attr-defined]
+                img: Any = nib.load(str(path))
                 data = np.asarray(img.dataobj) + 60
-                nib.save(nib.Nifti1Image(data.astype(np.int16), img.affine), str(path))  # type: ignore[attr-defined]
+                nib.save(nib.Nifti1Image(data.astype(np.int16), img.affine), str(path))
     return site
 
 
