@@ -463,3 +463,20 @@ def test_rendering_imports_nothing_of_the_runtime() -> None:
         check=False,
     )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_chromium_renders_the_page_without_console_errors(tmp_path: Path) -> None:
+    """As report.html is checked: the real browser loads it under its CSP, with nothing to
+    fetch and nothing logged, and every site and both event tables are in the DOM."""
+    from tests.server.test_report_html import console_problems, require_chromium, run_chromium
+
+    chromium = require_chromium()
+    page = tmp_path / "monitor.html"
+    page.write_text(render_html(monitor_doc()), encoding="utf-8")
+    done = run_chromium(chromium, tmp_path, page, "--dump-dom")
+    assert done.returncode == 0, done.stderr[-2000:]
+    for site in ("hospital-a", "hospital-b", "hospital-c"):
+        assert site in done.stdout
+    assert "Performance alarms" in done.stdout and "Drift notices" in done.stdout
+    assert done.stdout.count("<svg") >= 6
+    assert console_problems(done.stderr) == []
