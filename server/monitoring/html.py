@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from markupsafe import Markup
@@ -391,16 +391,50 @@ def read_monitor(doc: Mapping[str, Any]) -> MonitorPage:
     for i, s in enumerate(sites, start=1):
         anchors.setdefault(text(s.get("site")), f"site-{i}")
     events = records(doc.get("alarms"))
+    windows = [text(w) for w in get(doc, "settings", "windows") or []]
     return MonitorPage(
         header=header,
-        alarms=tuple(_event(e, anchors) for e in events if e.get("kind") == PERFORMANCE),
-        notices=tuple(_event(e, anchors) for e in events if e.get("kind") == DRIFT),
+        alarms=grouped(
+            (_event(e, anchors) for e in events if e.get("kind") == PERFORMANCE), windows
+        ),
+        notices=grouped((_event(e, anchors) for e in events if e.get("kind") == DRIFT), windows),
         insufficient_windows=_int(get(doc, "summary", "insufficient_windows")) or 0,
         sites=tuple(
             _site(s, f"site-{i}", events, header, ids) for i, s in enumerate(sites, start=1)
         ),
         version=text(doc.get("monitor_version")),
     )
+
+
+def grouped(events: Iterable[Event], windows: Sequence[str]) -> tuple[Event, ...]:
+    """One row per lasting change: a chart restarts after each alarm, so a change that lasts
+    signals again in the next windows, each alarm's ``since`` the window after the one
+    before. Such a run of one site's statistic becomes one row naming its first window, its
+    last and how many, with the last one's value and z and the first one's message."""
+    order = {w: i for i, w in enumerate(windows)}
+    rows: list[list[Event]] = []
+    last: dict[tuple[str, str], list[Event]] = {}
+    for e in sorted(events, key=lambda e: (e.site, e.statistic, order.get(e.window, -1))):
+        run = last.get((e.site, e.statistic))
+        follows = (
+            run is not None
+            and e.since in order
+            and run[-1].window in order
+            and order[e.since] <= order[run[-1].window] + 1
+        )
+        if run is not None and follows:
+            run.append(e)
+        else:
+            last[(e.site, e.statistic)] = [e]
+            rows.append(last[(e.site, e.statistic)])
+    out = []
+    for run in rows:
+        first, end = run[0], run[-1]
+        if len(run) > 1:
+            span = f"{first.window} to {end.window} ({len(run)} windows)"
+            first = replace(first, window=span, value=end.value, z=end.z)
+        out.append(first)
+    return tuple(sorted(out, key=lambda e: (e.window, e.site, e.statistic)))
 
 
 def style() -> str:

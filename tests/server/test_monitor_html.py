@@ -480,3 +480,23 @@ def test_chromium_renders_the_page_without_console_errors(tmp_path: Path) -> Non
     assert "Performance alarms" in done.stdout and "Drift notices" in done.stdout
     assert done.stdout.count("<svg") >= 6
     assert console_problems(done.stderr) == []
+
+
+def test_a_lasting_change_is_one_row_and_a_new_change_another() -> None:
+    """A chart restarts after each alarm: a change that lasts alarms again with ``since`` the
+    window after the last alarm; those collapse into one row, a later change starts its own."""
+    from server.monitoring.html import Event, grouped
+
+    windows = [f"2025-{m:02d}" for m in range(1, 13)]
+
+    def event(window: str, since: str, z: float) -> Event:
+        return Event("hospital-b", "site-2", window, "Embedding drift", 2.0, 0.0, z, since, window)
+
+    lasting = [event("2025-01", "2025-01", 8.0), event("2025-02", "2025-02", 7.0),
+               event("2025-04", "2025-03", 6.0)]  # fmt: skip
+    later = event("2025-09", "2025-08", 5.0)  # after a quiet window (2025-05 to 2025-07)
+    rows = grouped([later, *lasting], windows)
+    assert [(r.window, r.since, r.z, r.message) for r in rows] == [
+        ("2025-01 to 2025-04 (3 windows)", "2025-01", 6.0, "2025-01"),
+        ("2025-09", "2025-08", 5.0, "2025-09"),
+    ]
