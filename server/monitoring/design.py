@@ -118,8 +118,12 @@ def _operating_point(run_dir: Path, cfg: RunConfig) -> tuple[float, tuple[float,
     params: tuple[float, ...] = ()
     if recal.get("fitted") and recal.get("intercept") is not None:
         params = (float(recal["intercept"]), float(recal["slope"]))
-    how = f"{last.get('rule', '?')} on the validation cases of {', '.join(last.get('sites', []))}"
-    how += f": {last.get('reason', '')}" if last.get("reason") else ""
+    if last.get("chosen"):
+        sites = ", ".join(last.get("sites", []))
+        how = f"{last.get('rule', '?')} on the validation cases of {sites}"
+        how += f": {last.get('reason', '')}" if last.get("reason") else ""
+    else:
+        how = f"the run's first eval.thresholds value, not chosen: {last.get('reason', '')}"
     if params:
         how += f"; logistic recalibration a = {params[0]:.3f}, b = {params[1]:.3f}"
     return float(last["threshold"]), params, how

@@ -142,3 +142,29 @@ def test_running_again_appends_no_window_and_late_labels_are_revisions(
     assert monitored["later"] in (3, 4)
     html = (run / "monitor" / "monitor.html").read_text()
     assert "site-moved" in html and "Drift notices" in html
+
+
+@pytest.mark.slow
+def test_only_a_sealed_untampered_run_is_monitored(
+    monitored: dict[str, object], tmp_path: Path
+) -> None:
+    import shutil
+
+    from server.monitoring.design import MonitorRunError, load_watched
+
+    run = monitored["run"]
+    assert isinstance(run, Path)
+    watched = load_watched(run, "checkpoint.pt")
+    # six val cases a site are under eval.min-cases: no threshold chosen, nothing fitted,
+    # and the monitor says so rather than claiming a choice
+    assert watched.threshold == 0.5 and watched.recalibration == ()
+    assert watched.how.startswith("the run's first eval.thresholds value, not chosen: ")
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("monitor"))
+    (copy / "checkpoint.pt").write_bytes((copy / "checkpoint.pt").read_bytes() + b"\0")
+    with pytest.raises(MonitorRunError, match="cannot be monitored.*checkpoint"):
+        load_watched(copy, "checkpoint.pt")
+    with pytest.raises(MonitorRunError, match="no config.json"):
+        load_watched(tmp_path, "checkpoint.pt")
+    code = main(["monitor", "--run", str(tmp_path), "--windows", "2024-03"])
+    assert code == 1  # failed to run: nothing is said about the model's health
