@@ -15,6 +15,11 @@ The model is scored as trained: the probabilities go through the run's recalibra
 was trained. Everything sent obeys the site's small-cell rule; the acquisition summary of
 the window's cases (scanner, kernel, slice thickness, contrast timing) is sent as the query
 reply's is, so the server can see a new scanner arrive.
+
+A site answers single calendar months only unless its ``policy.monitor-any-window`` says
+otherwise: the server could otherwise ask for two windows that differ by one case (a
+month and the same month less a day) and difference their score counts and 2x2 tables
+down to that case's score and label.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import numpy as np
 
 from client.evaluation import predict
 from client.monitor_window import WindowSummary, window_summary
-from client.policy import SitePolicy, simulated_policy
+from client.policy import PolicyRefusal, SitePolicy, simulated_policy
 from client.site import Site
 from common.acquisition import acquisition_json
 from common.config import RunConfig
@@ -73,6 +78,12 @@ class WindowRequest:
             raise MonitorRequestError(f"monitoring window {name!r}: ends before it starts")
         return cls(str(name), start, end, as_of)
 
+    @property
+    def whole_month(self) -> bool:
+        """One calendar month, from its first day to the next month's first."""
+        next_month = date(self.start.year + self.start.month // 12, self.start.month % 12 + 1, 1)
+        return self.start.day == 1 and self.end == next_month
+
 
 def monitored_cases(site: Site, request: WindowRequest) -> list[Any]:
     """The site's test cases acquired in the window; a manifest without acquisition dates
@@ -104,6 +115,15 @@ def site_monitor(
         )
     compute = compute or select_compute(cfg.train.amp)
     rules = policy or simulated_policy(cfg)
+    if not rules.monitor_any_window and not request.whole_month:
+        raise PolicyRefusal(
+            [
+                f"monitoring window {request.name!r} ({request.start} to {request.end}): this "
+                "site answers single calendar months only (policy.monitor-any-window = false): "
+                "two overlapping windows could be differenced down to one case; ask for "
+                "months (YYYY-MM)"
+            ]
+        )
     cases = monitored_cases(site, request)
     wanted = {c.case_id: c for c in cases}
     data = site.split(Split.TEST, cfg)  # kept in memory: every window of a run reuses it

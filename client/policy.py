@@ -86,6 +86,9 @@ class SitePolicy:
     # A steep map would turn the recalibrated sums into 2x2 tables at any threshold
     max_recalibration: float = RECALIBRATION_LIMIT
     saliency: bool = True  # send eval.saliency's Grad-CAM shares (means over >= min-cell cases)
+    # monitoring answers whole calendar months only: two windows that overlap could be
+    # differenced down to a case; true also answers days and ranges (client.monitor_site)
+    monitor_any_window: bool = False
     max_memory_mb: float = 8192.0  # ceiling of the estimated size of the site's loaded tensors
     state_dir: str = ""  # the site's own folder for state kept across runs (the DP ledger)
     cache_dir: str = ""  # where this site caches preprocessed crops; "": nowhere

@@ -31,6 +31,7 @@ EXPLAINED = {
     "max-roi-size": "ceiling of data.roi-size (pixels)",
     "max-recalibration": "a recalibration's slope within [1/m, m], |intercept| <= m; 0: never",
     "saliency": "send eval.saliency's Grad-CAM shares in the lesion (means, >= min-cell cases)",
+    "monitor-any-window": "answer monitoring windows other than single calendar months",
     "max-memory-mb": "ceiling of the estimated size of the site's preprocessed cases",
     "state-dir": "this site's state kept across runs (the DP ledger), created 0700",
     "cache-dir": 'where this site caches preprocessed crops (0700/0600); "": nowhere',

@@ -5,6 +5,7 @@ and the training cut-off date (``common.dates``)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from datetime import date
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 from client.monitor_site import MonitorRequestError, WindowRequest, site_monitor
+from client.policy import PolicyRefusal, SitePolicy, simulated_policy
 from client.site import open_site
 from common.config import ConfigError, RunConfig
 from common.dates import acquired_before, expand_windows, window_bounds
@@ -58,6 +60,11 @@ def dated_site(site_factory: Callable[..., Path]) -> Path:
     return site
 
 
+def _any(cfg: RunConfig) -> SitePolicy:
+    """The simulated site's policy, answering ranges of months too."""
+    return dataclasses.replace(simulated_policy(cfg), monitor_any_window=True)
+
+
 def _request(window: str, as_of: str) -> WindowRequest:
     start, end = window_bounds(window)
     return WindowRequest(window, start, end, date.fromisoformat(as_of))
@@ -68,16 +75,18 @@ def test_window_scores_its_test_cases_and_labels_known_by_the_date(dated_site: P
     site = open_site({"site-dir": str(dated_site)}, cfg)
     weights = to_arrays(build_model(cfg))
     both = _request("2024-04/2024-05", "2024-06-30")  # 8 test cases; train (March) never
-    summary, acquisition = site_monitor(site, weights, cfg, both)
+    summary, acquisition = site_monitor(site, weights, cfg, both, policy=_any(cfg))
     assert summary.n == 8 and not summary.insufficient and summary.threshold == 0.4
     # rows 9, 12 and 15 are never labelled; the rest of April-May arrived by June 30
     assert summary.n_labelled == 8 - 3
     assert sum(summary.score_count) == 8
     assert '"n_cases":8' in acquisition
     early = _request("2024-04/2024-05", "2024-05-15")  # April's labels only (May 10-13)
-    assert site_monitor(site, weights, cfg, early)[0].n_labelled == 3  # rows 8, 10, 11 (not 9)
+    assert (
+        site_monitor(site, weights, cfg, early, policy=_any(cfg))[0].n_labelled == 3
+    )  # rows 8, 10, 11 (not 9)
     # the same request gives the same summary (seeded intervals): a re-run stores nothing new
-    assert site_monitor(site, weights, cfg, both)[0] == summary
+    assert site_monitor(site, weights, cfg, both, policy=_any(cfg))[0] == summary
     empty = site_monitor(site, weights, cfg, _request("2023-01", "2024-12-31"))[0]
     assert empty.n == 0 and empty.insufficient
 
@@ -87,8 +96,9 @@ def test_recalibration_moves_the_label_free_estimate_not_the_ranking(dated_site:
     site = open_site({"site-dir": str(dated_site)}, cfg)
     weights = to_arrays(build_model(cfg))
     window = _request("2024-04/2024-07", "2024-12-31")
-    plain = site_monitor(site, weights, cfg, window)[0]
-    shifted = site_monitor(site, weights, cfg.replace({"eval.recalibration": "2.0,1.0"}), window)[0]
+    plain = site_monitor(site, weights, cfg, window, policy=_any(cfg))[0]
+    recal = cfg.replace({"eval.recalibration": "2.0,1.0"})
+    shifted = site_monitor(site, weights, recal, window, policy=_any(recal))[0]
     assert plain.n == shifted.n == 16
     assert plain.auc == shifted.auc  # a monotone map: the same ranking, the same actual AUC
     assert shifted.est_sens is not None and plain.est_sens is not None
@@ -128,6 +138,22 @@ def test_acquired_before_keeps_the_training_months(dated_site: Path) -> None:
         _cfg(dated_site.parent, **{"data.acquired-before": "May 2024"})
 
 
+def test_a_site_answers_whole_months_unless_its_policy_says_otherwise(dated_site: Path) -> None:
+    """A month and the same month less a day differ by the cases of one day: their score
+    counts and 2x2 tables, differenced, would give those cases' scores and labels."""
+    cfg = _cfg(dated_site.parent)
+    site = open_site({"site-dir": str(dated_site)}, cfg)
+    weights = to_arrays(build_model(cfg))
+    month = site_monitor(site, weights, cfg, _request("2024-04", "2024-12-31"))[0]
+    assert month.n == 4
+    for window in ("2024-04-01/2024-04-21", "2024-04/2024-05", "2024-04-08"):
+        with pytest.raises(PolicyRefusal, match="single calendar months only"):
+            site_monitor(site, weights, cfg, _request(window, "2024-12-31"))
+    days = site_monitor(site, weights, cfg, _request("2024-04-01/2024-04-21", "2024-12-31"),
+                        policy=_any(cfg))[0]  # fmt: skip
+    assert days.n == 3  # the site that allows it answers a part of the month
+
+
 def test_window_names() -> None:
     assert expand_windows("2024-11..2025-02") == ["2024-11", "2024-12", "2025-01", "2025-02"]
     assert expand_windows("2024-03, 2024-01") == ["2024-01", "2024-03"]
@@ -155,9 +181,8 @@ def _reply(metrics: Mapping[str, Any]) -> Message:
 def test_server_checks_a_window_reply(dated_site: Path) -> None:
     cfg = _cfg(dated_site.parent, **{"eval.thresholds": "0.4"})
     site = open_site({"site-dir": str(dated_site)}, cfg)
-    summary = site_monitor(
-        site, to_arrays(build_model(cfg)), cfg, _request("2024-04/2024-07", "2024-12-31")
-    )[0]
+    window = _request("2024-04/2024-07", "2024-12-31")
+    summary = site_monitor(site, to_arrays(build_model(cfg)), cfg, window, policy=_any(cfg))[0]
     record: dict[str, Any] = dict(summary.to_record())
     assert window_record(_reply(record), 24, cfg) == record
     lies: dict[str, tuple[dict[str, Any], str]] = {
