@@ -16,18 +16,21 @@ was trained. Everything sent obeys the site's small-cell rule; the acquisition s
 the window's cases (scanner, kernel, slice thickness, contrast timing) is sent as the query
 reply's is, so the server can see a new scanner arrive.
 
-A site answers single calendar months only unless its ``policy.monitor-any-window`` says
-otherwise: the server could otherwise ask for two windows that differ by one case (a
-month and the same month less a day) and difference their score counts and 2x2 tables
-down to that case's score and label.
+A site answers single calendar months, with labels as of a month's last day, unless its
+``policy.monitor-any-window`` says otherwise: the server could otherwise ask for two
+windows that differ by one case (a month and the same month less a day), or two as-of
+dates a day apart, and difference their score counts and 2x2 tables down to that case's
+score and label. A monitoring request with ``data.acquired-before`` (which would cut a
+month short) is refused for the same reason.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 import numpy as np
@@ -79,6 +82,11 @@ class WindowRequest:
         return cls(str(name), start, end, as_of)
 
     @property
+    def as_of_month_end(self) -> bool:
+        """The as-of date is a month's last day."""
+        return (self.as_of + timedelta(days=1)).day == 1
+
+    @property
     def whole_month(self) -> bool:
         """One calendar month, from its first day to the next month's first."""
         next_month = date(self.start.year + self.start.month // 12, self.start.month % 12 + 1, 1)
@@ -115,15 +123,27 @@ def site_monitor(
         )
     compute = compute or select_compute(cfg.train.amp)
     rules = policy or simulated_policy(cfg)
+    refused = []
     if not rules.monitor_any_window and not request.whole_month:
-        raise PolicyRefusal(
-            [
-                f"monitoring window {request.name!r} ({request.start} to {request.end}): this "
-                "site answers single calendar months only (policy.monitor-any-window = false): "
-                "two overlapping windows could be differenced down to one case; ask for "
-                "months (YYYY-MM)"
-            ]
+        refused.append(
+            f"monitoring window {request.name!r} ({request.start} to {request.end}): this "
+            "site answers single calendar months only (policy.monitor-any-window = false): "
+            "two overlapping windows could be differenced down to one case; ask for "
+            "months (YYYY-MM)"
         )
+    if not rules.monitor_any_window and not request.as_of_month_end:
+        refused.append(
+            f"monitoring as-of date {request.as_of}: this site counts labels as of a month's "
+            "last day only (policy.monitor-any-window = false): two as-of dates a day apart "
+            "could be differenced down to the labels that arrived that day"
+        )
+    if cfg.data.acquired_before:  # it would cut a month short, case by case
+        refused.append(
+            f"data.acquired-before = {cfg.data.acquired_before!r} with a monitoring window: "
+            "a window is the site's test cases acquired in it, all of them"
+        )
+    if refused:
+        raise PolicyRefusal(refused)
     cases = monitored_cases(site, request)
     wanted = {c.case_id: c for c in cases}
     data = site.split(Split.TEST, cfg)  # kept in memory: every window of a run reuses it
@@ -141,17 +161,14 @@ def site_monitor(
     model = build_model(cfg)
     load_arrays(model, weights)
     probs, embedding = predict(model, images, compute, cfg.seed, cfg.eval.embedding_dims)
-    p = apply_recalibration(probs.numpy().astype(float), cfg.eval.recalibration)
+    recal = cfg.eval.recalibration
+    p = apply_recalibration(probs.numpy().astype(float), recal)
     seed = derive_seed(cfg.seed, site.name, zlib.crc32(request.name.encode()))
-    summary = window_summary(
-        p,
-        labels,
-        cfg.eval,
-        cfg.eval.thresholds[0],
-        images,
-        embedding,
-        rules.min_cell,
-        seed,
-    )
+    # the threshold was chosen on the raw probabilities (client.evaluation): calling a case
+    # malignant at raw p >= t is calling it at recalibrated p >= recal(t), the map increasing
+    threshold = cfg.eval.thresholds[0]
+    at = float(apply_recalibration(np.array([threshold]), recal)[0])
+    summary = window_summary(p, labels, cfg.eval, at, images, embedding, rules.min_cell, seed)
+    summary = dataclasses.replace(summary, threshold=threshold if summary.threshold else None)
     scored = [wanted[data.case_ids[i]] for i in index]
     return summary, acquisition_json(scored, rules.min_cell)

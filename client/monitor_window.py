@@ -10,7 +10,9 @@ length fixed by the run config (``eval.*``), never by the number of cases.
 
 The numbers, all over the window's ``n`` cases unless said otherwise:
 
-- ``n``, ``n_labelled`` (labels known as of the as-of date), ``n_labelled_pos``;
+- ``n``, ``n_labelled`` (labels known as of the as-of date) and, only with the actual
+  figures below, ``n_labelled_pos`` (0 and not sent otherwise: a few labelled cases, or
+  too few of one class, would show their labels);
   ``insufficient`` when ``n < eval.min-cases`` (or ``n < 2``): then only these counts
   and the flags are sent;
 - ``score_count``: cases per equal-width probability bin (``eval.calibration-bins`` over
@@ -145,13 +147,15 @@ def window_summary(
     known = np.isfinite(y)
     y_known = y[known].astype(int)
     n_labelled, n_pos = int(known.sum()), int(y_known.sum())
-    counts: dict[str, Any] = {"n": n, "n_labelled": n_labelled, "n_labelled_pos": n_pos}
+    # the labelled cases' class counts go out only with the actual figures: a few labelled
+    # cases, or too few of one class, would show their labels
+    counts: dict[str, Any] = {"n": n, "n_labelled": n_labelled}
     if n < max(ev.min_cases, 2):  # the label-free estimate needs two cases
         return WindowSummary(**counts, insufficient=True)
     actual: dict[str, Any] = {}
     n_neg = n_labelled - n_pos
     if sufficient(n_pos, n_neg, ev) and min(n_pos, n_neg) >= 2:  # DeLong needs 2 per class
-        actual = _actual(y_known, p[known], threshold)
+        actual = {**_actual(y_known, p[known], threshold), "n_labelled_pos": n_pos}
     mean, cov = embedding_moments(embedding)
     hist = intensity_histograms(images, ev.histogram_bins, min_cell) if images is not None else ()
     return WindowSummary(

@@ -185,7 +185,9 @@ class MonitorConfig:
     checkpoint: str = "checkpoint.pt"  # the model's file in model-run
     folder: str = ""  # the model's monitoring folder; "" = MODEL_RUN/monitor
     windows: str = ""  # "2024-07..2025-12" (every month), or "2024-07,2024-08"
-    as_of: str = ""  # "YYYY-MM-DD": labels count if they arrived by then; "" = today
+    # "YYYY-MM-DD", a month's last day: labels count if they arrived by then; "" = the last
+    # day of the month before the current one
+    as_of: str = ""
     reference_windows: int = 6  # each site's first sufficient windows: its in-control level
     false_alarm_rate: float = 0.002  # per site and window, all of a site's charts together
     cusum_k: float = 0.5  # CUSUM reference value (half the shift, in sd, detected fastest)

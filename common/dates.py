@@ -11,6 +11,7 @@ offset) is reduced to the date as written. ``parse_date`` is the one reading of 
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable
 from datetime import date, datetime
@@ -138,7 +139,16 @@ def expand_windows(spec: str) -> list[str]:
         raise ValueError(f"no windows in {spec!r}; {WRITE_WINDOW}")
     for name in names:
         window_bounds(name)
-    ordered = sorted(names, key=window_bounds)
     if len(set(names)) != len(names):
         raise ValueError(f"windows {spec!r} name a window twice")
+    return check_disjoint(names)
+
+
+def check_disjoint(windows: Iterable[str]) -> list[str]:
+    """``windows`` in time order; ValueError naming two that overlap (a case would be in
+    both, and their difference could show it)."""
+    ordered = sorted(windows, key=window_bounds)
+    for before, after in itertools.pairwise(ordered):
+        if window_bounds(after)[0] < window_bounds(before)[1]:
+            raise ValueError(f"windows {before} and {after} overlap: give windows that do not")
     return ordered

@@ -80,10 +80,12 @@ class WindowSummary:
             "num-examples": self.n,  # Flower's weighting key
             "n": self.n,
             "n-labelled": self.n_labelled,
-            "n-labelled-pos": self.n_labelled_pos,
             "insufficient": int(self.insufficient),
             "actual-insufficient": int(self.actual_insufficient),
         }
+        if not self.actual_insufficient:  # how many labelled cases are malignant: only
+            # with the figures that need it (a small labelled set would show its labels)
+            out["n-labelled-pos"] = self.n_labelled_pos
         for attr, key in FLOAT_KEYS.items():
             value = getattr(self, attr)
             if value is not None:

@@ -11,7 +11,9 @@ Exit status, for a scheduler (cron, a systemd timer, the compose file) to act on
 
 - 0: every window ran and no alarm or notice fell in them;
 - 1: the monitoring failed to run (a site's reply missing or refused, a bad training run,
-  a window that changed without ``--replace``): nothing about the model's health is said;
+  a window that changed without ``--replace``) and raised nothing: nothing about the
+  model's health is said (an alarm or notice raised where another site failed still
+  gives 3 or 4, with the failures listed);
 - 2: the command line is wrong;
 - 3: a performance alarm fell in one of the windows run now;
 - 4: only drift notices (the images changed; no performance alarm).
@@ -143,6 +145,9 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         for site, why in sorted(sites.items()):
             print(f"monitor: {window} at {site} failed: {why}", file=sys.stderr)
     print(f"monitor.json and monitor.html in {outcome['folder']}; this run's record in {out}")
+    if outcome["failed"] and outcome["status"] != "failed":
+        print("monitor: an alarm or notice above, and sites that failed (listed above)",
+              file=sys.stderr)  # fmt: skip
     return EXIT_PROBLEMS if outcome["status"] == "failed" else STATUS_EXIT[outcome["status"]]
 
 
@@ -160,7 +165,11 @@ def add_commands(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument(
         "--windows", required=True, help="months FIRST..LAST (e.g. 2024-07..2025-12) or a list"
     )
-    p.add_argument("--as-of", help="labels known by this day, YYYY-MM-DD (default: today)")
+    p.add_argument(
+        "--as-of",
+        help="labels known by this day, a month's last day YYYY-MM-DD (default: the end of "
+        "last month)",
+    )
     p.add_argument("--folder", help="the model's monitoring folder (default RUN/monitor)")
     p.add_argument("--out", help="this invocation's run folder (default FOLDER/invocations/TIME)")
     p.add_argument("--scenario", help="simulation: the phantom (default: the run's site root)")

@@ -410,14 +410,23 @@ def _site(name: str, ws: list[_Window], cfg: MonitorSettings, h: float) -> tuple
     drift: dict[str, dict[str, float]] = {w.name: {} for w in ws}
     charts, alarms = [], []
     if len(ref) >= 2:
-        inputs = (
-            _est_auc_input(ref, later),
-            _actual_auc_input(ref, later),
-            _embedding_input(ref, later, drift),
-            _intensity_input(ref, later, drift),
+        builders = (
+            ("est-auc", lambda: _est_auc_input(ref, later)),
+            ("actual-auc", lambda: _actual_auc_input(ref, later)),
+            ("embedding", lambda: _embedding_input(ref, later, drift)),
+            ("intensity", lambda: _intensity_input(ref, later, drift)),
         )
-        for inp in inputs:
-            block, found = _run(inp, name, cfg.cusum_k, h, len(later))
+        for statistic, build in builders:
+            # a site's values that break a chart's arithmetic (the checks bound them; this
+            # is the last guard) stop that chart, said so, never the whole analysis
+            try:
+                inp = build()
+                block, found = _run(inp, name, cfg.cusum_k, h, len(later))
+            except (ArithmeticError, ValueError, np.linalg.LinAlgError) as e:
+                for values in drift.values():  # nothing of a broken chart is shown
+                    values.pop(statistic, None)
+                inp = ChartInput(statistic, [], [], est_point, f"not run: {e}")
+                block, found = _run(inp, name, cfg.cusum_k, h, len(later))
             charts.append(block)
             alarms += found
             if inp.statistic == "intensity":  # the later windows' divergence, as charted

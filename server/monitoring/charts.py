@@ -142,15 +142,21 @@ def est_point(ref: list[float], x: float) -> Point:
     return Point(x, predictive_z(x, ref), float(np.mean(ref)), len(ref))
 
 
+# an AUC's variance is floored here: a window whose cases separate perfectly has a DeLong
+# variance of 0, and its weight would be infinite (0.001 standard error at the floor)
+AUC_VAR_FLOOR = 1e-6
+
+
 def weighted_auc(aucs: Sequence[tuple[float, float]]) -> tuple[float, float]:
     """The inverse-variance weighted mean of ``(auc, variance)`` pairs and its variance."""
-    weights = np.array([1 / v for _, v in aucs])
+    weights = np.array([1 / max(v, AUC_VAR_FLOOR) for _, v in aucs])
     return float(weights @ [a for a, _ in aucs] / weights.sum()), float(1 / weights.sum())
 
 
 def auc_point(ref: list[tuple[float, float]], x: tuple[float, float]) -> Point:
     mu0, var0 = weighted_auc(ref)
-    return Point(x[0], clip_z((x[0] - mu0) / math.sqrt(x[1] + var0)), mu0, len(ref))
+    z = (x[0] - mu0) / math.sqrt(max(x[1], AUC_VAR_FLOOR) + var0)
+    return Point(x[0], clip_z(z), mu0, len(ref))
 
 
 def intensity_point(ref: list[np.ndarray], x: np.ndarray) -> Point:

@@ -19,6 +19,7 @@ from common.window_summary import WindowSummary
 from server.reply_checks import ReplyError, count_problem, metrics_problem, summary_record
 
 ESTIMATES = ("est-auc", "est-sens", "est-spec")
+MAX_MOMENT = 1e6  # an embedding mean or covariance entry beyond this is not one
 
 
 def _problem(record: Mapping[str, Any], max_cases: int, cfg: RunConfig) -> str | None:
@@ -61,6 +62,10 @@ def _problem(record: Mapping[str, Any], max_cases: int, cfg: RunConfig) -> str |
         return (
             f"threshold = {record['threshold']!r}: the server asked for {cfg.eval.thresholds[0]!r}"
         )
+    for key in ("emb-mean", "emb-cov"):  # a projected embedding's moments, not any number
+        values = record.get(key, [])
+        if any(abs(float(v)) > MAX_MOMENT for v in values):
+            return f"{key}: a value beyond +-{MAX_MOMENT:g}, no embedding moment"
     dims = cfg.eval.embedding_dims
     if "emb-mean" in record and (
         len(record["emb-mean"]) != dims or len(record.get("emb-cov", [])) != dims * dims

@@ -31,14 +31,14 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from common.config import RunConfig
-from common.dates import expand_windows, parse_date, window_bounds
+from common.dates import check_disjoint, expand_windows, parse_date, window_bounds
 from common.files import write_atomic
 from common.keys import GLOBAL_MODEL, ConfigKey, EvalDesign, RecordKey, Share, SiteKey, Split, Task
 from common.models import build_model
@@ -59,6 +59,7 @@ from server.trust import file_sha256
 log = logging.getLogger("hepafed.progress")
 
 MONITOR_JSON, MONITOR_HTML, RUN_OUTCOME = "monitor.json", "monitor.html", "monitor-run.json"
+ONE_DAY = timedelta(days=1)
 # run-config sections a monitoring invocation takes from its own config; everything else
 # (task, model, data, eval, hooks, train) is the training run's
 OWN_SECTIONS = ("federation.", "output.", "monitor.", "trust.", "privacy.", "tracking.")
@@ -250,7 +251,10 @@ def run_monitor(grid: Grid, cfg: RunConfig) -> Path:
     watched = load_watched(Path(cfg.monitor.model_run), cfg.monitor.checkpoint)
     mcfg = monitor_config(cfg, watched)
     windows = expand_windows(mcfg.monitor.windows)
-    as_of = parse_date(mcfg.monitor.as_of) if mcfg.monitor.as_of else datetime.now(UTC).date()
+    # labels known as of the last complete month's last day unless said otherwise (a site
+    # counts labels as of a month's end only, unless its policy allows any day)
+    today = datetime.now(UTC).date()
+    as_of = parse_date(mcfg.monitor.as_of) if mcfg.monitor.as_of else today.replace(day=1) - ONE_DAY
     folder = Path(mcfg.monitor.folder or watched.run_dir / "monitor")
     recorder = RunRecorder(Path(mcfg.output.run_dir))
     fed = connect(grid, mcfg, recorder)
@@ -258,6 +262,10 @@ def run_monitor(grid: Grid, cfg: RunConfig) -> Path:
         store = MonitorStore.create(folder, watched.run_dir, watched.checkpoint, fed.trust.signer())
     except MonitorError as e:
         raise MonitorRunError(str(e)) from e
+    try:  # the new windows and those already on the chain: one history, no overlap
+        every = check_disjoint({w for _, w in store.windows()} | set(windows))
+    except ValueError as e:
+        raise MonitorRunError(f"{folder}: {e}") from e
     recorded: dict[str, dict[str, str]] = {}
     failed: dict[str, dict[str, str]] = {}
     for window in windows:
@@ -295,12 +303,14 @@ def run_monitor(grid: Grid, cfg: RunConfig) -> Path:
         "recalibration": list(watched.recalibration),
     }
     created = datetime.now(UTC).isoformat(timespec="seconds")
-    states = store.windows()
-    every = sorted({w for _, w in states} | set(windows), key=window_bounds)  # all the history
-    doc = analyse(states, settings_of(mcfg, every, as_of), model, created)
+    doc = analyse(store.windows(), settings_of(mcfg, every, as_of), model, created)
     write_atomic(folder / MONITOR_JSON, json.dumps(doc, indent=1, sort_keys=True))
     write_atomic(folder / MONITOR_HTML, render_html(doc))
-    status = "failed" if failed else exit_status(doc, windows)  # this invocation's windows
+    # an alarm is reported even where another site failed (the failures are listed too): a
+    # site that is down must not hide another's alarm from the scheduler
+    status = exit_status(doc, windows)  # this invocation's windows
+    if failed and status == "none":
+        status = "failed"
     outcome = {
         "folder": str(folder),
         "windows": windows,

@@ -149,6 +149,17 @@ def test_a_site_answers_whole_months_unless_its_policy_says_otherwise(dated_site
     for window in ("2024-04-01/2024-04-21", "2024-04/2024-05", "2024-04-08"):
         with pytest.raises(PolicyRefusal, match="single calendar months only"):
             site_monitor(site, weights, cfg, _request(window, "2024-12-31"))
+    for as_of, why in (("2024-12-30", "last day only"), ("2024-12-31", "")):
+        req = _request("2024-04", as_of)
+        if why:
+            with pytest.raises(PolicyRefusal, match=why):
+                site_monitor(site, weights, cfg, req)
+        else:
+            assert site_monitor(site, weights, cfg, req)[0].n == 4
+    cut = cfg.replace({"data.acquired-before": "2024-04-20"})
+    with pytest.raises(PolicyRefusal, match="data.acquired-before"):
+        site_monitor(open_site({"site-dir": str(dated_site)}, cut), weights, cut,
+                     _request("2024-04", "2024-12-31"))  # fmt: skip
     days = site_monitor(site, weights, cfg, _request("2024-04-01/2024-04-21", "2024-12-31"),
                         policy=_any(cfg))[0]  # fmt: skip
     assert days.n == 3  # the site that allows it answers a part of the month
@@ -194,6 +205,7 @@ def test_server_checks_a_window_reply(dated_site: Path) -> None:
         "range": ({"est-sens": 1.5}, r"\[0, 1\]"),
         "threshold": ({"threshold": 0.5}, "asked for"),
         "embedding": ({"emb-mean": [0.0]}, "emb-mean"),
+        "moment": ({"emb-mean": [1e300] * cfg.eval.embedding_dims}, "beyond"),
     }
     for name, (change, why) in lies.items():
         with pytest.raises(ReplyError, match=why):

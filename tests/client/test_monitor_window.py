@@ -20,7 +20,6 @@ COUNT_KEYS = {
     "num-examples",
     "n",
     "n-labelled",
-    "n-labelled-pos",
     "insufficient",
     "actual-insufficient",
 }
@@ -116,7 +115,7 @@ def test_too_few_labelled_cases_give_no_actual_figures() -> None:
     few[:19] = y[:19]  # 19 labelled < min_cases 20
     s = summarise(p, few)
     assert s.actual_insufficient and not s.insufficient
-    assert (s.n_labelled, s.n_labelled_pos) == (19, int(y[:19].sum()))
+    assert (s.n_labelled, s.n_labelled_pos) == (19, 0)  # no class counts without figures
     assert (s.auc, s.auc_var, s.tp, s.fp, s.fn, s.tn) == (None,) * 6
     record = s.to_record()
     assert record["actual-insufficient"] == 1 and record["n-labelled"] == 19
@@ -126,7 +125,7 @@ def test_too_few_labelled_cases_give_no_actual_figures() -> None:
     one_sided = np.where(np.isfinite(y) & (y == 0), 0.0, np.nan)
     one_sided[np.flatnonzero(y == 1)[:4]] = 1.0
     s = summarise(p, one_sided)
-    assert s.actual_insufficient and s.n_labelled_pos == 4 and s.auc is None
+    assert s.actual_insufficient and s.n_labelled_pos == 0 and s.auc is None  # 4 < k
 
 
 def test_a_window_below_min_cases_sends_counts_only() -> None:
@@ -140,8 +139,7 @@ def test_a_window_below_min_cases_sends_counts_only() -> None:
     assert record == {
         "num-examples": 19,
         "n": 19,
-        "n-labelled": 14,
-        "n-labelled-pos": int(np.nansum(y)),
+        "n-labelled": 14,  # and no class counts of the labelled cases
         "insufficient": 1,
         "actual-insufficient": 1,
     }

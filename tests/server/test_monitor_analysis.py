@@ -442,3 +442,24 @@ def test_settings_are_checked() -> None:
         MonitorSettings(("2025-01",), "2026-01")
     with pytest.raises(ValueError, match="reference_windows"):
         MonitorSettings(("2025-01",), "2026-01-01", reference_windows=1)
+
+
+def test_a_perfect_window_or_broken_moments_stop_no_analysis() -> None:
+    """A window whose labelled cases separate perfectly has a DeLong variance of 0 (its
+    weight is floored, not infinite); moments that break the T² arithmetic stop that chart
+    alone, with a note, and every other chart and site still runs."""
+    rng = np.random.default_rng(11)
+    states = series(rng, 12, labels=True, drift_inputs=True)
+    first = states[("hospital-a", month(0))]
+    first.actual = {**(first.actual or {}), "auc": 1.0, "auc-var": 0.0}
+    for i in range(6):  # covariances whose pooled sum overflows to inf
+        s = states[("hospital-a", month(i))].summary
+        s["emb-cov"] = [1e308] * len(s["emb-cov"])
+    states |= series(np.random.default_rng(12), 12, site="hospital-b", labels=True)
+    doc = analyse(states, DEFAULT, MODEL, CREATED)
+    actual = chart(doc, "actual-auc")
+    assert actual["windows"] and actual["note"].startswith("CUSUM against")
+    assert all(np.isfinite(actual["z"]))
+    embedding = chart(doc, "embedding")
+    assert embedding["windows"] == [] and embedding["note"].startswith("not run")
+    assert chart(doc, "est-auc", site=1)["windows"]
