@@ -45,9 +45,8 @@ those than planned.
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -55,7 +54,6 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from common.acquisition import CATEGORICAL_FIELDS, CONTRAST_FIELD, NUMERIC_FIELDS
 from common.stats import AUCResult, wilson_ci
 from common.stats.change_detection import Reference, Side, cusum, cusum_limit
 from common.window_summary import LABEL_KEYS  # the keys a window's actual figures hold
@@ -75,6 +73,7 @@ from server.monitoring.charts import (
     since_index,
     weighted_auc,
 )
+from server.monitoring.comparisons import acquisition_changes, estimate_check, number
 from server.monitoring.model import MONITOR_VERSION, validate
 from server.monitoring.store import WINDOW, WindowState
 from server.report.site_statistics import interval
@@ -86,7 +85,6 @@ CHARTS: dict[str, tuple[str, Side]] = {
     "embedding": ("drift", "upper"),
     "intensity": ("drift", "upper"),
 }
-MEDIAN_CHANGE = 0.05  # relative change of a median reported as an acquisition change
 
 
 @dataclass(frozen=True)
@@ -131,20 +129,13 @@ class MonitorSettings:
 # ---- one window's inputs, checked (the server survives any summary) ---------------------------
 
 
-def _number(record: Mapping[str, Any], key: str) -> float | None:
-    v = record.get(key)
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-        return None
-    return float(v)
-
-
 def _probability(record: Mapping[str, Any], key: str) -> float | None:
-    v = _number(record, key)
+    v = number(record, key)
     return v if v is not None and 0 <= v <= 1 else None
 
 
 def _count(record: Mapping[str, Any], key: str) -> int | None:
-    v = _number(record, key)
+    v = number(record, key)
     return int(v) if v is not None and v >= 0 and v == int(v) else None
 
 
@@ -187,7 +178,7 @@ class _Window:
 def _window(state: WindowState, min_cases: int) -> _Window:
     s, a = state.summary, state.actual or {}
     n = _count(s, "n") or 0
-    auc, var = _probability(a, "auc"), _number(a, "auc-var")
+    auc, var = _probability(a, "auc"), number(a, "auc-var")
     labelled = (
         None if auc is None or not var or var < 0 or a.get("actual-insufficient") else (auc, var)
     )
@@ -445,88 +436,6 @@ def _site(name: str, ws: list[_Window], cfg: MonitorSettings, h: float) -> tuple
         "estimate_check": estimate_check(rows),
     }
     return site, alarms
-
-
-# ---- acquisition changes and the estimate check -----------------------------------------------
-
-
-def _names(value: Any) -> list[str]:
-    return sorted(str(k) for k in value) if isinstance(value, Mapping) else []
-
-
-def _ranges(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
-    """(field, range before, range after) of the numeric fields and each contrast phase."""
-    out = [(f, a.get(f), b.get(f)) for f in NUMERIC_FIELDS]
-    before, after = a.get(CONTRAST_FIELD), b.get(CONTRAST_FIELD)
-    before = before if isinstance(before, Mapping) else {}
-    after = after if isinstance(after, Mapping) else {}
-    for phase in sorted({*before, *after}):
-        out.append((f"{CONTRAST_FIELD}.{phase}", before.get(phase), after.get(phase)))
-    return out
-
-
-def _median_text(value: Any) -> tuple[float | None, str]:
-    m = _number(value, "median") if isinstance(value, Mapping) else None
-    return m, f"{m:.4g}" if m is not None else "not recorded"
-
-
-def _changes(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[tuple[str, str, str]]:
-    """(field, before, after) of every field that changed from ``a`` to ``b``."""
-    out = []
-    for f in CATEGORICAL_FIELDS:
-        before, after = (", ".join(_names(r.get(f))) or "not recorded" for r in (a, b))
-        if before != after:
-            out.append((f, before, after))
-    for f, ra, rb in _ranges(a, b):
-        (x, before), (y, after) = _median_text(ra), _median_text(rb)
-        if x is None or y is None:
-            moved = x is not y  # recorded in one window only
-        else:
-            moved = abs(x - y) > MEDIAN_CHANGE * max(abs(x), abs(y))
-        if moved:
-            out.append((f, before, after))
-    return out
-
-
-def acquisition_changes(windows: Sequence[tuple[str, Any]]) -> list[dict[str, str]]:
-    """What changed between consecutive windows (in time order) that have an acquisition
-    summary: the set of vendors, scanner models or kernels; a median of slice thickness,
-    kVp, field strength or a contrast delay that moved by more than 5 % or was recorded in
-    one window only."""
-    have = [(w, a) for w, a in windows if isinstance(a, Mapping) and a]
-    return [
-        {"window": window, "previous": previous, "field": f, "before": x, "after": y}
-        for (previous, a), (window, b) in itertools.pairwise(have)
-        for f, x, y in _changes(a, b)
-    ]
-
-
-def estimate_check(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The label-free estimated AUC against the actual AUC over the window rows that have
-    both: each error and whether the estimate's interval held the actual; the mean absolute
-    error and the interval's coverage (null without rows)."""
-    checked = []
-    for r in rows:
-        est, actual = r["est_auc"], r["actual"]
-        if est is None or actual is None or actual["auc"] is None:
-            continue
-        value, lo, hi = actual["auc"]["estimate"], est["lo"], est["hi"]
-        checked.append({
-            "window": r["window"],
-            "estimate": est["estimate"],
-            "lo": lo,
-            "hi": hi,
-            "actual": value,
-            "error": est["estimate"] - value,
-            "covered": lo <= value <= hi if lo is not None and hi is not None else None,
-            "n_labelled": actual["n_labelled"],
-        })  # fmt: skip
-    covered = [r["covered"] for r in checked if r["covered"] is not None]
-    return {
-        "rows": checked,
-        "mae": float(np.mean([abs(r["error"]) for r in checked])) if checked else None,
-        "coverage": float(np.mean(covered)) if covered else None,
-    }
 
 
 # ---- the document -----------------------------------------------------------------------------
