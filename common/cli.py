@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import re
 import sys
@@ -81,6 +82,15 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
 
 
 _PAIR = re.compile(r"""([\w.\-]+)=('[^']*'|"[^"]*"|\S+)""")
+
+
+def toml_value(value: Any) -> str:
+    """A run-config value as Flower's --run-config parses it (TOML)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))
 
 
 def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentParser:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from common.app_bundle import bundle_sha256
-from common.cli import EXIT_OK, EXIT_PROBLEMS, parse_overrides
+from common.cli import EXIT_OK, EXIT_PROBLEMS, parse_overrides, toml_value
 from common.signing import UNSIGNED_WARNING
 from server.cli import add_connection_args, connection
 from server.deploy import RunRequest, submit_run
@@ -79,7 +79,7 @@ def _run_seeds(count: int, control: Any, app_dir: Path, run_config: list[str], r
         for i, seed in enumerate(seeds):
             folder = f"{run_dir}/seed-{seed}"
             print(f"seed {seed} ({i + 1} of {count}): run folder {folder}", flush=True)
-            pinned = f"seed={seed} output.run-dir={_toml(folder)}"
+            pinned = f"seed={seed} output.run-dir={toml_value(folder)}"
             outcome = submit_run(control, RunRequest(app_dir, (*run_config, pinned)))
             if not outcome.completed:
                 done = ", ".join(map(str, seeds[:i])) or "none"
@@ -119,9 +119,9 @@ def run_overrides(args: argparse.Namespace) -> list[str]:
             raise ValueError(f"--resume {args.resume}: cannot read {config} ({e})") from e
         recorded.update({"output.run-dir": str(Path(args.resume).resolve()),
                          "output.resume": True})  # fmt: skip
-        overrides = [" ".join(f"{k}={_toml(v)}" for k, v in sorted(recorded.items()))]
+        overrides = [" ".join(f"{k}={toml_value(v)}" for k, v in sorted(recorded.items()))]
     if args.keyring:
-        overrides.append(f"trust.keys-dir={_toml(str(Path(args.keyring).resolve()))}")
+        overrides.append(f"trust.keys-dir={toml_value(str(Path(args.keyring).resolve()))}")
     given = parse_overrides(overrides) if overrides else {}
     if given.get("trust.sign-updates") is False:
         print(f"warning: {UNSIGNED_WARNING}", file=sys.stderr)
@@ -132,15 +132,6 @@ def run_overrides(args: argparse.Namespace) -> list[str]:
             "--run-config 'trust.sign-updates=false' to run unsigned (not for patient data)"
         )
     return overrides
-
-
-def _toml(value: Any) -> str:
-    """A run-config value as Flower's --run-config parses it (TOML)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return json.dumps(str(value))
 
 
 def add_commands(sub: argparse._SubParsersAction[Any]) -> None:
