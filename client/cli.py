@@ -41,6 +41,7 @@ from client.node import (
 )
 from client.policy import PolicyError
 from client.policy_file import read_policy
+from client.supernode import IDLE_POLL_S
 from common.app_bundle import bundle_sha256
 from common.cli import EXIT_OK, EXIT_PROBLEMS, parse_overrides
 from common.config import RunConfig
@@ -144,6 +145,7 @@ def supernode_options(args: argparse.Namespace) -> SuperNodeOptions:
         allowed_hooks=template.get("allowed-hooks", ""),
         policy=read_policy(keys / NODE_CONFIG_FILE) if keys else None,
         cold_tasks=args.cold_tasks,
+        idle_poll_s=args.idle_poll,
     )
 
 
@@ -300,6 +302,14 @@ def add_commands(sub: argparse._SubParsersAction[Any]) -> None:
         action="store_true",
         help="start a fresh Python for every task (as Flower's own executor does) instead of "
         "forking it from a warm process that imported torch once; slower",
+    )
+    c.add_argument(
+        "--idle-poll",
+        type=float,
+        default=IDLE_POLL_S,
+        metavar="SECONDS",
+        help=f"how long the SuperNode waits before asking the SuperLink again when no message "
+        f"came (default {IDLE_POLL_S:g}; Flower's own is 3: fewer requests, slower rounds)",
     )
     c.set_defaults(func=cmd_site_start)
 

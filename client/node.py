@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -28,6 +27,7 @@ from typing import Any
 from client.app_approval import APPROVALS_FILE
 from client.policy import SitePolicy
 from client.policy_file import node_config_args, policy_toml
+from client.supernode import IDLE_POLL_S
 from common.crypto import SITE_PRIVATE_KEY, SITE_PUBLIC_KEY, create_site_keys
 from common.keys import NodeKey, site_name_problem
 from common.manifest import MANIFEST_NAME
@@ -54,6 +54,7 @@ class SuperNodeOptions:
     policy: SitePolicy | None = None  # the site's [policy] (node-config.toml), enforced there
     auth_secret_file: Path | None = None  # only the site executor may take the node's tasks
     cold_tasks: bool = False  # a fresh interpreter per task, not a fork of the warm zygote
+    idle_poll_s: float = IDLE_POLL_S  # seconds between asking for messages when none came
 
     def __post_init__(self) -> None:
         if not self.insecure and (self.ca is None or self.private_key is None):
@@ -82,8 +83,11 @@ class SuperNodeOptions:
 
 
 def supernode_command(options: SuperNodeOptions) -> list[str]:
-    """The ``flower-supernode`` command line for ``options`` (the one source of truth)."""
-    cmd = ["flower-supernode", "--superlink", options.superlink]
+    """The SuperNode's command line for ``options`` (the one source of truth): Flower's
+    ``flower-supernode`` with its arguments, through ``client.supernode``, which shortens
+    the idle poll to ``idle_poll_s``."""
+    cmd = [sys.executable, "-m", "client.supernode", "--idle-poll", f"{options.idle_poll_s:g}",
+           "--superlink", options.superlink]  # fmt: skip
     if options.insecure:
         cmd.append("--insecure")
     else:
@@ -155,9 +159,7 @@ def start_supernode(
     env = with_flower_on_path(
         {**os.environ, **supernode_environment(flwr_home), **popen.pop("env", {})}
     )
-    command = supernode_command(options)
-    command[0] = shutil.which(command[0], path=env["PATH"]) or command[0]
-    return subprocess.Popen(command, env=env, start_new_session=True, **popen)
+    return subprocess.Popen(supernode_command(options), env=env, start_new_session=True, **popen)
 
 
 # --- The site folder ----------------------------------------------------------------
