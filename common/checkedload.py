@@ -4,8 +4,9 @@
 image and mask it loads is judged by ``common.badcases.array_problems`` (shape, NaN/Inf,
 binary mask) and ``common.geometry`` (voxel spacing, one grid per case), the functions
 ``common.manifest.check_images`` calls, so the loader and the check reject the same files
-in the same words. A failure raises ``CaseFileProblem``, which the loader turns into a
-``BadCaseError``.
+in the same words. A case's liver mask (``LIVER``, optional: a record without the key is a
+case without one) is checked as the lesion mask is: on the case's grid, 0/1, not empty.
+A failure raises ``CaseFileProblem``, which the loader turns into a ``BadCaseError``.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from typing import Any
 from common.badcases import array_problems, load_problem, shape_problem
 from common.geometry import Grid, alignment_problems, grid_problems
 from common.images import LoadSiteImaged
+from common.manifest import LIVER_MASK, liver_mask_problems
 
 MASK = "mask"  # the mask's key in a case record and its manifest column
+LIVER = LIVER_MASK  # the liver mask's key in a case record (optional) and its column
+OPTIONAL_KEYS = (LIVER,)  # keys a case record may lack
 
 
 class CaseFileProblem(Exception):
@@ -42,14 +46,19 @@ class LoadCheckedd(LoadSiteImaged):
         shapes: dict[str, tuple[int, ...]] = {}
         grids: dict[str, Grid] = {}
         paths: dict[str, str] = {}
-        for key in self.key_iterator(d):
-            path, column = str(d[key]), MASK if key == MASK else f"image_{key}"
+        for key in self.keys:
+            if key not in d and key in OPTIONAL_KEYS:
+                continue  # e.g. a case without a liver mask
+            path = str(d[key])
+            column = key if key in (MASK, LIVER) else f"image_{key}"
             try:
                 d[key] = self._loader(path, reader=self._reader)
             except Exception as e:  # any reader failure is the same problem for a user
                 problem = load_problem(path, e, in_file=False)
                 raise CaseFileProblem(path, f"{column}: {problem}") from e
             shape, problems = array_problems(column, path, d[key], self.spatial_dims, False)
+            if key == LIVER and shape is not None:
+                problems += liver_mask_problems(d[key])
             grid, spacing = grid_problems(path, d[key])
             if shape is None or problems or spacing:
                 raise CaseFileProblem(path, f"{column}: {'; '.join(problems + spacing)}")

@@ -33,7 +33,7 @@ from common.badcases import (
     NoUsableCasesError,
     SkippedCase,
 )
-from common.checkedload import MASK, CaseFileProblem
+from common.checkedload import LIVER, MASK, CaseFileProblem
 from common.config_sections import DataConfig
 from common.keys import BadCasePolicy
 from common.manifest import MANIFEST_NAME, Case, Problem, SiteManifest
@@ -60,6 +60,11 @@ class SplitTensors:
     case_ids: tuple[str, ...]
     # cases left out under data.on-bad-case = "skip", in manifest order (not in the tensors)
     skipped: tuple[SkippedCase, ...] = ()
+    # (N, 1, *spatial) float32: the liver (lesion included) cropped as the masks are, 1.0
+    # inside, 0.0 outside, NaN everywhere for a case without a liver mask; None when no case
+    # has one (the manifest's optional ``liver_mask`` column). Used only to say where a
+    # saliency map lies, never for training.
+    livers: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.case_ids)
@@ -113,7 +118,7 @@ def _cached_split(
     modification time of every file of every case, so a changed file is read again. Only
     a loaded split is kept: a failure raises before it can be cached."""
     cases = [c for c in manifest.split(split) if c.case_id not in manifest.row_problems]
-    files = [p for c in cases for p in (*c.images, c.mask) if p is not None]
+    files = [p for c in cases for p in (*c.images, c.mask, c.liver_mask) if p is not None]
     stats = json.dumps([file_fingerprint(p) for p in files])
     # a rejected row is known by its problems (no file of it is touched): a fixed row,
     # a fixed link or another data root gives another key
@@ -180,12 +185,29 @@ def _load_split(
         return SplitTensors(
             empty, torch.zeros((0, 1, *spatial)), torch.zeros(0), (), tuple(skipped)
         )
+    masks = torch.stack([(torch.as_tensor(it[MASK]) > 0.5).float() for it in items])
     return SplitTensors(
         images=torch.stack([torch.as_tensor(it[IMAGE]) for it in items]),
-        masks=torch.stack([(torch.as_tensor(it[MASK]) > 0.5).float() for it in items]),
+        masks=masks,
         labels=torch.tensor([it[LABEL] for it in items], dtype=torch.float32),
         case_ids=tuple(kept),
         skipped=tuple(skipped),
+        livers=_livers(items, masks),
+    )
+
+
+def _livers(items: Sequence[dict[str, Any]], masks: torch.Tensor) -> torch.Tensor | None:
+    """The cases' liver masks, thresholded as the lesion masks are; NaN for a case without
+    one; None when no case has one."""
+    if not any(LIVER in it for it in items):
+        return None
+    return torch.stack(
+        [
+            (torch.as_tensor(it[LIVER]) > 0.5).float()
+            if LIVER in it
+            else torch.full_like(mask, float("nan"))
+            for it, mask in zip(items, masks, strict=True)
+        ]
     )
 
 
@@ -200,7 +222,8 @@ def _load_case(
     if index is None:  # the manifest check rejected its row
         raise _row_error(manifest, case, manifest.row_problems[case.case_id], bad)
     columns = [f"image_{ch}" for ch in manifest.channels]
-    for column, path in zip([*columns, MASK], [*case.images, case.mask], strict=True):
+    paths = [*case.images, case.mask, case.liver_mask]
+    for column, path in zip([*columns, MASK, LIVER], paths, strict=True):
         escape = manifest.escape(path) if path else None
         if escape is not None:  # a link changed since the manifest was checked
             raise bad(escape.path, f"{column}: {escape.message}")
@@ -240,6 +263,8 @@ def _row_file(manifest: SiteManifest, case: Case, field: str) -> Path | None:
     """The file a manifest column of a case names, if it names one."""
     if field == MASK:
         return case.mask
+    if field == LIVER:
+        return case.liver_mask
     channel = field.removeprefix("image_")
     if field.startswith("image_") and channel in manifest.channels:
         image = case.images[manifest.channels.index(channel)]
@@ -281,11 +306,21 @@ def augment_batch(
 
 
 def concat_splits(parts: Sequence[SplitTensors]) -> SplitTensors:
-    """Several sites' splits as one (the pooled, centralised baseline)."""
+    """Several sites' splits as one (the pooled, centralised baseline); a part without
+    liver masks gives NaN livers where another part has them (None when none has)."""
+    livers = None
+    if any(p.livers is not None for p in parts):
+        livers = torch.cat(
+            [
+                p.livers if p.livers is not None else torch.full_like(p.masks, float("nan"))
+                for p in parts
+            ]
+        )
     return SplitTensors(
         images=torch.cat([p.images for p in parts]),
         masks=torch.cat([p.masks for p in parts]),
         labels=torch.cat([p.labels for p in parts]),
         case_ids=tuple(cid for p in parts for cid in p.case_ids),
         skipped=tuple(s for p in parts for s in p.skipped),
+        livers=livers,
     )

@@ -11,6 +11,10 @@ A site is a folder with ``manifest.csv``. Columns:
   folder and from there read as a DICOM series folder;
 - ``mask``: the lesion mask (0/1) on the same grid (affine) as the images, needed
   by both tasks (classification crops a lesion-centred region of interest from it);
+- ``liver_mask`` (optional): the liver mask (0/1, the lesion included) on the same grid,
+  a path like ``mask``; an empty cell (or no column) is a case without one. It is used
+  only to say where a saliency map lies (inside the liver, outside the lesion), never
+  for training;
 - ``label``: 0 (benign) or 1 (malignant), required for ``lesion-malignancy``;
 - ``split`` (optional): ``train``, ``val`` or ``test``. Only ``train`` cases are
   trained on; ``val`` cases select the model and its operating threshold, ``test``
@@ -52,6 +56,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from common.badcases import BadInput, Problem, array_problems, load_problem, shape_problem
 from common.csvtable import read_table
@@ -72,6 +79,7 @@ from common.manifest_row import (
 from common.sitepaths import Escape, escape_problem
 
 MANIFEST_NAME = "manifest.csv"
+LIVER_MASK = "liver_mask"  # the optional liver mask's column (and key in a case record)
 
 
 class ManifestError(ValueError):
@@ -96,6 +104,7 @@ class Case:
     metadata: Mapping[str, str] = field(default_factory=dict)
     acquired: date | None = None  # when the images were acquired (common.dates)
     label_date: date | None = None  # when the label became known (None: not recorded)
+    liver_mask: Path | None = None  # the liver (lesion included), 0/1; None: not given
 
 
 @dataclass(frozen=True)
@@ -157,7 +166,7 @@ def read_manifest(
 
 
 # Fields whose problem spoils one case only; any other problem spoils the table.
-CASE_FIELDS = ("mask", "label", ACQUIRED, LABEL_DATE)
+CASE_FIELDS = ("mask", LIVER_MASK, "label", ACQUIRED, LABEL_DATE)
 
 
 def is_case_problem(problem: Problem, channels: Sequence[str]) -> bool:
@@ -234,7 +243,7 @@ def parse_manifest(
                 )
             ]
         )
-    known = {*required, "label", "split", *DATE_COLUMNS}
+    known = {*required, "label", "split", LIVER_MASK, *DATE_COLUMNS}
     today = date.today()  # a date after it is an error (a wrong clock or export)
     fetched: set[Path] = set()  # folders of series retrieved from the DICOMweb server
     cases: list[Case] = []
@@ -274,6 +283,9 @@ def parse_manifest(
             bad("mask", "empty: both tasks need the lesion mask")
         else:
             file_problem("mask", mask, site_dir, root, bad)
+        liver = resolve(site_dir, row[LIVER_MASK]) if row.get(LIVER_MASK) else None
+        if liver is not None:  # optional: an empty cell is a case without a liver mask
+            file_problem(LIVER_MASK, liver, site_dir, root, bad)
         label = parse_label(row.get("label", ""), task, bad)
         split = row.get("split", "") if has_split else hash_split(cid)
         if split not in {s.value for s in Split}:
@@ -282,7 +294,9 @@ def parse_manifest(
             {k: v for k, v in row.items() if k not in known}, channels, images, inside, bad
         )
         acquired, label_date = parse_dates(row, today, bad)
-        cases.append(Case(cid, images, mask, label, split, row_no, metadata, acquired, label_date))
+        cases.append(
+            Case(cid, images, mask, label, split, row_no, metadata, acquired, label_date, liver)
+        )
     if not cases and not problems:
         problems.append(Problem(fname, "manifest", "lists no cases"))
     manifest = SiteManifest(
@@ -297,7 +311,8 @@ def parse_manifest(
 
 
 def check_images(manifest: SiteManifest, spatial_dims: int = 2) -> list[Problem]:
-    """Open every image and mask; report unreadable files, shape, value and grid problems.
+    """Open every image and mask (the liver mask too, where a case has one); report
+    unreadable files, shape, value and grid problems.
 
     A DICOM series folder is first checked header by header
     (``common.dicom.read_series``): non-DICOM files, mixed series, missing or
@@ -317,7 +332,10 @@ def check_images(manifest: SiteManifest, spatial_dims: int = 2) -> list[Problem]
 
         shapes: dict[str, tuple[int, ...]] = {}
         grids = {}
-        for col, img_path in [*zip(cols, case.images, strict=True), ("mask", case.mask)]:
+        files = [*zip(cols, case.images, strict=True), ("mask", case.mask)]
+        if case.liver_mask is not None:
+            files.append((LIVER_MASK, case.liver_mask))
+        for col, img_path in files:
             if img_path is None or not img_path.exists():
                 continue  # reported by the table check
             if manifest.escape(img_path) is not None:
@@ -334,6 +352,8 @@ def check_images(manifest: SiteManifest, spatial_dims: int = 2) -> list[Problem]
                 bad(col, load_problem(img_path, e))
                 continue
             shape, messages = array_problems(col, img_path, img, spatial_dims)
+            if col == LIVER_MASK:
+                messages += liver_mask_problems(img)
             for message in messages:
                 bad(col, message)
             grid, spacing = grid_problems(img_path, img)
@@ -349,6 +369,21 @@ def check_images(manifest: SiteManifest, spatial_dims: int = 2) -> list[Problem]
             for col, message in alignment_problems(grids, next(iter(shapes.values()))):
                 bad(col, message, BadInput.MASK_GEOMETRY)
     return problems
+
+
+def liver_mask_problems(array: Any) -> list[str]:
+    """What is wrong with the voxels of a liver mask beyond an image's checks
+    (``common.badcases.array_problems``): like the lesion mask, it must be 0/1 and not
+    empty (the liver includes the lesion; leave the cell empty for a case without one)."""
+    arr = np.asarray(array)
+    if not ((arr == 0) | (arr == 1)).all():  # np.unique (a sort) only when it is not
+        return [f"values {np.unique(arr)[:6].tolist()} are not binary 0/1"]
+    if not (arr > 0).any():
+        return [
+            "is empty: the case has no liver voxel (leave the cell empty for a case "
+            "without a liver mask)"
+        ]
+    return []
 
 
 def inspect_site(

@@ -27,7 +27,7 @@ from monai.transforms import (
     SqueezeDimd,
 )
 
-from common.checkedload import MASK, LoadCheckedd
+from common.checkedload import LIVER, MASK, LoadCheckedd
 from common.config_sections import DataConfig
 from common.keys import Intensity, classifies
 from common.manifest import Case
@@ -48,36 +48,53 @@ def crop_size(cfg: DataConfig, task: str) -> tuple[int, ...]:
 def deterministic_transforms(cfg: DataConfig, task: str) -> Compose:
     """Load -> channel-first -> orient -> resample -> window -> crop.
 
+    A case's liver mask (``LIVER``, where its record has one) goes the lesion mask's way:
+    nearest-neighbour resampling, the same crop; a record without one skips it (only that
+    key may be missing: ``LoadCheckedd`` requires every other).
+
     Site-level harmonisation (``common.hooks``) runs afterwards on a site's
     stacked tensors, because it needs statistics over all of its cases."""
     channels = list(cfg.channels)
-    keys = [*channels, MASK]
+    keys = [*channels, MASK, LIVER]
     spacing = (cfg.spacing_mm,) * cfg.spatial_dims
-    modes = ["bilinear"] * len(channels) + ["nearest"]
+    modes = ["bilinear"] * len(channels) + ["nearest", "nearest"]
     steps: list[Any] = [
         # NIfTI or DICOM series folder (common.images), checked as `hepafed site check` does
         LoadCheckedd(keys, cfg.spatial_dims),
-        EnsureChannelFirstd(keys=keys),
+        # allow_missing_keys: only the liver mask may be missing (see LoadCheckedd)
+        EnsureChannelFirstd(keys=keys, allow_missing_keys=True),
     ]
     if cfg.spatial_dims == 2:
-        steps.append(SqueezeDimd(keys=keys, dim=-1))  # (1, X, Y, 1) -> (1, X, Y)
+        # (1, X, Y, 1) -> (1, X, Y)
+        steps.append(SqueezeDimd(keys=keys, dim=-1, allow_missing_keys=True))
     steps += [
         Orientationd(
-            keys=keys, axcodes="RA" if cfg.spatial_dims == 2 else "RAS", labels=RAS_LABELS
+            keys=keys,
+            axcodes="RA" if cfg.spatial_dims == 2 else "RAS",
+            labels=RAS_LABELS,
+            allow_missing_keys=True,
         ),
-        Spacingd(keys=keys, pixdim=spacing, mode=modes),
+        Spacingd(keys=keys, pixdim=spacing, mode=modes, allow_missing_keys=True),
         intensity_step(cfg),
         ConcatItemsd(keys=channels, name=IMAGE, dim=0),
         # The reader's lesion annotation defines the region of interest.
         # data.context-mm of tissue around the box, then centred and padded to roi-size
         CropForegroundd(
-            keys=[IMAGE, MASK],
+            keys=[IMAGE, MASK, LIVER],
             source_key=MASK,
             margin=round(cfg.context_mm / cfg.spacing_mm),
             allow_smaller=True,
+            allow_missing_keys=True,
         ),
-        ResizeWithPadOrCropd(keys=[IMAGE, MASK], spatial_size=crop_size(cfg, task)),
-        EnsureTyped(keys=[IMAGE, MASK], dtype=torch.float32, track_meta=False),
+        ResizeWithPadOrCropd(
+            keys=[IMAGE, MASK, LIVER], spatial_size=crop_size(cfg, task), allow_missing_keys=True
+        ),
+        EnsureTyped(
+            keys=[IMAGE, MASK, LIVER],
+            dtype=torch.float32,
+            track_meta=False,
+            allow_missing_keys=True,
+        ),
     ]
     return Compose(steps)
 
@@ -110,13 +127,18 @@ def case_record(case: Case, channels: Sequence[str]) -> dict[str, Any]:
 
     ``fingerprint`` (size and modification time of every file read) is ignored
     by the transforms; it is part of the record so that the on-disk cache,
-    which hashes the record, never serves a case whose files have changed.
+    which hashes the record, never serves a case whose files have changed. A case
+    without a liver mask has no ``LIVER`` key (so its record, and its cache entry, are
+    those of before liver masks existed).
     """
     record: dict[str, Any] = {ch: str(p) for ch, p in zip(channels, case.images, strict=True)}
     record[MASK] = str(case.mask)
+    if case.liver_mask is not None:
+        record[LIVER] = str(case.liver_mask)
     record[LABEL] = float("nan") if case.label is None else float(case.label)
     record["case_id"] = case.case_id
     files = [*case.images, *([case.mask] if case.mask is not None else [])]
+    files += [case.liver_mask] if case.liver_mask is not None else []
     record["fingerprint"] = [file_fingerprint(Path(p)) for p in files]
     return record
 

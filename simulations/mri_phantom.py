@@ -6,6 +6,7 @@
     out_dir/<site>/manifest.csv                      one row per case (``manifest_columns``)
     out_dir/<site>/images/<case_id>_<channel>.nii.gz int16, one file per channel
     out_dir/<site>/masks/<case_id>.nii.gz            uint8 lesion mask
+    out_dir/<site>/livers/<case_id>.nii.gz           uint8 liver mask (the lesion included)
 
 Channels: ``t2``, ``dwi`` (the high b value), ``adc`` (10^-6 mm^2/s), ``t1_pre``,
 ``t1_arterial``, ``t1_portal`` and ``t1_delayed`` (extracellular agent) or ``t1_hbp``
@@ -38,6 +39,8 @@ from simulations.phantom import (
     STREAM_TEXTURE,
     SiteWriter,
     case_rng,
+    lesion_mask,
+    liver_mask,
     nifti_gz,
     nifti_header,
     stratified_splits,
@@ -46,8 +49,9 @@ from simulations.phantom import (
 )
 from simulations.scanner import FOV_CENTRE_MM, Grid, acquisition_grid
 
-# bump whenever the same scenario and seed would give other files (or phantom.json changes)
-MRI_GENERATOR_VERSION = "mri-1.0"
+# bump whenever the same scenario and seed would give other files (or phantom.json changes);
+# mri-1.1: a liver mask per case (livers/, the liver_mask column); images and masks unchanged
+MRI_GENERATOR_VERSION = "mri-1.1"
 T1_PHASES = ("arterial", "portal")  # then the late phase: "delayed" or "hbp"
 
 
@@ -63,6 +67,7 @@ def manifest_columns(site: MriSiteProfile) -> tuple[str, ...]:
         "case_id",
         *(f"image_{c}" for c in channels(site)),
         "mask",
+        "liver_mask",
         "label",
         "split",
         "lesion_class",
@@ -100,11 +105,20 @@ def simulate_mri_case(
     site: MriSiteProfile, seed: int, index: int, label: int, dims: int
 ) -> tuple[MriCase, Grid, dict[str, np.ndarray], np.ndarray]:
     """One case: the patient, the grid, the int16 images by channel, and the uint8 mask."""
+    case, grid, images, mask, _ = simulate_mri_case_with_liver(site, seed, index, label, dims)
+    return case, grid, images, mask
+
+
+def simulate_mri_case_with_liver(
+    site: MriSiteProfile, seed: int, index: int, label: int, dims: int
+) -> tuple[MriCase, Grid, dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """``simulate_mri_case``, and the uint8 liver mask (the lesion included), as the CT
+    phantom's (``phantom.liver_mask``)."""
     case = sample_mri_case(
         site, label, case_rng(seed, site.name, index, STREAM_CASE), FOV_CENTRE_MM
     )
     grid = acquisition_grid(anatomy_profile(site, 0.0), case.lesion.centre[2], dims)
-    truth, fraction = mri_render.render(
+    truth, fraction, liver = mri_render.render_with_liver(
         case, site, grid, case_rng(seed, site.name, index, STREAM_TEXTURE)
     )
     noise = case_rng(seed, site.name, index, STREAM_NOISE)
@@ -122,10 +136,8 @@ def simulate_mri_case(
     dynamic_gain = mri_scanner.series_gain(noise, site)  # one dynamic series, one prescan
     for channel, key in zip(channels(site)[3:], mri_render.SIGNALS[3:], strict=True):
         images[channel] = mri_scanner.stored(acquire(key, "t1"), dynamic_gain)
-    mask = fraction >= 0.5
-    if not mask.any():  # a lesion thinner than half a voxel: mark its densest voxel
-        mask.flat[int(np.argmax(fraction))] = True
-    return case, grid, images, mask.astype(np.uint8)
+    mask = lesion_mask(fraction)
+    return case, grid, images, mask, liver_mask(liver, mask)
 
 
 def _fmt(value: float) -> str:
@@ -159,16 +171,20 @@ def _metadata(site: MriSiteProfile, case: MriCase) -> dict[str, str]:
 
 
 def write_mri_site(site: MriSiteProfile, seed: int, dims: int, site_dir: Path) -> dict[str, Any]:
-    """Write one MRI hospital's images, masks and manifest; return its phantom.json summary."""
+    """Write one MRI hospital's images, masks, liver masks and manifest; return its
+    phantom.json summary."""
     (site_dir / "images").mkdir(parents=True)
     (site_dir / "masks").mkdir()
+    (site_dir / "livers").mkdir()
     labels, splits = classes_and_splits(site, seed)
     rows = []
     n_bytes = 0  # of every file listed in the manifest, and the manifest
     shape: tuple[int, ...] = ()
     for index in range(site.n_cases):
         case_id = f"{site.name}-{index + 1:04d}"
-        case, grid, images, mask = simulate_mri_case(site, seed, index, int(labels[index]), dims)
+        case, grid, images, mask, liver = simulate_mri_case_with_liver(
+            site, seed, index, int(labels[index]), dims
+        )
         affine = grid.affine()
         shape = grid.shape
         header = nifti_header(shape, np.dtype(np.int16), affine)
@@ -181,6 +197,10 @@ def write_mri_site(site: MriSiteProfile, seed: int, dims: int, site_dir: Path) -
         row["mask"] = f"masks/{case_id}.nii.gz"
         blob = nifti_gz(mask, affine)
         (site_dir / row["mask"]).write_bytes(blob)
+        n_bytes += len(blob)
+        row["liver_mask"] = f"livers/{case_id}.nii.gz"
+        blob = nifti_gz(liver, affine)
+        (site_dir / row["liver_mask"]).write_bytes(blob)
         n_bytes += len(blob)
         row.update(label=str(case.label), split=splits[index], **_metadata(site, case))
         rows.append(row)

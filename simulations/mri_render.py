@@ -178,8 +178,10 @@ def _paint(weights: dict[str, np.ndarray], frac: np.ndarray, parts: Mapping[str,
 
 def _background(
     case: MriCase, grid: Grid, zc: float, tex: dict[str, np.ndarray], k: int
-) -> dict[str, np.ndarray]:
-    """Tissue fractions of slice ``k`` (averaged through the slice): body, organs, vessels."""
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Tissue fractions of slice ``k`` (averaged through the slice): body, organs, vessels;
+    and the liver's fraction of each pixel (its vessels included, less the IVC drawn over
+    it), as the CT phantom's ``scanner.render_with_liver``."""
     px, (nx, ny, _) = grid.spacing_mm, grid.shape
     pat = case.anatomy
     x, y = np.meshgrid(grid.x.astype(np.float32), grid.y.astype(np.float32), indexing="ij")
@@ -225,7 +227,7 @@ def _background(
     ]
     for frac, parts in layers:
         _paint(weights, frac, parts)
-    return weights
+    return weights, liver * (1.0 - ivc)
 
 
 def _background_props(
@@ -369,13 +371,23 @@ def render(
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Noise-free series ``SIGNALS`` (each ``grid.shape``, water units) and the lesion's
     fraction in the portal venous series."""
+    out, fraction, _ = render_with_liver(case, site, grid, rng)
+    return out, fraction
+
+
+def render_with_liver(
+    case: MriCase, site: MriSiteProfile, grid: Grid, rng: np.random.Generator
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """``render``, and the liver's fraction of each voxel (``grid.shape``): from the same
+    geometry and texture the series are drawn from, drawing nothing more."""
     kin = kinetics(site, case)
     tex = _textures(rng, grid, case)
     out = {key: np.zeros(grid.shape) for key in SIGNALS}
     fraction = np.zeros(grid.shape)
+    liver = np.zeros(grid.shape)
     portal = SERIES.index("t1_portal")
     for k, zc in enumerate(grid.z):
-        weights = _background(case, grid, float(zc), tex, k)
+        weights, liver[..., k] = _background(case, grid, float(zc), tex, k)
         props = _background_props(site, case, kin, tex, k)
         for tissue, weight in weights.items():
             for key, value in signals(site, props[tissue]).items():
@@ -389,4 +401,4 @@ def render(
                 out[key][si, sj, k] = out[key][si, sj, k] * (1.0 - frac) + value
             if series == portal:
                 fraction[si, sj, k] = frac
-    return out, fraction
+    return out, fraction, liver

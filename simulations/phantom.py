@@ -6,6 +6,7 @@
     out_dir/<site>/manifest.csv                   one row per case (MANIFEST_COLUMNS)
     out_dir/<site>/images/<case_id>_<phase>.nii.gz  int16 HU, phase in PHASES
     out_dir/<site>/masks/<case_id>.nii.gz         uint8 lesion mask
+    out_dir/<site>/livers/<case_id>.nii.gz        uint8 liver mask (the lesion included)
 
 Every case draws from its own random streams, seeded by (seed, site name,
 case index, purpose), so a case never depends on the others and the same
@@ -48,15 +49,21 @@ log = logging.getLogger("hepafed.progress")
 # bump whenever the same scenario and seed would give other files (or phantom.json changes);
 # 2.0: affine in RAS+ patient millimetres, per-site byte totals in phantom.json
 # 2.1: a val split at training sites (val_fraction), n_val in the site summaries
-GENERATOR_VERSION = "2.1"
+# 2.2: a liver mask per case (livers/, the liver_mask column); images and masks unchanged
+GENERATOR_VERSION = "2.2"
+# what a model trained and scored on the phantom sees (images, lesion masks, labels,
+# splits): unchanged since 2.1, as 2.2 only added the liver masks (a test holds the
+# images' hashes). Results keyed by the phantom (``hepafed study``) name this version.
+TRAINING_DATA_VERSION = "2.1"
 PHASES = ("arterial", "portal", "delayed")
-FILE_COLUMNS = ("image_arterial", "image_portal", "image_delayed", "mask")
+FILE_COLUMNS = ("image_arterial", "image_portal", "image_delayed", "mask", "liver_mask")
 MANIFEST_COLUMNS = (
     "case_id",
     "image_arterial",
     "image_portal",
     "image_delayed",
     "mask",
+    "liver_mask",
     "label",
     "split",
     "lesion_type",
@@ -141,20 +148,45 @@ def simulate_case(
     dims: int,
 ) -> tuple[anatomy.Case, scanner.Grid, np.ndarray, np.ndarray]:
     """One case: the patient, the grid, int16 images ``(3, nx, ny, nz)`` and the uint8 mask."""
+    case, grid, images, mask, _ = simulate_case_with_liver(site, seed, index, label, dims)
+    return case, grid, images, mask
+
+
+def simulate_case_with_liver(
+    site: SiteProfile,
+    seed: int,
+    index: int,
+    label: int,
+    dims: int,
+) -> tuple[anatomy.Case, scanner.Grid, np.ndarray, np.ndarray, np.ndarray]:
+    """``simulate_case``, and the uint8 liver mask (``liver_mask``) on the same grid."""
     case = anatomy.sample_case(
         site, label, case_rng(seed, site.name, index, STREAM_CASE), scanner.FOV_CENTRE_MM
     )
     grid = scanner.acquisition_grid(site, case.lesion.centre[2], dims)
     times = (site.arterial_delay_s, site.portal_delay_s, site.delayed_delay_s)
-    truth, fraction = scanner.render(
+    truth, fraction, liver = scanner.render_with_liver(
         case, grid, times, case_rng(seed, site.name, index, STREAM_TEXTURE)
     )
     noise = case_rng(seed, site.name, index, STREAM_NOISE)
     images = np.stack([scanner.acquire(truth[p], site, grid, noise) for p in range(3)])
+    mask = lesion_mask(fraction)
+    return case, grid, images, mask, liver_mask(liver, mask)
+
+
+def lesion_mask(fraction: np.ndarray) -> np.ndarray:
+    """The reader's uint8 lesion mask: the voxels at least half lesion (the portal venous
+    phase's fraction); a lesion thinner than half a voxel marks its densest voxel."""
     mask = fraction >= 0.5
-    if not mask.any():  # a lesion thinner than half a voxel: mark its densest voxel
+    if not mask.any():
         mask.flat[int(np.argmax(fraction))] = True
-    return case, grid, images, mask.astype(np.uint8)
+    return mask.astype(np.uint8)
+
+
+def liver_mask(liver_fraction: np.ndarray, lesion: np.ndarray) -> np.ndarray:
+    """The uint8 liver mask: the voxels at least half liver (``render_with_liver``), or-ed
+    with the lesion mask, since the liver includes its lesion."""
+    return ((liver_fraction >= 0.5) | (lesion > 0)).astype(np.uint8)
 
 
 def _fmt(value: float) -> str:
@@ -164,10 +196,11 @@ def _fmt(value: float) -> str:
 def write_case(
     site: SiteProfile, seed: int, dims: int, site_dir: Path, index: int, label: int, split: str
 ) -> tuple[dict[str, str], int, tuple[int, ...]]:
-    """Write case ``index``'s images and mask into ``site_dir`` (which has ``images/`` and
-    ``masks/``); return its manifest row, the bytes written and the grid's shape."""
+    """Write case ``index``'s images, mask and liver mask into ``site_dir`` (which has
+    ``images/`` and ``masks/``; ``livers/`` is made if missing); return its manifest row, the
+    bytes written and the grid's shape."""
     case_id = f"{site.name}-{index + 1:04d}"
-    case, grid, images, mask = simulate_case(site, seed, index, label, dims)
+    case, grid, images, mask, liver = simulate_case_with_liver(site, seed, index, label, dims)
     affine = grid.affine()  # per case: the slices sit at the lesion's height
     image_header = nifti_header(images[0].shape, images.dtype, affine)
     row = {"case_id": case_id}
@@ -180,6 +213,11 @@ def write_case(
     row["mask"] = f"masks/{case_id}.nii.gz"
     blob = nifti_gz(mask, affine)
     (site_dir / row["mask"]).write_bytes(blob)
+    n_bytes += len(blob)
+    row["liver_mask"] = f"livers/{case_id}.nii.gz"
+    blob = nifti_gz(liver, affine)
+    (site_dir / "livers").mkdir(exist_ok=True)  # the timeline phantom makes the other two
+    (site_dir / row["liver_mask"]).write_bytes(blob)
     n_bytes += len(blob)
     row.update(
         label=str(case.label),
@@ -202,9 +240,11 @@ def write_case(
 
 
 def write_site(site: SiteProfile, seed: int, dims: int, site_dir: Path) -> dict[str, Any]:
-    """Write one hospital's images, masks and manifest; return a summary for phantom.json."""
+    """Write one hospital's images, masks, liver masks and manifest; return a summary for
+    phantom.json."""
     (site_dir / "images").mkdir(parents=True)
     (site_dir / "masks").mkdir()
+    (site_dir / "livers").mkdir()
     labels, splits = labels_and_splits(site, seed)
     rows = []
     n_bytes = 0  # of every file listed in the manifest, and the manifest

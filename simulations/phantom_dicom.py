@@ -6,6 +6,7 @@ NIfTI) as a site whose image cells name DICOM series folders::
     out_dir/<site>/manifest.csv
     out_dir/<site>/dicom/<case_id>/<phase>/<n>.dcm   one CT slice per file
     out_dir/<site>/masks/<case_id>.nii.gz            the masks, copied
+    out_dir/<site>/livers/<case_id>.nii.gz           the liver masks, copied (if any)
 
 Each series holds the same HU values on the same voxel grid as its NIfTI file, and its
 headers carry the acquisition the phantom's manifest recorded (vendor, model, kernel, slice
@@ -36,6 +37,7 @@ import numpy as np
 
 from common.dicomweb import PREFIX
 from simulations.phantom import MANIFEST_CSV, PHASES
+from simulations.phantom_folder import MASK_COLUMNS
 
 # manifest column -> DICOM keyword: the acquisition the series' headers carry
 HEADER_COLUMNS = {
@@ -161,8 +163,7 @@ def write_dicom_site(site_dir: Path, out_dir: Path) -> Path:
             write_series(target / folder, np.asarray(nii.dataobj), nii.affine,
                          _series_tags(row, p, phase), study, series)  # fmt: skip
             out[f"image_{phase}"] = folder.as_posix()
-        (target / row["mask"]).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(site_dir / row["mask"], target / row["mask"])
+        _copy_masks(row, site_dir, target)
         rows.append(out)
     _write_manifest(target / MANIFEST_CSV, columns, rows)
     return target
@@ -182,7 +183,7 @@ def dicom_files(dicom_site: Path) -> list[Path]:
 def dicomweb_site(dicom_site: Path, out_dir: Path) -> Path:
     """The site ``dicom_site`` with each image cell naming its series on a DICOMweb server
     (``dicomweb:STUDY_UID/SERIES_UID``, from the series' first header), in ``out_dir/<site>``
-    with the masks copied; returns that folder."""
+    with the masks (and liver masks) copied; returns that folder."""
     import pydicom
 
     dicom_site, target = Path(dicom_site), Path(out_dir) / Path(dicom_site).name
@@ -196,10 +197,17 @@ def dicomweb_site(dicom_site: Path, out_dir: Path) -> Path:
             first = min((dicom_site / row[column]).iterdir())
             ds = pydicom.dcmread(first, stop_before_pixels=True)
             row[column] = f"{PREFIX}{ds.StudyInstanceUID}/{ds.SeriesInstanceUID}"
-        (target / row["mask"]).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(dicom_site / row["mask"], target / row["mask"])
+        _copy_masks(row, dicom_site, target)
     _write_manifest(target / MANIFEST_CSV, columns, rows)
     return target
+
+
+def _copy_masks(row: Mapping[str, str], source: Path, target: Path) -> None:
+    """Copy a case's lesion mask and liver mask (where its row names one), same paths."""
+    for column in MASK_COLUMNS:
+        if row.get(column):
+            (target / row[column]).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / row[column], target / row[column])
 
 
 def _write_manifest(path: Path, columns: list[str], rows: list[dict[str, str]]) -> None:

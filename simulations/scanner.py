@@ -204,6 +204,17 @@ def render(
     case: Case, grid: Grid, times_s: tuple[float, float, float], rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """Noise-free HU of the three phases ``(3, nx, ny, nz)`` and the lesion fraction."""
+    truth, fraction, _ = render_with_liver(case, grid, times_s, rng)
+    return truth, fraction
+
+
+def render_with_liver(
+    case: Case, grid: Grid, times_s: tuple[float, float, float], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``render``, and the liver's fraction of each voxel ``(nx, ny, nz)``: the partial
+    volume of the liver outline (its nodular surface in cirrhosis, the vessels inside it
+    included) that the image shows as liver, i.e. less the IVC drawn over it. It comes from
+    the same geometry and texture the image is drawn from, and draws nothing more."""
     enh = physiology.enhancement(case, times_s)
     times = np.asarray(times_s) - case.arrival_s
     tex = _textures(rng, grid, case)
@@ -224,6 +235,7 @@ def render(
     hepatic = [v for v in case.vessels if v[8] == 1]
     truth = np.empty((3, nx, ny, nz), np.float32)
     fraction = np.zeros((nx, ny, nz), np.float32)
+    liver_fraction = np.zeros((nx, ny, nz), np.float32)
     lobes = anatomy.liver_polar(case.liver, x, y)
     for k, zc in enumerate(grid.z):
         nodular = tex["nodular"][..., k]
@@ -239,6 +251,7 @@ def render(
                 veins[i] += cut
         liver *= ring[2] / len(bg_offsets)
         veins *= liver / len(bg_offsets)
+        liver_fraction[..., k] = liver * (1.0 - ivc)  # the IVC is drawn over the liver
         fine, nod, mix = tex["fine"][..., k], nodular, tex["mix"][..., k]
         soft_tissue = np.where(mix > 0.3, BASE_HU["soft"] + col("soft"), BASE_HU["fat"] + 10)
         hetero = 1.0 + 0.05 * tex["coarse"][..., k] + 0.03 * fine
@@ -267,7 +280,7 @@ def render(
             img[:, si, sj] = img[:, si, sj] * (1.0 - frac) + hu
             fraction[si, sj, k] = frac[1]  # the reader annotates the portal venous phase
         truth[..., k] = img
-    return truth, fraction
+    return truth, fraction, liver_fraction
 
 
 def noise_sigma_hu(site: SiteProfile) -> float:

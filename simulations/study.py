@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config import ConfigError, RunConfig
-from simulations.phantom import GENERATOR_VERSION
+from simulations.phantom import TRAINING_DATA_VERSION
 
 log = logging.getLogger("hepafed.progress")
 
@@ -78,12 +78,12 @@ class Cell:
     seed: int
     scenario: str
     quick: bool = False  # `hepafed simulate --quick` settings (a smoke test, not a result)
-    phantom: str = GENERATOR_VERSION  # the phantom generator the cell runs on
+    phantom: str = TRAINING_DATA_VERSION  # the phantom data the cell trains and scores on
 
     @property
     def key(self) -> str:
-        """What identifies the cell in the results file: names, seed, quick, the phantom
-        generator's version (a new phantom, new splits: every cell runs again) and the
+        """What identifies the cell in the results file: names, seed, quick, the phantom's
+        training-data version (new images or splits: every cell runs again) and the
         overrides' fingerprint, so a variant whose overrides change is run again."""
         text = json.dumps(self.variant.overrides, sort_keys=True)
         digest = hashlib.sha256(text.encode()).hexdigest()[:12]

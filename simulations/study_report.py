@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from simulations.phantom import GENERATOR_VERSION
+from simulations.phantom import TRAINING_DATA_VERSION
 from simulations.study import OK, Study, phantom_of, read_results
 
 # issue 14's "now" column: liver-5, default training, seeds 2026-2028
@@ -46,7 +46,7 @@ def group_name(record: Record) -> str:
     figures are not comparable with the current phantom's: other splits, no val split)."""
     name = str(record["variant"]) + (" (quick)" if record.get("quick") else "")
     phantom = phantom_of(record)
-    return name if phantom == GENERATOR_VERSION else f"{name} (phantom {phantom})"
+    return name if phantom == TRAINING_DATA_VERSION else f"{name} (phantom {phantom})"
 
 
 def _stats(values: Sequence[float | None]) -> tuple[float, float, int]:
@@ -223,7 +223,7 @@ def render(study: Study, records: Sequence[Record], scenario: str) -> str:
     groups: dict[str, list[Record]] = {}
 
     def place(r: Record) -> tuple[bool, str, int, int]:  # the current phantom's cells first
-        old = phantom_of(r) != GENERATOR_VERSION
+        old = phantom_of(r) != TRAINING_DATA_VERSION
         return old, phantom_of(r), order.get(str(r["variant"]), 99), int(r["seed"])
 
     for r in sorted(ok, key=place):

@@ -157,6 +157,34 @@ def _mask_values(site: Path) -> None:
     write_nifti(_mask(site), arr, SPACING)
 
 
+def _liver(site: Path, case: int = 0) -> Path:
+    return site / f"livers/{site.name}-{case:03d}.nii.gz"
+
+
+def _with_liver(site: Path, voxels: np.ndarray | None, affine: np.ndarray | None = None) -> None:
+    """Give case -000 (only) a liver mask: ``voxels`` on ``affine`` (default: the site's
+    grid), or a cell naming a file that is not there (None)."""
+    if voxels is not None:
+        _liver(site).parent.mkdir(parents=True, exist_ok=True)
+        grid = np.diag([*SPACING, 1.0]) if affine is None else affine
+        nib.save(nib.Nifti1Image(voxels, grid), str(_liver(site)))
+    _set_cell(site, "liver_mask", str(_liver(site).relative_to(site)))
+
+
+def _missing_liver(site: Path) -> None:
+    _with_liver(site, None)
+
+
+def _liver_other_grid(site: Path) -> None:
+    shifted = np.diag([*SPACING, 1.0])
+    shifted[:3, 3] = (30.0, 0.0, 0.0)  # 20 voxels to the side
+    _with_liver(site, _voxels(_mask(site)), shifted)
+
+
+def _liver_values(site: Path) -> None:
+    _with_liver(site, _voxels(_mask(site)) * 3)
+
+
 ROW = "(manifest.csv row 1)"
 KINDS: dict[str, tuple[Callable[[Path], None], Callable[[Path], Path], str]] = {
     "missing-file": (_missing, _image, f"image_arterial: file not found {ROW}"),
@@ -203,6 +231,20 @@ KINDS: dict[str, tuple[Callable[[Path], None], Callable[[Path], Path], str]] = {
     "missing-mask": (_missing_mask, _mask, f"mask: file not found {ROW}"),
     "empty-mask": (_empty_mask, _mask, "mask: is empty: the case has no lesion voxel"),
     "non-binary-mask": (_mask_values, _mask, "mask: values [0.0, 2.0] are not binary 0/1"),
+    # the optional liver mask (case -000 only has one) is judged as the lesion mask is
+    "missing-liver-mask": (_missing_liver, _liver, f"liver_mask: file not found {ROW}"),
+    "liver-mask-other-grid": (
+        _liver_other_grid,
+        _liver,
+        "liver_mask: not on image_arterial's grid: origin (30, 0, 0) mm is 30 mm ((20, 0, 0) "
+        "voxels) from (0, 0, 0) (tolerance 0.5 voxel); the voxels would not line up with "
+        "image_arterial's, so save the file on its image's grid (same affine)",
+    ),
+    "non-binary-liver-mask": (
+        _liver_values,
+        _liver,
+        "liver_mask: values [0.0, 3.0] are not binary 0/1",
+    ),
 }
 
 

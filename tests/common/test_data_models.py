@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import math
-from collections.abc import Callable
+import os
+import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -11,12 +14,13 @@ import numpy as np
 import pytest
 import torch
 
+from common import data as data_module
 from common.config import ConfigError, RunConfig
 from common.data import augment_batch, concat_splits, load_split
 from common.hooks.tta import binary_entropy, prediction_entropy
 from common.manifest import read_manifest
 from common.models import ModelError, build_model, model_name
-from common.preprocess import crop_size, pipeline_key
+from common.preprocess import case_record, crop_size, pipeline_key
 from common.tasks import loss_function, probabilities, targets
 from common.weights import WeightsError, load_arrays, shared_state, to_arrays
 
@@ -271,3 +275,96 @@ def test_context_keeps_tissue_around_the_lesion(site_factory: Callable[..., Path
     assert len(set(keys.values())) == 3
     with pytest.raises(ConfigError, match="data.context-mm = -1.0"):
         _cfg(**{"data.context-mm": -1.0})
+
+
+def _copy_livers(site: Path, cases: Sequence[int]) -> None:
+    """A ``liver_mask`` column naming a copy of the lesion mask (a valid liver mask: the
+    liver includes the lesion) for ``cases``; the other cases' cells are empty."""
+    path = site / "manifest.csv"
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    (site / "livers").mkdir(exist_ok=True)
+    for i, row in enumerate(rows):
+        row["liver_mask"] = ""
+        if i in cases:
+            row["liver_mask"] = f"livers/{row['case_id']}.nii.gz"
+            shutil.copyfile(site / row["mask"], site / row["liver_mask"])
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+@pytest.mark.parametrize("disk_cache", [False, True], ids=["memory", "disk"])
+def test_liver_masks_are_cropped_as_the_lesion_masks_are(
+    site_factory: Callable[..., Path], tmp_path: Path, disk_cache: bool
+) -> None:
+    """Resampled (1 mm -> 1.5 mm, nearest) and cropped with context as the lesion mask: a
+    liver mask equal to the lesion mask gives livers equal to masks; NaN for a case without
+    one; None for a split (or site) without any."""
+    site = site_factory(n_cases=6, spacing=1.0)
+    cache = {"data.cache-dir": str(tmp_path / "cache")} if disk_cache else {}
+    cfg = _cfg(**{"data.context-mm": 12.0, **cache})
+    plain = load_split(
+        read_manifest(site, cfg.data.channels, cfg.task), "train", cfg.data, cfg.task
+    )
+    assert plain.livers is None
+    _copy_livers(site, (0, 3, 4))  # train cases 0, 1, 3, 4: case 1 has none
+    m = read_manifest(site, cfg.data.channels, cfg.task)
+    train = load_split(m, "train", cfg.data, cfg.task)
+    assert torch.equal(train.images, plain.images) and torch.equal(train.masks, plain.masks)
+    assert train.livers is not None and train.livers.dtype == torch.float32
+    assert train.livers.shape == train.masks.shape == (4, 1, 32, 32)
+    assert torch.equal(train.livers[[0, 2, 3]], train.masks[[0, 2, 3]])
+    assert torch.isnan(train.livers[1]).all()
+    if disk_cache:  # from the disk cache the same tensors
+        data_module._SPLITS.clear()
+        again = load_split(m, "train", cfg.data, cfg.task)
+        assert again.livers is not None and torch.equal(
+            again.livers[[0, 2, 3]], train.masks[[0, 2, 3]]
+        )
+        assert torch.isnan(again.livers[1]).all()
+    other = load_split(
+        read_manifest(site_factory("site-b", n_cases=3), cfg.data.channels, cfg.task),
+        "train",
+        cfg.data,
+        cfg.task,
+    )
+    pooled = concat_splits([train, other])
+    assert pooled.livers is not None and pooled.livers.shape == (6, 1, 32, 32)
+    assert torch.equal(pooled.livers[:4].nan_to_num(-1.0), train.livers.nan_to_num(-1.0))
+    assert torch.isnan(pooled.livers[4:]).all()
+    assert concat_splits([other, other]).livers is None
+
+
+def test_a_changed_liver_mask_is_read_again(
+    site_factory: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The liver file is in both cache keys (its size and modification time): a changed
+    liver mask is read again from neither cache, the other files' tensors are unchanged."""
+    site = site_factory(n_cases=6)
+    _copy_livers(site, (0, 1))
+    cfg = _cfg(**{"data.cache-dir": str(tmp_path / "cache")})
+    m = read_manifest(site, cfg.data.channels, cfg.task)
+    records = [case_record(c, cfg.data.channels) for c in m.cases[:3]]
+    assert [len(r["fingerprint"]) for r in records] == [5, 5, 4]
+    assert "liver_mask" in records[0] and "liver_mask" not in records[2]
+    first = load_split(m, "train", cfg.data, cfg.task)
+    assert first.livers is not None and torch.equal(first.livers[:2], first.masks[:2])
+    liver = m.cases[0].liver_mask
+    assert liver is not None
+    img = nib.load(liver)
+    assert isinstance(img, nib.Nifti1Image)
+    nib.save(nib.Nifti1Image(np.ones(img.shape, np.uint8), img.affine), str(liver))
+    st = liver.stat()
+    os.utime(liver, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+    for _ in range(2):  # the in-memory key, then (cleared) the disk cache's records
+        changed = load_split(m, "train", cfg.data, cfg.task)
+        assert changed.livers is not None
+        # the whole lesion box (context 0: the rest is padding) rather than the lesion
+        assert float(changed.livers[0].sum()) > float(first.livers[0].sum())
+        assert (changed.livers[0] >= first.livers[0]).all()
+        assert torch.equal(changed.livers[1:2], first.livers[1:2])
+        assert torch.equal(changed.images, first.images)
+        assert torch.equal(changed.masks, first.masks)
+        data_module._SPLITS.clear()

@@ -144,6 +144,68 @@ def test_mask_must_be_binary_and_non_empty(site_factory: Callable[..., Path]) ->
     assert any("is empty" in p and "site-a-001" in p for p in probs)
 
 
+def _with_livers(site: Path, cells: dict[int, str]) -> None:
+    """Give the manifest a ``liver_mask`` column: ``cells`` maps a row to its cell, the other
+    rows' cells are empty."""
+
+    def edit(rows: list[dict[str, str]]) -> None:
+        for i, row in enumerate(rows):
+            row["liver_mask"] = cells.get(i, "")
+
+    rewrite(site, edit)
+
+
+def test_liver_mask_column_is_optional_and_may_be_empty(
+    site_factory: Callable[..., Path],
+) -> None:
+    site = site_factory(n_cases=3, size=16)
+    assert all(c.liver_mask is None for c in validate_site(site, CHANNELS, TASK).cases)
+    # the lesion mask itself is a valid liver mask (the liver includes the lesion)
+    _with_livers(site, {0: "masks/site-a-000.nii.gz", 2: str(site / "masks/site-a-002.nii.gz")})
+    m = validate_site(site, CHANNELS, TASK)
+    assert [c.liver_mask for c in m.cases] == [
+        site / "masks/site-a-000.nii.gz",
+        None,
+        site / "masks/site-a-002.nii.gz",
+    ]
+    assert "liver_mask" not in m.cases[0].metadata  # a file column, not metadata
+
+
+def test_a_missing_liver_mask_file_is_reported_naming_the_column(
+    site_factory: Callable[..., Path],
+) -> None:
+    site = site_factory(n_cases=3, size=16)
+    _with_livers(site, {1: "livers/site-a-001.nii.gz", 2: "../elsewhere.nii.gz"})
+    msgs = problems_of(site)
+    assert len(msgs) == 2
+    assert "row 2" in msgs[0] and "site-a-001" in msgs[0] and "liver_mask" in msgs[0]
+    assert "file not found" in msgs[0]
+    assert "row 3" in msgs[1] and "liver_mask" in msgs[1] and "outside" in msgs[1]
+
+
+def test_liver_mask_must_be_on_the_grid_binary_and_non_empty(
+    site_factory: Callable[..., Path],
+) -> None:
+    site = site_factory(n_cases=4, size=16)
+    livers = site / "livers"
+    livers.mkdir()
+    shifted = np.diag([1.5, 1.5, 2.5, 1.0])
+    shifted[:3, 3] = (30.0, 0.0, 0.0)  # same shape, 20 voxels off
+    liver = np.ones((16, 16, 1), np.uint8)
+    nib.save(nib.Nifti1Image(liver, shifted), str(livers / "a.nii.gz"))
+    _save(livers / "b.nii.gz", liver * 2)
+    _save(livers / "c.nii.gz", liver * 0)
+    _save(livers / "d.nii.gz", np.ones((12, 16, 1), np.uint8))
+    _with_livers(site, {i: f"livers/{n}.nii.gz" for i, n in enumerate("abcd")})
+    manifest = read_manifest(site, CHANNELS, TASK)
+    probs = {str(p.case_id): (p.field, p.message) for p in check_images(manifest)}
+    assert probs["site-a-000"][0] == "liver_mask"
+    assert "not on image_arterial's grid" in probs["site-a-000"][1]
+    assert probs["site-a-001"] == ("liver_mask", "values [2.0] are not binary 0/1")
+    assert probs["site-a-002"][0] == "liver_mask" and "is empty" in probs["site-a-002"][1]
+    assert probs["site-a-003"][0] == "shape" and "liver_mask (12, 16, 1)" in probs["site-a-003"][1]
+
+
 def test_split_column_optional_uses_stable_hash(site_factory: Callable[..., Path]) -> None:
     site = site_factory(n_cases=40)
     rewrite(site, lambda rows: [r.pop("split") for r in rows])

@@ -21,6 +21,7 @@ from simulations.mri_phantom import (
     classes_and_splits,
     generate_mri_phantom,
     simulate_mri_case,
+    simulate_mri_case_with_liver,
 )
 from simulations.mri_render import Props, signals
 from simulations.mri_scenario import (
@@ -330,6 +331,10 @@ def test_the_manifest_validates_for_the_lesion_type_task(tmp_path: Path) -> None
     assert all(c.label is not None for c in manifest.cases)
     assert {c.metadata["field_strength_t"] for c in manifest.cases} == {"1.5"}
     assert channels(site) == spec.channels
+    # every case has a liver mask, checked as its lesion mask is
+    assert [c.liver_mask for c in manifest.cases] == [
+        out / "a" / "livers" / f"{c.case_id}.nii.gz" for c in manifest.cases
+    ]
     assert check_images(manifest) == []
     # 3 is no label of lesion-type, 2 none of lesion-malignancy
     reported: list[str] = []
@@ -387,3 +392,29 @@ def test_the_phantom_command_writes_an_mri_scenario_and_a_simulation_configures_
         modality_settings(spec, {"task": "lesion-malignancy"})
     with pytest.raises(ConfigError, match="lesion-type.*eval.design = 'loso'"):
         RunConfig().replace({"task": "lesion-type", "eval.design": "loso"})
+
+
+def _digest(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(str(a.dtype).encode() + str(a.shape).encode() + a.tobytes())
+    return h.hexdigest()
+
+
+# simulate_mri_case's images (channels sorted by name) and lesion mask as generator mri-1.0
+# made them: mri-1.1 only adds the liver mask, drawing nothing more from any random stream
+MRI_1_0_DIGESTS = {
+    (0, 1): "b4208403cb88297ae362e3b4d164605ad4c955f50c0f8a56ed1857ee07706639",
+    (1, 2): "cf2447fd3c145fe9112c7fcfd46d147fbc1bbea260d2209695e205d736dcb0e7",
+}
+
+
+def test_liver_masks_leave_the_images_and_lesion_masks_of_before() -> None:
+    site = tiny("hash")
+    for (index, label), digest in MRI_1_0_DIGESTS.items():
+        _, _, images, mask, liver = simulate_mri_case_with_liver(site, 7, index, label, 2)
+        assert _digest(*[images[k] for k in sorted(images)], mask) == digest, index
+        assert liver.dtype == np.uint8 and liver.shape == mask.shape
+        assert liver[mask > 0].all()  # the liver includes its lesion
+        assert 0.05 <= liver.mean() <= 0.8 and liver.sum() > 3 * mask.sum()

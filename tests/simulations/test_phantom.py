@@ -20,6 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage, optimize, stats
 
+from common.manifest import check_images
+from common.manifest import read_manifest as read_site
 from simulations import anatomy, phantom, physiology, scanner
 from simulations.anatomy import LESION_TYPES, MALIGNANT_TYPES
 from simulations.phantom import (
@@ -191,6 +193,60 @@ def test_images_are_int16_hu_with_spacing_and_position_in_the_affine(liver2: tup
                 assert hu.min() < -900  # air around the body
                 assert -50 < np.median(hu[values > 0]) < 300  # lesions: water to enhancing tissue
                 assert hu.max() > 150  # bone, enhanced vessels
+
+
+def test_liver_masks_hold_the_lesion_on_its_grid_and_a_plausible_share(liver2: tuple) -> None:
+    """Every case has a uint8 liver mask (``liver_mask``, ``livers/``) on the lesion mask's
+    grid that holds the lesion and a plausible share of the slice, and that the site check
+    accepts."""
+    spec, out = liver2
+    shares = []
+    for site in spec.sites:
+        rows = read_manifest(out / site.name)
+        for r in rows:
+            assert r["liver_mask"] == f"livers/{r['case_id']}.nii.gz"
+            liver = load_nifti(out / site.name / r["liver_mask"])
+            mask = load_nifti(out / site.name / r["mask"])
+            assert liver.get_data_dtype() == np.uint8 and liver.shape == mask.shape
+            np.testing.assert_array_equal(liver.affine, mask.affine)
+            inside, lesion = np.asarray(liver.dataobj), np.asarray(mask.dataobj) > 0
+            assert set(np.unique(inside)) == {0, 1}
+            assert inside[lesion].all()  # the liver includes its lesion
+            assert inside.sum() > 3 * lesion.sum()  # ... and much more
+            shares.append(float(inside.mean()))
+        manifest = read_site(out / site.name, PHASES, "lesion-malignancy")
+        assert all(c.liver_mask is not None for c in manifest.cases)
+        assert check_images(manifest) == []
+    assert min(shares) >= 0.05 and max(shares) <= 0.8
+
+
+def _digest(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(str(a.dtype).encode() + str(a.shape).encode() + a.tobytes())
+    return h.hexdigest()
+
+
+# simulate_case's images and lesion mask as generator 2.1 made them (before liver masks):
+# generator 2.2 only adds the liver mask, drawing nothing more from any random stream
+GENERATOR_2_1_DIGESTS = {
+    (2, 0): "be7ad135d5447e1bd4606cc99640bb59300bb9a7196057586ce04a325ca204ff",
+    (2, 1): "224dcd4a93e7eb7a1c25e2b853f3dc5fb7a6c1134c771e83ff2031bf50861530",
+    (2, 2): "4a4dfe2c09cdf3225e8c0537fa78aed6bcea9d97641b9585f44bcd608c4786e0",
+    (3, 0): "2f7cae3af7fd50a69dafe5e363424da7d6f4ba98bee0b4d3bb4ffd907d102a19",
+}
+
+
+def test_images_and_lesion_masks_are_those_of_generator_2_1() -> None:
+    site = tiny("hash", 4, cirrhosis_fraction=0.5)
+    for (dims, index), digest in GENERATOR_2_1_DIGESTS.items():
+        profile = dataclasses.replace(site, z_extent_mm=20.0) if dims == 3 else site
+        label = 0 if index == 1 else 1
+        _, _, images, mask, liver = phantom.simulate_case_with_liver(profile, 7, index, label, dims)
+        assert _digest(images, mask) == digest, (dims, index)
+        assert liver.dtype == np.uint8 and liver.shape == mask.shape
+        assert liver[mask > 0].all() and 0.05 <= liver.mean() <= 0.8
 
 
 def largest_region(mask: np.ndarray) -> np.ndarray:

@@ -54,6 +54,8 @@ def test_the_dicom_phantom_loads_as_the_nifti_phantom(
     assert a_split.case_ids == b_split.case_ids
     torch.testing.assert_close(a_split.images, b_split.images, atol=1e-5, rtol=0)
     assert torch.equal(a_split.masks, b_split.masks)
+    assert a_split.livers is not None and b_split.livers is not None  # copied, same grid
+    assert torch.equal(a_split.livers, b_split.livers)
 
 
 def test_uids_follow_the_content_and_the_dicomweb_site_names_them(tmp_path: Path) -> None:
@@ -74,6 +76,8 @@ def test_uids_follow_the_content_and_the_dicomweb_site_names_them(tmp_path: Path
     ds = pydicom.dcmread(files[0], stop_before_pixels=True)  # case 1, arterial
     assert rows[0]["image_arterial"] == f"dicomweb:{ds.StudyInstanceUID}/{ds.SeriesInstanceUID}"
     assert (web / rows[0]["mask"]).read_bytes() == (first / rows[0]["mask"]).read_bytes()
+    liver = rows[0]["liver_mask"]
+    assert liver and (web / liver).read_bytes() == (root / "site-a" / liver).read_bytes()
     studies = {r["image_arterial"].split("/")[0] for r in rows}
     assert len(studies) == len(rows)  # one study per case, its three phases in it
     assert rows[0]["image_portal"].split("/")[0] == rows[0]["image_arterial"].split("/")[0]

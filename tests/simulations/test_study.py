@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from common.cli import main
-from simulations.phantom import GENERATOR_VERSION
+from simulations.phantom import TRAINING_DATA_VERSION
 from simulations.study import (
     FAILED,
     OK,
@@ -82,7 +82,7 @@ def test_the_grid_is_variants_within_seeds_and_keys_follow_the_overrides(tmp_pat
     assert [(c.seed, c.variant.name) for c in grid] == [
         (1, "default"), (1, "slow"), (2, "default"), (2, "slow")
     ]  # fmt: skip
-    assert grid[0].key.startswith(f"liver-5/phantom-{GENERATOR_VERSION}/default/seed-1/")
+    assert grid[0].key.startswith(f"liver-5/phantom-{TRAINING_DATA_VERSION}/default/seed-1/")
     assert grid[0].key != next(iter(cells(study, quick=True))).key
     changed = select(study, variants=["slow"])
     assert [v.name for v in changed.variants] == ["slow"]
@@ -204,7 +204,7 @@ def test_cells_of_an_earlier_phantom_are_run_again_and_reported_apart(tmp_path: 
     assert legacy_key not in {c.key for c in cells(study)}
     written = run_study(study, runs_dir=tmp_path / "runs",
                         runner=lambda c, d, r: _figures(c))  # fmt: skip
-    assert len(written) == 4 and all(r["phantom"] == GENERATOR_VERSION for r in written)
+    assert len(written) == 4 and all(r["phantom"] == TRAINING_DATA_VERSION for r in written)
     text = render(study, read_results(study.results), "liver-5")
     headings = [line for line in text.splitlines() if line.startswith("### ")]
     assert headings == ["### default", "### slow", "### default (phantom 2.0)"]
