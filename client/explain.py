@@ -13,10 +13,21 @@ map's own mass.
 
 ``lesion_shares`` gives each case's share of the map's mass inside the lesion mask, and
 the mask's share of the image: the share a map spread evenly would have, the chance level
-(high on lesion-centred crops). ``saliency_fields`` averages both over the cases (the
-``eval.saliency`` numbers a site may send, ``SiteSummary.saliency_*``), only when at
-least ``min_cell`` cases are usable. The maps and per-case shares never leave the site:
-``hepafed site explain`` (``client.explain_cli``) shows them to its clinicians.
+(high on lesion-centred crops). ``liver_shares`` gives the same two for the liver outside
+the lesion (liver mask minus lesion mask): the map's share there and that region's share
+of the image. It is NaN for a case without a liver mask (NaN in ``SplitTensors.livers``)
+and wherever the lesion share is NaN (an all-zero map, an empty lesion mask), so the
+liver's cases are always among the lesion's: on each case the two shares, and the two
+chance levels, add up to at most 1, and the server checks the means against each other
+(``server.reply_checks``).
+
+``saliency_fields`` averages them over the cases (the ``eval.saliency`` numbers a site
+may send, ``SiteSummary.saliency_*``): the lesion's two means and their count only when
+at least ``min_cell`` cases have a lesion share; the liver's two means and their count
+(``saliency_liver``, ``saliency_liver_chance``, ``saliency_liver_n``) only when, besides,
+at least ``min_cell`` cases have a liver share (both known: a liver mask and a lesion
+share). Nothing else: the maps and per-case shares never leave the site; ``hepafed site
+explain`` (``client.explain_cli``) shows them to its clinicians.
 """
 
 from __future__ import annotations
@@ -143,27 +154,70 @@ def lesion_shares(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.n
     return share, inside.mean(axis=1)
 
 
+def liver_shares(
+    maps: np.ndarray, masks: np.ndarray, livers: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per case: the share of the map's mass (negative values clipped to 0) inside the liver
+    but outside the lesion (liver mask > 0.5, lesion mask <= 0.5), and that region's share of
+    the image (the chance level). Both NaN for a case without a liver mask (any NaN in its
+    ``livers``); the share also NaN wherever ``lesion_shares``'s is (an all-zero map, an
+    empty lesion mask)."""
+    n = len(maps)
+    if n == 0:
+        return np.zeros(0), np.zeros(0)
+    cam = np.clip(np.asarray(maps, dtype=float).reshape(n, -1), 0.0, None)
+    lesion = np.asarray(masks).reshape(n, -1) > 0.5
+    liver_map = np.asarray(livers, dtype=float).reshape(n, -1)
+    known = ~np.isnan(liver_map).any(axis=1)
+    region = (np.nan_to_num(liver_map, nan=0.0) > 0.5) & ~lesion
+    mass = cam.sum(axis=1)
+    usable = known & (mass > 0) & lesion.any(axis=1)
+    share = np.full(n, np.nan)
+    share[usable] = (cam * region).sum(axis=1)[usable] / mass[usable]
+    area = np.where(known, region.mean(axis=1), np.nan)
+    return share, area
+
+
 def saliency_means(share: np.ndarray, area: np.ndarray, min_cell: int) -> dict[str, Any]:
     """``SiteSummary`` fields: the mean share in the lesion and the mean chance level over
     the usable cases (finite ``share``) and their count; none below ``min_cell`` cases."""
+    return _means(share, area, min_cell, ("saliency_lesion", "saliency_chance", "saliency_n"))
+
+
+def liver_means(share: np.ndarray, area: np.ndarray, min_cell: int) -> dict[str, Any]:
+    """``SiteSummary`` fields: the mean share in the liver outside the lesion and its mean
+    chance level over the cases with a liver share (``liver_shares``) and their count; none
+    below ``min_cell`` such cases."""
+    keys = ("saliency_liver", "saliency_liver_chance", "saliency_liver_n")
+    return _means(share, area, min_cell, keys)
+
+
+def _means(
+    share: np.ndarray, area: np.ndarray, min_cell: int, keys: tuple[str, str, str]
+) -> dict[str, Any]:
     usable = np.isfinite(share)
     n = int(usable.sum())
     if n == 0 or n < min_cell:
         return {}
+    mean_share, mean_area, count = keys
     return {
-        "saliency_lesion": float(np.mean(share[usable])),
-        "saliency_chance": float(np.mean(area[usable])),
-        "saliency_n": n,
+        mean_share: float(np.mean(share[usable])),
+        mean_area: float(np.mean(area[usable])),
+        count: n,
     }
 
 
 def saliency_fields(
     model: nn.Module, data: SplitTensors, cfg: RunConfig, compute: Compute, min_cell: int
 ) -> dict[str, Any]:
-    """What ``eval.saliency`` adds to a classification summary (``saliency_means``); nothing
-    when it is off, for segmentation, or for a split without cases."""
+    """What ``eval.saliency`` adds to a classification summary: ``saliency_means``, and
+    ``liver_means`` when the split has liver masks; nothing when it is off, for
+    segmentation, for a split without cases, or below ``min_cell`` lesion cases."""
     if not cfg.eval.saliency or not classifies(cfg.task) or not len(data):
         return {}
-    maps = grad_cam(model, data.images, cfg, compute).maps
-    share, area = lesion_shares(maps.numpy(), data.masks.numpy())
-    return saliency_means(share, area, min_cell)
+    maps = grad_cam(model, data.images, cfg, compute).maps.numpy()
+    masks = data.masks.numpy()
+    out = saliency_means(*lesion_shares(maps, masks), min_cell)
+    if out and data.livers is not None:  # the liver's cases are among the lesion's
+        out |= liver_means(*liver_shares(maps, masks, data.livers.numpy()), min_cell)
+    return out

@@ -2,9 +2,11 @@
 
 For the site's clinicians, written into the site folder (``SITE_DIR/explanations/RUN/``
 by default; 0700, every file 0600 and written atomically) and sent nowhere: one PNG per
-case (the portal channel, or the first, with the map and the lesion mask's contour),
-``explanations.json`` (per case: id, label, prediction, share of the map in the lesion,
-lesion's share of the image) and ``index.html`` (self-contained: relative images, no
+case (the portal channel, or the first, with the map, the lesion mask's contour in white
+and, where the case has one, the liver mask's in magenta), ``explanations.json`` (per
+case: id, label, prediction, share of the map in the lesion and the lesion's share of the
+image; share of the map in the liver outside the lesion and that region's share of the
+image, null without a liver mask) and ``index.html`` (self-contained: relative images, no
 script). The model is the run's final checkpoint (``RUN_DIR/checkpoint.pt``) built from
 its ``config.json``; the maps are ``client.explain``'s. 2-D runs only.
 
@@ -35,6 +37,8 @@ from client.explain import (
     ExplainError,
     grad_cam,
     lesion_shares,
+    liver_means,
+    liver_shares,
     saliency_means,
 )
 from client.message_config import named_hooks
@@ -55,6 +59,7 @@ INDEX_HTML, INDEX_JSON = "index.html", "explanations.json"
 FORMAT = "hepafed-explanations/1"
 PNG = re.compile(r"\d{4}-.*\.png")  # the case images this command writes (and replaces)
 FILE_MODE = 0o600
+LESION_COLOUR, LIVER_COLOUR = "white", "magenta"  # the masks' contours on the figures
 
 
 @dataclass(frozen=True)
@@ -126,14 +131,21 @@ def explain_site(
     if max_cases is not None:
         data = _first(data, max_cases)
     cams = grad_cam(model, data.images, cfg, select_compute(cfg.train.amp))
-    share, area = lesion_shares(cams.maps.numpy(), data.masks.numpy())
+    maps, masks = cams.maps.numpy(), data.masks.numpy()
+    share, area = lesion_shares(maps, masks)
+    livers = None if data.livers is None else data.livers.numpy()
+    nan = np.full(len(share), np.nan)
+    liver, liver_area = (nan, nan) if livers is None else liver_shares(maps, masks, livers)
     folder = private_folder(out or private_folder(site_dir / EXPLANATIONS) / run_dir.resolve().name)
     channel = cfg.data.channels.index("portal") if "portal" in cfg.data.channels else 0
     cases = []
     for i, case_id in enumerate(data.case_ids):
         row = _case_row(i, case_id, data, cams, cfg.task, share[i], area[i])
+        row |= _liver_row(liver[i], liver_area[i])
+        row["title"] += _liver_title(row)
         image = data.images[i, channel].numpy()
-        png = _figure(image, cams.maps[i, 0].numpy(), data.masks[i, 0].numpy(), row["title"])
+        liver_mask = None if livers is None or np.isnan(livers[i]).any() else livers[i, 0]
+        png = _figure(image, maps[i, 0], masks[i, 0], row["title"], liver_mask)
         write_atomic(folder / row["png"], png, mode=FILE_MODE)
         cases.append(row)
     for stale in folder.iterdir():  # case images of an earlier, longer explanation
@@ -154,7 +166,8 @@ def explain_site(
         "input_size": list(data.images.shape[2:]),
         "upsampling": UPSAMPLING,
         "display": "radiological: the patient's right on the image's left, anterior at the top",
-        "summary": _summary(share, area),
+        "contours": {"lesion": LESION_COLOUR, "liver": LIVER_COLOUR},
+        "summary": _summary(share, area, liver, liver_area),
         "cases": [{k: v for k, v in c.items() if k != "title"} for c in cases],
     }
     write_atomic(folder / INDEX_JSON, json.dumps(doc, indent=1) + "\n", mode=FILE_MODE)
@@ -175,7 +188,10 @@ def render_index(doc: dict[str, Any]) -> str:
 
 
 def _first(data: SplitTensors, n: int) -> SplitTensors:
-    return SplitTensors(data.images[:n], data.masks[:n], data.labels[:n], data.case_ids[:n])
+    livers = None if data.livers is None else data.livers[:n]
+    return SplitTensors(
+        data.images[:n], data.masks[:n], data.labels[:n], data.case_ids[:n], livers=livers
+    )
 
 
 def _percent(value: float | None) -> str:
@@ -221,17 +237,51 @@ def _case_row(
     }
 
 
-def _summary(share: np.ndarray, area: np.ndarray) -> dict[str, Any]:
-    """The means a site may send (``client.explain.saliency_means``), here for every case."""
-    empty = {"saliency_lesion": None, "saliency_chance": None, "saliency_n": 0}
-    return {**empty, **saliency_means(share, area, min_cell=1), "cases": len(share)}
+def _liver_row(share: float, area: float) -> dict[str, Any]:
+    """A case's share of the map in the liver outside the lesion and that region's share of
+    the image; both None for a case without a liver mask (the share also for a map or a
+    lesion mask that gives no lesion share)."""
+    return {
+        "saliency_liver": float(share) if np.isfinite(share) else None,
+        "liver_share": float(area) if np.isfinite(area) else None,
+    }
 
 
-def _figure(image: np.ndarray, cam: np.ndarray, mask: np.ndarray, title: str) -> bytes:
-    """A PNG: the image in grey, the map (relative to the case's maximum) over it, the mask's
-    contour; arrays (X, Y) in RA orientation, drawn radiologically."""
+def _liver_title(row: dict[str, Any]) -> str:
+    if row["liver_share"] is None:
+        return "\nno liver mask"
+    return (
+        f"\nin the liver outside it {_percent(row['saliency_liver'])} "
+        f"(that region: {_percent(row['liver_share'])} of image)"
+    )
+
+
+def _summary(
+    share: np.ndarray, area: np.ndarray, liver: np.ndarray, liver_area: np.ndarray
+) -> dict[str, Any]:
+    """The means a site may send (``client.explain.saliency_means`` and ``liver_means``),
+    here for every case."""
+    empty = {
+        "saliency_lesion": None,
+        "saliency_chance": None,
+        "saliency_n": 0,
+        "saliency_liver": None,
+        "saliency_liver_chance": None,
+        "saliency_liver_n": 0,
+    }
+    means = {**saliency_means(share, area, min_cell=1), **liver_means(liver, liver_area, 1)}
+    return {**empty, **means, "cases": len(share)}
+
+
+def _figure(
+    image: np.ndarray, cam: np.ndarray, mask: np.ndarray, title: str, liver: np.ndarray | None
+) -> bytes:
+    """A PNG: the image in grey, the map (relative to the case's maximum) over it, the lesion
+    mask's contour (white) and the liver mask's (magenta, where the case has one), named in
+    a legend; arrays (X, Y) in RA orientation, drawn radiologically."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     def shown(a: np.ndarray) -> np.ndarray:
         return np.asarray(a, dtype=float)[::-1, ::-1].T  # rows anterior first, patient right left
@@ -242,8 +292,16 @@ def _figure(image: np.ndarray, cam: np.ndarray, mask: np.ndarray, title: str) ->
     ax.imshow(shown(image), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     peak = float(cam.max())
     heat = ax.imshow(shown(cam / peak if peak > 0 else cam), cmap="jet", alpha=0.4, vmin=0, vmax=1)
-    if mask.any() and not mask.all():
-        ax.contour(shown(mask), levels=[0.5], colors="white", linewidths=1.2)
+    drawn = []
+    for name, region, colour in (("lesion", mask, LESION_COLOUR), ("liver", liver, LIVER_COLOUR)):
+        if region is not None and region.any() and not region.all():
+            ax.contour(shown(region), levels=[0.5], colors=colour, linewidths=1.2)
+            drawn.append(Line2D([], [], color=colour, linewidth=1.2, label=f"{name} mask"))
+    if drawn:
+        legend = ax.legend(handles=drawn, loc="lower right", fontsize=7, framealpha=0.6)
+        legend.get_frame().set_facecolor("black")
+        for label in legend.get_texts():
+            label.set_color("white")
     fig.colorbar(heat, ax=ax, fraction=0.046, pad=0.04, label="Grad-CAM / case maximum")
     ax.set_title(title, fontsize=8)
     ax.set_axis_off()

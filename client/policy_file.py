@@ -30,7 +30,8 @@ EXPLAINED = {
     "max-embedding-dims": "ceiling of eval.embedding-dims",
     "max-roi-size": "ceiling of data.roi-size (pixels)",
     "max-recalibration": "a recalibration's slope within [1/m, m], |intercept| <= m; 0: never",
-    "saliency": "send eval.saliency's Grad-CAM shares in the lesion (means, >= min-cell cases)",
+    "saliency": "send eval.saliency's Grad-CAM shares in the lesion and the liver around it "
+    "(means, >= min-cell cases)",
     "monitor-any-window": "answer monitoring windows other than single calendar months",
     "max-memory-mb": "ceiling of the estimated size of the site's preprocessed cases",
     "state-dir": "this site's state kept across runs (the DP ledger), created 0700",

@@ -130,7 +130,8 @@ class EvalConfig:
     hartung_knapp: bool = False  # t-based pooled CIs (Hartung-Knapp) instead of z
     margin: float = 0.05  # flag a site whose AUC falls more than this below pooled internal
     # classification: sites also send the mean share of Grad-CAM mass inside the lesion mask
-    # and its chance level (the mask's share), over >= policy.min-cell cases (client.explain)
+    # and its chance level (the mask's share), over >= policy.min-cell cases, and where they
+    # have liver masks the same for the liver outside the lesion (client.explain)
     saliency: bool = False
 
 

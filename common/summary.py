@@ -32,7 +32,11 @@ fills the binary fields.
 
 With ``eval.saliency`` a classification summary adds two means and a count (``saliency-lesion``,
 ``saliency-chance``, ``saliency-n``): where the model's Grad-CAM evidence lies relative to
-the lesion, over at least the site's ``min-cell`` cases; the maps themselves stay at the site.
+the lesion, over at least the site's ``min-cell`` cases; where the site has liver masks, two
+more means and a count (``saliency-liver``, ``saliency-liver-chance``, ``saliency-liver-n``,
+sent only when the count is at least ``min-cell`` too): the share in the liver outside the
+lesion and its chance level, over those of the same cases that have a liver mask. The maps
+themselves stay at the site (``client.explain``).
 
 ``SiteSummary.to_record`` / ``from_record`` are the one encoding both sides use
 (a Flower ``MetricRecord`` holds numbers and lists of numbers).
@@ -80,6 +84,8 @@ SCALAR_KEYS = {
     "brier_multi": "brier-multi",
     "saliency_lesion": "saliency-lesion",
     "saliency_chance": "saliency-chance",
+    "saliency_liver": "saliency-liver",
+    "saliency_liver_chance": "saliency-liver-chance",
 }
 
 SUPPRESSED_CELL = -1  # a confusion-matrix cell sent as this was not disclosed (small cell)
@@ -177,6 +183,12 @@ class SiteSummary:
     saliency_lesion: float | None = None
     saliency_chance: float | None = None
     saliency_n: int = 0
+    # ... and over saliency_liver_n of those cases (the ones with a liver mask; >= min-cell too),
+    # the mean share inside the liver but outside the lesion, and the mean share of the image
+    # that region covers (its chance level); None / 0 when the site has no liver masks
+    saliency_liver: float | None = None
+    saliency_liver_chance: float | None = None
+    saliency_liver_n: int = 0
     # data.on-bad-case = skip: cases left out of ``n``, and the first MAX_LISTED of their ids
     skipped: int = 0
     skipped_ids: tuple[str, ...] = ()
@@ -199,6 +211,8 @@ class SiteSummary:
             out["hd95-n"] = self.hd95_n
         if self.saliency_n:
             out["saliency-n"] = self.saliency_n
+        if self.saliency_liver_n:
+            out["saliency-liver-n"] = self.saliency_liver_n
         if self.tables:
             out["thresholds"] = [t.threshold for t in self.tables]
             for cell in ("tp", "fp", "fn", "tn"):
@@ -285,6 +299,7 @@ class SiteSummary:
             recal_sum_sq=tuple(seq("recal-sum-sq")),
             hd95_n=int(r.get("hd95-n", 0)),
             saliency_n=int(r.get("saliency-n", 0)),
+            saliency_liver_n=int(r.get("saliency-liver-n", 0)),
             hist_counts=hist,
             emb_mean=emb_mean,
             emb_cov=cov,

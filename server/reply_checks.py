@@ -27,10 +27,17 @@ MAX_JSON_CHARS = 1_000_000  # a site's JSON text (acquisition summary, hook stat
 
 CLASS_CAL_KEYS = ("class-cal-count", "class-cal-sum-p", "class-cal-sum-y")
 # evaluation summary keys (``common.summary.SiteSummary.to_record``) that count cases
-SUMMARY_COUNTS = ("num-examples", "n", "n-pos", "n-neg", "hd95-n", "saliency-n", SKIPPED_CASES)
+SUMMARY_COUNTS = (
+    "num-examples", "n", "n-pos", "n-neg", "hd95-n", "saliency-n", "saliency-liver-n",
+    SKIPPED_CASES,
+)  # fmt: skip
 # evaluation summary keys that are shares of a whole (``client.explain``: Grad-CAM mass in
-# the lesion, the lesion's share of the image)
-SUMMARY_SHARES = ("saliency-lesion", "saliency-chance")
+# the lesion and in the liver outside it, the shares of the image they cover)
+SUMMARY_SHARES = ("saliency-lesion", "saliency-chance", "saliency-liver", "saliency-liver-chance")
+# the saliency means and their count (``client.explain``): each group comes whole or not at all
+LESION_SALIENCY = ("saliency-lesion", "saliency-chance", "saliency-n")
+LIVER_SALIENCY = ("saliency-liver", "saliency-liver-chance", "saliency-liver-n")
+SHARE_SLACK = 1e-6  # rounding allowed where shares of one whole add up
 # summary values with a fixed range: AUCs and rates in [0, 1], variances >= 0, Brier scores
 SUMMARY_RANGES = {
     "auc": (0.0, 1.0),
@@ -124,9 +131,10 @@ def summary_problem(record: Mapping[str, Any], max_cases: int) -> str | None:
     """Why an evaluation summary (a ``SiteSummary`` MetricRecord) cannot be believed, or None.
 
     Every value finite; every case count a whole number from 0 to ``max_cases`` (the
-    cases the site declared when it joined); saliency shares in [0, 1]; positives,
-    negatives, saliency cases and each 2x2 table no more than ``n``; per-class counts
-    (``class-n``) adding up to ``n``; each confusion cell a count or -1 (suppressed).
+    cases the site declared when it joined); saliency shares in [0, 1] and consistent
+    (``saliency_problem``); positives, negatives, saliency cases and each 2x2 table no more
+    than ``n``; per-class counts (``class-n``) adding up to ``n``; each confusion cell a
+    count or -1 (suppressed).
     """
     problem = metrics_problem(record)
     if problem is not None:
@@ -165,6 +173,9 @@ def summary_problem(record: Mapping[str, Any], max_cases: int) -> str | None:
     for key in ("n-pos", "n-neg", "saliency-n"):
         if record.get(key, 0) > n:
             return f"{key} = {record[key]!r} exceeds n = {n!r}"
+    problem = saliency_problem(record)
+    if problem is not None:
+        return problem
     cells = [_as_list(record.get(c, [])) for c in ("tp", "fp", "fn", "tn")]
     for i, table in enumerate(zip(*cells, strict=False)):
         if sum(table) > n:
@@ -173,6 +184,48 @@ def summary_problem(record: Mapping[str, Any], max_cases: int) -> str | None:
     if class_n and sum(class_n) != n:
         return f"class-n {_show(class_n)} sums to {sum(class_n):g} cases, but n = {n!r}"
     return class_shape_problem(record, len(class_n))
+
+
+def saliency_problem(record: Mapping[str, Any]) -> str | None:
+    """Why a summary's saliency means (``client.explain``, shares in [0, 1] already checked)
+    cannot be believed, or None.
+
+    Each group (the lesion's two means and count, the liver's) comes whole, over at least
+    one case; the liver's only with the lesion's, over no more cases: its cases are among
+    the lesion's. On each case the map's shares in the lesion and in the liver outside it
+    add up to at most 1, and so do the shares of the image the two regions cover; so over
+    n lesion and m liver cases, n x lesion mean + m x liver mean <= n (lesion + liver <= 1
+    when m = n). The site's ``policy.min-cell`` is its own, unknown to the server: a count
+    below it cannot be told from here (the site does not send one, ``client.explain``)."""
+    for group in (LESION_SALIENCY, LIVER_SALIENCY):
+        present = [key for key in group if key in record]
+        if present and len(present) < len(group):
+            missing = ", ".join(key for key in group if key not in record)
+            sent = ", ".join(present)
+            return f"{sent} without {missing}: the means and their count come together"
+        if present and record[group[-1]] < 1:
+            return f"{group[-1]} = {_show(record[group[-1]])}: means over no case"
+    if LIVER_SALIENCY[0] not in record:
+        return None
+    if LESION_SALIENCY[0] not in record:
+        return "saliency-liver without saliency-lesion: the liver's cases are among the lesion's"
+    n, m = record["saliency-n"], record["saliency-liver-n"]
+    if m > n:
+        return (
+            f"saliency-liver-n = {m!r} exceeds saliency-n = {n!r}: the liver's cases are among "
+            "the lesion's"
+        )
+    for lesion, liver, whole in (
+        ("saliency-lesion", "saliency-liver", "the map"),
+        ("saliency-chance", "saliency-liver-chance", "the image"),
+    ):
+        if n * record[lesion] + m * record[liver] > n * (1.0 + SHARE_SLACK):
+            return (
+                f"{lesion} = {_show(record[lesion])} over {n!r} case(s) and {liver} = "
+                f"{_show(record[liver])} over {m!r} of them: more than the whole of {whole} "
+                "(two shares of one case add up to at most 1)"
+            )
+    return None
 
 
 def class_shape_problem(record: Mapping[str, Any], k: int) -> str | None:

@@ -119,11 +119,33 @@ class Calibration(CalibrationMeasures):
     )
 
 
+class LiverSaliency(ReportModel):
+    """The same map in the liver outside the lesion (the liver mask minus the lesion mask),
+    over the site's cases that have a liver mask (among those of the lesion's share)."""
+
+    in_liver: Probability | None = Field(
+        description="Mean over the cases of the share of the saliency map's total inside the "
+        "liver but outside the lesion, on [0, 1]."
+    )
+    chance: Probability | None = Field(
+        description="Chance level: mean over the same cases of the share of the image the "
+        "liver outside the lesion covers, on [0, 1]; a map spread evenly over the image puts "
+        "this share there."
+    )
+    n: Count = Field(description="Cases the two means are over (those with a liver mask).")
+    ratio: NonNegative | None = Field(
+        description="in_liver / chance (unitless): near 1, the model looks at the liver "
+        "around the lesion no more than at random places of the crop. Null when the chance "
+        "level is 0 or unknown."
+    )
+
+
 class Saliency(ReportModel):
     """Where the model looks at the site (eval.saliency = true, where the site's policy
     allows it): Grad-CAM of the model's last convolutional stage, upsampled to the input by
-    MONAI's interpolation, compared with the lesion mask, each share averaged over the site's
-    cases. Absent when the run did not ask for it or the site did not send it."""
+    MONAI's interpolation, compared with the lesion mask (and, where the site has them, the
+    liver mask), each share averaged over the site's cases. Absent when the run did not ask
+    for it or the site did not send it."""
 
     in_lesion: Probability | None = Field(
         description="Mean over the cases of the share of the saliency map's total inside the "
@@ -139,6 +161,12 @@ class Saliency(ReportModel):
         description="in_lesion / chance (unitless): near 1, the model looks at the lesion no "
         "more than at random places of the crop; well above 1, it concentrates on the "
         "lesion. Null when the chance level is 0 or unknown."
+    )
+    liver: Omittable[LiverSaliency] = Field(
+        None,
+        description="The share in the liver outside the lesion against its chance level; "
+        "absent when the site sent none (it has no liver masks, or fewer cases with one than "
+        "its policy.min-cell).",
     )
 
 
@@ -275,9 +303,9 @@ class SiteRow(ReportModel):
     )
     saliency: Omittable[Saliency] = Field(
         None,
-        description="Where the model looks: Grad-CAM saliency inside the lesion against the "
-        "chance level (eval.saliency = true, where the site's policy allows it); absent "
-        "otherwise.",
+        description="Where the model looks: Grad-CAM saliency inside the lesion (and in the "
+        "liver outside it, where the site has liver masks) against the chance level "
+        "(eval.saliency = true, where the site's policy allows it); absent otherwise.",
     )
     drift: Drift = Field(description="Distribution shift against the reference sites.")
     reference: Reference | None = Field(

@@ -1,7 +1,7 @@
 """One evaluation's statistics, no pooling: AUC (DeLong CI), the 2x2 accuracy measures
 (Wilson and log intervals) at every threshold, calibration, Dice, where the model looks
-(Grad-CAM saliency in the lesion); and the JSON-safe number helpers the report's modules
-share (NaN and infinities become null)."""
+(Grad-CAM saliency in the lesion and in the liver around it); and the JSON-safe number
+helpers the report's modules share (NaN and infinities become null)."""
 
 from __future__ import annotations
 
@@ -125,15 +125,28 @@ def site_statistics(s: SiteSummary, cfg: ReportSettings) -> dict[str, Any]:
 def saliency(s: SiteSummary) -> dict[str, Any]:
     """Where the model looks (eval.saliency): the mean share of its saliency inside the
     lesion, the chance level (the mean share of the image the lesion covers), and their
-    ratio (null when the chance level is 0 or either share is unknown)."""
+    ratio (null when the chance level is 0 or either share is unknown); and, where the site
+    sent them, the same three for the liver outside the lesion (``liver``)."""
     in_lesion, chance = json_float(s.saliency_lesion), json_float(s.saliency_chance)
-    ratio = in_lesion / chance if in_lesion is not None and chance else None
-    return {
+    out: dict[str, Any] = {
         "in_lesion": in_lesion,
         "chance": chance,
         "n": s.saliency_n,
-        "ratio": json_float(ratio),
+        "ratio": _ratio(in_lesion, chance),
     }
+    if s.saliency_liver is not None and s.saliency_liver_n:
+        in_liver, liver_chance = json_float(s.saliency_liver), json_float(s.saliency_liver_chance)
+        out["liver"] = {
+            "in_liver": in_liver,
+            "chance": liver_chance,
+            "n": s.saliency_liver_n,
+            "ratio": _ratio(in_liver, liver_chance),
+        }
+    return out
+
+
+def _ratio(share: float | None, chance: float | None) -> float | None:
+    return json_float(share / chance) if share is not None and chance else None
 
 
 def _interval_se(est: float | None, se: float | None, level: float) -> dict[str, Any]:

@@ -198,13 +198,23 @@ def recalibration_text(recal: dict[str, Any]) -> str:
 
 
 def saliency_lines(report: dict[str, Any]) -> list[str]:
-    """Each site's Grad-CAM saliency share in the lesion against chance (eval.saliency)."""
+    """Each site's Grad-CAM saliency share in the lesion, and in the liver outside it,
+    against chance (eval.saliency); the liver's "not available" where the site sent none
+    (no liver masks, or fewer cases with one than its policy.min-cell)."""
     lines = []
     for r in report["sites"]:
         if sal := r.get("saliency"):
+            liver = sal.get("liver")
+            in_liver = (
+                f"in liver outside it {_pct(liver['in_liver'])} vs chance "
+                f"{_pct(liver['chance'])}, ratio {_fmt(liver['ratio'], 2)} (n = {liver['n']})"
+                if liver
+                else "in liver outside it not available"
+            )
             lines.append(
                 f"{r['site']} ({r['model']}): saliency in lesion {_pct(sal['in_lesion'])} vs "
-                f"chance {_pct(sal['chance'])}, ratio {_fmt(sal['ratio'], 2)} (n = {sal['n']})"
+                f"chance {_pct(sal['chance'])}, ratio {_fmt(sal['ratio'], 2)} "
+                f"(n = {sal['n']}); {in_liver}"
             )
     return lines
 

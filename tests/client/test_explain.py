@@ -1,13 +1,17 @@
-"""Grad-CAM at the site (client.explain): the shares in the lesion, the one number that
-travels (eval.saliency), the site's say over it, and ``hepafed site explain``."""
+"""Grad-CAM at the site (client.explain): the shares in the lesion and in the liver outside
+it, the numbers that travel (eval.saliency), the site's say over them, and ``hepafed site
+explain``."""
 
 from __future__ import annotations
 
+import csv
 import json
 import stat
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -15,9 +19,12 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 
 from client.evaluation import summarize
 from client.explain import (
+    CamMaps,
     ExplainError,
     grad_cam,
     lesion_shares,
+    liver_means,
+    liver_shares,
     saliency_fields,
     saliency_means,
     target_layer,
@@ -35,6 +42,7 @@ from common.summary import SiteSummary
 from common.weights import shared_state
 from server.records import RunRecorder
 from server.reply_checks import summary_problem
+from tests.conftest import write_nifti
 
 CPU = Compute(torch.device("cpu"), None)
 SMALL = {"data.roi-size": 32, "data.context-mm": 0.0, "model.width": 8}
@@ -67,6 +75,85 @@ def test_shares_of_hand_made_maps_and_masks() -> None:
     assert saliency_means(share, area, min_cell=4) == {}  # fewer usable cases than k
     empty = lesion_shares(np.zeros((0, 1, 4, 4)), np.zeros((0, 1, 4, 4)))
     assert empty[0].shape == (0,) and saliency_means(*empty, min_cell=1) == {}
+
+
+def _regions() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A 4 x 4 image: a lesion of 2 pixels, the liver around it 4 more, 10 pixels outside;
+    a map with mass 0.6 in the lesion, 0.3 in the liver outside it and 0.1 outside."""
+    lesion = np.zeros((4, 4))
+    lesion[1, 1:3] = 1
+    liver = np.zeros((4, 4))
+    liver[1:3, 0:3] = 1  # 6 pixels, the lesion's 2 among them
+    cam = np.where(lesion > 0, 0.3, np.where(liver > 0, 0.075, 0.01))
+    return cam, lesion, liver
+
+
+def test_liver_shares_of_hand_made_maps_and_masks() -> None:
+    cam, lesion, liver = _regions()
+    assert cam.sum() == pytest.approx(1.0)
+    elsewhere = np.where(liver > 0, 0.0, 1.0)  # all the mass outside the liver
+    no_liver = np.full((4, 4), np.nan)
+    maps = np.stack([cam, cam, np.zeros((4, 4)), elsewhere, cam])
+    masks = np.stack([lesion, lesion, lesion, lesion, np.zeros((4, 4))])
+    livers = np.stack([liver, no_liver, liver, liver, liver])
+    share, area = lesion_shares(maps[:, None], masks[:, None])
+    liver_share, liver_area = liver_shares(maps[:, None], masks[:, None], livers[:, None])
+    assert share[[0, 1, 3]] == pytest.approx([0.6, 0.6, 0.0])
+    assert liver_share[[0, 3]] == pytest.approx([0.3, 0.0])
+    # no liver mask; an all-zero map; an empty lesion mask (no lesion share: no liver share)
+    assert np.isnan(liver_share[[1, 2, 4]]).all()
+    assert liver_area[[0, 2, 3]] == pytest.approx([4 / 16] * 3)  # chance: 4 of 16 pixels
+    assert liver_area[4] == pytest.approx(6 / 16)  # no lesion: the whole liver
+    assert np.isnan(liver_area[1])
+    assert area[:4] == pytest.approx([2 / 16] * 4)
+    # the lesion's mean keeps the case without a liver mask, the liver's leaves it out
+    assert saliency_means(share, area, min_cell=3) == {
+        "saliency_lesion": pytest.approx(0.4),
+        "saliency_chance": pytest.approx(2 / 16),
+        "saliency_n": 3,
+    }
+    assert liver_means(liver_share, liver_area, min_cell=2) == {
+        "saliency_liver": pytest.approx(0.15),
+        "saliency_liver_chance": pytest.approx(4 / 16),
+        "saliency_liver_n": 2,
+    }
+    assert liver_means(liver_share, liver_area, min_cell=3) == {}  # 2 cases < k
+    empty = liver_shares(*(np.zeros((0, 1, 4, 4)),) * 3)
+    assert empty[0].shape == (0,) and liver_means(*empty, min_cell=1) == {}
+
+
+def test_saliency_fields_gate_the_liver_on_its_own_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    cam, lesion, liver = _regions()
+    n = 5
+    maps = torch.tensor(np.stack([cam] * n)[:, None], dtype=torch.float32)
+    monkeypatch.setattr(
+        "client.explain.grad_cam",
+        lambda *a, **k: CamMaps(maps, (0,) * n, torch.zeros(n), (2, 2), "layer4"),
+    )
+    known = torch.tensor(np.stack([liver] * 3 + [np.full((4, 4), np.nan)] * 2)[:, None])
+    data = SplitTensors(
+        torch.zeros(n, 3, 4, 4),
+        torch.tensor(np.stack([lesion] * n)[:, None], dtype=torch.float32),
+        torch.zeros(n),
+        tuple(f"c{i}" for i in range(n)),
+        livers=known.float(),
+    )
+    cfg = RunConfig().replace({"eval.saliency": True})
+    both = saliency_fields(torch.nn.Identity(), data, cfg, CPU, 3)
+    assert both == {
+        "saliency_lesion": pytest.approx(0.6),
+        "saliency_chance": pytest.approx(2 / 16),
+        "saliency_n": 5,
+        "saliency_liver": pytest.approx(0.3),
+        "saliency_liver_chance": pytest.approx(4 / 16),
+        "saliency_liver_n": 3,
+    }
+    lesion_only = saliency_fields(torch.nn.Identity(), data, cfg, CPU, 4)  # 3 liver cases < 4
+    assert set(lesion_only) == {"saliency_lesion", "saliency_chance", "saliency_n"}
+    assert saliency_fields(torch.nn.Identity(), data, cfg, CPU, 6) == {}  # 5 lesion cases < 6
+    without = SplitTensors(data.images, data.masks, data.labels, data.case_ids)
+    assert without.livers is None
+    assert set(saliency_fields(torch.nn.Identity(), without, cfg, CPU, 1)) == set(lesion_only)
 
 
 # ---- Grad-CAM on MONAI networks -----------------------------------------------------------
@@ -117,7 +204,10 @@ def _split(n: int = 12) -> SplitTensors:
     masks = torch.zeros(n, 1, 32, 32)
     masks[:, :, 10:22, 12:20] = 1.0  # 96 of 1024 pixels
     labels = torch.tensor([i % 2 for i in range(n)], dtype=torch.float32)
-    return SplitTensors(images, masks, labels, tuple(f"c{i}" for i in range(n)))
+    livers = torch.zeros(n, 1, 32, 32)
+    livers[:, :, 6:26, 6:26] = 1.0  # 400 pixels, the lesion's 96 among them
+    livers[n // 2 :] = float("nan")  # the second half has no liver mask
+    return SplitTensors(images, masks, labels, tuple(f"c{i}" for i in range(n)), livers=livers)
 
 
 def test_summarize_adds_the_saliency_means_only_when_asked_and_above_min_cell() -> None:
@@ -140,7 +230,24 @@ def test_summarize_adds_the_saliency_means_only_when_asked_and_above_min_cell() 
     back = SiteSummary.from_record(record)
     assert (back.saliency_lesion, back.saliency_chance, back.saliency_n) == (
         pytest.approx(first.saliency_lesion), pytest.approx(96 / 1024), n)  # fmt: skip
+    assert data.livers is not None
+    liver, _ = liver_shares(maps, data.masks.numpy(), data.livers.numpy())
+    m = first.saliency_liver_n
+    assert 1 <= m <= min(n, len(data) // 2)  # the cases with a liver mask
+    assert first.saliency_liver == pytest.approx(float(np.nanmean(liver)))
+    assert first.saliency_liver_chance == pytest.approx(304 / 1024)  # 400 - 96 pixels
+    assert record["saliency-liver-n"] == m
+    assert record["saliency-liver"] == pytest.approx(first.saliency_liver)
+    assert record["saliency-liver-chance"] == pytest.approx(304 / 1024)
+    assert summary_problem(record, len(data)) is None
+    back_liver = (back.saliency_liver, back.saliency_liver_chance, back.saliency_liver_n)
+    assert back_liver == (pytest.approx(first.saliency_liver), pytest.approx(304 / 1024), m)
     assert summarize(model, data, asked, CPU, min_cell=n).saliency_n == n
+    if m < n:  # k between the two counts: the lesion's means go, the liver's do not
+        middle = summarize(model, data, asked, CPU, min_cell=m + 1)
+        assert middle.saliency_n == n and middle.saliency_liver_n == 0
+        assert middle.saliency_liver is None and middle.saliency_liver_chance is None
+        assert not any(k.startswith("saliency-liver") for k in middle.to_record())
     below = summarize(model, data, asked, CPU, min_cell=n + 1)  # fewer usable cases than k
     assert (below.saliency_lesion, below.saliency_chance, below.saliency_n) == (None, None, 0)
     off = summarize(model, data, asked.replace({"eval.saliency": False}), CPU, min_cell=1)
@@ -196,6 +303,76 @@ def test_the_server_rejects_a_share_outside_zero_one() -> None:
     )
 
 
+LIVER = {"saliency-liver": 0.3, "saliency-liver-chance": 0.25, "saliency-liver-n": 8}
+
+
+def test_the_server_checks_the_liver_share_against_the_lesions() -> None:
+    good = {"n": 10, "saliency-lesion": 0.6, "saliency-chance": 0.125, "saliency-n": 8, **LIVER}
+    assert summary_problem(good, 100) is None
+    assert summary_problem({**good, "saliency-liver": 1.2}, 100) == (
+        "saliency-liver = 1.2: a share, must be one number in [0, 1]"
+    )
+    assert "saliency-liver-chance = -0.1: a share" in str(
+        summary_problem({**good, "saliency-liver-chance": -0.1}, 100)
+    )
+    # over the same cases the map's two shares add up to at most 1, and so do the image's
+    assert summary_problem({**good, "saliency-liver": 0.5}, 100) == (
+        "saliency-lesion = 0.6 over 8 case(s) and saliency-liver = 0.5 over 8 of them: more "
+        "than the whole of the map (two shares of one case add up to at most 1)"
+    )
+    assert summary_problem({**good, "saliency-liver": 0.4 + 1e-9}, 100) is None  # rounding
+    assert "more than the whole of the image" in str(
+        summary_problem({**good, "saliency-liver-chance": 0.9}, 100)
+    )
+    # over fewer liver cases the means may add up to more than 1: one case 0.9 in the lesion
+    # without a liver mask, one 0.1 in the lesion and 0.9 in the liver (0.5 + 0.9)
+    honest = {**good, "saliency-lesion": 0.5, "saliency-n": 2, "saliency-liver": 0.9,
+              "saliency-liver-n": 1}  # fmt: skip
+    assert summary_problem(honest, 100) is None
+    assert "more than the whole of the map" in str(
+        summary_problem({**honest, "saliency-liver": 1.0, "saliency-lesion": 0.6}, 100)
+    )
+    assert summary_problem({**good, "saliency-liver-n": 9}, 100) == (
+        "saliency-liver-n = 9 exceeds saliency-n = 8: the liver's cases are among the lesion's"
+    )
+    assert summary_problem({**good, "saliency-liver-n": 0}, 100) == (
+        "saliency-liver-n = 0: means over no case"
+    )
+    assert summary_problem({**good, "saliency-liver-n": 1.5}, 100) == (
+        "saliency-liver-n = 1.5: must be a whole number"
+    )
+    partial = {k: v for k, v in good.items() if k != "saliency-liver-n"}
+    assert summary_problem(partial, 100) == (
+        "saliency-liver, saliency-liver-chance without saliency-liver-n: the means and their "
+        "count come together"
+    )
+    alone = {"n": 10, **LIVER}
+    assert summary_problem(alone, 100) == (
+        "saliency-liver without saliency-lesion: the liver's cases are among the lesion's"
+    )
+    lesion_only = {k: v for k, v in good.items() if k not in LIVER}
+    assert summary_problem(lesion_only, 100) is None
+    assert summary_problem({**lesion_only, "saliency-n": 0}, 100) == (
+        "saliency-n = 0: means over no case"
+    )
+
+
+def test_the_liver_fields_travel_only_when_counted() -> None:
+    summary = SiteSummary(10, saliency_lesion=0.6, saliency_chance=0.125, saliency_n=8,
+                          saliency_liver=0.3, saliency_liver_chance=0.25,
+                          saliency_liver_n=8)  # fmt: skip
+    record = summary.to_record()
+    assert {k: record[k] for k in LIVER} == LIVER
+    back = SiteSummary.from_record(record)
+    assert (back.saliency_liver, back.saliency_liver_chance, back.saliency_liver_n) == (
+        0.3, 0.25, 8)  # fmt: skip
+    lesion_only = SiteSummary(10, saliency_lesion=0.6, saliency_chance=0.125, saliency_n=8)
+    assert not any(k.startswith("saliency-liver") for k in lesion_only.to_record())
+    back = SiteSummary.from_record(lesion_only.to_record())
+    assert (back.saliency_liver, back.saliency_liver_chance, back.saliency_liver_n) == (
+        None, None, 0)  # fmt: skip
+
+
 # ---- hepafed site explain -----------------------------------------------------------------
 
 
@@ -212,10 +389,36 @@ def _files(root: Path) -> set[Path]:
     return {p for p in root.rglob("*") if p.is_file()}
 
 
+def _add_livers(site: Path, cases: tuple[int, ...]) -> None:
+    """Give ``cases`` of a ``site_factory`` site a liver mask (the lesion and a ring of 6
+    pixels around it) in the manifest's ``liver_mask`` column; the others an empty cell."""
+    with (site / "manifest.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for i, row in enumerate(rows):
+        row["liver_mask"] = ""
+        if i not in cases:
+            continue
+        mask: Any = nib.load(str(site / row["mask"]))
+        lesion = np.asarray(mask.dataobj)[..., 0] > 0
+        xx, yy = np.nonzero(lesion)
+        cx, cy, r = xx.mean(), yy.mean(), np.sqrt(lesion.sum() / np.pi)
+        gx, gy = np.mgrid[: lesion.shape[0], : lesion.shape[1]]
+        liver = lesion | ((gx - cx) ** 2 + (gy - cy) ** 2 <= (r + 6) ** 2)
+        spacing = tuple(float(v) for v in mask.header.get_zooms())
+        path = f"livers/{row['case_id']}.nii.gz"
+        write_nifti(site / path, liver.astype(np.uint8)[..., None], spacing)
+        row["liver_mask"] = path
+    with (site / "manifest.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def test_site_explain_writes_overlays_into_the_site_folder_only(
     site_factory: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     site = site_factory("site-a", n_cases=3, size=40, splits=("test",))
+    _add_livers(site, (0, 2))  # the second case has no liver mask
     digest = _run_folder(tmp_path / "run-7", RunConfig().replace(SMALL))
     before = _files(tmp_path)
     assert main(["site", "explain", str(site), "--run", str(tmp_path / "run-7")]) == 0
@@ -239,9 +442,29 @@ def test_site_explain_writes_overlays_into_the_site_folder_only(
     for case in doc["cases"]:
         assert 0.0 < case["lesion_share"] < 1.0 and 0.0 <= case["probability"] <= 1.0
         assert case["saliency_lesion"] is None or 0.0 <= case["saliency_lesion"] <= 1.0
+    with_liver = [doc["cases"][0], doc["cases"][2]]
+    for case in with_liver:
+        assert 0.0 < case["liver_share"] < 1.0 - case["lesion_share"]
+        assert 0.0 <= case["saliency_liver"] <= 1.0 - case["saliency_lesion"]
+    no_liver = doc["cases"][1]
+    assert (no_liver["saliency_liver"], no_liver["liver_share"]) == (None, None)
+    summary = doc["summary"]
+    assert summary["saliency_liver_n"] == 2 and summary["saliency_n"] == 3
+    assert summary["saliency_liver"] == pytest.approx(
+        np.mean([c["saliency_liver"] for c in with_liver])
+    )
+    assert summary["saliency_liver_chance"] == pytest.approx(
+        np.mean([c["liver_share"] for c in with_liver])
+    )
+    assert doc["contours"] == {"lesion": "white", "liver": "magenta"}
     page = (folder / "index.html").read_text()
     assert '<img src="0000-site-a-000.png"' in page and "<script" not in page
     assert "coarse map 2 x 2 for an input of 32 x 32 pixels" in page
+    assert "magenta line: the liver mask" in page
+    assert "Grad-CAM in the liver outside the lesion" in page
+    assert f"over {summary['saliency_liver_n']} case(s) with a liver mask" in page
+    assert page.count("no liver mask</figcaption>") == 1
+    assert page.count("in the liver outside it") == 2
     # again with fewer cases: the earlier case images go, the index follows
     assert main(["site", "explain", str(site), "--run", str(tmp_path / "run-7"),
                  "--max-cases", "1", "--model-sha256", digest]) == 0  # fmt: skip

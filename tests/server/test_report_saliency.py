@@ -2,9 +2,11 @@
 sites' summaries, its schema, the page's section and the terminal line.
 
 A site sends the mean share of its Grad-CAM saliency inside the lesion, the chance level
-(the mean share of the image the lesion covers) and the cases used; the report adds
-their ratio, null when the chance level is 0. A report whose sites sent none has no
-block, no section and no line.
+(the mean share of the image the lesion covers) and the cases used; where it has liver
+masks, the same for the liver outside the lesion (``saliency.liver``). The report adds
+their ratios, null when the chance level is 0; a site that sent no liver share has no
+``liver`` block and "not available" on the page and in the terminal. A report whose
+sites sent none has no block, no section and no line.
 """
 
 from __future__ import annotations
@@ -32,9 +34,13 @@ def looked(summary: SiteSummary, in_lesion: float, chance: float, n: int) -> Sit
     return replace(summary, saliency_lesion=in_lesion, saliency_chance=chance, saliency_n=n)
 
 
-A = looked(classification(0.90, 0.001), 0.42, 0.12, 60)
+def in_liver(summary: SiteSummary, share: float, chance: float, n: int) -> SiteSummary:
+    return replace(summary, saliency_liver=share, saliency_liver_chance=chance, saliency_liver_n=n)
+
+
+A = in_liver(looked(classification(0.90, 0.001), 0.42, 0.12, 60), 0.30, 0.40, 50)
 B = looked(classification(0.86, 0.0014), 0.30, 0.0, 58)  # a lesion that covers no pixel
-E = looked(classification(0.70, 0.002, 2.0), 0.15, 0.125, 60)
+E = in_liver(looked(classification(0.70, 0.002, 2.0), 0.15, 0.125, 60), 0.20, 0.25, 60)
 C = classification(0.85, 0.001)  # its policy did not allow saliency: none sent
 TINY = SiteSummary(6, 1, 5, insufficient=True)
 
@@ -81,13 +87,21 @@ def test_each_row_carries_its_sites_saliency_and_the_ratio_to_chance() -> None:
         "chance": 0.12,
         "n": 60,
         "ratio": pytest.approx(3.5),
+        "liver": {"in_liver": 0.30, "chance": 0.40, "n": 50, "ratio": pytest.approx(0.75)},
     }
     assert row(REPORT, "e")["saliency"] == {
         "in_lesion": 0.15,
         "chance": 0.125,
         "n": 60,
         "ratio": pytest.approx(1.2),
+        "liver": {"in_liver": 0.20, "chance": 0.25, "n": 60, "ratio": pytest.approx(0.8)},
     }
+
+
+def test_a_liver_chance_level_of_zero_gives_a_null_ratio() -> None:
+    report = built([Evaluation("global", "a", "internal", "test", in_liver(A, 0.1, 0.0, 50))])
+    assert row(report, "a")["saliency"]["liver"] == {
+        "in_liver": 0.1, "chance": 0.0, "n": 50, "ratio": None}  # fmt: skip
 
 
 def test_a_chance_level_of_zero_gives_a_null_ratio() -> None:
@@ -97,6 +111,10 @@ def test_a_chance_level_of_zero_gives_a_null_ratio() -> None:
         "n": 58,
         "ratio": None,
     }
+
+
+def test_a_site_without_liver_shares_has_no_liver_block() -> None:
+    assert "liver" not in row(REPORT, "b")["saliency"]  # no liver masks, or too few
 
 
 def test_rows_without_saliency_have_no_block() -> None:
@@ -121,8 +139,15 @@ def test_the_reports_validate_against_the_schema_and_the_models() -> None:
         ({"ratio": -1.0}, ("sites", 0, "saliency", "ratio")),
         ({"n": -1}, ("sites", 0, "saliency", "n")),
         ({"extra": 1}, ("sites", 0, "saliency")),
+        ({"liver": None}, ("sites", 0, "saliency", "liver")),  # absent, never null
+        ({"liver": {"in_liver": 1.5, "chance": 0.4, "n": 50, "ratio": 3.75}},
+         ("sites", 0, "saliency", "liver", "in_liver")),
+        ({"liver": {"in_liver": 0.3, "chance": 0.4, "n": 50}},
+         ("sites", 0, "saliency", "liver")),  # no ratio
+        ({"liver": {"in_liver": 0.3, "chance": 0.4, "n": -1, "ratio": 0.75}},
+         ("sites", 0, "saliency", "liver", "n")),
     ],
-)
+)  # fmt: skip
 def test_a_damaged_block_is_rejected_at_its_path(
     damage: dict[str, Any], path: tuple[Any, ...]
 ) -> None:
@@ -160,11 +185,18 @@ def test_the_page_has_the_section_with_each_sites_numbers() -> None:
     assert "Where the model looks" in section
     assert "MONAI" in section and "Grad-CAM" in section
     assert "no more than at random places of the crop" in section
+    assert "In the liver outside the lesion" in section
+    assert "no liver masks or fewer cases with one than its small-cell rule" in section
     a = _table_row(section, "a")
     assert all(v in a for v in ("42.0%", "12.0%", "3.50", ">60<", "global"))
-    assert "1.20" in _table_row(section, "e")
+    assert all(v in a for v in ("30.0%", "40.0%", "0.75", ">50<"))
+    assert a.index("42.0%") < a.index("30.0%")  # the lesion's columns first
+    assert "not available" not in a
+    e = _table_row(section, "e")
+    assert all(v in e for v in ("1.20", "20.0%", "25.0%", "0.80"))
     b = _table_row(section, "b")
     assert "0.0%" in b and "n/a" in b and ">58<" in b
+    assert 'colspan="4" class="num"><span class="na">not available</span>' in b
     assert 'class="site">c<' not in section and 'class="site">tiny<' not in section
     # after the per-site table
     assert html.index('id="per-site"') < html.index('id="saliency"')
@@ -179,8 +211,11 @@ def test_a_page_without_saliency_has_no_section() -> None:
 def test_the_terminal_summary_has_one_line_per_site_with_saliency() -> None:
     lines = [line for line in format_summary(REPORT).splitlines() if "saliency" in line]
     assert lines == [
-        "a (global): saliency in lesion 42.0% vs chance 12.0%, ratio 3.50 (n = 60)",
-        "b (global): saliency in lesion 30.0% vs chance 0.0%, ratio n/a (n = 58)",
-        "e (global): saliency in lesion 15.0% vs chance 12.5%, ratio 1.20 (n = 60)",
+        "a (global): saliency in lesion 42.0% vs chance 12.0%, ratio 3.50 (n = 60); "
+        "in liver outside it 30.0% vs chance 40.0%, ratio 0.75 (n = 50)",
+        "b (global): saliency in lesion 30.0% vs chance 0.0%, ratio n/a (n = 58); "
+        "in liver outside it not available",
+        "e (global): saliency in lesion 15.0% vs chance 12.5%, ratio 1.20 (n = 60); "
+        "in liver outside it 20.0% vs chance 25.0%, ratio 0.80 (n = 60)",
     ]
     assert "saliency" not in format_summary(without_saliency())

@@ -1,5 +1,6 @@
 """Where the model looks (``sites[].saliency``, eval.saliency = true): per site and model
-the share of the Grad-CAM saliency inside the lesion, the chance level and their ratio."""
+the share of the Grad-CAM saliency inside the lesion, the chance level and their ratio; and
+the same in the liver outside the lesion where the site sent it (``saliency.liver``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,17 @@ from server.report.html.format import finite
 from server.report.html.view_context import Context
 from server.report.html.view_read import text
 
-__all__ = ["SaliencyRow", "SaliencySection", "read_saliency"]
+__all__ = ["LiverRow", "SaliencyRow", "SaliencySection", "read_saliency"]
+
+
+@dataclass(frozen=True)
+class LiverRow:
+    """The saliency share in the liver outside the lesion against its chance level."""
+
+    in_liver: float | None
+    chance: float | None
+    ratio: float | None  # in_liver / chance; None when the chance level is 0
+    n: str  # cases used (those with a liver mask)
 
 
 @dataclass(frozen=True)
@@ -24,6 +35,7 @@ class SaliencyRow:
     chance: float | None  # mean share of the image the lesion covers
     ratio: float | None  # in_lesion / chance; None when the chance level is 0
     n: str  # cases used
+    liver: LiverRow | None  # the liver outside the lesion; None: the site sent none
 
 
 @dataclass(frozen=True)
@@ -37,6 +49,16 @@ def _row(row: Mapping[str, object], block: Mapping[str, object]) -> SaliencyRow:
         model=text(row.get("model")),
         role=text(row.get("role")),
         in_lesion=finite(block.get("in_lesion")),
+        chance=finite(block.get("chance")),
+        ratio=finite(block.get("ratio")),
+        n=text(block.get("n"), "n/a"),
+        liver=_liver(liver) if isinstance(liver := block.get("liver"), Mapping) else None,
+    )
+
+
+def _liver(block: Mapping[str, object]) -> LiverRow:
+    return LiverRow(
+        in_liver=finite(block.get("in_liver")),
         chance=finite(block.get("chance")),
         ratio=finite(block.get("ratio")),
         n=text(block.get("n"), "n/a"),
