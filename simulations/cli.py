@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import sys
 import time
@@ -91,6 +92,10 @@ def _simulation(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from simulations.simulate import simulate
 
+    if args.ray_address:  # every simulation of this command (seeds, compare) runs there
+        from simulations.federated import RAY_ADDRESS_ENV
+
+        os.environ[RAY_ADDRESS_ENV] = args.ray_address
     if args.compare:
         if args.design not in (None, EvalDesign.HOLDOUT.value):
             raise ConfigError("--compare evaluates the holdout design; drop --design")
@@ -307,6 +312,15 @@ def add_commands(sub: argparse._SubParsersAction[Any]) -> None:
         "with each figure's between-seed spread and an interval that includes training "
         "noise (5 or more for reliable intervals); with --compare, seeds per method "
         "(default 3)",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="HOST:PORT",
+        help="run the simulated sites on the existing Ray cluster whose head is there "
+        "(default: the RAY_ADDRESS environment variable, else a Ray of this machine's own; "
+        "'local' forces that); every node needs hepafed and the data at the same path: "
+        "docs/cluster.md",
     )
     p.set_defaults(func=cmd_simulate)
 

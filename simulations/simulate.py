@@ -30,7 +30,7 @@ from server.report.files import write_report
 from server.tracking import relog_report, require_backend
 from server.trust import resign_report
 from simulations.baselines import POOLED, load_sites, pooled
-from simulations.federated import run_federated
+from simulations.federated import probe_ray_address, resolve_ray_address, run_federated
 from simulations.mri_phantom import generate_mri_phantom
 from simulations.mri_scenario import MriScenario, is_mri_scenario, load_mri_scenario
 from simulations.phantom import generate_phantom
@@ -96,6 +96,9 @@ def simulate(
     if design is not None:
         settings["eval.design"] = design
     require_backend(RunConfig().replace(settings))  # before the phantom is even generated
+    address = resolve_ray_address()  # --ray-address or RAY_ADDRESS: a cluster that answers
+    if address is not None:
+        probe_ray_address(address)
     spec, phantom_dir = prepare_phantom(scenario, data_dir)
     if is_timeline_scenario(scenario):  # train on its first months; the rest is monitored
         settings = {**timeline_settings(load_timeline_scenario(scenario)), **settings}
