@@ -21,8 +21,14 @@ are medians over ``repeats`` runs, with min and max. Sections:
 - ``round``: per-round wall time of hepafed against a stock Flower FedAvg
   ServerApp/ClientApp (plain PyTorch training loop) on the same sites, model,
   data and rounds, both in Flower's simulation engine;
+- ``deploy`` (full only): a round on a real loopback deployment (SuperLink, three
+  SuperNodes, TLS, site keys, signed updates) against the same round in the
+  simulation engine, paired and interleaved; the sites' per-task times;
 - ``sites-100`` (full only): a federation of 100 simulated phantom sites,
   one round;
+- ``cluster-500`` (full only): 500 simulated phantom sites, one round, on a Ray
+  cluster of two nodes started on this machine (docs/cluster.md): round and run
+  times, the ServerApp process's peak RSS, the nodes and CPUs;
 - ``simulate`` (full only): end-to-end ``hepafed simulate`` with its defaults,
   then again with ``fp16`` and ``int8`` update compression, and the AUC changes.
 
@@ -32,9 +38,9 @@ fails on a missed one.
 
 This module runs the sections and writes the files; the sections are measured in
 ``bench_aggregation`` (bandwidth, aggregation), ``bench_client`` (client, bytes),
-``bench_round`` (round) and ``bench_federation`` (sites-100, simulate), with the
-methods of ``bench_measure``; ``bench_report`` judges the targets and writes the
-markdown.
+``bench_round`` (round), ``bench_deploy`` (deploy) and ``bench_federation``
+(sites-100, cluster-500, simulate), with the methods of ``bench_measure``;
+``bench_report`` judges the targets and writes the markdown.
 """
 
 from __future__ import annotations
@@ -48,13 +54,25 @@ from typing import Any
 
 from simulations.bench_aggregation import MODEL_PARAMS, SITE_COUNTS, aggregation, bandwidth
 from simulations.bench_client import client_throughput, update_bytes
-from simulations.bench_federation import hundred_sites, simulate_runs
+from simulations.bench_deploy import deploy_round
+from simulations.bench_federation import cluster_sites, hundred_sites, simulate_runs
 from simulations.bench_measure import machine
 from simulations.bench_report import BenchResult, evaluate_targets, markdown
 from simulations.bench_round import round_time
 
-SECTIONS = ("bandwidth", "aggregation", "client", "bytes", "round", "sites-100", "simulate")
-FULL_ONLY = ("sites-100", "simulate")
+SECTIONS = (
+    "bandwidth",
+    "aggregation",
+    "client",
+    "bytes",
+    "round",
+    "deploy",
+    "sites-100",
+    "cluster-500",
+    "simulate",
+)
+FULL_ONLY = ("deploy", "sites-100", "cluster-500", "simulate")
+CLUSTER_SITES = 500  # cluster-500's sites (fewer: a trial run of the section)
 
 GPU_NOTE = (
     "No GPU was available for this run. On a CUDA machine, `hepafed bench --sections client` "
@@ -71,8 +89,10 @@ def run_bench(
     data_dir: Path = Path("data"),
     overrides: dict[str, Any] | None = None,
     progress: Callable[[str], None] = lambda _: None,
+    cluster_sites_n: int = CLUSTER_SITES,
 ) -> BenchResult:
-    """Measure ``sections`` and write ``bench.json`` and ``bench.md`` to ``out_dir``."""
+    """Measure ``sections`` and write ``bench.json`` and ``bench.md`` to ``out_dir``
+    (``cluster_sites_n``: how many sites cluster-500 runs)."""
     from datetime import datetime
 
     from simulations.simulate import prepare_phantom, scenario_config
@@ -116,8 +136,13 @@ def run_bench(
             result.sections[section] = update_bytes(cfg)
         elif section == "round":
             result.sections[section] = round_time(cfg, repeats)
+        elif section == "deploy":
+            sites = list(spec.training_sites[:3])
+            result.sections[section] = deploy_round(cfg, phantom_dir, sites, max(repeats, 5))
         elif section == "sites-100":
             result.sections[section] = hundred_sites(cfg, data_dir, 100, 8)
+        elif section == "cluster-500":
+            result.sections[section] = cluster_sites(cfg, data_dir, cluster_sites_n, 8)
         elif section == "simulate":
             result.sections[section] = simulate_runs(data_dir)
         progress(f"bench: {section} done in {time.monotonic() - t:.0f} s")

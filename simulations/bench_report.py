@@ -12,6 +12,8 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+from simulations.bench_deploy import DEPLOY_TARGET, deploy_markdown, deploy_target
+
 TARGETS = {
     "round_overhead": "round time <= 1.05 x stock Flower FedAvg",
     "aggregation_memory": "peak <= 3 x model size at 100 sites",
@@ -19,6 +21,8 @@ TARGETS = {
     "client_throughput": ">= 0.95 x plain PyTorch loop",
     "compression": "fp16 halves, int8 quarters the bytes; AUC change within 0.005",
     "sites_100": "100 simulated sites complete a round",
+    "deploy_round": DEPLOY_TARGET,
+    "cluster_500": "500 simulated sites complete a round on a two-node Ray cluster",
 }
 
 
@@ -100,6 +104,16 @@ def evaluate_targets(result: BenchResult) -> None:
             "target": TARGETS["sites_100"],
             "value": f"{r['sites_trained']} sites trained, round {r['round_s']:.0f} s",
             "met": r["sites_trained"] == r["sites"],
+        }
+    if "deploy" in s:
+        t["deploy_round"] = deploy_target(s["deploy"])
+    if "cluster-500" in s:
+        r = s["cluster-500"]
+        t["cluster_500"] = {
+            "target": TARGETS["cluster_500"],
+            "value": f"{r['sites_trained']} of {r['sites']} sites trained on {r['nodes']} nodes, "
+            f"round {r['round_s']:.0f} s",
+            "met": r["sites_trained"] == r["sites"] >= 500 and r["nodes"] >= 2,
         }
 
 
@@ -231,6 +245,23 @@ def markdown(result: BenchResult) -> str:
             f"{r['sites_trained']} sites trained; the round took {r['round_s']:.1f} s, the "
             f"whole run {r['run_s']:.0f} s; the ServerApp process peaked at "
             f"{r['server_peak_mb']:.0f} MB.",
+        ]
+    if "deploy" in s:
+        lines += deploy_markdown(s["deploy"])
+    if "cluster-500" in s:
+        r = s["cluster-500"]
+        lines += [
+            "",
+            f"## {r['sites']} simulated sites on a Ray cluster",
+            "",
+            f"A Ray cluster of {r['nodes']} nodes started on this machine (`ray start --head`, "
+            f"then a node joining it; {r['cpus_per_node']} CPU(s) each, {r['cpus']:g} in all; "
+            f"started in {r['cluster_start_s']:.0f} s), `hepafed simulate`'s engine joined to it "
+            "(docs/cluster.md): the sites are Ray actors on both nodes, the ServerApp runs in "
+            f"the benchmark's process. {r['sites']} phantom sites of {r['cases_per_site']} "
+            f"cases, one round: {r['sites_trained']} sites trained; the round took "
+            f"{r['round_s']:.1f} s, the whole run {r['run_s']:.0f} s; the ServerApp process "
+            f"peaked at {r['server_peak_mb']:.0f} MB.",
         ]
     if "simulate" in s:
         r = s["simulate"]

@@ -1,0 +1,60 @@
+"""The deployed-round benchmark's arithmetic and text (the measurement itself runs in
+`hepafed bench --sections deploy`, on a real loopback deployment, not in CI)."""
+
+from __future__ import annotations
+
+import statistics
+
+from common.config import RunConfig
+from simulations.bench_deploy import (
+    _flat_overrides,
+    _task_seconds,
+    deploy_markdown,
+    deploy_target,
+)
+from simulations.bench_measure import spread
+
+
+def test_a_deployed_run_is_submitted_with_what_differs_from_the_app_defaults() -> None:
+    cfg = RunConfig().replace(
+        {"data.site-root": "/sims", "output.run-dir": "/r", "train.local-epochs": 3, "seed": 7}
+    )
+    flat = _flat_overrides(cfg)
+    # a SuperNode has its own folder; the run folder is set per run
+    assert flat == {"train.local-epochs": 3, "seed": 7}
+
+
+def test_task_times_are_read_from_the_executors_log_lines() -> None:
+    logs = [
+        "x task done in 4.25 s, exit code 0\ny task done in 9.00 s, exit code 1\n",
+        "z task done in 3.5 s, exit code 0",
+    ]
+    assert _task_seconds(logs) == [4.25, 3.5]  # a failed task is not a per-message cost
+
+
+def _result(ratios: list[float]) -> dict[str, object]:
+    rounds = spread([2.0, 2.2, 2.4])
+    return {
+        "sites": 3, "rounds_per_run": 3, "runs": len(ratios), "setup_s": 41.0,
+        "deployed_round_s": rounds, "simulated_round_s": spread([2.0, 2.1]),
+        "deployed_run_s": spread([30.0]), "simulated_run_s": spread([25.0]),
+        "task_s": spread([4.0, 5.0]), "tasks": 2, "pair_ratios": ratios,
+        "ratio_spread": spread(ratios), "ratio": statistics.median(ratios),
+        "deployed_phases_s": {"prepare": 0.1, "exchange": 2.0},
+        "simulated_phases_s": {"prepare": 0.1, "exchange": 1.8, "finish": 0.05},
+    }  # fmt: skip
+
+
+def test_the_target_is_the_median_pair_ratio_against_1_2() -> None:
+    met = deploy_target(_result([1.1, 1.3, 1.15, 1.0, 1.19]))
+    assert met["met"] is True and met["value"].startswith("1.150 x (1.000-1.300, 5 pairs)")
+    assert deploy_target(_result([1.25, 1.3, 1.1]))["met"] is False
+
+
+def test_the_section_text_has_every_figure_and_consistent_tables() -> None:
+    text = "\n".join(deploy_markdown(_result([1.1, 1.2])))
+    assert "ratio: 1.150 (1.100-1.200)" in text
+    assert "took 41 s, once" in text and "gone, 2 tasks): 4.50 (4.00-5.00) s" in text
+    rows = [line for line in text.splitlines() if line.startswith("|")]
+    assert len({row.count("|") for row in rows}) == 1
+    assert "| finish |  | 0.050 |" in text  # a phase one side lacks is left empty
