@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from client.app_approval import AppNotApproved, log_refusal, read_approvals
+from common.flower_pulls import quicken_pulls
 
 log = logging.getLogger("hepafed.site-executor")
 
@@ -236,6 +237,7 @@ def run_task(args: argparse.Namespace) -> None:
         _forget_site_packages()
         return installed
 
+    quicken_pulls(runner)  # the message's objects, while the SuperNode still pulls them
     runner.pull_task_input = pull_checked
     runner.install_from_fab = install_checked  # type: ignore[assignment]
     runner.run_clientapp(

@@ -9,6 +9,7 @@ message exchange with three sites, twice a round (training, evaluation). This la
 runs Flower's own ``flower-supernode`` entry point unchanged, except that the sleeps of
 that loop are capped at ``--idle-poll`` seconds (default ``IDLE_POLL_S``; 3 restores
 Flower's). The cost is more idle requests to the SuperLink: one per site per interval.
+It also pulls a message's objects with a short retry backoff (``common.flower_pulls``).
 
 Flower is pinned to one minor release (pyproject.toml); ``check_poll_site`` fails loudly
 if a release moves the loop, so the cap can never silently stop applying.
@@ -21,6 +22,8 @@ import time
 from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
+
+from common.flower_pulls import quicken_pulls
 
 IDLE_POLL_S = 1.0
 FLOWER_IDLE_SLEEP_S = 3  # the sleep Flower's loop takes when no message came
@@ -58,13 +61,15 @@ def check_poll_site(module: ModuleType) -> None:
 
 
 def cap_idle_poll(seconds: float) -> None:
-    """Cap the SuperNode loop's sleeps at ``seconds`` (before the SuperNode starts)."""
+    """Cap the SuperNode loop's sleeps at ``seconds`` and shorten its object pulls' retry
+    backoff (before the SuperNode starts)."""
     import flwr.supernode.start_client_internal as loop
 
     if not 0.05 <= seconds <= FLOWER_IDLE_SLEEP_S:
         raise ValueError(f"--idle-poll {seconds}: give 0.05 to {FLOWER_IDLE_SLEEP_S} seconds")
     check_poll_site(loop)
     loop.time = _CappedSleep(seconds)  # type: ignore[assignment]
+    quicken_pulls(loop)  # a message's objects from the SuperLink (common.flower_pulls)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

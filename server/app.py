@@ -14,6 +14,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from common.config import RunConfig
+from common.flower_pulls import quicken_pulls
 from common.keys import EvalDesign
 from server.designs import run_design
 from server.federation import connect
@@ -28,7 +29,11 @@ log = logging.getLogger("hepafed.progress")
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Run a federated training with the run config Flower hands us."""
+    """Run a federated training with the run config Flower hands us (deployed: the grid
+    pulls the sites' replies with a short retry backoff, ``common.flower_pulls``)."""
+    import flwr.superlink.grid.http_grid as http_grid
+
+    quicken_pulls(http_grid)
     serve(grid, RunConfig.from_flat(context.run_config))
 
 

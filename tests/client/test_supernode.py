@@ -26,7 +26,9 @@ def test_cap_applies_to_the_loop_module_only(monkeypatch: pytest.MonkeyPatch) ->
     import flwr.supernode.start_client_internal as loop
 
     monkeypatch.setattr(loop, "time", time)
+    monkeypatch.setattr(loop, "pull_objects", loop.pull_objects)  # restored afterwards
     supernode.cap_idle_poll(0.05)
+    assert loop.pull_objects.keywords["initial_backoff"] < 1  # type: ignore[attr-defined]
     try:
         started = time.monotonic()
         loop.time.sleep(3)  # Flower's idle sleep
