@@ -36,6 +36,7 @@ from simulations.mri_tissue import AGENTS, LESION_TISSUES, TISSUES, t2_star_ms
 from simulations.phantom import case_rng
 from simulations.scanner import FOV_CENTRE_MM, acquisition_grid
 from simulations.scenario import ScenarioError
+from tests.simulations import array_digest
 
 
 def tiny(name: str, n_cases: int = 6, **changes: object) -> MriSiteProfile:
@@ -394,14 +395,6 @@ def test_the_phantom_command_writes_an_mri_scenario_and_a_simulation_configures_
         RunConfig().replace({"task": "lesion-type", "eval.design": "loso"})
 
 
-def _digest(*arrays: np.ndarray) -> str:
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(str(a.dtype).encode() + str(a.shape).encode() + a.tobytes())
-    return h.hexdigest()
-
-
 # simulate_mri_case's images (channels sorted by name) and lesion mask as generator mri-1.0
 # made them: mri-1.1 only adds the liver mask, drawing nothing more from any random stream
 MRI_1_0_DIGESTS = {
@@ -414,7 +407,7 @@ def test_liver_masks_leave_the_images_and_lesion_masks_of_before() -> None:
     site = tiny("hash")
     for (index, label), digest in MRI_1_0_DIGESTS.items():
         _, _, images, mask, liver = simulate_mri_case_with_liver(site, 7, index, label, 2)
-        assert _digest(*[images[k] for k in sorted(images)], mask) == digest, index
+        assert array_digest(*[images[k] for k in sorted(images)], mask) == digest, index
         assert liver.dtype == np.uint8 and liver.shape == mask.shape
         assert liver[mask > 0].all()  # the liver includes its lesion
         assert 0.05 <= liver.mean() <= 0.8 and liver.sum() > 3 * mask.sum()

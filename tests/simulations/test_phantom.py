@@ -38,6 +38,7 @@ from simulations.scenario import (
     parse_scenario,
 )
 from simulations.site_profile import FLASH_MAX_MM, BenignMix, SiteProfile
+from tests.simulations import array_digest
 
 
 def read_manifest(site_dir: Path) -> list[dict[str, str]]:
@@ -220,14 +221,6 @@ def test_liver_masks_hold_the_lesion_on_its_grid_and_a_plausible_share(liver2: t
     assert min(shares) >= 0.05 and max(shares) <= 0.8
 
 
-def _digest(*arrays: np.ndarray) -> str:
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(str(a.dtype).encode() + str(a.shape).encode() + a.tobytes())
-    return h.hexdigest()
-
-
 # simulate_case's images and lesion mask as generator 2.1 made them (before liver masks):
 # generator 2.2 only adds the liver mask, drawing nothing more from any random stream
 GENERATOR_2_1_DIGESTS = {
@@ -244,7 +237,7 @@ def test_images_and_lesion_masks_are_those_of_generator_2_1() -> None:
         profile = dataclasses.replace(site, z_extent_mm=20.0) if dims == 3 else site
         label = 0 if index == 1 else 1
         _, _, images, mask, liver = phantom.simulate_case_with_liver(profile, 7, index, label, dims)
-        assert _digest(images, mask) == digest, (dims, index)
+        assert array_digest(images, mask) == digest, (dims, index)
         assert liver.dtype == np.uint8 and liver.shape == mask.shape
         assert liver[mask > 0].all() and 0.05 <= liver.mean() <= 0.8
 
