@@ -206,7 +206,8 @@ def _bad_case_site(pacs: Pacs, root: Path) -> Path:
     """Three cases of the first hospital, the second naming a series the PACS does not have,
     the third a series holding a structured report beside its image."""
     site = root / "site-bad"
-    shutil.copytree(pacs.web_site / "masks", site / "masks")
+    for folder in ("masks", "livers"):  # the masks stay files beside the PACS's series
+        shutil.copytree(pacs.web_site / folder, site / folder)
     with (pacs.web_site / "manifest.csv").open(newline="") as fh:
         reader = csv.DictReader(fh)
         columns, rows = list(reader.fieldnames or []), list(reader)[:3]
