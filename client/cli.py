@@ -49,9 +49,10 @@ from common.crypto import SITE_PRIVATE_KEY, public_key_fingerprint, warn_insecur
 from common.dicomweb import open_source
 from common.dicomweb_secrets import DicomWebConfigError
 from common.keys import Split
-from common.manifest import ManifestError, SiteManifest, inspect_site
+from common.manifest import ManifestError, SiteManifest
 from common.processes import supervise, with_flower_on_path
 from common.signing import SERVER_PUBLIC_KEY
+from common.site_files import inspect_site
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

@@ -242,12 +242,21 @@ def spatial_shape(shape: tuple[int, ...]) -> tuple[int, ...] | None:
     return tuple(int(s) for s in shape)
 
 
+# the mask columns of a manifest (0/1, not empty) and what an empty one lacks
+MASK_COLUMNS = {
+    "mask": "the case has no lesion voxel",
+    "liver_mask": "the case has no liver voxel (leave the cell empty for a case without a "
+    "liver mask)",
+}
+
+
 def array_problems(
     column: str, path: Path | str, array: Any, spatial_dims: int, in_file: bool = True
 ) -> tuple[tuple[int, ...] | None, list[str]]:
     """The spatial shape of one loaded image or mask (None if unusable) and what is wrong.
 
-    ``column`` is the manifest column (``image_<channel>`` or ``mask``); the array
+    ``column`` is the manifest column (``image_<channel>``, or a mask: ``MASK_COLUMNS``,
+    which must be 0/1 and not empty); the array
     is what ``common.images.load_image`` returns for ``path`` (``in_file``: as in
     ``load_problem``).
     """
@@ -268,11 +277,11 @@ def array_problems(
     if not finite.all():
         where = f" in {path}" if in_file else ""
         problems.append(f"{int((~finite).sum())} NaN/Inf voxel(s){where}")
-    if column == "mask":
+    if column in MASK_COLUMNS:
         if not ((arr == 0) | (arr == 1)).all():  # np.unique (a sort) only when it is not
             problems.append(f"values {np.unique(arr)[:6].tolist()} are not binary 0/1")
         elif not (arr > 0).any():
-            problems.append("is empty: the case has no lesion voxel")
+            problems.append(f"is empty: {MASK_COLUMNS[column]}")
     return shape, problems
 
 

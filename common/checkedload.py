@@ -3,7 +3,7 @@
 ``LoadCheckedd`` is the first transform of every site's pipeline (``common.data``): each
 image and mask it loads is judged by ``common.badcases.array_problems`` (shape, NaN/Inf,
 binary mask) and ``common.geometry`` (voxel spacing, one grid per case), the functions
-``common.manifest.check_images`` calls, so the loader and the check reject the same files
+``common.site_files.check_images`` calls, so the loader and the check reject the same files
 in the same words. A case's liver mask (``LIVER``, optional: a record without the key is a
 case without one) is checked as the lesion mask is: on the case's grid, 0/1, not empty.
 A failure raises ``CaseFileProblem``, which the loader turns into a ``BadCaseError``.
@@ -18,7 +18,7 @@ from typing import Any
 from common.badcases import array_problems, load_problem, shape_problem
 from common.geometry import Grid, alignment_problems, grid_problems
 from common.images import LoadSiteImaged
-from common.manifest import LIVER_MASK, liver_mask_problems
+from common.manifest import LIVER_MASK
 
 MASK = "mask"  # the mask's key in a case record and its manifest column
 LIVER = LIVER_MASK  # the liver mask's key in a case record (optional) and its column
@@ -57,8 +57,6 @@ class LoadCheckedd(LoadSiteImaged):
                 problem = load_problem(path, e, in_file=False)
                 raise CaseFileProblem(path, f"{column}: {problem}") from e
             shape, problems = array_problems(column, path, d[key], self.spatial_dims, False)
-            if key == LIVER and shape is not None:
-                problems += liver_mask_problems(d[key])
             grid, spacing = grid_problems(path, d[key])
             if shape is None or problems or spacing:
                 raise CaseFileProblem(path, f"{column}: {'; '.join(problems + spacing)}")

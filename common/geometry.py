@@ -6,7 +6,7 @@ rejects a zero, negative, NaN or absurd voxel spacing and a singular affine (for
 in the header as written, which nibabel and MONAI would quietly repair); ``alignment_problems``
 rejects a mask or channel whose spacing, origin or axis directions differ from the case's
 first channel, which equal shapes alone do not catch (a mask shifted by 90 mm). Both
-``hepafed site check`` (``common.manifest.check_images``) and the loader
+``hepafed site check`` (``common.site_files.check_images``) and the loader
 (``common.data.LoadCheckedd``) call them, so both name the same files in the same words.
 """
 

@@ -38,7 +38,8 @@ series' first file (``common.dicom.acquisition_metadata``: ``vendor``,
 fill the case's metadata; a non-empty manifest cell of the same name wins, and
 among channels the first one (in ``channels`` order) that has a tag wins.
 
-``read_manifest`` checks the table; ``check_images`` opens every file. Both
+``read_manifest`` checks the table; ``common.site_files.check_images`` opens every
+file (``inspect_site`` and ``validate_site`` do both). Both
 report *every* problem, each naming the file, the row, the case and the field,
 so that ``hepafed site check`` can print them all at once. Nothing is ever
 dropped silently: a manifest with a problem is rejected as a whole.
@@ -56,16 +57,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from common.badcases import BadInput, Problem, array_problems, load_problem, shape_problem
+from common.badcases import BadInput, Problem
 from common.csvtable import read_table
 from common.dates import ACQUIRED, DATE_COLUMNS, LABEL_DATE
-from common.dicom import DicomSeriesError, read_series
 from common.dicomweb import DicomWebSource, is_dicomweb_cell
-from common.geometry import alignment_problems, grid_problems
 from common.keys import Split, choices, classifies
 from common.manifest_row import (
     file_problem,
@@ -308,118 +304,6 @@ def parse_manifest(
         retrieved=frozenset(fetched),
     )
     return manifest, problems
-
-
-def check_images(manifest: SiteManifest, spatial_dims: int = 2) -> list[Problem]:
-    """Open every image and mask (the liver mask too, where a case has one); report
-    unreadable files, shape, value and grid problems.
-
-    A DICOM series folder is first checked header by header
-    (``common.dicom.read_series``): non-DICOM files, mixed series, missing or
-    duplicate slices and uneven slice spacing are named before any voxel loads.
-    The checks are ``common.badcases``'s and ``common.geometry``'s, the ones the loader
-    applies to every case. A file outside the allowed folders is never opened.
-    """
-    from common.images import load_image  # heavy import (MONAI), only when checking
-
-    problems: list[Problem] = []
-    fname = str(manifest.path)
-    cols = [f"image_{ch}" for ch in manifest.channels]
-    for case in manifest.cases:
-
-        def bad(fld: str, msg: str, kind: str = "", case: Case = case) -> None:
-            problems.append(Problem(fname, fld, msg, case.row, case.case_id, kind=kind))
-
-        shapes: dict[str, tuple[int, ...]] = {}
-        grids = {}
-        files = [*zip(cols, case.images, strict=True), ("mask", case.mask)]
-        if case.liver_mask is not None:
-            files.append((LIVER_MASK, case.liver_mask))
-        for col, img_path in files:
-            if img_path is None or not img_path.exists():
-                continue  # reported by the table check
-            if manifest.escape(img_path) is not None:
-                continue  # reported by the table check; never opened
-            if img_path.is_dir():
-                try:
-                    read_series(img_path)
-                except DicomSeriesError as e:
-                    bad(col, str(e))
-                    continue
-            try:
-                img = load_image(img_path)
-            except Exception as e:  # any reader failure is the same problem for a user
-                bad(col, load_problem(img_path, e))
-                continue
-            shape, messages = array_problems(col, img_path, img, spatial_dims)
-            if col == LIVER_MASK:
-                messages += liver_mask_problems(img)
-            for message in messages:
-                bad(col, message)
-            grid, spacing = grid_problems(img_path, img)
-            for message in spacing:
-                bad(col, message, BadInput.ZERO_SPACING)
-            if shape is not None:
-                shapes[col] = shape
-                if grid is not None:
-                    grids[col] = grid
-        if (mismatch := shape_problem(shapes)) is not None:
-            bad("shape", mismatch)
-        elif grids and len(grids) == len(shapes):
-            for col, message in alignment_problems(grids, next(iter(shapes.values()))):
-                bad(col, message, BadInput.MASK_GEOMETRY)
-    return problems
-
-
-def liver_mask_problems(array: Any) -> list[str]:
-    """What is wrong with the voxels of a liver mask beyond an image's checks
-    (``common.badcases.array_problems``): like the lesion mask, it must be 0/1 and not
-    empty (the liver includes the lesion; leave the cell empty for a case without one)."""
-    arr = np.asarray(array)
-    if not ((arr == 0) | (arr == 1)).all():  # np.unique (a sort) only when it is not
-        return [f"values {np.unique(arr)[:6].tolist()} are not binary 0/1"]
-    if not (arr > 0).any():
-        return [
-            "is empty: the case has no liver voxel (leave the cell empty for a case "
-            "without a liver mask)"
-        ]
-    return []
-
-
-def inspect_site(
-    site_dir: Path | str,
-    channels: Sequence[str],
-    task: str,
-    spatial_dims: int = 2,
-    *,
-    data_root: Path | str | None = None,
-    pacs: DicomWebSource | None = None,
-) -> tuple[SiteManifest, list[Problem]]:
-    """Check the table and open every existing file; return all problems, raise none.
-
-    Raises ``ManifestError`` only when the manifest itself is unusable (missing,
-    not UTF-8 text, NUL bytes, a missing, duplicate or unnamed column).
-    """
-    manifest, problems = parse_manifest(site_dir, channels, task, data_root=data_root, pacs=pacs)
-    return manifest, problems + check_images(manifest, spatial_dims)
-
-
-def validate_site(
-    site_dir: Path | str,
-    channels: Sequence[str],
-    task: str,
-    spatial_dims: int = 2,
-    *,
-    data_root: Path | str | None = None,
-    pacs: DicomWebSource | None = None,
-) -> SiteManifest:
-    """Read the manifest and open every file; raise ``ManifestError`` on any problem."""
-    manifest, problems = inspect_site(
-        site_dir, channels, task, spatial_dims, data_root=data_root, pacs=pacs
-    )
-    if problems:
-        raise ManifestError(problems)
-    return manifest
 
 
 def list_site_dirs(root: Path | str) -> list[Path]:

@@ -38,8 +38,9 @@ from common.badcases import (
 )
 from common.config import RunConfig
 from common.data import load_split
-from common.manifest import ManifestError, inspect_site, open_manifest, read_manifest
+from common.manifest import ManifestError, open_manifest, read_manifest
 from common.models import build_model
+from common.site_files import inspect_site
 from common.summary import SiteSummary
 from common.weights import to_arrays
 from server.designs import Evaluation

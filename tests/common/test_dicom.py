@@ -15,7 +15,8 @@ from common.config_sections import DataConfig
 from common.data import load_split
 from common.dicom import DicomSeriesError, acquisition_metadata, read_series
 from common.images import image_geometry, load_image
-from common.manifest import inspect_site, parse_manifest
+from common.manifest import parse_manifest
+from common.site_files import inspect_site
 from tests.dicom_series import (
     ct_volume,
     make_mixed_site,

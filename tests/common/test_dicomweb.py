@@ -37,7 +37,8 @@ from common.dicomweb import (
 )
 from common.dicomweb_secrets import DicomWebConfigError, DicomWebSettings, read_secrets
 from common.keys import BadCasePolicy
-from common.manifest import inspect_site, open_manifest
+from common.manifest import open_manifest
+from common.site_files import inspect_site
 from tests.dicom_series import ct_volume, write_ct_series, write_nifti_volume
 
 PASSWORD = "s3cret-never-shown"

@@ -10,14 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from common.manifest import (
-    ManifestError,
-    check_images,
-    hash_split,
-    list_site_dirs,
-    read_manifest,
-    validate_site,
-)
+from common.manifest import ManifestError, hash_split, list_site_dirs, read_manifest
+from common.site_files import check_images, validate_site
 
 CHANNELS = ("arterial", "portal", "delayed")
 TASK = "lesion-malignancy"

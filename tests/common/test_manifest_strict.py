@@ -22,8 +22,9 @@ from common.acquisition import acquisition_summary, survey_site
 from common.badcases import BadCaseError, BadInput, Problem
 from common.config import RunConfig
 from common.data import load_split
-from common.manifest import ManifestError, inspect_site, open_manifest, read_manifest
+from common.manifest import ManifestError, open_manifest, read_manifest
 from common.metadata import NUMERIC_METADATA
+from common.site_files import inspect_site
 from tests.conftest import write_nifti
 from tests.dicom_series import ct_volume, write_ct_series
 

@@ -15,7 +15,8 @@ from common.config import RunConfig
 from common.data import load_split
 from common.dicom import read_series
 from common.images import load_image
-from common.manifest import inspect_site, read_manifest
+from common.manifest import read_manifest
+from common.site_files import inspect_site
 from simulations.phantom_dicom import dicom_files, dicom_time, dicomweb_site, write_dicom_site
 
 
