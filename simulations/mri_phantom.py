@@ -103,22 +103,15 @@ def classes_and_splits(site: MriSiteProfile, seed: int) -> tuple[np.ndarray, lis
 
 def simulate_mri_case(
     site: MriSiteProfile, seed: int, index: int, label: int, dims: int
-) -> tuple[MriCase, Grid, dict[str, np.ndarray], np.ndarray]:
-    """One case: the patient, the grid, the int16 images by channel, and the uint8 mask."""
-    case, grid, images, mask, _ = simulate_mri_case_with_liver(site, seed, index, label, dims)
-    return case, grid, images, mask
-
-
-def simulate_mri_case_with_liver(
-    site: MriSiteProfile, seed: int, index: int, label: int, dims: int
 ) -> tuple[MriCase, Grid, dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """``simulate_mri_case``, and the uint8 liver mask (the lesion included), as the CT
-    phantom's (``phantom.liver_mask``)."""
+    """One case: the patient, the grid, the int16 images by channel, the uint8 lesion mask
+    and the uint8 liver mask (the lesion included, as the CT phantom's
+    ``phantom.liver_mask``)."""
     case = sample_mri_case(
         site, label, case_rng(seed, site.name, index, STREAM_CASE), FOV_CENTRE_MM
     )
     grid = acquisition_grid(anatomy_profile(site, 0.0), case.lesion.centre[2], dims)
-    truth, fraction, liver = mri_render.render_with_liver(
+    truth, fraction, liver = mri_render.render(
         case, site, grid, case_rng(seed, site.name, index, STREAM_TEXTURE)
     )
     noise = case_rng(seed, site.name, index, STREAM_NOISE)
@@ -182,7 +175,7 @@ def write_mri_site(site: MriSiteProfile, seed: int, dims: int, site_dir: Path) -
     shape: tuple[int, ...] = ()
     for index in range(site.n_cases):
         case_id = f"{site.name}-{index + 1:04d}"
-        case, grid, images, mask, liver = simulate_mri_case_with_liver(
+        case, grid, images, mask, liver = simulate_mri_case(
             site, seed, index, int(labels[index]), dims
         )
         affine = grid.affine()

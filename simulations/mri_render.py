@@ -181,7 +181,7 @@ def _background(
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Tissue fractions of slice ``k`` (averaged through the slice): body, organs, vessels;
     and the liver's fraction of each pixel (its vessels included, less the IVC drawn over
-    it), as the CT phantom's ``scanner.render_with_liver``."""
+    it), as the CT phantom's ``scanner.render``."""
     px, (nx, ny, _) = grid.spacing_mm, grid.shape
     pat = case.anatomy
     x, y = np.meshgrid(grid.x.astype(np.float32), grid.y.astype(np.float32), indexing="ij")
@@ -368,18 +368,10 @@ def _lesion(
 
 def render(
     case: MriCase, site: MriSiteProfile, grid: Grid, rng: np.random.Generator
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Noise-free series ``SIGNALS`` (each ``grid.shape``, water units) and the lesion's
-    fraction in the portal venous series."""
-    out, fraction, _ = render_with_liver(case, site, grid, rng)
-    return out, fraction
-
-
-def render_with_liver(
-    case: MriCase, site: MriSiteProfile, grid: Grid, rng: np.random.Generator
 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """``render``, and the liver's fraction of each voxel (``grid.shape``): from the same
-    geometry and texture the series are drawn from, drawing nothing more."""
+    """Noise-free series ``SIGNALS`` (each ``grid.shape``, water units), the lesion's
+    fraction in the portal venous series, and the liver's fraction of each voxel: from the
+    same geometry and texture the series are drawn from, drawing nothing more."""
     kin = kinetics(site, case)
     tex = _textures(rng, grid, case)
     out = {key: np.zeros(grid.shape) for key in SIGNALS}

@@ -146,26 +146,15 @@ def simulate_case(
     index: int,
     label: int,
     dims: int,
-) -> tuple[anatomy.Case, scanner.Grid, np.ndarray, np.ndarray]:
-    """One case: the patient, the grid, int16 images ``(3, nx, ny, nz)`` and the uint8 mask."""
-    case, grid, images, mask, _ = simulate_case_with_liver(site, seed, index, label, dims)
-    return case, grid, images, mask
-
-
-def simulate_case_with_liver(
-    site: SiteProfile,
-    seed: int,
-    index: int,
-    label: int,
-    dims: int,
 ) -> tuple[anatomy.Case, scanner.Grid, np.ndarray, np.ndarray, np.ndarray]:
-    """``simulate_case``, and the uint8 liver mask (``liver_mask``) on the same grid."""
+    """One case: the patient, the grid, int16 images ``(3, nx, ny, nz)``, the uint8 lesion
+    mask and the uint8 liver mask (``liver_mask``) on the same grid."""
     case = anatomy.sample_case(
         site, label, case_rng(seed, site.name, index, STREAM_CASE), scanner.FOV_CENTRE_MM
     )
     grid = scanner.acquisition_grid(site, case.lesion.centre[2], dims)
     times = (site.arterial_delay_s, site.portal_delay_s, site.delayed_delay_s)
-    truth, fraction, liver = scanner.render_with_liver(
+    truth, fraction, liver = scanner.render(
         case, grid, times, case_rng(seed, site.name, index, STREAM_TEXTURE)
     )
     noise = case_rng(seed, site.name, index, STREAM_NOISE)
@@ -184,7 +173,7 @@ def lesion_mask(fraction: np.ndarray) -> np.ndarray:
 
 
 def liver_mask(liver_fraction: np.ndarray, lesion: np.ndarray) -> np.ndarray:
-    """The uint8 liver mask: the voxels at least half liver (``render_with_liver``), or-ed
+    """The uint8 liver mask: the voxels at least half liver (``scanner.render``), or-ed
     with the lesion mask, since the liver includes its lesion."""
     return ((liver_fraction >= 0.5) | (lesion > 0)).astype(np.uint8)
 
@@ -200,7 +189,7 @@ def write_case(
     ``images/`` and ``masks/``; ``livers/`` is made if missing); return its manifest row, the
     bytes written and the grid's shape."""
     case_id = f"{site.name}-{index + 1:04d}"
-    case, grid, images, mask, liver = simulate_case_with_liver(site, seed, index, label, dims)
+    case, grid, images, mask, liver = simulate_case(site, seed, index, label, dims)
     affine = grid.affine()  # per case: the slices sit at the lesion's height
     image_header = nifti_header(images[0].shape, images.dtype, affine)
     row = {"case_id": case_id}

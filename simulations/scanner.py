@@ -202,16 +202,9 @@ def _lesion_slab(
 
 def render(
     case: Case, grid: Grid, times_s: tuple[float, float, float], rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Noise-free HU of the three phases ``(3, nx, ny, nz)`` and the lesion fraction."""
-    truth, fraction, _ = render_with_liver(case, grid, times_s, rng)
-    return truth, fraction
-
-
-def render_with_liver(
-    case: Case, grid: Grid, times_s: tuple[float, float, float], rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``render``, and the liver's fraction of each voxel ``(nx, ny, nz)``: the partial
+    """Noise-free HU of the three phases ``(3, nx, ny, nz)``, the lesion fraction, and the
+    liver's fraction of each voxel ``(nx, ny, nz)``: the partial
     volume of the liver outline (its nodular surface in cirrhosis, the vessels inside it
     included) that the image shows as liver, i.e. less the IVC drawn over it. It comes from
     the same geometry and texture the image is drawn from, and draws nothing more."""

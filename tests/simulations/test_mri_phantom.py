@@ -12,8 +12,9 @@ import pytest
 from scipy import ndimage
 
 from common.keys import Task
-from common.manifest import ManifestError, check_images, read_manifest
+from common.manifest import ManifestError, read_manifest
 from common.manifest_row import parse_label
+from common.site_files import check_images
 from simulations import mri_render, mri_scanner
 from simulations.mri_lesions import anatomy_profile, sample_mri_case
 from simulations.mri_phantom import (
@@ -21,7 +22,6 @@ from simulations.mri_phantom import (
     classes_and_splits,
     generate_mri_phantom,
     simulate_mri_case,
-    simulate_mri_case_with_liver,
 )
 from simulations.mri_render import Props, signals
 from simulations.mri_scenario import (
@@ -74,7 +74,7 @@ def lesion_to_liver(site: MriSiteProfile, subtype: str, n: int) -> list[dict[str
     for index in range(n):
         case = sample_mri_case(site, label, case_rng(3, "q", index, 0), FOV_CENTRE_MM)
         grid = acquisition_grid(anatomy_profile(site, 0.0), case.lesion.centre[2], 2)
-        truth, frac = mri_render.render(case, site, grid, case_rng(3, "q", index, 1))
+        truth, frac, _ = mri_render.render(case, site, grid, case_rng(3, "q", index, 1))
         lesion = frac[..., 0] > 0.9
         dist = ndimage.distance_transform_edt(frac[..., 0] < 0.5) * grid.spacing_mm
         ring = (dist > 3.0) & (dist <= 8.0)
@@ -144,7 +144,7 @@ def test_adc_map_recovers_the_tissue_adc_without_noise() -> None:
     case = sample_mri_case(site, 0, case_rng(1, "q", 0, 0), FOV_CENTRE_MM)
     assert case.lesion.subtype == "cyst"
     grid = acquisition_grid(anatomy_profile(site, 0.0), case.lesion.centre[2], 2)
-    truth, frac = mri_render.render(case, site, grid, case_rng(1, "q", 0, 1))
+    truth, frac, _ = mri_render.render(case, site, grid, case_rng(1, "q", 0, 1))
     adc = adc_from_pair(truth["dwi_low"], truth["dwi_high"], site.dwi_b_low, site.dwi_b_high)
     inside = frac > 0.999
     assert inside.sum() > 20
@@ -193,8 +193,8 @@ def test_snr_follows_field_strength_voxel_volume_and_averages() -> None:
 
 def test_receiver_gain_scales_the_arbitrary_units_but_not_the_adc(tmp_path: Path) -> None:
     site = tiny("a", gain_jitter=0.0)
-    _, _, one, _ = simulate_mri_case(site, 5, 0, 1, 2)
-    _, _, two, _ = simulate_mri_case(dataclasses.replace(site, receiver_gain=2.0), 5, 0, 1, 2)
+    _, _, one, _, _ = simulate_mri_case(site, 5, 0, 1, 2)
+    _, _, two, _, _ = simulate_mri_case(dataclasses.replace(site, receiver_gain=2.0), 5, 0, 1, 2)
     for channel in ("t2", "dwi", "t1_pre", "t1_portal"):
         assert np.abs(two[channel].astype(int) - 2 * one[channel].astype(int)).max() <= 1
     assert np.array_equal(one["adc"], two["adc"])  # the ADC map is in 10^-6 mm^2/s
@@ -406,7 +406,7 @@ MRI_1_0_DIGESTS = {
 def test_liver_masks_leave_the_images_and_lesion_masks_of_before() -> None:
     site = tiny("hash")
     for (index, label), digest in MRI_1_0_DIGESTS.items():
-        _, _, images, mask, liver = simulate_mri_case_with_liver(site, 7, index, label, 2)
+        _, _, images, mask, liver = simulate_mri_case(site, 7, index, label, 2)
         assert array_digest(*[images[k] for k in sorted(images)], mask) == digest, index
         assert liver.dtype == np.uint8 and liver.shape == mask.shape
         assert liver[mask > 0].all()  # the liver includes its lesion

@@ -20,8 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage, optimize, stats
 
-from common.manifest import check_images
 from common.manifest import read_manifest as read_site
+from common.site_files import check_images
 from simulations import anatomy, phantom, physiology, scanner
 from simulations.anatomy import LESION_TYPES, MALIGNANT_TYPES
 from simulations.phantom import (
@@ -86,7 +86,7 @@ def contrasts(site: SiteProfile, label: int, n: int, seed: int = 11) -> np.ndarr
     """(n, 3) lesion-minus-liver contrasts of n cases simulated in memory."""
     rows = []
     for i in range(n):
-        _, grid, images, mask = simulate_case(site, seed, i, label, dims=2)
+        _, grid, images, mask, _ = simulate_case(site, seed, i, label, dims=2)
         rows.append(contrast(images, mask, grid.spacing_mm))
     return np.array(rows)
 
@@ -236,7 +236,7 @@ def test_images_and_lesion_masks_are_those_of_generator_2_1() -> None:
     for (dims, index), digest in GENERATOR_2_1_DIGESTS.items():
         profile = dataclasses.replace(site, z_extent_mm=20.0) if dims == 3 else site
         label = 0 if index == 1 else 1
-        _, _, images, mask, liver = phantom.simulate_case_with_liver(profile, 7, index, label, dims)
+        _, _, images, mask, liver = phantom.simulate_case(profile, 7, index, label, dims)
         assert array_digest(images, mask) == digest, (dims, index)
         assert liver.dtype == np.uint8 and liver.shape == mask.shape
         assert liver[mask > 0].all() and 0.05 <= liver.mean() <= 0.8
@@ -565,7 +565,7 @@ def test_cysts_are_water_dense_and_do_not_enhance() -> None:
         lesion_size_spread=0.0,
     )
     for i in range(6):
-        _, _, images, mask = simulate_case(site, 3, i, 0, dims=2)
+        _, _, images, mask, _ = simulate_case(site, 3, i, 0, dims=2)
         core = ndimage.binary_erosion(mask[..., 0] > 0, iterations=2)
         means = [images[p, ..., 0][core].mean() for p in range(3)]
         assert all(0.0 <= m <= 20.0 for m in means)
