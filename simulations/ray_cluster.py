@@ -17,7 +17,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from simulations.loopback import free_port
+
 STARTED = "Ray runtime started."  # what `ray start` prints once its node is up
 OBJECT_STORE_BYTES = 150_000_000  # per node: the sites send models, not data, through it
 
@@ -35,13 +36,6 @@ def ray_cli() -> str | None:
     """The ``ray`` command of this Python (its virtual environment's), else on PATH."""
     here = Path(sys.executable).with_name("ray")
     return str(here) if here.is_file() else shutil.which("ray")
-
-
-def free_port() -> int:
-    """A TCP port no one listens on now (the kernel's choice)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
