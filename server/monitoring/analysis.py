@@ -45,7 +45,6 @@ those than planned.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -54,7 +53,6 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from common.stats import AUCResult, wilson_ci
 from common.stats.change_detection import Reference, Side, cusum, cusum_limit
 from common.window_summary import LABEL_KEYS  # the keys a window's actual figures hold
 from server.monitoring.charts import (
@@ -73,10 +71,10 @@ from server.monitoring.charts import (
     since_index,
     weighted_auc,
 )
-from server.monitoring.comparisons import acquisition_changes, estimate_check, number
+from server.monitoring.comparisons import acquisition_changes, estimate_check
 from server.monitoring.model import MONITOR_VERSION, validate
 from server.monitoring.store import WINDOW, WindowState
-from server.report.site_statistics import interval
+from server.monitoring.windows import SiteWindow, read_window, reference_block, window_row
 
 # statistic -> (kind, side), in the order the charts are listed
 CHARTS: dict[str, tuple[str, Side]] = {
@@ -126,71 +124,10 @@ class MonitorSettings:
         return cusum_limit(self.arl0, self.cusum_k, "upper")
 
 
-# ---- one window's inputs, checked (the server survives any summary) ---------------------------
-
-
-def _probability(record: Mapping[str, Any], key: str) -> float | None:
-    v = number(record, key)
-    return v if v is not None and 0 <= v <= 1 else None
-
-
-def _count(record: Mapping[str, Any], key: str) -> int | None:
-    v = number(record, key)
-    return int(v) if v is not None and v >= 0 and v == int(v) else None
-
-
-def _embedding(s: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
-    try:
-        mean = np.asarray(s["emb-mean"], dtype=float)
-        cov = np.asarray(s["emb-cov"], dtype=float).reshape(mean.size, mean.size)
-    except (KeyError, TypeError, ValueError):
-        return None
-    ok = mean.ndim == 1 and mean.size > 0 and np.isfinite(cov).all() and np.isfinite(mean).all()
-    return (mean, cov) if ok else None
-
-
-def _histogram(s: Mapping[str, Any]) -> np.ndarray | None:
-    try:
-        hist = np.asarray(s["hist"], dtype=float).reshape(int(s["hist-channels"]), -1)
-    except (KeyError, TypeError, ValueError):
-        return None
-    ok = hist.size > 0 and np.isfinite(hist).all() and (hist >= 0).all()
-    return hist if ok and (hist.sum(axis=1) > 0).all() else None
-
-
-@dataclass(frozen=True)
-class _Window:
-    """One site-window's inputs; a value a site sent malformed counts as missing."""
-
-    state: WindowState
-    n: int
-    insufficient: bool
-    est_auc: float | None
-    auc: tuple[float, float] | None  # the actual AUC and its DeLong variance (> 0)
-    emb: tuple[np.ndarray, np.ndarray] | None
-    hist: np.ndarray | None
-
-    @property
-    def name(self) -> str:
-        return self.state.window
-
-
-def _window(state: WindowState, min_cases: int) -> _Window:
-    s, a = state.summary, state.actual or {}
-    n = _count(s, "n") or 0
-    auc, var = _probability(a, "auc"), number(a, "auc-var")
-    labelled = (
-        None if auc is None or not var or var < 0 or a.get("actual-insufficient") else (auc, var)
-    )
-    insufficient = bool(s.get("insufficient")) or n < min_cases
-    est = _probability(s, "est-auc")
-    return _Window(state, n, insufficient, est, labelled, _embedding(s), _histogram(s))
-
-
 # ---- the four charts' inputs --------------------------------------------------------------
 
 
-def _est_auc_input(ref: list[_Window], later: list[_Window]) -> ChartInput:
+def _est_auc_input(ref: list[SiteWindow], later: list[SiteWindow]) -> ChartInput:
     initial = [w.est_auc for w in ref if w.est_auc is not None]
     charted = [(w.name, w.est_auc) for w in later if w.est_auc is not None]
     why = ""
@@ -201,7 +138,7 @@ def _est_auc_input(ref: list[_Window], later: list[_Window]) -> ChartInput:
     return ChartInput("est-auc", initial, charted, est_point, why)
 
 
-def _actual_auc_input(ref: list[_Window], later: list[_Window]) -> ChartInput:
+def _actual_auc_input(ref: list[SiteWindow], later: list[SiteWindow]) -> ChartInput:
     initial = [w.auc for w in ref if w.auc is not None]
     charted = [(w.name, w.auc) for w in later if w.auc is not None]
     why = "" if len(initial) >= 2 else "not run: fewer than 2 reference windows have an actual AUC"
@@ -212,7 +149,7 @@ def _actual_auc_input(ref: list[_Window], later: list[_Window]) -> ChartInput:
 
 
 def _embedding_input(
-    ref: list[_Window], later: list[_Window], drift: dict[str, dict[str, float]]
+    ref: list[SiteWindow], later: list[SiteWindow], drift: dict[str, dict[str, float]]
 ) -> ChartInput:
     """Hotelling T² against the reference period's pooled cases; fills ``drift`` with every
     window's Mahalanobis distance."""
@@ -244,7 +181,7 @@ def _embedding_input(
 
 
 def _intensity_input(
-    ref: list[_Window], later: list[_Window], drift: dict[str, dict[str, float]]
+    ref: list[SiteWindow], later: list[SiteWindow], drift: dict[str, dict[str, float]]
 ) -> ChartInput:
     """JS divergence to the reference's pooled histogram; fills ``drift`` with the reference
     windows' leave-one-out divergences."""
@@ -325,76 +262,7 @@ def _run(inp: ChartInput, site: str, k: float, h: float, after: int) -> tuple[di
     return block, alarms
 
 
-def _estimate(s: Mapping[str, Any], key: str) -> dict[str, Any] | None:
-    est = _probability(s, key)
-    if est is None:
-        return None
-    return interval(est, _probability(s, f"{key}-lo"), _probability(s, f"{key}-hi"))
-
-
-def _proportion(k: int | None, other: int | None, level: float) -> dict[str, Any] | None:
-    """k of k + other with its Wilson interval; None without the cells or a denominator."""
-    if k is None or other is None or k + other == 0:
-        return None
-    return interval(k / (k + other), *wilson_ci(k, k + other, level))
-
-
-def _actual(w: _Window, level: float) -> dict[str, Any] | None:
-    a = w.state.actual
-    if a is None or w.insufficient:
-        return None
-    n_lab, n_pos = _count(a, "n-labelled") or 0, _count(a, "n-labelled-pos") or 0
-    auc = None
-    if w.auc is not None:
-        result = AUCResult(w.auc[0], w.auc[1], n_pos, max(n_lab - n_pos, 0))
-        auc = interval(result.auc, *result.ci(level))
-    tp, fp, fn, tn = (_count(a, key) for key in ("tp", "fp", "fn", "tn"))
-    return {
-        "n_labelled": n_lab,
-        "n_labelled_pos": n_pos,
-        "insufficient": w.auc is None,
-        "auc": auc,
-        "sensitivity": _proportion(tp, fn, level),
-        "specificity": _proportion(tn, fp, level),
-        "revisions": int(w.state.revisions),
-    }
-
-
-def _window_row(w: _Window, reference: bool, drift: Mapping[str, float], level: float) -> dict:
-    s, numbers = w.state.summary, not w.insufficient
-    acquisition = s.get("acquisition")
-    return {
-        "window": w.name,
-        "n": w.n,
-        "insufficient": w.insufficient,
-        "reference": reference,
-        "est_auc": _estimate(s, "est-auc") if numbers else None,
-        "est_sens": _estimate(s, "est-sens") if numbers else None,
-        "est_spec": _estimate(s, "est-spec") if numbers else None,
-        "actual": _actual(w, level),
-        "drift": {"embedding": drift.get("embedding"), "intensity": drift.get("intensity")},
-        "acquisition": dict(acquisition) if numbers and isinstance(acquisition, dict) else {},
-        "replaced": len(w.state.replaced),
-    }
-
-
-def _reference(ref: list[_Window]) -> dict[str, Any]:
-    est = [w.est_auc for w in ref if w.est_auc is not None]
-    aucs = [w.auc for w in ref if w.auc is not None]
-    actual, var0 = weighted_auc(aucs) if aucs else (None, None)
-    return {
-        "windows": [w.name for w in ref],
-        "n_cases": sum(w.n for w in ref),
-        "status": "ok" if len(ref) >= 2 else "insufficient",
-        "est_auc_mean": float(np.mean(est)) if est else None,
-        "est_auc_sd": float(np.std(est, ddof=1)) if len(est) > 1 else None,
-        "actual_auc": actual,
-        "actual_auc_se": math.sqrt(var0) if var0 is not None else None,
-        "actual_windows": [w.name for w in ref if w.auc is not None],
-    }
-
-
-def _site(name: str, ws: list[_Window], cfg: MonitorSettings, h: float) -> tuple[dict, list]:
+def _site(name: str, ws: list[SiteWindow], cfg: MonitorSettings, h: float) -> tuple[dict, list]:
     """One site's block and its alarms."""
     sufficient = [w for w in ws if not w.insufficient]
     ref, later = sufficient[: cfg.reference_windows], sufficient[cfg.reference_windows :]
@@ -424,10 +292,10 @@ def _site(name: str, ws: list[_Window], cfg: MonitorSettings, h: float) -> tuple
                 for window, value in zip(block["windows"], block["value"], strict=True):
                     drift[window]["intensity"] = value
     in_ref = {w.name for w in ref}
-    rows = [_window_row(w, w.name in in_ref, drift[w.name], cfg.level) for w in ws]
+    rows = [window_row(w, w.name in in_ref, drift[w.name], cfg.level) for w in ws]
     site = {
         "site": name,
-        "reference": _reference(ref),
+        "reference": reference_block(ref),
         "windows": rows,
         "charts": charts,
         "acquisition_changes": acquisition_changes(
@@ -453,7 +321,7 @@ def analyse(
     asked = set(settings.windows)
     sites, alarms = [], []
     for name in sorted({site for site, window in states if window in asked}):
-        ws = [_window(states[name, w], settings.min_cases) for w in settings.windows
+        ws = [read_window(states[name, w], settings.min_cases) for w in settings.windows
               if (name, w) in states]  # fmt: skip
         site, found = _site(name, ws, settings, h)
         sites.append(site)
