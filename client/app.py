@@ -50,6 +50,7 @@ from common.keys import (
     SiteKey,
     Split,
 )
+from common.packing import packing_mod
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +70,11 @@ def redaction_mod(msg: Message, context: Context, call_next: ClientAppCallable) 
         return Message(Error(code=code, reason=reason), reply_to=msg)
 
 
-# outermost: whatever fails leaves redacted; the site refuses what its policy forbids before
-# anything else; then it checks the model exactly as it came in and signs exactly what leaves
-OUTER_MODS: list[Mod] = [redaction_mod, policy_mod, trust_mod]
+# outermost: a packed instruction is unpacked before anything reads it and the reply is
+# packed after it is signed (common.packing); whatever fails leaves redacted; the site
+# refuses what its policy forbids before anything else; then it checks the model exactly as
+# it came in and signs exactly what leaves
+OUTER_MODS: list[Mod] = [packing_mod, redaction_mod, policy_mod, trust_mod]
 
 
 def _run_config(msg: Message) -> tuple[RunConfig, int, Instructions]:

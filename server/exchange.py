@@ -4,6 +4,11 @@ Like Flower's ``Grid.send_and_receive`` but it reports progress per reply
 (round, sites done, elapsed), polls briskly instead of every few seconds, and
 can hand each reply to a callback the moment it arrives instead of keeping
 them all (streaming aggregation, ``server.aggregation``).
+
+It is also the server's message boundary for ``common.packing``: each message is
+packed after it is signed, and each reply unpacked (on arrival, one at a time)
+before anything reads or verifies it; a reply that cannot be unpacked becomes the
+site's error reply, naming what is wrong.
 """
 
 from __future__ import annotations
@@ -12,8 +17,11 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-from flwr.app import Message
+from flwr.app import Error, Message
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
+
+from common.packing import PackingError, pack_message, unpack_content
 
 log = logging.getLogger("hepafed.progress")
 
@@ -38,6 +46,7 @@ def exchange(
     outgoing = list(messages)
     if sign is not None:  # each message signed for its one node (server.trust)
         outgoing = [sign(m, int(grid.run.run_id)) for m in outgoing]
+    outgoing = [pack_message(m) for m in outgoing]  # after signing (common.packing)
     ids = list(grid.push_messages(outgoing))
     sent = dict(zip(ids, outgoing, strict=False))
     pending = set(ids)
@@ -49,7 +58,7 @@ def exchange(
         got_any = bool(arrived)
         arrived.reverse()
         while arrived:  # each reply is released once handled, not at the end of the batch
-            msg = _attributed(arrived.pop(), sent)
+            msg = _unpacked(_attributed(arrived.pop(), sent), sent)
             pending.discard(msg.metadata.reply_to_message_id)
             done += 1
             if on_reply is None:
@@ -72,6 +81,20 @@ def exchange(
     if pending:
         log.warning("%s: %d site(s) did not reply within %.0fs", label, len(pending), timeout_s)
     return replies
+
+
+def _unpacked(reply: Message, sent: dict[str, Message]) -> Message:
+    """``reply`` with its packed records as their arrays (``common.packing``); an error
+    reply from the site if they disagree with its index."""
+    if not reply.has_content():
+        return reply
+    try:
+        reply.content = unpack_content(reply.content)
+    except PackingError as e:
+        reason = f"the site's reply could not be unpacked: {e}"
+        error = Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=reason)
+        return Message(error, reply_to=sent[reply.metadata.reply_to_message_id])
+    return reply
 
 
 def _attributed(reply: Message, sent: dict[str, Message]) -> Message:

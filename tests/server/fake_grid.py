@@ -8,11 +8,14 @@ from types import SimpleNamespace
 
 from flwr.app import Message
 
+from common.packing import unpack_content
+
 Answer = Callable[[Message], Message | None]
 
 
 class ReplyGrid:
-    """A Grid whose nodes answer each message with ``answer(message)`` (None: no reply)."""
+    """A Grid whose nodes answer each message with ``answer(message)`` (None: no reply);
+    ``answer`` sees the message unpacked, as a site's handlers do (``common.packing``)."""
 
     def __init__(
         self, answer: Answer, nodes: tuple[int, ...] = (1, 2, 3), reverse: bool = False
@@ -38,7 +41,9 @@ class ReplyGrid:
     def pull_messages(self, ids: set[str]) -> list[Message]:
         out = []
         for mid in sorted(ids & set(self.pending), reverse=self.reverse):
-            reply = self.answer(self.pending.pop(mid))
+            msg = self.pending.pop(mid)
+            msg.content = unpack_content(msg.content)  # as the site's packing_mod does
+            reply = self.answer(msg)
             if reply is not None:
                 out.append(reply)
         return out

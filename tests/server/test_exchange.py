@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 from flwr.app import ConfigRecord, Error, Message, MessageType, RecordDict
 
@@ -75,3 +77,45 @@ def test_every_message_is_signed_for_its_own_node(tmp_path: object) -> None:
                         run_config={})  # fmt: skip
         with pytest.raises(TrustError, match="not signed by the server for this node"):
             check_instruction(msg, wrong, {}, "")
+
+
+class _PackedGrid(_Grid):
+    """Node 5 replies with packed arrays; node 7's packed reply has an index that claims
+    one byte fewer than its packed array holds."""
+
+    def pull_messages(self, ids: set[str]) -> list[Message]:
+        import json
+
+        import numpy as np
+        from flwr.app import Array, ArrayRecord
+
+        from common.packing import INDEX, PACKING, pack_content
+
+        def model() -> ArrayRecord:
+            return ArrayRecord({f"w{i}": Array(np.full(3, i, np.float32)) for i in range(4)})
+
+        good = Message(pack_content(RecordDict({"arrays": model()})), reply_to=self.sent[0])
+        bad = pack_content(RecordDict({"arrays": model()}))
+        index = json.loads(str(bad[PACKING][INDEX]))
+        index["records"]["arrays"][0][4] -= 1
+        bad[PACKING] = ConfigRecord({INDEX: json.dumps(index)})
+        return [good, Message(bad, reply_to=self.sent[1])]
+
+
+def test_replies_are_unpacked_and_one_that_cannot_be_is_the_sites_error() -> None:
+    """``common.packing``: the server unpacks each reply before anything reads it."""
+    grid = _PackedGrid()
+    replies = exchange(grid, list(grid.sent), 5.0, "test")  # type: ignore[arg-type]
+    by_node = {r.metadata.src_node_id: r for r in replies}
+    assert set(by_node) == {5, 7}
+    from flwr.app import Array, ArrayRecord
+
+    arrays = cast(ArrayRecord, by_node[5].content["arrays"])
+    assert list(arrays) == ["w0", "w1", "w2", "w3"]
+    assert cast(Array, arrays["w2"]).numpy().tolist() == [2.0, 2.0, 2.0]
+    size = 4 * len(cast(Array, arrays["w0"]).data)
+    assert by_node[7].has_error()
+    assert by_node[7].error.reason == (
+        "the site's reply could not be unpacked: record 'arrays': the index accounts for "
+        f"{size - 1} bytes, the packed array holds {size}"
+    )
