@@ -147,6 +147,7 @@ def supernode_options(args: argparse.Namespace) -> SuperNodeOptions:
         policy=read_policy(keys / NODE_CONFIG_FILE) if keys else None,
         cold_tasks=args.cold_tasks,
         idle_poll_s=args.idle_poll,
+        threads=args.threads,
     )
 
 
@@ -311,6 +312,13 @@ def add_commands(sub: argparse._SubParsersAction[Any]) -> None:
         metavar="SECONDS",
         help=f"how long the SuperNode waits before asking the SuperLink again when no message "
         f"came (default {IDLE_POLL_S:g}; Flower's own is 3: fewer requests, slower rounds)",
+    )
+    c.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="CPU threads each task's training and evaluation may use (default: all cores); "
+        "set it when the site shares its machine, e.g. with other sites' nodes",
     )
     c.set_defaults(func=cmd_site_start)
 

@@ -58,6 +58,8 @@ def task_command(args: argparse.Namespace, token: str) -> list[str]:
            "--keys", args.keys, "--site", args.site]  # fmt: skip
     if args.parent_pid is not None:
         cmd += ["--parent-pid", str(args.parent_pid)]
+    if args.threads is not None:
+        cmd += ["--threads", str(args.threads)]
     return cmd
 
 
@@ -237,6 +239,8 @@ def run_task(args: argparse.Namespace) -> None:
         _forget_site_packages()
         return installed
 
+    if args.threads is not None:  # the site's --threads: before any tensor work
+        limit_threads(args.threads)
     quicken_pulls(runner)  # the message's objects, while the SuperNode still pulls them
     runner.pull_task_input = pull_checked
     runner.install_from_fab = install_checked  # type: ignore[assignment]
@@ -248,6 +252,15 @@ def run_task(args: argparse.Namespace) -> None:
         parent_pid=args.parent_pid,
         runtime_dependency_install=False,
     )
+
+
+def limit_threads(n: int) -> None:
+    """Let this task's torch use ``n`` CPU threads (intra-op; the forked zygote's
+    setting is the torch default, all cores)."""
+    import torch
+
+    torch.set_num_threads(n)
+    log.info("task limited to %d torch thread(s)", n)
 
 
 def _log_setup() -> None:
@@ -270,6 +283,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cold", action="store_true",
                    help="a fresh interpreter per task instead of a fork of the warm zygote "
                         "(mode serve; slower: every task imports torch again)")  # fmt: skip
+    p.add_argument(
+        "--threads", type=int, help="torch threads per task (mode serve passes it to each task)"
+    )
     return p
 
 

@@ -55,6 +55,7 @@ class SuperNodeOptions:
     auth_secret_file: Path | None = None  # only the site executor may take the node's tasks
     cold_tasks: bool = False  # a fresh interpreter per task, not a fork of the warm zygote
     idle_poll_s: float = IDLE_POLL_S  # seconds between asking for messages when none came
+    threads: int | None = None  # torch threads per task (None: torch's default, all cores)
 
     def __post_init__(self) -> None:
         if not self.insecure and (self.ca is None or self.private_key is None):
@@ -62,6 +63,8 @@ class SuperNodeOptions:
                 "a site node needs --ca (the federation's ca.pem) and its key pair "
                 "(--keys, from `hepafed site init`); pass --insecure only for a local test"
             )
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"--threads {self.threads}: give at least 1 (or leave it out)")
         paths = (self.site_dir, self.site_name, self.private_key or "", self.server_key or "",
                  self.allowed_hooks)  # fmt: skip
         if any("'" in str(p) for p in paths):
@@ -123,6 +126,8 @@ def executor_command(options: SuperNodeOptions, keys_dir: Path, parent_pid: int 
         cmd += ["--auth-secret-file", str(options.auth_secret_file)]
     if options.cold_tasks:
         cmd.append("--cold")
+    if options.threads is not None:
+        cmd += ["--threads", str(options.threads)]
     return cmd
 
 

@@ -208,11 +208,16 @@ class LoopbackFederation:
     """A SuperLink and one SuperNode per site folder on 127.0.0.1, TLS and site keys as
     shipped; ``run`` submits a run with the app snapshot every site approved.
 
-    Use as a context manager: every process is stopped on exit."""
+    The sites share this machine's cores, as hospitals on their own machines do not:
+    each site's tasks get ``threads`` torch threads (``hepafed site start --threads``),
+    by default the cores divided among the sites (at least one), so that concurrent
+    sites do not oversubscribe the cores. Use as a context manager: every process is
+    stopped on exit."""
 
-    def __init__(self, root: Path, sites: Mapping[str, Path]) -> None:
+    def __init__(self, root: Path, sites: Mapping[str, Path], threads: int | None = None) -> None:
         self.root = root
         self.sites = dict(sites)
+        self.threads = threads or max(1, (os.cpu_count() or 1) // max(1, len(self.sites)))
         self.processes = Processes(root / "logs")
         self.center = root / "center"
         self.ca = self.center / "certs" / "ca.pem"
@@ -271,7 +276,8 @@ class LoopbackFederation:
                 [HEPAFED, "site", "start", "--site-dir", str(site_dir), "--keys", str(keys),
                  "--superlink", fleet, "--ca", str(self.ca), "--runtime-port", str(free_port()),
                  "--flwr-home", str(keys / "flwr-home"),
-                 "--server-key", str(self.keyring / "server.pub")],
+                 "--server-key", str(self.keyring / "server.pub"),
+                 "--threads", str(self.threads)],
             )  # fmt: skip
         connection = ControlConnection(self.superlink, self.ca)
 

@@ -12,6 +12,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from client.app_approval import APPROVALS_FILE
+from client.executor import limit_threads, task_command
+from client.executor import parser as executor_parser
 from client.node import (
     SuperNodeOptions,
     check_site_folder,
@@ -123,8 +125,26 @@ def test_supernode_command_is_secure_by_default(tmp_path: Path) -> None:
     assert "--cold" not in executor  # tasks fork from the warm zygote unless the site says so
     cold = executor_command(replace(options, cold_tasks=True), tmp_path / "keys")
     assert cold[-1] == "--cold"
+    assert "--threads" not in executor  # torch's default unless the site limits it
+    shared = executor_command(replace(options, threads=2), tmp_path / "keys")
+    assert shared[-2:] == ["--threads", "2"]
+    task_args = executor_parser().parse_args([*shared[3:], "--token", "t"])
+    assert task_command(task_args, "t")[-2:] == ["--threads", "2"]  # each task gets it
+    with pytest.raises(ValueError, match="--threads 0: give at least 1"):
+        replace(options, threads=0)
     with pytest.raises(ValueError, match="--insecure"):
         SuperNodeOptions(superlink="x:1", site_dir=tmp_path, site_name="a")
+
+
+def test_a_task_uses_the_threads_its_site_allows() -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        limit_threads(before + 1)  # one more than now: the call, not the default, decides
+        assert torch.get_num_threads() == before + 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_server_start_keeps_the_control_api_on_loopback(

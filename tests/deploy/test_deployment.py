@@ -113,6 +113,7 @@ def test_two_round_deployment_with_tls_and_site_auth(
                 "--superlink", fleet, "--ca", str(ca), "--runtime-port", str(free_port()),
                 "--flwr-home", str(keys[name] / "flwr-home"),
                 "--server-key", str(keyring / "server.pub"),
+                "--threads", "1",  # three sites share this machine's cores
             ],
         )  # fmt: skip
     connection = ControlConnection(superlink, ca)

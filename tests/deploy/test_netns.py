@@ -228,11 +228,12 @@ def test_the_center_the_hospitals_an_impostor_and_an_outsider(
                 make_site(tmp_path / "data", name, n_cases=DATED_CASES, seed=len(name))
             )
             extra = ["--site-name", "site-a"] if name == "impostor" else []
+            # the "hosts" share this machine's cores: one torch thread per site
             procs.start(name, network.exec(
                 name, HEPAFED, "site", "start", "--site-dir", str(site), "--keys",
                 str(keys[name]), "--superlink", fleet, "--ca", str(ca), "--server-key",
                 str(keyring / "server.pub"), "--flwr-home", str(keys[name] / "flwr-home"),
-                *extra))  # fmt: skip
+                "--threads", "1", *extra))  # fmt: skip
 
         def online() -> bool:
             listed = network.run("center", HEPAFED, "server", "list-sites",
