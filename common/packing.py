@@ -49,23 +49,29 @@ class PackingError(ValueError):
     """A packed message is inconsistent: its index does not describe its arrays."""
 
 
-def pack_content(content: RecordDict) -> RecordDict:
+Shared = dict[int, tuple[ArrayRecord, ArrayRecord, list[list[Any]]]]
+"""ArrayRecords packed for a batch of messages: id -> (the record, packed, its index)."""
+
+
+def pack_content(content: RecordDict, shared: Shared | None = None) -> RecordDict:
     """``content`` with every ArrayRecord of two or more arrays as one packed array, and
-    the index under ``PACKING``; ``content`` itself if there is nothing to pack."""
+    the index under ``PACKING``; ``content`` itself if there is nothing to pack. With
+    ``shared``, a record already packed for another message of the batch (the same
+    object: one model sent to every site) is not packed again: the messages share it."""
     if PACKING in content:
         raise PackingError(f"the message already holds a record {PACKING!r}")
     index: dict[str, list[list[Any]]] = {}
     packed: dict[str, Any] = {}
     for key, record in content.items():
-        if isinstance(record, ArrayRecord) and len(record) > 1:
-            arrays = [(name, cast(Array, record[name])) for name in record]
-            index[key] = [[n, a.dtype, a.stype, list(a.shape), len(a.data)] for n, a in arrays]
-            data = b"".join(a.data for _, a in arrays)
-            packed[key] = ArrayRecord(
-                {PACKED: Array(dtype="uint8", shape=(len(data),), stype=STYPE, data=data)}
-            )
-        else:
+        if not (isinstance(record, ArrayRecord) and len(record) > 1):
             packed[key] = record
+            continue
+        known = None if shared is None else shared.get(id(record))
+        if known is None or known[0] is not record:
+            known = (record, *_pack_record(record))
+            if shared is not None:
+                shared[id(record)] = known
+        packed[key], index[key] = known[1], known[2]
     if not index:
         return content
     packed[PACKING] = ConfigRecord(
@@ -74,13 +80,25 @@ def pack_content(content: RecordDict) -> RecordDict:
     return RecordDict(packed)
 
 
+def _pack_record(record: ArrayRecord) -> tuple[ArrayRecord, list[list[Any]]]:
+    arrays = [(name, cast(Array, record[name])) for name in record]
+    entries = [[n, a.dtype, a.stype, list(a.shape), len(a.data)] for n, a in arrays]
+    data = b"".join(a.data for _, a in arrays)
+    array = Array(dtype="uint8", shape=(len(data),), stype=STYPE, data=data)
+    return ArrayRecord({PACKED: array}), entries
+
+
 def is_packed(content: RecordDict) -> bool:
     return PACKING in content
 
 
-def unpack_content(content: RecordDict) -> RecordDict:
+def unpack_content(content: RecordDict, copy: bool = True) -> RecordDict:
     """``content`` with each packed ArrayRecord back as its arrays, and without the index;
-    ``PackingError`` naming the record and what is wrong when the two disagree."""
+    ``PackingError`` naming the record and what is wrong when the two disagree.
+
+    With ``copy=False`` each array's ``data`` is a ``memoryview`` into the packed bytes
+    instead of a copy (the server's replies: read through ``server.array_views``, hashed,
+    folded, never sent on as they are): a large model's reply is then in memory once."""
     if PACKING not in content:
         return content
     index = _read_index(content[PACKING])
@@ -95,7 +113,7 @@ def unpack_content(content: RecordDict) -> RecordDict:
                 raise PackingError(f"record {key!r} holds a packed array the index does not list")
             out[key] = record
             continue
-        out[key] = _unpack_record(key, record, index[key])
+        out[key] = _unpack_record(key, record, index[key], copy)
     missing = sorted(set(index) - set(out))
     if missing:
         raise PackingError(f"the index lists records the message does not hold: {missing}")
@@ -153,7 +171,7 @@ def _count(x: Any) -> bool:
 
 
 def _unpack_record(
-    key: str, record: Any, entries: list[tuple[str, str, str, tuple[int, ...], int]]
+    key: str, record: Any, entries: list[tuple[str, str, str, tuple[int, ...], int]], copy: bool
 ) -> ArrayRecord:
     if not isinstance(record, ArrayRecord) or list(record) != [PACKED]:
         raise PackingError(f"record {key!r} must be an ArrayRecord with the one array {PACKED!r}")
@@ -167,19 +185,26 @@ def _unpack_record(
             f"record {key!r}: the index accounts for {total} bytes, the packed array holds "
             f"{len(data)}"
         )
-    arrays: dict[str, Array] = {}
-    offset = 0
-    for name, dtype, stype, shape, size in entries:
-        arrays[name] = Array(
-            dtype=dtype, shape=shape, stype=stype, data=data[offset : offset + size]
-        )
+    view = memoryview(data)
+    parts, offset = [], 0
+    for *_, size in entries:
+        parts.append(view[offset : offset + size])
         offset += size
-    return ArrayRecord(arrays)
+    out = ArrayRecord(
+        {
+            name: Array(dtype=dtype, shape=shape, stype=stype, data=part.tobytes() if copy else b"")
+            for (name, dtype, stype, shape, _), part in zip(entries, parts, strict=True)
+        }
+    )
+    if not copy:  # Flower's Array and ArrayRecord take bytes only: views are set after
+        for (name, *_), part in zip(entries, parts, strict=True):
+            cast(Array, out[name]).data = part  # type: ignore[assignment]
+    return out
 
 
-def pack_message(msg: Message) -> Message:
+def pack_message(msg: Message, shared: Shared | None = None) -> Message:
     """``msg`` with its content packed (in place: its metadata is unchanged)."""
-    msg.content = pack_content(msg.content)
+    msg.content = pack_content(msg.content, shared)
     return msg
 
 

@@ -21,7 +21,7 @@ from flwr.app import Error, Message
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
-from common.packing import PackingError, pack_message, unpack_content
+from common.packing import PackingError, Shared, pack_message, unpack_content
 
 log = logging.getLogger("hepafed.progress")
 
@@ -46,8 +46,13 @@ def exchange(
     outgoing = list(messages)
     if sign is not None:  # each message signed for its one node (server.trust)
         outgoing = [sign(m, int(grid.run.run_id)) for m in outgoing]
-    outgoing = [pack_message(m) for m in outgoing]  # after signing (common.packing)
+    shared: Shared = {}  # one model sent to every site is packed once (common.packing)
+    signed = [m.content for m in outgoing]
+    outgoing = [pack_message(m, shared) for m in outgoing]  # after signing
+    del shared
     ids = list(grid.push_messages(outgoing))
+    for msg, content in zip(outgoing, signed, strict=True):  # the packed copy is released
+        msg.content = content
     sent = dict(zip(ids, outgoing, strict=False))
     pending = set(ids)
     total = len(pending)
@@ -89,7 +94,7 @@ def _unpacked(reply: Message, sent: dict[str, Message]) -> Message:
     if not reply.has_content():
         return reply
     try:
-        reply.content = unpack_content(reply.content)
+        reply.content = unpack_content(reply.content, copy=False)  # views, read only
     except PackingError as e:
         reason = f"the site's reply could not be unpacked: {e}"
         error = Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=reason)

@@ -235,3 +235,22 @@ def test_an_unpacked_instruction_gets_an_unpacked_reply_and_a_bad_one_an_error()
     reply = packing_mod(bad, ctx, inner)
     assert calls == [] and reply.has_error()
     assert str(reply.error.reason).startswith("the server's message could not be unpacked: record")
+
+
+def test_a_model_sent_to_every_site_is_packed_once_and_views_read_the_same_values() -> None:
+    """``server.exchange``: one packed copy per batch, replies unpacked as views."""
+    from server.array_views import array_view
+
+    model = _model()
+    shared: dict[int, Any] = {}
+    a = pack_content(RecordDict({"arrays": model, "config": ConfigRecord({"n": 1})}), shared)
+    b = pack_content(RecordDict({"arrays": model, "config": ConfigRecord({"n": 2})}), shared)
+    assert _rec(a, "arrays") is _rec(b, "arrays")  # the same bytes, once
+    other = pack_content(RecordDict({"arrays": _model()}), shared)
+    assert _rec(other, "arrays") is not _rec(a, "arrays")  # equal values, another record
+    viewed = unpack_content(a, copy=False)
+    for name, array in _rec(viewed, "arrays").items():
+        assert isinstance(array.data, memoryview)
+        np.testing.assert_array_equal(array_view(array), cast(Array, model[name]).numpy())
+        np.testing.assert_array_equal(array.numpy(), cast(Array, model[name]).numpy())
+    assert arrays_hash(_rec(viewed, "arrays")) == arrays_hash(model)
