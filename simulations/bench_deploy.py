@@ -1,15 +1,18 @@
-"""A deployed round against a simulated one: the same sites, model, data and rounds.
+"""A deployed round against a simulated one and against stock Flower deployed.
 
 The deployment is real (``simulations.loopback``): a SuperLink and one SuperNode per
 site on 127.0.0.1, TLS and site authentication on, the site executor checking the app
-bundle and forking each task from its warm process, updates signed. It is started once;
-then runs are paired and interleaved with the same run in Flower's simulation engine
-(deployed then simulated, simulated then deployed, ...), so a machine that slows down
-slows both sides of a pair alike. Both are timed by hepafed's own round records
-(``rounds.jsonl``: ``seconds`` and ``phase_seconds``), the first round of each run left
-out (it starts the simulation's workers); the ratio is the median of the pairs' ratios
-of median rounds, with its spread. The sites' executors log each task's wall time, from
-the token acquired to the process gone: the per-message cost a hospital pays.
+bundle and forking each task from its warm process, updates signed. Beside it runs stock
+Flower's own deployment of a plain FedAvg app on the same sites
+(``simulations.stock_deploy``). Both are started once; then sets of three runs (hepafed
+deployed, the same run in Flower's simulation engine, stock deployed) are interleaved
+with the order rotating, so a machine that slows down slows every side of a set alike.
+hepafed is timed by its own round records (``rounds.jsonl``: ``seconds`` and
+``phase_seconds``), stock Flower by its ServerApp around each round; the first round of
+each run is left out (it starts the simulation's workers and reads the sites' data). Each
+ratio is the median of the sets' ratios of median rounds, with its spread. The sites'
+executors log each task's wall time, from the token acquired to the process gone: the
+per-message cost a hospital pays.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 from common.keys import RecordPhase
 from simulations.bench_measure import spread
 
+SIDES = ("deployed", "simulated", "stock")  # hepafed deployed and simulated, stock deployed
 TASK_DONE = re.compile(r"task done in ([0-9.]+) s, exit code 0")
 
 
@@ -56,18 +60,22 @@ def _task_seconds(logs: list[str]) -> list[float]:
 
 
 def deploy_round(cfg: Any, phantom_dir: Path, sites: list[str], repeats: int) -> dict[str, Any]:
-    """``repeats`` pairs of a deployed and a simulated run of ``cfg`` on ``sites`` (site
-    folders under ``phantom_dir``), interleaved; per-round times, phases and their ratio."""
+    """``repeats`` sets of runs of ``cfg`` on ``sites`` (site folders under ``phantom_dir``):
+    hepafed deployed, hepafed simulated and stock Flower deployed (``simulations.stock_deploy``),
+    interleaved with the order rotating; per-round times, phases, and the ratios of
+    hepafed's deployed round to its simulated one and to stock Flower's deployed one."""
     from simulations.federated import run_federated
     from simulations.loopback import LoopbackFederation
+    from simulations.stock_deploy import StockFederation
 
     cfg = cfg.replace({"eval.every-round": False, "federation.expected-sites": len(sites),
                        "federation.external-sites": ""})  # fmt: skip
     overrides = _flat_overrides(cfg)
     sides: dict[str, dict[str, list[Any]]] = {
-        side: {"rounds": [], "phases": [], "wall": []} for side in ("deployed", "simulated")
+        side: {"rounds": [], "phases": [], "wall": []} for side in SIDES
     }
     ratios: list[float] = []
+    stock_ratios: list[float] = []
     with tempfile.TemporaryDirectory(prefix="hepafed-deploy-") as tmp:
         root = Path(tmp)
         site_root = root / "sites"  # the simulation sees exactly the deployed sites
@@ -75,7 +83,11 @@ def deploy_round(cfg: Any, phantom_dir: Path, sites: list[str], repeats: int) ->
         for name in sites:
             (site_root / name).symlink_to((phantom_dir / name).resolve())
         started = time.monotonic()
-        with LoopbackFederation(root / "loopback", {n: phantom_dir / n for n in sites}) as fed:
+        folders = {n: phantom_dir / n for n in sites}
+        with (
+            LoopbackFederation(root / "loopback", folders) as fed,
+            StockFederation(root / "stock", folders, fed.threads) as stock_fed,
+        ):
             setup_s = time.monotonic() - started
 
             def deployed(i: int) -> float:
@@ -90,25 +102,37 @@ def deploy_round(cfg: Any, phantom_dir: Path, sites: list[str], repeats: int) ->
                                            "output.run-dir": str(run_dir)}))  # fmt: skip
                 return _record("simulated", run_dir, time.monotonic() - t)
 
+            def stock(i: int) -> float:
+                t = time.monotonic()
+                run_dir = root / f"stock-{i}"
+                timed = stock_fed.run({**overrides, "output.run-dir": str(run_dir)})
+                pairs = zip(timed["seconds"], timed["phases"], strict=True)
+                rounds = [{"seconds": x, "phase_seconds": p} for x, p in pairs][1:]
+                return _keep("stock", rounds, time.monotonic() - t)
+
             def _record(side: str, run_dir: Path, wall: float) -> float:
-                rounds = _train_rounds(run_dir)[1:]
+                return _keep(side, _train_rounds(run_dir)[1:], wall)
+
+            def _keep(side: str, rounds: list[dict[str, Any]], wall: float) -> float:
                 sides[side]["rounds"] += [e["seconds"] for e in rounds]
                 sides[side]["phases"] += [e.get("phase_seconds", {}) for e in rounds]
                 sides[side]["wall"].append(wall)
                 return statistics.median(e["seconds"] for e in rounds)
 
-            for pair in range(repeats):
-                if pair % 2 == 0:
-                    a, b = deployed(pair), simulated(pair)
-                else:
-                    b, a = simulated(pair), deployed(pair)
-                ratios.append(a / b)
+            orders = [(deployed, simulated, stock), (stock, simulated, deployed),
+                      (simulated, deployed, stock), (stock, deployed, simulated)]  # fmt: skip
+            for i in range(repeats):  # each run's median round, by side
+                got = {run.__name__: run(i) for run in orders[i % len(orders)]}
+                ratios.append(got["deployed"] / got["simulated"])
+                stock_ratios.append(got["deployed"] / got["stock"])
             tasks = _task_seconds([fed.processes.log(n) for n in sites])
+            threads = fed.threads
     return {
         "sites": len(sites),
         "rounds_per_run": cfg.federation.num_rounds,
         "runs": repeats,
         "setup_s": setup_s,
+        "threads_per_site": threads,
         "deployed_round_s": spread(sides["deployed"]["rounds"]),
         "simulated_round_s": spread(sides["simulated"]["rounds"]),
         "deployed_run_s": spread(sides["deployed"]["wall"]),
@@ -118,6 +142,12 @@ def deploy_round(cfg: Any, phantom_dir: Path, sites: list[str], repeats: int) ->
         "pair_ratios": ratios,
         "ratio_spread": spread(ratios),
         "ratio": statistics.median(ratios),
+        "stock_round_s": spread(sides["stock"]["rounds"]),
+        "stock_run_s": spread(sides["stock"]["wall"]),
+        "stock_pair_ratios": stock_ratios,
+        "stock_ratio_spread": spread(stock_ratios),
+        "stock_ratio": statistics.median(stock_ratios),
+        "stock_phases_s": _medians(sides["stock"]["phases"]),
         "deployed_phases_s": _medians(sides["deployed"]["phases"]),
         "simulated_phases_s": _medians(sides["simulated"]["phases"]),
     }
@@ -154,6 +184,16 @@ def deploy_markdown(r: dict[str, Any]) -> list[str]:
         f"records time both sides. Setting the deployment up (certificates, keys, SuperLink, "
         f"registration, SuperNodes online) took {r['setup_s']:.0f} s, once.",
         "",
+        "The model and the updates cross the SuperLink as one packed array per record "
+        "(`common.packing`). The sites share this machine's cores, as hospitals on their "
+        f"own machines do not: each site's tasks use {r.get('threads_per_site', 'all')} "
+        "torch thread(s) (`hepafed site start --threads`, the cores divided among the "
+        "sites); the simulation runs one site per core, one thread each (Ray's default). "
+        "Stock Flower deployed (`simulations.stock_deploy`): `flower-superlink` and "
+        "`flower-supernode` as shipped, insecure, a fresh `flwr-clientapp` process per "
+        "message, a FedAvg ServerApp body and a ClientApp with a plain PyTorch loop on the "
+        "same sites, data pipeline, model and config, the same torch threads per site.",
+        "",
         f"- deployed round: {fmt(r['deployed_round_s'])} s",
         f"- simulated round: {fmt(r['simulated_round_s'])} s",
         f"- ratio: {r['ratio']:.3f} ({r['ratio_spread']['min']:.3f}-"
@@ -163,13 +203,18 @@ def deploy_markdown(r: dict[str, Any]) -> list[str]:
         f"- one task at a site (token acquired to process gone, {r['tasks']} tasks): "
         f"{fmt(r['task_s'])} s",
     ]
-    ours, theirs = r.get("deployed_phases_s") or {}, r.get("simulated_phases_s") or {}
-    if ours or theirs:
-        lines += ["", "| phase (median s) | deployed | simulated |", "|---|---|---|"]
-        for phase in dict.fromkeys([*ours, *theirs]):
-            a, b = ours.get(phase), theirs.get(phase)
-            lines.append(
-                f"| {phase} | {'' if a is None else f'{a:.3f}'} | "
-                f"{'' if b is None else f'{b:.3f}'} |"
-            )
+    if r.get("stock_round_s"):
+        lines[-2:-2] = [
+            f"- stock Flower deployed round: {fmt(r['stock_round_s'])} s; hepafed deployed "
+            f"against it: {r['stock_ratio']:.3f} ({r['stock_ratio_spread']['min']:.3f}-"
+            f"{r['stock_ratio_spread']['max']:.3f}), the median of the sets' ratios; its "
+            f"whole run {fmt(r['stock_run_s'])} s",
+        ]
+    columns = [r.get(f"{side}_phases_s") or {} for side in SIDES]
+    if any(columns):
+        lines += ["", "| phase (median s) | hepafed deployed | hepafed simulated | stock "
+                  "deployed |", "|---|---|---|---|"]  # fmt: skip
+        for phase in dict.fromkeys(p for c in columns for p in c):
+            cells = ["" if c.get(phase) is None else f"{c[phase]:.3f}" for c in columns]
+            lines.append(f"| {phase} | " + " | ".join(cells) + " |")
     return lines

@@ -58,3 +58,22 @@ def test_the_section_text_has_every_figure_and_consistent_tables() -> None:
     rows = [line for line in text.splitlines() if line.startswith("|")]
     assert len({row.count("|") for row in rows}) == 1
     assert "| finish |  | 0.050 |" in text  # a phase one side lacks is left empty
+
+
+def test_stock_flowers_deployed_round_is_shown_beside_hepafeds() -> None:
+    r = _result([1.1, 1.2])
+    r.update({
+        "stock_round_s": spread([1.5, 1.6]), "stock_run_s": spread([20.0]),
+        "stock_pair_ratios": [1.4, 1.5], "stock_ratio_spread": spread([1.4, 1.5]),
+        "stock_ratio": 1.45, "stock_phases_s": {"exchange": 1.4},
+        "threads_per_site": 1,
+    })  # fmt: skip
+    text = "\n".join(deploy_markdown(r))
+    assert "- stock Flower deployed round: 1.55 (1.50-1.60) s; hepafed deployed against it: " \
+        "1.450 (1.400-1.500)" in text  # fmt: skip
+    assert "each site's tasks use 1 torch thread(s)" in text
+    assert "| exchange | 2.000 | 1.800 | 1.400 |" in text
+    lines = text.splitlines()  # the stock line sits with the round figures, before the runs
+    assert lines.index(next(x for x in lines if x.startswith("- stock"))) < lines.index(
+        next(x for x in lines if x.startswith("- whole run"))
+    )
