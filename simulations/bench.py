@@ -56,6 +56,7 @@ from simulations.bench_aggregation import MODEL_PARAMS, SITE_COUNTS, aggregation
 from simulations.bench_client import client_throughput, update_bytes
 from simulations.bench_deploy import deploy_round
 from simulations.bench_federation import cluster_sites, hundred_sites, simulate_runs
+from simulations.bench_large import large_model
 from simulations.bench_measure import machine
 from simulations.bench_report import BenchResult, evaluate_targets, markdown
 from simulations.bench_round import round_time
@@ -67,11 +68,12 @@ SECTIONS = (
     "bytes",
     "round",
     "deploy",
+    "large-model",
     "sites-100",
     "cluster-500",
     "simulate",
 )
-FULL_ONLY = ("deploy", "sites-100", "cluster-500", "simulate")
+FULL_ONLY = ("deploy", "large-model", "sites-100", "cluster-500", "simulate")
 CLUSTER_SITES = 500  # cluster-500's sites (fewer: a trial run of the section)
 
 GPU_NOTE = (
@@ -139,6 +141,9 @@ def run_bench(
         elif section == "deploy":
             sites = list(spec.training_sites[:3])
             result.sections[section] = deploy_round(cfg, phantom_dir, sites, max(repeats, 5))
+        elif section == "large-model":
+            sites = list(spec.training_sites[:3])
+            result.sections[section] = large_model(cfg, phantom_dir, sites)
         elif section == "sites-100":
             result.sections[section] = hundred_sites(cfg, data_dir, 100, 8)
         elif section == "cluster-500":

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from simulations.bench_deploy import DEPLOY_TARGET, deploy_markdown, deploy_target
+from simulations.bench_large import LARGE_TARGET, large_markdown, large_target
 
 TARGETS = {
     "round_overhead": "round time <= 1.05 x stock Flower FedAvg",
@@ -22,6 +23,7 @@ TARGETS = {
     "compression": "fp16 halves, int8 quarters the bytes; AUC change within 0.005",
     "sites_100": "100 simulated sites complete a round",
     "deploy_round": DEPLOY_TARGET,
+    "large_model": LARGE_TARGET,
     "cluster_500": "500 simulated sites complete a round on a two-node Ray cluster",
 }
 
@@ -107,6 +109,8 @@ def evaluate_targets(result: BenchResult) -> None:
         }
     if "deploy" in s:
         t["deploy_round"] = deploy_target(s["deploy"])
+    if "large-model" in s:
+        t["large_model"] = large_target(s["large-model"])
     if "cluster-500" in s:
         r = s["cluster-500"]
         t["cluster_500"] = {
@@ -248,6 +252,8 @@ def markdown(result: BenchResult) -> str:
         ]
     if "deploy" in s:
         lines += deploy_markdown(s["deploy"])
+    if "large-model" in s:
+        lines += large_markdown(s["large-model"])
     if "cluster-500" in s:
         r = s["cluster-500"]
         lines += [
