@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import statistics
+from pathlib import Path
 
 from common.config import RunConfig
 from simulations.bench_deploy import (
@@ -77,3 +78,26 @@ def test_stock_flowers_deployed_round_is_shown_beside_hepafeds() -> None:
     assert lines.index(next(x for x in lines if x.startswith("- stock"))) < lines.index(
         next(x for x in lines if x.startswith("- whole run"))
     )
+
+
+def test_the_stock_app_is_this_project_with_flowers_plain_apps_as_its_components(
+    tmp_path: Path,
+) -> None:
+    import tomllib
+
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import ServerApp
+
+    from simulations import stock_deploy
+
+    app = stock_deploy.stock_app(tmp_path / "app")
+    components = tomllib.loads((app / "pyproject.toml").read_text())["tool"]["flwr"]["app"][
+        "components"
+    ]
+    assert components == {
+        "serverapp": "simulations.stock_deploy:server_app",
+        "clientapp": "simulations.stock_deploy:client_app",
+    }
+    assert isinstance(stock_deploy.server_app, ServerApp)
+    assert isinstance(stock_deploy.client_app, ClientApp)
+    assert (app / "client" / "app.py").is_file()  # the same data pipeline travels with it

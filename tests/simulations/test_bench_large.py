@@ -11,21 +11,23 @@ import pytest
 from common.config import RunConfig
 from simulations.bench_large import (
     PARAM_RANGE,
-    SERVERAPP,
-    SUPERLINK,
     LargeModelError,
-    Proc,
-    RssSampler,
-    executor_alive,
     large_markdown,
     large_target,
     param_count,
-    read_proc_table,
-    role_pids,
-    role_rss_kb,
     train_cases,
     width_for,
     wire_bytes,
+)
+from simulations.proc_memory import (
+    SERVERAPP,
+    SUPERLINK,
+    Proc,
+    RssSampler,
+    executor_alive,
+    read_proc_table,
+    role_pids,
+    role_rss_kb,
 )
 
 
@@ -170,7 +172,7 @@ def _run(compression: str, serverapp_x: float, completed: bool = True) -> dict[s
     peak = {SERVERAPP: serverapp_x * model / 1e6, SUPERLINK: 900.0, "hospital-a": 3500.0}
     return {
         "compression": compression, "completed": completed,
-        "error": "" if completed else "DeploymentError: the run failed:\nboom",
+        "error": "" if completed else "validate: hospital-c: boom; the run failed:\nlog tail",
         "deployment": 1 if completed else 2, "executor_alive": completed,
         "wall_s": 612.4, "round_s": [250.0, 244.5], "phase_seconds": [{}, {}],
         "wire_bytes": wire_bytes(110_000_000, compression, 3), "images_per_s": 1.3,
@@ -210,7 +212,10 @@ def test_the_section_text_has_every_figure_and_consistent_tables() -> None:
     assert "440.0 MB to each site, 110.4 MB from each site" in text  # int8
     assert "| ServerApp | 1100 | 2.50 | 1300 |" in text
     assert "completed: **no**" in text
-    assert "The run failed: `boom`. The SuperLink's executor had exited." in text
+    assert (
+        "The run failed: `validate: hospital-c: boom; the run failed:`. The SuperLink's "
+        "executor had exited." in text
+    )
     assert "fresh deployment (set up in 38 s)" in text and "set up in 40 s;" in text
     rows = [line for line in text.splitlines() if line.startswith("|")]
     assert len({row.count("|") for row in rows}) == 1
