@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from common.cli import toml_value
 
@@ -40,23 +40,32 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _children_map() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
+def parents(proc: Path = Path("/proc")) -> dict[int, int]:
+    """Every live process's parent (pid -> ppid), read from ``proc``; a process that exits
+    while it is read is left out."""
+    out: dict[int, int] = {}
+    for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
         try:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
+        out[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])  # after the name
+    return out
+
+
+def children_map(parent_of: Mapping[int, int]) -> dict[int, list[int]]:
+    """Each process's children, from ``parents``."""
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parent_of.items():
+        children.setdefault(ppid, []).append(pid)
     return children
 
 
 def descendants(pid: int) -> list[int]:
     """Every live descendant of ``pid`` (children, grandchildren...)."""
-    children = _children_map()
+    children = children_map(parents())
     out: list[int] = []
     todo = [pid]
     while todo:
@@ -204,7 +213,28 @@ class DeploymentError(RuntimeError):
     """A loopback deployment did not start or a run on it failed (the message has the logs)."""
 
 
-class LoopbackFederation:
+class Started:
+    """Processes started on entry (``start``) and all stopped on exit, or at once if
+    starting fails part-way."""
+
+    processes: Processes
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.processes.stop_all()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.processes.stop_all()
+
+
+class LoopbackFederation(Started):
     """A SuperLink and one SuperNode per site folder on 127.0.0.1, TLS and site keys as
     shipped; ``run`` submits a run with the app snapshot every site approved.
 
@@ -225,17 +255,6 @@ class LoopbackFederation:
         self.keys = {name: root / "hospitals" / name for name in self.sites}
         self.app = root / "app"
         self.superlink = ""
-
-    def __enter__(self) -> LoopbackFederation:
-        try:
-            self.start()
-        except BaseException:
-            self.processes.stop_all()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.processes.stop_all()
 
     def _check(self, out: subprocess.CompletedProcess[str], what: str) -> None:
         if out.returncode != 0:

@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from simulations.loopback import children_map, parents
+
 SAMPLE_S = 0.2
 SERVERAPP, SUPERLINK = "serverapp", "superlink"  # role names
 SERVERAPP_CMD = "flwr-serverapp"
@@ -91,20 +93,10 @@ def _status_kb(text: str, field: str) -> int:
 def read_proc_table(roots: Iterable[int], proc: Path = Path("/proc")) -> ProcTable:
     """The live processes under ``roots`` (included), read from ``proc``; a process that
     exits while it is read is left out."""
-    parents: dict[int, int] = {}
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    children: dict[int, list[int]] = {}
-    for pid, ppid in parents.items():
-        children.setdefault(ppid, []).append(pid)
+    parent_of = parents(proc)
+    children = children_map(parent_of)
     wanted: list[int] = []
-    todo = [r for r in roots if r in parents]
+    todo = [r for r in roots if r in parent_of]
     while todo:
         pid = todo.pop()
         wanted.append(pid)
@@ -117,7 +109,7 @@ def read_proc_table(roots: Iterable[int], proc: Path = Path("/proc")) -> ProcTab
         except OSError:
             continue
         table[pid] = Proc(
-            parents[pid],
+            parent_of[pid],
             cmdline.decode(errors="replace").strip(),
             _status_kb(status, "VmRSS"),
             _status_kb(status, "VmHWM"),

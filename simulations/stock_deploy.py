@@ -27,7 +27,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from common.config import RunConfig
 from simulations.bench_round import _stock_apps
-from simulations.loopback import Processes, free_port, snapshot_app, wait_until
+from simulations.loopback import Processes, Started, free_port, snapshot_app, wait_until
 
 ROUNDS_FILE = "stock_rounds.json"
 
@@ -68,7 +68,7 @@ def stock_app(dest: Path) -> Path:
     return app
 
 
-class StockFederation:
+class StockFederation(Started):
     """Flower's SuperLink and one SuperNode per site on 127.0.0.1, as shipped (insecure).
 
     Use as a context manager: every process is stopped on exit."""
@@ -78,17 +78,6 @@ class StockFederation:
         self.processes = Processes(root / "logs")
         self.address = ""
         self.app = root / "app"
-
-    def __enter__(self) -> StockFederation:
-        try:
-            self.start()
-        except BaseException:
-            self.processes.stop_all()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.processes.stop_all()
 
     def start(self) -> None:
         from server.deploy import ControlConnection, list_nodes
