@@ -109,6 +109,7 @@ def deployment(
                     "--superlink", fleet, "--ca", str(ca), "--runtime-port", str(free_port()),
                     "--flwr-home", str(keys / "flwr-home"),
                     "--server-key", str(keyring / "server.pub"),
+                    "--threads", "1",  # the sites share this machine's cores
                 ],
             )  # fmt: skip
         connection = ControlConnection(superlink, ca)
