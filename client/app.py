@@ -222,7 +222,7 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 
 def client_app(inner_mods: Sequence[Mod] = ()) -> ClientApp:
-    """hepafed's ClientApp; ``inner_mods`` run between the site's signing mod (outermost)
+    """hepafed's ClientApp; ``inner_mods`` run between the site's signing mod (outer)
     and its privacy mod (innermost, next to the handlers): a simulated misbehaving site
     alters its reply there, after any DP it would skip and before it signs the result."""
     new = ClientApp(mods=[*OUTER_MODS, *inner_mods, privacy_mod])

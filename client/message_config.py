@@ -10,7 +10,7 @@ that, never the raw strings.
 One key is read raw on purpose: ``hooks.use`` (``named_hooks``). Parsing the run config
 resolves each hook name, and a name such as ``package.module:Class`` imports that
 module; a deployed site checks the names against its policy before anything parses
-them (``client.policy.policy_mod``, the outermost mod).
+them (``client.policy.policy_mod``, the first mod that reads the message's content).
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
 """The site's side of signed updates: check the server's model, sign the update.
 
-A ClientApp mod (``(msg, context, call_next)``), outermost, so that what the
-site signs is exactly what leaves it and what it checks is exactly what came
-in. With ``trust.sign-updates`` (the default) a message carrying a model must
-carry the server's valid signature of it for this run and round, or the site
-refuses it (the server sees the reason as the reply's error); a training reply
-gets the site's signature of its update (``common.signing``).
+A ClientApp mod (``(msg, context, call_next)``), outside every mod that reads or
+changes the arrays, so that what the site signs is exactly what leaves it and what
+it checks is exactly what came in (only ``common.packing``'s mod is outside it, and
+unpacking and packing give back the same bytes). With ``trust.sign-updates`` (the
+default) a message carrying a model must carry the server's valid signature of it
+for this run and round, or the site refuses it (the server sees the reason as the
+reply's error); a training reply gets the site's signature of its update
+(``common.signing``).
 
 Where the keys are: a deployed SuperNode's ``node_config`` names its private
 key (``signing-key``, the ``site_key`` made by ``hepafed site init``) and the

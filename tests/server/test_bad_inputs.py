@@ -587,14 +587,15 @@ def test_report_edited_after_the_run_is_caught(
 def test_deployed_site_imports_only_hooks_it_allowed(setup: Setup) -> None:
     """``hook-not-allowed``: a run naming hook code by import path is refused by a deployed
     site (``site-dir`` in its node config) unless its node config allows that hook, before
-    anything imports it (``client.policy.policy_mod``, the outermost mod)."""
+    anything imports it (``client.policy.policy_mod``, the first mod that reads the message)."""
     from client.app import OUTER_MODS, redaction_mod
     from client.policy import policy_mod
     from client.trust import trust_mod
+    from common.packing import packing_mod
 
-    # it runs before trust_mod and the ClientApp; only the redaction of error replies wraps
-    # it, and that reads nothing of the message
-    assert OUTER_MODS[:3] == [redaction_mod, policy_mod, trust_mod]
+    # it runs before trust_mod and the ClientApp; only the unpacking of a packed message
+    # (JSON and bytes, no import) and the redaction of error replies wrap it
+    assert OUTER_MODS[:4] == [packing_mod, redaction_mod, policy_mod, trust_mod]
     deployed: UserConfig = {"site-dir": "/srv/data"}
 
     def reason(hooks: str, node_config: UserConfig) -> str | None:
