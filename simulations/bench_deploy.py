@@ -31,7 +31,7 @@ SIDES = ("deployed", "simulated", "stock")  # hepafed deployed and simulated, st
 TASK_DONE = re.compile(r"task done in ([0-9.]+) s, exit code 0")
 
 
-def _flat_overrides(cfg: Any) -> dict[str, Any]:
+def flat_overrides(cfg: Any) -> dict[str, Any]:
     """The keys of ``cfg`` that differ from the app's defaults: what a deployed run is
     submitted with (``data.site-root`` is the simulation's: a SuperNode has its folder)."""
     from common.config import RunConfig
@@ -44,7 +44,7 @@ def _flat_overrides(cfg: Any) -> dict[str, Any]:
     }
 
 
-def _train_rounds(run_dir: Path) -> list[dict[str, Any]]:
+def train_rounds(run_dir: Path) -> list[dict[str, Any]]:
     from server.records import read_rounds
 
     return [e for e in read_rounds(run_dir) if e.get("phase") == RecordPhase.TRAIN]
@@ -70,7 +70,7 @@ def deploy_round(cfg: Any, phantom_dir: Path, sites: list[str], repeats: int) ->
 
     cfg = cfg.replace({"eval.every-round": False, "federation.expected-sites": len(sites),
                        "federation.external-sites": ""})  # fmt: skip
-    overrides = _flat_overrides(cfg)
+    overrides = flat_overrides(cfg)
     sides: dict[str, dict[str, list[Any]]] = {
         side: {"rounds": [], "phases": [], "wall": []} for side in SIDES
     }
@@ -111,7 +111,7 @@ def deploy_round(cfg: Any, phantom_dir: Path, sites: list[str], repeats: int) ->
                 return _keep("stock", rounds, time.monotonic() - t)
 
             def _record(side: str, run_dir: Path, wall: float) -> float:
-                return _keep(side, _train_rounds(run_dir)[1:], wall)
+                return _keep(side, train_rounds(run_dir)[1:], wall)
 
             def _keep(side: str, rounds: list[dict[str, Any]], wall: float) -> float:
                 sides[side]["rounds"] += [e["seconds"] for e in rounds]

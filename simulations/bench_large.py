@@ -173,7 +173,7 @@ def large_model(
 
     from common.models import build_model, model_name
     from common.weights import shared_state
-    from simulations.bench_deploy import _flat_overrides, _train_rounds
+    from simulations.bench_deploy import flat_overrides, train_rounds
     from simulations.loopback import DeploymentError, LoopbackFederation
 
     cfg = cfg.replace({**LARGE_SETTINGS, "federation.expected-sites": len(sites)})
@@ -207,7 +207,7 @@ def large_model(
             nodes = {n: fed.processes.procs[n].pid for n in sites}
             run_cfg = cfg.replace({"federation.compression": compression})
             run_dir = root / f"run-{compression}"
-            overrides = {**_flat_overrides(run_cfg), "output.run-dir": str(run_dir)}
+            overrides = {**flat_overrides(run_cfg), "output.run-dir": str(run_dir)}
             error = ""
             t = time.monotonic()
             with RssSampler(link, nodes) as sampler:
@@ -218,7 +218,7 @@ def large_model(
                 except subprocess.TimeoutExpired:
                     error = f"the run did not finish in {run_timeout_s:g} s"
             wall = time.monotonic() - t
-            rounds = _train_rounds(run_dir) if (run_dir / "rounds.jsonl").exists() else []
+            rounds = train_rounds(run_dir) if (run_dir / "rounds.jsonl").exists() else []
             if error:  # what the run's own records say failed comes first
                 error = "; ".join([*_site_failures(run_dir), error])
             images = sum(cases.values()) * cfg.train.local_epochs * len(rounds)

@@ -23,14 +23,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common.keys import RecordPhase
 from simulations.bench_client import plain_train
 from simulations.bench_measure import spread
 
 # ---- per-round time: hepafed vs stock Flower -----------------------------------------------
 
 
-def _stock_apps(
+def stock_apps(
     cfg: Any, round_seconds: list[float], phases: list[dict[str, float]]
 ) -> tuple[Any, Any]:
     """A stock Flower FedAvg ServerApp body and a ClientApp with a plain training loop."""
@@ -102,12 +101,12 @@ def _medians(rows: list[dict[str, float]]) -> dict[str, float]:
 
 def _hepafed_run(cfg: Any, ours: list[float], phases: list[dict[str, float]]) -> float:
     """One hepafed run; its rounds (first left out) appended; the median round."""
-    from server.records import read_rounds
+    from simulations.bench_deploy import train_rounds
     from simulations.federated import run_federated
 
     with tempfile.TemporaryDirectory() as tmp:
         run_federated(cfg.replace({"output.run-dir": str(Path(tmp) / "run")}))
-        rounds = [e for e in read_rounds(Path(tmp) / "run") if e.get("phase") == RecordPhase.TRAIN]
+        rounds = train_rounds(Path(tmp) / "run")
     ours += [e["seconds"] for e in rounds[1:]]
     phases += [e.get("phase_seconds", {}) for e in rounds[1:]]
     return statistics.median(e["seconds"] for e in rounds[1:])
@@ -119,7 +118,7 @@ def _stock_run(cfg: Any, stock: list[float], phases: list[dict[str, float]]) -> 
 
     seconds: list[float] = []
     per_phase: list[dict[str, float]] = []
-    server, client = _stock_apps(cfg, seconds, per_phase)
+    server, client = stock_apps(cfg, seconds, per_phase)
     with tempfile.TemporaryDirectory() as tmp:
         run_federated(cfg.replace({"output.run-dir": str(Path(tmp) / "run")}), body=server,
                       client=client)  # fmt: skip

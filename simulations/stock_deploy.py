@@ -26,7 +26,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from common.config import RunConfig
-from simulations.bench_round import _stock_apps
+from simulations.bench_round import stock_apps
 from simulations.loopback import Processes, Started, free_port, snapshot_app, wait_until
 
 ROUNDS_FILE = "stock_rounds.json"
@@ -39,14 +39,14 @@ def main(grid: Grid, context: Context) -> None:
     run = RunConfig.from_flat(context.run_config)
     seconds: list[float] = []
     phases: list[dict[str, float]] = []
-    body, _ = _stock_apps(run, seconds, phases)
+    body, _ = stock_apps(run, seconds, phases)
     body(grid, run)
     out = Path(run.output.run_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / ROUNDS_FILE).write_text(json.dumps({"seconds": seconds, "phases": phases}))
 
 
-client_app = _stock_apps(RunConfig(), [], [])[1]
+client_app = stock_apps(RunConfig(), [], [])[1]
 
 COMPONENTS = (
     'serverapp = "simulations.stock_deploy:server_app"\n'

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from common.config import RunConfig
 from simulations.bench_deploy import (
-    _flat_overrides,
     _task_seconds,
     deploy_markdown,
     deploy_target,
+    flat_overrides,
 )
 from simulations.bench_measure import spread
 
@@ -20,7 +20,7 @@ def test_a_deployed_run_is_submitted_with_what_differs_from_the_app_defaults() -
     cfg = RunConfig().replace(
         {"data.site-root": "/sims", "output.run-dir": "/r", "train.local-epochs": 3, "seed": 7}
     )
-    flat = _flat_overrides(cfg)
+    flat = flat_overrides(cfg)
     # a SuperNode has its own folder; the run folder is set per run
     assert flat == {"train.local-epochs": 3, "seed": 7}
 
