@@ -146,16 +146,18 @@ class RoundAggregator:
 
     def accept(self, site: str, reply: Message) -> None:
         """Take ``site``'s screened update, reading its bytes once: checked, measured and
-        folded in its turn, or checked, measured and parked until then. UpdateRejected
-        (nothing taken) if a value is not finite or its norm overflows.
+        folded in its turn, or checked, measured and parked until then (a robust strategy's:
+        checked and held). UpdateRejected (nothing taken) if a value is not finite or its
+        norm overflows: this is the values' check, which screening leaves to the fold.
 
         A parked update found bad is kept on disk: in its turn the sum goes through what
         a direct fold of it would have done (part added, then subtracted), so the bits do
         not depend on the arrival order."""
         update = reply_update(site, reply, self.declared.get(site))
-        if self.mode is Mode.HOLD_ALL:
+        if self.mode is Mode.HOLD_ALL:  # checked (and measured) here too: screening leaves
+            norm = self.mean.measure(update)  # the values to the aggregator
             if self.track_norms:
-                self.norms[site] = self.mean.measure(update)
+                self.norms[site] = norm
             self.held[site] = self._capped(site, reply)
             return
         due = site == self._due()

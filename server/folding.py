@@ -28,7 +28,8 @@ from __future__ import annotations
 import math
 import warnings
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -79,18 +80,38 @@ class Op(Enum):
 
 @dataclass(frozen=True)
 class Source:
-    """One tensor of an update as the kernel reads it."""
+    """One tensor of an update as the kernel reads it (``values`` and ``scales`` as NumPy
+    arrays, the same memory as tensors: ``Source.of`` makes them)."""
 
     key: str
     values: np.ndarray  # flat, C-contiguous: weights, or fp16/int8 codes
     scales: np.ndarray | None = None  # int8: this tensor's block scales
-    reference: np.ndarray | None = None  # flat global weights: the norm is of values - these
+    reference: torch.Tensor | None = None  # flat global weights: the norm is of values - these
+    tensor: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # ``values``
+    scale_tensor: torch.Tensor | None = None  # ``scales``
+
+    @classmethod
+    def of(cls, key: str, values: np.ndarray, scales: np.ndarray | None = None,
+           reference: torch.Tensor | None = None) -> Source:  # fmt: skip
+        """``values`` (and ``scales``) with their tensor views; call it where the warning
+        about read-only arrays is off (``quiet_views``)."""
+        scale_tensor = None if scales is None else torch.from_numpy(np.asarray(scales))
+        return cls(key, values, scales, reference, torch.from_numpy(values), scale_tensor)
+
+
+@contextmanager
+def quiet_views() -> Iterator[None]:
+    """Read-only NumPy views become tensors without torch's warning that the array is not
+    writable (they are only read). Entering costs microseconds: once per update, not per
+    tensor."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        yield
 
 
 def as_tensor(values: np.ndarray) -> torch.Tensor:
     """A tensor sharing ``values``' memory; it is only read (the views are read-only)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "the given NumPy array is not writable"
+    with quiet_views():
         return torch.from_numpy(values)
 
 
@@ -100,7 +121,7 @@ def fold_blocks(
     scratch: tuple[torch.Tensor, torch.Tensor],
     op: Op,
     weight: float = 0.0,
-    acc: np.ndarray | None = None,
+    acc: torch.Tensor | None = None,
     *,
     measure: bool = True,
     sink: Spill | None = None,
@@ -114,14 +135,17 @@ def fold_blocks(
     or after it was added or copied). torch, as the rest of the server: its threads, one
     fused multiply-add per block."""
     decoded, tmp = scratch
-    values = as_tensor(src.values)
-    scales = None if src.scales is None else as_tensor(np.asarray(src.scales))
-    reference = None if src.reference is None else as_tensor(src.reference)
-    sums = None if acc is None or op is Op.NONE else torch.from_numpy(acc)
-    total, n = 0.0, src.values.size if stop is None else stop
+    n = src.values.size if stop is None else stop
+    values, scales, reference = src.tensor, src.scale_tensor, src.reference
+    plain = values.dtype == torch.float32  # weights as they are: no decoding
+    alpha = -weight if op is Op.SUB else weight
+    sums = None if op is Op.NONE else acc
+    total = 0.0
     for start in range(0, n, BLOCK_VALUES):
         end = min(start + BLOCK_VALUES, n)
-        block = _decode(values[start:end], scales, start, method, decoded)
+        block = values[start:end]
+        if not plain:
+            block = _decode(block, scales, start, method, decoded)
         if measure:
             diff = block
             if reference is not None:
@@ -133,7 +157,10 @@ def fold_blocks(
                     return total, start
             total += part
         if sums is not None:
-            _apply(op, block, weight, sums[start:end])
+            if op is Op.FIRST:
+                torch.mul(block, weight, out=sums[start:end])
+            else:  # acc += / -= weight x values, element by element
+                sums[start:end].add_(block, alpha=alpha)
         if sink is not None:
             sink.write(src.values[start:end])
     return total, None
@@ -161,16 +188,6 @@ def _decode(
     return out[:m].copy_(raw)
 
 
-def _apply(op: Op, values: torch.Tensor, weight: float, acc: torch.Tensor) -> None:
-    """``acc`` = / += / -= ``weight`` x ``values``, element by element (one block)."""
-    if op is Op.FIRST:
-        torch.mul(values, weight, out=acc)
-    elif op is Op.ADD:
-        acc.add_(values, alpha=weight)
-    else:
-        acc.sub_(values, alpha=weight)
-
-
 class RunningMean:
     """The weighted mean of updates, folded in one at a time (float32 running sum).
 
@@ -192,6 +209,8 @@ class RunningMean:
         self.total = 0.0
         self.count = 0
         self._scratch = (torch.empty(BLOCK_VALUES), torch.empty(BLOCK_VALUES))
+        self._flats: dict[str, torch.Tensor] | None = None  # the reference, flat (when read)
+        self._sum_tensors: dict[str, torch.Tensor] = {}  # the sums as tensors (same memory)
 
     def add(self, update: Update, sink: Spill | None = None) -> float:
         """Check, measure and fold ``update`` in one pass; its norm. UpdateRejected if a
@@ -235,6 +254,7 @@ class RunningMean:
             return None
         out: OrderedDict[str, Array] = OrderedDict()
         for key, ref in self.reference.items():
+            self._sum_tensors.pop(key, None)
             acc = self.sums.pop(key).reshape(ref.shape)  # the sums are C-ordered
             np.divide(acc, np.float32(self.total), out=acc)
             if self.compression != Compression.NONE:
@@ -246,8 +266,8 @@ class RunningMean:
     def sources(self, update: Update) -> list[Source]:
         """Each tensor of ``update`` as the kernel reads it, in the global model's order;
         UpdateRejected if the tensors do not fit the model (screening checks this first)."""
-        refs = dict(self.reference.items())
-        shapes = {k: r.shape for k, r in refs.items()}
+        flats = self._flat_reference()
+        shapes = {k: r.shape for k, r in self.reference.items()}
         if self.compression == Compression.NONE:
             out = []
             for key, shape in shapes.items():
@@ -256,8 +276,9 @@ class RunningMean:
                     got = "missing" if values is None else f"{list(values.shape)}"
                     raise UpdateRejected(f"tensor {key!r} is {got}, expected {list(shape)}",
                                          update.site, key)  # fmt: skip
-                ref = np.ascontiguousarray(refs[key]).reshape(-1) if self.norms else None
-                out.append(Source(key, np.ascontiguousarray(values).reshape(-1), None, ref))
+                ref = flats[key] if self.norms else None
+                with quiet_views():
+                    out.append(Source.of(key, np.ascontiguousarray(values).reshape(-1), None, ref))
             return out
         codes = np.ascontiguousarray(update.arrays[PACKED]).reshape(-1)
         scales = update.scales.get(PACKED)
@@ -266,18 +287,31 @@ class RunningMean:
             raise UpdateRejected(f"{codes.size} codes for a model of {sum(sizes)} values",
                                  update.site, PACKED)  # fmt: skip
         out, offset, block = [], 0, 0
-        for key, size in zip(shapes, sizes, strict=True):
-            part = None if scales is None else np.asarray(scales)[block : block + n_blocks(size)]
-            out.append(Source(key, codes[offset : offset + size], part))
-            offset, block = offset + size, block + n_blocks(size)
+        with quiet_views():
+            for key, size in zip(shapes, sizes, strict=True):
+                part = (None if scales is None
+                        else np.asarray(scales)[block : block + n_blocks(size)])  # fmt: skip
+                out.append(Source.of(key, codes[offset : offset + size], part))
+                offset, block = offset + size, block + n_blocks(size)
         return out
 
     # ---- internals ---------------------------------------------------------------------
 
-    def _sum(self, key: str, op: Op) -> np.ndarray:
+    def _flat_reference(self) -> dict[str, torch.Tensor]:
+        """The global model's tensors, flat (made once: every update of the round reads
+        them)."""
+        if self._flats is None:
+            with quiet_views():
+                self._flats = {k: torch.from_numpy(np.ascontiguousarray(r).reshape(-1))
+                               for k, r in self.reference.items()}  # fmt: skip
+        return self._flats
+
+    def _sum(self, key: str, op: Op) -> torch.Tensor:
+        """The running sum of ``key`` as a tensor (a new one for the first term)."""
         if op is Op.FIRST:  # NumPy-allocated, so memory profilers see it; no zero fill
             self.sums[key] = np.empty(int(np.prod(self.reference[key].shape)), np.float32)
-        return self.sums[key]
+            self._sum_tensors[key] = torch.from_numpy(self.sums[key])
+        return self._sum_tensors[key]
 
     def _checked(self, update: Update, op: Op, sink: Spill | None) -> float:
         """One checked pass of ``op`` over ``update`` (copied to ``sink``); its norm."""
@@ -311,6 +345,7 @@ class RunningMean:
             self._pass(update, Op.SUB, sources, at)
         else:  # it was the first term: the sums were its alone
             self.sums.clear()
+            self._sum_tensors.clear()
 
     def _plan(self, sink: Spill | None, update: Update) -> None:
         """Lay out ``sink`` for every tensor of ``update`` (even if it is rejected part-way:

@@ -1,7 +1,8 @@
 """One training round's replies: screened, aggregated, and accounted for by site.
 
 Every reply is screened on arrival (``server.validation.screen_update``: structure,
-values, size, signature) and handed to the round's aggregator; once the round's replies
+size, signature) and handed to the round's aggregator, which checks its values as it
+folds them (``server.folding``: one read of the bytes); once the round's replies
 are in, norm outliers are excluded, sites that never replied are named, and the round is
 applied only if ``federation.min-sites`` updates remain. The outcome is written twice:
 to rounds.jsonl (metrics by site) and to the audit trail (digests, norms, reasons, hashes).
@@ -51,9 +52,11 @@ class RoundScreen:
         reply holds, the outcome is an accepted update or a named rejection."""
         digest = "" if reply.has_error() else reply_digest(reply)
         self.digests[site] = digest
+        # the values' finite check is the aggregator's: it checks each block as it folds
+        # it, so the update's bytes are read once (a bad value is rejected below)
         problem = screen_update(
             reply, self.shared, self.cfg, self.trust, site, self.rnd, self.model, digest,
-            self.declared.get(site),
+            self.declared.get(site), values=False,
         )  # fmt: skip
         if problem is None:
             try:

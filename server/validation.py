@@ -25,6 +25,7 @@ def update_problem(
     reference: ArrayRecord,
     compression: str = Compression.NONE,
     declared: int | None = None,
+    values: bool = True,
 ) -> str | None:
     """Why ``reply`` must not be aggregated, or None if it is acceptable.
 
@@ -35,6 +36,10 @@ def update_problem(
     example count that is a whole number from 1 to ``declared`` (the training cases
     the site declared when it joined; ``MAX_CASES`` when unknown). A larger count is
     rejected, not capped: it would buy the site more weight in the mean.
+
+    ``values=False`` leaves out the finite check of the tensors' values (every other check
+    stays): for a caller that hands the update to ``server.aggregation.RoundAggregator``,
+    which checks every value in the same pass that folds it, so the bytes are read once.
     """
     if reply.has_error():
         return f"site reported an error: {reply.error.reason}"
@@ -61,9 +66,9 @@ def update_problem(
         state = "missing" if wants_scales else "unexpected"
         return f"'{compression}' compression: block scales {state}"
     problem = (
-        _weights_problem(arrays, reference)
+        _weights_problem(arrays, reference, values)
         if compression == Compression.NONE
-        else _packed_problem(arrays, scales, reference, compression)
+        else _packed_problem(arrays, scales, reference, compression, values)
     )
     if problem is not None:
         return problem
@@ -77,8 +82,8 @@ def update_problem(
     return count_problem(key, n, declared, minimum=1, limit_name=name)
 
 
-def _weights_problem(arrays: ArrayRecord, reference: ArrayRecord) -> str | None:
-    """Float weights: the global model's names, shapes and dtypes, finite."""
+def _weights_problem(arrays: ArrayRecord, reference: ArrayRecord, values: bool) -> str | None:
+    """Float weights: the global model's names, shapes and dtypes, finite (``values``)."""
     if set(arrays) != set(reference):
         missing = sorted(set(reference) - set(arrays))[:3]
         extra = sorted(set(arrays) - set(reference))[:3]
@@ -90,16 +95,21 @@ def _weights_problem(arrays: ArrayRecord, reference: ArrayRecord) -> str | None:
                 f"tensor {key!r} is {arr.dtype}{list(arr.shape)}, "
                 f"expected {ref.dtype}{list(ref.shape)}"
             )
-        if not _finite(array_view(arr)):
+        if values and not _finite(array_view(arr)):
             return f"tensor {key!r} contains NaN or Inf"
     return None
 
 
 def _packed_problem(
-    arrays: ArrayRecord, scales: ArrayRecord | None, reference: ArrayRecord, compression: str
+    arrays: ArrayRecord,
+    scales: ArrayRecord | None,
+    reference: ArrayRecord,
+    compression: str,
+    values: bool,
 ) -> str | None:
     """A compressed update (``common.compression``): one flat array of codes of the right
-    dtype and length, finite; for int8 one flat array of float32 scales >= 0."""
+    dtype and length, finite (``values``); for int8 one flat array of float32 scales >= 0
+    (always checked: they are small)."""
     n_codes, n_scales = packed_sizes([tuple(r.shape) for r in reference.values()], compression)
     dtype = str(CODE_DTYPE[compression])
     if set(arrays) != {PACKED}:
@@ -110,7 +120,7 @@ def _packed_problem(
             f"'{compression}' codes are {codes.dtype}{list(codes.shape)}, "
             f"expected {dtype}[{n_codes}] (every tensor of the global model, flat)"
         )
-    if not _finite(array_view(codes)):
+    if values and not _finite(array_view(codes)):
         return f"'{compression}' codes contain NaN or Inf"
     if scales is not None:
         if set(scales) != {PACKED}:
@@ -136,13 +146,16 @@ def screen_update(
     digest: str,
     declared: int | None = None,
     compression: str | None = None,
+    values: bool = True,
 ) -> str | None:
     """Every check one update passes before the server uses it, cheapest first: its
     structure, values and example count (``update_problem``; ``declared``: the site's
     training cases), its size, and its signature. ``compression`` defaults to the
     round's (``federation.compression``); a model trained whole at one site is sent
     uncompressed. This is the one screening chain for every update the server accepts,
-    federated or trained alone; a reply it cannot even read is rejected, never raised."""
+    federated or trained alone; a reply it cannot even read is rejected, never raised.
+    ``values=False``: the values' finite check is left to the aggregator's fold (see
+    ``update_problem``)."""
     try:
         return (
             update_problem(
@@ -150,6 +163,7 @@ def screen_update(
                 reference,
                 cfg.federation.compression if compression is None else compression,
                 declared,
+                values,
             )
             or reply_size_problem(reply, cfg.trust.max_update_mb)
             or trust.update_problem(reply, site, server_round, model, reference, digest)

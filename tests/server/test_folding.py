@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from common.compression import BLOCK, PACKED, compress_update, decode, n_blocks, pack
 from common.config import RunConfig
 from common.keys import Compression
-from server import folding
+from server import folding, validation
 from server.aggregation import RoundAggregator
 from server.array_views import array_view
 from server.folding import Op, UpdateRejected
@@ -312,6 +312,42 @@ def test_the_round_screen_judges_norms_after_folding(tmp_path: Path) -> None:
     assert "is an outlier" in screen.rejected["site-c"] and aggregator.excluded == {"site-c"}
     assert set(screen.round_record(True, None, 0.0)["norms"]) == set(SITES)
     _close(new, _expected({s: u for s, u in updates.items() if s != "site-c"}), 2e-6)
+
+
+@pytest.mark.parametrize("strategy", [fl.FedAvg, fl.FedMedian], ids=["streamed", "hold-all"])
+def test_the_round_reads_values_once_and_still_rejects_a_nan(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, strategy: type[fl.Strategy]
+) -> None:
+    """Screening in a round checks structure, size and signature but leaves the values to
+    the aggregator, so each update's bytes are read once; a NaN is still rejected with the
+    tensor named, whether the update is folded (FedAvg) or held (FedMedian, no norms)."""
+    checked: list[int] = []
+    real = validation._finite
+
+    def finite(values: np.ndarray) -> bool:
+        checked.append(values.size)
+        return real(values)
+
+    monkeypatch.setattr(validation, "_finite", finite)
+    cfg = RunConfig().replace({"output.run-dir": str(tmp_path), "trust.sign-updates": False,
+                               "trust.norm-z": 0.0})  # fmt: skip
+    updates = _updates()
+    shared = ArrayRecord({k: Array(v) for k, v in _base().items()})
+    aggregator = RoundAggregator(strategy(), shared, SITES, park_root=tmp_path)
+    screen = RoundScreen(cfg, ServerTrust(cfg, tmp_path, "run-1"), aggregator, shared, SITES, 1,
+                         "global")  # fmt: skip
+    for site in SITES:
+        nan_at = ("fc.weight", 7) if site == "site-b" else None
+        screen.on_reply(_reply(*updates[site], nan_at=nan_at), site)
+    assert checked == []  # no value was read by screening
+    assert screen.rejected == {"site-b": "tensor 'fc.weight' contains NaN or Inf"}
+    assert sorted(screen.accepted) == [s for s in SITES if s != "site-b"]
+    new = screen.result([])
+    rest = {s: u for s, u in updates.items() if s != "site-b"}
+    if strategy is fl.FedAvg:
+        _close(new, _expected(rest), 2e-6)
+    else:
+        assert new is not None and all(np.isfinite(v.numpy()).all() for v in new.values())
 
 
 def test_an_outlier_still_waiting_is_never_folded() -> None:
