@@ -13,8 +13,9 @@ backoff for up to several seconds after the last object had arrived.
 from ``INITIAL_BACKOFF_S`` doubling up to ``BACKOFF_CAP_S``: the same retries, at most
 2 requests a second per object while one is missing. Applied where the pulls happen:
 the ClientApp task (``client.executor``), the SuperNode (``client.supernode``) and the
-deployed ServerApp's grid (``server.app``). Flower is pinned to one minor release; a
-release that renames the functions or their backoff arguments fails here, loudly.
+deployed ServerApp (``server.app``: its grid, and ``server.pull``, which pulls the
+replies). Flower is pinned to one minor release; a release that renames the functions or
+their backoff arguments fails here, loudly.
 """
 
 from __future__ import annotations

@@ -33,7 +33,10 @@ def main(grid: Grid, context: Context) -> None:
     pulls the sites' replies with a short retry backoff, ``common.flower_pulls``)."""
     import flwr.superlink.grid.http_grid as http_grid
 
+    from server import pull
+
     quicken_pulls(http_grid)
+    quicken_pulls(pull)  # where the replies are pulled (one at a time)
     serve(grid, RunConfig.from_flat(context.run_config))
 
 

@@ -5,6 +5,9 @@ Like Flower's ``Grid.send_and_receive`` but it reports progress per reply
 can hand each reply to a callback the moment it arrives instead of keeping
 them all (streaming aggregation, ``server.aggregation``).
 
+Replies are pulled one at a time (``server.pull``): the next reply's bytes are
+fetched only once the one before it has been handled and released.
+
 It is also the server's message boundary for ``common.packing``: each message is
 packed after it is signed, and each reply unpacked (on arrival, one at a time)
 before anything reads or verifies it; a reply that cannot be unpacked becomes the
@@ -22,6 +25,7 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from common.packing import PackingError, Shared, pack_message, unpack_content
+from server.pull import pull_replies
 
 log = logging.getLogger("hepafed.progress")
 
@@ -59,11 +63,13 @@ def exchange(
     replies: list[Message] = []
     done = 0
     while pending and time.monotonic() - start < timeout_s:
-        arrived = list(grid.pull_messages(pending))
-        got_any = bool(arrived)
-        arrived.reverse()
-        while arrived:  # each reply is released once handled, not at the end of the batch
-            msg = _unpacked(_attributed(arrived.pop(), sent), sent)
+        got_any = False
+        # one reply at a time: each is pulled when the one before it has been handled and
+        # released (server.pull), not all of a batch at once
+        for arrived in pull_replies(grid, sorted(pending)):
+            got_any = True
+            msg = _unpacked(_attributed(arrived, sent), sent)
+            del arrived
             pending.discard(msg.metadata.reply_to_message_id)
             done += 1
             if on_reply is None:

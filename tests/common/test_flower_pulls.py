@@ -42,11 +42,15 @@ def test_the_pinned_flower_modules_are_rebound_once() -> None:
     import flwr.supernode.runtime.run_clientapp as runner
     import flwr.supernode.start_client_internal as loop
 
+    from server import pull
+
     # where hepafed applies it: the ClientApp task, the SuperNode, the deployed ServerApp
+    # (its grid, and server.pull, which pulls the replies)
     for module, names in (
         (runner, ["pull_and_inflate_object_from_tree"]),
         (loop, ["pull_objects"]),
         (http_grid, ["pull_objects"]),
+        (pull, ["pull_objects"]),
     ):
         fake = _module_with(**{n: getattr(module, n) for n in names})
         assert quicken_pulls(fake) == names

@@ -1,0 +1,141 @@
+"""Replies are pulled from the SuperLink one at a time (``server.pull``): the next reply's
+objects are fetched only after the one before it was handed on, and a reply whose objects
+are gone is an error reply filed under its site. The SuperLink's Runtime API is played by
+a fake client that serves messages as Flower's own push deflates them."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app.message import remove_content_from_message
+from flwr.common.constant import ErrorCode
+from flwr.common.serde import message_to_proto
+from flwr.proto.message_pb2 import PullObjectResponse  # pylint: disable=E0611
+from flwr.proto.runtime_pb2 import PullAppMessagesResponse  # pylint: disable=E0611
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects, get_object_tree
+from flwr.supercore.run import Run
+from flwr.superlink.grid.http_grid import HttpGrid
+
+from server.exchange import exchange
+from server.pull import pull_replies
+
+pytestmark = pytest.mark.usefixtures("flower_task")
+
+
+def _instruction(dst: int) -> Message:
+    msg = Message(RecordDict({"c": ConfigRecord({"round": 1})}), dst_node_id=dst,
+                  message_type=MessageType.TRAIN)  # fmt: skip
+    msg.metadata.__dict__["_message_id"] = msg.object_id
+    return msg
+
+
+def _reply(to: Message, value: float) -> Message:
+    arrays = ArrayRecord({"w": Array(np.full(1000, value, np.float32)),
+                          "b": Array(np.arange(3, dtype=np.float32) + value)})  # fmt: skip
+    reply = Message(RecordDict({"arrays": arrays}), reply_to=to)
+    reply.metadata.__dict__["_message_id"] = reply.object_id
+    return reply
+
+
+class _Link:
+    """The Runtime API of a SuperLink holding ``replies`` (message ID -> reply); ``log``
+    records, in order, every object pulled (with the reply it belongs to) and every
+    confirmation; ``lost`` object IDs are not found."""
+
+    def __init__(self, replies: list[Message]) -> None:
+        self.protos, self.trees = [], []
+        self.objects: dict[str, bytes] = {}
+        self.owner: dict[str, str] = {}  # object ID -> the reply's message ID
+        self.lost: set[str] = set()
+        self.log: list[tuple[str, str]] = []
+        for reply in replies:
+            self.protos.append(message_to_proto(remove_content_from_message(reply)))
+            self.trees.append(get_object_tree(reply))
+            for object_id, obj in get_all_nested_objects(reply).items():
+                self.objects[object_id] = obj.deflate()
+                self.owner[object_id] = reply.metadata.message_id
+
+    def PullMessages(self, request: Any) -> PullAppMessagesResponse:
+        wanted = set(request.message_ids)
+        keep = [i for i, p in enumerate(self.protos) if p.metadata.reply_to_message_id in wanted]
+        response = PullAppMessagesResponse(
+            messages_list=[self.protos[i] for i in keep],
+            message_object_trees=[self.trees[i] for i in keep],
+        )
+        for i in sorted(keep, reverse=True):  # listed once, as the SuperLink forgets them
+            del self.protos[i], self.trees[i]
+        return response
+
+    def PullObject(self, request: Any) -> PullObjectResponse:
+        object_id = request.object_id
+        self.log.append(("pull", self.owner[object_id]))
+        if object_id in self.lost:
+            return PullObjectResponse(object_found=False, object_available=False)
+        return PullObjectResponse(object_found=True, object_available=True,
+                                  object_content=self.objects[object_id])  # fmt: skip
+
+    def ConfirmMessageReceived(self, request: Any) -> None:
+        self.log.append(("confirm", request.message_object_id))
+
+
+def _grid(link: _Link) -> HttpGrid:
+    grid = HttpGrid(token="test")
+    grid._client = link  # type: ignore[assignment]
+    grid.set_run(Run.create_empty(7))
+    return grid
+
+
+def test_each_reply_is_pulled_after_the_one_before_was_handed_on() -> None:
+    sent = [_instruction(n) for n in (11, 12, 13)]
+    replies = [_reply(m, float(i)) for i, m in enumerate(sent)]
+    link = _Link(replies)
+    ids = [r.metadata.message_id for r in replies]
+    got = []
+    for reply in pull_replies(_grid(link), [m.metadata.message_id for m in sent]):
+        link.log.append(("handed on", reply.metadata.message_id))
+        got.append(reply)
+    # every object of reply k, then its confirmation, then the caller has it; only then k+1
+    steps = [(kind, mid) for kind, mid in link.log if kind != "pull"]
+    assert steps == [step for mid in ids for step in (("confirm", mid), ("handed on", mid))]
+    pulls = [mid for kind, mid in link.log if kind == "pull"]
+    assert pulls == sorted(pulls, key=ids.index)  # no reply's objects before the last one's
+    handed = [i for i, (kind, _) in enumerate(link.log) if kind == "handed on"]
+    for k, mid in enumerate(ids[1:]):
+        first_pull = link.log.index(("pull", mid))
+        assert first_pull > handed[k]
+    for i, reply in enumerate(got):
+        assert reply.metadata.reply_to_message_id == sent[i].metadata.message_id
+        arrays = cast(ArrayRecord, reply.content["arrays"])
+        np.testing.assert_array_equal(arrays["w"].numpy(), np.full(1000, float(i), np.float32))
+        np.testing.assert_array_equal(arrays["b"].numpy(), np.arange(3) + float(i))
+
+
+def test_a_reply_whose_objects_are_gone_is_its_sites_error() -> None:
+    """Through ``exchange``: the lost reply is filed under node 12, the others arrive."""
+    sent = [_instruction(n) for n in (11, 12)]
+    replies = [_reply(m, float(i)) for i, m in enumerate(sent)]
+    link = _Link(replies)
+    lost = replies[1]
+    link.lost = {oid for oid, mid in link.owner.items() if mid == lost.metadata.message_id}
+
+    grid = _grid(link)
+    grid.push_messages = lambda messages: [m.metadata.message_id for m in messages]  # type: ignore[method-assign]
+    got = exchange(grid, sent, 5.0, "test")
+    by_node = {r.metadata.src_node_id: r for r in got}
+    assert set(by_node) == {11, 12}
+    assert not by_node[11].has_error()
+    assert by_node[12].has_error()
+    assert by_node[12].error.code == ErrorCode.MESSAGE_UNAVAILABLE
+    assert "could not be pulled from the SuperLink" in str(by_node[12].error.reason)
+    assert ("confirm", lost.metadata.message_id) not in link.log
+
+
+def test_the_in_memory_grid_hands_over_its_list() -> None:
+    class _Memory:
+        def pull_messages(self, ids: list[str]) -> list[str]:
+            return [f"reply to {i}" for i in ids]
+
+    assert list(pull_replies(_Memory(), ["a", "b"])) == ["reply to a", "reply to b"]  # type: ignore[arg-type]
