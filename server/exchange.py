@@ -40,12 +40,15 @@ def exchange(
     names: dict[int, str] | None = None,
     on_reply: Callable[[Message], None] | None = None,
     sign: Callable[[Message, int], Message] | None = None,
+    max_reply_bytes: int | None = None,
 ) -> list[Message]:
     """Push ``messages``; return the replies received before ``timeout_s``.
 
     With ``on_reply`` each reply is passed to it on arrival and not kept (the
     returned list is then empty). ``sign`` (``ServerTrust.sign_instruction``) signs each
-    outgoing message for its destination node and this Flower run."""
+    outgoing message for its destination node and this Flower run. A reply whose bytes
+    pass ``max_reply_bytes`` (``server.validation.reply_budget``) is not pulled further
+    and becomes its site's error reply (``server.pull``)."""
     start = time.monotonic()
     outgoing = list(messages)
     if sign is not None:  # each message signed for its one node (server.trust)
@@ -66,7 +69,7 @@ def exchange(
         got_any = False
         # one reply at a time: each is pulled when the one before it has been handled and
         # released (server.pull), not all of a batch at once
-        for arrived in pull_replies(grid, sorted(pending)):
+        for arrived in pull_replies(grid, sorted(pending), max_reply_bytes):
             got_any = True
             msg = _unpacked(_attributed(arrived, sent), sent)
             del arrived

@@ -50,6 +50,7 @@ from server.sites import (
     wait_for_nodes,
 )
 from server.trust import ServerTrust
+from server.validation import reply_budget
 
 log = logging.getLogger("hepafed.progress")
 
@@ -166,8 +167,9 @@ class Federation:
         timeout; ``on_reply`` sees each reply as it arrives."""
         timeout = self.cfg.federation.round_timeout_s
         return exchange(
-            self.grid, messages, timeout, label, self.names, on_reply, self.trust.sign_instruction
-        )
+            self.grid, messages, timeout, label, self.names, on_reply, self.trust.sign_instruction,
+            reply_budget(self.cfg),
+        )  # fmt: skip
 
     def site_of(self, msg: Message) -> str:
         """The name of the site that sent ``msg``."""

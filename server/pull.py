@@ -24,7 +24,8 @@ objects with nothing to inflate, and its own ``pull_messages`` is used.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 
 import httpx
 from flwr.app import Error, Message, Metadata
@@ -47,9 +48,25 @@ from flwr.superlink.grid.http_grid import HttpGrid
 log = logging.getLogger(__name__)
 
 
-def pull_replies(grid: Grid, message_ids: Iterable[str]) -> Iterator[Message]:
+class OverBudget(ObjectPullError):
+    """A reply's objects add up to more bytes than the server accepts from a site."""
+
+    def __init__(self, object_id: str, reason: str) -> None:
+        Exception.__init__(self, reason)
+        self.object_id = object_id
+
+
+def pull_replies(
+    grid: Grid, message_ids: Iterable[str], max_bytes: int | None = None
+) -> Iterator[Message]:
     """The replies among ``message_ids`` that have arrived, each pulled and inflated when
-    the caller asks for it (see the module docstring); iterate to the end."""
+    the caller asks for it (see the module docstring); iterate to the end.
+
+    ``max_bytes`` bounds what one reply may bring into the ServerApp: its objects are
+    counted as they arrive, and a reply past the bound is not pulled further (a few
+    objects already in flight still arrive) but confirmed, so the SuperLink drops it
+    too, and becomes an error reply saying so. A site cannot make the server hold a
+    reply larger than this, whatever it sends."""
     if not isinstance(grid, HttpGrid):
         arrived = list(grid.pull_messages(message_ids))
         arrived.reverse()
@@ -65,7 +82,7 @@ def pull_replies(grid: Grid, message_ids: Iterable[str]) -> Iterator[Message]:
             raise
         log.error("the SuperLink refused to list the replies: the request is too large")
         return
-    pull_object = make_pull_object_fn_protobuf(
+    pull_object_fn = make_pull_object_fn_protobuf(
         pull_object_protobuf=client.PullObject, node=grid.node, run_id=run_id
     )
     pairs = list(zip(listed.messages_list, listed.message_object_trees, strict=True))
@@ -74,18 +91,22 @@ def pull_replies(grid: Grid, message_ids: Iterable[str]) -> Iterator[Message]:
     while pairs:
         proto, tree = pairs.pop()
         message_id = proto.metadata.message_id
+        confirm = ConfirmMessageReceivedRequest(
+            node=grid.node, run_id=run_id, message_object_id=message_id
+        )
         try:
             contents = pull_objects(
-                [t.object_id for t in iterate_object_tree(tree)], pull_object_fn=pull_object
+                [t.object_id for t in iterate_object_tree(tree)],
+                pull_object_fn=_Counted(pull_object_fn, max_bytes),
             )
+        except OverBudget as e:
+            client.ConfirmMessageReceived(confirm)  # the SuperLink drops it too
+            yield _refused(grid, run_id, proto.metadata.reply_to_message_id, str(e))
+            continue
         except ObjectPullError as e:
             yield _unavailable(grid, run_id, proto.metadata.reply_to_message_id, str(e))
             continue
-        client.ConfirmMessageReceived(
-            ConfirmMessageReceivedRequest(
-                node=grid.node, run_id=run_id, message_object_id=message_id
-            )
-        )
+        client.ConfirmMessageReceived(confirm)
         message = inflate_object_from_contents(message_id, contents)  # empties ``contents``
         del contents
         assert isinstance(message, Message)
@@ -94,8 +115,50 @@ def pull_replies(grid: Grid, message_ids: Iterable[str]) -> Iterator[Message]:
         del message  # released before the next reply's objects are pulled
 
 
+class _Counted:
+    """``pull`` (one object's bytes by ID), raising ``OverBudget`` once the bytes pulled
+    through it exceed ``max_bytes`` (None: no bound). Flower calls it from its pull
+    threads."""
+
+    def __init__(self, pull: Callable[[str], bytes], max_bytes: int | None) -> None:
+        self.pull, self.max_bytes = pull, max_bytes
+        self.total = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, object_id: str) -> bytes:
+        content = self.pull(object_id)
+        if self.max_bytes is None:
+            return content
+        with self._lock:
+            self.total += len(content)
+            total = self.total
+        if total > self.max_bytes:
+            raise OverBudget(
+                object_id,
+                f"the reply is over {self.max_bytes / 2**20:.1f} MiB ({total / 2**20:.1f} MiB "
+                "pulled when the server stopped): larger than the server accepts from a site "
+                "(trust.max-update-mb); it was not pulled further",
+            )
+        return content
+
+
+def _refused(grid: HttpGrid, run_id: int, reply_to: str, why: str) -> Message:
+    """The error reply for a reply the server stopped pulling (``OverBudget``)."""
+    return _error_reply(grid, run_id, reply_to, ErrorCode.UNKNOWN, why)
+
+
 def _unavailable(grid: HttpGrid, run_id: int, reply_to: str, why: str) -> Message:
     """The error reply Flower makes for a reply whose objects cannot be pulled."""
+    reason = (
+        "the reply's objects could not be pulled from the SuperLink (the site may not have "
+        f"finished sending it before its upload expired): {why}"
+    )
+    return _error_reply(grid, run_id, reply_to, ErrorCode.MESSAGE_UNAVAILABLE, reason)
+
+
+def _error_reply(grid: HttpGrid, run_id: int, reply_to: str, code: int, reason: str) -> Message:
+    """An error reply from the SuperLink's node to the message ``reply_to`` (the exchange
+    files it under the site that message went to)."""
     metadata = Metadata(
         run_id=run_id,
         message_id="",
@@ -107,10 +170,4 @@ def _unavailable(grid: HttpGrid, run_id: int, reply_to: str, why: str) -> Messag
         reply_to_message_id=reply_to,
         created_at=now().timestamp(),
     )
-    reason = (
-        "the reply's objects could not be pulled from the SuperLink (the site may not have "
-        f"finished sending it before its upload expired): {why}"
-    )
-    return make_message(
-        metadata=metadata, error=Error(code=ErrorCode.MESSAGE_UNAVAILABLE, reason=reason)
-    )
+    return make_message(metadata=metadata, error=Error(code=code, reason=reason))

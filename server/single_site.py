@@ -31,7 +31,7 @@ from server.sites import (
     SiteInfo,
 )
 from server.trust import file_sha256
-from server.validation import screen_update
+from server.validation import reply_budget, screen_update
 
 if TYPE_CHECKING:
     from server.federation import Federation
@@ -106,7 +106,7 @@ def train_alone(
     timeout = cfg.federation.round_timeout_s * cfg.federation.num_rounds
     replies = exchange(
         federation.grid, [message], timeout, f"{model} at {site.name}", federation.names,
-        sign=federation.trust.sign_instruction,
+        sign=federation.trust.sign_instruction, max_reply_bytes=reply_budget(cfg),
     )  # fmt: skip
     if not replies:
         problem: str | None = "no reply in time"

@@ -31,6 +31,7 @@ from server.reply_checks import (
     site_record,
 )
 from server.site_identity import identity_problem, identity_required, new_challenge
+from server.validation import reply_budget
 
 log = logging.getLogger("hepafed.progress")
 MAX_NAME_CHARS = 200  # a site name is an identifier, not a payload
@@ -122,7 +123,8 @@ def discover_sites(
     flat = {**cfg.to_flat(), **({ConfigKey.SITE_CHALLENGE.value: challenge} if challenge else {})}
     record = RecordDict({RecordKey.CONFIG: ConfigRecord(flat)})
     messages = [Message(record, dst_node_id=n, message_type=MessageType.QUERY) for n in node_ids]
-    replies = exchange(grid, messages, cfg.federation.round_timeout_s, "site query", sign=sign)
+    replies = exchange(grid, messages, cfg.federation.round_timeout_s, "site query", sign=sign,
+                       max_reply_bytes=reply_budget(cfg))  # fmt: skip
     refused = {} if refused is None else refused
     sites: list[SiteInfo] = []
     for reply in replies:

@@ -182,6 +182,18 @@ def norm_rule_applies(max_z: float, n_sites: int) -> bool:
     return max_z > 0 and n_sites >= MIN_SITES_FOR_NORMS
 
 
+REPLY_OVERHEAD_BYTES = 16 * 2**20  # what a reply holds besides its tensors' bytes, at most
+
+
+def reply_budget(cfg: RunConfig) -> int:
+    """The bytes the server pulls of one reply before it stops (``server.pull``): the
+    largest update ``trust.max-update-mb`` accepts, and ``REPLY_OVERHEAD_BYTES`` for the
+    rest of a reply (its records' metadata, ``.npy`` headers, the packing index, which
+    ``common.packing`` caps at 16 MB, and metrics). ``reply_size_problem`` still judges the
+    update's exact size once it is in."""
+    return int(cfg.trust.max_update_mb * 2**20) + REPLY_OVERHEAD_BYTES
+
+
 def reply_size_problem(reply: Message, max_mb: float) -> str | None:
     """Why ``reply`` is too large to accept (its tensors' bytes), or None."""
     size = sum(

@@ -139,3 +139,41 @@ def test_the_in_memory_grid_hands_over_its_list() -> None:
             return [f"reply to {i}" for i in ids]
 
     assert list(pull_replies(_Memory(), ["a", "b"])) == ["reply to a", "reply to b"]  # type: ignore[arg-type]
+
+
+def test_a_reply_over_the_budget_is_not_pulled_to_the_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A site sends 400 KB in 4 KB chunks against a 64 KiB budget: the server stops after a
+    few chunks (what its two pull threads had in flight), confirms the reply so the SuperLink
+    drops it, and files it as that site's error; the other site's reply arrives whole."""
+    import flwr.app.message.array as flower_array
+
+    monkeypatch.setattr(flower_array, "FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE", 4096)
+    sent = [_instruction(n) for n in (11, 12)]
+    small = _reply(sent[0], 1.0)  # 4 KB of weights and a bias
+    # random values: chunks are stored by their content's hash, so equal chunks are one
+    noise = np.random.default_rng(0).standard_normal(100_000, dtype=np.float32)
+    big = Message(RecordDict({"arrays": ArrayRecord({"w": Array(noise)})}), reply_to=sent[1])
+    big.metadata.__dict__["_message_id"] = big.object_id
+    link = _Link([small, big])
+    chunks = sum(1 for mid in link.owner.values() if mid == big.metadata.message_id)
+    assert chunks > 90  # 400 KB in 4 KB chunks
+
+    grid = _grid(link)
+    grid.push_messages = lambda messages: [m.metadata.message_id for m in messages]  # type: ignore[method-assign]
+    got = exchange(grid, sent, 5.0, "test", max_reply_bytes=64 * 1024)
+    by_node = {r.metadata.src_node_id: r for r in got}
+    assert not by_node[11].has_error()
+    assert by_node[12].has_error()
+    reason = str(by_node[12].error.reason)
+    assert reason.startswith("the reply is over 0.1 MiB") and "trust.max-update-mb" in reason
+    pulled = sum(1 for kind, mid in link.log if kind == "pull" and mid == big.metadata.message_id)
+    assert pulled <= 64 * 1024 // 4096 + 4 < chunks  # the budget, and what was in flight
+    assert ("confirm", big.metadata.message_id) in link.log
+
+
+def test_the_budget_is_the_largest_accepted_update_and_room_for_the_rest() -> None:
+    from common.config import RunConfig
+    from server.validation import REPLY_OVERHEAD_BYTES, reply_budget
+
+    cfg = RunConfig().replace({"trust.max-update-mb": 3.0})
+    assert reply_budget(cfg) == 3 * 2**20 + REPLY_OVERHEAD_BYTES == 3 * 2**20 + 16 * 2**20
