@@ -74,8 +74,11 @@ class SuperLinkOptions:
 
 
 def superlink_command(options: SuperLinkOptions) -> list[str]:
-    """The ``flower-superlink`` command line for ``options`` (the one source of truth)."""
-    cmd = ["flower-superlink"]
+    """The SuperLink's command line for ``options`` (the one source of truth): Flower's
+    ``flower-superlink`` with its arguments, through ``hepafed-superlink``
+    (``server.superlink``), which keeps message objects in memory, not in the SQLite
+    file that holds the SuperLink's state."""
+    cmd = ["hepafed-superlink"]
     if options.insecure:
         cmd.append("--insecure")
     else:

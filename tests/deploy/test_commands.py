@@ -81,7 +81,7 @@ def test_site_folder_has_keys_and_templates(tmp_path: Path) -> None:
 
 def test_superlink_command_is_secure_by_default(tmp_path: Path) -> None:
     cmd = superlink_command(SuperLinkOptions(state_dir=tmp_path, certs_dir=tmp_path / "c"))
-    assert cmd[0] == "flower-superlink"
+    assert cmd[0] == "hepafed-superlink"  # flower-superlink, objects in memory (server.superlink)
     for flag in ("--ssl-ca-certfile", "--ssl-certfile", "--ssl-keyfile", "--enable-supernode-auth"):
         assert flag in cmd
     assert "--insecure" not in cmd

@@ -195,10 +195,10 @@ def test_insecure_server_prints_a_loud_warning(tmp_path: Path) -> None:
                 "--control-port", str(free_port()),
             ],
         )  # fmt: skip
-        assert procs.wait_for_log("insecure", "flower-superlink --insecure", 60)
+        assert procs.wait_for_log("insecure", "hepafed-superlink --insecure", 60)
         log = procs.log("insecure")
         assert INSECURE_WARNING.strip() in log
-        assert "--enable-supernode-auth" not in log.split("flower-superlink", 1)[1].split("\n")[0]
+        assert "--enable-supernode-auth" not in log.split("hepafed-superlink", 1)[1].split("\n")[0]
     finally:
         procs.stop_all()
 

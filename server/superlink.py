@@ -1,0 +1,81 @@
+"""Flower's SuperLink with messages' objects held in memory: ``hepafed-superlink
+FLOWER-SUPERLINK-ARGS`` (what ``hepafed server start`` runs).
+
+Given ``--database FILE``, Flower's SuperLink keeps two stores in that SQLite file: its
+state (runs, registered sites and their public keys, messages' metadata) and the object
+store, which holds every byte of every message in flight (the model sent to each site,
+each site's update), written once and deleted when the receiver confirms it. Every
+message then goes through SQLite's single writer: with a 110M-parameter model (442 MB a
+message) the writes outlast SQLite's 5 s lock wait (``busy_timeout``, fixed by Flower),
+and the SuperLink answered "database is locked" and lost its executor in both runs of
+``hepafed bench --sections large-model`` on one machine.
+
+This launcher runs Flower's own ``flower-superlink`` entry point unchanged, except that
+the object store is Flower's in-memory one (``InMemoryObjectStore``, the store Flower
+itself uses when no database file is given, and every SuperNode uses) while the state
+stays in the file. What persists across a restart is therefore unchanged in what
+matters: registered sites, their keys and the runs; a message still in flight when the
+SuperLink stops loses its bytes, and its receiver gets Flower's "object unavailable"
+error (the ServerApp files that reply as the site's error, ``server.pull``). The cost is
+memory: the SuperLink holds the messages in flight (a model sent to every site is stored
+once: objects are addressed by their content's hash).
+
+Flower is pinned to one minor release (pyproject.toml); ``check_factory_site`` fails
+loudly if a release moves the function this replaces, so it can never silently stop
+applying.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
+
+FACTORIES = "get_objectstore_linkstate_factories"  # what flwr.superlink.main calls
+
+
+def check_factory_site(module: ModuleType) -> None:
+    """That ``module`` (``flwr.superlink.main``) builds its stores with Flower's
+    ``FACTORIES`` from ``flwr.superlink.config_loader``, as the pinned release does."""
+    from flwr.superlink import config_loader
+
+    if getattr(module, FACTORIES, None) is not getattr(config_loader, FACTORIES, object()):
+        raise RuntimeError(
+            f"{module.__name__} no longer builds its stores with {FACTORIES}: this Flower "
+            "release is not the one hepafed pins; reinstall hepafed's pinned flwr"
+        )
+
+
+def objects_in_memory(database: str, federation_manager: Any) -> tuple[Any, Any]:
+    """Flower's stores for ``database``, with the object store in memory whatever the
+    database (the state is Flower's for ``database``: SQLite file, or in memory)."""
+    from flwr.server.superlink.linkstate.linkstate_factory import LinkStateFactory
+    from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME
+    from flwr.supercore.object_store import ObjectStoreFactory
+
+    objects = ObjectStoreFactory(FLWR_IN_MEMORY_DB_NAME)
+    return objects, LinkStateFactory(database, federation_manager, objects)
+
+
+def keep_objects_in_memory() -> None:
+    """Make the SuperLink about to start in this process keep message objects in memory."""
+    import flwr.superlink.main as superlink_main
+
+    check_factory_site(superlink_main)
+    setattr(superlink_main, FACTORIES, objects_in_memory)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``flower-superlink`` with ``argv`` (default: this process's arguments)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    keep_objects_in_memory()
+    from flwr.superlink.cli import flower_superlink
+
+    sys.argv = ["flower-superlink", *args]
+    flower_superlink()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
