@@ -29,7 +29,7 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common.constant import ErrorCode
 
-from client.memory import keep_residual, recall_residual
+from client.memory import keep_residual, recall_residual, residual_files
 from client.message_config import split_config
 from client.monitor_site import WindowRequest, site_monitor
 from client.policy import SitePolicy, policy_mod, site_policy
@@ -137,7 +137,7 @@ def query(msg: Message, context: Context) -> Message:
 
 def train(msg: Message, context: Context) -> Message:
     """Train the global model on this site's train split and send the update."""
-    site, cfg, server_round, todo, _ = _open(msg, context)
+    site, cfg, server_round, todo, policy = _open(msg, context)
     state, metrics = site_train(
         site,
         msg.content[RecordKey.ARRAYS],
@@ -161,13 +161,15 @@ def train(msg: Message, context: Context) -> Message:
         content[RecordKey.ARRAYS] = ArrayRecord(state)
     else:  # a federated round: send the encoded update, keep what encoding lost
         trained = {k: v.numpy() for k, v in state.items()}
+        deployed = NodeKey.SITE_DIR.value in context.node_config  # as site_policy decides
+        files = residual_files(deployed, policy.state_dir, context.run_id)  # there: on disk
         codes, scales, residual = compress_update(
             trained,
             {k: received[k].numpy() for k in trained},
             cfg.federation.compression,
-            recall_residual(context.state, todo.model),
+            recall_residual(context.state, todo.model, files),
         )
-        keep_residual(context.state, todo.model, residual)
+        keep_residual(context.state, todo.model, residual, files)
         # one flat array of codes (and one of scales) in the order the server sent
         flat, flat_scales = pack(codes, scales, list(received.keys()))
         content[RecordKey.ARRAYS] = ArrayRecord({PACKED: Array(flat)})
