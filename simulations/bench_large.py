@@ -48,6 +48,9 @@ FIT_WIDTHS = (8, 16, 24)  # three widths fix a count quadratic in the width
 WIDTH_STEP = 8  # widths are multiples of the GroupNorm group count
 MB = 1e6
 LARGE_SETTINGS: dict[str, Any] = {
+    # a reply Flower drops (a ClientApp it declared unresponsive) is waited for this long,
+    # not the default hour; a round takes about 3 minutes on two cores
+    "federation.round-timeout-s": 900,
     "federation.num-rounds": 1,
     "train.local-epochs": 1,
     "eval.every-round": False,
@@ -307,17 +310,22 @@ def large_markdown(r: dict[str, Any]) -> list[str]:
         f"each role's processes, sampled every {r['sample_s']:g} s (a shorter peak is missed); "
         "x model is the peak over the model's float32 bytes. Bytes on the wire are computed "
         "from the count of shared values (parameters and BatchNorm statistics; payload "
-        "only, no headers, signatures or TLS).",
+        "only, no headers, signatures or TLS). The SuperLink holds the messages in flight "
+        "in memory (`server.superlink`), the ServerApp pulls the replies one at a time "
+        "(`server.pull`), and a deployed site keeps its compression residual in its state "
+        "folder (`client.memory`); a reply Flower drops is waited for "
+        f"{LARGE_SETTINGS['federation.round-timeout-s']} s (`federation.round-timeout-s`).",
     ]
     for run in r["runs"]:
         wire = run["wire_bytes"]
-        rounds = ", ".join(f"{s:.1f}" for s in run["round_s"]) or "none recorded"
+        rounds = ", ".join(f"{s:.1f}" for s in run["round_s"])
+        rounds = f"training rounds {rounds} s" if rounds else "no training round recorded"
         lines += [
             "",
             f"### compression = {run['compression']}",
             "",
             f"- completed: {'yes' if run['completed'] else '**no**'}; run (submitted to "
-            f"finished) {run['wall_s']:.0f} s; training rounds {rounds} s "
+            f"finished) {run['wall_s']:.0f} s; {rounds} "
             f"({run['images_per_s']:.2f} images/s over all sites)",
             f"- on the wire per round: {wire['to_each_site'] / MB:.1f} MB to each site, "
             f"{wire['from_each_site'] / MB:.1f} MB from each site, "
