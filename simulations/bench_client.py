@@ -74,8 +74,9 @@ def client_throughput(cfg: Any, site_dir: Path, repeats: int) -> dict[str, Any]:
         model = build_model(cfg)
         result = train_local(model, data, cfg, compute, seed=cfg.seed + r)
         loop.append(result.num_examples / result.seconds)
+        received = to_arrays(build_model(cfg))  # the weights as the message brings them
         t = time.perf_counter()
-        site_train(site, to_arrays(build_model(cfg)), cfg, r + 1, compute)
+        site_train(site, received, cfg, r + 1, compute)
         job.append(result.num_examples / (time.perf_counter() - t))
     return {
         "site": site.name,

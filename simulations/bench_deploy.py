@@ -83,7 +83,9 @@ def deploy_round(cfg: Any, phantom_dir: Path, sites: list[str], repeats: int) ->
         for name in sites:
             (site_root / name).symlink_to((phantom_dir / name).resolve())
         started = time.monotonic()
-        folders = {n: phantom_dir / n for n in sites}
+        # absolute: a SuperNode's task runs elsewhere than this process (the stock one
+        # resolves a relative site-dir against its own working folder)
+        folders = {n: (phantom_dir / n).resolve() for n in sites}
         with (
             LoopbackFederation(root / "loopback", folders) as fed,
             StockFederation(root / "stock", folders, fed.threads) as stock_fed,

@@ -107,7 +107,7 @@ class StockFederation(Started):
             self.processes.start(
                 name,
                 [_tool("flower-supernode"), "--insecure", "--superlink", self.address,
-                 "--node-config", f"site-dir='{site}' site-name='{name}'",
+                 "--node-config", f"site-dir='{Path(site).resolve()}' site-name='{name}'",
                  "--port", str(free_port())],
                 cwd=home,
                 env={**env, "FLWR_HOME": str(home / "flwr-home"),
