@@ -69,7 +69,7 @@ def exchange(
         got_any = False
         # one reply at a time: each is pulled when the one before it has been handled and
         # released (server.pull), not all of a batch at once
-        for arrived in pull_replies(grid, sorted(pending), max_reply_bytes):
+        for arrived in pull_replies(grid, set(pending), max_reply_bytes):  # a copy
             got_any = True
             msg = _unpacked(_attributed(arrived, sent), sent)
             del arrived
