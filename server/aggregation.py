@@ -57,8 +57,9 @@ from common.compression import PACKED, unpack
 from common.hooks.proximal import ProximalStrategy
 from common.keys import Compression, MetricKey, RecordKey
 from server.array_views import RecordViews, array_view, records
-from server.folding import RunningMean, Spill, Update
+from server.folding import RunningMean, Update
 from server.folding import UpdateRejected as UpdateRejected  # where callers catch it
+from server.spill import Spill
 
 
 class Mode(Enum):

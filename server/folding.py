@@ -8,8 +8,8 @@ in cache, the kernel (``fold_blocks``) decodes it (fp16/int8, the values of
 minus the global model): the update's norm for the norm-outlier rule and the records, and
 the finite check, as a block's sum is finite exactly when its values are and no difference
 overflows; then, only if the block passed, adds weight x block into the sum; and may copy
-the block's bytes to a ``Spill`` file (a reply parked until its turn, or a copy kept until
-the norm-outlier rule has spoken).
+the block's bytes to a ``server.spill.Spill`` file (a reply parked until its turn, or a
+copy kept until the norm-outlier rule has spoken).
 
 **A rejected update** (NaN, infinity, a norm that overflows) is found at its first bad
 block: the blocks already added are subtracted again (re-read: the rare path), and
@@ -32,8 +32,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -42,8 +41,10 @@ from flwr.app import Array, ArrayRecord
 from common.compression import BLOCK, PACKED, n_blocks
 from common.keys import Compression
 
+if TYPE_CHECKING:
+    from server.spill import Spill
+
 BLOCK_VALUES = 256 * BLOCK  # 262,144 values: 1 MiB of float32, whole int8 scale blocks
-ALIGN = 64  # bytes: where each tensor starts in a spill file
 Where = tuple[int, int]  # (tensor index, value offset)
 
 
@@ -376,56 +377,3 @@ class RunningMean:
         else:
             reason = "update norm is not finite (inf): values overflow"
         return UpdateRejected(reason, update.site, src.key, (i, start))
-
-
-class Spill:
-    """An update written to one file as it is read, and read back memory-mapped: a reply
-    parked until its turn, or a copy kept until the norm-outlier rule has spoken. Each
-    tensor has its place (``plan``), written in any order of tensors, block by block."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._file: BinaryIO = path.open("wb")
-        self._entries: list[tuple[str, str, np.dtype, tuple[int, ...], int]] = []
-        self._end = 0  # bytes the file holds when complete
-        self.site, self.weight = "", 0.0
-
-    def plan(self, entries: list[tuple[str, str, np.dtype, tuple[int, ...]]]) -> None:
-        """Each tensor's place: (part "arrays" or "scales", key, dtype, shape)."""
-        offset = 0
-        for part, key, dtype, shape in entries:
-            offset = -(-offset // ALIGN) * ALIGN
-            self._entries.append((part, key, dtype, tuple(shape), offset))
-            offset += int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        self._end = offset
-
-    def begin(self, index: int) -> None:
-        """The next bytes written are those of entry ``index``, from its start."""
-        self._file.seek(self._entries[index][4])
-
-    def write(self, block: np.ndarray) -> None:
-        """Append ``block``'s bytes (a contiguous block: no copy on the way)."""
-        self._file.write(block.data)
-
-    def discard(self) -> None:
-        """Close and delete the file (its update was rejected)."""
-        self._file.close()
-        self.path.unlink(missing_ok=True)
-
-    def finish(self, site: str, weight: float) -> Spill:
-        """Close the file: it holds ``site``'s update of ``weight`` (a part left unwritten by
-        a rejection reads as zeros)."""
-        self._file.truncate(self._end)
-        self._file.close()
-        self.site, self.weight = site, weight
-        return self
-
-    def read(self) -> Update:
-        """The update, memory-mapped (mapped only while the returned arrays live)."""
-        parts: dict[str, dict[str, np.ndarray]] = {"arrays": {}, "scales": {}}
-        for part, key, dtype, shape, offset in self._entries:
-            if int(np.prod(shape, dtype=np.int64)) == 0:
-                parts[part][key] = np.empty(shape, dtype)
-            else:
-                parts[part][key] = np.memmap(self.path, dtype, "r", offset, shape)
-        return Update(self.site, self.weight, parts["arrays"], parts["scales"])
