@@ -15,6 +15,10 @@ their objects) one by one, as Flower does, once their objects are in. A reply wh
 objects cannot be pulled becomes an error reply from the SuperLink, as in Flower; the
 exchange then files it under the site it was sent to.
 
+A reply is inflated by ``inflate_reply``: its arrays are joined from their chunks
+straight into buffers of their final size, and the pulled contents dropped as they are
+used, so a reply costs about its own size, not the 2.4 times of Flower's inflation.
+
 The SuperLink forgets which replies it listed as soon as it answers (it deletes the
 instructions they answer), so every listed reply must be pulled: the caller iterates the
 generator to the end. On Flower's in-memory grid (simulation) messages are Python
@@ -23,20 +27,27 @@ objects with nothing to inflate, and its own ``pull_messages`` is used.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import httpx
-from flwr.app import Error, Message, Metadata
+from flwr.app import Array, Error, Message, Metadata
 from flwr.app.message import make_message
 from flwr.common.constant import ErrorCode
 from flwr.proto.message_pb2 import ConfirmMessageReceivedRequest  # pylint: disable=E0611
 from flwr.proto.runtime_pb2 import PullAppMessagesRequest  # pylint: disable=E0611
 from flwr.serverapp import Grid
-from flwr.supercore.constant import SYSTEM_MESSAGE_TYPE
+from flwr.supercore.constant import HEAD_BODY_DIVIDER, HEAD_VALUE_DIVIDER, SYSTEM_MESSAGE_TYPE
 from flwr.supercore.date import now
-from flwr.supercore.inflatable.inflatable_object import iterate_object_tree
+from flwr.supercore.inflatable.inflatable_object import (
+    InflatableObject,
+    get_object_head_values_from_object_content,
+    iterate_object_tree,
+)
 from flwr.supercore.inflatable.inflatable_protobuf_utils import make_pull_object_fn_protobuf
 from flwr.supercore.inflatable.inflatable_utils import (
     ObjectPullError,
@@ -46,6 +57,7 @@ from flwr.supercore.inflatable.inflatable_utils import (
 from flwr.superlink.grid.http_grid import HttpGrid
 
 log = logging.getLogger(__name__)
+ARRAY_HEAD = b"Array" + HEAD_VALUE_DIVIDER.encode()  # how an Array object's content begins
 
 
 class OverBudget(ObjectPullError):
@@ -107,12 +119,74 @@ def pull_replies(
             yield _unavailable(grid, run_id, proto.metadata.reply_to_message_id, str(e))
             continue
         client.ConfirmMessageReceived(confirm)
-        message = inflate_object_from_contents(message_id, contents)  # empties ``contents``
+        message = inflate_reply(message_id, contents)  # empties ``contents``
         del contents
-        assert isinstance(message, Message)
         message.metadata.__dict__["_message_id"] = message_id  # as Flower sets it
         yield message
         del message  # released before the next reply's objects are pulled
+
+
+def inflate_reply(message_id: str, contents: dict[str, bytes]) -> Message:
+    """The message ``message_id`` from its objects' ``contents`` (emptied as it goes).
+
+    Flower's ``Array.inflate`` copies every chunk's body out of its content, keeps all the
+    chunks of the message until the whole message is inflated, and joins an array's chunks
+    in a growing buffer: about 2.4 times the update at once. Here each array's data is
+    copied from its chunks' contents into one buffer of its final size, and a chunk's
+    content is dropped once its last array has it, so an update costs its own size plus
+    one array. What is not a well-formed array (or a chunk it names is missing) is left to
+    Flower's inflation, which says what is wrong."""
+    objects: dict[str, InflatableObject] = {}
+    arrays = [oid for oid, content in contents.items() if content.startswith(ARRAY_HEAD)]
+    planned = {oid: _array_plan(contents[oid], contents) for oid in arrays}
+    plans = {oid: plan for oid, plan in planned.items() if plan is not None}
+    if len(plans) < len(planned):  # one malformed array: Flower inflates the whole message
+        plans = {}
+    uses = Counter(chunk for _, chunks in plans.values() for chunk in chunks)
+    for oid, (meta, chunks) in plans.items():
+        views = [_body(contents[chunk]) for chunk in chunks]
+        buff = bytearray(sum(len(v) for v in views))
+        at = 0
+        for view in views:
+            buff[at : at + len(view)] = view
+            at += len(view)
+        del views
+        for chunk in chunks:
+            uses[chunk] -= 1
+            if uses[chunk] == 0:
+                del contents[chunk]
+        del contents[oid]
+        objects[oid] = Array(dtype=meta["dtype"], shape=tuple(meta["shape"]),
+                             stype=meta["stype"], data=bytes(buff))  # fmt: skip
+        del buff
+    message = inflate_object_from_contents(message_id, contents, objects=objects)
+    assert isinstance(message, Message)
+    return message
+
+
+def _body(content: bytes) -> memoryview:
+    """An object's body within its content, without copying it."""
+    return memoryview(content)[content.find(HEAD_BODY_DIVIDER) + len(HEAD_BODY_DIVIDER) :]
+
+
+def _array_plan(content: bytes, contents: dict[str, bytes]) -> tuple[Any, list[str]] | None:
+    """(metadata, chunk IDs in order) of an ``Array`` object whose chunks are all in
+    ``contents``; None for an array Flower should judge."""
+    try:
+        _, children, _ = get_object_head_values_from_object_content(content)
+        meta = json.loads(bytes(_body(content)))
+        chunks = [children[i] for i in meta["arraychunk_ids"]]
+        if set(chunks) != set(children) or not all(
+            isinstance(meta[k], t) for k, t in (("dtype", str), ("stype", str), ("shape", list))
+        ):
+            return None
+        for chunk in set(chunks):
+            kind, grandchildren, _ = get_object_head_values_from_object_content(contents[chunk])
+            if kind != "ArrayChunk" or grandchildren:
+                return None
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+    return meta, chunks
 
 
 class _Counted:

@@ -5,6 +5,7 @@ a fake client that serves messages as Flower's own push deflates them."""
 
 from __future__ import annotations
 
+import json
 from typing import Any, cast
 
 import numpy as np
@@ -177,3 +178,94 @@ def test_the_budget_is_the_largest_accepted_update_and_room_for_the_rest() -> No
 
     cfg = RunConfig().replace({"trust.max-update-mb": 3.0})
     assert reply_budget(cfg) == 3 * 2**20 + REPLY_OVERHEAD_BYTES == 3 * 2**20 + 16 * 2**20
+
+
+def _contents(msg: Message) -> dict[str, bytes]:
+    """The message's objects as the SuperLink holds them (Flower's own deflation)."""
+    return {oid: obj.deflate() for oid, obj in get_all_nested_objects(msg).items()}
+
+
+def _update(monkeypatch: pytest.MonkeyPatch, sizes: dict[str, int], chunk: int) -> Message:
+    """A reply with float32 arrays of ``sizes`` values, cut in chunks of ``chunk`` bytes."""
+    import flwr.app.message.array as flower_array
+
+    monkeypatch.setattr(flower_array, "FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE", chunk)
+    rng = np.random.default_rng(3)
+    arrays = ArrayRecord({k: Array(rng.standard_normal(n).astype(np.float32))
+                          for k, n in sizes.items()})  # fmt: skip
+    arrays["zeros"] = Array(np.zeros(1000, np.float32))  # identical chunks, twice
+    arrays["zeros2"] = Array(np.zeros(600, np.float32))  # and shared with another array
+    arrays["empty"] = Array(np.zeros(0, np.float32))
+    arrays["steps"] = Array(np.arange(7, dtype=np.int64).reshape(7, 1))
+    reply = Message(RecordDict({"arrays": arrays, "c": ConfigRecord({"num-examples": 5})}),
+                    reply_to=_instruction(11))  # fmt: skip
+    reply.metadata.__dict__["_message_id"] = reply.object_id
+    return reply
+
+
+def test_a_reply_is_inflated_as_flower_inflates_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every array's dtype, shape and bytes, the other records, and so the message's own
+    object ID: the same as Flower's ``inflate_object_from_contents`` gives."""
+    from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
+
+    from server.pull import inflate_reply
+
+    reply = _update(monkeypatch, {"w": 5000, "b": 3}, chunk=1024)
+    mid = reply.metadata.message_id
+    contents = _contents(reply)
+    ours = inflate_reply(mid, dict(contents))
+    theirs = cast(Message, inflate_object_from_contents(mid, dict(contents)))
+    a, b = cast(ArrayRecord, ours.content["arrays"]), cast(ArrayRecord, theirs.content["arrays"])
+    assert list(a) == list(b) == list(cast(ArrayRecord, reply.content["arrays"]))
+    for key in a:
+        assert (a[key].dtype, a[key].shape, a[key].stype) == (b[key].dtype, b[key].shape,
+                                                              b[key].stype)  # fmt: skip
+        assert a[key].data == b[key].data
+    assert dict(ours.content["c"]) == {"num-examples": 5}
+    ours.metadata.__dict__["_message_id"] = mid
+    assert ours.object_id == theirs.object_id == reply.object_id
+
+
+def test_inflating_a_reply_holds_its_update_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower's inflation holds the chunks' copies and the arrays together (about twice
+    the update above its contents); here the contents go as the arrays come, so the
+    most held above the contents is about two of its arrays."""
+    import tracemalloc
+
+    from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
+
+    from server.pull import inflate_reply
+
+    sizes = {f"layer{i}": 250_000 for i in range(10)}  # 10 MB in ten 1 MB arrays
+    size = 4 * sum(sizes.values())
+    peaks = {}
+    for name, inflate in (("ours", inflate_reply), ("flower", inflate_object_from_contents)):
+        tracemalloc.start()  # before the contents are made: their release counts too
+        reply = _update(monkeypatch, sizes, chunk=64 * 1024)
+        mid, contents = reply.metadata.message_id, _contents(reply)
+        del reply
+        tracemalloc.reset_peak()
+        start = tracemalloc.get_traced_memory()[0]
+        got = inflate(mid, contents)
+        peaks[name] = (tracemalloc.get_traced_memory()[1] - start) / size
+        tracemalloc.stop()
+        assert not contents  # emptied as it went, both ways
+        del got
+    assert peaks["ours"] < 0.3, peaks  # two arrays of ten, and the bookkeeping
+    assert peaks["flower"] > 0.9, peaks
+
+
+def test_a_malformed_array_is_left_to_flower(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An array whose head and body disagree on its chunks: Flower's inflation judges it
+    (and raises), as it would without ``inflate_reply``."""
+    from server.pull import inflate_reply
+
+    reply = _update(monkeypatch, {"w": 3000}, chunk=1024)
+    contents = _contents(reply)
+    oid = cast(ArrayRecord, reply.content["arrays"])["w"].object_id
+    head, _, body = contents[oid].partition(b"\x00")
+    meta = json.loads(body)
+    meta["arraychunk_ids"] = meta["arraychunk_ids"][:-1]  # one chunk left out
+    contents[oid] = head + b"\x00" + json.dumps(meta).encode()
+    with pytest.raises(ValueError, match="Unexpected set of `children`"):
+        inflate_reply(reply.metadata.message_id, contents)
