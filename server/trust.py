@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, cast
@@ -60,7 +61,9 @@ class ServerTrust:
         self._key = self.keyring.ensure_server_key() if self.enabled else None
         # (model, hash) of the last models hashed: held, so an identity match is never a new
         # object at a freed one's address (an id()-keyed cache signed stale hashes)
-        self._hashes: list[tuple[ArrayRecord, str]] = []
+        # weak: a model the run has let go of is not kept alive for its hash (442 MB each
+        # for a 110M-parameter model)
+        self._hashes: list[tuple[weakref.ref[ArrayRecord], str]] = []
         if not self.enabled:
             log.warning(UNSIGNED_WARNING)
 
@@ -145,10 +148,11 @@ class ServerTrust:
     def model_hash(self, arrays: ArrayRecord) -> str:
         """SHA-256 of a model this server sends (computed once per ArrayRecord object)."""
         for seen, digest in self._hashes:
-            if seen is arrays:
+            if seen() is arrays:
                 return digest
         digest = arrays_hash(arrays)
-        self._hashes = [*self._hashes[-(MODELS_REMEMBERED - 1) :], (arrays, digest)]
+        alive = [(ref, d) for ref, d in self._hashes if ref() is not None]
+        self._hashes = [*alive[-(MODELS_REMEMBERED - 1) :], (weakref.ref(arrays), digest)]
         return digest
 
     def update_problem(
