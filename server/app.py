@@ -16,6 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 from common.config import RunConfig
 from common.flower_pulls import quicken_pulls
 from common.keys import EvalDesign
+from common.malloc import return_large_blocks
 from server.designs import run_design
 from server.federation import connect
 from server.records import RunRecorder
@@ -30,13 +31,17 @@ log = logging.getLogger("hepafed.progress")
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run a federated training with the run config Flower hands us (deployed: the grid
-    pulls the sites' replies with a short retry backoff, ``common.flower_pulls``)."""
+    pulls the sites' replies with a short retry backoff, ``common.flower_pulls``, and the
+    process, which aggregates but never trains, hands freed updates back to the operating
+    system at once, ``common.malloc``)."""
     import flwr.superlink.grid.http_grid as http_grid
 
     from server import pull
 
     quicken_pulls(http_grid)
     quicken_pulls(pull)  # where the replies are pulled (one at a time)
+    if isinstance(grid, http_grid.HttpGrid):
+        return_large_blocks()
     serve(grid, RunConfig.from_flat(context.run_config))
 
 
