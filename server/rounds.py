@@ -16,8 +16,10 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from common.keys import GLOBAL_MODEL, ConfigKey, RecordPhase, RoundSelection, Share, Split
+from common.processes import own_memory_mb
 from common.weights import merge, subset
 from server.aggregation import RoundAggregator
+from server.array_views import tensor_views
 from server.averaging import LateAverage, finish_average
 from server.final_evaluation import headline
 from server.privacy import (
@@ -125,7 +127,7 @@ def train_global(
             best.add(rnd, arrays, validation_auc(scores))
         # a round is complete once checkpointed with everything needed to go on from it
         path = federation.recorder.checkpoint(
-            arrays.to_torch_state_dict(),
+            tensor_views(arrays),
             federation.cfg,
             rnd,
             model,
@@ -215,6 +217,9 @@ def train_round(
         "screen_fold": screening[0],  # each reply checked, verified and folded on arrival
         "finish": seconds - (exchanged - start),  # parked updates, the norm rule, the result
     }
+    memory = own_memory_mb()  # of the process the ServerApp runs in (Linux)
+    if memory:
+        record["server_memory_mb"] = {"at_start": federation.rss_at_start_mb, **memory}
     federation.recorder.log_round(record)
     federation.audit.append("round", screen.audit_record(new_arrays, privacy))
     return new_arrays if new_arrays is not None else arrays

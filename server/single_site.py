@@ -18,6 +18,7 @@ from common.keys import (
     RecordPhase,
     Share,
 )
+from server.array_views import tensor_views
 from server.exchange import exchange
 from server.privacy import (
     whole_model_privacy,
@@ -130,7 +131,7 @@ def train_alone(
         return None
     arrays = cast(ArrayRecord, replies[0].content[RecordKey.ARRAYS])
     path = federation.recorder.checkpoint(
-        arrays.to_torch_state_dict(), cfg, 0, model, federation.model_statistics.get(model, "")
+        tensor_views(arrays), cfg, 0, model, federation.model_statistics.get(model, "")
     )
     federation.audit.append(
         "checkpoint",

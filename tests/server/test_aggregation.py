@@ -83,6 +83,36 @@ def test_array_view_reads_flowers_bytes_without_a_copy(values: np.ndarray) -> No
     assert _plain_header(array.data) is not None  # NumPy's own header: the fast path
 
 
+def test_tensor_views_write_the_same_checkpoint_without_a_copy(tmp_path: Path) -> None:
+    """``tensor_views`` (what a checkpoint is written from): the same tensors as Flower's
+    ``to_torch_state_dict``, saved and loaded back equal, writable once loaded; plain
+    arrays are viewed in place, a big-endian or Fortran-order one is copied."""
+    import torch
+
+    from server.array_views import tensor_views
+
+    arrays = ArrayRecord({
+        "w": Array(np.arange(24, dtype=np.float32).reshape(2, 3, 4)),
+        "h": Array(np.linspace(-1, 1, 9, dtype=np.float16)),
+        "f": Array(np.asfortranarray(np.arange(12, dtype=np.float64).reshape(3, 4))),
+        "s": Array(np.array(2.5, np.float32)),
+    })  # fmt: skip
+    views, flower = tensor_views(arrays), arrays.to_torch_state_dict()
+    assert list(views) == list(flower)
+    swapped = tensor_views(ArrayRecord({"b": Array(np.arange(5, dtype=">f4"))}))["b"]
+    assert torch.equal(swapped, torch.arange(5, dtype=torch.float32))  # Flower's refuses it
+    for key, tensor in views.items():
+        assert torch.equal(tensor, flower[key]) and tensor.dtype == flower[key].dtype
+    data = np.frombuffer(arrays["w"].data, np.uint8)
+    start = data.ctypes.data
+    assert start <= views["w"].data_ptr() < start + data.size  # in the message's bytes
+    torch.save({"model": views}, tmp_path / "c.pt")
+    loaded = torch.load(tmp_path / "c.pt")["model"]
+    for key, tensor in loaded.items():
+        assert torch.equal(tensor, flower[key])
+    loaded["w"].add_(1)  # its own memory now
+
+
 def test_any_other_npy_header_goes_to_numpys_parser() -> None:
     data = Array(np.arange(5, dtype=np.float32)).data.replace(b"(5,)", b"(5) ")  # shape 5
     assert _plain_header(data) is None
