@@ -16,6 +16,26 @@ from pathlib import Path
 log = logging.getLogger("hepafed.progress")
 
 
+def status_kb(text: str, field: str) -> int:
+    """A kB field of a ``/proc/PID/status`` or ``/proc/meminfo`` text (0 when absent: a
+    kernel thread or a zombie has no resident set)."""
+    for line in text.splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def own_memory_mb(status: Path = Path("/proc/self/status")) -> dict[str, float]:
+    """This process's resident memory now (``rss``) and its high-water mark so far
+    (``peak``), in MB; empty where there is no ``/proc`` (not Linux)."""
+    try:
+        text = status.read_text(encoding="ascii")
+    except OSError:
+        return {}
+    return {key: round(status_kb(text, field) * 1024 / 1e6, 1)
+            for key, field in (("rss", "VmRSS"), ("peak", "VmHWM"))}  # fmt: skip
+
+
 def with_flower_on_path(env: Mapping[str, str]) -> dict[str, str]:
     """``env`` with this interpreter's scripts folder first on ``PATH``.
 

@@ -29,6 +29,7 @@ from common.config import RunConfig
 from common.hooks import HookError, HookSet
 from common.keys import GLOBAL_MODEL, ConfigKey, RecordPhase, Share
 from common.models import build_model
+from common.processes import own_memory_mb
 from common.summary import SiteSummary
 from common.weights import to_arrays
 from server import final_evaluation, hook_statistics, rounds, single_site
@@ -58,6 +59,7 @@ log = logging.getLogger("hepafed.progress")
 def connect(grid: Grid, cfg: RunConfig, recorder: RunRecorder) -> Federation:
     """Wait for the sites, learn their names and roles, and start the run record."""
     random.seed(cfg.seed)  # Flower samples nodes with the global `random` module
+    memory = own_memory_mb()  # the process before any model: its runtime alone
     fed = cfg.federation
     node_ids = wait_for_nodes(
         grid, fed.expected_sites, fed.min_sites, fed.round_timeout_s, fed.join_grace_s
@@ -90,7 +92,9 @@ def connect(grid: Grid, cfg: RunConfig, recorder: RunRecorder) -> Federation:
         f"{s.name} ({s.role}, train/val/test {s.n_train}/{s.n_val}/{s.n_test})" for s in sites
     )
     log.info("sites: %s", ", ".join(joined))
-    return Federation(grid, cfg, recorder, sites, trust, audit)
+    federation = Federation(grid, cfg, recorder, sites, trust, audit)
+    federation.rss_at_start_mb = memory.get("rss")
+    return federation
 
 
 class Federation:
@@ -125,13 +129,14 @@ class Federation:
         self.model_statistics: dict[str, str] = {}  # model id -> combined JSON
         # what every site has spent under DP, across all federations of the run
         self.ledger = SiteLedger(cfg.privacy.delta)
+        self.rss_at_start_mb: float | None = None  # the process's memory before any model
 
     def with_config(self, cfg: RunConfig) -> Federation:
         """The same connected sites under another run config (e.g. another method);
         models trained under either are known to both."""
         view = Federation(self.grid, cfg, self.recorder, self.sites, self.trust, self.audit)
         view.statistics_cache, view.model_statistics = self.statistics_cache, self.model_statistics
-        view.ledger = self.ledger
+        view.ledger, view.rss_at_start_mb = self.ledger, self.rss_at_start_mb
         return view
 
     @property

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.processes import status_kb
 from simulations.loopback import children_map, parents
 
 SAMPLE_S = 0.2
@@ -83,13 +84,6 @@ def role_rss_kb(table: ProcTable, superlink: int, sites: Mapping[str, int]) -> d
     }
 
 
-def _status_kb(text: str, field: str) -> int:
-    for line in text.splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0  # a kernel thread or a zombie has no resident set
-
-
 def read_proc_table(roots: Iterable[int], proc: Path = Path("/proc")) -> ProcTable:
     """The live processes under ``roots`` (included), read from ``proc``; a process that
     exits while it is read is left out."""
@@ -111,8 +105,8 @@ def read_proc_table(roots: Iterable[int], proc: Path = Path("/proc")) -> ProcTab
         table[pid] = Proc(
             parent_of[pid],
             cmdline.decode(errors="replace").strip(),
-            _status_kb(status, "VmRSS"),
-            _status_kb(status, "VmHWM"),
+            status_kb(status, "VmRSS"),
+            status_kb(status, "VmHWM"),
         )
     return table
 
@@ -126,7 +120,7 @@ def executor_alive(table: ProcTable) -> bool:
 def machine_used_kb(meminfo: Path = Path("/proc/meminfo")) -> int:
     """Memory in use on the machine (kB): MemTotal - MemAvailable."""
     text = meminfo.read_text()
-    return _status_kb(text, "MemTotal") - _status_kb(text, "MemAvailable")
+    return status_kb(text, "MemTotal") - status_kb(text, "MemAvailable")
 
 
 class RssSampler:

@@ -125,6 +125,11 @@ def test_two_rounds_average_the_known_updates_weighted_by_cases(tmp_path: Path) 
     assert [r["round"] for r in records] == [1, 2]
     assert all(sorted(r["sites"]) == [_site(n) for n in N_TRAIN] for r in records)
     assert all(r["applied"] and not r["rejected"] and not r["no_reply"] for r in records)
+    for r in records:  # the ServerApp process's memory (Linux /proc), after each round
+        memory = r["server_memory_mb"]
+        assert memory["at_start"] is None  # (a federation not started by ``connect``)
+        assert 0 < memory["rss"] <= memory["peak"]
+    assert records[0]["server_memory_mb"]["peak"] <= records[1]["server_memory_mb"]["peak"]
     saved = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert saved["round"] == 2
     kinds = [e["kind"] for e in entries(tmp_path / "run")]

@@ -12,6 +12,7 @@ from common.config import RunConfig
 from simulations.bench_large import (
     PARAM_RANGE,
     LargeModelError,
+    above_runtime_x,
     large_markdown,
     large_target,
     param_count,
@@ -219,3 +220,20 @@ def test_the_section_text_has_every_figure_and_consistent_tables() -> None:
     assert "fresh deployment (set up in 38 s)" in text and "set up in 40 s;" in text
     rows = [line for line in text.splitlines() if line.startswith("|")]
     assert len({row.count("|") for row in rows}) == 1
+
+
+def test_the_serverapps_peak_above_its_runtime_comes_from_its_round_record() -> None:
+    """The last training round's ``server_memory_mb``: (peak - at start) over the model's
+    bytes, in the target's row and the run's text; absent from older records."""
+    run = _run("none", 4.0)
+    run["server_memory_mb"] = [{"at_start": 450.0, "rss": 1400.0, "peak": 1600.0},
+                               {"at_start": 450.0, "rss": 1350.0, "peak": 1770.0}]  # fmt: skip
+    assert above_runtime_x(run, 440_000_000) == pytest.approx(3.0)
+    row = large_target(_result(run))
+    assert row["value"].endswith("ServerApp peak none 4.00 x (3.00 x above its runtime)")
+    assert row["met"] is False  # judged on the whole process
+    text = "\n".join(large_markdown(_result(run)))
+    assert "450 MB resident before it built any model" in text
+    assert "a high-water mark of 1770 MB; 3.00 x model above its runtime" in text
+    assert above_runtime_x(_run("int8", 1.0), 440_000_000) is None
+    assert "above its runtime" not in large_target(_result(_run("int8", 1.0)))["value"]
