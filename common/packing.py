@@ -97,7 +97,7 @@ def unpack_content(content: RecordDict, copy: bool = True) -> RecordDict:
     ``PackingError`` naming the record and what is wrong when the two disagree.
 
     With ``copy=False`` each array's ``data`` is a ``memoryview`` into the packed bytes
-    instead of a copy (the server's replies: read through ``server.array_views``, hashed,
+    instead of a copy (the server's replies: read through ``common.array_views``, hashed,
     folded, never sent on as they are): a large model's reply is then in memory once."""
     if PACKING not in content:
         return content

@@ -14,6 +14,8 @@ import torch
 from flwr.app import ArrayRecord
 from torch import nn
 
+from common.array_views import tensor_views
+
 
 class WeightsError(ValueError):
     """Received weights do not fit the model (missing, extra or mis-shaped tensors)."""
@@ -38,7 +40,7 @@ def load_arrays(model: nn.Module, arrays: ArrayRecord, optional: Iterable[str] =
     keeps its own values for them.
     """
     expected = shared_state(model)
-    received = arrays.to_torch_state_dict()
+    received = tensor_views(arrays)  # views of the message's bytes: copied once, into the model
     missing = sorted(set(expected) - set(received) - set(optional))
     extra = sorted(set(received) - set(expected))
     if missing or extra:

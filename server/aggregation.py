@@ -53,10 +53,10 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedYogi, Strategy
 
+from common.array_views import RecordViews, array_view, records
 from common.compression import PACKED, unpack
 from common.hooks.proximal import ProximalStrategy
 from common.keys import Compression, MetricKey, RecordKey
-from server.array_views import RecordViews, array_view, records
 from server.folding import RunningMean, Update
 from server.folding import UpdateRejected as UpdateRejected  # where callers catch it
 from server.spill import Spill

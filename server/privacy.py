@@ -63,6 +63,7 @@ from flwr.serverapp.strategy import (
 )
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, compute_stdv
 
+from common.array_views import array_view, records
 from common.config import RunConfig
 from common.config_sections import PrivacyConfig as Settings
 from common.hooks.proximal import ProximalStrategy
@@ -75,7 +76,6 @@ from common.privacy import (
     noise_rng,
     update_norm,
 )
-from server.array_views import array_view, records
 from server.privacy_ledger import ACCOUNTING, SiteLedger
 
 log = logging.getLogger("hepafed.progress")

@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 
+from common.array_views import array_view, records
 from common.config import RunConfig
 from common.keys import RecordPhase
 from common.signing import arrays_hash, update_digest
 from server.aggregation import RoundAggregator, UpdateRejected
-from server.array_views import array_view, records
 from server.trust import ServerTrust
 from server.validation import norm_outliers, screen_update
 

@@ -15,11 +15,11 @@ from flwr.app import ArrayRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from common.array_views import tensor_views
 from common.keys import GLOBAL_MODEL, ConfigKey, RecordPhase, RoundSelection, Share, Split
 from common.processes import own_memory_mb
 from common.weights import merge, subset
 from server.aggregation import RoundAggregator
-from server.array_views import tensor_views
 from server.averaging import LateAverage, finish_average
 from server.final_evaluation import headline
 from server.privacy import (

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from flwr.app import ArrayRecord, Message, MessageType, RecordDict
 
+from common.array_views import tensor_views
 from common.keys import (
     Compression,
     ConfigKey,
@@ -18,7 +19,6 @@ from common.keys import (
     RecordPhase,
     Share,
 )
-from server.array_views import tensor_views
 from server.exchange import exchange
 from server.privacy import (
     whole_model_privacy,

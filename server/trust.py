@@ -20,6 +20,7 @@ from typing import Any, cast
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
+from common.array_views import records
 from common.config import RunConfig
 from common.files import write_atomic
 from common.keys import ConfigKey, RecordKey, SiteKey
@@ -40,7 +41,6 @@ from common.signing import (
     update_statement,
     verify,
 )
-from server.array_views import records
 from server.audit import AuditTrail
 
 log = logging.getLogger("hepafed.progress")

@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, Message, MetricRecord
 
+from common.array_views import array_view, records
 from common.compression import CODE_DTYPE, PACKED, packed_sizes
 from common.config import RunConfig
 from common.keys import Compression, MetricKey, RecordKey
-from server.array_views import array_view, records
 from server.folding import as_tensor
 from server.reply_checks import MAX_CASES, count_problem, metrics_problem
 from server.trust import ServerTrust

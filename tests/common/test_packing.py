@@ -239,7 +239,7 @@ def test_an_unpacked_instruction_gets_an_unpacked_reply_and_a_bad_one_an_error()
 
 def test_a_model_sent_to_every_site_is_packed_once_and_views_read_the_same_values() -> None:
     """``server.exchange``: one packed copy per batch, replies unpacked as views."""
-    from server.array_views import array_view
+    from common.array_views import array_view
 
     model = _model()
     shared: dict[int, Any] = {}

@@ -16,10 +16,10 @@ from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, Rec
 from flwr.serverapp import strategy as fl
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
+from common.array_views import _plain_header, array_view
 from common.compression import BLOCK, PACKED, compress_update, decode, encode, pack, unpack
 from common.keys import Compression
 from server.aggregation import Mode, RoundAggregator
-from server.array_views import _plain_header, array_view
 from server.folding import RunningMean, Update
 from server.validation import update_problem
 
@@ -89,7 +89,7 @@ def test_tensor_views_write_the_same_checkpoint_without_a_copy(tmp_path: Path) -
     arrays are viewed in place, a big-endian or Fortran-order one is copied."""
     import torch
 
-    from server.array_views import tensor_views
+    from common.array_views import tensor_views
 
     arrays = ArrayRecord({
         "w": Array(np.arange(24, dtype=np.float32).reshape(2, 3, 4)),

@@ -19,12 +19,12 @@ from flwr.serverapp import strategy as fl
 from hypothesis import given
 from hypothesis import strategies as st
 
+from common.array_views import array_view
 from common.compression import BLOCK, PACKED, compress_update, decode, n_blocks, pack
 from common.config import RunConfig
 from common.keys import Compression
 from server import folding, validation
 from server.aggregation import RoundAggregator
-from server.array_views import array_view
 from server.folding import Op, UpdateRejected
 from server.round_screen import RoundScreen
 from server.trust import ServerTrust
