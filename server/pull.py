@@ -119,14 +119,26 @@ def pull_replies(
             yield _unavailable(grid, run_id, proto.metadata.reply_to_message_id, str(e))
             continue
         client.ConfirmMessageReceived(confirm)
-        message = inflate_reply(message_id, contents)  # empties ``contents``
-        del contents
+        try:
+            message = inflate_reply(message_id, contents, max_bytes)  # empties ``contents``
+        except UnreadableReply as e:
+            why = f"the reply could not be read: {e}"
+            yield _refused(grid, run_id, proto.metadata.reply_to_message_id, why)
+            continue
+        finally:
+            del contents
         message.metadata.__dict__["_message_id"] = message_id  # as Flower sets it
         yield message
         del message  # released before the next reply's objects are pulled
 
 
-def inflate_reply(message_id: str, contents: dict[str, bytes]) -> Message:
+class UnreadableReply(ValueError):
+    """A reply's objects do not make a message the server accepts (``inflate_reply``)."""
+
+
+def inflate_reply(
+    message_id: str, contents: dict[str, bytes], max_bytes: int | None = None
+) -> Message:
     """The message ``message_id`` from its objects' ``contents`` (emptied as it goes).
 
     Flower's ``Array.inflate`` copies every chunk's body out of its content, keeps all the
@@ -134,14 +146,25 @@ def inflate_reply(message_id: str, contents: dict[str, bytes]) -> Message:
     in a growing buffer: about 2.4 times the update at once. Here each array's data is
     copied from its chunks' contents into one buffer of its final size, and a chunk's
     content is dropped once its last array has it, so an update costs its own size plus
-    one array. What is not a well-formed array (or a chunk it names is missing) is left to
-    Flower's inflation, which says what is wrong."""
+    one array.
+
+    The contents are the site's: every array must be well formed (its metadata typed, its
+    chunks all there and all named in its head), and the arrays' data together at most
+    ``max_bytes``, since an array may name one chunk many times (Flower's way to send
+    repeated data once) and a small reply could otherwise unfold to any size. Anything
+    else that stops the message being inflated is ``UnreadableReply`` too, saying what."""
+    plans: dict[str, tuple[Any, list[str]]] = {}
+    total = 0
+    for oid, content in contents.items():
+        if content.startswith(ARRAY_HEAD):
+            meta, chunks = plans[oid] = _array_plan(oid, content, contents)
+            total += sum(_body_len(contents[chunk]) for chunk in chunks)
+            if max_bytes is not None and total > max_bytes:
+                raise UnreadableReply(
+                    f"its arrays unfold to more than {max_bytes / 2**20:.1f} MiB, the most "
+                    "the server accepts from a site (trust.max-update-mb)"
+                )
     objects: dict[str, InflatableObject] = {}
-    arrays = [oid for oid, content in contents.items() if content.startswith(ARRAY_HEAD)]
-    planned = {oid: _array_plan(contents[oid], contents) for oid in arrays}
-    plans = {oid: plan for oid, plan in planned.items() if plan is not None}
-    if len(plans) < len(planned):  # one malformed array: Flower inflates the whole message
-        plans = {}
     uses = Counter(chunk for _, chunks in plans.values() for chunk in chunks)
     for oid, (meta, chunks) in plans.items():
         views = [_body(contents[chunk]) for chunk in chunks]
@@ -159,8 +182,12 @@ def inflate_reply(message_id: str, contents: dict[str, bytes]) -> Message:
         objects[oid] = Array(dtype=meta["dtype"], shape=tuple(meta["shape"]),
                              stype=meta["stype"], data=bytes(buff))  # fmt: skip
         del buff
-    message = inflate_object_from_contents(message_id, contents, objects=objects)
-    assert isinstance(message, Message)
+    try:
+        message = inflate_object_from_contents(message_id, contents, objects=objects)
+    except Exception as e:  # the site's bytes: whatever Flower's inflation makes of them
+        raise UnreadableReply(f"{type(e).__name__}: {e}") from e
+    if not isinstance(message, Message):
+        raise UnreadableReply(f"its root object is a {type(message).__name__}, not a message")
     return message
 
 
@@ -169,23 +196,28 @@ def _body(content: bytes) -> memoryview:
     return memoryview(content)[content.find(HEAD_BODY_DIVIDER) + len(HEAD_BODY_DIVIDER) :]
 
 
-def _array_plan(content: bytes, contents: dict[str, bytes]) -> tuple[Any, list[str]] | None:
-    """(metadata, chunk IDs in order) of an ``Array`` object whose chunks are all in
-    ``contents``; None for an array Flower should judge."""
+def _body_len(content: bytes) -> int:
+    return len(content) - content.find(HEAD_BODY_DIVIDER) - len(HEAD_BODY_DIVIDER)
+
+
+def _array_plan(oid: str, content: bytes, contents: dict[str, bytes]) -> tuple[Any, list[str]]:
+    """(metadata, chunk IDs in order) of the ``Array`` object ``oid``; UnreadableReply
+    when it is not well formed or a chunk it names is not among ``contents``."""
     try:
         _, children, _ = get_object_head_values_from_object_content(content)
         meta = json.loads(bytes(_body(content)))
         chunks = [children[i] for i in meta["arraychunk_ids"]]
-        if set(chunks) != set(children) or not all(
-            isinstance(meta[k], t) for k, t in (("dtype", str), ("stype", str), ("shape", list))
-        ):
-            return None
-        for chunk in set(chunks):
-            kind, grandchildren, _ = get_object_head_values_from_object_content(contents[chunk])
-            if kind != "ArrayChunk" or grandchildren:
-                return None
-    except (KeyError, IndexError, TypeError, ValueError):
-        return None
+        typed = all(isinstance(meta[k], t) for k, t in (("dtype", str), ("stype", str),
+                                                         ("shape", list)))  # fmt: skip
+        heads = [get_object_head_values_from_object_content(contents[c]) for c in children]
+    except (KeyError, IndexError, TypeError, ValueError) as e:
+        raise UnreadableReply(f"array {oid[:12]}: {type(e).__name__}: {e}") from e
+    plain = all(kind == "ArrayChunk" and not grandchildren for kind, grandchildren, _ in heads)
+    if not (typed and plain and set(chunks) == set(children)):
+        raise UnreadableReply(
+            f"array {oid[:12]}: its metadata and chunks do not agree (dtype, shape and stype "
+            "typed, every chunk named in its head used, each an ArrayChunk)"
+        )
     return meta, chunks
 
 

@@ -255,17 +255,56 @@ def test_inflating_a_reply_holds_its_update_once(monkeypatch: pytest.MonkeyPatch
     assert peaks["flower"] > 0.9, peaks
 
 
-def test_a_malformed_array_is_left_to_flower(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An array whose head and body disagree on its chunks: Flower's inflation judges it
-    (and raises), as it would without ``inflate_reply``."""
-    from server.pull import inflate_reply
+def test_a_malformed_array_is_refused_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An array whose head and body disagree on its chunks, or names a chunk past its
+    head's list: ``UnreadableReply`` naming the array (Flower's own inflation raised an
+    IndexError out of the ServerApp's round for the second)."""
+    from server.pull import UnreadableReply, inflate_reply
 
-    reply = _update(monkeypatch, {"w": 3000}, chunk=1024)
-    contents = _contents(reply)
-    oid = cast(ArrayRecord, reply.content["arrays"])["w"].object_id
-    head, _, body = contents[oid].partition(b"\x00")
+    for change, why in ((lambda ids: ids[:-1], "do not agree"),
+                        (lambda ids: [*ids, 99], "IndexError")):  # fmt: skip
+        reply = _update(monkeypatch, {"w": 3000}, chunk=1024)
+        contents = _contents(reply)
+        oid = cast(ArrayRecord, reply.content["arrays"])["w"].object_id
+        head, _, body = contents[oid].partition(b"\x00")
+        meta = json.loads(body)
+        meta["arraychunk_ids"] = change(meta["arraychunk_ids"])
+        contents[oid] = head + b"\x00" + json.dumps(meta).encode()
+        with pytest.raises(UnreadableReply, match=f"array {oid[:12]}: .*{why}"):
+            inflate_reply(reply.metadata.message_id, contents)
+
+
+def test_a_reply_that_unfolds_past_the_budget_is_its_sites_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An array may name one chunk many times: 4 MB of zeros cross the wire as a few
+    4 KB chunks. Past the budget once unfolded, the reply is the site's error, before any
+    buffer of that size is made; a reply whose array names a chunk it does not have is
+    the site's error too (it used to stop the round); the third site's reply arrives."""
+    import flwr.app.message.array as flower_array
+
+    monkeypatch.setattr(flower_array, "FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE", 4096)
+    sent = [_instruction(n) for n in (11, 12, 13)]
+    zeros = ArrayRecord({"w": Array(np.zeros(1_000_000, np.float32))})
+    unfolding = Message(RecordDict({"arrays": zeros}), reply_to=sent[1])
+    unfolding.metadata.__dict__["_message_id"] = unfolding.object_id
+    broken = _reply(sent[2], 2.0)
+    link = _Link([_reply(sent[0], 1.0), unfolding, broken])
+    assert sum(len(c) for c in _contents(unfolding).values()) < 20_000  # on the wire
+    oid = cast(ArrayRecord, broken.content["arrays"])["w"].object_id
+    head, _, body = link.objects[oid].partition(b"\x00")
     meta = json.loads(body)
-    meta["arraychunk_ids"] = meta["arraychunk_ids"][:-1]  # one chunk left out
-    contents[oid] = head + b"\x00" + json.dumps(meta).encode()
-    with pytest.raises(ValueError, match="Unexpected set of `children`"):
-        inflate_reply(reply.metadata.message_id, contents)
+    link.objects[oid] = head + b"\x00" + json.dumps({**meta, "arraychunk_ids": [5]}).encode()
+
+    grid = _grid(link)
+    grid.push_messages = lambda messages: [m.metadata.message_id for m in messages]  # type: ignore[method-assign]
+    got = {r.metadata.src_node_id: r for r in exchange(grid, sent, 5.0, "test",
+                                                       max_reply_bytes=1 << 20)}  # fmt: skip
+    assert not got[11].has_error()
+    assert str(got[12].error.reason) == (
+        "the reply could not be read: its arrays unfold to more than 1.0 MiB, the most the "
+        "server accepts from a site (trust.max-update-mb)"
+    )
+    assert str(got[13].error.reason).startswith(
+        f"the reply could not be read: array {oid[:12]}: IndexError"
+    )
