@@ -27,7 +27,6 @@ alike; only the residual files touch the disk.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import time
 from collections import OrderedDict
@@ -38,6 +37,8 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from torch import nn
+
+from common.files import atomic_file, private_folder
 
 TRAINED = "hepafed.trained"
 LAYERS = "hepafed.local-layers."
@@ -157,16 +158,10 @@ class ResidualFiles:
 
     def keep(self, model_id: str, residual: dict[str, np.ndarray]) -> None:
         for folder in (self.root, self.folder):  # the site's alone, as its DP ledger
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path = self.path(model_id)
-        tmp = path.with_name(f"{path.stem}.tmp-{os.getpid()}.npz")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as f:  # tensor names as data: any name is a valid key
-                np.savez(f, *residual.values(), names=np.array(list(residual), dtype=str))
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+            private_folder(folder)
+        with atomic_file(self.path(model_id), mode=0o600) as f:
+            # tensor names as data: any name is a valid key
+            np.savez(f, *residual.values(), names=np.array(list(residual), dtype=str))
         self.prune()
 
     def prune(self, now: float | None = None) -> list[Path]:
