@@ -32,7 +32,7 @@ from flwr.common.constant import ErrorCode
 from client.memory import keep_residual, recall_residual, residual_files
 from client.message_config import split_config
 from client.monitor_site import WindowRequest, site_monitor
-from client.policy import SitePolicy, policy_mod, site_policy
+from client.policy import SitePolicy, is_deployed, policy_mod, site_policy
 from client.privacy import privacy_mod
 from client.site import Instructions, Site, open_site, site_evaluate, site_train
 from client.trust import trust_mod
@@ -161,7 +161,7 @@ def train(msg: Message, context: Context) -> Message:
         content[RecordKey.ARRAYS] = ArrayRecord(state)
     else:  # a federated round: send the encoded update, keep what encoding lost
         trained = {k: v.numpy() for k, v in state.items()}
-        deployed = NodeKey.SITE_DIR.value in context.node_config  # as site_policy decides
+        deployed = is_deployed(context.node_config)
         files = residual_files(deployed, policy.state_dir, context.run_id)  # there: on disk
         codes, scales, residual = compress_update(
             trained,

@@ -283,10 +283,16 @@ class SitePolicy:
         return Path(self.state_dir) / LEDGER_FILE if self.state_dir else None
 
 
+def is_deployed(node_config: Mapping[str, Any]) -> bool:
+    """Whether this node is a deployed site (its node config names its ``site-dir``) rather
+    than a simulated one: its policy, and where it keeps state, are then its own."""
+    return NodeKey.SITE_DIR.value in node_config
+
+
 def site_policy(node_config: Mapping[str, Any], run_flat: Mapping[str, Any]) -> SitePolicy:
     """This node's policy: its node config's at a deployed site (``site-dir`` set), else one
     matching the run (``simulated_policy``)."""
-    if NodeKey.SITE_DIR.value in node_config:
+    if is_deployed(node_config):
         return SitePolicy.from_node_config(node_config)
     cfg = run_config(run_flat)
     return simulated_policy(cfg, str(node_config.get(NodeKey.PARTITION_ID.value, "")))
@@ -341,7 +347,7 @@ def policy_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
         return call_next(msg, context)
     flat = dict(config)
     try:
-        if NodeKey.SITE_DIR.value in context.node_config:
+        if is_deployed(context.node_config):
             # before anything parses the run config, which imports the hooks it names
             named = named_hooks(flat)
             problems = SitePolicy.from_node_config(context.node_config).hook_problems(named)
