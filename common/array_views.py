@@ -45,10 +45,11 @@ def array_view(array: Array) -> np.ndarray:
 
 
 def tensor_views(arrays: ArrayRecord) -> dict[str, torch.Tensor]:
-    """The arrays as tensors viewing their bytes, for writing out (``torch.save`` copies
-    them into the file); a checkpoint of a 110M-parameter model then needs no second copy
-    of its 442 MB. Never write into them: the bytes are the message's. An array in a byte
-    order or layout torch cannot view is copied."""
+    """The arrays as tensors viewing their bytes, to be copied from: into a file
+    (``torch.save``: a checkpoint of a 110M-parameter model needs no second copy of its
+    442 MB) or into a model (``load_state_dict``, at a site). Never write into them: the
+    bytes are the message's. An array in a byte order or layout torch cannot view is
+    copied."""
     out = {}
     for key, array in arrays.items():
         view = array_view(array)

@@ -144,7 +144,7 @@ def inflate_reply(
     Flower's ``Array.inflate`` copies every chunk's body out of its content, keeps all the
     chunks of the message until the whole message is inflated, and joins an array's chunks
     in a growing buffer: about 2.4 times the update at once. Here each array's data is
-    copied from its chunks' contents into one buffer of its final size, and a chunk's
+    copied from its chunks' contents into one bytes object of its final size, and a chunk's
     content is dropped once its last array has it, so an update costs its own size plus
     one array.
 
@@ -167,21 +167,15 @@ def inflate_reply(
     objects: dict[str, InflatableObject] = {}
     uses = Counter(chunk for _, chunks in plans.values() for chunk in chunks)
     for oid, (meta, chunks) in plans.items():
-        views = [_body(contents[chunk]) for chunk in chunks]
-        buff = bytearray(sum(len(v) for v in views))
-        at = 0
-        for view in views:
-            buff[at : at + len(view)] = view
-            at += len(view)
-        del views
+        data = b"".join(_body(contents[chunk]) for chunk in chunks)  # sized once, one copy
         for chunk in chunks:
             uses[chunk] -= 1
             if uses[chunk] == 0:
                 del contents[chunk]
         del contents[oid]
         objects[oid] = Array(dtype=meta["dtype"], shape=tuple(meta["shape"]),
-                             stype=meta["stype"], data=bytes(buff))  # fmt: skip
-        del buff
+                             stype=meta["stype"], data=data)  # fmt: skip
+        del data
     try:
         message = inflate_object_from_contents(message_id, contents, objects=objects)
     except Exception as e:  # the site's bytes: whatever Flower's inflation makes of them
