@@ -10,13 +10,11 @@ typo in ``--run-config`` fails loudly instead of silently using a default.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import functools
 import math
-import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, get_type_hints
 from urllib.parse import urlsplit
 
 from common.config_sections import (
@@ -32,6 +30,13 @@ from common.config_sections import (
     TrainConfig,
     TrustConfig,
 )
+from common.config_values import (
+    ConfigError,
+    FlatValue,
+    check_choice,
+    coerce_value,
+    flatten_value,
+)
 from common.keys import (
     BadCasePolicy,
     Compression,
@@ -46,16 +51,12 @@ from common.keys import (
     StrategyName,
     Task,
     TrackingBackend,
-    choices,
     classifies,
 )
 
-FlatValue = bool | int | float | str
 FlatConfig = dict[str, Any]  # what Flower records accept: str -> bool | int | float | str
 
-
-class ConfigError(ValueError):
-    """A run-config key is unknown, has the wrong type or an invalid value."""
+__all__ = ["ConfigError", "FlatConfig", "FlatValue", "RunConfig", "valid_keys"]
 
 
 @dataclass(frozen=True)
@@ -77,15 +78,15 @@ class RunConfig:
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
     def __post_init__(self) -> None:
-        _check_choice("task", self.task, Task)
+        check_choice("task", self.task, Task)
         if self.task == Task.LESION_TYPE and self.eval.design == EvalDesign.LOSO:
             raise ConfigError(
                 "task = 'lesion-type' with eval.design = 'loso': the three-way report "
                 "covers the holdout and cross-site designs; use eval.design = 'holdout'"
             )
-        _check_choice("federation.strategy", self.federation.strategy, StrategyName)
-        _check_choice("train.optimizer", self.train.optimizer, OptimizerName)
-        _check_choice("federation.compression", self.federation.compression, Compression)
+        check_choice("federation.strategy", self.federation.strategy, StrategyName)
+        check_choice("train.optimizer", self.train.optimizer, OptimizerName)
+        check_choice("federation.compression", self.federation.compression, Compression)
         positive = {
             "federation.num-rounds": self.federation.num_rounds,
             "federation.min-sites": self.federation.min_sites,
@@ -113,8 +114,8 @@ class RunConfig:
             raise ConfigError(
                 f"federation.trim-beta = {self.federation.trim_beta!r}: must be in [0, 0.5)"
             )
-        _check_choice("eval.design", self.eval.design, EvalDesign)
-        _check_choice("eval.pooling", self.eval.pooling, PoolingMethod)
+        check_choice("eval.design", self.eval.design, EvalDesign)
+        check_choice("eval.pooling", self.eval.pooling, PoolingMethod)
         if not self.eval.thresholds or not all(0.0 < t < 1.0 for t in self.eval.thresholds):
             raise ConfigError(
                 f"eval.thresholds = {self.eval.thresholds!r}: give one or more values in (0, 1)"
@@ -156,8 +157,8 @@ class RunConfig:
                 f"data.window-max = {self.data.window_max!r} must exceed "
                 f"data.window-min = {self.data.window_min!r}"
             )
-        _check_choice("data.intensity", self.data.intensity, Intensity)
-        _check_choice("model.norm", self.model.norm, Norm)
+        check_choice("data.intensity", self.data.intensity, Intensity)
+        check_choice("model.norm", self.model.norm, Norm)
         if not 0.0 <= self.data.percentile_low < self.data.percentile_high <= 100.0:
             raise ConfigError(
                 f"data.percentile-low = {self.data.percentile_low!r} and data.percentile-high"
@@ -203,7 +204,7 @@ class RunConfig:
     def _check_tracking(self) -> None:
         # whether the backend's package is installed is the server's check
         # (server.tracking.require_backend): a site has no use for it
-        _check_choice("tracking.backend", self.tracking.backend, TrackingBackend)
+        check_choice("tracking.backend", self.tracking.backend, TrackingBackend)
         uri = urlsplit(self.tracking.uri)
         if uri.username is not None or uri.password is not None or uri.query or uri.fragment:
             raise ConfigError(
@@ -235,7 +236,7 @@ class RunConfig:
                 )
 
     def _check_recipe(self) -> None:
-        _check_choice("train.lr-schedule", self.train.lr_schedule, LrSchedule)
+        check_choice("train.lr-schedule", self.train.lr_schedule, LrSchedule)
         t, rounds = self.train, self.federation.num_rounds
         ranges = {  # key: (value, lowest, highest allowed)
             "train.lr-min-factor": (t.lr_min_factor, 0, 1),
@@ -270,8 +271,8 @@ class RunConfig:
             )
 
     def _check_trust(self) -> None:
-        _check_choice("data.on-bad-case", self.data.on_bad_case, BadCasePolicy)
-        _check_choice("privacy.mode", self.privacy.mode, PrivacyMode)
+        check_choice("data.on-bad-case", self.data.on_bad_case, BadCasePolicy)
+        check_choice("privacy.mode", self.privacy.mode, PrivacyMode)
         t, p = self.trust, self.privacy
         if t.norm_z < 0 or t.max_update_mb <= 0 or t.norm_ratio < 1:
             raise ConfigError(
@@ -329,11 +330,11 @@ class RunConfig:
             attr = name.replace("-", "_")
             if section:
                 section_cls = _section_type(section)
-                sections.setdefault(section, {})[attr] = _coerce(
+                sections.setdefault(section, {})[attr] = coerce_value(
                     key, value, _field_type(section_cls, attr)
                 )
             else:
-                top[attr] = _coerce(key, value, _field_type(cls, attr))
+                top[attr] = coerce_value(key, value, _field_type(cls, attr))
         for section, values in sections.items():
             top[section] = _section_type(section)(**values)
         return cls(**top)
@@ -346,9 +347,9 @@ class RunConfig:
             if dataclasses.is_dataclass(value):
                 for sub in fields(value):
                     key = f"{f.name}.{sub.name.replace('_', '-')}"
-                    flat[key] = _flatten_value(getattr(value, sub.name))
+                    flat[key] = flatten_value(getattr(value, sub.name))
             else:
-                flat[f.name.replace("_", "-")] = _flatten_value(value)
+                flat[f.name.replace("_", "-")] = flatten_value(value)
         return flat
 
     def replace(self, overrides: Mapping[str, Any]) -> RunConfig:
@@ -368,60 +369,3 @@ def _section_type(section: str) -> type:
 
 def _field_type(cls: type, attr: str) -> Any:
     return get_type_hints(cls)[attr]
-
-
-def _flatten_value(value: Any) -> FlatValue:
-    if isinstance(value, enum.Enum):
-        return str(value.value)
-    if isinstance(value, tuple):
-        return ",".join(str(v) for v in value)
-    if isinstance(value, bool | int | float | str):
-        return value
-    raise TypeError(f"cannot flatten {value!r}")
-
-
-def _coerce(key: str, value: Any, target: Any) -> Any:
-    """Check a flat value against its field type; ints widen to floats only, choices
-    become their enum member."""
-    origin = get_origin(target)
-    if origin in (Union, types.UnionType):  # pragma: no cover - no optional fields yet
-        target = next(a for a in get_args(target) if a is not type(None))
-        origin = get_origin(target)
-    if origin is tuple:
-        # Flower's flat configs say "0.2,0.5"; code replacing a value may pass the tuple
-        if isinstance(value, tuple | list):
-            value = ",".join(str(v) for v in value)
-        if not isinstance(value, str):
-            raise ConfigError(f"{key} = {value!r}: expected a comma-separated string")
-        parts = tuple(part.strip() for part in value.split(",") if part.strip())
-        if get_args(target)[0] is float:
-            try:
-                return tuple(float(part) for part in parts)
-            except ValueError:
-                raise ConfigError(f"{key} = {value!r}: expected comma-separated numbers") from None
-        return parts
-    if target is bool:
-        if isinstance(value, bool):
-            return value
-    elif target is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif target is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    elif target is str:
-        if isinstance(value, str):
-            return value
-    elif isinstance(target, type) and issubclass(target, enum.StrEnum):
-        # a choice: stored as its enum member, so no reader re-wraps or re-checks it
-        if isinstance(value, str) and value in {m.value for m in target}:
-            return target(value)
-        raise ConfigError(f"{key} = {value!r}: must be one of {choices(target)}")
-    else:  # pragma: no cover - guards against a new field type
-        raise TypeError(f"unsupported config field type {target!r} for {key}")
-    raise ConfigError(f"{key} = {value!r}: expected {target.__name__}, got {type(value).__name__}")
-
-
-def _check_choice(key: str, value: str, enum: Any) -> None:
-    if value not in {m.value for m in enum}:
-        raise ConfigError(f"{key} = {value!r}: must be one of {choices(enum)}")
