@@ -485,7 +485,8 @@ def test_chromium_renders_the_page_without_console_errors(tmp_path: Path) -> Non
 def test_a_lasting_change_is_one_row_and_a_new_change_another() -> None:
     """A chart restarts after each alarm: a change that lasts alarms again with ``since`` the
     window after the last alarm; those collapse into one row, a later change starts its own."""
-    from server.monitoring.html import Event, grouped
+    from server.monitoring.page import Event
+    from server.monitoring.page_read import grouped
 
     windows = [f"2025-{m:02d}" for m in range(1, 13)]
 
