@@ -27,7 +27,7 @@ from server.report.html.charts.svg import (
     num,
     text,
 )
-from server.report.html.charts.timeline import (
+from server.report.html.charts.windows import (
     ACTUAL_COLOUR,
     DASH,
     polyline,

@@ -8,15 +8,14 @@
     ``insufficient`` are tinted amber and labelled "insufficient", and the line breaks
     there. ``alarms`` get a red triangle and ``notices`` an amber diamond above the plot.
 
-Window labels on the x axis are thinned so that they never overlap (``window_labels``,
-shared with ``cusum``). Points without a finite value are left out; the y axis spans
-what is drawn, padded, within ``y_bounds``.
+Window labels on the x axis are thinned so that they never overlap
+(``charts.windows.window_labels``, shared with ``cusum``). Points without a finite value
+are left out; the y axis spans what is drawn, padded, within ``y_bounds``.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -26,42 +25,32 @@ from server.report.html.charts.numbers import finite, fmt
 from server.report.html.charts.svg import (
     AXIS_COLOUR,
     FLAG_COLOUR,
-    GRID_COLOUR,
     INTERNAL_COLOUR,
     Ids,
     background,
-    clip,
     escape,
     figure_svg,
     frame,
     line,
-    nice_step,
     num,
     text,
     text_width,
-    tick_label,
-    ticks,
+)
+from server.report.html.charts.windows import (
+    ACTUAL_COLOUR,
+    DASH,
+    polyline,
+    runs,
+    window_labels,
+    y_grid,
 )
 
-__all__ = [
-    "ACTUAL_COLOUR",
-    "DASH",
-    "NOTICE_COLOUR",
-    "Point",
-    "label_every",
-    "polyline",
-    "runs",
-    "timeline_svg",
-    "window_labels",
-    "y_grid",
-]
+__all__ = ["NOTICE_COLOUR", "Point", "timeline_svg"]
 
-ACTUAL_COLOUR = "#111827"
 NOTICE_COLOUR = "#b45309"  # amber: a change in the images, not by itself a failure
 SHADE_COLOUR = "#e8eef6"
 INSUFFICIENT_COLOUR = "#fef3c7"
 BAND_OPACITY = "0.18"
-DASH = ' stroke-dasharray="5 3" stroke-width="1.5"'  # a reference or a limit
 EVENT_DASH = ' stroke-dasharray="2 3" stroke-width="1.2"'
 WIDTH, HEIGHT = 1120.0, 320.0
 # the plot area's left, right and bottom (its top follows the legend); the reference
@@ -75,23 +64,6 @@ class Point(NamedTuple):
     value: float
     lo: float | None = None
     hi: float | None = None
-
-
-def runs(flags: Sequence[bool]) -> list[tuple[int, int]]:
-    """The (first, last) index of every run of consecutive True values."""
-    out: list[tuple[int, int]] = []
-    for i, flag in enumerate(flags):
-        if flag and out and out[-1][1] == i - 1:
-            out[-1] = (out[-1][0], i)
-        elif flag:
-            out.append((i, i))
-    return out
-
-
-def label_every(labels: Sequence[str], step: float, size: float = 11.0) -> int:
-    """Show every n-th of ``labels`` (columns ``step`` px apart) so that none overlap."""
-    widest = max((text_width(s, size) for s in labels), default=0.0) + 8
-    return max(1, math.ceil(widest / step)) if step > 0 else 1
 
 
 def _y_range(values: Sequence[float], bounds: tuple[float, float] | None) -> tuple[float, float]:
@@ -130,47 +102,9 @@ def _triangle(x: float, y: float, r: float, fill: str) -> str:
     return f'<polygon points="{pts}" fill="{fill}"/>'
 
 
-def window_labels(
-    windows: Sequence[str],
-    xs: Sequence[float],
-    step: float,
-    y: float,
-    *,
-    size: float = 11.0,
-    width: float = WIDTH,
-    cls: str = "tick",
-) -> str:
-    """A tick under every window and a label under every n-th, none past the edges."""
-    labels = [clip(w, 16) for w in windows]
-    every = label_every(labels, step, size)
-    out = []
-    for i, (label, x) in enumerate(zip(labels, xs, strict=True)):
-        out.append(line(x, y - 14, x, y - 10, AXIS_COLOUR))
-        if i % every == 0:
-            half = text_width(label, size) / 2
-            out.append(text(min(max(x, half + 2), width - half - 2), y + 2, label, cls, "middle"))
-    return "".join(out)
-
-
-def y_grid(lo: float, hi: float, sy: Callable[[float], float], x0: float, x1: float) -> str:
-    """Horizontal grid lines from ``x0`` to ``x1`` at round values, labelled left of ``x0``."""
-    step = nice_step(hi - lo)
-    out = []
-    for t in ticks(lo, hi):
-        out.append(line(x0, sy(t), x1, sy(t), GRID_COLOUR))
-        out.append(text(x0 - 6, sy(t) + 4, tick_label(t, step), "tick", "end"))
-    return "".join(out)
-
-
 def _bound(bound: float | None, p: Point) -> float:
     """An interval's end, the value itself where that end is unknown."""
     return p.value if bound is None else bound
-
-
-def polyline(points: Sequence[tuple[float, float]], colour: str, width: float) -> str:
-    """An unfilled ``<polyline>`` through ``points``."""
-    pts = " ".join(f"{num(x)},{num(y)}" for x, y in points)
-    return f'<polyline points="{pts}" fill="none" stroke="{colour}" stroke-width="{num(width)}"/>'
 
 
 def _describe(p: Point) -> str:
@@ -392,7 +326,9 @@ def timeline_svg(
     out.append(_estimate(plot, estimate, names[0]))
     out.append(_actual(plot, actual, names[1]))
     out.append(_events(plot, alarms, notices))
-    out.append(window_labels(windows, [plot.x(i) for i in range(n)], plot.step, Y1 + 18))
+    out.append(
+        window_labels(windows, [plot.x(i) for i in range(n)], plot.step, Y1 + 18, width=WIDTH)
+    )
     mid = (plot.y0 + Y1) / 2
     out.append(text(16, mid, y_label, "axis", "middle", f' transform="rotate(-90 16 {num(mid)})"'))
     marked = [
