@@ -86,12 +86,29 @@ def reply_update(site: str, reply: Message, cap: float | None = None) -> Update:
     content = reply.content
     arrays = cast(ArrayRecord, content[RecordKey.ARRAYS])
     scales = records(content, ArrayRecord).get(RecordKey.SCALES, ArrayRecord())
-    return Update(
-        site,
-        reply_weight(reply, cap),
-        {k: array_view(v) for k, v in arrays.items()},
-        {k: array_view(v) for k, v in scales.items()},
-    )
+    return Update(site, reply_weight(reply, cap), _views(site, arrays), _views(site, scales))
+
+
+def _views(site: str, record: ArrayRecord) -> dict[str, np.ndarray]:
+    """The record's arrays as views of their bytes, each holding what its record says
+    (screening in a round compares only the record's dtype and shape with the global
+    model's; the bytes are the site's, and a rogue site signs whatever it sends). Any
+    disagreement is UpdateRejected before a value is folded."""
+    out = {}
+    for key, array in record.items():
+        try:
+            view = array_view(array)
+        except ValueError as e:
+            raise UpdateRejected(f"unreadable update: tensor {key!r}: {e}", site, key) from e
+        if str(view.dtype) != array.dtype or tuple(view.shape) != tuple(array.shape):
+            raise UpdateRejected(
+                f"unreadable update: tensor {key!r} holds {view.dtype}{list(view.shape)}, "
+                f"its record says {array.dtype}{list(array.shape)}",
+                site,
+                key,
+            )
+        out[key] = view
+    return out
 
 
 def reply_weight(reply: Message, cap: float | None = None) -> float:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -427,3 +427,41 @@ def test_the_real_block_size(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in shapes:
         mean = sum(t[key].astype(np.float64) * n for t, n in updates.values()) / total
         np.testing.assert_allclose(result[key].numpy(), mean, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("method", [Compression.NONE, Compression.INT8])
+def test_bytes_that_disagree_with_their_record_are_rejected_not_folded(
+    tmp_path: Path, method: str
+) -> None:
+    """A rogue site can sign anything: an array whose record says the global model's dtype
+    and shape (all screening reads in a round) but whose ``.npy`` bytes hold fewer values,
+    or claim more than they carry. Each is a named rejection before any of it is folded;
+    the round goes on and its result is the other sites' mean."""
+    cfg = RunConfig().replace({"output.run-dir": str(tmp_path), "trust.sign-updates": False,
+                               "trust.norm-z": 0.0, "federation.compression": method})  # fmt: skip
+    updates = _updates()
+    shared = ArrayRecord({k: Array(v) for k, v in _base().items()})
+    aggregator = RoundAggregator(fl.FedAvg(), shared, SITES, method, park_root=tmp_path)
+    screen = RoundScreen(cfg, ServerTrust(cfg, tmp_path, "run-1"), aggregator, shared, SITES, 1,
+                         "global")  # fmt: skip
+    lies = {"site-b": "short", "site-d": "truncated"}
+    for site in SITES:
+        reply = _reply(*updates[site], method=method)
+        if site in lies:
+            record = cast(ArrayRecord, reply.content["arrays"])
+            key = next(iter(record))
+            real = record[key]
+            values = array_view(real).reshape(-1)
+            if lies[site] == "short":  # a valid .npy of half the values
+                data = Array(np.ascontiguousarray(values[: values.size // 2])).data
+            else:  # the header of all of them, the bytes of half
+                data = real.data[: len(real.data) - values.nbytes // 2]
+            record[key] = Array(dtype=real.dtype, shape=real.shape, stype=real.stype, data=data)
+        screen.on_reply(reply, site)
+    assert sorted(screen.rejected) == ["site-b", "site-d"]
+    assert all("unreadable update" in why for why in screen.rejected.values()), screen.rejected
+    new = screen.result([])
+    assert new is not None and aggregator.mean.count == len(SITES) - 2
+    if method == Compression.NONE:
+        rest = {s: u for s, u in updates.items() if s not in lies}
+        _close(new, _expected(rest), 2e-6)
