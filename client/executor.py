@@ -26,27 +26,35 @@ Flower does.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import logging
 import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from client.app_approval import AppNotApproved, log_refusal, read_approvals
-from common.flower_pulls import quicken_pulls
+from common.flower_pulls import LOCAL_BACKOFF_CAP_S, quicken_pulls
 
 log = logging.getLogger("hepafed.site-executor")
+T = TypeVar("T")
 
-POLL_S = 0.2
+POLL_S = 0.2  # how often an idle executor asks its SuperNode (loopback) for a task
+HOT_POLL_S = 0.05  # ... for HOT_WINDOW_S after a task started or ended: a round's next
+HOT_WINDOW_S = 30.0  # message is likely near
 CLIENT_APP_TASK = "flwr-clientapp"
 MAX_TASKS = 4  # task processes at once; more messages wait at the SuperNode
-# imported once by the warm zygote: the site's ClientApp and, through it, torch, MONAI, Flower
-WARM_MODULES = ("client.app", "flwr.supernode.runtime.run_clientapp")
+# imported once by the warm zygote: the site's ClientApp and, through it, torch, MONAI, Flower;
+# and torch._dynamo, which torch's optimizers import on their first construction (about 800
+# modules, 2 s of every training task on the reference machine when it was not preloaded)
+WARM_MODULES = ("client.app", "flwr.supernode.runtime.run_clientapp", "torch._dynamo")
 AUTH_METHODS = frozenset({"/flwr.proto.Runtime/AcquireTask"})
 OWN_PACKAGES = ("client", "common", "server", "simulations")
+INSTALLED_MARK = ".hepafed-installed"  # in a bundle's folder: the sha256 it was installed from
 _PLAIN_ID = re.compile(r"[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+")
 _PLAIN_VERSION = re.compile(r"[A-Za-z0-9_.+\-]+")
 
@@ -60,7 +68,7 @@ def task_command(args: argparse.Namespace, token: str) -> list[str]:
         cmd += ["--parent-pid", str(args.parent_pid)]
     if args.threads is not None:
         cmd += ["--threads", str(args.threads)]
-    return cmd
+    return [*cmd, "--acquired-at", repr(time.time())]
 
 
 def _auth_interceptors(secret_file: str | None) -> list[Any]:
@@ -111,7 +119,9 @@ class _WarmTask(_Task):
 
     def __init__(self, context: Any, args: argparse.Namespace, token: str) -> None:
         super().__init__()
-        task_args = argparse.Namespace(**{**vars(args), "mode": "task", "token": token})
+        task_args = argparse.Namespace(
+            **{**vars(args), "mode": "task", "token": token, "acquired_at": time.time()}
+        )
         self._proc = context.Process(target=warm_task, args=(task_args,), daemon=False)
         self._proc.start()
 
@@ -162,11 +172,15 @@ def serve(args: argparse.Namespace) -> int:
         retry_invoker=make_simple_http_retry_invoker(),
     )
     running: list[_Task] = []
+    active = float("-inf")  # when a task last started or ended
     log.info("site %s: executor serving %s, approvals in %s, %s task processes", args.site,
              args.runtime_api_address, args.approvals, "cold" if args.cold else "warm")  # fmt: skip
     try:
         while True:
-            running = [t for t in running if t.running()]
+            still = [t for t in running if t.running()]
+            if len(still) < len(running):
+                active = time.monotonic()
+            running = still
             if len(running) < MAX_TASKS:
                 request = AcquireTaskRequest(supported_task_types=[CLIENT_APP_TASK])
                 reply = client.AcquireTask(request)
@@ -174,8 +188,9 @@ def serve(args: argparse.Namespace) -> int:
                     task = _ColdTask(args, reply.token) if zygote is None else _WarmTask(
                         zygote, args, reply.token)  # fmt: skip
                     running.append(task)
+                    active = time.monotonic()
                     continue  # another message may be waiting: ask again at once
-            time.sleep(POLL_S)
+            time.sleep(HOT_POLL_S if time.monotonic() - active < HOT_WINDOW_S else POLL_S)
     finally:
         client.close()
 
@@ -208,7 +223,11 @@ def run_task(args: argparse.Namespace) -> None:
     approvals_path, keys_dir, site = Path(args.approvals), Path(args.keys), args.site
     pull_task_input, install_from_fab = runner.pull_task_input, runner.install_from_fab
     pulled: dict[str, Any] = {}
+    phases = TaskPhases()
+    if args.acquired_at is not None:  # the task process's start: a fork or a fresh interpreter
+        phases.seconds["start"] = max(0.0, time.time() - args.acquired_at)
 
+    @phases.timed("pull")
     def pull_checked(client: Any) -> tuple[Any, Any, Any, Any]:
         message, context, run, fab = pull_task_input(client)
         digest = hashlib.sha256(fab.content).hexdigest()
@@ -222,6 +241,7 @@ def run_task(args: argparse.Namespace) -> None:
         log.error("%s", message)
         raise AppNotApproved(message)
 
+    @phases.timed("install")
     def install_checked(content: bytes, *a: Any, **k: Any) -> Path:
         try:
             digest = read_approvals(approvals_path).require(content, site)
@@ -231,19 +251,27 @@ def run_task(args: argparse.Namespace) -> None:
         if not (_PLAIN_ID.fullmatch(run.fab_id) and _PLAIN_VERSION.fullmatch(run.fab_version)):
             refuse(f"the run names app {run.fab_id!r} version {run.fab_version!r}: not plain "
                    f"names; refused at site {site}")  # fmt: skip
-        installed = Path(install_from_fab(content, *a, **k)).resolve()
         expected = Path(get_project_dir(run.fab_id, run.fab_version, digest)).resolve()
+        if installed_before(expected, digest):
+            _forget_site_packages()
+            return expected
+        fresh = not expected.exists()
+        installed = Path(install_from_fab(content, *a, **k)).resolve()
         if installed != expected:
             refuse(f"app bundle sha256 {digest} installs as {installed.name}, but the run "
                    f"would load {expected.name}; refused at site {site}")  # fmt: skip
+        if fresh:  # these approved bytes were extracted here now: compile and mark them
+            mark_installed(installed, digest)
         _forget_site_packages()
         return installed
 
     if args.threads is not None:  # the site's --threads: before any tensor work
         limit_threads(args.threads)
-    quicken_pulls(runner)  # the message's objects, while the SuperNode still pulls them
+    # the message's objects, from this host's SuperNode while it still pulls them
+    quicken_pulls(runner, backoff_cap=LOCAL_BACKOFF_CAP_S)
     runner.pull_task_input = pull_checked
-    runner.install_from_fab = install_checked  # type: ignore[assignment]
+    runner.install_from_fab = install_checked
+    phases.wrap_load_and_push(runner)
     runner.run_clientapp(
         runtime_api_address=args.runtime_api_address,
         token=args.token,
@@ -252,6 +280,82 @@ def run_task(args: argparse.Namespace) -> None:
         parent_pid=args.parent_pid,
         runtime_dependency_install=False,
     )
+
+
+def installed_before(folder: Path, digest: str) -> bool:
+    """Whether an earlier task installed the bundle of sha256 ``digest`` into ``folder``
+    and compiled it (``mark_installed``): then this task loads it as it is, as Flower's
+    own install does for a folder that exists, without extracting the bundle again."""
+    try:
+        return (folder / INSTALLED_MARK).read_text() == digest
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def mark_installed(folder: Path, digest: str) -> None:
+    """Compile the bundle just installed into ``folder`` (the task processes run with
+    ``-B`` and would compile every module again in every task) and then mark it
+    installed from the approved bytes of sha256 ``digest``. A folder that was there
+    before this task installed (an older install, or another bundle whose hash has
+    the same first eight digits) is never marked, so it is never taken as these bytes."""
+    import compileall
+
+    from common.files import write_atomic
+
+    compileall.compile_dir(str(folder), quiet=2)
+    write_atomic(folder / INSTALLED_MARK, digest)
+
+
+class TaskPhases:
+    """Where one task's time goes, logged when its reply is pushed: ``start`` (from the
+    token acquired to the task process running this code), ``pull`` (message,
+    context and bundle from the SuperNode), ``install`` (the approval check and the
+    bundle's extraction), ``load`` (importing the bundle's ClientApp), ``app`` (the
+    ClientApp's work) and ``push`` (the reply to the SuperNode)."""
+
+    ORDER = ("start", "pull", "install", "load", "app", "push")
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def timed(self, phase: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        def wrap(fn: Callable[..., T]) -> Callable[..., T]:
+            @functools.wraps(fn)
+            def run(*a: Any, **k: Any) -> T:
+                t = time.perf_counter()
+                try:
+                    return fn(*a, **k)
+                finally:
+                    self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t
+
+            return run
+
+        return wrap
+
+    def wrap_load_and_push(self, runner: Any) -> None:
+        """Time Flower's ClientApp loading, the ClientApp's call and the reply's push in
+        ``runner`` (Flower's task runner module); the push logs the phases."""
+        get_loader, push_message = runner.get_load_client_app_fn, runner.push_message
+
+        def get_timed_loader(*a: Any, **k: Any) -> Callable[..., Any]:
+            load = self.timed("load")(get_loader(*a, **k))
+
+            def load_timed_app(*la: Any) -> Callable[..., Any]:
+                return self.timed("app")(load(*la))
+
+            return load_timed_app
+
+        def push_and_log(*a: Any, **k: Any) -> None:
+            try:
+                self.timed("push")(push_message)(*a, **k)
+            finally:
+                log.info("task phases: %s", self.line())
+
+        runner.get_load_client_app_fn = get_timed_loader
+        runner.push_message = push_and_log
+
+    def line(self) -> str:
+        return ", ".join(f"{p} {self.seconds[p]:.3f} s" for p in self.ORDER if p in self.seconds)
 
 
 def limit_threads(n: int) -> None:
@@ -285,6 +389,9 @@ def parser() -> argparse.ArgumentParser:
                         "(mode serve; slower: every task imports torch again)")  # fmt: skip
     p.add_argument(
         "--threads", type=int, help="torch threads per task (mode serve passes it to each task)"
+    )
+    p.add_argument(
+        "--acquired-at", type=float, help="when the executor acquired the task's token (Unix time)"
     )
     return p
 

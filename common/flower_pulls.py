@@ -12,7 +12,9 @@ backoff for up to several seconds after the last object had arrived.
 ``quicken_pulls`` rebinds a module's pull functions to the same functions with a backoff
 from ``INITIAL_BACKOFF_S`` doubling up to ``BACKOFF_CAP_S``: the same retries, at most
 2 requests a second per object while one is missing. Applied where the pulls happen:
-the ClientApp task (``client.executor``), the SuperNode (``client.supernode``) and the
+the ClientApp task (``client.executor``; its SuperNode is on the same host, so it asks
+up to 10 times a second, ``LOCAL_BACKOFF_CAP_S``, and starts its work that much
+sooner after the SuperNode has the last object), the SuperNode (``client.supernode``) and the
 deployed ServerApp (``server.app``: its grid, and ``server.pull``, which pulls the
 replies). Flower is pinned to one minor release; a release that renames the functions or
 their backoff arguments fails here, loudly.
@@ -26,13 +28,16 @@ from types import ModuleType
 
 INITIAL_BACKOFF_S = 0.05
 BACKOFF_CAP_S = 0.5
+LOCAL_BACKOFF_CAP_S = 0.1  # a task's pulls from its own SuperNode, on loopback
 PULL_FUNCTIONS = ("pull_objects", "pull_and_inflate_object_from_tree")
 _QUICK = "_hepafed_quick_pull"
 
 
-def quicken_pulls(module: ModuleType) -> list[str]:
+def quicken_pulls(module: ModuleType, backoff_cap: float = BACKOFF_CAP_S) -> list[str]:
     """Rebind ``module``'s Flower pull functions (those of ``PULL_FUNCTIONS`` it imported)
-    with the short backoff; the names rebound. Idempotent."""
+    with the short backoff, doubling up to ``backoff_cap`` seconds (``LOCAL_BACKOFF_CAP_S``
+    where the objects come from this host's own SuperNode); the names rebound. Idempotent:
+    a function rebound once keeps its first backoff."""
     rebound = []
     for name in PULL_FUNCTIONS:
         fn = getattr(module, name, None)
@@ -46,7 +51,7 @@ def quicken_pulls(module: ModuleType) -> list[str]:
                     "Flower release is not the one hepafed pins; reinstall its pinned flwr"
                 )
             quick = functools.partial(
-                fn, initial_backoff=INITIAL_BACKOFF_S, backoff_cap=BACKOFF_CAP_S
+                fn, initial_backoff=INITIAL_BACKOFF_S, backoff_cap=backoff_cap
             )
             setattr(quick, _QUICK, True)
             setattr(module, name, quick)

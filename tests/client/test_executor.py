@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import re
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -37,9 +38,14 @@ def flower(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
         return "message", "context", state["run"], state["fab"]
 
     def install(content: bytes, *a: Any, **k: Any) -> Path:
+        """Flower's install: extract into the folder unless it exists, return the folder."""
         seen["installed"].append(content)
         run = state["run"]
-        return state["install_to"] or get_project_dir(run.fab_id, run.fab_version, DIGEST)
+        folder = state["install_to"] or get_project_dir(run.fab_id, run.fab_version, DIGEST)
+        if not Path(folder).exists():
+            (Path(folder) / "client").mkdir(parents=True)
+            (Path(folder) / "client" / "app.py").write_text("APP = 'the bundle'\n")
+        return Path(folder)
 
     def run_clientapp(**_: Any) -> None:
         client: Any = None  # Flower passes its runtime HTTP client; the recorder ignores it
@@ -50,7 +56,14 @@ def flower(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
     monkeypatch.setattr(runner, "pull_task_input", pull)
     monkeypatch.setattr(runner, "install_from_fab", install)
     monkeypatch.setattr(runner, "run_clientapp", run_clientapp)
-    monkeypatch.setattr(executor, "_forget_site_packages", lambda: seen.__setitem__("forgotten", 1))
+    # what run_task rebinds in Flower's runner (a task process's own copy): restored after
+    for name in ("get_load_client_app_fn", "push_message", "pull_and_inflate_object_from_tree"):
+        monkeypatch.setattr(runner, name, getattr(runner, name))
+    monkeypatch.setattr(
+        executor,
+        "_forget_site_packages",
+        lambda: seen.__setitem__("forgotten", seen["forgotten"] + 1),
+    )
     return {"seen": seen, "state": state}
 
 
@@ -87,6 +100,30 @@ def test_an_approved_bundle_installs_and_loads_from_its_own_folder(
     seen = flower["seen"]
     assert seen["installed"] == [BUNDLE] and seen["forgotten"] == 1
     assert seen["hash_str"] == DIGEST  # the SuperNode's "forged-hash" is not what is loaded
+    folder = Path(get_project_dir("hepafed/hepafed", "0.1.0", DIGEST))
+    assert (folder / executor.INSTALLED_MARK).read_text() == DIGEST  # the full hash
+    assert list((folder / "client" / "__pycache__").glob("app.*.pyc"))  # compiled once
+    # the next task loads the same folder without extracting the bundle again
+    executor.run_task(_args(tmp_path))
+    assert seen["installed"] == [BUNDLE] and seen["forgotten"] == 2
+
+
+def test_a_folder_not_installed_from_these_bytes_is_never_taken_as_them(
+    flower: dict[str, Any], tmp_path: Path
+) -> None:
+    """A folder that was there before (an older install, or another bundle with the same
+    eight-digit hash prefix) is not marked; a mark naming another hash is not trusted:
+    Flower's install path runs for every task, as before."""
+    approve(tmp_path / APPROVALS_FILE, DIGEST)
+    folder = Path(get_project_dir("hepafed/hepafed", "0.1.0", DIGEST))
+    folder.mkdir(parents=True)
+    for _ in range(2):
+        executor.run_task(_args(tmp_path))
+    assert flower["seen"]["installed"] == [BUNDLE, BUNDLE]
+    assert not (folder / executor.INSTALLED_MARK).exists()
+    (folder / executor.INSTALLED_MARK).write_text(DIGEST[:8] + "0" * 56)
+    executor.run_task(_args(tmp_path))
+    assert len(flower["seen"]["installed"]) == 3
 
 
 @pytest.mark.parametrize(
@@ -163,15 +200,62 @@ def test_the_executor_never_runs_more_than_max_tasks_at_once(
     assert executor._auth_interceptors(None) == []
 
 
+def test_the_executor_asks_often_only_near_a_task(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Idle, the executor asks its SuperNode every POLL_S; for HOT_WINDOW_S after a task
+    started it asks every HOT_POLL_S (a round's next message is likely near), then idles."""
+    import flwr.supercore.runtime as runtime
+
+    calls: list[int] = [0]
+    sleeps: list[float] = []
+
+    class Client:
+        def AcquireTask(self, _request: Any) -> Any:
+            calls[0] += 1
+            if calls[0] == 5:  # the window has passed
+                monkeypatch.setattr(executor, "HOT_WINDOW_S", -1.0)
+            if calls[0] > 5:
+                raise _Stop
+            token = "t" if calls[0] == 3 else ""
+            return SimpleNamespace(HasField=lambda _f: bool(token), token=token)
+
+        def close(self) -> None:
+            pass
+
+    class Task:
+        def __init__(self, _args: Any, _token: str) -> None:
+            pass
+
+        def running(self) -> bool:
+            return True
+
+    monkeypatch.setattr(runtime.RuntimeHttpClient, "from_server_address", lambda **_: Client())
+    monkeypatch.setattr(executor, "_ColdTask", Task)
+    monkeypatch.setattr(executor.time, "sleep", sleeps.append)
+    argv = ["serve", "--runtime-api-address", "127.0.0.1:1", "--site", "s", "--cold",
+            "--approvals", str(tmp_path / APPROVALS_FILE), "--keys", str(tmp_path)]  # fmt: skip
+    with pytest.raises(_Stop):
+        executor.serve(executor.parser().parse_args(argv))
+    p, hot = executor.POLL_S, executor.HOT_POLL_S
+    assert sleeps == [p, p, hot, p]  # no sleep after the task: another may be waiting
+
+
 def _report(conn: Any) -> None:
     """The body of a task process in the warm-zygote test: what it found already imported."""
     import os
     import sys
 
     torch = sys.modules.get("torch")
-    conn.send({"pid": os.getpid(), "parent": os.getppid(),
-               "preloaded": sorted(m for m in ("torch", "monai", "flwr", "client.app")
-                                   if m in sys.modules),
+    preloaded = sorted(m for m in ("torch", "monai", "flwr", "client.app") if m in sys.modules)
+    before = set(sys.modules)
+    if torch is not None:  # a training step's first optimizer, as every training task makes one
+        model = torch.nn.Linear(4, 1)
+        optimizer = torch.optim.Adam(model.parameters())
+        model(torch.ones(2, 4)).sum().backward()
+        optimizer.step()
+    conn.send({"pid": os.getpid(), "parent": os.getppid(), "preloaded": preloaded,
+               "imported_by_first_step": sorted(set(sys.modules) - before),
                "left_by_an_earlier_task": getattr(torch, "_hepafed_task", None)})  # fmt: skip
     if torch is not None:
         torch._hepafed_task = os.getpid()  # type: ignore[attr-defined]
@@ -198,3 +282,42 @@ def test_tasks_fork_from_a_warm_zygote_and_share_nothing_with_each_other() -> No
     assert seen[0]["pid"] != seen[1]["pid"] and os.getpid() not in {s["pid"] for s in seen}
     assert seen[0]["parent"] == seen[1]["parent"] != os.getpid()  # both forks of the zygote
     assert [s["left_by_an_earlier_task"] for s in seen] == [None, None]
+    # torch's optimizers import torch._dynamo (~800 modules) on first use: the zygote has
+    first_step = seen[0]["imported_by_first_step"]
+    assert not [m for m in first_step if m.startswith(("torch._dynamo", "sympy"))], first_step
+    assert len(first_step) <= 3, first_step
+
+
+def test_a_tasks_phases_are_timed_around_flowers_steps_and_logged_at_the_push(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Flower's loader, the ClientApp it returns and the reply's push are wrapped; the
+    push logs every phase, in order, so the deploy benchmark locates a task's time."""
+    import logging
+    import time
+
+    calls: list[Any] = []
+
+    def slow(seconds: float, result: Any = None) -> Any:
+        def run(*a: Any, **k: Any) -> Any:
+            time.sleep(seconds)
+            calls.append((a, k))
+            return result
+
+        return run
+
+    runner = SimpleNamespace(push_message=slow(0.01))
+    runner.get_load_client_app_fn = lambda **_k: slow(0.05, slow(0.1, "reply"))
+    phases = executor.TaskPhases()
+    phases.seconds["start"] = 0.02
+    phases.wrap_load_and_push(runner)
+    app = runner.get_load_client_app_fn(default_app_ref="")("hepafed/hepafed", "0.1.0", "h")
+    assert app(message="m", context="c") == "reply"
+    with caplog.at_level(logging.INFO, logger="hepafed.site-executor"):
+        runner.push_message("client", "reply", "c")
+    assert calls[-2:] == [((), {"message": "m", "context": "c"}), (("client", "reply", "c"), {})]
+    line = next(r.getMessage() for r in caplog.records if "task phases" in r.getMessage())
+    names = re.findall(r"([a-z]+) [0-9.]+ s", line)
+    assert names == ["start", "load", "app", "push"]
+    s = phases.seconds
+    assert 0.05 <= s["load"] < 0.09 and 0.1 <= s["app"] < 0.15 and 0.01 <= s["push"] < 0.05

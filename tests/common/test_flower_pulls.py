@@ -8,7 +8,12 @@ import types
 import pytest
 from flwr.supercore.inflatable import inflatable_utils
 
-from common.flower_pulls import BACKOFF_CAP_S, INITIAL_BACKOFF_S, quicken_pulls
+from common.flower_pulls import (
+    BACKOFF_CAP_S,
+    INITIAL_BACKOFF_S,
+    LOCAL_BACKOFF_CAP_S,
+    quicken_pulls,
+)
 
 
 def _module_with(**functions: object) -> types.ModuleType:
@@ -35,6 +40,25 @@ def test_an_object_that_arrives_late_is_pulled_promptly() -> None:
     assert module.pull_objects(["a"], pull) == {"a": b"content"}
     assert time.monotonic() - started < 0.6
     assert 0.05 <= INITIAL_BACKOFF_S < BACKOFF_CAP_S <= 0.5
+
+
+def test_pulls_from_the_hosts_own_supernode_back_off_to_a_tenth_of_a_second() -> None:
+    """Five 'not there yet' answers: 0.05 + 0.1 + 0.2 + 0.4 + 0.5 s with the SuperLink's
+    cap, 0.05 + 4 x 0.1 s with the local one (jitter +-20 %)."""
+    module = _module_with(pull_objects=inflatable_utils.pull_objects)
+    quicken_pulls(module, backoff_cap=LOCAL_BACKOFF_CAP_S)
+    assert module.pull_objects.keywords["backoff_cap"] == LOCAL_BACKOFF_CAP_S
+    answers = iter([None] * 5 + [b"content"])
+
+    def pull(object_id: str) -> bytes:
+        answer = next(answers)
+        if answer is None:
+            raise inflatable_utils.ObjectUnavailableError(object_id)
+        return answer
+
+    started = time.monotonic()
+    assert module.pull_objects(["a"], pull) == {"a": b"content"}
+    assert time.monotonic() - started < 0.75  # the SuperLink's cap: 1.25 s (1.0 at least)
 
 
 def test_the_pinned_flower_modules_are_rebound_once() -> None:
