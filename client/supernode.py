@@ -9,6 +9,13 @@ message exchange with three sites, twice a round (training, evaluation). This la
 runs Flower's own ``flower-supernode`` entry point unchanged, except that the sleeps of
 that loop are capped at ``--idle-poll`` seconds (default ``IDLE_POLL_S``; 3 restores
 Flower's). The cost is more idle requests to the SuperLink: one per site per interval.
+Once a message is in, the same loop waits for the task's reply (and each reply object's
+content) by reading the node's own state every 0.5 s, a quarter second of every message
+on average; those local waits are capped at ``LOCAL_POLL_S``, which costs no request.
+And the next message of a round (the evaluation, the next round) comes seconds after a
+site's reply, once the slowest site has replied: for ``HOT_WINDOW_S`` after each reply
+the loop asks every ``HOT_POLL_S`` (at most; ``--idle-poll`` if shorter), then again every
+``--idle-poll``. A site that is not in a run costs the SuperLink what it did.
 It also pulls a message's objects with a short retry backoff (``common.flower_pulls``).
 
 Flower is pinned to one minor release (pyproject.toml); ``check_poll_site`` fails loudly
@@ -27,16 +34,31 @@ from common.flower_pulls import quicken_pulls
 
 IDLE_POLL_S = 1.0
 FLOWER_IDLE_SLEEP_S = 3  # the sleep Flower's loop takes when no message came
+FLOWER_LOCAL_SLEEP_S = 0.5  # its sleep between looks at the node's state for a reply
+LOCAL_POLL_S = 0.02
+HOT_POLL_S = 0.2  # the idle poll for HOT_WINDOW_S seconds after the site sent a reply
+HOT_WINDOW_S = 30.0
 
 
 class _CappedSleep:
-    """``time`` as one module sees it, with ``sleep`` capped at ``cap`` seconds."""
+    """``time`` as one module sees it, with ``sleep`` capped at ``cap`` seconds, and the
+    loop's short waits on the node's own state (under its idle sleep) at ``LOCAL_POLL_S``."""
 
     def __init__(self, cap: float) -> None:
         self.cap = cap
+        self.hot_until = 0.0  # a reply went out recently: the next message is likely near
 
     def sleep(self, seconds: float) -> None:
-        time.sleep(min(seconds, self.cap))
+        if seconds < FLOWER_IDLE_SLEEP_S:
+            cap = min(self.cap, LOCAL_POLL_S)
+        elif time.monotonic() < self.hot_until:
+            cap = min(self.cap, HOT_POLL_S)
+        else:
+            cap = self.cap
+        time.sleep(min(seconds, cap))
+
+    def replied(self) -> None:
+        self.hot_until = time.monotonic() + HOT_WINDOW_S
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
@@ -44,19 +66,24 @@ class _CappedSleep:
 
 def check_poll_site(module: ModuleType) -> None:
     """That ``module`` is the loop this launcher was written against: it sleeps through the
-    module-level ``time`` and its idle sleep is Flower's 3 s."""
+    module-level ``time``, its idle sleep is Flower's 3 s, its local waits 0.5 s, and it
+    sends replies through ``_push_messages``."""
     import inspect
 
     try:
         source = inspect.getsource(module)
     except (OSError, TypeError):  # no source to read: cannot tell, so refuse
         source = ""
-    if getattr(module, "time", None) is not time or (
-        f"time.sleep({FLOWER_IDLE_SLEEP_S})" not in source
-    ):
+    missing = [f"time.sleep({t})" for t in (FLOWER_IDLE_SLEEP_S, FLOWER_LOCAL_SLEEP_S)
+               if f"time.sleep({t})" not in source]  # fmt: skip
+    if "_push_messages(" not in source or not callable(getattr(module, "_push_messages", None)):
+        missing.append("_push_messages")
+    if getattr(module, "time", None) is not time:
+        missing.insert(0, "the module-level time")
+    if missing:
         raise RuntimeError(
-            f"{module.__name__} no longer polls with time.sleep({FLOWER_IDLE_SLEEP_S}): this "
-            "Flower release is not the one hepafed pins; reinstall hepafed's pinned flwr"
+            f"{module.__name__} no longer polls with {', '.join(missing)}: this Flower release "
+            "is not the one hepafed pins; reinstall hepafed's pinned flwr"
         )
 
 
@@ -68,7 +95,17 @@ def cap_idle_poll(seconds: float) -> None:
     if not 0.05 <= seconds <= FLOWER_IDLE_SLEEP_S:
         raise ValueError(f"--idle-poll {seconds}: give 0.05 to {FLOWER_IDLE_SLEEP_S} seconds")
     check_poll_site(loop)
-    loop.time = _CappedSleep(seconds)  # type: ignore[assignment]
+    sleeper = _CappedSleep(seconds)
+    push_messages = loop._push_messages
+
+    def push_and_stay_hot(*a: Any, **k: Any) -> None:
+        try:
+            push_messages(*a, **k)
+        finally:
+            sleeper.replied()
+
+    loop.time = sleeper  # type: ignore[assignment]
+    loop._push_messages = push_and_stay_hot
     quicken_pulls(loop)  # a message's objects from the SuperLink (common.flower_pulls)
 
 

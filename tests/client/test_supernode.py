@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 import types
+from typing import Any
 
 import pytest
 
 from client import supernode
 
 
-def test_the_pinned_flower_loop_is_the_one_the_cap_applies_to() -> None:
+def test_the_pinned_flower_loop_is_the_one_the_cap_applies_to(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """If a Flower release moves the SuperNode's idle sleep, this fails (and so does the
     launcher, with a message), rather than the cap silently applying to nothing."""
     import flwr.supernode.start_client_internal as loop
@@ -20,6 +24,10 @@ def test_the_pinned_flower_loop_is_the_one_the_cap_applies_to() -> None:
     fake.time = time  # type: ignore[attr-defined]
     with pytest.raises(RuntimeError, match=r"no longer polls with time.sleep\(3\)"):
         supernode.check_poll_site(fake)
+    # a loop whose local waits moved: the launcher says so too
+    monkeypatch.setattr(inspect, "getsource", lambda _m: "time.sleep(3)\n")
+    with pytest.raises(RuntimeError, match=r"no longer polls with time.sleep\(0.5\)"):
+        supernode.check_poll_site(fake)
 
 
 def test_cap_applies_to_the_loop_module_only(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -27,12 +35,19 @@ def test_cap_applies_to_the_loop_module_only(monkeypatch: pytest.MonkeyPatch) ->
 
     monkeypatch.setattr(loop, "time", time)
     monkeypatch.setattr(loop, "pull_objects", loop.pull_objects)  # restored afterwards
+    monkeypatch.setattr(loop, "_push_messages", loop._push_messages)
     supernode.cap_idle_poll(0.05)
     assert loop.pull_objects.keywords["initial_backoff"] < 1  # type: ignore[attr-defined]
     try:
         started = time.monotonic()
         loop.time.sleep(3)  # Flower's idle sleep
         assert time.monotonic() - started < 1.0
+        monkeypatch.setattr(loop, "time", time)
+        supernode.cap_idle_poll(1.0)  # the default idle poll: local waits stay short
+        started = time.monotonic()
+        for _ in range(5):  # Flower's wait for a task's reply, on the node's own state
+            loop.time.sleep(0.5)
+        assert time.monotonic() - started < 0.5
         assert loop.time.monotonic() > 0  # everything else is the real time module
         assert time.sleep is not loop.time.sleep  # the process's own time is untouched
     finally:
@@ -40,3 +55,31 @@ def test_cap_applies_to_the_loop_module_only(monkeypatch: pytest.MonkeyPatch) ->
     for bad in (0.0, 3.5):
         with pytest.raises(ValueError, match="--idle-poll"):
             supernode.cap_idle_poll(bad)
+
+
+def test_after_a_reply_the_loop_asks_often_for_a_while_then_idles_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The round's next message follows a site's reply within seconds: the idle poll is
+    ``HOT_POLL_S`` for ``HOT_WINDOW_S`` after each reply, ``--idle-poll`` otherwise."""
+    import flwr.supernode.start_client_internal as loop
+
+    pushed: list[dict[str, object]] = []
+    monkeypatch.setattr(loop, "time", time)
+    monkeypatch.setattr(loop, "pull_objects", loop.pull_objects)
+    monkeypatch.setattr(loop, "_push_messages", lambda **k: pushed.append(k))
+
+    def idle_sleep() -> float:
+        started = time.monotonic()
+        loop.time.sleep(3)
+        return time.monotonic() - started
+
+    supernode.cap_idle_poll(0.6)
+    sleeper = loop.time
+    assert 0.55 < idle_sleep() < 0.9  # no reply yet: --idle-poll
+    push: Any = loop._push_messages
+    push(state="s")  # Flower's loop pushes the task's reply
+    assert pushed == [{"state": "s"}]
+    assert idle_sleep() < supernode.HOT_POLL_S + 0.15
+    monkeypatch.setattr(sleeper, "hot_until", time.monotonic() - 1)  # the window has passed
+    assert 0.55 < idle_sleep() < 0.9
