@@ -46,6 +46,7 @@ from common.preprocess import (
     file_fingerprint,
     pipeline_key,
 )
+from common.split_cache import read_stacked, split_file, write_stacked
 
 log = logging.getLogger("hepafed.progress")
 
@@ -137,11 +138,45 @@ def _cached_split(
     if key in _SPLITS:
         _SPLITS.move_to_end(key)
         return _SPLITS[key]
-    tensors = _load_split(manifest, split, cfg, task, site)
+    stacked = None
+    if cfg.cache_dir:  # another process of this site may have stacked it (common.split_cache)
+        folder = Path(cfg.cache_dir) / manifest.name / pipeline_key(cfg, task)
+        stacked = split_file(folder, split, key)
+    tensors = _from_stacked(read_stacked(stacked)) if stacked is not None else None
+    if tensors is None:
+        tensors = _load_split(manifest, split, cfg, task, site)
+        if stacked is not None:
+            write_stacked(stacked, _to_stacked(tensors))
     _SPLITS[key] = tensors
     while len(_SPLITS) > SPLITS_KEPT:
         _SPLITS.popitem(last=False)
     return tensors
+
+
+def _to_stacked(t: SplitTensors) -> dict[str, Any]:
+    skipped = [[c.case_id, c.path, c.reason] for c in t.skipped]
+    return {"images": t.images, "masks": t.masks, "labels": t.labels, "livers": t.livers,
+            "case_ids": list(t.case_ids), "skipped": skipped}  # fmt: skip
+
+
+def _from_stacked(content: dict[str, Any] | None) -> SplitTensors | None:
+    """A split from ``_to_stacked``'s content; ``None`` if it is not that (a cache miss)."""
+    if content is None:
+        return None
+    try:
+        tensors = SplitTensors(
+            images=content["images"], masks=content["masks"], labels=content["labels"],
+            case_ids=tuple(str(c) for c in content["case_ids"]),
+            skipped=tuple(SkippedCase(str(a), str(b), str(c)) for a, b, c in content["skipped"]),
+            livers=content["livers"],
+        )  # fmt: skip
+    except (KeyError, TypeError, ValueError):
+        return None
+    n = len(tensors.case_ids)
+    parts = [tensors.images, tensors.masks, tensors.labels, tensors.livers]
+    if all(isinstance(x, torch.Tensor) and len(x) == n for x in parts if x is not None):
+        return tensors
+    return None
 
 
 def _load_split(

@@ -1,0 +1,128 @@
+"""A split's stacked tensors on disk (``common.split_cache``): what a deployed site's next
+task process reads instead of every case, and when it must not."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import common.data as data
+from common.config import RunConfig
+from common.manifest import open_manifest
+from common.split_cache import SUFFIX
+
+
+def _cfg(cache: Path, policy: str = "skip") -> RunConfig:
+    return RunConfig().replace(
+        {"data.roi-size": 32, "data.context-mm": 0.0, "data.on-bad-case": policy,
+         "data.cache-dir": str(cache)}
+    )  # fmt: skip
+
+
+def _split_files(cache: Path) -> list[Path]:
+    return sorted(cache.rglob(f"*{SUFFIX}"))
+
+
+def _new_process(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What another task process of the site starts with: no split in memory. Returns
+    the splits it loads from their cases."""
+    data._SPLITS.clear()
+    loaded: list[str] = []
+    load = data._load_split
+
+    def counted(manifest: Any, split: str, *a: Any) -> Any:
+        loaded.append(split)
+        return load(manifest, split, *a)
+
+    monkeypatch.setattr(data, "_load_split", counted)
+    return loaded
+
+
+def test_the_next_process_reads_the_stacked_split_not_its_cases(
+    site_factory: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = site_factory(n_cases=8)
+    (site / f"images/{site.name}-000_arterial.nii.gz").write_bytes(b"not a NIfTI file\n" * 40)
+    cfg = _cfg(tmp_path / "cache")
+    manifest = open_manifest(site, cfg.data.channels, cfg.task)
+    loaded = _new_process(monkeypatch)
+    first = data.load_split(manifest, "train", cfg.data, cfg.task)
+    assert loaded == ["train"] and first.skipped  # the bad case was left out and listed
+    files = _split_files(tmp_path / "cache")
+    assert len(files) == 1 and files[0].name.startswith("train-")
+    assert files[0].stat().st_mode & 0o777 == 0o600
+
+    loaded = _new_process(monkeypatch)
+    again = data.load_split(manifest, "train", cfg.data, cfg.task)
+    assert loaded == []  # one file, not the cases
+    assert again.case_ids == first.case_ids and again.skipped == first.skipped
+    for name in ("images", "masks", "labels"):
+        assert torch.equal(getattr(again, name), getattr(first, name))
+
+
+def test_a_changed_file_or_setting_is_loaded_again_and_replaces_the_old_file(
+    site_factory: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = site_factory(n_cases=6)
+    cfg = _cfg(tmp_path / "cache")
+    manifest = open_manifest(site, cfg.data.channels, cfg.task)
+    data.load_split(manifest, "train", cfg.data, cfg.task)
+    before = _split_files(tmp_path / "cache")
+    image = site / f"images/{site.name}-000_arterial.nii.gz"
+    st = image.stat()
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+    loaded = _new_process(monkeypatch)
+    data.load_split(manifest, "train", cfg.data, cfg.task)
+    assert loaded == ["train"]
+    after = _split_files(tmp_path / "cache")
+    assert len(after) == 1 and after != before  # the stale split's file is gone
+    loaded = _new_process(monkeypatch)  # the bad-case policy is part of the key
+    data.load_split(manifest, "train", _cfg(tmp_path / "cache", "fail").data, cfg.task)
+    assert loaded == ["train"]
+
+
+def test_a_damaged_or_hostile_file_is_a_cache_miss_never_code(
+    site_factory: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = site_factory(n_cases=6)
+    cfg = _cfg(tmp_path / "cache")
+    manifest = open_manifest(site, cfg.data.channels, cfg.task)
+    good = data.load_split(manifest, "train", cfg.data, cfg.task)
+    (cached,) = _split_files(tmp_path / "cache")
+    cached.write_bytes(cached.read_bytes()[:100])  # a torn file
+    loaded = _new_process(monkeypatch)
+    assert data.load_split(manifest, "train", cfg.data, cfg.task).case_ids == good.case_ids
+    assert loaded == ["train"]
+
+    ran = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (Path.touch, (ran,))
+
+    with open(cached, "wb") as f:
+        torch.save({"images": Payload()}, f, pickle_module=pickle)
+    loaded = _new_process(monkeypatch)
+    again = data.load_split(manifest, "train", cfg.data, cfg.task)
+    assert loaded == ["train"] and not ran.exists()
+    assert torch.equal(again.images, good.images)
+    assert data._from_stacked({"images": torch.zeros(2), "masks": torch.zeros(3),
+                               "labels": torch.zeros(2), "livers": None,
+                               "case_ids": ["a", "b"], "skipped": []}) is None  # fmt: skip
+
+
+def test_without_a_cache_folder_nothing_is_written(
+    site_factory: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = site_factory(n_cases=6)
+    cfg = RunConfig().replace({"data.roi-size": 32, "data.context-mm": 0.0})
+    monkeypatch.chdir(tmp_path)
+    data._SPLITS.clear()
+    data.load_split(open_manifest(site, cfg.data.channels, cfg.task), "train", cfg.data, cfg.task)
+    assert _split_files(tmp_path) == []
