@@ -29,6 +29,8 @@ from simulations.bench_measure import spread
 
 SIDES = ("deployed", "simulated", "stock")  # hepafed deployed and simulated, stock deployed
 TASK_DONE = re.compile(r"task done in ([0-9.]+) s, exit code 0")
+TASK_PHASES = re.compile(r"task phases: (.*)")
+PHASE = re.compile(r"([a-z]+) ([0-9.]+) s")
 
 
 def flat_overrides(cfg: Any) -> dict[str, Any]:
@@ -57,6 +59,14 @@ def _medians(rows: list[dict[str, float]]) -> dict[str, float]:
 
 def _task_seconds(logs: list[str]) -> list[float]:
     return [float(m) for text in logs for m in TASK_DONE.findall(text)]
+
+
+def _task_phases(logs: list[str]) -> dict[str, float]:
+    """The median seconds of each phase of a task (``client.executor.TaskPhases``), over
+    every task the executors logged."""
+    rows = [{name: float(x) for name, x in PHASE.findall(line)}
+            for text in logs for line in TASK_PHASES.findall(text)]  # fmt: skip
+    return _medians(rows) if rows else {}
 
 
 def deploy_round(cfg: Any, phantom_dir: Path, sites: list[str], repeats: int) -> dict[str, Any]:
@@ -127,7 +137,8 @@ def deploy_round(cfg: Any, phantom_dir: Path, sites: list[str], repeats: int) ->
                 got = {run.__name__: run(i) for run in orders[i % len(orders)]}
                 ratios.append(got["deployed"] / got["simulated"])
                 stock_ratios.append(got["deployed"] / got["stock"])
-            tasks = _task_seconds([fed.processes.log(n) for n in sites])
+            site_logs = [fed.processes.log(n) for n in sites]
+            tasks, task_phases = _task_seconds(site_logs), _task_phases(site_logs)
             threads = fed.threads
     return {
         "sites": len(sites),
@@ -141,6 +152,7 @@ def deploy_round(cfg: Any, phantom_dir: Path, sites: list[str], repeats: int) ->
         "simulated_run_s": spread(sides["simulated"]["wall"]),
         "task_s": spread(tasks) if tasks else {},
         "tasks": len(tasks),
+        "task_phases_s": task_phases,
         "pair_ratios": ratios,
         "ratio_spread": spread(ratios),
         "ratio": statistics.median(ratios),
@@ -205,6 +217,12 @@ def deploy_markdown(r: dict[str, Any]) -> list[str]:
         f"- one task at a site (token acquired to process gone, {r['tasks']} tasks): "
         f"{fmt(r['task_s'])} s",
     ]
+    if r.get("task_phases_s"):
+        phases = ", ".join(f"{k} {v:.3f}" for k, v in r["task_phases_s"].items())
+        lines.append(
+            f"- where a task's time goes (median s over the tasks; `client.executor."
+            f"TaskPhases`): {phases}"
+        )
     if r.get("stock_round_s"):
         lines[-2:-2] = [
             f"- stock Flower deployed round: {fmt(r['stock_round_s'])} s; hepafed deployed "

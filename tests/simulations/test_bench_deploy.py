@@ -8,6 +8,7 @@ from pathlib import Path
 
 from common.config import RunConfig
 from simulations.bench_deploy import (
+    _task_phases,
     _task_seconds,
     deploy_markdown,
     deploy_target,
@@ -31,6 +32,18 @@ def test_task_times_are_read_from_the_executors_log_lines() -> None:
         "z task done in 3.5 s, exit code 0",
     ]
     assert _task_seconds(logs) == [4.25, 3.5]  # a failed task is not a per-message cost
+
+
+def test_a_tasks_phases_are_the_medians_over_the_executors_log_lines() -> None:
+    logs = [
+        "a task phases: start 0.050 s, pull 0.100 s, load 0.300 s, app 2.000 s, push 0.020 s\n"
+        "a task done in 2.6 s, exit code 0\n"
+        "b task phases: start 0.070 s, pull 0.200 s, load 0.500 s, app 4.000 s, push 0.040 s",
+        "c task phases: start 0.060 s, pull 0.900 s, load 0.400 s, app 1.000 s, push 0.030 s",
+    ]
+    assert _task_phases(logs) == {"start": 0.06, "pull": 0.2, "load": 0.4, "app": 2.0,
+                                  "push": 0.03}  # fmt: skip
+    assert _task_phases(["no task ran"]) == {}
 
 
 def _result(ratios: list[float]) -> dict[str, object]:
@@ -59,6 +72,11 @@ def test_the_section_text_has_every_figure_and_consistent_tables() -> None:
     rows = [line for line in text.splitlines() if line.startswith("|")]
     assert len({row.count("|") for row in rows}) == 1
     assert "| finish |  | 0.050 |" in text  # a phase one side lacks is left empty
+    assert "where a task's time goes" not in text  # no executor phases: no line
+    text = "\n".join(
+        deploy_markdown({**_result([1.1]), "task_phases_s": {"pull": 0.1, "app": 2.5}})
+    )
+    assert "`client.executor.TaskPhases`): pull 0.100, app 2.500" in text
 
 
 def test_stock_flowers_deployed_round_is_shown_beside_hepafeds() -> None:
