@@ -54,12 +54,17 @@ from common.schedule import epoch_lrs, is_constant, round_lr
 from common.summary import SiteSummary
 from common.weights import load_arrays, shared_state
 
+EVAL_SPLITS = (*(s.value for s in Split), EVAL_ALL)  # what ConfigKey.EVAL_SPLIT may name
 # what a site that never trained a model with local layers gets when no TEST_TIME hook is set
 ADAPT_FORCED = "bn-adapt (the model has no global normalisation statistics)"
 
 
 class SiteConfigError(ValueError):
     """The node does not say which site folder it serves."""
+
+
+class InstructionError(ValueError):
+    """A message's instructions name something a site does not do (the server's word)."""
 
 
 @dataclass(frozen=True)
@@ -76,11 +81,17 @@ class Instructions:
     @classmethod
     def from_config(cls, extras: Mapping[str, Any]) -> Instructions:
         stats = str(extras.get(ConfigKey.SHARED_STATISTICS, "") or "")
+        split = str(extras.get(ConfigKey.EVAL_SPLIT, Split.TEST.value))
+        if split not in EVAL_SPLITS:  # the server's word: a name, never a path
+            raise InstructionError(
+                f"the server asked to score split {split!r}: a site scores one of "
+                f"{', '.join(EVAL_SPLITS)}"
+            )
         return cls(
             model=str(extras.get(ConfigKey.MODEL, GLOBAL_MODEL)),
             base_model=str(extras.get(ConfigKey.BASE_MODEL, "")),
             share=str(extras.get(ConfigKey.SHARE, Share.SHARED.value)),
-            split=str(extras.get(ConfigKey.EVAL_SPLIT, Split.TEST.value)),
+            split=split,
             shared_statistics=json.loads(stats) if stats else {},
             raw=dict(extras),
         )

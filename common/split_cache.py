@@ -21,6 +21,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -30,11 +31,14 @@ import torch
 log = logging.getLogger("hepafed.progress")
 
 SUFFIX = ".split"
+_SPLIT_NAME = re.compile(r"[a-z]+")
 
 
 def split_file(folder: Path, split: str, key: Any) -> Path:
     """The file of ``split`` under ``folder`` (the site's per-case cache folder for its
     pipeline) for the cache key ``key`` (its ``repr`` is hashed)."""
+    if not _SPLIT_NAME.fullmatch(split):
+        raise ValueError(f"split {split!r}: a split's name is lowercase letters, not a path")
     digest = hashlib.sha256(repr(key).encode("utf-8")).hexdigest()[:32]
     return folder / f"{split}-{digest}{SUFFIX}"
 

@@ -109,3 +109,14 @@ def test_site_check_shows_the_val_count(
     site = site_factory(n_cases=12, splits=SPLITS)
     assert main(["site", "check", str(site)]) == 0
     assert "splits: train=6, val=3, test=3" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("split", ["../../../../tmp/evil", "validation", "test/.."])
+def test_a_split_the_server_names_is_one_a_site_has_never_a_path(split: str) -> None:
+    """The eval split is the server's word; a site scores train, val, test or all."""
+    from client.site import InstructionError
+
+    with pytest.raises(InstructionError, match="a site scores one of train, val, test, all"):
+        Instructions.from_config({ConfigKey.EVAL_SPLIT.value: split})
+    assert Instructions.from_config({ConfigKey.EVAL_SPLIT.value: "val"}).split == "val"
+    assert Instructions.from_config({}).split == Split.TEST.value

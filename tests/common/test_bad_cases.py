@@ -399,14 +399,17 @@ def test_a_file_that_becomes_corrupt_is_not_served_from_a_cache(
     good = load_split(manifest, "train", cfg.data, cfg.task)
     cached = sorted((tmp_path / "cache").rglob("*.pt")) if disk_cache else []
     assert len(cached) == (4 if disk_cache else 0)
+    stacked = sorted((tmp_path / "cache").rglob("*.split"))  # common.split_cache
+    assert len(stacked) == (1 if disk_cache else 0)
     original = _image(site).read_bytes()
     _garbage(site)
     _touch_later(_image(site))
     for _ in range(2):  # the failure is not cached: the second load fails the same way
         with pytest.raises(BadCaseError, match="unreadable image"):
             load_split(manifest, "train", cfg.data, cfg.task)
-    if disk_cache:  # nothing was written for the corrupt case
+    if disk_cache:  # nothing was written for the corrupt case, nor for its failed split
         assert sorted((tmp_path / "cache").rglob("*.pt")) == cached
+        assert sorted((tmp_path / "cache").rglob("*.split")) == stacked
     _image(site).write_bytes(original)
     _touch_later(_image(site))
     again = load_split(manifest, "train", cfg.data, cfg.task)

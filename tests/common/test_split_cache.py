@@ -126,3 +126,12 @@ def test_without_a_cache_folder_nothing_is_written(
     data._SPLITS.clear()
     data.load_split(open_manifest(site, cfg.data.channels, cfg.task), "train", cfg.data, cfg.task)
     assert _split_files(tmp_path) == []
+
+
+@pytest.mark.parametrize("split", ["../../escape", "train/..", "Train", "", "test\x00"])
+def test_a_split_name_that_is_not_a_plain_name_is_never_a_path(split: str) -> None:
+    from common.split_cache import split_file
+
+    with pytest.raises(ValueError, match="not a path"):
+        split_file(Path("/cache/site/pipe"), split, ("key",))
+    assert split_file(Path("/c"), "val", ("key",)).parent == Path("/c")
