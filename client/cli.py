@@ -41,7 +41,7 @@ from client.node import (
 )
 from client.policy import PolicyError
 from client.policy_file import read_policy
-from client.supernode import IDLE_POLL_S
+from client.supernode import BUSY_POLL_S, IDLE_POLL_S
 from common.app_bundle import bundle_sha256
 from common.cli import EXIT_OK, EXIT_PROBLEMS, parse_overrides
 from common.config import RunConfig
@@ -147,6 +147,7 @@ def supernode_options(args: argparse.Namespace) -> SuperNodeOptions:
         policy=read_policy(keys / NODE_CONFIG_FILE) if keys else None,
         cold_tasks=args.cold_tasks,
         idle_poll_s=args.idle_poll,
+        busy_poll_s=args.busy_poll,
         threads=args.threads,
     )
 
@@ -312,6 +313,16 @@ def add_commands(sub: argparse._SubParsersAction[Any]) -> None:
         metavar="SECONDS",
         help=f"how long the SuperNode waits before asking the SuperLink again when no message "
         f"came (default {IDLE_POLL_S:g}; Flower's own is 3: fewer requests, slower rounds)",
+    )
+    c.add_argument(
+        "--busy-poll",
+        type=float,
+        default=BUSY_POLL_S,
+        metavar="SECONDS",
+        help=f"the same wait for 30 s after the site sent a reply, when a round's next message "
+        f"is near (default {BUSY_POLL_S:g}; give the --idle-poll value for one rate; a "
+        "federation of many sites may want a longer one: each site asks 1/SECONDS times a "
+        "second meanwhile)",
     )
     c.add_argument(
         "--threads",

@@ -62,13 +62,14 @@ _PLAIN_VERSION = re.compile(r"[A-Za-z0-9_.+\-]+")
 def task_command(args: argparse.Namespace, token: str) -> list[str]:
     """The command line of one task process (hepafed's code, not the bundle's)."""
     cmd = [sys.executable, "-m", "client.executor", "task", "--token", token,
+           "--acquired-at", repr(time.time()),
            "--runtime-api-address", args.runtime_api_address, "--approvals", args.approvals,
            "--keys", args.keys, "--site", args.site]  # fmt: skip
     if args.parent_pid is not None:
         cmd += ["--parent-pid", str(args.parent_pid)]
     if args.threads is not None:
         cmd += ["--threads", str(args.threads)]
-    return [*cmd, "--acquired-at", repr(time.time())]
+    return cmd
 
 
 def _auth_interceptors(secret_file: str | None) -> list[Any]:

@@ -27,7 +27,7 @@ from typing import Any
 from client.app_approval import APPROVALS_FILE
 from client.policy import SitePolicy
 from client.policy_file import node_config_args, policy_toml
-from client.supernode import IDLE_POLL_S
+from client.supernode import BUSY_POLL_S, IDLE_POLL_S
 from common.crypto import SITE_PRIVATE_KEY, SITE_PUBLIC_KEY, create_site_keys
 from common.keys import NodeKey, site_name_problem
 from common.manifest import MANIFEST_NAME
@@ -55,6 +55,7 @@ class SuperNodeOptions:
     auth_secret_file: Path | None = None  # only the site executor may take the node's tasks
     cold_tasks: bool = False  # a fresh interpreter per task, not a fork of the warm zygote
     idle_poll_s: float = IDLE_POLL_S  # seconds between asking for messages when none came
+    busy_poll_s: float = BUSY_POLL_S  # ... for a while after the site sent a reply
     threads: int | None = None  # torch threads per task (None: torch's default, all cores)
 
     def __post_init__(self) -> None:
@@ -88,9 +89,9 @@ class SuperNodeOptions:
 def supernode_command(options: SuperNodeOptions) -> list[str]:
     """The SuperNode's command line for ``options`` (the one source of truth): Flower's
     ``flower-supernode`` with its arguments, through ``client.supernode``, which shortens
-    the idle poll to ``idle_poll_s``."""
+    the idle poll to ``idle_poll_s`` (``busy_poll_s`` for a while after a reply)."""
     cmd = [sys.executable, "-m", "client.supernode", "--idle-poll", f"{options.idle_poll_s:g}",
-           "--superlink", options.superlink]  # fmt: skip
+           "--busy-poll", f"{options.busy_poll_s:g}", "--superlink", options.superlink]  # fmt: skip
     if options.insecure:
         cmd.append("--insecure")
     else:

@@ -1,5 +1,5 @@
 """Flower's SuperNode with a shorter idle poll: ``python -m client.supernode [--idle-poll S]
-FLOWER-SUPERNODE-ARGS``.
+[--busy-poll S] FLOWER-SUPERNODE-ARGS``.
 
 Flower's SuperNode asks the SuperLink for a message, and when there is none it sleeps
 3 s before asking again (``flwr.supernode.start_client_internal``, a fixed
@@ -13,9 +13,11 @@ Once a message is in, the same loop waits for the task's reply (and each reply o
 content) by reading the node's own state every 0.5 s, a quarter second of every message
 on average; those local waits are capped at ``LOCAL_POLL_S``, which costs no request.
 And the next message of a round (the evaluation, the next round) comes seconds after a
-site's reply, once the slowest site has replied: for ``HOT_WINDOW_S`` after each reply
-the loop asks every ``HOT_POLL_S`` (at most; ``--idle-poll`` if shorter), then again every
-``--idle-poll``. A site that is not in a run costs the SuperLink what it did.
+site's reply, once the slowest site has replied: for ``BUSY_WINDOW_S`` after each reply
+the loop asks every ``--busy-poll`` seconds (default ``BUSY_POLL_S``; at most
+``--idle-poll``), then again every ``--idle-poll``. A site that is not in a run costs the
+SuperLink what it did; one in a run up to 1 / ``--busy-poll`` requests a second while it
+waits for the others (a federation of many sites may want a longer one).
 It also pulls a message's objects with a short retry backoff (``common.flower_pulls``).
 
 Flower is pinned to one minor release (pyproject.toml); ``check_poll_site`` fails loudly
@@ -36,29 +38,29 @@ IDLE_POLL_S = 1.0
 FLOWER_IDLE_SLEEP_S = 3  # the sleep Flower's loop takes when no message came
 FLOWER_LOCAL_SLEEP_S = 0.5  # its sleep between looks at the node's state for a reply
 LOCAL_POLL_S = 0.02
-HOT_POLL_S = 0.2  # the idle poll for HOT_WINDOW_S seconds after the site sent a reply
-HOT_WINDOW_S = 30.0
+BUSY_POLL_S = 0.2  # the idle poll for BUSY_WINDOW_S seconds after the site sent a reply
+BUSY_WINDOW_S = 30.0
 
 
 class _CappedSleep:
     """``time`` as one module sees it, with ``sleep`` capped at ``cap`` seconds, and the
     loop's short waits on the node's own state (under its idle sleep) at ``LOCAL_POLL_S``."""
 
-    def __init__(self, cap: float) -> None:
-        self.cap = cap
-        self.hot_until = 0.0  # a reply went out recently: the next message is likely near
+    def __init__(self, cap: float, busy: float = BUSY_POLL_S) -> None:
+        self.cap, self.busy = cap, busy
+        self.busy_until = 0.0  # a reply went out recently: the next message is likely near
 
     def sleep(self, seconds: float) -> None:
         if seconds < FLOWER_IDLE_SLEEP_S:
             cap = min(self.cap, LOCAL_POLL_S)
-        elif time.monotonic() < self.hot_until:
-            cap = min(self.cap, HOT_POLL_S)
+        elif time.monotonic() < self.busy_until:
+            cap = min(self.cap, self.busy)
         else:
             cap = self.cap
         time.sleep(min(seconds, cap))
 
     def replied(self) -> None:
-        self.hot_until = time.monotonic() + HOT_WINDOW_S
+        self.busy_until = time.monotonic() + BUSY_WINDOW_S
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
@@ -87,15 +89,16 @@ def check_poll_site(module: ModuleType) -> None:
         )
 
 
-def cap_idle_poll(seconds: float) -> None:
-    """Cap the SuperNode loop's sleeps at ``seconds`` and shorten its object pulls' retry
-    backoff (before the SuperNode starts)."""
+def cap_idle_poll(seconds: float, busy: float = BUSY_POLL_S) -> None:
+    """Cap the SuperNode loop's sleeps at ``seconds`` (``busy`` seconds for a while after
+    a reply) and shorten its object pulls' retry backoff (before the SuperNode starts)."""
     import flwr.supernode.start_client_internal as loop
 
-    if not 0.05 <= seconds <= FLOWER_IDLE_SLEEP_S:
-        raise ValueError(f"--idle-poll {seconds}: give 0.05 to {FLOWER_IDLE_SLEEP_S} seconds")
+    for flag, value in (("--idle-poll", seconds), ("--busy-poll", busy)):
+        if not 0.05 <= value <= FLOWER_IDLE_SLEEP_S:
+            raise ValueError(f"{flag} {value}: give 0.05 to {FLOWER_IDLE_SLEEP_S} seconds")
     check_poll_site(loop)
-    sleeper = _CappedSleep(seconds)
+    sleeper = _CappedSleep(seconds, busy)
     push_messages = loop._push_messages
 
     def push_and_stay_hot(*a: Any, **k: Any) -> None:
@@ -111,12 +114,12 @@ def cap_idle_poll(seconds: float) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    poll = IDLE_POLL_S
-    if args[:1] == ["--idle-poll"]:
+    polls = {"--idle-poll": IDLE_POLL_S, "--busy-poll": BUSY_POLL_S}
+    while args[:1] and args[0] in polls:
         if len(args) < 2:
-            raise SystemExit("--idle-poll needs seconds")
-        poll, args = float(args[1]), args[2:]
-    cap_idle_poll(poll)
+            raise SystemExit(f"{args[0]} needs seconds")
+        polls[args[0]], args = float(args[1]), args[2:]
+    cap_idle_poll(polls["--idle-poll"], polls["--busy-poll"])
     from flwr.supernode.cli import flower_supernode
 
     sys.argv = ["flower-supernode", *args]

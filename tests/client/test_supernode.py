@@ -55,13 +55,15 @@ def test_cap_applies_to_the_loop_module_only(monkeypatch: pytest.MonkeyPatch) ->
     for bad in (0.0, 3.5):
         with pytest.raises(ValueError, match="--idle-poll"):
             supernode.cap_idle_poll(bad)
+        with pytest.raises(ValueError, match="--busy-poll"):
+            supernode.cap_idle_poll(1.0, bad)
 
 
 def test_after_a_reply_the_loop_asks_often_for_a_while_then_idles_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The round's next message follows a site's reply within seconds: the idle poll is
-    ``HOT_POLL_S`` for ``HOT_WINDOW_S`` after each reply, ``--idle-poll`` otherwise."""
+    ``BUSY_POLL_S`` for ``BUSY_WINDOW_S`` after each reply, ``--idle-poll`` otherwise."""
     import flwr.supernode.start_client_internal as loop
 
     pushed: list[dict[str, object]] = []
@@ -80,6 +82,12 @@ def test_after_a_reply_the_loop_asks_often_for_a_while_then_idles_again(
     push: Any = loop._push_messages
     push(state="s")  # Flower's loop pushes the task's reply
     assert pushed == [{"state": "s"}]
-    assert idle_sleep() < supernode.HOT_POLL_S + 0.15
-    monkeypatch.setattr(sleeper, "hot_until", time.monotonic() - 1)  # the window has passed
+    assert idle_sleep() < supernode.BUSY_POLL_S + 0.15
+    monkeypatch.setattr(sleeper, "busy_until", time.monotonic() - 1)  # the window has passed
     assert 0.55 < idle_sleep() < 0.9
+    # a federation of many sites asks less often near a reply: --busy-poll
+    monkeypatch.setattr(loop, "time", time)
+    supernode.cap_idle_poll(0.6, busy=0.4)
+    push = loop._push_messages
+    push(state="s")
+    assert 0.35 < idle_sleep() < 0.55

@@ -104,8 +104,8 @@ def test_supernode_command_is_secure_by_default(tmp_path: Path) -> None:
     )
     cmd = supernode_command(options)
     # Flower's SuperNode through hepafed's launcher, which only shortens its idle poll
-    assert cmd[1:7] == ["-m", "client.supernode", "--idle-poll", "1", "--superlink",
-                           "link.example.org:9093"]  # fmt: skip
+    assert cmd[1:9] == ["-m", "client.supernode", "--idle-poll", "1", "--busy-poll", "0.2",
+                        "--superlink", "link.example.org:9093"]  # fmt: skip
     assert cmd[cmd.index("--root-certificates") + 1] == str(tmp_path / "ca.pem")
     assert cmd[cmd.index("--auth-supernode-private-key") + 1] == str(tmp_path / "site_key")
     assert cmd[cmd.index("--node-config") + 1] == (

@@ -219,8 +219,9 @@ def test_insecure_site_and_run_print_the_warning(tmp_path: Path) -> None:
         procs.start("run", [HEPAFED, "run", "--insecure", "--superlink", "127.0.0.1:1"])
         for name in ("site", "run"):
             assert procs.wait_for_log(name, "WARNING: --insecure", 60), procs.log(name)
-        assert "client.supernode --idle-poll 1 --superlink 127.0.0.1:1 --insecure" in procs.log(
-            "site"
+        assert (
+            "client.supernode --idle-poll 1 --busy-poll 0.2 --superlink 127.0.0.1:1 "
+            "--insecure" in procs.log("site")
         )
     finally:
         procs.stop_all()
