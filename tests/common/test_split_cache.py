@@ -44,6 +44,13 @@ def _new_process(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return loaded
 
 
+def _first_load(site: Path, tmp_path: Path) -> tuple[RunConfig, Any, data.SplitTensors]:
+    """The config, manifest and train split of a site's first load, cached under tmp_path."""
+    cfg = _cfg(tmp_path / "cache")
+    manifest = open_manifest(site, cfg.data.channels, cfg.task)
+    return cfg, manifest, data.load_split(manifest, "train", cfg.data, cfg.task)
+
+
 def test_the_next_process_reads_the_stacked_split_not_its_cases(
     site_factory: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -70,9 +77,7 @@ def test_a_changed_file_or_setting_is_loaded_again_and_replaces_the_old_file(
     site_factory: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     site = site_factory(n_cases=6)
-    cfg = _cfg(tmp_path / "cache")
-    manifest = open_manifest(site, cfg.data.channels, cfg.task)
-    data.load_split(manifest, "train", cfg.data, cfg.task)
+    cfg, manifest, _ = _first_load(site, tmp_path)
     before = _split_files(tmp_path / "cache")
     image = site / f"images/{site.name}-000_arterial.nii.gz"
     st = image.stat()
@@ -90,10 +95,7 @@ def test_a_changed_file_or_setting_is_loaded_again_and_replaces_the_old_file(
 def test_a_damaged_or_hostile_file_is_a_cache_miss_never_code(
     site_factory: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    site = site_factory(n_cases=6)
-    cfg = _cfg(tmp_path / "cache")
-    manifest = open_manifest(site, cfg.data.channels, cfg.task)
-    good = data.load_split(manifest, "train", cfg.data, cfg.task)
+    cfg, manifest, good = _first_load(site_factory(n_cases=6), tmp_path)
     (cached,) = _split_files(tmp_path / "cache")
     cached.write_bytes(cached.read_bytes()[:100])  # a torn file
     loaded = _new_process(monkeypatch)
