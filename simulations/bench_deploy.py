@@ -217,12 +217,6 @@ def deploy_markdown(r: dict[str, Any]) -> list[str]:
         f"- one task at a site (token acquired to process gone, {r['tasks']} tasks): "
         f"{fmt(r['task_s'])} s",
     ]
-    if r.get("task_phases_s"):
-        phases = ", ".join(f"{k} {v:.3f}" for k, v in r["task_phases_s"].items())
-        lines.append(
-            f"- where a task's time goes (median s over the tasks; `client.executor."
-            f"TaskPhases`): {phases}"
-        )
     if r.get("stock_round_s"):
         lines[-2:-2] = [
             f"- stock Flower deployed round: {fmt(r['stock_round_s'])} s; hepafed deployed "
@@ -230,6 +224,12 @@ def deploy_markdown(r: dict[str, Any]) -> list[str]:
             f"{r['stock_ratio_spread']['max']:.3f}), the median of the sets' ratios; its "
             f"whole run {fmt(r['stock_run_s'])} s",
         ]
+    if r.get("task_phases_s"):
+        phases = ", ".join(f"{k} {v:.3f}" for k, v in r["task_phases_s"].items())
+        lines.append(
+            f"- where a task's time goes (median s over the tasks; `client.executor."
+            f"TaskPhases`): {phases}"
+        )
     columns = [r.get(f"{side}_phases_s") or {} for side in SIDES]
     if any(columns):
         lines += ["", "| phase (median s) | hepafed deployed | hepafed simulated | stock "

@@ -92,10 +92,12 @@ def test_stock_flowers_deployed_round_is_shown_beside_hepafeds() -> None:
         "1.450 (1.400-1.500)" in text  # fmt: skip
     assert "each site's tasks use 1 torch thread(s)" in text
     assert "| exchange | 2.000 | 1.800 | 1.400 |" in text
-    lines = text.splitlines()  # the stock line sits with the round figures, before the runs
-    assert lines.index(next(x for x in lines if x.startswith("- stock"))) < lines.index(
-        next(x for x in lines if x.startswith("- whole run"))
-    )
+    r["task_phases_s"] = {"pull": 0.2}
+    lines = "\n".join(deploy_markdown(r)).splitlines()
+    # the stock line sits with the round figures, before the runs; the phases after the tasks
+    starts = ("- ratio", "- stock", "- whole run", "- one task", "- where a task")
+    order = [next(i for i, x in enumerate(lines) if x.startswith(p)) for p in starts]
+    assert order == sorted(order)
 
 
 def test_the_stock_app_is_this_project_with_flowers_plain_apps_as_its_components(
