@@ -26,6 +26,7 @@ Flower does.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import hashlib
 import logging
@@ -33,7 +34,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -55,6 +56,8 @@ WARM_MODULES = ("client.app", "flwr.supernode.runtime.run_clientapp", "torch._dy
 AUTH_METHODS = frozenset({"/flwr.proto.Runtime/AcquireTask"})
 OWN_PACKAGES = ("client", "common", "server", "simulations")
 INSTALLED_MARK = ".hepafed-installed"  # in a bundle's folder: the sha256 it was installed from
+INSTALL_LOCK = ".hepafed-install.lock"  # in Flower's apps folder: one install at a time
+FLOWER_ORIGINAL = "_hepafed_flower_original"  # on a wrapper: the Flower function it wraps
 _PLAIN_ID = re.compile(r"[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+")
 _PLAIN_VERSION = re.compile(r"[A-Za-z0-9_.+\-]+")
 
@@ -222,7 +225,9 @@ def run_task(args: argparse.Namespace) -> None:
     from flwr.supercore.fab import Fab
 
     approvals_path, keys_dir, site = Path(args.approvals), Path(args.keys), args.site
-    pull_task_input, install_from_fab = runner.pull_task_input, runner.install_from_fab
+    # Flower's own functions, even where an earlier run_task in this process wrapped them
+    pull_task_input = getattr(runner.pull_task_input, FLOWER_ORIGINAL, runner.pull_task_input)
+    install_from_fab = getattr(runner.install_from_fab, FLOWER_ORIGINAL, runner.install_from_fab)
     pulled: dict[str, Any] = {}
     phases = TaskPhases()
     if args.acquired_at is not None:  # the task process's start: a fork or a fresh interpreter
@@ -253,16 +258,17 @@ def run_task(args: argparse.Namespace) -> None:
             refuse(f"the run names app {run.fab_id!r} version {run.fab_version!r}: not plain "
                    f"names; refused at site {site}")  # fmt: skip
         expected = Path(get_project_dir(run.fab_id, run.fab_version, digest)).resolve()
-        if installed_before(expected, digest):
-            _forget_site_packages()
-            return expected
-        fresh = not expected.exists()
-        installed = Path(install_from_fab(content, *a, **k)).resolve()
-        if installed != expected:
-            refuse(f"app bundle sha256 {digest} installs as {installed.name}, but the run "
-                   f"would load {expected.name}; refused at site {site}")  # fmt: skip
-        if fresh:  # these approved bytes were extracted here now: compile and mark them
-            mark_installed(installed, digest)
+        with install_lock(expected.parent):  # another task of this host may be installing
+            if installed_before(expected, digest):
+                _forget_site_packages()
+                return expected
+            fresh = not expected.exists()
+            installed = Path(install_from_fab(content, *a, **k)).resolve()
+            if installed != expected:
+                refuse(f"app bundle sha256 {digest} installs as {installed.name}, but the "
+                       f"run would load {expected.name}; refused at site {site}")  # fmt: skip
+            if fresh:  # these approved bytes were extracted here now: compile and mark them
+                mark_installed(installed, digest)
         _forget_site_packages()
         return installed
 
@@ -270,6 +276,8 @@ def run_task(args: argparse.Namespace) -> None:
         limit_threads(args.threads)
     # the message's objects, from this host's SuperNode while it still pulls them
     quicken_pulls(runner, backoff_cap=LOCAL_BACKOFF_CAP_S)
+    setattr(pull_checked, FLOWER_ORIGINAL, pull_task_input)
+    setattr(install_checked, FLOWER_ORIGINAL, install_from_fab)
     runner.pull_task_input = pull_checked
     runner.install_from_fab = install_checked
     phases.wrap_load_and_push(runner)
@@ -294,17 +302,39 @@ def installed_before(folder: Path, digest: str) -> bool:
 
 
 def mark_installed(folder: Path, digest: str) -> None:
-    """Compile the bundle just installed into ``folder`` (the task processes run with
-    ``-B`` and would compile every module again in every task) and then mark it
-    installed from the approved bytes of sha256 ``digest``. A folder that was there
-    before this task installed (an older install, or another bundle whose hash has
-    the same first eight digits) is never marked, so it is never taken as these bytes."""
+    """Compile the bundle just installed into ``folder`` (where Python writes no bytecode,
+    as in the Docker image, ``PYTHONDONTWRITEBYTECODE``, every task would compile every
+    module again) and then mark it installed from the approved bytes of sha256
+    ``digest``. A folder that was there before this task installed (an older install, or
+    another bundle whose hash has the same first eight digits) is never marked, so it is
+    never taken as these bytes. A mark that cannot be written costs only speed: the next
+    task installs as Flower does."""
     import compileall
 
     from common.files import write_atomic
 
-    compileall.compile_dir(str(folder), quiet=2)
-    write_atomic(folder / INSTALLED_MARK, digest)
+    try:
+        compileall.compile_dir(str(folder), quiet=2)
+        write_atomic(folder / INSTALLED_MARK, digest)
+    except OSError as err:
+        log.warning("bundle %s installed but not marked (%s): the next task installs it "
+                    "again", folder.name, err)  # fmt: skip
+
+
+@contextlib.contextmanager
+def install_lock(apps: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``apps/INSTALL_LOCK`` (every task of this host that uses
+    the same Flower home): a bundle's check, install and mark are one step, so no task
+    marks a folder another task is still filling."""
+    import fcntl
+
+    apps.mkdir(parents=True, exist_ok=True)
+    with open(apps / INSTALL_LOCK, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class TaskPhases:

@@ -21,6 +21,7 @@ from flwr.supercore.fab import Fab
 
 from client import executor
 from client.app_approval import APPROVALS_FILE, REFUSALS_LOG, AppNotApproved, approve
+from common.flower_pulls import LOCAL_BACKOFF_CAP_S
 
 BUNDLE = b"PK-the-reviewed-release"
 DIGEST = hashlib.sha256(BUNDLE).hexdigest()
@@ -106,6 +107,37 @@ def test_an_approved_bundle_installs_and_loads_from_its_own_folder(
     # the next task loads the same folder without extracting the bundle again
     executor.run_task(_args(tmp_path))
     assert seen["installed"] == [BUNDLE] and seen["forgotten"] == 2
+    # its pulls from this host's SuperNode back off at most LOCAL_BACKOFF_CAP_S
+    quick = runner.pull_and_inflate_object_from_tree
+    assert quick.keywords["backoff_cap"] == LOCAL_BACKOFF_CAP_S  # type: ignore[attr-defined]
+
+
+def test_installs_on_one_host_take_turns_and_a_mark_that_fails_costs_only_speed(
+    flower: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fcntl
+
+    apps = tmp_path / "apps"
+    # another task's check, install and mark wait
+    with (
+        executor.install_lock(apps),
+        open(apps / executor.INSTALL_LOCK) as other,
+        pytest.raises(BlockingIOError),
+    ):
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with open(apps / executor.INSTALL_LOCK) as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free once the task is done
+
+    import common.files
+
+    def full_disk(*_a: Any, **_k: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(common.files, "write_atomic", full_disk)
+    approve(tmp_path / APPROVALS_FILE, DIGEST)
+    executor.run_task(_args(tmp_path))  # the task runs; the next one installs again
+    folder = Path(get_project_dir("hepafed/hepafed", "0.1.0", DIGEST))
+    assert flower["seen"]["forgotten"] == 1 and not (folder / executor.INSTALLED_MARK).exists()
 
 
 def test_a_folder_not_installed_from_these_bytes_is_never_taken_as_them(
@@ -320,4 +352,4 @@ def test_a_tasks_phases_are_timed_around_flowers_steps_and_logged_at_the_push(
     names = re.findall(r"([a-z]+) [0-9.]+ s", line)
     assert names == ["start", "load", "app", "push"]
     s = phases.seconds
-    assert 0.05 <= s["load"] < 0.09 and 0.1 <= s["app"] < 0.15 and 0.01 <= s["push"] < 0.05
+    assert 0.05 <= s["load"] < 1 and 0.1 <= s["app"] < 1 and 0.01 <= s["push"] < 1
