@@ -118,6 +118,7 @@ def _cached_split(
     hash, split, data settings (the bad-case policy included), task and the size and
     modification time of every file of every case, so a changed file is read again. Only
     a loaded split is kept: a failure raises before it can be cached."""
+    split = str(split)  # Split.TEST and "test": one key, in memory and on disk
     cases = [c for c in manifest.split(split) if c.case_id not in manifest.row_problems]
     files = [p for c in cases for p in (*c.images, c.mask, c.liver_mask) if p is not None]
     stats = json.dumps([file_fingerprint(p) for p in files])
@@ -173,8 +174,9 @@ def _from_stacked(content: dict[str, Any] | None) -> SplitTensors | None:
     except (KeyError, TypeError, ValueError):
         return None
     n = len(tensors.case_ids)
-    parts = [tensors.images, tensors.masks, tensors.labels, tensors.livers]
-    if all(isinstance(x, torch.Tensor) and len(x) == n for x in parts if x is not None):
+    parts = [tensors.images, tensors.masks, tensors.labels]
+    parts += [tensors.livers] if tensors.livers is not None else []  # only livers may be None
+    if all(isinstance(x, torch.Tensor) and len(x) == n for x in parts):
         return tensors
     return None
 

@@ -17,12 +17,13 @@ name, owner-only), so a reader never sees part of one.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import io
 import logging
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,26 +32,43 @@ import torch
 log = logging.getLogger("hepafed.progress")
 
 SUFFIX = ".split"
+STALE_TMP_S = 3600.0  # a temporary file this old was left by a killed writer
 _SPLIT_NAME = re.compile(r"[a-z]+")
 
 
 def split_file(folder: Path, split: str, key: Any) -> Path:
     """The file of ``split`` under ``folder`` (the site's per-case cache folder for its
-    pipeline) for the cache key ``key`` (its ``repr`` is hashed)."""
+    pipeline) for the cache key ``key`` (its ``repr`` is hashed, with the code that makes
+    a split, ``code_version``)."""
     if not _SPLIT_NAME.fullmatch(split):
         raise ValueError(f"split {split!r}: a split's name is lowercase letters, not a path")
-    digest = hashlib.sha256(repr(key).encode("utf-8")).hexdigest()[:32]
-    return folder / f"{split}-{digest}{SUFFIX}"
+    text = repr((code_version(), key)).encode("utf-8")
+    return folder / f"{split}-{hashlib.sha256(text).hexdigest()[:32]}{SUFFIX}"
+
+
+@functools.cache
+def code_version() -> str:
+    """What else decides a split's tensors: the code that loads and preprocesses cases
+    (``common.data``, ``common.preprocess``, ``common.checkedload``: a bundle or release
+    that changes them reads other files) and the torch and MONAI versions."""
+    import monai
+
+    from common import checkedload, data, preprocess
+
+    digest = hashlib.sha256()
+    for module in (data, preprocess, checkedload):
+        digest.update(Path(str(module.__file__)).read_bytes())
+    return f"{digest.hexdigest()[:16]} torch {torch.__version__} monai {monai.__version__}"
 
 
 def read_stacked(path: Path) -> dict[str, Any] | None:
     """The content ``write_stacked`` wrote at ``path``; ``None`` when there is none or it
     cannot be read (then it is loaded from the cases again)."""
-    if not path.is_file():
-        return None
     try:
+        if not path.is_file():
+            return None
         content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
+    except Exception as err:  # a damaged or unreadable file is a cache miss
         log.warning("cached split %s not read (%s): loading its cases again", path, err)
         return None
     return content if isinstance(content, dict) else None
@@ -58,19 +76,29 @@ def read_stacked(path: Path) -> dict[str, Any] | None:
 
 def write_stacked(path: Path, content: dict[str, Any]) -> None:
     """Write ``content`` (tensors, strings, lists) at ``path``, whole and owner-only, and
-    remove the same split's files of older keys."""
-    buffer = io.BytesIO()
-    torch.save(content, buffer)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")  # 0600
+    remove the same split's files of older keys (and temporary files a killed writer left
+    an hour ago or more). A file that cannot be written is only a warning: the split was
+    loaded, the next process loads it from its cases again."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buffer.getbuffer())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")  # 0600
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(content, f)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as err:
+        log.warning("split %s not stacked on disk (%s): the next process reads its cases",
+                    path, err)  # fmt: skip
+        return
     split = path.name.rsplit("-", 1)[0]
-    for old in path.parent.glob(f"{split}-*{SUFFIX}"):
-        if old != path and old.name.rsplit("-", 1)[0] == split:
-            old.unlink(missing_ok=True)
+    for old in path.parent.glob(f"{split}-*{SUFFIX}*"):
+        if old == path or old.name.rsplit("-", 1)[0] != split:
+            continue
+        try:
+            if old.name.endswith(SUFFIX) or time.time() - old.stat().st_mtime > STALE_TMP_S:
+                old.unlink(missing_ok=True)
+        except OSError:  # gone meanwhile, or not ours to remove: the next writer tries again
+            continue

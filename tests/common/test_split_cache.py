@@ -137,3 +137,52 @@ def test_a_split_name_that_is_not_a_plain_name_is_never_a_path(split: str) -> No
     with pytest.raises(ValueError, match="not a path"):
         split_file(Path("/cache/site/pipe"), split, ("key",))
     assert split_file(Path("/c"), "val", ("key",)).parent == Path("/c")
+
+
+def test_one_file_for_a_split_named_as_enum_or_text_and_per_version_of_the_code(
+    site_factory: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from common import split_cache
+    from common.keys import Split
+
+    cfg, manifest, _ = _first_load(site_factory(n_cases=6), tmp_path)  # "train"
+    loaded = _new_process(monkeypatch)
+    data.load_split(manifest, Split.TRAIN, cfg.data, cfg.task)  # the enum: the same file
+    assert loaded == [] and len(_split_files(tmp_path / "cache")) == 1
+    key = ("k",)
+    name = split_cache.split_file(Path("/c"), "train", key)
+    monkeypatch.setattr(split_cache, "code_version", lambda: "another release")
+    assert split_cache.split_file(Path("/c"), "train", key) != name  # never its tensors
+
+
+def test_a_disk_that_cannot_take_the_file_costs_only_speed_and_stale_temporaries_go(
+    site_factory: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from common import split_cache
+
+    site = site_factory(n_cases=6)
+    cfg = _cfg(tmp_path / "cache")
+    manifest = open_manifest(site, cfg.data.channels, cfg.task)
+    mkstemp = split_cache.tempfile.mkstemp
+
+    def full_disk(*_a: Any, **_k: Any) -> Any:
+        raise OSError(28, "No space left on device")
+
+    data._SPLITS.clear()
+    monkeypatch.setattr(split_cache.tempfile, "mkstemp", full_disk)
+    assert len(data.load_split(manifest, "train", cfg.data, cfg.task)) > 0
+    assert _split_files(tmp_path / "cache") == []
+    monkeypatch.setattr(split_cache.tempfile, "mkstemp", mkstemp)
+
+    folder = next((tmp_path / "cache").rglob("*.pt")).parent  # the pipeline's folder
+    killed, writing = folder / "train-0.splitabc.tmp", folder / "train-1.splitdef.tmp"
+    for f in (killed, writing):
+        f.write_bytes(b"part of a split")
+    os.utime(killed, (0, os.path.getmtime(killed) - 2 * split_cache.STALE_TMP_S))
+    data._SPLITS.clear()
+    data.load_split(manifest, "train", cfg.data, cfg.task)
+    assert len(_split_files(tmp_path / "cache")) == 1
+    assert not killed.exists() and writing.exists()  # another writer's may be in progress
+    no_images = {"images": None, "masks": torch.zeros(1), "labels": torch.zeros(1),
+                 "livers": None, "case_ids": ["a"], "skipped": []}  # fmt: skip
+    assert data._from_stacked(no_images) is None  # only livers may be None
