@@ -66,7 +66,9 @@ def _task_phases(logs: list[str]) -> dict[str, float]:
     every task the executors logged."""
     rows = [{name: float(x) for name, x in PHASE.findall(line)}
             for text in logs for line in TASK_PHASES.findall(text)]  # fmt: skip
-    return _medians(rows) if rows else {}
+    names = list(dict.fromkeys(k for row in rows for k in row))
+    # over the tasks that had the phase (a refused bundle has no load or app)
+    return {k: statistics.median(row[k] for row in rows if k in row) for k in names}
 
 
 def deploy_round(cfg: Any, phantom_dir: Path, sites: list[str], repeats: int) -> dict[str, Any]:

@@ -78,16 +78,16 @@ def test_after_a_reply_the_loop_asks_often_for_a_while_then_idles_again(
 
     supernode.cap_idle_poll(0.6)
     sleeper = loop.time
-    assert 0.55 < idle_sleep() < 0.9  # no reply yet: --idle-poll
+    assert 0.55 < idle_sleep() < 1.5  # no reply yet: --idle-poll, not Flower's 3 s
     push: Any = loop._push_messages
     push(state="s")  # Flower's loop pushes the task's reply
     assert pushed == [{"state": "s"}]
-    assert idle_sleep() < supernode.BUSY_POLL_S + 0.15
+    assert idle_sleep() < supernode.BUSY_POLL_S + 0.3
     monkeypatch.setattr(sleeper, "busy_until", time.monotonic() - 1)  # the window has passed
-    assert 0.55 < idle_sleep() < 0.9
+    assert 0.55 < idle_sleep() < 1.5
     # a federation of many sites asks less often near a reply: --busy-poll
     monkeypatch.setattr(loop, "time", time)
-    supernode.cap_idle_poll(0.6, busy=0.4)
+    supernode.cap_idle_poll(1.2, busy=0.4)
     push = loop._push_messages
     push(state="s")
-    assert 0.35 < idle_sleep() < 0.55
+    assert 0.35 < idle_sleep() < 1.0  # not the default 0.2 s, not the idle 1.2 s

@@ -54,7 +54,7 @@ def test_pulls_from_the_hosts_own_supernode_back_off_to_a_tenth_of_a_second() ->
     module = _module_with(pull_objects=inflatable_utils.pull_objects)
     quicken_pulls(module, backoff_cap=LOCAL_BACKOFF_CAP_S)
     assert module.pull_objects.keywords["backoff_cap"] == LOCAL_BACKOFF_CAP_S
-    assert _seconds_to_pull(module, misses=5) < 0.75  # the SuperLink's cap: 1.25 s (1.0 at least)
+    assert _seconds_to_pull(module, misses=5) < 0.9  # the SuperLink's cap: 1.25 s (1.0 at least)
 
 
 def test_the_pinned_flower_modules_are_rebound_once() -> None:

@@ -44,6 +44,8 @@ def test_a_tasks_phases_are_the_medians_over_the_executors_log_lines() -> None:
     assert _task_phases(logs) == {"start": 0.06, "pull": 0.2, "load": 0.4, "app": 2.0,
                                   "push": 0.03}  # fmt: skip
     assert _task_phases(["no task ran"]) == {}
+    refused = "d task phases: start 0.100 s, pull 0.100 s, install 0.010 s, push 0.020 s"
+    assert _task_phases([*logs, refused])["app"] == 2.0  # not pulled towards 0 by it
 
 
 def _result(ratios: list[float]) -> dict[str, object]:
