@@ -26,27 +26,25 @@ Flower does.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import hashlib
 import logging
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from client.app_approval import AppNotApproved, log_refusal, read_approvals
+from client.bundle_install import install_lock, installed_before, mark_installed
+from client.task_phases import TaskPhases
 from common.flower_pulls import LOCAL_BACKOFF_CAP_S, quicken_pulls
 
 log = logging.getLogger("hepafed.site-executor")
-T = TypeVar("T")
 
 POLL_S = 0.2  # how often an idle executor asks its SuperNode (loopback) for a task
-HOT_POLL_S = 0.05  # ... for HOT_WINDOW_S after a task started or ended: a round's next
-HOT_WINDOW_S = 30.0  # message is likely near
+BUSY_POLL_S = 0.05  # ... for BUSY_WINDOW_S after a task started or ended: a round's next
+BUSY_WINDOW_S = 30.0  # message is likely near
 CLIENT_APP_TASK = "flwr-clientapp"
 MAX_TASKS = 4  # task processes at once; more messages wait at the SuperNode
 # imported once by the warm zygote: the site's ClientApp and, through it, torch, MONAI, Flower;
@@ -55,8 +53,6 @@ MAX_TASKS = 4  # task processes at once; more messages wait at the SuperNode
 WARM_MODULES = ("client.app", "flwr.supernode.runtime.run_clientapp", "torch._dynamo")
 AUTH_METHODS = frozenset({"/flwr.proto.Runtime/AcquireTask"})
 OWN_PACKAGES = ("client", "common", "server", "simulations")
-INSTALLED_MARK = ".hepafed-installed"  # in a bundle's folder: the sha256 it was installed from
-INSTALL_LOCK = ".hepafed-install.lock"  # in Flower's apps folder: one install at a time
 FLOWER_ORIGINAL = "_hepafed_flower_original"  # on a wrapper: the Flower function it wraps
 _PLAIN_ID = re.compile(r"[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+")
 _PLAIN_VERSION = re.compile(r"[A-Za-z0-9_.+\-]+")
@@ -194,7 +190,7 @@ def serve(args: argparse.Namespace) -> int:
                     running.append(task)
                     active = time.monotonic()
                     continue  # another message may be waiting: ask again at once
-            time.sleep(HOT_POLL_S if time.monotonic() - active < HOT_WINDOW_S else POLL_S)
+            time.sleep(BUSY_POLL_S if time.monotonic() - active < BUSY_WINDOW_S else POLL_S)
     finally:
         client.close()
 
@@ -289,104 +285,6 @@ def run_task(args: argparse.Namespace) -> None:
         parent_pid=args.parent_pid,
         runtime_dependency_install=False,
     )
-
-
-def installed_before(folder: Path, digest: str) -> bool:
-    """Whether an earlier task installed the bundle of sha256 ``digest`` into ``folder``
-    and compiled it (``mark_installed``): then this task loads it as it is, as Flower's
-    own install does for a folder that exists, without extracting the bundle again."""
-    try:
-        return (folder / INSTALLED_MARK).read_text() == digest
-    except (OSError, UnicodeDecodeError):
-        return False
-
-
-def mark_installed(folder: Path, digest: str) -> None:
-    """Compile the bundle just installed into ``folder`` (where Python writes no bytecode,
-    as in the Docker image, ``PYTHONDONTWRITEBYTECODE``, every task would compile every
-    module again) and then mark it installed from the approved bytes of sha256
-    ``digest``. A folder that was there before this task installed (an older install, or
-    another bundle whose hash has the same first eight digits) is never marked, so it is
-    never taken as these bytes. A mark that cannot be written costs only speed: the next
-    task installs as Flower does."""
-    import compileall
-
-    from common.files import write_atomic
-
-    try:
-        compileall.compile_dir(str(folder), quiet=2)
-        write_atomic(folder / INSTALLED_MARK, digest)
-    except OSError as err:
-        log.warning("bundle %s installed but not marked (%s): the next task installs it "
-                    "again", folder.name, err)  # fmt: skip
-
-
-@contextlib.contextmanager
-def install_lock(apps: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``apps/INSTALL_LOCK`` (every task of this host that uses
-    the same Flower home): a bundle's check, install and mark are one step, so no task
-    marks a folder another task is still filling."""
-    import fcntl
-
-    apps.mkdir(parents=True, exist_ok=True)
-    with open(apps / INSTALL_LOCK, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-class TaskPhases:
-    """Where one task's time goes, logged when its reply is pushed: ``start`` (from the
-    token acquired to the task process running this code), ``pull`` (message,
-    context and bundle from the SuperNode), ``install`` (the approval check and the
-    bundle's extraction), ``load`` (importing the bundle's ClientApp), ``app`` (the
-    ClientApp's work) and ``push`` (the reply to the SuperNode)."""
-
-    ORDER = ("start", "pull", "install", "load", "app", "push")
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    def timed(self, phase: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
-        def wrap(fn: Callable[..., T]) -> Callable[..., T]:
-            @functools.wraps(fn)
-            def run(*a: Any, **k: Any) -> T:
-                t = time.perf_counter()
-                try:
-                    return fn(*a, **k)
-                finally:
-                    self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t
-
-            return run
-
-        return wrap
-
-    def wrap_load_and_push(self, runner: Any) -> None:
-        """Time Flower's ClientApp loading, the ClientApp's call and the reply's push in
-        ``runner`` (Flower's task runner module); the push logs the phases."""
-        get_loader, push_message = runner.get_load_client_app_fn, runner.push_message
-
-        def get_timed_loader(*a: Any, **k: Any) -> Callable[..., Any]:
-            load = self.timed("load")(get_loader(*a, **k))
-
-            def load_timed_app(*la: Any) -> Callable[..., Any]:
-                return self.timed("app")(load(*la))
-
-            return load_timed_app
-
-        def push_and_log(*a: Any, **k: Any) -> None:
-            try:
-                self.timed("push")(push_message)(*a, **k)
-            finally:
-                log.info("task phases: %s", self.line())
-
-        runner.get_load_client_app_fn = get_timed_loader
-        runner.push_message = push_and_log
-
-    def line(self) -> str:
-        return ", ".join(f"{p} {self.seconds[p]:.3f} s" for p in self.ORDER if p in self.seconds)
 
 
 def limit_threads(n: int) -> None:

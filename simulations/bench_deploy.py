@@ -62,7 +62,7 @@ def _task_seconds(logs: list[str]) -> list[float]:
 
 
 def _task_phases(logs: list[str]) -> dict[str, float]:
-    """The median seconds of each phase of a task (``client.executor.TaskPhases``), over
+    """The median seconds of each phase of a task (``client.task_phases.TaskPhases``), over
     every task the executors logged."""
     rows = [{name: float(x) for name, x in PHASE.findall(line)}
             for text in logs for line in TASK_PHASES.findall(text)]  # fmt: skip
@@ -229,7 +229,7 @@ def deploy_markdown(r: dict[str, Any]) -> list[str]:
     if r.get("task_phases_s"):
         phases = ", ".join(f"{k} {v:.3f}" for k, v in r["task_phases_s"].items())
         lines.append(
-            f"- where a task's time goes (median s over the tasks; `client.executor."
+            f"- where a task's time goes (median s over the tasks; `client.task_phases."
             f"TaskPhases`): {phases}"
         )
     columns = [r.get(f"{side}_phases_s") or {} for side in SIDES]

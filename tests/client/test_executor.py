@@ -19,8 +19,9 @@ import pytest
 from flwr.common.config import get_project_dir
 from flwr.supercore.fab import Fab
 
-from client import executor
+from client import bundle_install, executor
 from client.app_approval import APPROVALS_FILE, REFUSALS_LOG, AppNotApproved, approve
+from client.task_phases import TaskPhases
 from common.flower_pulls import LOCAL_BACKOFF_CAP_S
 
 BUNDLE = b"PK-the-reviewed-release"
@@ -102,7 +103,7 @@ def test_an_approved_bundle_installs_and_loads_from_its_own_folder(
     assert seen["installed"] == [BUNDLE] and seen["forgotten"] == 1
     assert seen["hash_str"] == DIGEST  # the SuperNode's "forged-hash" is not what is loaded
     folder = Path(get_project_dir("hepafed/hepafed", "0.1.0", DIGEST))
-    assert (folder / executor.INSTALLED_MARK).read_text() == DIGEST  # the full hash
+    assert (folder / bundle_install.INSTALLED_MARK).read_text() == DIGEST  # the full hash
     assert list((folder / "client" / "__pycache__").glob("app.*.pyc"))  # compiled once
     # the next task loads the same folder without extracting the bundle again
     executor.run_task(_args(tmp_path))
@@ -120,12 +121,12 @@ def test_installs_on_one_host_take_turns_and_a_mark_that_fails_costs_only_speed(
     apps = tmp_path / "apps"
     # another task's check, install and mark wait
     with (
-        executor.install_lock(apps),
-        open(apps / executor.INSTALL_LOCK) as other,
+        bundle_install.install_lock(apps),
+        open(apps / bundle_install.INSTALL_LOCK) as other,
         pytest.raises(BlockingIOError),
     ):
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    with open(apps / executor.INSTALL_LOCK) as other:
+    with open(apps / bundle_install.INSTALL_LOCK) as other:
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free once the task is done
 
     import common.files
@@ -137,7 +138,8 @@ def test_installs_on_one_host_take_turns_and_a_mark_that_fails_costs_only_speed(
     approve(tmp_path / APPROVALS_FILE, DIGEST)
     executor.run_task(_args(tmp_path))  # the task runs; the next one installs again
     folder = Path(get_project_dir("hepafed/hepafed", "0.1.0", DIGEST))
-    assert flower["seen"]["forgotten"] == 1 and not (folder / executor.INSTALLED_MARK).exists()
+    assert flower["seen"]["forgotten"] == 1
+    assert not (folder / bundle_install.INSTALLED_MARK).exists()
 
 
 def test_a_folder_not_installed_from_these_bytes_is_never_taken_as_them(
@@ -152,8 +154,8 @@ def test_a_folder_not_installed_from_these_bytes_is_never_taken_as_them(
     for _ in range(2):
         executor.run_task(_args(tmp_path))
     assert flower["seen"]["installed"] == [BUNDLE, BUNDLE]
-    assert not (folder / executor.INSTALLED_MARK).exists()
-    (folder / executor.INSTALLED_MARK).write_text(DIGEST[:8] + "0" * 56)
+    assert not (folder / bundle_install.INSTALLED_MARK).exists()
+    (folder / bundle_install.INSTALLED_MARK).write_text(DIGEST[:8] + "0" * 56)
     executor.run_task(_args(tmp_path))
     assert len(flower["seen"]["installed"]) == 3
 
@@ -235,8 +237,8 @@ def test_the_executor_never_runs_more_than_max_tasks_at_once(
 def test_the_executor_asks_often_only_near_a_task(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """Idle, the executor asks its SuperNode every POLL_S; for HOT_WINDOW_S after a task
-    started it asks every HOT_POLL_S (a round's next message is likely near), then idles."""
+    """Idle, the executor asks its SuperNode every POLL_S; for BUSY_WINDOW_S after a task
+    started it asks every BUSY_POLL_S (a round's next message is likely near), then idles."""
     import flwr.supercore.runtime as runtime
 
     calls: list[int] = [0]
@@ -246,7 +248,7 @@ def test_the_executor_asks_often_only_near_a_task(
         def AcquireTask(self, _request: Any) -> Any:
             calls[0] += 1
             if calls[0] == 5:  # the window has passed
-                monkeypatch.setattr(executor, "HOT_WINDOW_S", -1.0)
+                monkeypatch.setattr(executor, "BUSY_WINDOW_S", -1.0)
             if calls[0] > 5:
                 raise _Stop
             token = "t" if calls[0] == 3 else ""
@@ -269,7 +271,7 @@ def test_the_executor_asks_often_only_near_a_task(
             "--approvals", str(tmp_path / APPROVALS_FILE), "--keys", str(tmp_path)]  # fmt: skip
     with pytest.raises(_Stop):
         executor.serve(executor.parser().parse_args(argv))
-    p, hot = executor.POLL_S, executor.HOT_POLL_S
+    p, hot = executor.POLL_S, executor.BUSY_POLL_S
     assert sleeps == [p, p, hot, p]  # no sleep after the task: another may be waiting
 
 
@@ -340,7 +342,7 @@ def test_a_tasks_phases_are_timed_around_flowers_steps_and_logged_at_the_push(
 
     runner = SimpleNamespace(push_message=slow(0.01))
     runner.get_load_client_app_fn = lambda **_k: slow(0.05, slow(0.1, "reply"))
-    phases = executor.TaskPhases()
+    phases = TaskPhases()
     phases.seconds["start"] = 0.02
     phases.wrap_load_and_push(runner)
     app = runner.get_load_client_app_fn(default_app_ref="")("hepafed/hepafed", "0.1.0", "h")

@@ -78,7 +78,7 @@ def test_the_section_text_has_every_figure_and_consistent_tables() -> None:
     text = "\n".join(
         deploy_markdown({**_result([1.1]), "task_phases_s": {"pull": 0.1, "app": 2.5}})
     )
-    assert "`client.executor.TaskPhases`): pull 0.100, app 2.500" in text
+    assert "`client.task_phases.TaskPhases`): pull 0.100, app 2.500" in text
 
 
 def test_stock_flowers_deployed_round_is_shown_beside_hepafeds() -> None:
