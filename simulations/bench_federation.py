@@ -10,13 +10,16 @@ the ServerApp process's peak RSS.
 actors on both nodes and the ServerApp in this process: docs/cluster.md.
 
 ``simulate_runs``: ``hepafed simulate`` with its defaults, timed end to end in a
-fresh process, then again with fp16 and int8 update compression; the per-site
-federated AUCs and their largest change against the uncompressed run.
+fresh process, and again with fp16 and int8 update compression, at five training
+seeds: each site's federated AUC, and its change under compression paired by seed
+(mean, sd and 95 % t interval over the seeds), so compression's effect is told apart
+from training noise, which moves a site's AUC by a few hundredths from seed to seed.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -25,8 +28,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common.config import RunConfig
 from common.keys import RecordPhase
-from simulations.bench_measure import reset_peak_rss, rss_bytes
+from simulations.bench_measure import reset_peak_rss, rss_bytes, spread
+
+COMPRESSIONS = ("none", "fp16", "int8")
+COMPRESSION_SEEDS = 5  # training seeds for compression's effect on the AUC
 
 # ---- 100 simulated sites --------------------------------------------------------------------
 
@@ -116,29 +123,75 @@ def cluster_sites(cfg: Any, data_dir: Path, sites: int, cases: int) -> dict[str,
 # ---- hepafed simulate end to end, with and without compression ----------------------------
 
 
-def simulate_runs(data_dir: Path) -> dict[str, Any]:
-    """`hepafed simulate` with defaults (timed end to end, in a fresh process), then with
-    fp16 and int8 update compression; per-site federated AUCs and their changes."""
-    runs: dict[str, Any] = {}
-    for method in ("none", "fp16", "int8"):
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "run"
-            command = [sys.executable, "-c", "from common.cli import main; exit(main())"]
-            command += ["simulate", "--out", str(out), "--data-dir", str(data_dir)]
-            if method != "none":
-                command += ["--run-config", f"federation.compression='{method}'"]
-            t = time.monotonic()
-            subprocess.run(command, check=True, capture_output=True, text=True)
-            wall = time.monotonic() - t
-            summary = json.loads((out / "summary.json").read_text())
-        runs[method] = {
-            "wall_s": wall,
-            "federation_s": summary["seconds"]["federation"],
-            "auc": {r["site"]: r["federated"]["auc"] for r in summary["rows"]},
-        }
-    sites = list(runs["none"]["auc"])
-    change = {
-        m: max(abs(runs[m]["auc"][s] - runs["none"]["auc"][s]) for s in sites)
-        for m in ("fp16", "int8")
+def simulate_runs(data_dir: Path, seeds: int = COMPRESSION_SEEDS) -> dict[str, Any]:
+    """``hepafed simulate`` end to end (each run in a fresh process) without compression,
+    with fp16 and with int8, at ``seeds`` training seeds (the run config's ``seed`` and
+    the next ones; the three compressions of a seed one after the other): the wall and
+    federation times, each site's federated AUC, and its change under compression
+    paired by seed (``paired_changes``)."""
+    first = RunConfig.from_flat({}).seed  # the default seed, as `hepafed simulate` uses
+    seed_list = list(range(first, first + seeds))
+    runs: dict[str, dict[str, Any]] = {
+        m: {"wall_s": [], "federation_s": [], "auc": {}} for m in COMPRESSIONS
     }
-    return {"sites": sites, "runs": runs, "max_abs_auc_change": change}
+    for seed in seed_list:
+        for method in COMPRESSIONS:
+            with tempfile.TemporaryDirectory() as tmp:
+                out = Path(tmp) / "run"
+                command = [sys.executable, "-c", "from common.cli import main; exit(main())"]
+                command += ["simulate", "--out", str(out), "--data-dir", str(data_dir)]
+                command += ["--run-config", f"seed={seed} federation.compression='{method}'"]
+                t = time.monotonic()
+                subprocess.run(command, check=True, capture_output=True, text=True)
+                wall = time.monotonic() - t
+                summary = json.loads((out / "summary.json").read_text())
+            run = runs[method]
+            run["wall_s"].append(wall)
+            run["federation_s"].append(summary["seconds"]["federation"])
+            for row in summary["rows"]:
+                run["auc"].setdefault(row["site"], []).append(row["federated"]["auc"])
+    sites = list(runs["none"]["auc"])
+    changes = paired_changes({m: r["auc"] for m, r in runs.items()}, "none")
+    return {
+        "sites": sites,
+        "seeds": seed_list,
+        "runs": {m: _timed(r) for m, r in runs.items()},
+        "auc_change": changes,
+        "max_abs_auc_change": {
+            m: max(abs(c["mean"]) for c in by_site.values()) for m, by_site in changes.items()
+        },
+    }
+
+
+def _timed(run: dict[str, Any]) -> dict[str, Any]:
+    return {**run, "wall_s": spread(run["wall_s"]), "federation_s": spread(run["federation_s"])}
+
+
+def paired_changes(
+    aucs: dict[str, dict[str, list[float]]], base: str
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Each method's change against ``base``, per site, paired by seed (``aucs[method][site]``
+    lists one AUC per seed, in the same seed order for every method): the per-seed
+    differences, their mean, sample sd (n - 1) and the two-sided 95 % t interval of the
+    mean, mean +- t(0.975, n - 1) x sd / sqrt(n) (n = 1: no sd, no interval)."""
+    from scipy import stats
+
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for method, by_site in aucs.items():
+        if method == base:
+            continue
+        out[method] = {}
+        for site, values in by_site.items():
+            ref = aucs[base][site]
+            if len(ref) != len(values):
+                raise ValueError(f"{method}, {site}: {len(values)} seeds against {len(ref)}")
+            diffs = [v - r for v, r in zip(values, ref, strict=True)]
+            n = len(diffs)
+            mean = sum(diffs) / n
+            entry: dict[str, Any] = {"per_seed": diffs, "mean": mean, "sd": None, "ci95": None}
+            if n > 1:
+                sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+                half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+                entry.update(sd=sd, ci95=[mean - half, mean + half])
+            out[method][site] = entry
+    return out
