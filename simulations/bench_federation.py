@@ -19,7 +19,6 @@ from training noise, which moves a site's AUC by a few hundredths from seed to s
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -129,8 +128,10 @@ def simulate_runs(data_dir: Path, seeds: int = COMPRESSION_SEEDS) -> dict[str, A
     the next ones; the three compressions of a seed one after the other): the wall and
     federation times, each site's federated AUC, and its change under compression
     paired by seed (``paired_changes``)."""
-    first = RunConfig.from_flat({}).seed  # the default seed, as `hepafed simulate` uses
-    seed_list = list(range(first, first + seeds))
+    from server.report.training_noise import seed_list as seeds_from
+
+    # the default seed and the next ones, as `hepafed simulate --seeds` takes them
+    seed_list = seeds_from(RunConfig.from_flat({}).seed, seeds)
     runs: dict[str, dict[str, Any]] = {
         m: {"wall_s": [], "federation_s": [], "auc": {}} for m in COMPRESSIONS
     }
@@ -172,9 +173,12 @@ def paired_changes(
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """Each method's change against ``base``, per site, paired by seed (``aucs[method][site]``
     lists one AUC per seed, in the same seed order for every method): the per-seed
-    differences, their mean, sample sd (n - 1) and the two-sided 95 % t interval of the
-    mean, mean +- t(0.975, n - 1) x sd / sqrt(n) (n = 1: no sd, no interval)."""
-    from scipy import stats
+    differences, and their mean, seed-to-seed sd and 95 % interval from
+    ``common.stats.combine_seeds`` with no test-sampling part (every seed and method is
+    scored on the same test cases), which is the t interval mean +- t(0.975, n - 1) x
+    sd / sqrt(n): it holds training noise, not the test split's own sampling error
+    (n = 1: no sd, no interval)."""
+    from common.stats import combine_seeds
 
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for method, by_site in aucs.items():
@@ -186,12 +190,11 @@ def paired_changes(
             if len(ref) != len(values):
                 raise ValueError(f"{method}, {site}: {len(values)} seeds against {len(ref)}")
             diffs = [v - r for v, r in zip(values, ref, strict=True)]
-            n = len(diffs)
-            mean = sum(diffs) / n
-            entry: dict[str, Any] = {"per_seed": diffs, "mean": mean, "sd": None, "ci95": None}
-            if n > 1:
-                sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
-                half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
-                entry.update(sd=sd, ci95=[mean - half, mean + half])
+            entry: dict[str, Any] = {"per_seed": diffs, "mean": sum(diffs) / len(diffs),
+                                     "sd": None, "ci95": None}  # fmt: skip
+            if len(diffs) > 1:
+                combined = combine_seeds(diffs, [0.0] * len(diffs))
+                entry.update(mean=combined.estimate, sd=combined.between_sd,
+                             ci95=list(combined.ci(0.95)))  # fmt: skip
             out[method][site] = entry
     return out

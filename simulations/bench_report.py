@@ -303,7 +303,9 @@ def _simulate_markdown(r: dict[str, Any]) -> list[str]:
         "",
         "Change in each site's federated AUC against no compression, paired by seed (same "
         "seed, same splits): the mean of the per-seed changes with its 95 % t interval "
-        "(mean +- t(0.975, n-1) x sd / sqrt(n)), and the sd of the per-seed changes.",
+        "(mean +- t(0.975, n-1) x sd / sqrt(n)), and the sd of the per-seed changes. Every "
+        "run is scored on the same test cases: the interval holds training noise, not the "
+        "test split's own sampling error.",
         "",
         "| compression | " + " | ".join(sites) + " |",
         "|---|" + "---|" * len(sites),
