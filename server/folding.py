@@ -26,6 +26,7 @@ order, so a rerun still gives the same bits.
 from __future__ import annotations
 
 import math
+import mmap
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
@@ -98,6 +99,22 @@ class Source:
         about read-only arrays is off (``quiet_views``)."""
         scale_tensor = None if scales is None else torch.from_numpy(np.asarray(scales))
         return cls(key, values, scales, reference, torch.from_numpy(values), scale_tensor)
+
+
+def drop_mapped_pages(values: np.ndarray) -> None:
+    """When ``values`` lie in a file mapped read-only (a parked update read back from
+    disk, ``server.spill``), the pages of their span leave this process's resident set:
+    they stay in the kernel's page cache, and a later read maps them again. A parked
+    update folded in its turn is then resident a tensor at a time, not whole beside the
+    reply whose arrival made it due. Anything else: nothing happens."""
+    base = values.base
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = getattr(base, "base", None)
+    if base is None or values.nbytes == 0 or not hasattr(base, "madvise"):
+        return
+    start = values.ctypes.data - np.frombuffer(base, np.uint8).ctypes.data
+    first = start // mmap.PAGESIZE * mmap.PAGESIZE  # a shared page is only read again
+    base.madvise(mmap.MADV_DONTNEED, first, start + values.nbytes - first)
 
 
 @contextmanager
@@ -340,6 +357,7 @@ class RunningMean:
             stop = at[1] if at is not None and i == at[0] else None
             fold_blocks(src, self.compression, self._scratch, op, update.weight,
                         self._sum(src.key, op), measure=False, stop=stop)  # fmt: skip
+            drop_mapped_pages(src.values)
 
     def _undo(self, update: Update, sources: list[Source], at: Where) -> None:
         if self.count:

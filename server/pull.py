@@ -16,8 +16,9 @@ objects cannot be pulled becomes an error reply from the SuperLink, as in Flower
 exchange then files it under the site it was sent to.
 
 A reply is inflated by ``inflate_reply``: its arrays are joined from their chunks
-straight into buffers of their final size, and the pulled contents dropped as they are
-used, so a reply costs about its own size, not the 2.4 times of Flower's inflation.
+straight into buffers of their final size, each chunk's content dropped as soon as it is
+copied, so a reply costs about its own size, not the 2.4 times of Flower's inflation. An
+inflated array's ``data`` is a read-only view of its buffer, not ``bytes``.
 
 The SuperLink forgets which replies it listed as soon as it answers (it deletes the
 instructions they answer), so every listed reply must be pulled: the caller iterates the
@@ -35,7 +36,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import httpx
-from flwr.app import Array, Error, Message, Metadata
+import numpy as np
+from flwr.app import Array, ArrayRecord, Error, Message, Metadata
 from flwr.app.message import make_message
 from flwr.common.constant import ErrorCode
 from flwr.proto.message_pb2 import ConfirmMessageReceivedRequest  # pylint: disable=E0611
@@ -144,9 +146,10 @@ def inflate_reply(
     Flower's ``Array.inflate`` copies every chunk's body out of its content, keeps all the
     chunks of the message until the whole message is inflated, and joins an array's chunks
     in a growing buffer: about 2.4 times the update at once. Here each array's data is
-    copied from its chunks' contents into one bytes object of its final size, and a chunk's
-    content is dropped once its last array has it, so an update costs its own size plus
-    one array.
+    copied from its chunks' contents into one buffer of its final size (``_joined``: a
+    read-only view), and a chunk's content is dropped once its last use is copied, so an
+    update costs its own size plus one chunk: a packed reply is one array of all the
+    update's chunks.
 
     The contents are the site's: every array must be well formed (its metadata typed, its
     chunks all there and all named in its head), and the arrays' data together at most
@@ -166,23 +169,51 @@ def inflate_reply(
                 )
     objects: dict[str, InflatableObject] = {}
     uses = Counter(chunk for _, chunks in plans.values() for chunk in chunks)
+    # Flower's ArrayRecord rebuilds its Arrays, which take bytes only: each array is made
+    # with a stand-in of its own (an object told apart by identity) and its data set after
+    joined: dict[int, tuple[bytes, memoryview]] = {}
     for oid, (meta, chunks) in plans.items():
-        data = b"".join(_body(contents[chunk]) for chunk in chunks)  # sized once, one copy
-        for chunk in chunks:
-            uses[chunk] -= 1
-            if uses[chunk] == 0:
-                del contents[chunk]
+        stand_in = oid.encode()
+        joined[id(stand_in)] = (stand_in, _joined(chunks, contents, uses))
         del contents[oid]
         objects[oid] = Array(dtype=meta["dtype"], shape=tuple(meta["shape"]),
-                             stype=meta["stype"], data=data)  # fmt: skip
-        del data
+                             stype=meta["stype"], data=stand_in)  # fmt: skip
     try:
         message = inflate_object_from_contents(message_id, contents, objects=objects)
     except Exception as e:  # the site's bytes: whatever Flower's inflation makes of them
         raise UnreadableReply(f"{type(e).__name__}: {e}") from e
     if not isinstance(message, Message):
         raise UnreadableReply(f"its root object is a {type(message).__name__}, not a message")
+    if message.has_content():
+        for record in message.content.values():
+            for array in record.values() if isinstance(record, ArrayRecord) else ():
+                entry = joined.get(id(array.data))
+                if entry is None or array.data is not entry[0]:  # Flower copied its data
+                    raise RuntimeError("an inflated array does not hold its joined data")
+                array.data = entry[1]  # type: ignore[assignment]
     return message
+
+
+def _joined(chunks: list[str], contents: dict[str, bytes], uses: Counter[str]) -> memoryview:
+    """The bodies of ``chunks`` one after another, as a read-only view of one buffer of
+    their total size; each chunk's content is deleted from ``contents`` as soon as its
+    last use (``uses``, decremented here) is copied. The buffer is mapped, not filled
+    (``np.empty``; a ServerApp serves large blocks from their own maps,
+    ``common.malloc``), so a page is resident only once a chunk is copied into it: while
+    the bytes move from the chunks to the array, the reply is held about once, not
+    twice as when a ``bytes`` object (which can only be built whole) is joined from
+    chunks that are all still held."""
+    buffer = np.empty(sum(_body_len(contents[chunk]) for chunk in chunks), np.uint8)
+    at = 0
+    for chunk in chunks:
+        body = np.frombuffer(_body(contents[chunk]), np.uint8)
+        buffer[at : at + body.size] = body
+        at += body.size
+        del body
+        uses[chunk] -= 1
+        if uses[chunk] == 0:
+            del contents[chunk]
+    return buffer.data.toreadonly()
 
 
 def _body(content: bytes) -> memoryview:

@@ -326,11 +326,14 @@ def large_markdown(r: dict[str, Any]) -> list[str]:
         "x model is the peak over the model's float32 bytes. Bytes on the wire are computed "
         "from the count of shared values (parameters and BatchNorm statistics; payload "
         "only, no headers, signatures or TLS). The SuperLink holds the messages in flight "
-        "in memory (`server.superlink`), the ServerApp pulls the replies one at a time and "
-        "inflates each into one copy of its arrays (`server.pull`), hands freed buffers "
-        "back to the system at once (`common.malloc`), and checkpoints from views of the "
-        "model's bytes; a deployed site keeps its compression residual in its state "
-        "folder (`client.memory`); a reply Flower drops is waited for "
+        "in memory (`server.superlink`). The ServerApp keeps the global model as the "
+        "packed bytes it sends (`common.packing`), pulls the replies one at a time and "
+        "joins each one's chunks into one copy, dropping each chunk as it is copied "
+        "(`server.pull`), folds a reply that arrived before its turn from disk a tensor "
+        "at a time (`server.folding`), hands freed buffers back to the system at once "
+        "(`common.malloc`), and checkpoints from views of the model's bytes; a deployed "
+        "site keeps its compression residual in its state folder (`client.memory`); a "
+        "reply Flower drops is waited for "
         f"{LARGE_SETTINGS['federation.round-timeout-s']} s (`federation.round-timeout-s`).",
     ]
     for run in r["runs"]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -178,6 +179,51 @@ def test_arrival_order_changes_nothing_and_early_replies_wait_on_disk(tmp_path: 
     for key in SHAPES:  # bit for bit: the sum is always taken in site-name order
         assert in_order[key].data == backwards[key].data
     assert list(tmp_path.iterdir()) == []  # parked updates are deleted after the round
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="Linux /proc only")
+def test_a_parked_update_is_resident_a_tensor_at_a_time_while_it_is_folded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """site-b arrives first and waits on disk; site-a's arrival makes it due. Read back
+    memory-mapped, each tensor's pages leave the process once folded
+    (``folding.drop_mapped_pages``), so the mapped file in the resident set (``RssFile``)
+    grows by about one 8 MB tensor, not by the whole 32 MB update; and the mean is the
+    same to the bit as in arrival order."""
+    from server import folding
+
+    shapes = {f"layer{i}": (2_000_000,) for i in range(4)}
+    rng = np.random.default_rng(4)
+    reference = _record({k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()})
+    updates = {site: ({k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}, n)
+               for site, n in (("site-a", 3.0), ("site-b", 5.0))}  # fmt: skip
+
+    def file_kb() -> int:
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("RssFile:"))
+
+    seen: list[int] = []
+    fold = folding.fold_blocks
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        seen.append(file_kb())
+        return fold(*args, **kwargs)
+
+    results = []
+    for arrival in (["site-a", "site-b"], ["site-b", "site-a"]):
+        aggregator = RoundAggregator(fl.FedAvg(), reference, sorted(updates), park_root=tmp_path)
+        aggregator.accept(arrival[0], _message(*updates[arrival[0]]))
+        monkeypatch.setattr(folding, "fold_blocks", watched)
+        before, seen[:] = file_kb(), []
+        aggregator.accept(arrival[1], _message(*updates[arrival[1]]))
+        monkeypatch.setattr(folding, "fold_blocks", fold)
+        results.append(aggregator.result(1, []))
+    assert len(seen) == 8  # site-a's four tensors, then the parked site-b's four
+    grown_mb = (max(seen) - before) / 1024
+    assert grown_mb < 12, grown_mb  # one tensor (8 MB) and page rounding; whole: 24 to 32
+    first, second = results
+    assert first is not None and second is not None
+    assert all(first[k].data == second[k].data for k in shapes)
 
 
 def test_sites_that_wait_again_after_a_drain_get_their_own_folders(tmp_path: Path) -> None:
