@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
 
 M_MMAP_THRESHOLD = -3  # mallopt's parameter number, from glibc's malloc.h
@@ -38,3 +39,13 @@ def return_large_blocks(threshold: int = LARGE) -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(M_MMAP_THRESHOLD, threshold))
+
+
+def freeze_start() -> None:
+    """The objects alive now (at a process's start: the imported modules) leave the cycle
+    collector's generations for good (``gc.freeze``), after one full collection (what is
+    dead now would otherwise stay): later full collections visit only what the process
+    made since, about a millisecond against a fifth of a second with torch and Flower
+    imported. For a process that must run full collections often (``server.pull``)."""
+    gc.collect()
+    gc.freeze()

@@ -16,7 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 from common.config import RunConfig
 from common.flower_pulls import quicken_pulls
 from common.keys import EvalDesign
-from common.malloc import return_large_blocks
+from common.malloc import freeze_start, return_large_blocks
 from server.designs import run_design
 from server.federation import connect
 from server.records import RunRecorder
@@ -33,7 +33,9 @@ def main(grid: Grid, context: Context) -> None:
     """Run a federated training with the run config Flower hands us (deployed: the grid
     pulls the sites' replies with a short retry backoff, ``common.flower_pulls``, and the
     process, which aggregates but never trains, hands freed updates back to the operating
-    system at once, ``common.malloc``)."""
+    system at once, ``common.malloc``, and freezes the objects of its start out of the
+    cycle collector's reach, ``freeze_start``, for the full collections that free the
+    pulls' dead responses, ``server.pull``)."""
     import flwr.superlink.grid.http_grid as http_grid
 
     from server import pull
@@ -42,6 +44,7 @@ def main(grid: Grid, context: Context) -> None:
     quicken_pulls(pull)  # where the replies are pulled (one at a time)
     if isinstance(grid, http_grid.HttpGrid):
         return_large_blocks()
+        freeze_start()
     serve(grid, RunConfig.from_flat(context.run_config))
 
 

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from server.spill import Spill
 
 BLOCK_VALUES = 256 * BLOCK  # 262,144 values: 1 MiB of float32, whole int8 scale blocks
+DROP_VALUES = 16 * BLOCK_VALUES  # a parked update's pages are let go every 16 blocks
 Where = tuple[int, int]  # (tensor index, value offset)
 
 
@@ -101,20 +102,26 @@ class Source:
         return cls(key, values, scales, reference, torch.from_numpy(values), scale_tensor)
 
 
-def drop_mapped_pages(values: np.ndarray) -> None:
-    """When ``values`` lie in a file mapped read-only (a parked update read back from
-    disk, ``server.spill``), the pages of their span leave this process's resident set:
-    they stay in the kernel's page cache, and a later read maps them again. A parked
-    update folded in its turn is then resident a tensor at a time, not whole beside the
-    reply whose arrival made it due. Anything else: nothing happens."""
+def file_mapping(values: np.ndarray) -> mmap.mmap | None:
+    """The file mapping ``values`` lie in (a parked update read back from disk,
+    ``server.spill``), if the system can drop its pages (``drop_pages``); else None."""
     base = values.base
     while base is not None and not isinstance(base, mmap.mmap):
         base = getattr(base, "base", None)
-    if base is None or values.nbytes == 0 or not hasattr(base, "madvise"):
+    return base if base is not None and hasattr(base, "madvise") else None
+
+
+def drop_pages(mapping: mmap.mmap, values: np.ndarray) -> None:
+    """The pages of ``values``' span in the read-only file ``mapping`` leave this
+    process's resident set: they stay in the kernel's page cache, and a later read maps
+    them again (the same bytes). A parked update folded in its turn is then resident a
+    few blocks at a time (``DROP_VALUES``), not whole beside the reply whose arrival
+    made it due."""
+    if values.nbytes == 0:
         return
-    start = values.ctypes.data - np.frombuffer(base, np.uint8).ctypes.data
+    start = values.ctypes.data - np.frombuffer(mapping, np.uint8).ctypes.data
     first = start // mmap.PAGESIZE * mmap.PAGESIZE  # a shared page is only read again
-    base.madvise(mmap.MADV_DONTNEED, first, start + values.nbytes - first)
+    mapping.madvise(mmap.MADV_DONTNEED, first, start + values.nbytes - first)
 
 
 @contextmanager
@@ -159,7 +166,11 @@ def fold_blocks(
     alpha = -weight if op is Op.SUB else weight
     sums = None if op is Op.NONE else acc
     total = 0.0
+    mapping, dropped = file_mapping(src.values), 0  # a parked update's file: read once
     for start in range(0, n, BLOCK_VALUES):
+        if mapping is not None and start - dropped >= DROP_VALUES:
+            drop_pages(mapping, src.values[dropped:start])
+            dropped = start
         end = min(start + BLOCK_VALUES, n)
         block = values[start:end]
         if not plain:
@@ -181,6 +192,8 @@ def fold_blocks(
                 sums[start:end].add_(block, alpha=alpha)
         if sink is not None:
             sink.write(src.values[start:end])
+    if mapping is not None:
+        drop_pages(mapping, src.values[dropped:n])
     return total, None
 
 
@@ -357,7 +370,6 @@ class RunningMean:
             stop = at[1] if at is not None and i == at[0] else None
             fold_blocks(src, self.compression, self._scratch, op, update.weight,
                         self._sum(src.key, op), measure=False, stop=stop)  # fmt: skip
-            drop_mapped_pages(src.values)
 
     def _undo(self, update: Update, sources: list[Source], at: Where) -> None:
         if self.count:
