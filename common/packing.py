@@ -53,19 +53,11 @@ Shared = dict[int, tuple[ArrayRecord, ArrayRecord, list[list[Any]]]]
 """ArrayRecords packed for a batch of messages: id -> (the record, packed, its index)."""
 
 
-def pack_content(
-    content: RecordDict, shared: Shared | None = None, views: bool = False
-) -> RecordDict:
+def pack_content(content: RecordDict, shared: Shared | None = None) -> RecordDict:
     """``content`` with every ArrayRecord of two or more arrays as one packed array, and
     the index under ``PACKING``; ``content`` itself if there is nothing to pack. With
     ``shared``, a record already packed for another message of the batch (the same
-    object: one model sent to every site) is not packed again: the messages share it.
-
-    With ``views`` each packed record's own arrays become read-only views of the packed
-    bytes (the same bytes), so their former buffers can be let go and a model that is
-    kept (the server's global model) is not held twice while it is sent. Only for
-    messages that leave the process as bytes: a ``memoryview`` cannot be pickled, as
-    Flower's simulation engine pickles what it hands to its actors."""
+    object: one model sent to every site) is not packed again: the messages share it."""
     if PACKING in content:
         raise PackingError(f"the message already holds a record {PACKING!r}")
     index: dict[str, list[list[Any]]] = {}
@@ -76,7 +68,7 @@ def pack_content(
             continue
         known = None if shared is None else shared.get(id(record))
         if known is None or known[0] is not record:
-            known = (record, *_pack_record(record, views))
+            known = (record, *_pack_record(record))
             if shared is not None:
                 shared[id(record)] = known
         packed[key], index[key] = known[1], known[2]
@@ -88,17 +80,11 @@ def pack_content(
     return RecordDict(packed)
 
 
-def _pack_record(record: ArrayRecord, views: bool = False) -> tuple[ArrayRecord, list[list[Any]]]:
+def _pack_record(record: ArrayRecord) -> tuple[ArrayRecord, list[list[Any]]]:
     arrays = [(name, cast(Array, record[name])) for name in record]
     entries = [[n, a.dtype, a.stype, list(a.shape), len(a.data)] for n, a in arrays]
     data = b"".join(a.data for _, a in arrays)
     array = Array(dtype="uint8", shape=(len(data),), stype=STYPE, data=data)
-    if views:  # the record's arrays now read the packed bytes (pack_content)
-        view, at = memoryview(data), 0
-        for _, a in arrays:
-            size = len(a.data)
-            a.data = view[at : at + size]  # type: ignore[assignment]
-            at += size
     return ArrayRecord({PACKED: array}), entries
 
 
@@ -216,10 +202,9 @@ def _unpack_record(
     return out
 
 
-def pack_message(msg: Message, shared: Shared | None = None, views: bool = False) -> Message:
-    """``msg`` with its content packed (in place: its metadata is unchanged; ``views``:
-    as in ``pack_content``)."""
-    msg.content = pack_content(msg.content, shared, views)
+def pack_message(msg: Message, shared: Shared | None = None) -> Message:
+    """``msg`` with its content packed (in place: its metadata is unchanged)."""
+    msg.content = pack_content(msg.content, shared)
     return msg
 
 

@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterable
 from flwr.app import Error, Message
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
-from flwr.superlink.grid.http_grid import HttpGrid
 
 from common.packing import PackingError, Shared, pack_message, unpack_content
 from server.pull import pull_replies
@@ -56,10 +55,7 @@ def exchange(
         outgoing = [sign(m, int(grid.run.run_id)) for m in outgoing]
     shared: Shared = {}  # one model sent to every site is packed once (common.packing)
     signed = [m.content for m in outgoing]
-    # a deployment's messages leave as bytes: the model's arrays then read the packed
-    # bytes, not a second copy of their own (the in-memory grid pickles for its actors)
-    views = isinstance(grid, HttpGrid)
-    outgoing = [pack_message(m, shared, views) for m in outgoing]  # after signing
+    outgoing = [pack_message(m, shared) for m in outgoing]  # after signing
     del shared
     ids = list(grid.push_messages(outgoing))
     for msg, content in zip(outgoing, signed, strict=True):  # the packed copy is released

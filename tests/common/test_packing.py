@@ -254,24 +254,3 @@ def test_a_model_sent_to_every_site_is_packed_once_and_views_read_the_same_value
         np.testing.assert_array_equal(array_view(array), cast(Array, model[name]).numpy())
         np.testing.assert_array_equal(array.numpy(), cast(Array, model[name]).numpy())
     assert arrays_hash(_rec(viewed, "arrays")) == arrays_hash(model)
-
-
-def test_with_views_the_packed_records_arrays_read_the_packed_bytes() -> None:
-    """``views``: the model the server keeps is held once while it is sent. Its arrays
-    read the packed array's bytes (read only), with the same values and hash as before;
-    without ``views`` they keep their own bytes."""
-    model, before = _model(), _model()
-    own = {name: cast(Array, a).data for name, a in model.items()}
-    packed = pack_content(RecordDict({"arrays": model}), {}, views=True)
-    data = _arr(packed, "arrays", PACKED).data
-    for name, array in model.items():
-        view = cast(Array, array).data
-        assert isinstance(view, memoryview) and view.readonly and view.obj is data
-        assert bytes(view) == own[name]
-        np.testing.assert_array_equal(cast(Array, array).numpy(), cast(Array, before[name]).numpy())
-    assert arrays_hash(model) == arrays_hash(before)
-    kept = _model()
-    pack_content(RecordDict({"arrays": kept}), {})
-    assert all(isinstance(cast(Array, a).data, bytes) for a in kept.values())
-    again = unpack_content(pack_content(RecordDict({"arrays": model})))  # packs from views
-    assert arrays_hash(_rec(again, "arrays")) == arrays_hash(before)
