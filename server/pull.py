@@ -17,8 +17,9 @@ exchange then files it under the site it was sent to.
 
 A reply is inflated by ``inflate_reply``: its arrays are joined from their chunks
 straight into buffers of their final size, each chunk's content dropped as soon as it is
-copied, so a reply costs about its own size, not the 2.4 times of Flower's inflation. An
-inflated array's ``data`` is a read-only view of its buffer, not ``bytes``.
+copied, so a reply costs about its own size, not the 2.4 times of Flower's inflation. A
+packed array's ``data`` (``common.packing``: the whole update of a packed reply) is a
+read-only view of its buffer, not ``bytes``; any other array's is copied into ``bytes``.
 
 The SuperLink forgets which replies it listed as soon as it answers (it deletes the
 instructions they answer), so every listed reply must be pulled: the caller iterates the
@@ -58,6 +59,8 @@ from flwr.supercore.inflatable.inflatable_utils import (
     pull_objects,
 )
 from flwr.superlink.grid.http_grid import HttpGrid
+
+from common.packing import STYPE as PACKED_STYPE
 
 log = logging.getLogger(__name__)
 ARRAY_HEAD = b"Array" + HEAD_VALUE_DIVIDER.encode()  # how an Array object's content begins
@@ -175,13 +178,21 @@ def inflate_reply(
     uses = Counter(chunk for _, chunks in plans.values() for chunk in chunks)
     # Flower's ArrayRecord rebuilds its Arrays, which take bytes only: each array is made
     # with a stand-in of its own (an object told apart by identity) and its data set after
+    # (only a packed array, read as views by common.packing: any other array gets bytes,
+    # which an ArrayRecord made from existing Arrays, common.weights.subset say, needs)
     joined: dict[int, tuple[bytes, memoryview]] = {}
     for oid, (meta, chunks) in plans.items():
-        stand_in = oid.encode()
-        joined[id(stand_in)] = (stand_in, _joined(chunks, contents, uses))
+        if meta["stype"] == PACKED_STYPE:
+            data = oid.encode()  # the stand-in
+            joined[id(data)] = (data, _joined(chunks, contents, uses))
+        else:
+            data = b"".join(_body(contents[chunk]) for chunk in chunks)  # one copy
+            for chunk in chunks:
+                _used(chunk, contents, uses)
         del contents[oid]
         objects[oid] = Array(dtype=meta["dtype"], shape=tuple(meta["shape"]),
-                             stype=meta["stype"], data=stand_in)  # fmt: skip
+                             stype=meta["stype"], data=data)  # fmt: skip
+        del data
     try:
         message = inflate_object_from_contents(message_id, contents, objects=objects)
     except Exception as e:  # the site's bytes: whatever Flower's inflation makes of them
@@ -191,6 +202,8 @@ def inflate_reply(
     if message.has_content():
         for record in message.content.values():
             for array in record.values() if isinstance(record, ArrayRecord) else ():
+                if array.stype != PACKED_STYPE:
+                    continue
                 entry = joined.get(id(array.data))
                 if entry is None or array.data is not entry[0]:  # Flower copied its data
                     raise RuntimeError("an inflated array does not hold its joined data")
@@ -214,10 +227,15 @@ def _joined(chunks: list[str], contents: dict[str, bytes], uses: Counter[str]) -
         buffer[at : at + body.size] = body
         at += body.size
         del body
-        uses[chunk] -= 1
-        if uses[chunk] == 0:
-            del contents[chunk]
+        _used(chunk, contents, uses)
     return buffer.data.toreadonly()
+
+
+def _used(chunk: str, contents: dict[str, bytes], uses: Counter[str]) -> None:
+    """One use of ``chunk`` is copied: its content goes from ``contents`` after the last."""
+    uses[chunk] -= 1
+    if uses[chunk] == 0:
+        del contents[chunk]
 
 
 def _body(content: bytes) -> memoryview:

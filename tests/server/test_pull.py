@@ -227,6 +227,24 @@ def test_a_reply_is_inflated_as_flower_inflates_it(monkeypatch: pytest.MonkeyPat
     assert ours.object_id == theirs.object_id == reply.object_id
 
 
+def test_only_a_packed_array_is_inflated_as_a_view(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A packed array is read as views (``common.packing``); every other array's data is
+    ``bytes``, which an ArrayRecord made from existing Arrays needs."""
+    from common.packing import pack_content
+    from server.pull import inflate_reply
+
+    reply = _update(monkeypatch, {"w": 5000, "b": 3}, chunk=1024)
+    arrays = cast(ArrayRecord, reply.content["arrays"])
+    content = pack_content(RecordDict({"packed": arrays, "one": ArrayRecord({"s": arrays["w"]})}))
+    packed = Message(content, reply_to=_instruction(11))
+    packed.metadata.__dict__["_message_id"] = packed.object_id
+    got = inflate_reply(packed.metadata.message_id, _contents(packed))
+    kinds = {name: type(array.data) for name, record in got.content.items()
+             if isinstance(record, ArrayRecord) for array in record.values()}  # fmt: skip
+    assert kinds == {"packed": memoryview, "one": bytes}
+    ArrayRecord(dict(cast(ArrayRecord, got.content["one"])))  # takes it as it is
+
+
 def test_inflating_a_reply_holds_its_update_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """Flower's inflation holds the chunks' copies and the arrays together (about twice
     the update above its contents); here the contents go as the arrays come, so the
@@ -264,6 +282,7 @@ from flwr.app import Array, ArrayRecord, Message, RecordDict
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from flwr.supercore.task_identity import TaskIdentity
 from common.malloc import return_large_blocks
+from common.packing import PACKED, STYPE
 from server.pull import inflate_reply
 
 assert return_large_blocks()  # as the ServerApp does: freed chunks leave at once
@@ -271,8 +290,8 @@ TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0  # flo
 flower_array.FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE = 1 << 20
 size = 64 << 20
 data = np.random.default_rng(5).bytes(size)
-reply = Message(RecordDict({"arrays": ArrayRecord({"p": Array("uint8", (size,), "raw", data)})}),
-                dst_node_id=3, message_type="train")
+packed = ArrayRecord({PACKED: Array("uint8", (size,), STYPE, data)})  # common.packing's
+reply = Message(RecordDict({"arrays": packed}), dst_node_id=3, message_type="train")
 mid = reply.object_id
 contents = {oid: o.deflate() for oid, o in get_all_nested_objects(reply).items()}
 del reply
@@ -288,7 +307,8 @@ with open("/proc/self/clear_refs", "w") as fh:
 base = kb("VmRSS")
 got = inflate_reply(mid, contents)
 peak = kb("VmHWM")
-assert not contents and bytes(got.content["arrays"]["p"].data) == data
+joined = got.content["arrays"][PACKED].data
+assert not contents and isinstance(joined, memoryview) and bytes(joined) == data
 print((peak - base) * 1024 / size)
 """
 
@@ -299,7 +319,8 @@ def test_a_packed_reply_is_held_once_while_its_chunks_are_joined() -> None:
     go, so the process's resident high-water mark rises above the pulled contents by
     about a chunk; a ``bytes`` join, which holds every chunk until the whole array is
     built, rose by the whole update (64 MiB in 1 MiB chunks: 1.0). Its own process: the
-    allocator setting of the ServerApp (``common.malloc``) is not this suite's."""
+    allocator setting of the ServerApp (``common.malloc``) is not this suite's. Any
+    other array is still ``bytes`` (see the test after)."""
     import subprocess
     import sys
 
