@@ -26,7 +26,6 @@ order, so a rerun still gives the same bits.
 from __future__ import annotations
 
 import math
-import mmap
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
@@ -41,6 +40,7 @@ from flwr.app import Array, ArrayRecord
 
 from common.compression import BLOCK, PACKED, n_blocks
 from common.keys import Compression
+from server.mapped_pages import drop_pages, file_mapping
 
 if TYPE_CHECKING:
     from server.spill import Spill
@@ -100,28 +100,6 @@ class Source:
         about read-only arrays is off (``quiet_views``)."""
         scale_tensor = None if scales is None else torch.from_numpy(np.asarray(scales))
         return cls(key, values, scales, reference, torch.from_numpy(values), scale_tensor)
-
-
-def file_mapping(values: np.ndarray) -> mmap.mmap | None:
-    """The file mapping ``values`` lie in (a parked update read back from disk,
-    ``server.spill``), if the system can drop its pages (``drop_pages``); else None."""
-    base = values.base
-    while base is not None and not isinstance(base, mmap.mmap):
-        base = getattr(base, "base", None)
-    return base if base is not None and hasattr(base, "madvise") else None
-
-
-def drop_pages(mapping: mmap.mmap, values: np.ndarray) -> None:
-    """The pages of ``values``' span in the read-only file ``mapping`` leave this
-    process's resident set: they stay in the kernel's page cache, and a later read maps
-    them again (the same bytes). A parked update folded in its turn is then resident a
-    few blocks at a time (``DROP_VALUES``), not whole beside the reply whose arrival
-    made it due."""
-    if values.nbytes == 0:
-        return
-    start = values.ctypes.data - np.frombuffer(mapping, np.uint8).ctypes.data
-    first = start // mmap.PAGESIZE * mmap.PAGESIZE  # a shared page is only read again
-    mapping.madvise(mmap.MADV_DONTNEED, first, start + values.nbytes - first)
 
 
 @contextmanager

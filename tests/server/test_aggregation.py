@@ -187,7 +187,7 @@ def test_a_parked_update_is_resident_a_few_blocks_at_a_time_while_it_is_folded(
 ) -> None:
     """site-b arrives first and waits on disk; site-a's arrival makes it due. Read back
     memory-mapped, its pages leave the process every ``DROP_VALUES`` values once folded
-    (``folding.drop_pages``), so the mapped file in the resident set (``RssFile``) grows
+    (``server.mapped_pages.drop_pages``), so the mapped file in the resident set (``RssFile``) grows
     by about 16 MiB while its 32 MiB tensor is folded, not by the whole update; and the
     mean is the same to the bit as in arrival order."""
     from server import folding
