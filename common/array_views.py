@@ -6,6 +6,7 @@ read every update through these."""
 from __future__ import annotations
 
 import io
+import math
 import re
 import warnings
 from collections.abc import Iterator, Mapping
@@ -39,7 +40,10 @@ def array_view(array: Array) -> np.ndarray:
     shape, fortran, dtype, offset = parsed
     if dtype.hasobject:
         raise ValueError("object arrays are not accepted")
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)  # Python ints: exact (no int64 wrap-around), and quick
+    held = (len(array.data) - offset) // dtype.itemsize if dtype.itemsize else count
+    if count > held:  # a shape past what the bytes hold, however large: a clear ValueError
+        raise ValueError(f"its header's shape {shape} needs {count} values, the bytes hold {held}")
     flat = np.frombuffer(array.data, dtype=dtype, count=count, offset=offset)
     return flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
 
@@ -82,7 +86,35 @@ def _plain_header(data: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int] | 
     if match is None:
         return None
     shape = tuple(int(n) for n in match[3].split(b",") if n.strip())
-    return shape, match[2] == b"True", np.dtype(match[1].decode()), end
+    return shape, match[2] == b"True", _dtype(match[1]), end
+
+
+# a header's descr -> its dtype, a dtype -> its name: a handful per process; a site that
+# sends many kinds gets them parsed each time, not a cache that grows
+_KEEP = 64
+_DTYPES: dict[bytes, np.dtype] = {}
+_NAMES: dict[np.dtype, str] = {}
+
+
+def _dtype(descr: bytes) -> np.dtype:
+    known = _DTYPES.get(descr)
+    if known is None:
+        known = np.dtype(descr.decode())
+        if len(_DTYPES) < _KEEP:
+            _DTYPES[descr] = known
+    return known
+
+
+def dtype_name(dtype: np.dtype) -> str:
+    """``str(dtype)``, as Flower's ``Array.dtype`` writes it (``"float32"``), remembered per
+    dtype: NumPy builds the string anew each time, in Python (~10 us), once per tensor of
+    every reply."""
+    name = _NAMES.get(dtype)
+    if name is None:
+        name = str(dtype)
+        if len(_NAMES) < _KEEP:
+            _NAMES[dtype] = name
+    return name
 
 
 class RecordViews(Mapping[str, np.ndarray]):

@@ -53,7 +53,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedYogi, Strategy
 
-from common.array_views import RecordViews, array_view, records
+from common.array_views import RecordViews, array_view, dtype_name, records
 from common.compression import PACKED, unpack
 from common.hooks.proximal import ProximalStrategy
 from common.keys import Compression, MetricKey, RecordKey
@@ -100,7 +100,7 @@ def _views(site: str, record: ArrayRecord) -> dict[str, np.ndarray]:
             view = array_view(array)
         except ValueError as e:
             raise UpdateRejected(f"unreadable update: tensor {key!r}: {e}", site, key) from e
-        if str(view.dtype) != array.dtype or tuple(view.shape) != tuple(array.shape):
+        if dtype_name(view.dtype) != array.dtype or view.shape != tuple(array.shape):
             raise UpdateRejected(
                 f"unreadable update: tensor {key!r} holds {view.dtype}{list(view.shape)}, "
                 f"its record says {array.dtype}{list(array.shape)}",

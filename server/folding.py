@@ -2,7 +2,7 @@
 
 ``server.aggregation`` streams a round's updates into one running sum (its docstring says
 in which order, what waits on disk, which strategies); this is the arithmetic. Each tensor
-is processed in blocks of ``BLOCK_VALUES`` values (1 MiB of float32) and, while a block is
+is processed in blocks of ``BLOCK_VALUES`` values (4 MiB of float32) and, while a block is
 in cache, the kernel (``fold_blocks``) decodes it (fp16/int8, the values of
 ``common.compression.decode``); sums its squares (of the decoded update, or of the weights
 minus the global model): the update's norm for the norm-outlier rule and the records, and
@@ -45,8 +45,13 @@ from server.mapped_pages import drop_pages, file_mapping
 if TYPE_CHECKING:
     from server.spill import Spill
 
-BLOCK_VALUES = 256 * BLOCK  # 262,144 values: 1 MiB of float32, whole int8 scale blocks
-DROP_VALUES = 16 * BLOCK_VALUES  # a parked update's pages are let go every 16 blocks
+# 1,048,576 values: 4 MiB of float32, whole int8 scale blocks. A block, its difference from
+# the global model and the sum's block stay in the last-level cache between the kernel's
+# three operations, and each operation's start (and its threads' hand-off) is paid a
+# quarter as often as with 1 MiB blocks: 1.16 x (20 sites) and 1.05 x (100 sites) the
+# update bytes folded per second on two cores, the median of 8 paired, interleaved runs.
+BLOCK_VALUES = 1024 * BLOCK
+DROP_VALUES = 4 * 2**20  # a parked update's pages are let go every 16 MiB of float32
 Where = tuple[int, int]  # (tensor index, value offset)
 
 
@@ -217,7 +222,10 @@ class RunningMean:
         self.sums: dict[str, np.ndarray] = {}  # key -> flat float32 sum, model order
         self.total = 0.0
         self.count = 0
-        self._scratch = (torch.empty(BLOCK_VALUES), torch.empty(BLOCK_VALUES))
+        # decoding and difference buffers: one block, or the largest tensor if smaller
+        size = min(BLOCK_VALUES, max((math.prod(r.shape) for r in reference.values()),
+                                     default=1))  # fmt: skip
+        self._scratch = (torch.empty(size), torch.empty(size))
         self._flats: dict[str, torch.Tensor] | None = None  # the reference, flat (when read)
         self._sum_tensors: dict[str, torch.Tensor] = {}  # the sums as tensors (same memory)
 
@@ -279,19 +287,20 @@ class RunningMean:
         shapes = {k: r.shape for k, r in self.reference.items()}
         if self.compression == Compression.NONE:
             out = []
-            for key, shape in shapes.items():
-                values = update.arrays.get(key)
-                if values is None or values.shape != shape:
-                    got = "missing" if values is None else f"{list(values.shape)}"
-                    raise UpdateRejected(f"tensor {key!r} is {got}, expected {list(shape)}",
-                                         update.site, key)  # fmt: skip
-                ref = flats[key] if self.norms else None
-                with quiet_views():
-                    out.append(Source.of(key, np.ascontiguousarray(values).reshape(-1), None, ref))
+            with quiet_views():  # once per update: entering it costs as much as a tensor's view
+                for key, shape in shapes.items():
+                    values = update.arrays.get(key)
+                    if values is None or values.shape != shape:
+                        got = "missing" if values is None else f"{list(values.shape)}"
+                        raise UpdateRejected(f"tensor {key!r} is {got}, expected {list(shape)}",
+                                             update.site, key)  # fmt: skip
+                    ref = flats[key] if self.norms else None
+                    flat = np.ascontiguousarray(values).reshape(-1)
+                    out.append(Source.of(key, flat, None, ref))
             return out
         codes = np.ascontiguousarray(update.arrays[PACKED]).reshape(-1)
         scales = update.scales.get(PACKED)
-        sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes.values()]
+        sizes = [math.prod(s) for s in shapes.values()]
         if codes.size != sum(sizes):
             raise UpdateRejected(f"{codes.size} codes for a model of {sum(sizes)} values",
                                  update.site, PACKED)  # fmt: skip
@@ -318,7 +327,7 @@ class RunningMean:
     def _sum(self, key: str, op: Op) -> torch.Tensor:
         """The running sum of ``key`` as a tensor (a new one for the first term)."""
         if op is Op.FIRST:  # NumPy-allocated, so memory profilers see it; no zero fill
-            self.sums[key] = np.empty(int(np.prod(self.reference[key].shape)), np.float32)
+            self.sums[key] = np.empty(math.prod(self.reference[key].shape), np.float32)
             self._sum_tensors[key] = torch.from_numpy(self.sums[key])
         return self._sum_tensors[key]
 

@@ -20,8 +20,8 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from common.array_views import _plain_header, array_view
 from common.compression import BLOCK, PACKED, compress_update, decode, encode, pack, unpack
 from common.keys import Compression
-from server.aggregation import Mode, RoundAggregator
-from server.folding import RunningMean, Update
+from server.aggregation import Mode, RoundAggregator, reply_update
+from server.folding import RunningMean, Update, UpdateRejected
 from server.validation import update_problem
 
 pytestmark = pytest.mark.usefixtures("flower_task")
@@ -82,6 +82,48 @@ def test_array_view_reads_flowers_bytes_without_a_copy(values: np.ndarray) -> No
     if values.size:
         assert not view.flags.owndata and not view.flags.writeable  # a view of the bytes
     assert _plain_header(array.data) is not None  # NumPy's own header: the fast path
+
+
+@pytest.mark.parametrize("shape", [(10**23,), (2**32, 2**32, 4), (6,)])
+def test_a_header_shape_past_its_bytes_is_a_clear_error(shape: tuple[int, ...]) -> None:
+    """A shape whose product passes 2^63 (once an OverflowError out of NumPy, which the
+    round did not expect), wraps around in int64 to 0, or is one value more than the bytes
+    hold is a ValueError naming the shape, so a reply carrying it is a named rejection,
+    not a failed round. The header is NumPy's own writing (the fast path reads it)."""
+    import io
+
+    header = io.BytesIO()
+    fields = np.lib.format.header_data_from_array_1_0(np.zeros(5, np.float32))
+    np.lib.format.write_array_header_1_0(header, {**fields, "shape": shape})
+    data = header.getvalue() + np.arange(5, dtype=np.float32).tobytes()
+    assert _plain_header(data) is not None
+    array = Array(dtype="float32", shape=(5,), stype="numpy.ndarray", data=data)
+    with pytest.raises(ValueError, match=r"header's shape .* the bytes hold 5"):
+        array_view(array)
+    content = RecordDict({"arrays": ArrayRecord({"w": array}),
+                          "metrics": MetricRecord({"num-examples": 3.0})})  # fmt: skip
+    reply = Message(content, dst_node_id=1, message_type=MessageType.TRAIN)
+    with pytest.raises(UpdateRejected, match="unreadable update: tensor 'w'"):
+        reply_update("site-a", reply)
+
+
+def test_dtype_names_are_numpys_and_their_memory_is_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``dtype_name`` (what a reply's record is checked against, per tensor) says what
+    ``str(dtype)`` and Flower's ``Array.dtype`` say, a byte-swapped one included; past
+    ``_KEEP`` kinds nothing more is remembered, so a site sending ever new dtypes cannot
+    grow the server's memory, and the names stay right."""
+    from common import array_views
+
+    kinds = ["float32", "float16", "int8", ">f4", "<f8", "uint8", "bool", "complex64"]
+    for kind in kinds:
+        dtype = np.dtype(kind)
+        assert array_views.dtype_name(dtype) == str(dtype) == Array(np.zeros(2, dtype)).dtype
+    monkeypatch.setattr(array_views, "_NAMES", {})
+    monkeypatch.setattr(array_views, "_KEEP", 3)
+    assert [array_views.dtype_name(np.dtype(k)) for k in kinds] == [str(np.dtype(k)) for k in kinds]
+    assert len(array_views._NAMES) == 3
 
 
 def test_tensor_views_write_the_same_checkpoint_without_a_copy(tmp_path: Path) -> None:

@@ -412,10 +412,24 @@ def test_the_bits_do_not_depend_on_the_arrival_order(method: str) -> None:
     assert all(run == runs[0] for run in runs[1:])
 
 
+def test_the_kernel_buffers_are_no_larger_than_the_largest_tensor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A small model's round does not carry two whole blocks (8 MiB) of decode and
+    difference buffers: each is as long as its largest tensor; a big model's, one block."""
+    monkeypatch.undo()
+    small = folding.RunningMean(
+        {"w": np.zeros((30, 40), np.float32), "b": np.zeros(30, np.float32)}
+    )
+    assert [t.numel() for t in small._scratch] == [1200, 1200]
+    big = folding.RunningMean({"w": np.zeros(3 * folding.BLOCK_VALUES, np.float32)})
+    assert [t.numel() for t in big._scratch] == [folding.BLOCK_VALUES] * 2
+
+
 def test_the_real_block_size(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.undo()  # back to BLOCK_VALUES, 262,144 values: fc.weight spans 3 blocks
-    assert folding.BLOCK_VALUES == 262_144
-    shapes = {"fc.weight": (600, 1000), "fc.bias": (600,)}
+    monkeypatch.undo()  # back to BLOCK_VALUES, 1,048,576 values: fc.weight spans 3 blocks
+    assert folding.BLOCK_VALUES == 1_048_576
+    shapes = {"fc.weight": (2500, 1000), "fc.bias": (2500,)}
     updates = _updates(sites=SITES[:3], shapes=shapes)
     reference = ArrayRecord({k: Array(v) for k, v in _base(shapes).items()})
     aggregator = RoundAggregator(fl.FedAvg(), reference, SITES[:3], track_norms=True)
