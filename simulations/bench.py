@@ -130,7 +130,8 @@ def run_bench(
         elif section == "aggregation":
             counts = (2, 5) if quick else SITE_COUNTS
             params = 1_000_000 if quick else MODEL_PARAMS
-            result.sections[section] = aggregation(counts, params, repeats)
+            size = 64_000_000 if quick else 512_000_000  # the paired bandwidth's arrays
+            result.sections[section] = aggregation(counts, params, repeats, size)
         elif section == "client":
             site = phantom_dir / spec.training_sites[0]
             result.sections[section] = client_throughput(cfg, site, repeats)

@@ -171,23 +171,43 @@ def aggregation_case(
     }
 
 
-def aggregation(counts: Iterable[int], params: int, repeats: int) -> list[dict[str, Any]]:
+def yardstick(n_bytes: int) -> float:
+    """The memory bandwidth now: the larger of NumPy's and torch's in-place add (median of
+    3), in a fresh process."""
+    bw = in_fresh_process(MODULE, "bandwidth", n_bytes, 3)
+    return float(max(bw["numpy_add_gbps"]["median"], bw["torch_add_gbps"]["median"]))
+
+
+def aggregation(
+    counts: Iterable[int], params: int, repeats: int, bandwidth_bytes: int = 512_000_000
+) -> list[dict[str, Any]]:
     """One row per site count and method: timings over ``repeats`` fresh processes, their
-    largest RSS peak, and the live peak of one more, traced, process."""
+    largest RSS peak, and the live peak of one more, traced, process.
+
+    Each hepafed run is paired with the memory bandwidth measured just before it
+    (``yardstick``, ``bandwidth_bytes`` per array): a shared machine's bandwidth moves
+    between runs (9.4 and 15.9 GB/s on two days here), so a throughput is compared only
+    with the bandwidth of its own moment; ``of_bandwidth`` is the spread of those per-run
+    ratios."""
     rows = []
     for sites in counts:
         for method in ("hepafed", "flower"):
-            runs = [
-                in_fresh_process(MODULE, "aggregation_case", method, sites, params)
-                for _ in range(repeats)
-            ]
+            runs = []
+            for _ in range(repeats):
+                bw = yardstick(bandwidth_bytes) if method == "hepafed" else None
+                run = in_fresh_process(MODULE, "aggregation_case", method, sites, params)
+                runs.append({**run, "bandwidth_gbps": bw})
             traced = in_fresh_process(MODULE, "aggregation_case", method, sites, params, True)
-            timed = ("seconds", "throughput_gbps", "fold_gbps")
+            timed = ("seconds", "throughput_gbps", "fold_gbps", "bandwidth_gbps")
             row = {k: v for k, v in runs[0].items() if k not in timed}
             row["seconds"] = spread(r["seconds"] for r in runs)
             row["throughput_gbps"] = spread(r["throughput_gbps"] for r in runs)
             if method == "hepafed":
                 row["fold_gbps"] = spread(r["fold_gbps"] for r in runs)
+                row["bandwidth_gbps"] = spread(r["bandwidth_gbps"] for r in runs)
+                row["of_bandwidth"] = spread(
+                    r["throughput_gbps"] / r["bandwidth_gbps"] for r in runs
+                )
             row["rss_peak_x_model"] = max(r["rss_peak_x_model"] for r in runs)
             row["rss_peak_mb"] = max(r["rss_peak_mb"] for r in runs)
             row["live_peak_mb"] = traced["live_peak_mb"]
@@ -206,42 +226,43 @@ def one_pass(
     norm_rule_counts: Iterable[int] = (20,),
 ) -> dict[str, Any]:
     """The one-pass fold at ``counts`` sites: GB/s of update bytes folded (aggregator only)
-    and with screening, each as a fraction of the memory bandwidth measured in the same
-    run (the larger of NumPy's and torch's in-place add), and the peak memory in model
-    sizes (live: tracemalloc; RSS: the process's high-water mark). At
+    and with screening, each as a fraction of the memory bandwidth measured just before
+    the run (``yardstick``; the median of the per-run ratios), and the peak memory in
+    model sizes (live: tracemalloc; RSS: the process's high-water mark). At
     ``norm_rule_counts`` also with the norm-outlier rule on (a copy of every update
     written to disk as it is folded)."""
-    bw = in_fresh_process(MODULE, "bandwidth", 512_000_000, max(repeats, 3))
-    yardstick = max(bw["numpy_add_gbps"]["median"], bw["torch_add_gbps"]["median"])
     cases = [(n, False) for n in counts] + [(n, True) for n in norm_rule_counts]
-    rows = []
+    rows, bandwidths = [], []
     for sites, rule in cases:
         args = ("hepafed", sites, params)
-        runs = [
-            in_fresh_process(MODULE, "aggregation_case", *args, False, rule) for _ in range(repeats)
-        ]
+        runs = []
+        for _ in range(repeats):
+            bw = yardstick(512_000_000)
+            bandwidths.append(bw)
+            run = in_fresh_process(MODULE, "aggregation_case", *args, False, rule)
+            runs.append({**run, "bandwidth_gbps": bw})
         traced = in_fresh_process(MODULE, "aggregation_case", *args, True, rule)
-        fold = spread(r["fold_gbps"] for r in runs)
-        screened = spread(r["throughput_gbps"] for r in runs)
         rows.append(
             {
                 "sites": sites,
                 "norm_rule": rule,
-                "fold_gbps": fold,
-                "fold_of_bandwidth": fold["median"] / yardstick,
-                "with_screening_gbps": screened,
-                "with_screening_of_bandwidth": screened["median"] / yardstick,
+                "fold_gbps": spread(r["fold_gbps"] for r in runs),
+                "fold_of_bandwidth": spread(r["fold_gbps"] / r["bandwidth_gbps"] for r in runs),
+                "with_screening_gbps": spread(r["throughput_gbps"] for r in runs),
+                "with_screening_of_bandwidth": spread(
+                    r["throughput_gbps"] / r["bandwidth_gbps"] for r in runs
+                ),
                 "live_peak_x_model": traced["live_peak_x_model"],
                 "rss_peak_x_model": max(r["rss_peak_x_model"] for r in runs),
             }
         )
-    return {"bandwidth_gbps": yardstick, "bandwidth": bw, "model_mb": runs[0]["model_mb"],
-            "rows": rows}  # fmt: skip
+    return {"bandwidth_gbps": spread(bandwidths), "model_mb": runs[0]["model_mb"], "rows": rows}
 
 
 def _print_one_pass(result: dict[str, Any]) -> None:
-    print(f"memory bandwidth (in-place add): {result['bandwidth_gbps']:.2f} GB/s; "
-          f"model {result['model_mb']:.0f} MB")  # fmt: skip
+    bw = result["bandwidth_gbps"]
+    print(f"memory bandwidth (in-place add, before each run): {bw['median']:.2f} "
+          f"({bw['min']:.2f}-{bw['max']:.2f}) GB/s; model {result['model_mb']:.0f} MB")  # fmt: skip
     print("sites | norm rule | fold GB/s (min-max) | of bandwidth | with screening "
           "| peak live / RSS, x model")  # fmt: skip
     for r in result["rows"]:
@@ -249,8 +270,8 @@ def _print_one_pass(result: dict[str, Any]) -> None:
         print(
             f"{r['sites']:5d} | {'on' if r['norm_rule'] else 'off':9s} | "
             f"{f['median']:5.2f} ({f['min']:.2f}-{f['max']:.2f}) | "
-            f"{r['fold_of_bandwidth']:12.0%} | {w['median']:5.2f} = "
-            f"{r['with_screening_of_bandwidth']:.0%} | "
+            f"{r['fold_of_bandwidth']['median']:12.0%} | {w['median']:5.2f} = "
+            f"{r['with_screening_of_bandwidth']['median']:.0%} | "
             f"{r['live_peak_x_model']:.2f} / {r['rss_peak_x_model']:.2f}"
         )
 

@@ -53,6 +53,30 @@ def _dates(settings: dict[str, Any]) -> str:
     return " Measured earlier: " + ", ".join(f"{k} on {v}" for k, v in sorted(other.items())) + "."
 
 
+def _bandwidth_target(ours: list[dict[str, Any]], bandwidth: dict[str, Any]) -> dict[str, Any]:
+    """hepafed's aggregation throughput against the memory bandwidth: the median over the
+    site counts of each count's median per-run ratio, each run against the bandwidth
+    measured just before it (rows of an older run, without those pairs, against the
+    bandwidth section)."""
+    through = statistics.median(r["throughput_gbps"]["median"] for r in ours)
+    if all("of_bandwidth" in r for r in ours):
+        ratio = statistics.median(r["of_bandwidth"]["median"] for r in ours)
+        low = min(r["of_bandwidth"]["min"] for r in ours)
+        high = max(r["of_bandwidth"]["max"] for r in ours)
+        bw = statistics.median(r["bandwidth_gbps"]["median"] for r in ours)
+        value = (
+            f"{through:.2f} GB/s against {bw:.2f} GB/s measured just before each run: "
+            f"{ratio:.0%} ({low:.0%}-{high:.0%}), the median of the per-run ratios; in memory "
+            f"traffic (every array read or written: 16 bytes per value folded with its norm, "
+            f"12 per value added) {ratio * 16 / 12:.0%}"
+        )
+    else:
+        bw = max(bandwidth["numpy_add_gbps"]["median"], bandwidth["torch_add_gbps"]["median"])
+        ratio = through / bw
+        value = f"{through:.2f} GB/s of {bw:.2f} GB/s = {ratio:.0%}"
+    return {"target": TARGETS["aggregation_bandwidth"], "value": value, "met": ratio >= 0.5}
+
+
 def evaluate_targets(result: BenchResult) -> None:
     s, t = result.sections, result.targets
     if "aggregation" in s and "bandwidth" in s:
@@ -64,15 +88,7 @@ def evaluate_targets(result: BenchResult) -> None:
             f"(process RSS {largest['rss_peak_x_model']:.2f} x)",
             "met": largest["live_peak_x_model"] <= 3.0,
         }
-        bw = max(
-            s["bandwidth"]["numpy_add_gbps"]["median"], s["bandwidth"]["torch_add_gbps"]["median"]
-        )
-        through = statistics.median(r["throughput_gbps"]["median"] for r in ours)
-        t["aggregation_bandwidth"] = {
-            "target": TARGETS["aggregation_bandwidth"],
-            "value": f"{through:.2f} GB/s of {bw:.2f} GB/s = {through / bw:.0%}",
-            "met": through >= 0.5 * bw,
-        }
+        t["aggregation_bandwidth"] = _bandwidth_target(ours, s["bandwidth"])
     if "client" in s:
         c = s["client"]
         ratio = c["site_train_images_per_s"]["median"] / c["plain_images_per_s"]["median"]
@@ -169,13 +185,26 @@ def markdown(result: BenchResult) -> str:
             "high-water mark above the same point, which also counts memory the C allocator "
             "keeps after it is freed.",
             "",
-            "| sites | method | seconds | GB/s | peak live / model | RSS peak / model |",
-            "|---|---|---|---|---|---|",
+            "GB/s: update bytes aggregated per second. Of bandwidth: each hepafed run's GB/s "
+            "over the memory bandwidth (in-place add, as above) measured in a fresh process "
+            "just before it, the median of the runs' ratios (min-max): the bandwidth of a "
+            "shared machine moves between runs, so a throughput is only compared with its "
+            "own moment's. hepafed's fold reads the update, the global model (its norm is of "
+            "the update's difference from it) and the running sum, and writes the sum: 16 "
+            "bytes of memory traffic per value against the add's 12, so in this measure its "
+            "ceiling is 75 %.",
+            "",
+            "| sites | method | seconds | GB/s | of bandwidth | peak live / model "
+            "| RSS peak / model |",
+            "|---|---|---|---|---|---|---|",
         ]
         for r in s["aggregation"]:
+            share = r.get("of_bandwidth")
+            shown = (f"{share['median']:.0%} ({share['min']:.0%}-{share['max']:.0%})"
+                     if share else "")  # fmt: skip
             lines.append(
                 f"| {r['sites']} | {r['method']} | {_fmt(r['seconds'])} | "
-                f"{_fmt(r['throughput_gbps'])} | {r['live_peak_x_model']:.2f} | "
+                f"{_fmt(r['throughput_gbps'])} | {shown} | {r['live_peak_x_model']:.2f} | "
                 f"{r['rss_peak_x_model']:.2f} |"
             )
     if "client" in s:

@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import statistics
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from common.cli import main
 from simulations.bench import run_bench
+from simulations.bench_measure import spread
 from simulations.bench_report import markdown
 
 
@@ -43,6 +45,11 @@ def test_quick_bench_writes_every_section_and_its_figures_hold(tmp_path: Path) -
     # stock Flower holds every reply: about one model more per site
     flower_2, flower_5 = aggregation[("flower", 2)], aggregation[("flower", 5)]
     assert flower_5["live_peak_x_model"] - flower_2["live_peak_x_model"] > 2.5
+    for ours in (ours_2, ours_5):  # each run against the bandwidth measured just before it
+        share, bw = ours["of_bandwidth"], ours["bandwidth_gbps"]
+        assert share["runs"] == bw["runs"] == ours["seconds"]["runs"]
+        assert 0 < share["min"] <= share["median"] <= share["max"] and bw["min"] > 0
+    assert "of_bandwidth" not in flower_5
 
     ratios = {r["compression"]: r["ratio"] for r in doc["sections"]["bytes"]}
     assert ratios["none"] == 1.0
@@ -67,6 +74,29 @@ def test_quick_bench_writes_every_section_and_its_figures_hold(tmp_path: Path) -
     assert {"aggregation_memory", "aggregation_bandwidth", "client_throughput"} <= set(
         doc["targets"]
     )
+
+
+def test_the_bandwidth_target_is_the_median_of_paired_ratios() -> None:
+    """Each site count's median per-run ratio (throughput over the bandwidth measured just
+    before that run), then the median over the counts; rows from an older run, without
+    pairs, fall back to the bandwidth section."""
+    from simulations.bench_report import _bandwidth_target
+
+    def row(through: float, ratios: list[float], bw: float) -> dict[str, Any]:
+        return {"throughput_gbps": spread([through]), "of_bandwidth": spread(ratios),
+                "bandwidth_gbps": spread([bw])}  # fmt: skip
+
+    section = {"numpy_add_gbps": spread([8.0]), "torch_add_gbps": spread([10.0])}
+    rows = [row(4.0, [0.30, 0.40, 0.90], 10.0), row(5.0, [0.50, 0.55, 0.60], 10.0),
+            row(6.0, [0.52, 0.53, 0.54], 12.0)]  # fmt: skip
+    target = _bandwidth_target(rows, section)
+    assert target["met"] and "53% (30%-90%)" in target["value"]  # median of 0.40, 0.55, 0.53
+    assert "in memory traffic" in target["value"] and "71%" in target["value"]  # 0.53 x 16/12
+    rows[1]["of_bandwidth"] = spread([0.45, 0.48, 0.49])
+    assert not _bandwidth_target(rows, section)["met"]  # median of 0.40, 0.48, 0.53
+    old = [{"throughput_gbps": spread([4.5])}, {"throughput_gbps": spread([5.5])}]
+    fallback = _bandwidth_target(old, section)
+    assert fallback["met"] and fallback["value"] == "5.00 GB/s of 10.00 GB/s = 50%"
 
 
 def test_unknown_bench_section_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
