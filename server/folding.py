@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
 
+from common.array_views import numpy_array
 from common.compression import BLOCK, PACKED, n_blocks
 from common.keys import Compression
 from server.mapped_pages import drop_pages, file_mapping
@@ -276,7 +277,7 @@ class RunningMean:
             np.divide(acc, np.float32(self.total), out=acc)
             if self.compression != Compression.NONE:
                 np.add(acc, ref, out=acc, casting="unsafe")
-            out[key] = Array(acc.astype(ref.dtype, copy=False))
+            out[key] = numpy_array(acc.astype(ref.dtype, copy=False))
             del acc
         return ArrayRecord(out)
 

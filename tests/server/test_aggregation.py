@@ -126,6 +126,29 @@ def test_dtype_names_are_numpys_and_their_memory_is_bounded(
     assert len(array_views._NAMES) == 3
 
 
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.arange(24, dtype=np.float32).reshape(2, 3, 4),
+        np.array(3.5, dtype=np.float32),
+        np.zeros((0, 4), np.float32),
+        np.arange(7, dtype=np.int64),
+        np.arange(5, dtype=">f4"),
+        np.linspace(-1, 1, 9, dtype=np.float16),
+        np.asfortranarray(np.arange(12, dtype=np.float32).reshape(3, 4)),
+    ],
+)
+def test_numpy_array_makes_flowers_own_bytes(values: np.ndarray) -> None:
+    """The aggregate's arrays (``numpy_array``, one copy) are byte for byte what Flower's
+    ``Array(ndarray)`` makes: the model's hash does not depend on which made it."""
+    from common.array_views import numpy_array
+
+    ours, flowers = numpy_array(values), Array(values)
+    assert ours.data == flowers.data and isinstance(ours.data, bytes)
+    assert (ours.dtype, ours.shape, ours.stype) == (flowers.dtype, flowers.shape, flowers.stype)
+    np.testing.assert_array_equal(array_view(ours), values)
+
+
 def test_tensor_views_write_the_same_checkpoint_without_a_copy(tmp_path: Path) -> None:
     """``tensor_views`` (what a checkpoint is written from): the same tensors as Flower's
     ``to_torch_state_dict``, saved and loaded back equal, writable once loaded; plain
