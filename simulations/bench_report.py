@@ -181,7 +181,8 @@ def markdown(result: BenchResult) -> str:
             "fold of each reply as it arrives; Flower: `FedAvg.aggregate_train` over the list "
             "of all replies. Peak live: the most memory the round's replies, sums and result "
             "held at once above what the ServerApp held before it (tracemalloc, which sees "
-            "every NumPy buffer and bytes object), in model sizes; RSS: the process's resident "
+            "every NumPy buffer and bytes object, but not the fold's two torch buffers of "
+            "at most 4 MiB each), in model sizes; RSS: the process's resident "
             "high-water mark above the same point, which also counts memory the C allocator "
             "keeps after it is freed.",
             "",
