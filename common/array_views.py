@@ -23,30 +23,50 @@ def array_view(array: Array) -> np.ndarray:
     """The values of a Flower ``Array`` as a read-only NumPy view of its bytes (no copy).
 
     Flower stores an array as ``.npy`` bytes; ``Array.numpy()`` parses them into a
-    new array. Here the header is parsed and the data are viewed in place.
+    new array. Here the header is parsed and the data are viewed in place. The bytes may
+    be a rogue site's: anything but a readable header of at most ``MAX_DIMS``
+    non-negative sizes whose values the bytes hold is a ValueError.
     """
     if array.stype != NUMPY_STYPE:
         return array.numpy()
-    parsed = _plain_header(array.data)
-    if parsed is None:  # any other header: NumPy's own parser
-        header = io.BytesIO(array.data[:4096])  # .npy headers are far shorter
-        version = np.lib.format.read_magic(header)
-        reader = (
-            np.lib.format.read_array_header_1_0
-            if version == (1, 0)
-            else np.lib.format.read_array_header_2_0
-        )
-        parsed = (*reader(header), header.tell())
-    shape, fortran, dtype, offset = parsed
+    try:
+        shape, fortran, dtype, offset = _header(array.data)
+    except (TypeError, OverflowError, RecursionError, MemoryError, SyntaxError) as e:
+        # an unknown dtype code, a size past C's integers, nesting too deep for NumPy's
+        # literal parser: each a header no writer of .npy files makes
+        raise ValueError(f"its .npy header is unreadable ({type(e).__name__}: {e})") from e
+    if len(shape) > MAX_DIMS or not all(type(n) is int and n >= 0 for n in shape):
+        raise ValueError(f"its header's shape is not {MAX_DIMS} or fewer non-negative sizes")
     if dtype.hasobject:
         raise ValueError("object arrays are not accepted")
-    count = math.prod(shape)  # Python ints: exact (no int64 wrap-around), and quick
+    count = math.prod(shape)  # Python ints: exact (no int64 wrap-around); at most 64 factors
     size = memoryview(array.data).nbytes  # bytes, or a view of a reply's joined buffer
     held = (size - offset) // dtype.itemsize if dtype.itemsize else count
     if count > held:  # a shape past what the bytes hold, however large: a clear ValueError
-        raise ValueError(f"its header's shape {shape} needs {count} values, the bytes hold {held}")
+        raise ValueError(f"its header's shape ({len(shape)} dimensions) needs more values "
+                         f"than the bytes hold ({held})")  # fmt: skip
     flat = np.frombuffer(array.data, dtype=dtype, count=count, offset=offset)
     return flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
+
+
+MAX_DIMS = 64  # NumPy's own limit on an array's dimensions
+
+
+def _header(data: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """Shape, Fortran order, dtype and data offset of a ``.npy`` header: the plain form
+    NumPy writes by a regular expression, any other by NumPy's parser (first 4 kB)."""
+    parsed = _plain_header(data)
+    if parsed is not None:
+        return parsed
+    header = io.BytesIO(data[:4096])  # .npy headers are far shorter
+    version = np.lib.format.read_magic(header)
+    reader = (
+        np.lib.format.read_array_header_1_0
+        if version == (1, 0)
+        else np.lib.format.read_array_header_2_0
+    )
+    shape, fortran, dtype = reader(header)
+    return shape, fortran, dtype, header.tell()
 
 
 def numpy_array(values: np.ndarray) -> Array:
@@ -57,7 +77,12 @@ def numpy_array(values: np.ndarray) -> Array:
     if values.dtype.hasobject or not values.flags.c_contiguous:
         return Array(values)
     header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(values))
+    try:
+        np.lib.format.write_array_header_1_0(
+            header, np.lib.format.header_data_from_array_1_0(values)
+        )
+    except ValueError:  # a header past 64 kB (a dtype of thousands of fields): version 2.0
+        return Array(values)
     raw = values.reshape(-1).view(np.uint8).data  # the values' bytes, not a copy
     data = b"".join((header.getvalue(), raw))
     return Array(dtype=dtype_name(values.dtype), shape=tuple(values.shape),
@@ -98,6 +123,8 @@ def _plain_header(data: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int] | 
     size = 2 if data[6] == 1 else 4
     start = 8 + size
     end = start + int.from_bytes(data[8:start], "little")
+    if end - start > 4096:  # no plain header is this long: NumPy's parser, which refuses it
+        return None
     match = PLAIN_HEADER.fullmatch(data, start, end)
     if match is None:
         return None
@@ -108,8 +135,10 @@ def _plain_header(data: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int] | 
 # a header's descr -> its dtype, a dtype -> its name: a handful per process; a site that
 # sends many kinds gets them parsed each time, not a cache that grows
 _KEEP = 64
-_DTYPES: dict[bytes, np.dtype] = {}
-_NAMES: dict[np.dtype, str] = {}
+# the kinds models are made of, known from the start: a site's odd kinds cannot crowd them out
+_COMMON = ("<f4", "<f2", "<f8", "|i1", "|u1", "<i8", "<i4", "|b1")
+_DTYPES: dict[bytes, np.dtype] = {c.encode(): np.dtype(c) for c in _COMMON}
+_NAMES: dict[np.dtype, str] = {np.dtype(c): str(np.dtype(c)) for c in _COMMON}
 
 
 def _dtype(descr: bytes) -> np.dtype:

@@ -186,7 +186,8 @@ def aggregation(
 
     Each hepafed run is paired with the memory bandwidth measured just before it
     (``yardstick``, ``bandwidth_bytes`` per array): a shared machine's bandwidth moves
-    between runs (9.4 and 15.9 GB/s on two days here), so a throughput is compared only
+    between runs (9.4 GB/s one day here, 13.3 to 19.4 within one run the next), so a
+    throughput is compared only
     with the bandwidth of its own moment; ``of_bandwidth`` is the spread of those per-run
     ratios."""
     rows = []
@@ -227,7 +228,7 @@ def one_pass(
 ) -> dict[str, Any]:
     """The one-pass fold at ``counts`` sites: GB/s of update bytes folded (aggregator only)
     and with screening, each as a fraction of the memory bandwidth measured just before
-    the run (``yardstick``; the median of the per-run ratios), and the peak memory in
+    the run (``yardstick``; the median of each count's per-run ratios), and the peak memory in
     model sizes (live: tracemalloc; RSS: the process's high-water mark). At
     ``norm_rule_counts`` also with the norm-outlier rule on (a copy of every update
     written to disk as it is folded)."""

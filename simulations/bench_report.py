@@ -56,8 +56,8 @@ def _dates(settings: dict[str, Any]) -> str:
 def _bandwidth_target(ours: list[dict[str, Any]], bandwidth: dict[str, Any]) -> dict[str, Any]:
     """hepafed's aggregation throughput against the memory bandwidth: the median over the
     site counts of each count's median per-run ratio, each run against the bandwidth
-    measured just before it (rows of an older run, without those pairs, against the
-    bandwidth section)."""
+    measured just before it; min-max over every run at every count. Rows of an older run,
+    without those pairs, are judged against the bandwidth section."""
     through = statistics.median(r["throughput_gbps"]["median"] for r in ours)
     if all("of_bandwidth" in r for r in ours):
         ratio = statistics.median(r["of_bandwidth"]["median"] for r in ours)
@@ -65,8 +65,9 @@ def _bandwidth_target(ours: list[dict[str, Any]], bandwidth: dict[str, Any]) -> 
         high = max(r["of_bandwidth"]["max"] for r in ours)
         bw = statistics.median(r["bandwidth_gbps"]["median"] for r in ours)
         value = (
-            f"{through:.2f} GB/s against {bw:.2f} GB/s measured just before each run: "
-            f"{ratio:.0%} ({low:.0%}-{high:.0%}), the median of the per-run ratios; in memory "
+            f"{ratio:.0%} ({low:.0%}-{high:.0%}) of the bandwidth measured just before each "
+            f"run: the median over the site counts of each count's median ratio (throughput "
+            f"{through:.2f} GB/s, bandwidth {bw:.2f} GB/s: the medians of each); in memory "
             f"traffic (every array read or written: 16 bytes per value folded with its norm, "
             f"12 per value added) {ratio * 16 / 12:.0%}"
         )

@@ -84,27 +84,63 @@ def test_array_view_reads_flowers_bytes_without_a_copy(values: np.ndarray) -> No
     assert _plain_header(array.data) is not None  # NumPy's own header: the fast path
 
 
-@pytest.mark.parametrize("shape", [(10**23,), (2**32, 2**32, 4), (6,)])
-def test_a_header_shape_past_its_bytes_is_a_clear_error(shape: tuple[int, ...]) -> None:
-    """A shape whose product passes 2^63 (once an OverflowError out of NumPy, which the
-    round did not expect), wraps around in int64 to 0, or is one value more than the bytes
-    hold is a ValueError naming the shape, so a reply carrying it is a named rejection,
-    not a failed round. The header is NumPy's own writing (the fast path reads it)."""
-    import io
+def _npy(text: str, version: int = 1, values: int = 5) -> bytes:
+    """``.npy`` bytes with the header dict ``text``, padded as NumPy pads it, and 5 float32
+    values: the header a rogue site could sign and send."""
+    size = 2 if version == 1 else 4
+    body = text.encode("latin1") + b" "
+    body += b" " * (-(10 + size - 2 + len(body) + 1) % 64) + b"\n"
+    head = b"\x93NUMPY" + bytes([version, 0]) + len(body).to_bytes(size, "little")
+    return head + body + np.arange(values, dtype=np.float32).tobytes()
 
-    header = io.BytesIO()
-    fields = np.lib.format.header_data_from_array_1_0(np.zeros(5, np.float32))
-    np.lib.format.write_array_header_1_0(header, {**fields, "shape": shape})
-    data = header.getvalue() + np.arange(5, dtype=np.float32).tobytes()
-    assert _plain_header(data) is not None
-    array = Array(dtype="float32", shape=(5,), stype="numpy.ndarray", data=data)
-    with pytest.raises(ValueError, match=r"header's shape .* the bytes hold 5"):
+
+def _plain(shape: str, descr: str = "<f4") -> str:
+    return f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}"
+
+
+HOSTILE_HEADERS = {
+    "past 2^63 values": (_plain("(100000000000000000000000,)"), "needs more values"),
+    "wraps to 0 in int64": (_plain("(4294967296, 4294967296, 4)"), "needs more values"),
+    "one value too many": (_plain("(6,)"), "needs more values"),
+    "an unknown dtype code": (_plain("(5,)", "<x4"), "unreadable"),
+    "a float of 3 bytes": (_plain("(5,)", "<f3"), "unreadable"),
+    "a size below C's": (_plain("(-9223372036854775809,)"), "non-negative"),
+    "a negative size": (_plain("(-5,)"), "non-negative"),
+    "a size that is True": (_plain("(True,)"), "non-negative"),
+    "65 dimensions": (_plain("(" + "1, " * 64 + "1)"), "64 or fewer"),
+    "nesting past the parser": ("{'x': " + "-" * 3900 + "1}", "unreadable|header"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_HEADERS))
+def test_a_hostile_header_is_a_named_rejection_not_a_failed_round(case: str) -> None:
+    """Every header a writer of ``.npy`` files does not make is a ValueError, which the
+    aggregator names as its site's rejection: never an OverflowError, TypeError or
+    RecursionError out of NumPy, which the round did not expect (a shape past 2^63 values
+    and an unknown dtype code each ended the round before). A negative size is refused,
+    not read as "all the bytes"."""
+    text, message = HOSTILE_HEADERS[case]
+    array = Array(dtype="float32", shape=(5,), stype="numpy.ndarray", data=_npy(text))
+    with pytest.raises(ValueError, match=message):
         array_view(array)
     content = RecordDict({"arrays": ArrayRecord({"w": array}),
                           "metrics": MetricRecord({"num-examples": 3.0})})  # fmt: skip
     reply = Message(content, dst_node_id=1, message_type=MessageType.TRAIN)
     with pytest.raises(UpdateRejected, match="unreadable update: tensor 'w'"):
         reply_update("site-a", reply)
+
+
+def test_a_header_of_80000_dimensions_is_refused_at_once() -> None:
+    """A version 2 header may be as long as the reply: 80,000 dimensions (800 kB) are
+    refused by their header's length, before any size is read (their product took
+    seconds, 160,000 took 23 s); and the helper's plain header reads as NumPy's does."""
+    text = _plain("(" + "99999999, " * 80_000 + "1)")
+    with pytest.raises(ValueError, match="expected 800116 bytes got 4084"):
+        array_view(Array(dtype="float32", shape=(5,), stype="numpy.ndarray",
+                         data=_npy(text, version=2)))  # fmt: skip
+    plain = Array(dtype="float32", shape=(5,), stype="numpy.ndarray", data=_npy(_plain("(5,)")))
+    assert _plain_header(plain.data) is not None
+    np.testing.assert_array_equal(array_view(plain), np.arange(5, dtype=np.float32))
 
 
 def test_dtype_names_are_numpys_and_their_memory_is_bounded(
