@@ -229,9 +229,8 @@ def run_task(args: argparse.Namespace) -> None:
     if args.acquired_at is not None:  # the task process's start: a fork or a fresh interpreter
         phases.seconds["start"] = max(0.0, time.time() - args.acquired_at)
 
-    @phases.timed("pull")
     def pull_checked(client: Any) -> tuple[Any, Any, Any, Any]:
-        message, context, run, fab = pull_task_input(client)
+        message, context, run, fab = phases.pull(pull_task_input, client)
         digest = hashlib.sha256(fab.content).hexdigest()
         if fab.hash_str != digest:
             fab = Fab(hash_str=digest, content=fab.content, verifications=fab.verifications)

@@ -18,7 +18,10 @@ the loop asks every ``--busy-poll`` seconds (default ``BUSY_POLL_S``; at most
 ``--idle-poll``), then again every ``--idle-poll``. A site that is not in a run costs the
 SuperLink what it did; one in a run up to 1 / ``--busy-poll`` requests a second while it
 waits for the others (a federation of many sites may want a longer one).
-It also pulls a message's objects with a short retry backoff (``common.flower_pulls``).
+It also pulls a message's objects with a short retry backoff (``common.flower_pulls``),
+and logs, per message, how long that pull from the SuperLink took, in how many requests
+and for how many bytes (``log_object_pulls``): a task of this site waits for it (its
+``message`` phase, ``client.task_phases``), so a slow SuperLink shows here.
 
 Flower is pinned to one minor release (pyproject.toml); ``check_poll_site`` fails loudly
 if a release moves the loop, so the cap can never silently stop applying.
@@ -26,7 +29,9 @@ if a release moves the loop, so the cap can never silently stop applying.
 
 from __future__ import annotations
 
+import functools
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from types import ModuleType
@@ -110,6 +115,46 @@ def cap_idle_poll(seconds: float, busy: float = BUSY_POLL_S) -> None:
     loop.time = sleeper  # type: ignore[assignment]
     loop._push_messages = push_and_stay_hot
     quicken_pulls(loop)  # a message's objects from the SuperLink (common.flower_pulls)
+    log_object_pulls(loop)
+
+
+_LOGGED = "_hepafed_logged_pull"
+
+
+def log_object_pulls(module: ModuleType) -> None:
+    """Wrap ``module.pull_objects`` (the SuperNode's pull of a message's objects from the
+    SuperLink) to log its wall time, requests (retries of an object not yet there
+    included) and bytes. Idempotent."""
+    from logging import INFO
+
+    from flwr.common.logger import log
+
+    pull = module.pull_objects
+    if getattr(pull, _LOGGED, False):
+        return
+
+    @functools.wraps(pull)
+    def pull_and_log(object_ids: list[str], pull_object_fn: Any, **kw: Any) -> dict[str, bytes]:
+        counted = [0, 0]  # requests, bytes
+        lock = threading.Lock()  # Flower pulls the objects from several threads
+
+        def pull_one(object_id: str) -> bytes:
+            with lock:
+                counted[0] += 1
+            content: bytes = pull_object_fn(object_id)
+            with lock:
+                counted[1] += len(content)
+            return content
+
+        started = time.monotonic()
+        try:
+            return pull(object_ids, pull_object_fn=pull_one, **kw)
+        finally:
+            log(INFO, "Pulled %d objects from the SuperLink in %.3f s (%d requests, %d bytes)",
+                len(object_ids), time.monotonic() - started, counted[0], counted[1])  # fmt: skip
+
+    setattr(pull_and_log, _LOGGED, True)
+    module.pull_objects = pull_and_log  # type: ignore[attr-defined]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

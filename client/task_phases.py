@@ -14,12 +14,14 @@ T = TypeVar("T")
 
 class TaskPhases:
     """Where one task's time goes, logged when its reply is pushed: ``start`` (from the
-    token acquired to the task process running this code), ``pull`` (message,
-    context and bundle from the SuperNode), ``install`` (the approval check and the
-    bundle's extraction), ``load`` (importing the bundle's ClientApp), ``app`` (the
-    ClientApp's work) and ``push`` (the reply to the SuperNode)."""
+    token acquired to the task process running this code), ``input`` (context, run and
+    bundle from the SuperNode: one request), ``message`` (the message's objects from the
+    SuperNode, which hands a task its message while it still pulls the objects from the
+    SuperLink: mostly that wait), ``install`` (the approval check and the bundle's
+    extraction), ``load`` (importing the bundle's ClientApp), ``app`` (the ClientApp's
+    work) and ``push`` (the reply to the SuperNode)."""
 
-    ORDER = ("start", "pull", "install", "load", "app", "push")
+    ORDER = ("start", "input", "message", "install", "load", "app", "push")
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
@@ -37,6 +39,19 @@ class TaskPhases:
             return run
 
         return wrap
+
+    def pull(self, pull_task_input: Callable[[Any], T], client: Any) -> T:
+        """Flower's ``pull_task_input(client)``, timed as ``input`` (its ``PullTaskInput``
+        request) and ``message`` (the rest: the message and its objects)."""
+        request = client.PullTaskInput
+        client.PullTaskInput = self.timed("input")(request)
+        t = time.perf_counter()
+        try:
+            return pull_task_input(client)
+        finally:
+            client.PullTaskInput = request
+            rest = time.perf_counter() - t - self.seconds.get("input", 0.0)
+            self.seconds["message"] = self.seconds.get("message", 0.0) + max(0.0, rest)
 
     def wrap_load_and_push(self, runner: Any) -> None:
         """Time Flower's ClientApp loading, the ClientApp's call and the reply's push in

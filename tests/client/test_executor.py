@@ -355,3 +355,29 @@ def test_a_tasks_phases_are_timed_around_flowers_steps_and_logged_at_the_push(
     assert names == ["start", "load", "app", "push"]
     s = phases.seconds
     assert 0.05 <= s["load"] < 1 and 0.1 <= s["app"] < 1 and 0.01 <= s["push"] < 1
+
+
+def test_a_tasks_pull_is_split_into_its_input_request_and_its_message() -> None:
+    """``input``: Flower's one PullTaskInput request (context, run, bundle); ``message``:
+    the rest of the pull (the message's objects, waiting on the SuperNode). The client's
+    request is its own again afterwards."""
+    import time
+
+    class Client:
+        def PullTaskInput(self, request: Any) -> str:  # Flower's name
+            time.sleep(0.05)
+            return "input"
+
+    client = Client()
+
+    def pull_task_input(c: Any) -> tuple[str, str]:
+        got = c.PullTaskInput(None)
+        time.sleep(0.15)  # the message's objects
+        return got, "message"
+
+    phases = TaskPhases()
+    assert phases.pull(pull_task_input, client) == ("input", "message")
+    s = phases.seconds
+    assert 0.05 <= s["input"] < 0.15 and 0.15 <= s["message"] < 0.3
+    assert client.PullTaskInput.__func__ is Client.PullTaskInput  # type: ignore[attr-defined]
+    assert phases.line().startswith("input ") and ", message " in phases.line()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 import time
 import types
 from typing import Any
@@ -37,7 +38,8 @@ def test_cap_applies_to_the_loop_module_only(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(loop, "pull_objects", loop.pull_objects)  # restored afterwards
     monkeypatch.setattr(loop, "_push_messages", loop._push_messages)
     supernode.cap_idle_poll(0.05)
-    assert loop.pull_objects.keywords["initial_backoff"] < 1  # type: ignore[attr-defined]
+    quick = loop.pull_objects.__wrapped__  # type: ignore[attr-defined]
+    assert quick.keywords["initial_backoff"] < 1
     try:
         started = time.monotonic()
         loop.time.sleep(3)  # Flower's idle sleep
@@ -91,3 +93,41 @@ def test_after_a_reply_the_loop_asks_often_for_a_while_then_idles_again(
     push = loop._push_messages
     push(state="s")
     assert 0.35 < idle_sleep() < 1.0  # not the default 0.2 s, not the idle 1.2 s
+
+
+def test_each_message_pull_from_the_superlink_is_logged_with_its_requests_and_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The SuperNode's pull of a message's objects (Flower's own ``pull_objects``, retries
+    and all) is timed and counted: one object missing at the first ask costs a request."""
+    import logging
+
+    import flwr.supernode.start_client_internal as loop
+    from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError
+
+    monkeypatch.setattr(loop, "pull_objects", loop.pull_objects)  # restored afterwards
+    supernode.log_object_pulls(loop)
+    supernode.log_object_pulls(loop)  # idempotent: one wrapper, one line per pull
+    contents = {"a": b"x" * 1000, "b": b"y" * 24}
+    asked: list[str] = []
+
+    def pull_object(object_id: str) -> bytes:
+        asked.append(object_id)
+        if object_id == "b" and asked.count("b") == 1:
+            raise ObjectUnavailableError(object_id)
+        return contents[object_id]
+
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    flwr_log = logging.getLogger("flwr")
+    flwr_log.addHandler(handler)
+    try:
+        got = loop.pull_objects(["a", "b"], pull_object_fn=pull_object, initial_backoff=0.01)
+    finally:
+        flwr_log.removeHandler(handler)
+    assert got == contents and sorted(asked) == ["a", "b", "b"]
+    pulled = [line for line in lines if line.startswith("Pulled ")]
+    assert len(pulled) == 1
+    assert re.fullmatch(r"Pulled 2 objects from the SuperLink in [0-9.]+ s \(3 requests, "
+                        r"1024 bytes\)", pulled[0]), pulled  # fmt: skip

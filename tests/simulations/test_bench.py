@@ -90,13 +90,32 @@ def test_the_bandwidth_target_is_the_median_of_paired_ratios() -> None:
     rows = [row(4.0, [0.30, 0.40, 0.90], 10.0), row(5.0, [0.50, 0.55, 0.60], 10.0),
             row(6.0, [0.52, 0.53, 0.54], 12.0)]  # fmt: skip
     target = _bandwidth_target(rows, section)
+    assert target is not None
     assert target["met"] and "53% (30%-90%)" in target["value"]  # median of 0.40, 0.55, 0.53
+    assert _bandwidth_target(rows, None) == target  # paired rows need no bandwidth section
     assert "in memory traffic" in target["value"] and "71%" in target["value"]  # 0.53 x 16/12
     rows[1]["of_bandwidth"] = spread([0.45, 0.48, 0.49])
-    assert not _bandwidth_target(rows, section)["met"]  # median of 0.40, 0.48, 0.53
+    lower = _bandwidth_target(rows, section)
+    assert lower is not None and not lower["met"]  # median of 0.40, 0.48, 0.53
     old = [{"throughput_gbps": spread([4.5])}, {"throughput_gbps": spread([5.5])}]
     fallback = _bandwidth_target(old, section)
+    assert fallback is not None
     assert fallback["met"] and fallback["value"] == "5.00 GB/s of 10.00 GB/s = 50%"
+    assert _bandwidth_target(old, None) is None  # nothing to judge it against
+
+
+def test_the_aggregation_targets_are_judged_without_a_bandwidth_section() -> None:
+    """``--sections aggregation`` alone: its rows carry their own paired bandwidth."""
+    from simulations.bench_report import BenchResult, evaluate_targets
+
+    row = {"method": "hepafed", "sites": 20, "live_peak_x_model": 2.2, "rss_peak_x_model": 2.4,
+           "throughput_gbps": spread([4.0]), "of_bandwidth": spread([0.25, 0.3, 0.35]),
+           "bandwidth_gbps": spread([15.0])}  # fmt: skip
+    result = BenchResult({}, {"aggregation": [row]})
+    evaluate_targets(result)
+    assert result.targets["aggregation_memory"]["met"]
+    assert not result.targets["aggregation_bandwidth"]["met"]
+    assert result.targets["aggregation_bandwidth"]["value"].startswith("30% (25%-35%)")
 
 
 def test_unknown_bench_section_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
