@@ -31,6 +31,9 @@ SIDES = ("deployed", "simulated", "stock")  # hepafed deployed and simulated, st
 TASK_DONE = re.compile(r"task done in ([0-9.]+) s, exit code 0")
 TASK_PHASES = re.compile(r"task phases: (.*)")
 PHASE = re.compile(r"([a-z]+) ([0-9.]+) s")
+SUPERNODE_PULL = re.compile(  # client.supernode.log_object_pulls, one line per message
+    r"Pulled (\d+) objects from the SuperLink in ([0-9.]+) s \((\d+) requests, (\d+) bytes\)"
+)
 
 
 def flat_overrides(cfg: Any) -> dict[str, Any]:
@@ -69,6 +72,21 @@ def _task_phases(logs: list[str]) -> dict[str, float]:
     names = list(dict.fromkeys(k for row in rows for k in row))
     # over the tasks that had the phase (a refused bundle has no load or app)
     return {k: statistics.median(row[k] for row in rows if k in row) for k in names}
+
+
+def _supernode_pulls(logs: list[str]) -> dict[str, Any]:
+    """The SuperNodes' pulls of a message's objects from the SuperLink: seconds, objects
+    and requests per message (medians), and how many messages; {} if none was logged."""
+    pulls = [(int(n), float(t), int(r)) for text in logs for n, t, r, _ in
+             SUPERNODE_PULL.findall(text)]  # fmt: skip
+    if not pulls:
+        return {}
+    return {
+        "messages": len(pulls),
+        "seconds": spread(t for _, t, _ in pulls),
+        "objects": statistics.median(n for n, _, _ in pulls),
+        "requests": statistics.median(r for _, _, r in pulls),
+    }
 
 
 def deploy_round(cfg: Any, phantom_dir: Path, sites: list[str], repeats: int) -> dict[str, Any]:
@@ -141,6 +159,7 @@ def deploy_round(cfg: Any, phantom_dir: Path, sites: list[str], repeats: int) ->
                 stock_ratios.append(got["deployed"] / got["stock"])
             site_logs = [fed.processes.log(n) for n in sites]
             tasks, task_phases = _task_seconds(site_logs), _task_phases(site_logs)
+            supernode_pulls = _supernode_pulls(site_logs)
             threads = fed.threads
     return {
         "sites": len(sites),
@@ -155,6 +174,7 @@ def deploy_round(cfg: Any, phantom_dir: Path, sites: list[str], repeats: int) ->
         "task_s": spread(tasks) if tasks else {},
         "tasks": len(tasks),
         "task_phases_s": task_phases,
+        "supernode_pulls": supernode_pulls,
         "pair_ratios": ratios,
         "ratio_spread": spread(ratios),
         "ratio": statistics.median(ratios),
@@ -231,6 +251,14 @@ def deploy_markdown(r: dict[str, Any]) -> list[str]:
         lines.append(
             f"- where a task's time goes (median s over the tasks; `client.task_phases."
             f"TaskPhases`): {phases}"
+        )
+    pulls = r.get("supernode_pulls")
+    if pulls:
+        lines.append(
+            f"- a SuperNode's pull of a message's objects from the SuperLink "
+            f"(`client.supernode`, {pulls['messages']} messages; a task's `message` phase "
+            f"waits for it): {fmt(pulls['seconds'])} s for {pulls['objects']:.0f} objects "
+            f"in {pulls['requests']:.0f} requests (medians)"
         )
     columns = [r.get(f"{side}_phases_s") or {} for side in SIDES]
     if any(columns):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from common.config import RunConfig
 from simulations.bench_deploy import (
+    _supernode_pulls,
     _task_phases,
     _task_seconds,
     deploy_markdown,
@@ -46,6 +47,25 @@ def test_a_tasks_phases_are_the_medians_over_the_executors_log_lines() -> None:
     assert _task_phases(["no task ran"]) == {}
     refused = "d task phases: start 0.100 s, pull 0.100 s, install 0.010 s, push 0.020 s"
     assert _task_phases([*logs, refused])["app"] == 2.0  # not pulled towards 0 by it
+
+
+def test_the_supernodes_pulls_from_the_superlink_are_read_from_their_log_lines() -> None:
+    """The lines ``client.supernode.log_object_pulls`` writes (the test of that function
+    pins their form): medians over the messages."""
+    logs = [
+        "INFO :      Pulled 7 objects from the SuperLink in 0.450 s (7 requests, 1257374 "
+        "bytes)\nINFO :      Pulled 7 objects from the SuperLink in 1.100 s (9 requests, "
+        "1257374 bytes)\n",
+        "Pulled 5 objects from the SuperLink in 0.300 s (5 requests, 2000 bytes)",
+    ]
+    got = _supernode_pulls(logs)
+    assert got["messages"] == 3 and got["objects"] == 7 and got["requests"] == 7
+    assert (got["seconds"]["median"], got["seconds"]["min"], got["seconds"]["max"]) == (
+        0.45, 0.3, 1.1)  # fmt: skip
+    assert _supernode_pulls(["no pull logged"]) == {}
+    text = "\n".join(deploy_markdown({**_result([1.1]), "supernode_pulls": got}))
+    assert ("from the SuperLink (`client.supernode`, 3 messages; a task's `message` phase "
+            "waits for it): 0.45 (0.30-1.10) s for 7 objects in 7 requests") in text  # fmt: skip
 
 
 def _result(ratios: list[float]) -> dict[str, object]:
