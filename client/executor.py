@@ -29,6 +29,7 @@ import argparse
 import hashlib
 import logging
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -162,6 +163,7 @@ def serve(args: argparse.Namespace) -> int:
 
     if args.parent_pid is not None:
         start_parent_process_monitor(args.parent_pid)
+    _exit_on_sigterm()
     read_approvals(Path(args.approvals))  # a malformed list stops the site now, not per task
     zygote = None if args.cold else warm_zygote()
     client = RuntimeHttpClient.from_server_address(
@@ -193,6 +195,18 @@ def serve(args: argparse.Namespace) -> int:
             time.sleep(BUSY_POLL_S if time.monotonic() - active < BUSY_WINDOW_S else POLL_S)
     finally:
         client.close()
+
+
+def _exit_on_sigterm() -> None:
+    """SIGTERM (``hepafed site start`` stopping its processes) ends ``serve`` as an exit,
+    not a kill: its ``finally`` and the interpreter's exit handlers run, among them
+    multiprocessing's, which removes the zygote's socket folder (``pymp-*`` in the
+    temporary folder). Killed, the executor left one behind at every restart of the site."""
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _forget_site_packages() -> None:

@@ -381,3 +381,63 @@ def test_a_tasks_pull_is_split_into_its_input_request_and_its_message() -> None:
     assert 0.05 <= s["input"] < 0.15 and 0.15 <= s["message"] < 0.3
     assert client.PullTaskInput.__func__ is Client.PullTaskInput  # type: ignore[attr-defined]
     assert phases.line().startswith("input ") and ", message " in phases.line()
+
+
+STOPPED_BY_SIGTERM = """
+import sys
+from types import SimpleNamespace
+import flwr.supercore.runtime as runtime
+from client import executor
+
+class Idle:  # a SuperNode with no task
+    def AcquireTask(self, _request):
+        return SimpleNamespace(HasField=lambda _f: False, token="")
+    def close(self):
+        print("closed", flush=True)
+
+runtime.RuntimeHttpClient.from_server_address = lambda **_: Idle()
+warm = executor.warm_zygote
+executor.warm_zygote = lambda: warm(("json",))  # a zygote that starts in a moment
+sys.exit(executor.main(sys.argv[1:]))
+"""
+
+
+def test_a_sigterm_stops_the_executor_cleanly_leaving_no_zygote_socket_behind(
+    tmp_path: Path,
+) -> None:
+    """``site start`` stops the executor with SIGTERM: it exits through its ``finally`` and
+    the exit handlers, so multiprocessing removes the zygote's ``pymp-*`` socket folder (a
+    kill left one in the temporary folder at every restart of the site)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    (tmp_path / APPROVALS_FILE).write_text("")
+    argv = ["serve", "--runtime-api-address", "127.0.0.1:1", "--site", "s",
+            "--approvals", str(tmp_path / APPROVALS_FILE), "--keys", str(tmp_path)]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STOPPED_BY_SIGTERM, *argv],
+        env={**os.environ, "TMPDIR": str(temp)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not list(temp.glob("pymp-*/listener-*")) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        assert list(temp.glob("pymp-*/listener-*")), "the zygote never started"
+        time.sleep(0.3)  # in its polling loop
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "closed" in out  # the loop's finally ran
+    assert list(temp.iterdir()) == []
