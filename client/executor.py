@@ -48,6 +48,7 @@ BUSY_POLL_S = 0.05  # ... for BUSY_WINDOW_S after a task started or ended: a rou
 BUSY_WINDOW_S = 30.0  # message is likely near
 CLIENT_APP_TASK = "flwr-clientapp"
 MAX_TASKS = 4  # task processes at once; more messages wait at the SuperNode
+TASK_STOP_S = 5.0  # a stopping executor's tasks: SIGTERM, then SIGKILL after this long
 # imported once by the warm zygote: the site's ClientApp and, through it, torch, MONAI, Flower;
 # and torch._dynamo, which torch's optimizers import on their first construction (about 800
 # modules, 2 s of every training task on the reference machine when it was not preloaded)
@@ -103,6 +104,10 @@ class _Task:
                 time.monotonic() - self._started, code)  # fmt: skip
         return False
 
+    def stop(self, deadline: float) -> None:
+        """SIGTERM, then SIGKILL if the task is still running at ``deadline`` (monotonic)."""
+        raise NotImplementedError
+
 
 class _ColdTask(_Task):
     """A task in a fresh interpreter (``--cold``), as Flower's own executor runs it."""
@@ -113,6 +118,15 @@ class _ColdTask(_Task):
 
     def _exit_code(self) -> int | None:
         return self._proc.poll()
+
+    def stop(self, deadline: float) -> None:
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
 
 
 class _WarmTask(_Task):
@@ -132,6 +146,17 @@ class _WarmTask(_Task):
         code = self._proc.exitcode
         self._proc.close()
         return code
+
+    def stop(self, deadline: float) -> None:
+        try:
+            if self._proc.is_alive():
+                self._proc.terminate()
+                self._proc.join(max(0.0, deadline - time.monotonic()))
+                if self._proc.is_alive():
+                    self._proc.kill()
+                    self._proc.join()
+        except ValueError:  # ended and closed meanwhile
+            pass
 
 
 def warm_zygote(modules: tuple[str, ...] = WARM_MODULES) -> Any:
@@ -163,7 +188,6 @@ def serve(args: argparse.Namespace) -> int:
 
     if args.parent_pid is not None:
         start_parent_process_monitor(args.parent_pid)
-    _exit_on_sigterm()
     read_approvals(Path(args.approvals))  # a malformed list stops the site now, not per task
     zygote = None if args.cold else warm_zygote()
     client = RuntimeHttpClient.from_server_address(
@@ -175,6 +199,7 @@ def serve(args: argparse.Namespace) -> int:
     )
     running: list[_Task] = []
     active = float("-inf")  # when a task last started or ended
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     log.info("site %s: executor serving %s, approvals in %s, %s task processes", args.site,
              args.runtime_api_address, args.approvals, "cold" if args.cold else "warm")  # fmt: skip
     try:
@@ -194,19 +219,25 @@ def serve(args: argparse.Namespace) -> int:
                     continue  # another message may be waiting: ask again at once
             time.sleep(BUSY_POLL_S if time.monotonic() - active < BUSY_WINDOW_S else POLL_S)
     finally:
-        client.close()
+        try:
+            deadline = time.monotonic() + TASK_STOP_S
+            for left in running:  # none outlives the executor, none is waited on at exit
+                left.stop(deadline)
+        finally:
+            client.close()
+            if signal.getsignal(signal.SIGTERM) is _exit_on_sigterm:  # no SIGTERM came
+                signal.signal(signal.SIGTERM, previous)
 
 
-def _exit_on_sigterm() -> None:
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
     """SIGTERM (``hepafed site start`` stopping its processes) ends ``serve`` as an exit,
-    not a kill: its ``finally`` and the interpreter's exit handlers run, among them
+    not a kill: its ``finally`` stops the running tasks (SIGTERM, SIGKILL after
+    ``TASK_STOP_S``) and the interpreter's exit handlers run, among them
     multiprocessing's, which removes the zygote's socket folder (``pymp-*`` in the
-    temporary folder). Killed, the executor left one behind at every restart of the site."""
-
-    def stop(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, stop)
+    temporary folder). Killed, the executor left one behind at every restart of the site,
+    and its tasks running. A second SIGTERM is ignored: the exit is under way."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise SystemExit(128 + signum)
 
 
 def _forget_site_packages() -> None:

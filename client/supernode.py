@@ -130,7 +130,7 @@ def log_object_pulls(module: ModuleType) -> None:
     from flwr.common.logger import log
 
     pull = module.pull_objects
-    if getattr(pull, _LOGGED, False):
+    if _wrapped_by(pull, _LOGGED):
         return
 
     @functools.wraps(pull)
@@ -148,13 +148,29 @@ def log_object_pulls(module: ModuleType) -> None:
 
         started = time.monotonic()
         try:
-            return pull(object_ids, pull_object_fn=pull_one, **kw)
-        finally:
-            log(INFO, "Pulled %d objects from the SuperLink in %.3f s (%d requests, %d bytes)",
-                len(object_ids), time.monotonic() - started, counted[0], counted[1])  # fmt: skip
+            got: dict[str, bytes] = pull(object_ids, pull_object_fn=pull_one, **kw)
+        except BaseException:
+            log(INFO, "Pulling %d objects from the SuperLink failed after %.3f s (%d requests)",
+                len(object_ids), time.monotonic() - started, counted[0])  # fmt: skip
+            raise
+        log(INFO, "Pulled %d objects from the SuperLink in %.3f s (%d requests, %d bytes)",
+            len(object_ids), time.monotonic() - started, counted[0], counted[1])  # fmt: skip
+        return got
 
     setattr(pull_and_log, _LOGGED, True)
     module.pull_objects = pull_and_log  # type: ignore[attr-defined]
+
+
+def _wrapped_by(fn: Any, mark: str) -> bool:
+    """Whether ``fn`` or a function it wraps (``functools.wraps``, ``functools.partial``)
+    carries ``mark``: a wrapper applied before another's partial is still found."""
+    for _ in range(16):
+        if fn is None:
+            return False
+        if getattr(fn, mark, False):
+            return True
+        fn = getattr(fn, "__wrapped__", None) or getattr(fn, "func", None)
+    return False
 
 
 def main(argv: Sequence[str] | None = None) -> int:

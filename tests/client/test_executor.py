@@ -201,12 +201,15 @@ def test_the_executor_never_runs_more_than_max_tasks_at_once(
 
     class Task:
         def __init__(self, _args: Any, token: str) -> None:
-            self.token, self.done = token, False
+            self.token, self.done, self.stopped = token, False, False
             running.append(self)
             peak[0] = max(peak[0], sum(not t.done for t in running))
 
         def running(self) -> bool:
             return not self.done
+
+        def stop(self, _deadline: float) -> None:
+            self.stopped = True
 
     class Client:
         def AcquireTask(self, _request: Any) -> Any:
@@ -230,6 +233,9 @@ def test_the_executor_never_runs_more_than_max_tasks_at_once(
     with pytest.raises(_Stop):
         executor.serve(args)
     assert len(running) == 20 and [t.token for t in running] == [f"t{i}" for i in range(1, 21)]
+    # the executor's end stops the tasks still running, and only those
+    assert [t.stopped for t in running] == [not t.done for t in running]
+    assert sum(t.stopped for t in running) == executor.MAX_TASKS - 1  # one had just ended
     assert peak[0] == executor.MAX_TASKS
     assert executor._auth_interceptors(None) == []
 
@@ -263,6 +269,9 @@ def test_the_executor_asks_often_only_near_a_task(
 
         def running(self) -> bool:
             return True
+
+        def stop(self, _deadline: float) -> None:
+            pass
 
     monkeypatch.setattr(runtime.RuntimeHttpClient, "from_server_address", lambda **_: Client())
     monkeypatch.setattr(executor, "_ColdTask", Task)
@@ -365,20 +374,20 @@ def test_a_tasks_pull_is_split_into_its_input_request_and_its_message() -> None:
 
     class Client:
         def PullTaskInput(self, request: Any) -> str:  # Flower's name
-            time.sleep(0.05)
+            time.sleep(0.4)
             return "input"
 
     client = Client()
 
     def pull_task_input(c: Any) -> tuple[str, str]:
         got = c.PullTaskInput(None)
-        time.sleep(0.15)  # the message's objects
+        time.sleep(0.05)  # the message's objects
         return got, "message"
 
     phases = TaskPhases()
     assert phases.pull(pull_task_input, client) == ("input", "message")
     s = phases.seconds
-    assert 0.05 <= s["input"] < 0.15 and 0.15 <= s["message"] < 0.3
+    assert s["input"] >= 0.4 and 0.05 <= s["message"] < 0.4  # the input is not in it
     assert client.PullTaskInput.__func__ is Client.PullTaskInput  # type: ignore[attr-defined]
     assert phases.line().startswith("input ") and ", message " in phases.line()
 
@@ -398,6 +407,30 @@ class Idle:  # a SuperNode with no task
 runtime.RuntimeHttpClient.from_server_address = lambda **_: Idle()
 warm = executor.warm_zygote
 executor.warm_zygote = lambda: warm(("json",))  # a zygote that starts in a moment
+sys.exit(executor.main(sys.argv[1:]))
+"""
+
+# a SuperNode with one task, and (--cold) a task that ignores SIGTERM
+STUBBORN_TASK = """
+import os, sys
+from types import SimpleNamespace
+import flwr.supercore.runtime as runtime
+from client import executor
+
+class OneTask:
+    given = False
+    def AcquireTask(self, _request):
+        token = "" if OneTask.given else "t"
+        OneTask.given = True
+        return SimpleNamespace(HasField=lambda _f: bool(token), token=token)
+    def close(self):
+        pass
+
+runtime.RuntimeHttpClient.from_server_address = lambda **_: OneTask()
+executor.TASK_STOP_S = 1.0
+executor.task_command = lambda _args, _token: [sys.executable, "-c",
+    "import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "print('task', os.getpid(), flush=True); time.sleep(120)"]
 sys.exit(executor.main(sys.argv[1:]))
 """
 
@@ -441,3 +474,40 @@ def test_a_sigterm_stops_the_executor_cleanly_leaving_no_zygote_socket_behind(
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "closed" in out  # the loop's finally ran
     assert list(temp.iterdir()) == []
+
+
+def test_a_stopping_executor_stops_its_tasks_and_ignores_a_second_sigterm(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM to the executor alone, with a task that ignores SIGTERM: the executor stops
+    it (SIGKILL after ``TASK_STOP_S``) and exits, a second SIGTERM meanwhile changing
+    nothing; no task outlives it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / APPROVALS_FILE).write_text("")
+    argv = ["serve", "--runtime-api-address", "127.0.0.1:1", "--site", "s", "--cold",
+            "--approvals", str(tmp_path / APPROVALS_FILE), "--keys", str(tmp_path)]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", STUBBORN_TASK, *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # the task is running
+        assert line.startswith("task "), (line, proc.stderr.read() if proc.stderr else "")
+        task = int(line.split()[1])
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)  # while it waits for the task: ignored
+        _, err = proc.communicate(timeout=30)
+        took = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert 0.9 <= took < 20  # the task's grace (1 s), then SIGKILL
+    with pytest.raises(ProcessLookupError):
+        os.kill(task, 0)  # killed and reaped

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from client import supernode
+from simulations.bench_deploy import SUPERNODE_PULL
 
 
 def test_the_pinned_flower_loop_is_the_one_the_cap_applies_to(
@@ -131,3 +132,36 @@ def test_each_message_pull_from_the_superlink_is_logged_with_its_requests_and_by
     assert len(pulled) == 1
     assert re.fullmatch(r"Pulled 2 objects from the SuperLink in [0-9.]+ s \(3 requests, "
                         r"1024 bytes\)", pulled[0]), pulled  # fmt: skip
+    # the benchmark reads these lines: its pattern takes this one, whole
+    match = SUPERNODE_PULL.search(pulled[0])
+    assert match is not None and match.groups()[0::2] == ("2", "3")
+    # a failed pull is logged as such, never as a message pulled
+    lines.clear()
+    flwr_log.addHandler(handler)
+    try:
+        with pytest.raises(ValueError):
+            loop.pull_objects(["c"], pull_object_fn=_fails, initial_backoff=0.01)
+    finally:
+        flwr_log.removeHandler(handler)
+    said = [line for line in lines if "SuperLink" in line]
+    assert len(said) == 1 and said[0].startswith("Pulling 1 objects from the SuperLink failed")
+    assert not SUPERNODE_PULL.search(said[0])
+
+
+def _fails(_object_id: str) -> bytes:
+    raise ValueError("the SuperLink refused")
+
+
+def test_the_pull_log_is_applied_once_in_either_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Logged, then quickened (a partial around the logging wrapper), then logged again:
+    still one wrapper, one line per message."""
+    import flwr.supernode.start_client_internal as loop
+
+    from common.flower_pulls import quicken_pulls
+
+    monkeypatch.setattr(loop, "pull_objects", loop.pull_objects)
+    supernode.log_object_pulls(loop)
+    quicken_pulls(loop)
+    once = loop.pull_objects
+    supernode.log_object_pulls(loop)
+    assert loop.pull_objects is once
