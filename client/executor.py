@@ -26,6 +26,7 @@ Flower does.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import logging
 import re
@@ -104,8 +105,12 @@ class _Task:
                 time.monotonic() - self._started, code)  # fmt: skip
         return False
 
-    def stop(self, deadline: float) -> None:
-        """SIGTERM, then SIGKILL if the task is still running at ``deadline`` (monotonic)."""
+    def terminate(self) -> None:
+        """SIGTERM, if the task still runs."""
+        raise NotImplementedError
+
+    def reap(self, deadline: float) -> None:
+        """Wait for the task until ``deadline`` (monotonic), then SIGKILL it."""
         raise NotImplementedError
 
 
@@ -119,14 +124,16 @@ class _ColdTask(_Task):
     def _exit_code(self) -> int | None:
         return self._proc.poll()
 
-    def stop(self, deadline: float) -> None:
+    def terminate(self) -> None:
         if self._proc.poll() is None:
             self._proc.terminate()
-            try:
-                self._proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+
+    def reap(self, deadline: float) -> None:
+        try:
+            self._proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
 
 
 class _WarmTask(_Task):
@@ -147,16 +154,17 @@ class _WarmTask(_Task):
         self._proc.close()
         return code
 
-    def stop(self, deadline: float) -> None:
-        try:
+    def terminate(self) -> None:
+        with contextlib.suppress(ValueError):  # ended and closed meanwhile
             if self._proc.is_alive():
                 self._proc.terminate()
-                self._proc.join(max(0.0, deadline - time.monotonic()))
-                if self._proc.is_alive():
-                    self._proc.kill()
-                    self._proc.join()
-        except ValueError:  # ended and closed meanwhile
-            pass
+
+    def reap(self, deadline: float) -> None:
+        with contextlib.suppress(ValueError):
+            self._proc.join(max(0.0, deadline - time.monotonic()))
+            if self._proc.is_alive():
+                self._proc.kill()
+                self._proc.join()
 
 
 def warm_zygote(modules: tuple[str, ...] = WARM_MODULES) -> Any:
@@ -219,14 +227,16 @@ def serve(args: argparse.Namespace) -> int:
                     continue  # another message may be waiting: ask again at once
             time.sleep(BUSY_POLL_S if time.monotonic() - active < BUSY_WINDOW_S else POLL_S)
     finally:
-        try:
+        try:  # none outlives the executor, none is waited on at its exit
+            for left in running:
+                left.terminate()
             deadline = time.monotonic() + TASK_STOP_S
-            for left in running:  # none outlives the executor, none is waited on at exit
-                left.stop(deadline)
+            for left in running:
+                left.reap(deadline)
         finally:
             client.close()
-            if signal.getsignal(signal.SIGTERM) is _exit_on_sigterm:  # no SIGTERM came
-                signal.signal(signal.SIGTERM, previous)
+            if signal.getsignal(signal.SIGTERM) is _exit_on_sigterm and previous is not None:
+                signal.signal(signal.SIGTERM, previous)  # no SIGTERM came: as it was
 
 
 def _exit_on_sigterm(signum: int, _frame: object) -> None:

@@ -208,8 +208,11 @@ def test_the_executor_never_runs_more_than_max_tasks_at_once(
         def running(self) -> bool:
             return not self.done
 
-        def stop(self, _deadline: float) -> None:
+        def terminate(self) -> None:
             self.stopped = True
+
+        def reap(self, _deadline: float) -> None:
+            assert self.stopped  # every task is sent SIGTERM before any is waited for
 
     class Client:
         def AcquireTask(self, _request: Any) -> Any:
@@ -270,7 +273,10 @@ def test_the_executor_asks_often_only_near_a_task(
         def running(self) -> bool:
             return True
 
-        def stop(self, _deadline: float) -> None:
+        def terminate(self) -> None:
+            pass
+
+        def reap(self, _deadline: float) -> None:
             pass
 
     monkeypatch.setattr(runtime.RuntimeHttpClient, "from_server_address", lambda **_: Client())
