@@ -30,7 +30,10 @@ are medians over ``repeats`` runs, with min and max. Sections:
   cluster of two nodes started on this machine (docs/cluster.md): round and run
   times, the ServerApp process's peak RSS, the nodes and CPUs;
 - ``simulate`` (full only): end-to-end ``hepafed simulate`` with its defaults,
-  then again with ``fp16`` and ``int8`` update compression, and the AUC changes.
+  then again with ``fp16`` and ``int8`` update compression, at five training seeds or
+  more (``--seeds``), and the AUC changes paired by seed; each run is appended to
+  ``OUT/bench-simulate-runs.jsonl`` as it finishes, and a later run of the section runs
+  only what the file lacks.
 
 ``--quick`` runs every section in a tiny configuration (the smoke test).
 This is a benchmark, not a test: it reports figures against targets and never
@@ -52,10 +55,18 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from common.config import RunConfig
 from simulations.bench_aggregation import MODEL_PARAMS, SITE_COUNTS, aggregation, bandwidth
 from simulations.bench_client import client_throughput, update_bytes
 from simulations.bench_deploy import deploy_round
-from simulations.bench_federation import cluster_sites, hundred_sites, simulate_runs
+from simulations.bench_federation import (
+    COMPRESSION_SEEDS,
+    RUNS_FILE,
+    cluster_sites,
+    hundred_sites,
+    simulate_runs,
+    stored_seed_count,
+)
 from simulations.bench_large import large_model
 from simulations.bench_measure import machine
 from simulations.bench_report import BenchResult, evaluate_targets, markdown
@@ -92,9 +103,11 @@ def run_bench(
     overrides: dict[str, Any] | None = None,
     progress: Callable[[str], None] = lambda _: None,
     cluster_sites_n: int = CLUSTER_SITES,
+    seeds: int | None = None,
 ) -> BenchResult:
     """Measure ``sections`` and write ``bench.json`` and ``bench.md`` to ``out_dir``
-    (``cluster_sites_n``: how many sites cluster-500 runs)."""
+    (``cluster_sites_n``: how many sites cluster-500 runs; ``seeds``: simulate's training
+    seeds, by default as many as ``out_dir``'s runs file holds, at least five)."""
     from datetime import datetime
 
     from simulations.simulate import prepare_phantom, scenario_config
@@ -150,7 +163,10 @@ def run_bench(
         elif section == "cluster-500":
             result.sections[section] = cluster_sites(cfg, data_dir, cluster_sites_n, 8)
         elif section == "simulate":
-            result.sections[section] = simulate_runs(data_dir)
+            runs_file = out_dir / RUNS_FILE  # kept run by run: the study resumes from it
+            first = RunConfig.from_flat({}).seed
+            n = seeds or max(COMPRESSION_SEEDS, stored_seed_count(runs_file, first))
+            result.sections[section] = simulate_runs(data_dir, n, runs_file, progress=progress)
         progress(f"bench: {section} done in {time.monotonic() - t:.0f} s")
         result.settings["measured"][section] = result.settings["date"]
         _write(result, out_dir)  # after every section: a later failure loses nothing measured

@@ -11,19 +11,24 @@ actors on both nodes and the ServerApp in this process: docs/cluster.md.
 
 ``simulate_runs``: ``hepafed simulate`` with its defaults, timed end to end in a
 fresh process, and again with fp16 and int8 update compression, at five training
-seeds: each site's federated AUC, and its change under compression paired by seed
-(mean, sd and 95 % t interval over the seeds), so compression's effect is told apart
-from training noise, which moves a site's AUC by a few hundredths from seed to seed.
+seeds or more: each site's federated AUC, and its change under compression paired by
+seed (mean, sd and 95 % t interval over the seeds), so compression's effect is told
+apart from training noise, which moves a site's AUC by a few hundredths from seed to
+seed. Each run is kept in a runs file as it finishes, so the study grows over several
+sessions.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -122,35 +127,137 @@ def cluster_sites(cfg: Any, data_dir: Path, sites: int, cases: int) -> dict[str,
 # ---- hepafed simulate end to end, with and without compression ----------------------------
 
 
-def simulate_runs(data_dir: Path, seeds: int = COMPRESSION_SEEDS) -> dict[str, Any]:
-    """``hepafed simulate`` end to end (each run in a fresh process) without compression,
-    with fp16 and with int8, at ``seeds`` training seeds (the run config's ``seed`` and
-    the next ones; the three compressions of a seed one after the other): the wall and
-    federation times, each site's federated AUC, and its change under compression
-    paired by seed (``paired_changes``)."""
+RUNS_FILE = "bench-simulate-runs.jsonl"  # next to bench.json: one line per finished run
+Runner = Callable[[Path, int, str], dict[str, Any]]  # (data dir, seed, compression) -> run
+
+
+class StoredRunsDiffer(ValueError):
+    """A stored run, run again now, gives other AUCs: the stored runs came from other code
+    or data and cannot be paired with new ones."""
+
+
+def study_fingerprint() -> str:
+    """What the stored runs must share to be paired with new ones: the default run config
+    (the runs use it, with only the seed and compression set), the phantom's training-data
+    version and torch's version. Code is not in it: ``simulate_runs`` checks that by
+    running one stored run again."""
+    import torch
+
+    from simulations.phantom import TRAINING_DATA_VERSION
+
+    text = json.dumps(
+        {"config": RunConfig.from_flat({}).to_flat(), "phantom": TRAINING_DATA_VERSION,
+         "torch": torch.__version__},
+        sort_keys=True, default=str,
+    )  # fmt: skip
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def simulate_once(data_dir: Path, seed: int, method: str) -> dict[str, Any]:
+    """One `hepafed simulate` end to end in a fresh process with its defaults at ``seed``
+    and ``method``'s compression: wall and federation seconds, each site's federated AUC."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        command = [sys.executable, "-c", "from common.cli import main; exit(main())"]
+        command += ["simulate", "--out", str(out), "--data-dir", str(data_dir)]
+        command += ["--run-config", f"seed={seed} federation.compression='{method}'"]
+        t = time.monotonic()
+        subprocess.run(command, check=True, capture_output=True, text=True)
+        wall = time.monotonic() - t
+        summary = json.loads((out / "summary.json").read_text())
+    return {
+        "wall_s": wall,
+        "federation_s": summary["seconds"]["federation"],
+        "auc": {row["site"]: row["federated"]["auc"] for row in summary["rows"]},
+    }
+
+
+def stored_runs(path: Path, fingerprint: str) -> dict[tuple[int, str], dict[str, Any]]:
+    """The runs ``path`` holds for ``fingerprint``, by (seed, compression); the latest line
+    of a run wins (a line cut short by a crash is ignored: that run counts as not done)."""
+    from simulations.study import OK, read_results
+
+    out = {}
+    for r in read_results(path):
+        if r.get("fingerprint") == fingerprint and r.get("status") == OK:
+            out[(int(r["seed"]), str(r["compression"]))] = r
+    return out
+
+
+def stored_seed_count(path: Path, first: int) -> int:
+    """How many consecutive seeds from ``first`` ``path`` holds every compression of."""
+    runs, n = stored_runs(path, study_fingerprint()), 0
+    while all((first + n, m) in runs for m in COMPRESSIONS):
+        n += 1
+    return n
+
+
+def simulate_runs(
+    data_dir: Path,
+    seeds: int = COMPRESSION_SEEDS,
+    runs_file: Path | None = None,
+    runner: Runner = simulate_once,
+    progress: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    """``hepafed simulate`` end to end (``runner``: each run in a fresh process) without
+    compression, with fp16 and with int8, at ``seeds`` training seeds (the run config's
+    ``seed`` and the next ones; the three compressions of a seed one after the other):
+    the wall and federation times, each site's federated AUC, and its change under
+    compression paired by seed (``paired_changes``).
+
+    A study of many seeds takes hours, so it is resumable: each finished run is appended
+    to ``runs_file`` at once (``simulations.study.append_result``: a stop loses at most the
+    run under way), and a later call runs only the runs the file lacks. Stored runs are
+    paired with new ones only if they came from the same code and data: the fingerprint
+    (``study_fingerprint``) must match, and the first stored run is run again and must give
+    the same AUCs (training is deterministic on one machine), else ``StoredRunsDiffer``
+    and nothing is run or written."""
     from server.report.training_noise import seed_list as seeds_from
+    from simulations.study import OK, append_result
 
     # the default seed and the next ones, as `hepafed simulate --seeds` takes them
     seed_list = seeds_from(RunConfig.from_flat({}).seed, seeds)
+    fingerprint = study_fingerprint()
+    stored = stored_runs(runs_file, fingerprint) if runs_file is not None else {}
+    cells = [(seed, method) for seed in seed_list for method in COMPRESSIONS]
+    reused = [c for c in cells if c in stored]
+    checked = None
+    if reused:
+        seed, method = checked = reused[0]
+        progress(f"simulate: {len(reused)} of {len(cells)} runs stored in {runs_file}; "
+                 f"running seed {seed} {method} again to check them")  # fmt: skip
+        again = runner(data_dir, seed, method)["auc"]
+        if again != stored[checked]["auc"]:
+            differ = sorted(k for k in again.keys() | stored[checked]["auc"].keys()
+                            if again.get(k) != stored[checked]["auc"].get(k))  # fmt: skip
+            raise StoredRunsDiffer(
+                f"{runs_file}: seed {seed}, {method}: run again, the federated AUC of "
+                f"{', '.join(differ)} is {[again.get(k) for k in differ]}, stored "
+                f"{[stored[checked]['auc'].get(k) for k in differ]}. The stored runs came "
+                f"from other code or data and cannot be paired with new ones: move the file "
+                f"aside to start the study afresh."
+            )
+    found: dict[tuple[int, str], dict[str, Any]] = {c: stored[c] for c in reused}
+    todo = [c for c in cells if c not in stored]
+    for i, (seed, method) in enumerate(todo, start=1):
+        progress(f"simulate: seed {seed} {method} ({i} of {len(todo)} to run)")
+        record = {"key": f"{fingerprint}/seed-{seed}/{method}", "fingerprint": fingerprint,
+                  "seed": seed, "compression": method, "status": OK,
+                  **runner(data_dir, seed, method),
+                  "finished": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
+        if runs_file is not None:
+            append_result(runs_file, record)
+        found[(seed, method)] = record
     runs: dict[str, dict[str, Any]] = {
         m: {"wall_s": [], "federation_s": [], "auc": {}} for m in COMPRESSIONS
     }
-    for seed in seed_list:
-        for method in COMPRESSIONS:
-            with tempfile.TemporaryDirectory() as tmp:
-                out = Path(tmp) / "run"
-                command = [sys.executable, "-c", "from common.cli import main; exit(main())"]
-                command += ["simulate", "--out", str(out), "--data-dir", str(data_dir)]
-                command += ["--run-config", f"seed={seed} federation.compression='{method}'"]
-                t = time.monotonic()
-                subprocess.run(command, check=True, capture_output=True, text=True)
-                wall = time.monotonic() - t
-                summary = json.loads((out / "summary.json").read_text())
-            run = runs[method]
-            run["wall_s"].append(wall)
-            run["federation_s"].append(summary["seconds"]["federation"])
-            for row in summary["rows"]:
-                run["auc"].setdefault(row["site"], []).append(row["federated"]["auc"])
+    for seed, method in cells:
+        record, run = found[(seed, method)], runs[method]
+        if record.get("wall_s") is not None:  # runs carried over from before the file: no times
+            run["wall_s"].append(record["wall_s"])
+            run["federation_s"].append(record["federation_s"])
+        for site, auc in record["auc"].items():
+            run["auc"].setdefault(site, []).append(auc)
     sites = list(runs["none"]["auc"])
     changes = paired_changes({m: r["auc"] for m, r in runs.items()}, "none")
     return {
@@ -161,11 +268,17 @@ def simulate_runs(data_dir: Path, seeds: int = COMPRESSION_SEEDS) -> dict[str, A
         "max_abs_auc_change": {
             m: max(abs(c["mean"]) for c in by_site.values()) for m, by_site in changes.items()
         },
+        "runs_file": None if runs_file is None else runs_file.name,
+        "stored_runs": len(reused),
+        "checked": None if checked is None else {"seed": checked[0], "compression": checked[1]},
     }
 
 
 def _timed(run: dict[str, Any]) -> dict[str, Any]:
-    return {**run, "wall_s": spread(run["wall_s"]), "federation_s": spread(run["federation_s"])}
+    """Times as spreads (``runs``: how many were timed), None where none was."""
+    walls, feds = run["wall_s"], run["federation_s"]
+    return {**run, "wall_s": spread(walls) if walls else None,
+            "federation_s": spread(feds) if feds else None}  # fmt: skip
 
 
 def paired_changes(

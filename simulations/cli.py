@@ -226,6 +226,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         data_dir=Path(args.data_dir),
         overrides=parse_overrides(args.run_config),
         progress=lambda line: print(line, flush=True),
+        seeds=args.seeds,
     )
     print((out / "bench.md").read_text(encoding="utf-8").split("\n## ")[1].rstrip())
     print(f"\nfigures: {out / 'bench.md'} and bench.json")
@@ -353,6 +354,13 @@ def add_commands(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--out", default="docs/results", help="folder for bench.json and bench.md")
     p.add_argument("--data-dir", default="data", help="phantom and cache folder")
     p.add_argument("--run-config", action="append", default=[], metavar="'KEY=VALUE ...'")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help="training seeds of the simulate section (default: as many as OUT's "
+        "bench-simulate-runs.jsonl holds, at least 5; only runs it lacks are run)",
+    )
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser(

@@ -5,12 +5,21 @@ simulate`, not CI)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from simulations.bench_federation import paired_changes
+from simulations.bench_federation import (
+    RUNS_FILE,
+    StoredRunsDiffer,
+    paired_changes,
+    simulate_runs,
+    stored_seed_count,
+)
 from simulations.bench_measure import spread
 from simulations.bench_report import BenchResult, evaluate_targets, markdown
+from simulations.study import append_result
 
 NONE = {"a": [0.80, 0.82, 0.78, 0.81, 0.79], "b": [0.70, 0.71, 0.69, 0.70, 0.72]}
 INT8 = {"a": [0.81, 0.815, 0.79, 0.80, 0.80], "b": [0.70, 0.71, 0.69, 0.70, 0.72]}
@@ -81,3 +90,92 @@ def test_the_section_shows_mean_aucs_and_each_change_with_its_interval() -> None
     assert "| none | 105 (100-110) | 85 (80-90) | 0.8000 | 0.7040 |" in text
     half = 2.776445 * math.sqrt(380e-6 / 4) / math.sqrt(5)
     assert f"| int8 | +0.0030 ({0.003 - half:+.4f}, {0.003 + half:+.4f}); sd 0.0097 |" in text
+
+
+# ---- the study's runs file: resumable over sessions ----------------------------------------
+
+SHIFT = {"none": 0.0, "fp16": 0.001, "int8": -0.002}
+
+
+class FakeRuns:
+    """A deterministic stand-in for `hepafed simulate` (a real run takes minutes): each
+    (seed, compression) has its own AUCs; ``stop_after`` runs, it is interrupted."""
+
+    def __init__(self, offset: float = 0.0, stop_after: int | None = None) -> None:
+        self.calls: list[tuple[int, str]] = []
+        self.offset, self.stop_after = offset, stop_after
+
+    def __call__(self, data_dir: Path, seed: int, method: str) -> dict[str, Any]:
+        if self.stop_after is not None and len(self.calls) == self.stop_after:
+            raise KeyboardInterrupt  # the session ends mid-study
+        self.calls.append((seed, method))
+        a = 0.70 + (seed % 7) / 100 + SHIFT[method] + self.offset
+        return {"wall_s": 100.0 + len(self.calls), "federation_s": 80.0,
+                "auc": {"a": a, "b": 0.9 - (seed % 3) / 100}}  # fmt: skip
+
+
+def test_a_study_resumes_from_its_runs_file_and_runs_only_what_it_lacks(tmp_path: Path) -> None:
+    runs_file = tmp_path / RUNS_FILE
+    first = FakeRuns(stop_after=4)
+    with pytest.raises(KeyboardInterrupt):
+        simulate_runs(tmp_path, 2, runs_file, runner=first)
+    assert first.calls == [(2026, "none"), (2026, "fp16"), (2026, "int8"), (2027, "none")]
+    assert len(runs_file.read_text().splitlines()) == 4  # each run kept as it finished
+    assert stored_seed_count(runs_file, 2026) == 1
+
+    later = FakeRuns()
+    result = simulate_runs(tmp_path, 3, runs_file, runner=later)
+    # the first stored run again (the check), then only the five the file lacks
+    assert later.calls == [(2026, "none"), (2027, "fp16"), (2027, "int8"),
+                           (2028, "none"), (2028, "fp16"), (2028, "int8")]  # fmt: skip
+    assert result["seeds"] == [2026, 2027, 2028]
+    assert result["stored_runs"] == 4
+    assert result["checked"] == {"seed": 2026, "compression": "none"}
+    assert stored_seed_count(runs_file, 2026) == 3
+    # pairing by seed: fp16 is +0.001 at site a in every seed, whichever session ran it
+    assert result["auc_change"]["fp16"]["a"]["per_seed"] == pytest.approx([0.001] * 3)
+    assert result["auc_change"]["int8"]["b"]["mean"] == pytest.approx(0.0)
+    # every run carried a time: first session's four, the second's five (not the check)
+    assert result["runs"]["none"]["wall_s"]["runs"] == 3
+    assert result["runs"]["fp16"]["wall_s"]["min"] == 101.0 + 1  # stored 2026 fp16
+
+
+def test_stored_runs_that_another_code_made_are_refused_and_the_file_is_untouched(
+    tmp_path: Path,
+) -> None:
+    runs_file = tmp_path / RUNS_FILE
+    simulate_runs(tmp_path, 2, runs_file, runner=FakeRuns())
+    before = runs_file.read_bytes()
+    changed = FakeRuns(offset=0.01)  # the training code changed: other AUCs at a seed
+    with pytest.raises(StoredRunsDiffer) as err:
+        simulate_runs(tmp_path, 3, runs_file, runner=changed)
+    message = str(err.value)
+    assert str(runs_file) in message and "seed 2026, none" in message
+    assert "federated AUC of a is [0.7" in message and "move the file aside" in message
+    assert changed.calls == [(2026, "none")]  # nothing else was run
+    assert runs_file.read_bytes() == before
+
+
+def test_runs_of_another_configuration_are_not_paired(tmp_path: Path) -> None:
+    runs_file = tmp_path / RUNS_FILE
+    append_result(runs_file, {"key": "x/seed-2026/none", "fingerprint": "another-config",
+                              "seed": 2026, "compression": "none", "status": "ok",
+                              "auc": {"a": 0.5, "b": 0.5}})  # fmt: skip
+    runs_file.write_text(runs_file.read_text() + '{"key": "cut short by a cr')
+    fake = FakeRuns()
+    result = simulate_runs(tmp_path, 2, runs_file, runner=fake)
+    assert len(fake.calls) == 6 and result["stored_runs"] == 0 and result["checked"] is None
+    assert stored_seed_count(runs_file, 2026) == 2
+
+
+def test_the_section_says_which_runs_were_carried_over_untimed() -> None:
+    result = _result(INT8)
+    sim = result.sections["simulate"]
+    sim["runs"]["none"]["wall_s"] = spread([100, 110, 120])
+    sim["runs"]["int8"]["wall_s"] = sim["runs"]["int8"]["federation_s"] = None
+    sim.update(runs_file=RUNS_FILE, stored_runs=7, checked={"seed": 2026, "compression": "none"})
+    text = markdown(result)
+    assert "median (min-max) over the 3 runs timed (the others carried over)" in text
+    assert "| int8 | not timed | not timed | 0.8030 | 0.7040 |" in text
+    assert f"Every run is kept in `{RUNS_FILE}` as it finishes" in text
+    assert "7 of the 15 runs came from it; seed 2026 none was run again first" in text
