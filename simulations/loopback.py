@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -90,12 +91,19 @@ def _alive(pid: int) -> bool:
 
 
 class Processes:
-    """Starts named processes (logs in ``log_dir``) and always stops all of them."""
+    """Starts named processes (logs in ``log_dir``) and always stops all of them.
+
+    Their temporary files go to a folder of their own (``TMPDIR``, short, under the
+    system's temporary folder: a Unix socket's path must stay under 108 bytes), which
+    ``stop_all`` removes: a process that was killed (a fault test's SIGKILL, a stop's
+    SIGKILL after the grace period) leaves nothing in the system's temporary folder, such
+    as the site executor's ``pymp-*`` socket folder."""
 
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.tmp: Path | None = None  # made at the first start after ``stop_all``
 
     def start(
         self,
@@ -105,12 +113,14 @@ class Processes:
         cwd: Path | None = None,
     ) -> subprocess.Popen[bytes]:
         """Start ``argv`` in a new session, stdout and stderr to ``log_dir/name.log``."""
+        if self.tmp is None:
+            self.tmp = Path(tempfile.mkdtemp(prefix="hepafed-procs-"))
         with (self.log_dir / f"{name}.log").open("wb") as log:
             proc = subprocess.Popen(
                 list(argv),
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, **(env or {})},
+                env={**os.environ, "TMPDIR": str(self.tmp), **(env or {})},
                 cwd=cwd,
                 start_new_session=True,
             )
@@ -153,9 +163,13 @@ class Processes:
             proc.wait(timeout=5)
 
     def stop_all(self) -> None:
-        """Stop every process started here (nodes first, the SuperLink last)."""
+        """Stop every process started here (nodes first, the SuperLink last), then remove
+        their temporary folder."""
         for name in reversed(list(self.procs)):
             self.stop(name)
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None
 
 
 def wait_until(check: Callable[[], bool], timeout: float, interval: float = 1.0) -> bool:
