@@ -165,7 +165,11 @@ def run_bench(
         elif section == "simulate":
             runs_file = out_dir / RUNS_FILE  # kept run by run: the study resumes from it
             first = RunConfig.from_flat({}).seed
-            n = seeds or max(COMPRESSION_SEEDS, stored_seed_count(runs_file, first))
+            n = (
+                seeds
+                if seeds is not None
+                else max(COMPRESSION_SEEDS, stored_seed_count(runs_file, first))
+            )
             result.sections[section] = simulate_runs(data_dir, n, runs_file, progress=progress)
         progress(f"bench: {section} done in {time.monotonic() - t:.0f} s")
         result.settings["measured"][section] = result.settings["date"]

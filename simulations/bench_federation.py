@@ -27,7 +27,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -185,11 +186,32 @@ def stored_runs(path: Path, fingerprint: str) -> dict[tuple[int, str], dict[str,
 
 
 def stored_seed_count(path: Path, first: int) -> int:
-    """How many consecutive seeds from ``first`` ``path`` holds every compression of."""
-    runs, n = stored_runs(path, study_fingerprint()), 0
-    while all((first + n, m) in runs for m in COMPRESSIONS):
-        n += 1
-    return n
+    """How many seeds from ``first`` up to the last one ``path`` holds any run of (0 if
+    none): a study resumed with this count completes a seed that was cut short."""
+    seeds = [seed for seed, _ in stored_runs(path, study_fingerprint()) if seed >= first]
+    return max(seeds) - first + 1 if seeds else 0
+
+
+@contextmanager
+def study_lock(runs_file: Path) -> Iterator[None]:
+    """Hold ``runs_file``'s lock (a ``.lock`` file beside it) for the study, or fail at once
+    if another bench holds it: two would run the same runs for hours."""
+    import fcntl
+
+    runs_file.parent.mkdir(parents=True, exist_ok=True)
+    with runs_file.with_name(runs_file.name + ".lock").open("w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StudyBusy(
+                f"{runs_file}: another `hepafed bench` is running this study; wait for it, "
+                "or stop it (its finished runs are kept) and run again"
+            ) from None
+        yield
+
+
+class StudyBusy(RuntimeError):
+    """Another process holds the study's runs file."""
 
 
 def simulate_runs(
@@ -201,18 +223,32 @@ def simulate_runs(
 ) -> dict[str, Any]:
     """``hepafed simulate`` end to end (``runner``: each run in a fresh process) without
     compression, with fp16 and with int8, at ``seeds`` training seeds (the run config's
-    ``seed`` and the next ones; the three compressions of a seed one after the other):
-    the wall and federation times, each site's federated AUC, and its change under
-    compression paired by seed (``paired_changes``).
+    ``seed`` and the next ones; the compressions of a seed one after the other): the wall
+    and federation times, each site's federated AUC, and its change under compression
+    paired by seed (``paired_changes``).
 
     A study of many seeds takes hours, so it is resumable: each finished run is appended
     to ``runs_file`` at once (``simulations.study.append_result``: a stop loses at most the
     run under way), and a later call runs only the runs the file lacks. Stored runs are
-    paired with new ones only if they came from the same code and data: the fingerprint
-    (``study_fingerprint``) must match, and the first stored run is run again and must give
-    the same AUCs (training is deterministic on one machine), else ``StoredRunsDiffer``
-    and nothing is run or written."""
+    paired with new ones only if they came from the same code, data and machine: the
+    fingerprint (``study_fingerprint``) must match, and the first stored run of each
+    compression is run again and must give the same AUCs (training is deterministic on one
+    machine), else ``StoredRunsDiffer`` and nothing more is run or written. A check run of
+    a run stored without times (carried over from before the file) is stored with its
+    times."""
+    with study_lock(runs_file) if runs_file is not None else nullcontext():
+        return _simulate_runs(data_dir, seeds, runs_file, runner, progress)
+
+
+def _simulate_runs(
+    data_dir: Path,
+    seeds: int,
+    runs_file: Path | None,
+    runner: Runner,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
     from server.report.training_noise import seed_list as seeds_from
+    from simulations.bench_measure import machine
     from simulations.study import OK, append_result
 
     # the default seed and the next ones, as `hepafed simulate --seeds` takes them
@@ -221,30 +257,41 @@ def simulate_runs(
     stored = stored_runs(runs_file, fingerprint) if runs_file is not None else {}
     cells = [(seed, method) for seed in seed_list for method in COMPRESSIONS]
     reused = [c for c in cells if c in stored]
-    checked = None
-    if reused:
-        seed, method = checked = reused[0]
-        progress(f"simulate: {len(reused)} of {len(cells)} runs stored in {runs_file}; "
-                 f"running seed {seed} {method} again to check them")  # fmt: skip
-        again = runner(data_dir, seed, method)["auc"]
-        if again != stored[checked]["auc"]:
-            differ = sorted(k for k in again.keys() | stored[checked]["auc"].keys()
-                            if again.get(k) != stored[checked]["auc"].get(k))  # fmt: skip
-            raise StoredRunsDiffer(
-                f"{runs_file}: seed {seed}, {method}: run again, the federated AUC of "
-                f"{', '.join(differ)} is {[again.get(k) for k in differ]}, stored "
-                f"{[stored[checked]['auc'].get(k) for k in differ]}. The stored runs came "
-                f"from other code or data and cannot be paired with new ones: move the file "
-                f"aside to start the study afresh."
-            )
+    host = machine()
+    host = {k: host[k] for k in ("cpu", "cores", "memory_gb", "python")}
+
+    def run(seed: int, method: str) -> dict[str, Any]:
+        record = {"key": f"{fingerprint}/seed-{seed}/{method}", "fingerprint": fingerprint,
+                  "seed": seed, "compression": method, "status": OK,
+                  **runner(data_dir, seed, method), "host": host,
+                  "finished": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
+        return record
+
     found: dict[tuple[int, str], dict[str, Any]] = {c: stored[c] for c in reused}
+    checked = [next(c for c in reused if c[1] == m) for m in COMPRESSIONS
+               if any(c[1] == m for c in reused)]  # fmt: skip
+    if checked:
+        progress(f"simulate: {len(reused)} of {len(cells)} runs stored in {runs_file}; "
+                 f"running {len(checked)} of them again to check them")  # fmt: skip
+    for cell in checked:
+        again, kept = run(*cell), stored[cell]
+        if again["auc"] != kept["auc"]:
+            differ = sorted(k for k in again["auc"].keys() | kept["auc"].keys()
+                            if again["auc"].get(k) != kept["auc"].get(k))  # fmt: skip
+            raise StoredRunsDiffer(
+                f"{runs_file}: seed {cell[0]}, {cell[1]}: run again, the federated AUC of "
+                f"{', '.join(differ)} is {[again['auc'].get(k) for k in differ]}, stored "
+                f"{[kept['auc'].get(k) for k in differ]}. The stored runs came from other "
+                f"code, data or machine (CPU) and cannot be paired with new ones: move the "
+                f"file aside to start the study afresh."
+            )
+        if kept.get("wall_s") is None and runs_file is not None:  # it gets the check's times
+            append_result(runs_file, again)
+            found[cell] = again
     todo = [c for c in cells if c not in stored]
     for i, (seed, method) in enumerate(todo, start=1):
         progress(f"simulate: seed {seed} {method} ({i} of {len(todo)} to run)")
-        record = {"key": f"{fingerprint}/seed-{seed}/{method}", "fingerprint": fingerprint,
-                  "seed": seed, "compression": method, "status": OK,
-                  **runner(data_dir, seed, method),
-                  "finished": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
+        record = run(seed, method)
         if runs_file is not None:
             append_result(runs_file, record)
         found[(seed, method)] = record
@@ -252,12 +299,12 @@ def simulate_runs(
         m: {"wall_s": [], "federation_s": [], "auc": {}} for m in COMPRESSIONS
     }
     for seed, method in cells:
-        record, run = found[(seed, method)], runs[method]
+        record, timed = found[(seed, method)], runs[method]
         if record.get("wall_s") is not None:  # runs carried over from before the file: no times
-            run["wall_s"].append(record["wall_s"])
-            run["federation_s"].append(record["federation_s"])
+            timed["wall_s"].append(record["wall_s"])
+            timed["federation_s"].append(record["federation_s"])
         for site, auc in record["auc"].items():
-            run["auc"].setdefault(site, []).append(auc)
+            timed["auc"].setdefault(site, []).append(auc)
     sites = list(runs["none"]["auc"])
     changes = paired_changes({m: r["auc"] for m, r in runs.items()}, "none")
     return {
@@ -270,7 +317,7 @@ def simulate_runs(
         },
         "runs_file": None if runs_file is None else runs_file.name,
         "stored_runs": len(reused),
-        "checked": None if checked is None else {"seed": checked[0], "compression": checked[1]},
+        "checked": [{"seed": seed, "compression": method} for seed, method in checked],
     }
 
 

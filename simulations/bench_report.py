@@ -323,34 +323,38 @@ def _simulate_markdown(r: dict[str, Any]) -> list[str]:
     if "auc_change" not in r:
         note = "Measured with an earlier, single-seed method: rerun `hepafed bench --sections "
         return [*lines, note + "simulate`."]
-    timed = {(run["wall_s"] or {}).get("runs", 0) for run in r["runs"].values()}
-    counts = " or ".join(str(n) for n in sorted(timed - {0}))
-    over = "seeds" if timed == {len(seeds)} else f"{counts} runs timed (the others carried over)"
+    runs = r["runs"]
+    timed = [(run["wall_s"] or {}).get("runs", 0) for run in runs.values()]
+    every = all(n == len(seeds) for n in timed)
     lines += [
         f"Each compression at {len(seeds)} training seeds ({seeds[0]}-{seeds[-1]}, the same "
         "phantom and splits), each run `hepafed simulate` end to end in a fresh process, the "
-        f"three compressions of a seed one after the other. Times: median (min-max) over the "
-        f"{over}; AUC: each site's federated AUC, mean over the seeds.",
-    ]
+        "compressions of a seed one after the other. Times: median (min-max) over "
+        + ("the seeds" if every else "each compression's timed runs (runs carried over from "
+           "before the runs file kept times have none)")
+        + "; AUC: each site's federated AUC, mean over the seeds.",
+    ]  # fmt: skip
     if r.get("runs_file"):
-        stored, checked = r.get("stored_runs", 0), r.get("checked")
         line = (f"Every run is kept in `{r['runs_file']}` as it finishes, so the study grows "
                 "over several sessions: a later `hepafed bench --sections simulate --seeds N` "
                 "runs only the runs it lacks.")  # fmt: skip
+        checked = r.get("checked") or []
         if checked:
-            line += (f" {stored} of the {3 * len(seeds)} runs came from it; seed "
-                     f"{checked['seed']} {checked['compression']} was run again first and gave "
-                     "the same AUCs, so they came from this code and data.")  # fmt: skip
+            names = ", ".join(f"seed {c['seed']} {c['compression']}" for c in checked)
+            line += (f" {r.get('stored_runs', 0)} of the {len(runs) * len(seeds)} runs came "
+                     f"from it; the first stored run of each compression ({names}) was run "
+                     "again first and gave the same AUCs, so they came from this code, data "
+                     "and machine.")  # fmt: skip
         lines += ["", line]
     lines += [
         "",
-        "| compression | wall (s) | federation (s) | " + " | ".join(sites) + " |",
-        "|---|---|---|" + "---|" * len(sites),
+        "| compression | runs timed | wall (s) | federation (s) | " + " | ".join(sites) + " |",
+        "|---|---|---|---|" + "---|" * len(sites),
     ]
-    for name, run in r["runs"].items():
+    for (name, run), n in zip(runs.items(), timed, strict=True):
         aucs = " | ".join(f"{statistics.mean(run['auc'][site]):.4f}" for site in sites)
-        wall, fed = (_fmt(t, 0) if t else "not timed" for t in (run["wall_s"], run["federation_s"]))
-        lines.append(f"| {name} | {wall} | {fed} | {aucs} |")
+        wall, fed = (_fmt(t, 0) if t else "-" for t in (run["wall_s"], run["federation_s"]))
+        lines.append(f"| {name} | {n} | {wall} | {fed} | {aucs} |")
     lines += [
         "",
         "Change in each site's federated AUC against no compression, paired by seed (same "

@@ -90,11 +90,14 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+SHORT_TMP = "/tmp" if os.path.isdir("/tmp") else None  # None: the system's temporary folder
+
+
 class Processes:
     """Starts named processes (logs in ``log_dir``) and always stops all of them.
 
-    Their temporary files go to a folder of their own (``TMPDIR``, short, under the
-    system's temporary folder: a Unix socket's path must stay under 108 bytes), which
+    Their temporary files go to a folder of their own (``TMPDIR``, in ``/tmp``: a Unix
+    socket's path must stay under 108 bytes; a caller's own ``TMPDIR`` wins), which
     ``stop_all`` removes: a process that was killed (a fault test's SIGKILL, a stop's
     SIGKILL after the grace period) leaves nothing in the system's temporary folder, such
     as the site executor's ``pymp-*`` socket folder."""
@@ -113,14 +116,17 @@ class Processes:
         cwd: Path | None = None,
     ) -> subprocess.Popen[bytes]:
         """Start ``argv`` in a new session, stdout and stderr to ``log_dir/name.log``."""
-        if self.tmp is None:
-            self.tmp = Path(tempfile.mkdtemp(prefix="hepafed-procs-"))
+        if self.tmp is None:  # /tmp itself: a long TMPDIR would lengthen every socket path
+            self.tmp = Path(tempfile.mkdtemp(prefix="hepafed-procs-", dir=SHORT_TMP))
+        merged = {**os.environ, **(env or {})}
+        if merged.get("TMPDIR") == os.environ.get("TMPDIR"):  # a caller's own TMPDIR is kept
+            merged["TMPDIR"] = str(self.tmp)
         with (self.log_dir / f"{name}.log").open("wb") as log:
             proc = subprocess.Popen(
                 list(argv),
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "TMPDIR": str(self.tmp), **(env or {})},
+                env=merged,
                 cwd=cwd,
                 start_new_session=True,
             )
@@ -165,11 +171,13 @@ class Processes:
     def stop_all(self) -> None:
         """Stop every process started here (nodes first, the SuperLink last), then remove
         their temporary folder."""
-        for name in reversed(list(self.procs)):
-            self.stop(name)
-        if self.tmp is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            self.tmp = None
+        try:
+            for name in reversed(list(self.procs)):
+                self.stop(name)
+        finally:
+            if self.tmp is not None:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                self.tmp = None
 
 
 def wait_until(check: Callable[[], bool], timeout: float, interval: float = 1.0) -> bool:
