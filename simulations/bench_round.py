@@ -10,7 +10,10 @@ each run is left out of both: for stock Flower it includes starting the workers.
 The runs are paired and interleaved (hepafed then stock, stock then hepafed, ...), so a
 machine that slows down during the benchmark slows both sides of a pair alike; the
 ratio is the median of the pairs' ratios (each pair: the median round of each side),
-with its spread. Each side's round is also split into phases: hepafed's from its
+with its spread. A full run adds a third arm to every set, hepafed with its trust
+features off (no signed models or updates, no norm-outlier rule), the order rotating
+from set to set: the overhead with and without them, and what they cost, from the
+same sets. Each side's round is also split into phases: hepafed's from its
 round records (``phase_seconds``: prepare, exchange, screen_fold, finish), stock
 Flower's timed around ``configure_train``, ``send_and_receive`` and ``aggregate_train``.
 """
@@ -127,34 +130,55 @@ def _stock_run(cfg: Any, stock: list[float], phases: list[dict[str, float]]) -> 
     return statistics.median(seconds[1:])
 
 
-def round_time(cfg: Any, repeats: int) -> dict[str, Any]:
+TRUST_OFF = {"trust.sign-updates": False, "trust.norm-z": 0.0}  # no signatures, no norm rule
+
+
+def round_time(cfg: Any, repeats: int, trust_off: bool = True) -> dict[str, Any]:
     """Per-round wall time of hepafed vs stock Flower FedAvg, same sites and settings:
-    ``repeats`` pairs of runs, interleaved, the order alternating within pairs."""
+    ``repeats`` sets of runs, interleaved, the order rotating from set to set. hepafed
+    runs as shipped (signed models and updates, the norm-outlier rule) and, with
+    ``trust_off``, also with both off (``TRUST_OFF``), so what they cost is measured
+    in the same sets."""
     cfg = cfg.replace({"eval.every-round": False})
     # the first round of each run is left out: for stock Flower it includes starting the
     # simulation's workers (hepafed starts them with its site query, before round 1)
-    ours: list[float] = []
-    stock: list[float] = []
-    ours_phases: list[dict[str, float]] = []
-    stock_phases: list[dict[str, float]] = []
-    ratios = []
-    for pair in range(repeats):
-        if pair % 2 == 0:
-            a = _hepafed_run(cfg, ours, ours_phases)
-            b = _stock_run(cfg, stock, stock_phases)
-        else:
-            b = _stock_run(cfg, stock, stock_phases)
-            a = _hepafed_run(cfg, ours, ours_phases)
-        ratios.append(a / b)
-    return {
+    rounds: dict[str, list[float]] = {"hepafed": [], "trust_off": [], "flower": []}
+    phases: dict[str, list[dict[str, float]]] = {k: [] for k in rounds}
+    arms = {
+        "hepafed": lambda: _hepafed_run(cfg, rounds["hepafed"], phases["hepafed"]),
+        "flower": lambda: _stock_run(cfg, rounds["flower"], phases["flower"]),
+    }
+    if trust_off:
+        off = cfg.replace(TRUST_OFF)
+        arms["trust_off"] = lambda: _hepafed_run(off, rounds["trust_off"], phases["trust_off"])
+    order = list(arms)
+    sets = []
+    for i in range(repeats):
+        turn = order[i % len(order) :] + order[: i % len(order)]  # who goes first rotates
+        sets.append({name: arms[name]() for name in turn})
+    ratios = [m["hepafed"] / m["flower"] for m in sets]
+    out = {
         "sites": cfg.federation.expected_sites,
         "rounds_per_run": cfg.federation.num_rounds,
         "runs": repeats,
-        "hepafed_round_s": spread(ours),
-        "flower_round_s": spread(stock),
+        "hepafed_round_s": spread(rounds["hepafed"]),
+        "flower_round_s": spread(rounds["flower"]),
         "pair_ratios": ratios,
         "ratio_spread": spread(ratios),
         "ratio": statistics.median(ratios),
-        "hepafed_phases_s": _medians(ours_phases),
-        "flower_phases_s": _medians(stock_phases),
+        "hepafed_phases_s": _medians(phases["hepafed"]),
+        "flower_phases_s": _medians(phases["flower"]),
     }
+    if trust_off:
+        off_ratios = [m["trust_off"] / m["flower"] for m in sets]
+        cost = [m["hepafed"] / m["trust_off"] for m in sets]
+        out.update(
+            trust_off_round_s=spread(rounds["trust_off"]),
+            trust_off_ratios=off_ratios,
+            trust_off_ratio=statistics.median(off_ratios),
+            trust_off_ratio_spread=spread(off_ratios),
+            trust_cost_ratio=statistics.median(cost),
+            trust_cost_spread=spread(cost),
+            trust_off_phases_s=_medians(phases["trust_off"]),
+        )
+    return out
