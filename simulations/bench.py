@@ -151,7 +151,8 @@ def run_bench(
         elif section == "bytes":
             result.sections[section] = update_bytes(cfg)
         elif section == "round":
-            result.sections[section] = round_time(cfg, repeats, trust_off=not quick)
+            sets = repeats if quick else max(repeats, 5)  # five pairs at least, as deploy
+            result.sections[section] = round_time(cfg, sets, trust_off=not quick)
         elif section == "deploy":
             sites = list(spec.training_sites[:3])
             result.sections[section] = deploy_round(cfg, phantom_dir, sites, max(repeats, 5))
