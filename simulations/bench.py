@@ -41,8 +41,9 @@ fails on a missed one.
 
 This module runs the sections and writes the files; the sections are measured in
 ``bench_aggregation`` (bandwidth, aggregation), ``bench_client`` (client, bytes),
-``bench_round`` (round), ``bench_deploy`` (deploy) and ``bench_federation``
-(sites-100, cluster-500, simulate), with the methods of ``bench_measure``;
+``bench_round`` (round), ``bench_deploy`` (deploy), ``bench_federation``
+(sites-100, cluster-500) and ``bench_compression`` (simulate), with the methods of
+``bench_measure``;
 ``bench_report`` judges the targets and writes the markdown.
 """
 
@@ -58,15 +59,14 @@ from typing import Any
 from common.config import RunConfig
 from simulations.bench_aggregation import MODEL_PARAMS, SITE_COUNTS, aggregation, bandwidth
 from simulations.bench_client import client_throughput, update_bytes
-from simulations.bench_deploy import deploy_round
-from simulations.bench_federation import (
+from simulations.bench_compression import (
     COMPRESSION_SEEDS,
     RUNS_FILE,
-    cluster_sites,
-    hundred_sites,
     simulate_runs,
     stored_seed_count,
 )
+from simulations.bench_deploy import deploy_round
+from simulations.bench_federation import cluster_sites, hundred_sites
 from simulations.bench_large import large_model
 from simulations.bench_measure import machine
 from simulations.bench_report import BenchResult, evaluate_targets, markdown

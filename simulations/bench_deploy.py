@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from common.keys import RecordPhase
-from simulations.bench_measure import spread
+from simulations.bench_measure import fmt_spread, spread
 
 SIDES = ("deployed", "simulated", "stock")  # hepafed deployed and simulated, stock deployed
 TASK_DONE = re.compile(r"task done in ([0-9.]+) s, exit code 0")
@@ -206,7 +206,7 @@ def deploy_markdown(r: dict[str, Any]) -> list[str]:
     """The deployed-round section of bench.md."""
 
     def fmt(s: dict[str, float]) -> str:
-        return f"{s['median']:.2f} ({s['min']:.2f}-{s['max']:.2f})" if s else "not measured"
+        return fmt_spread(s) if s else "not measured"
 
     lines = [
         "",

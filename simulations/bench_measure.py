@@ -32,6 +32,11 @@ def spread(values: Iterable[float]) -> dict[str, float]:
     }
 
 
+def fmt_spread(s: dict[str, float], digits: int = 2) -> str:
+    """A ``spread`` as bench.md writes it: median (min-max)."""
+    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
+
+
 # ---- peak memory of this process ------------------------------------------------------------
 
 

@@ -12,8 +12,10 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+from simulations.bench_compression import simulate_markdown
 from simulations.bench_deploy import DEPLOY_TARGET, deploy_markdown, deploy_target
 from simulations.bench_large import LARGE_TARGET, large_markdown, large_target
+from simulations.bench_measure import fmt_spread
 
 TARGETS = {
     "round_overhead": "round time <= 1.05 x stock Flower FedAvg",
@@ -39,10 +41,6 @@ class BenchResult:
             {"settings": self.settings, "sections": self.sections, "targets": self.targets},
             indent=2,
         )
-
-
-def _fmt(s: dict[str, float], digits: int = 2) -> str:
-    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
 
 
 def _dates(settings: dict[str, Any]) -> str:
@@ -177,9 +175,9 @@ def markdown(result: BenchResult) -> str:
             f"In-place add of two {b['array_mb']:.0f} MB float32 arrays, GB/s of the added "
             "array (read a, read b, write a: the access pattern of aggregation).",
             "",
-            f"- NumPy `a += b` (one thread): {_fmt(b['numpy_add_gbps'])}",
+            f"- NumPy `a += b` (one thread): {fmt_spread(b['numpy_add_gbps'])}",
             f"- torch `a.add_(b, alpha)` ({b['torch_threads']} threads): "
-            f"{_fmt(b['torch_add_gbps'])}",
+            f"{fmt_spread(b['torch_add_gbps'])}",
         ]
     if "aggregation" in s:
         lines += [
@@ -214,8 +212,8 @@ def markdown(result: BenchResult) -> str:
             shown = (f"{share['median']:.0%} ({share['min']:.0%}-{share['max']:.0%})"
                      if share else "")  # fmt: skip
             lines.append(
-                f"| {r['sites']} | {r['method']} | {_fmt(r['seconds'])} | "
-                f"{_fmt(r['throughput_gbps'])} | {shown} | {r['live_peak_x_model']:.2f} | "
+                f"| {r['sites']} | {r['method']} | {fmt_spread(r['seconds'])} | "
+                f"{fmt_spread(r['throughput_gbps'])} | {shown} | {r['live_peak_x_model']:.2f} | "
                 f"{r['rss_peak_x_model']:.2f} |"
             )
     if "client" in s:
@@ -228,10 +226,10 @@ def markdown(result: BenchResult) -> str:
             f"{c['batch_size']}, augmentation {'on' if c['augment'] else 'off'}, "
             f"{c['device']}{' with AMP' if c['amp'] else ''}. Images per second.",
             "",
-            f"- plain PyTorch loop: {_fmt(c['plain_images_per_s'], 1)}",
-            f"- hepafed `train_local`: {_fmt(c['train_local_images_per_s'], 1)}",
+            f"- plain PyTorch loop: {fmt_spread(c['plain_images_per_s'], 1)}",
+            f"- hepafed `train_local`: {fmt_spread(c['train_local_images_per_s'], 1)}",
             "- hepafed `site_train` (the ClientApp's whole job: data from the cache, model, "
-            f"hooks, training, state): {_fmt(c['site_train_images_per_s'], 1)}",
+            f"hooks, training, state): {fmt_spread(c['site_train_images_per_s'], 1)}",
         ]
     if "bytes" in s:
         lines += [
@@ -255,21 +253,21 @@ def markdown(result: BenchResult) -> str:
             "Stock: `FedAvg` with `Grid.send_and_receive` and a ClientApp with a plain "
             "PyTorch loop on the same data.",
             "",
-            f"- hepafed: {_fmt(r['hepafed_round_s'])} s",
-            f"- stock Flower: {_fmt(r['flower_round_s'])} s",
+            f"- hepafed: {fmt_spread(r['hepafed_round_s'])} s",
+            f"- stock Flower: {fmt_spread(r['flower_round_s'])} s",
             f"- ratio: {r['ratio']:.3f}, the median of {len(r.get('pair_ratios', [])) or 1} "
             "paired, interleaved runs' ratios"
-            + (f" ({_fmt(r['ratio_spread'], 3)})" if "ratio_spread" in r else ""),
+            + (f" ({fmt_spread(r['ratio_spread'], 3)})" if "ratio_spread" in r else ""),
         ]
         if "trust_off_ratio" in r:
             lines += [
                 f"- hepafed with its trust features off (`trust.sign-updates = false`, "
                 f"`trust.norm-z = 0`: no signed models or updates, no norm-outlier rule), in "
-                f"the same sets: {_fmt(r['trust_off_round_s'])} s, "
+                f"the same sets: {fmt_spread(r['trust_off_round_s'])} s, "
                 f"{r['trust_off_ratio']:.3f} x stock Flower "
-                f"({_fmt(r['trust_off_ratio_spread'], 3)}); the trust features cost "
-                f"{r['trust_cost_ratio']:.3f} x ({_fmt(r['trust_cost_spread'], 3)}), the median "
-                "of each set's ratio with them to without",
+                f"({fmt_spread(r['trust_off_ratio_spread'], 3)}); the trust features cost "
+                f"{r['trust_cost_ratio']:.3f} x ({fmt_spread(r['trust_cost_spread'], 3)}), "
+                "the median of each set's ratio with them to without",
             ]
         ours, theirs = r.get("hepafed_phases_s") or {}, r.get("flower_phases_s") or {}
         if ours or theirs:
@@ -327,75 +325,7 @@ def markdown(result: BenchResult) -> str:
             f"peaked at {r['server_peak_mb']:.0f} MB.",
         ]
     if "simulate" in s:
-        lines += _simulate_markdown(s["simulate"])
+        lines += simulate_markdown(s["simulate"])
     if "gpu" in s:
         lines += ["", "## GPU", "", s["gpu"]]
     return "\n".join(lines) + "\n"
-
-
-def _simulate_markdown(r: dict[str, Any]) -> list[str]:
-    """The end-to-end runs and compression's paired effect on each site's AUC."""
-    sites, seeds = r["sites"], r.get("seeds", [])
-    lines = ["", "## `hepafed simulate` end to end, and compression", ""]
-    if "auc_change" not in r:
-        note = "Measured with an earlier, single-seed method: rerun `hepafed bench --sections "
-        return [*lines, note + "simulate`."]
-    runs = r["runs"]
-    timed = [(run["wall_s"] or {}).get("runs", 0) for run in runs.values()]
-    every = all(n == len(seeds) for n in timed)
-    lines += [
-        f"Each compression at {len(seeds)} training seeds ({seeds[0]}-{seeds[-1]}, the same "
-        "phantom and splits), each run `hepafed simulate` end to end in a fresh process, the "
-        "compressions of a seed one after the other. Times: median (min-max) over "
-        + ("the seeds" if every else "each compression's timed runs (runs carried over from "
-           "before the runs file kept times have none)")
-        + "; AUC: each site's federated AUC, mean over the seeds.",
-    ]  # fmt: skip
-    if r.get("runs_file"):
-        line = (f"Every run is kept in `{r['runs_file']}` as it finishes, so the study grows "
-                "over several sessions: a later `hepafed bench --sections simulate --seeds N` "
-                "runs only the runs it lacks.")  # fmt: skip
-        checked = r.get("checked") or []
-        if checked:
-            names = ", ".join(f"seed {c['seed']} {c['compression']}" for c in checked)
-            line += (f" {r.get('stored_runs', 0)} of the {len(runs) * len(seeds)} runs came "
-                     f"from it; the first stored run of each compression ({names}) was run "
-                     "again first and gave the same AUCs, so they came from this code, data "
-                     "and machine.")  # fmt: skip
-        lines += ["", line]
-    lines += [
-        "",
-        "| compression | runs timed | wall (s) | federation (s) | " + " | ".join(sites) + " |",
-        "|---|---|---|---|" + "---|" * len(sites),
-    ]
-    for (name, run), n in zip(runs.items(), timed, strict=True):
-        aucs = " | ".join(f"{statistics.mean(run['auc'][site]):.4f}" for site in sites)
-        wall, fed = (_fmt(t, 0) if t else "-" for t in (run["wall_s"], run["federation_s"]))
-        lines.append(f"| {name} | {n} | {wall} | {fed} | {aucs} |")
-    lines += [
-        "",
-        "Change in each site's federated AUC against no compression, paired by seed (same "
-        "seed, same splits): the mean of the per-seed changes with its 95 % t interval "
-        "(mean +- t(0.975, n-1) x sd / sqrt(n)), and the sd of the per-seed changes. Every "
-        "run is scored on the same test cases: the interval holds training noise, not the "
-        "test split's own sampling error.",
-        "",
-        "| compression | " + " | ".join(sites) + " |",
-        "|---|" + "---|" * len(sites),
-    ]
-    for name, by_site in r["auc_change"].items():
-        cells = []
-        for site in sites:
-            c = by_site[site]
-            cell = f"{c['mean']:+.4f}"
-            if c["ci95"] is not None:
-                cell += f" ({c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}); sd {c['sd']:.4f}"
-            cells.append(cell)
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "The target asks every site's mean change to lie within 0.005. A site's interval "
-        "much wider than that says this many seeds cannot tell so small an effect from "
-        "training noise, either way.",
-    ]
-    return lines

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from simulations.bench_federation import (
+from simulations.bench_compression import (
     RUNS_FILE,
     StoredRunsDiffer,
     StudyBusy,
