@@ -28,6 +28,10 @@ from client.site import open_site
 from client.trust import models_must_be_signed
 from common.config import RunConfig
 
+# Messages are built outside a run here: every test needs Flower's task identity, not only
+# those that run after one that set it
+pytestmark = pytest.mark.usefixtures("flower_task")
+
 
 def _deployed(site: Path | str = "/srv/site", **policy: Any) -> dict[str, Any]:
     return {"site-dir": str(site), **{f"policy.{k}": v for k, v in policy.items()}}
@@ -208,7 +212,6 @@ def test_the_cache_folder_is_the_sites_not_the_servers(tmp_path: Path) -> None:
     assert SitePolicy().apply(cfg).data.cache_dir == ""  # a site without one caches nothing
 
 
-@pytest.mark.usefixtures("flower_task")
 def test_the_cache_folder_is_owner_only(site_factory: Callable[..., Path], tmp_path: Path) -> None:
     site = site_factory(n_cases=6)
     cache = tmp_path / "cache"
