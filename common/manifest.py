@@ -72,7 +72,7 @@ from common.manifest_row import (
     retrieved_series,
     with_dicom_metadata,
 )
-from common.sitepaths import Escape, escape_problem
+from common.sitepaths import Escape, Roots, escape_problem
 
 MANIFEST_NAME = "manifest.csv"
 LIVER_MASK = "liver_mask"  # the optional liver mask's column (and key in a case record)
@@ -213,6 +213,7 @@ def parse_manifest(
     series that cannot be is a problem of its case (``common.manifest_row``)."""
     site_dir = Path(site_dir)
     root = None if data_root is None else Path(data_root)
+    roots = Roots.of(site_dir, root)
     path = site_dir / MANIFEST_NAME
     fname = str(path)
     if not path.is_file():
@@ -270,7 +271,7 @@ def parse_manifest(
                     img = retrieved
                     inside.append(img)
                     fetched.add(img)
-            elif file_problem(col, img, site_dir, root, bad):
+            elif file_problem(col, img, roots, bad):
                 inside.append(img)
             paths.append(img)
         images = tuple(paths)
@@ -278,10 +279,10 @@ def parse_manifest(
         if mask is None:
             bad("mask", "empty: both tasks need the lesion mask")
         else:
-            file_problem("mask", mask, site_dir, root, bad)
+            file_problem("mask", mask, roots, bad)
         liver = resolve(site_dir, row[LIVER_MASK]) if row.get(LIVER_MASK) else None
         if liver is not None:  # optional: an empty cell is a case without a liver mask
-            file_problem(LIVER_MASK, liver, site_dir, root, bad)
+            file_problem(LIVER_MASK, liver, roots, bad)
         label = parse_label(row.get("label", ""), task, bad)
         split = row.get("split", "") if has_split else hash_split(cid)
         if split not in {s.value for s in Split}:

@@ -18,7 +18,7 @@ from common.dicom import acquisition_metadata, is_dicom_source
 from common.dicomweb import DicomWebCellError, DicomWebError, DicomWebSource, parse_cell
 from common.keys import Split, Task
 from common.metadata import value_problem
-from common.sitepaths import escape_problem
+from common.sitepaths import Roots
 
 Report = Callable[..., None]  # report(field, message, kind="") for one row
 TEST_FRACTION_BY_HASH = 0.25
@@ -30,16 +30,10 @@ def resolve(site_dir: Path, value: str) -> Path:
     return p if p.is_absolute() else site_dir / p
 
 
-def file_problem(
-    column: str,
-    path: Path,
-    site_dir: Path,
-    data_root: Path | None,
-    bad: Report,
-) -> bool:
-    """Report a file cell that leads outside the allowed folders or names no file; True if
-    the file is there to be opened."""
-    escape = escape_problem(path, site_dir, data_root)
+def file_problem(column: str, path: Path, roots: Roots, bad: Report) -> bool:
+    """Report a file cell that leads outside the site's allowed folders (``roots``) or
+    names no file; True if the file is there to be opened."""
+    escape = roots.escape(path)
     if escape is not None:
         bad(column, escape.message, escape.kind)
         return False

@@ -281,6 +281,47 @@ def test_a_symlink_out_of_the_site_folder_is_refused(site_factory: Callable[...,
     assert inspect_site(site, CHANNELS, TASK)[1] == []
 
 
+def test_a_sibling_folder_whose_name_extends_the_sites_is_outside_it(
+    site_factory: Callable[..., Path],
+) -> None:
+    # /sites/site-a2 starts with the text /sites/site-a but is not inside it
+    site = site_factory(n_cases=3)
+    sibling = site.parent / f"{site.name}2" / "x.nii.gz"
+    sibling.parent.mkdir()
+    shutil.copy(_image(site), sibling)
+    _set_cell(site, "image_arterial", str(sibling))
+    assert _only_problem(site).kind == BadInput.PATH_ESCAPE
+    _set_cell(site, "image_arterial", _image(site).relative_to(site).as_posix())
+    _image(site).unlink()
+    _image(site).symlink_to(sibling)
+    assert _only_problem(site).kind == BadInput.SYMLINK_ESCAPE
+
+
+def test_a_link_loop_is_a_missing_file_not_a_crash(site_factory: Callable[..., Path]) -> None:
+    site = site_factory(n_cases=3)
+    loop = site / "images" / "loop.nii.gz"
+    loop.symlink_to(loop)  # opening it fails with ELOOP: it names no file
+    _set_cell(site, "image_arterial", "images/loop.nii.gz")
+    p = _only_problem(site)
+    assert (p.field, p.case_id) == ("image_arterial", "site-a-000")
+    assert p.message == f"file not found: {loop}"
+
+
+def test_a_site_folder_reached_through_a_link_keeps_its_files(
+    site_factory: Callable[..., Path], tmp_path: Path
+) -> None:
+    # the node config may name the site by a link (/srv/site -> /mnt/data/site-a): its
+    # files resolve into the real folder, which is the site's
+    site = site_factory(n_cases=3)
+    link = tmp_path / "linked-site"
+    link.symlink_to(site)
+    manifest, problems = inspect_site(link, CHANNELS, TASK)
+    assert problems == [] and len(manifest.cases) == 3
+    # an absolute cell must still name the folder as the node config does
+    _set_cell(site, "mask", str(_mask(site)))
+    assert _only_problem(link).kind == BadInput.PATH_ESCAPE
+
+
 def test_a_linked_dicom_slice_out_of_the_site_is_refused(tmp_path: Path) -> None:
     site = tmp_path / "site-d"
     write_ct_series(site / "dicom/c0", ct_volume(shape=(8, 8, 3)))
