@@ -52,6 +52,7 @@ fails or skips that one case by ``data.on-bad-case`` (``common.badcases``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -72,7 +73,7 @@ from common.manifest_row import (
     retrieved_series,
     with_dicom_metadata,
 )
-from common.sitepaths import Escape, Roots, escape_problem
+from common.sitepaths import Escape, Roots
 
 MANIFEST_NAME = "manifest.csv"
 LIVER_MASK = "liver_mask"  # the optional liver mask's column (and key in a case record)
@@ -132,13 +133,19 @@ class SiteManifest:
         """The cases of one split, in manifest order."""
         return tuple(c for c in self.cases if c.split == split)
 
+    @functools.cached_property
+    def roots(self) -> Roots:
+        """The folders this site's files may lie in, resolved once for this manifest."""
+        return Roots.of(self.site_dir, self.data_root)
+
     def escape(self, path: Path) -> Escape | None:
-        """Why a case's file may not be opened (``common.sitepaths.escape_problem``), or
-        None; a series this site retrieved from its DICOMweb server lies in the site's own
-        cache folder and may be (a manifest cell that leads there is still refused)."""
+        """Why a case's file may not be opened (``common.sitepaths.Roots.escape``: its link
+        is followed again, now), or None; a series this site retrieved from its DICOMweb
+        server lies in the site's own cache folder and may be (a manifest cell that leads
+        there is still refused)."""
         if path in self.retrieved:
             return None
-        return escape_problem(path, self.site_dir, self.data_root)
+        return self.roots.escape(path)
 
 
 def read_manifest(

@@ -5,7 +5,7 @@ must lie inside the site folder (or inside ``data_root``, when the site's node c
 allows one): a ``..`` that climbs out, an absolute path elsewhere (``path-escape``), or a
 symbolic link whose target resolves elsewhere (``symlink-escape``, also for the files of
 a DICOM series folder) is refused before anything is opened. The manifest check and the
-loader call ``escape_problem`` alike.
+loader call ``Roots.escape`` alike.
 """
 
 from __future__ import annotations
@@ -79,12 +79,6 @@ class Roots:
                     "to it" + _allow_hint(self.data_root),
                 )
         return None
-
-
-def escape_problem(path: Path, site_dir: Path, data_root: Path | None = None) -> Escape | None:
-    """Why ``path`` leaves the allowed folders, or None (``Roots.escape``; for many paths
-    of one site, make its ``Roots`` once)."""
-    return Roots.of(site_dir, data_root).escape(path)
 
 
 def _inside(path: str, root: str) -> bool:
