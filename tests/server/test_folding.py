@@ -479,3 +479,79 @@ def test_bytes_that_disagree_with_their_record_are_rejected_not_folded(
     if method == Compression.NONE:
         rest = {s: u for s, u in updates.items() if s not in lies}
         _close(new, _expected(rest), 2e-6)
+
+
+@pytest.mark.parametrize(
+    ("loadavg", "expected"),
+    [
+        ("0.52 0.40 0.31 1/312 4711\n", 4),  # only this thread runs: every core is free
+        ("3.10 2.90 2.00 3/312 4711\n", 2),  # two other tasks run: two cores left
+        ("9.00 9.00 9.00 12/312 4711\n", 1),  # more than the cores: one thread, never 0
+        ("garbage\n", 8),  # the system does not say: torch's own count
+    ],
+)
+def test_a_fold_uses_only_the_cores_nothing_else_runs_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loadavg: str, expected: int
+) -> None:
+    """A fold beside busy cores (a simulation's sites training) waits on its own threads:
+    it takes torch's count only where that many cores are free (/proc/loadavg's running
+    tasks, this one among them)."""
+    path = tmp_path / "loadavg"
+    path.write_text(loadavg)
+    monkeypatch.setattr(folding.os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3})
+    assert folding.pool_size(8, path) == expected
+    assert folding.pool_size(2, path) == min(2, expected)
+    assert folding.pool_size(8, tmp_path / "absent") == 8
+
+
+def test_the_norms_and_the_bits_do_not_depend_on_the_thread_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A threaded sum of squares of a million values differs in its last bits from a
+    one-thread one; the fold takes it on one thread, so a fold on one thread (a busy
+    machine) and on two (an idle one) give the same norms and the same mean. torch's
+    thread count is the caller's again afterwards."""
+    import torch
+
+    monkeypatch.undo()  # the real block size: one block of a million values
+    monkeypatch.setattr(folding, "pool_size", lambda limit, *_: limit)  # whatever the load
+    shapes = {"fc.weight": (1000, 1000), "fc.bias": (1000,)}
+    updates = _updates(sites=SITES[:3], shapes=shapes)
+    before = torch.get_num_threads()
+    runs = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            reference = ArrayRecord({k: Array(v) for k, v in _base(shapes).items()})
+            aggregator = RoundAggregator(fl.FedAvg(), reference, SITES[:3], track_norms=True)
+            for site in SITES[:3]:
+                aggregator.accept(site, _reply(*updates[site]))
+            assert torch.get_num_threads() == threads
+            runs.append((dict(aggregator.norms), _bits(aggregator.result(1, []))))
+    finally:
+        torch.set_num_threads(before)
+    assert runs[0][0] == runs[1][0]
+    assert runs[0][1] == runs[1][1]
+
+
+@pytest.mark.parametrize("n", [1, 7, 32_767, 32_768, 1_000_003])
+def test_a_blocks_sum_of_squares_is_the_exact_sum_on_any_thread_count(
+    n: int,
+) -> None:
+    """Against the float64 sum of the float64 squares (``math.fsum``, exactly rounded),
+    on one thread and on two; sizes on each side of the row split, and one whose last
+    values are left over from the rows."""
+    import torch
+
+    values = np.random.default_rng(n).normal(size=n).astype(np.float32)
+    exact = math.fsum(float(v) ** 2 for v in values.astype(np.float64))
+    before = torch.get_num_threads()
+    try:
+        got = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            got.append(folding.sum_of_squares(torch.from_numpy(values)))
+    finally:
+        torch.set_num_threads(before)
+    assert got[0] == got[1]
+    assert got[0] == pytest.approx(exact, rel=1e-5)
