@@ -137,7 +137,9 @@ def pool_size(limit: int, loadavg: Path = Path("/proc/loadavg")) -> int:
 @contextmanager
 def torch_threads(n: int) -> Iterator[None]:
     """torch's operations in this thread on ``n`` threads, the count before restored
-    after (torch's OpenMP count is the calling thread's own)."""
+    after (torch's OpenMP count is the calling thread's own; a thread that makes its
+    first torch call meanwhile starts with ``n``: in a ServerApp, only the thread that
+    runs it calls torch)."""
     before = torch.get_num_threads()
     if n != before:
         torch.set_num_threads(n)
