@@ -32,8 +32,10 @@ order, so a rerun still gives the same bits.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
@@ -65,6 +67,7 @@ BLOCK_VALUES = 1024 * BLOCK
 # thread; below it on one thread (torch's element-wise operations start threads at 32,768)
 SPLIT_VALUES = 32_768
 ROWS = 8
+SPIN_S = 0.05  # a fold's threads may still be running this long after it (``_fold_threads``)
 DROP_VALUES = 4 * 2**20  # a parked update's pages are let go every 16 MiB of float32
 Where = tuple[int, int]  # (tensor index, value offset)
 
@@ -121,17 +124,25 @@ class Source:
         return cls(key, values, scales, reference, torch.from_numpy(values), scale_tensor)
 
 
-def pool_size(limit: int, loadavg: Path = Path("/proc/loadavg")) -> int:
+def pool_size(limit: int, own: int = 0, loadavg: Path = Path("/proc/loadavg")) -> int:
     """How many threads a fold may use now: ``limit`` (torch's own count), at most the
     cores this process may run on that no other task is running on (Linux: the running
-    tasks of ``/proc/loadavg``, this thread among them); ``limit`` where the system does
-    not say."""
+    tasks of ``/proc/loadavg``, less this thread and ``own`` more of this process's);
+    ``limit`` where the system does not say. A container sees its host's tasks: a busy
+    host folds on one thread."""
     try:
         running = int(loadavg.read_text(encoding="ascii").split()[3].split("/")[0])
         cores = len(os.sched_getaffinity(0))
     except (OSError, ValueError, IndexError, AttributeError):
         return limit
-    return max(1, min(limit, cores - (running - 1)))
+    return max(1, min(limit, cores - max(0, running - 1 - own)))
+
+
+@functools.cache
+def _settable_threads() -> bool:
+    """Whether torch's thread count can change at any time (its OpenMP backend, that of
+    the Linux, Windows and macOS wheels); its native pool keeps its first size."""
+    return "parallel backend: OpenMP" in torch.__config__.parallel_info()
 
 
 @contextmanager
@@ -139,8 +150,10 @@ def torch_threads(n: int) -> Iterator[None]:
     """torch's operations in this thread on ``n`` threads, the count before restored
     after (torch's OpenMP count is the calling thread's own; a thread that makes its
     first torch call meanwhile starts with ``n``: in a ServerApp, only the thread that
-    runs it calls torch)."""
+    runs it calls torch). Nothing changes where the count is fixed (``_settable_threads``)."""
     before = torch.get_num_threads()
+    if n != before and not _settable_threads():
+        n = before
     if n != before:
         torch.set_num_threads(n)
     try:
@@ -289,6 +302,8 @@ class RunningMean:
                                      default=1))  # fmt: skip
         self._scratch = (torch.empty(size), torch.empty(size))
         self._threads = torch.get_num_threads()  # the most a fold uses (``pool_size``)
+        self._used, self._ended = 1, -math.inf  # the last fold's threads, when it ended
+        self._inside = False
         self._flats: dict[str, torch.Tensor] | None = None  # the reference, flat (when read)
         self._sum_tensors: dict[str, torch.Tensor] = {}  # the sums as tensors (same memory)
 
@@ -398,7 +413,7 @@ class RunningMean:
         """One checked pass of ``op`` over ``update`` (copied to ``sink``); its norm."""
         sources = self.sources(update)
         self._plan(sink, update)
-        with torch_threads(pool_size(self._threads)):
+        with self._fold_threads():
             return self._checked_sources(update, sources, op, sink)
 
     def _checked_sources(
@@ -418,9 +433,27 @@ class RunningMean:
                 raise self._rejection(update, src, bad, i)
         return math.sqrt(total)
 
+    @contextmanager
+    def _fold_threads(self) -> Iterator[None]:
+        """One update's fold on ``pool_size`` threads. torch's OpenMP threads keep running
+        (spinning) for some milliseconds after an operation (15 to 22 ms measured here):
+        within ``SPIN_S`` of the last fold they are this process's own, not another
+        task's. A pass inside a fold (taking a rejected update out) keeps its threads."""
+        if self._inside:
+            yield
+            return
+        spinning = self._used - 1 if time.monotonic() - self._ended < SPIN_S else 0
+        n = pool_size(self._threads, spinning)
+        self._inside = True
+        try:
+            with torch_threads(n):
+                yield
+        finally:
+            self._inside, self._used, self._ended = False, n, time.monotonic()
+
     def _pass(self, update: Update, op: Op, sources: list[Source], at: Where | None) -> None:
         """``op`` over every tensor, or over the values before ``at``."""
-        with torch_threads(pool_size(self._threads)):
+        with self._fold_threads():
             for i, src in enumerate(sources):
                 if at is not None and i > at[0]:
                     break

@@ -499,39 +499,73 @@ def test_a_fold_uses_only_the_cores_nothing_else_runs_on(
     path = tmp_path / "loadavg"
     path.write_text(loadavg)
     monkeypatch.setattr(folding.os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3})
-    assert folding.pool_size(8, path) == expected
-    assert folding.pool_size(2, path) == min(2, expected)
-    assert folding.pool_size(8, tmp_path / "absent") == 8
+    assert folding.pool_size(8, loadavg=path) == expected
+    assert folding.pool_size(2, loadavg=path) == min(2, expected)
+    assert folding.pool_size(8, loadavg=tmp_path / "absent") == 8
+    if expected == 2:  # two of the running tasks are this process's own threads
+        assert folding.pool_size(8, own=2, loadavg=path) == 4
+        assert folding.pool_size(8, own=5, loadavg=path) == 4  # never more than all cores
+    monkeypatch.delattr(folding.os, "sched_getaffinity")  # macOS: torch's own count
+    assert folding.pool_size(8, loadavg=path) == 8
+
+
+def test_a_fold_just_after_another_does_not_count_its_own_spinning_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """torch's OpenMP threads keep running for milliseconds after an operation: the next
+    update's fold, within ``SPIN_S``, counts them as this process's, not as another task."""
+    asked: list[int] = []
+
+    def pool(limit: int, own: int = 0, *_: Any) -> int:
+        asked.append(own)
+        return 2
+
+    monkeypatch.setattr(folding, "pool_size", pool)
+    monkeypatch.setattr(folding, "SPIN_S", 3600.0)
+    updates = _updates(sites=SITES[:3])
+    reference = ArrayRecord({k: Array(v) for k, v in _base().items()})
+    aggregator = RoundAggregator(fl.FedAvg(), reference, SITES[:3])
+    aggregator.accept("site-a", _reply(*updates["site-a"]))
+    aggregator.accept("site-b", _reply(*updates["site-b"]))
+    monkeypatch.setattr(folding, "SPIN_S", 0.0)
+    aggregator.accept("site-c", _reply(*updates["site-c"]))
+    assert asked == [0, 1, 0]
 
 
 def test_the_norms_and_the_bits_do_not_depend_on_the_thread_count(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A threaded sum of squares of a million values differs in its last bits from a
-    one-thread one; the fold takes it on one thread, so a fold on one thread (a busy
-    machine) and on two (an idle one) give the same norms and the same mean. torch's
-    thread count is the caller's again afterwards."""
+    one-thread one; the fold's does not, so a fold on one thread (a busy machine) and on
+    two (an idle one) give the same norms and the same mean, a rejected update taken out
+    part-way included; torch's thread count is the caller's again afterwards."""
     import torch
 
-    monkeypatch.undo()  # the real block size: one block of a million values
-    monkeypatch.setattr(folding, "pool_size", lambda limit, *_: limit)  # whatever the load
-    shapes = {"fc.weight": (1000, 1000), "fc.bias": (1000,)}
-    updates = _updates(sites=SITES[:3], shapes=shapes)
+    monkeypatch.undo()  # the real block size: fc.weight is two blocks
+    shapes = {"fc.weight": (1100, 1000), "fc.bias": (1100,)}
+    updates = _updates(sites=SITES[:4], shapes=shapes)
+    tensors = {k: v.copy() for k, v in updates["site-d"][0].items()}
+    tensors["fc.weight"].reshape(-1)[1_050_000] = np.nan  # in the second block
+    bad = _reply(tensors, updates["site-d"][1])
     before = torch.get_num_threads()
     runs = []
     try:
-        for threads in (1, 2):
+        for threads, pool in ((1, None), (2, None), (2, 1)):
+            monkeypatch.setattr(folding, "pool_size", lambda limit, *_, p=pool: p or limit)
             torch.set_num_threads(threads)
             reference = ArrayRecord({k: Array(v) for k, v in _base(shapes).items()})
-            aggregator = RoundAggregator(fl.FedAvg(), reference, SITES[:3], track_norms=True)
+            aggregator = RoundAggregator(fl.FedAvg(), reference, SITES[:4], track_norms=True)
             for site in SITES[:3]:
                 aggregator.accept(site, _reply(*updates[site]))
+            with pytest.raises(UpdateRejected, match="NaN"):
+                aggregator.accept("site-d", bad)
+            aggregator.skip("site-d")
             assert torch.get_num_threads() == threads
             runs.append((dict(aggregator.norms), _bits(aggregator.result(1, []))))
     finally:
         torch.set_num_threads(before)
-    assert runs[0][0] == runs[1][0]
-    assert runs[0][1] == runs[1][1]
+    assert runs[0][0] == runs[1][0] == runs[2][0]
+    assert runs[0][1] == runs[1][1] == runs[2][1]
 
 
 @pytest.mark.parametrize("n", [1, 7, 32_767, 32_768, 1_000_003])
@@ -548,10 +582,30 @@ def test_a_blocks_sum_of_squares_is_the_exact_sum_on_any_thread_count(
     before = torch.get_num_threads()
     try:
         got = []
-        for threads in (1, 2):
+        for threads in (1, 2, 3, 4):
             torch.set_num_threads(threads)
             got.append(folding.sum_of_squares(torch.from_numpy(values)))
     finally:
         torch.set_num_threads(before)
-    assert got[0] == got[1]
+    assert len(set(got)) == 1
     assert got[0] == pytest.approx(exact, rel=1e-5)
+
+
+def test_torch_threads_sets_and_restores_the_count_only_where_it_can_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """torch's native thread pool keeps its first size (and warns at every change): there
+    the fold leaves the count alone."""
+    import torch
+
+    before = torch.get_num_threads()
+    target = 1 if before > 1 else 2
+    with folding.torch_threads(target):
+        assert torch.get_num_threads() == target
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), folding.torch_threads(target):
+        raise RuntimeError("a fold that fails")
+    assert torch.get_num_threads() == before
+    monkeypatch.setattr(folding, "_settable_threads", lambda: False)
+    with folding.torch_threads(target):
+        assert torch.get_num_threads() == before
