@@ -15,13 +15,6 @@ copy kept until the norm-outlier rule has spoken).
 block: the blocks already added are subtracted again (re-read: the rare path), and
 ``UpdateRejected`` names the site and the tensor.
 
-**Threads.** The element-wise operations give the same bits on any number of threads; a
-plain sum of squares does not (each thread sums its own part), so a block's is taken in
-a way that does (``sum_of_squares``), and a norm does not depend on the thread count.
-An update is folded on torch's threads only where that many cores are free when it
-arrives (``pool_size``): one thread waiting for a busy core holds up every operation (a
-simulated round folds while its sites train on the same cores).
-
 **Taking an update out again is not exact.** Subtracting an update (a norm outlier, or one
 rejected part-way) leaves a rounding difference against never having added it: with
 ``p = weight x value``, ``fl(fl(s + p) - p)`` differs from the sum ``s`` by at most
@@ -32,17 +25,13 @@ order, so a rerun still gives the same bits.
 
 from __future__ import annotations
 
-import functools
 import math
-import os
-import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -52,6 +41,7 @@ from flwr.app import Array, ArrayRecord
 from common.array_views import numpy_array
 from common.compression import BLOCK, PACKED, n_blocks
 from common.keys import Compression
+from server.fold_threads import FoldThreads, sum_of_squares
 from server.mapped_pages import drop_pages, file_mapping
 
 if TYPE_CHECKING:
@@ -63,11 +53,6 @@ if TYPE_CHECKING:
 # quarter as often as with 1 MiB blocks: 1.16 x (20 sites) and 1.05 x (100 sites) the
 # update bytes folded per second on two cores, the median of 8 paired, interleaved runs.
 BLOCK_VALUES = 1024 * BLOCK
-# a block's sum of squares (``sum_of_squares``): in rows from this size, each row on one
-# thread; below it on one thread (torch's element-wise operations start threads at 32,768)
-SPLIT_VALUES = 32_768
-ROWS = 8
-SPIN_S = 0.05  # a fold's threads may still be running this long after it (``_fold_threads``)
 DROP_VALUES = 4 * 2**20  # a parked update's pages are let go every 16 MiB of float32
 Where = tuple[int, int]  # (tensor index, value offset)
 
@@ -122,45 +107,6 @@ class Source:
         about read-only arrays is off (``quiet_views``)."""
         scale_tensor = None if scales is None else torch.from_numpy(np.asarray(scales))
         return cls(key, values, scales, reference, torch.from_numpy(values), scale_tensor)
-
-
-def pool_size(limit: int, own: int = 0, loadavg: Path = Path("/proc/loadavg")) -> int:
-    """How many threads a fold may use now: ``limit`` (torch's own count), at most the
-    cores this process may run on that no other task is running on (Linux: the running
-    tasks of ``/proc/loadavg``, less this thread and ``own`` more of this process's);
-    ``limit`` where the system does not say. A container sees its host's tasks: a busy
-    host folds on one thread."""
-    try:
-        running = int(loadavg.read_text(encoding="ascii").split()[3].split("/")[0])
-        cores = len(os.sched_getaffinity(0))
-    except (OSError, ValueError, IndexError, AttributeError):
-        return limit
-    return max(1, min(limit, cores - max(0, running - 1 - own)))
-
-
-@functools.cache
-def _settable_threads() -> bool:
-    """Whether torch's thread count can change at any time (its OpenMP backend, that of
-    the Linux, Windows and macOS wheels); its native pool keeps its first size."""
-    return "parallel backend: OpenMP" in torch.__config__.parallel_info()
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """torch's operations in this thread on ``n`` threads, the count before restored
-    after (torch's OpenMP count is the calling thread's own; a thread that makes its
-    first torch call meanwhile starts with ``n``: in a ServerApp, only the thread that
-    runs it calls torch). Nothing changes where the count is fixed (``_settable_threads``)."""
-    before = torch.get_num_threads()
-    if n != before and not _settable_threads():
-        n = before
-    if n != before:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if n != before:
-            torch.set_num_threads(before)
 
 
 @contextmanager
@@ -219,11 +165,8 @@ def fold_blocks(
             if reference is not None:
                 diff = torch.sub(block, reference[start:end], out=tmp[: end - start])
             part = sum_of_squares(diff)
-            if not math.isfinite(part):  # float32 squares may overflow for finite values
-                with torch_threads(1):
-                    part = float(torch.linalg.vector_norm(diff, dtype=torch.float64)) ** 2
-                if not math.isfinite(part):
-                    return total, start
+            if not math.isfinite(part):
+                return total, start
             total += part
         if sums is not None:
             if op is Op.FIRST:
@@ -235,24 +178,6 @@ def fold_blocks(
     if mapping is not None:
         drop_pages(mapping, src.values[dropped:n])
     return total, None
-
-
-def sum_of_squares(values: torch.Tensor) -> float:
-    """The sum of squares of ``values``, the same bits on any number of threads.
-
-    torch (and MKL) split a reduction to one number between their threads, each summing
-    its own part, so its bits depend on the thread count; but a reduction to several
-    numbers gives each row to one thread whole. A block of ``SPLIT_VALUES`` values or
-    more is therefore summed as ``ROWS`` row norms (and the few values left over), whose
-    squares are added in float64; a smaller one on one thread."""
-    n = values.numel()
-    if n < SPLIT_VALUES:
-        with torch_threads(1):
-            return float(torch.dot(values, values))
-    whole = n // ROWS * ROWS
-    rows = torch.linalg.vector_norm(values[:whole].view(ROWS, -1), dim=1).tolist()
-    tail = values[whole:]
-    return math.fsum(r * r for r in rows) + float(torch.dot(tail, tail))
 
 
 def _decode(
@@ -301,9 +226,7 @@ class RunningMean:
         size = min(BLOCK_VALUES, max((math.prod(r.shape) for r in reference.values()),
                                      default=1))  # fmt: skip
         self._scratch = (torch.empty(size), torch.empty(size))
-        self._threads = torch.get_num_threads()  # the most a fold uses (``pool_size``)
-        self._used, self._ended = 1, -math.inf  # the last fold's threads, when it ended
-        self._inside = False
+        self._threads = FoldThreads()  # each fold's threads: free cores (server.fold_threads)
         self._flats: dict[str, torch.Tensor] | None = None  # the reference, flat (when read)
         self._sum_tensors: dict[str, torch.Tensor] = {}  # the sums as tensors (same memory)
 
@@ -413,47 +336,24 @@ class RunningMean:
         """One checked pass of ``op`` over ``update`` (copied to ``sink``); its norm."""
         sources = self.sources(update)
         self._plan(sink, update)
-        with self._fold_threads():
-            return self._checked_sources(update, sources, op, sink)
-
-    def _checked_sources(
-        self, update: Update, sources: list[Source], op: Op, sink: Spill | None
-    ) -> float:
         total = 0.0
-        for i, src in enumerate(sources):
-            if sink is not None and (self.compression == Compression.NONE or i == 0):
-                sink.begin(i)  # this tensor's entry, or (compressed) the one of all codes
-            acc = None if op is Op.NONE else self._sum(src.key, op)
-            part, bad = fold_blocks(src, self.compression, self._scratch, op, update.weight,
-                                    acc, sink=sink)  # fmt: skip
-            total += part
-            if bad is not None:
-                if op is not Op.NONE:
-                    self._undo(update, sources, (i, bad))
-                raise self._rejection(update, src, bad, i)
+        with self._threads.fold():
+            for i, src in enumerate(sources):
+                if sink is not None and (self.compression == Compression.NONE or i == 0):
+                    sink.begin(i)  # this tensor's entry, or (compressed) the one of all codes
+                acc = None if op is Op.NONE else self._sum(src.key, op)
+                part, bad = fold_blocks(src, self.compression, self._scratch, op,
+                                        update.weight, acc, sink=sink)  # fmt: skip
+                total += part
+                if bad is not None:
+                    if op is not Op.NONE:
+                        self._undo(update, sources, (i, bad))
+                    raise self._rejection(update, src, bad, i)
         return math.sqrt(total)
-
-    @contextmanager
-    def _fold_threads(self) -> Iterator[None]:
-        """One update's fold on ``pool_size`` threads. torch's OpenMP threads keep running
-        (spinning) for some milliseconds after an operation (15 to 22 ms measured here):
-        within ``SPIN_S`` of the last fold they are this process's own, not another
-        task's. A pass inside a fold (taking a rejected update out) keeps its threads."""
-        if self._inside:
-            yield
-            return
-        spinning = self._used - 1 if time.monotonic() - self._ended < SPIN_S else 0
-        n = pool_size(self._threads, spinning)
-        self._inside = True
-        try:
-            with torch_threads(n):
-                yield
-        finally:
-            self._inside, self._used, self._ended = False, n, time.monotonic()
 
     def _pass(self, update: Update, op: Op, sources: list[Source], at: Where | None) -> None:
         """``op`` over every tensor, or over the values before ``at``."""
-        with self._fold_threads():
+        with self._threads.fold():
             for i, src in enumerate(sources):
                 if at is not None and i > at[0]:
                     break

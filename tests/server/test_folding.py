@@ -23,7 +23,7 @@ from common.array_views import array_view
 from common.compression import BLOCK, PACKED, compress_update, decode, n_blocks, pack
 from common.config import RunConfig
 from common.keys import Compression
-from server import folding, validation
+from server import fold_threads, folding, validation
 from server.aggregation import RoundAggregator
 from server.folding import Op, UpdateRejected
 from server.round_screen import RoundScreen
@@ -498,15 +498,15 @@ def test_a_fold_uses_only_the_cores_nothing_else_runs_on(
     tasks, this one among them)."""
     path = tmp_path / "loadavg"
     path.write_text(loadavg)
-    monkeypatch.setattr(folding.os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3})
-    assert folding.pool_size(8, loadavg=path) == expected
-    assert folding.pool_size(2, loadavg=path) == min(2, expected)
-    assert folding.pool_size(8, loadavg=tmp_path / "absent") == 8
+    monkeypatch.setattr(fold_threads.os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3})
+    assert fold_threads.pool_size(8, loadavg=path) == expected
+    assert fold_threads.pool_size(2, loadavg=path) == min(2, expected)
+    assert fold_threads.pool_size(8, loadavg=tmp_path / "absent") == 8
     if expected == 2:  # two of the running tasks are this process's own threads
-        assert folding.pool_size(8, own=2, loadavg=path) == 4
-        assert folding.pool_size(8, own=5, loadavg=path) == 4  # never more than all cores
-    monkeypatch.delattr(folding.os, "sched_getaffinity")  # macOS: torch's own count
-    assert folding.pool_size(8, loadavg=path) == 8
+        assert fold_threads.pool_size(8, own=2, loadavg=path) == 4
+        assert fold_threads.pool_size(8, own=5, loadavg=path) == 4  # never more than all cores
+    monkeypatch.delattr(fold_threads.os, "sched_getaffinity")  # macOS: torch's own count
+    assert fold_threads.pool_size(8, loadavg=path) == 8
 
 
 def test_a_fold_just_after_another_does_not_count_its_own_spinning_threads(
@@ -520,14 +520,14 @@ def test_a_fold_just_after_another_does_not_count_its_own_spinning_threads(
         asked.append(own)
         return 2
 
-    monkeypatch.setattr(folding, "pool_size", pool)
-    monkeypatch.setattr(folding, "SPIN_S", 3600.0)
+    monkeypatch.setattr(fold_threads, "pool_size", pool)
+    monkeypatch.setattr(fold_threads, "SPIN_S", 3600.0)
     updates = _updates(sites=SITES[:3])
     reference = ArrayRecord({k: Array(v) for k, v in _base().items()})
     aggregator = RoundAggregator(fl.FedAvg(), reference, SITES[:3])
     aggregator.accept("site-a", _reply(*updates["site-a"]))
     aggregator.accept("site-b", _reply(*updates["site-b"]))
-    monkeypatch.setattr(folding, "SPIN_S", 0.0)
+    monkeypatch.setattr(fold_threads, "SPIN_S", 0.0)
     aggregator.accept("site-c", _reply(*updates["site-c"]))
     assert asked == [0, 1, 0]
 
@@ -551,7 +551,7 @@ def test_the_norms_and_the_bits_do_not_depend_on_the_thread_count(
     runs = []
     try:
         for threads, pool in ((1, None), (2, None), (2, 1)):
-            monkeypatch.setattr(folding, "pool_size", lambda limit, *_, p=pool: p or limit)
+            monkeypatch.setattr(fold_threads, "pool_size", lambda limit, *_, p=pool: p or limit)
             torch.set_num_threads(threads)
             reference = ArrayRecord({k: Array(v) for k, v in _base(shapes).items()})
             aggregator = RoundAggregator(fl.FedAvg(), reference, SITES[:4], track_norms=True)
@@ -584,7 +584,7 @@ def test_a_blocks_sum_of_squares_is_the_exact_sum_on_any_thread_count(
         got = []
         for threads in (1, 2, 3, 4):
             torch.set_num_threads(threads)
-            got.append(folding.sum_of_squares(torch.from_numpy(values)))
+            got.append(fold_threads.sum_of_squares(torch.from_numpy(values)))
     finally:
         torch.set_num_threads(before)
     assert len(set(got)) == 1
@@ -600,12 +600,25 @@ def test_torch_threads_sets_and_restores_the_count_only_where_it_can_change(
 
     before = torch.get_num_threads()
     target = 1 if before > 1 else 2
-    with folding.torch_threads(target):
+    with fold_threads.torch_threads(target):
         assert torch.get_num_threads() == target
     assert torch.get_num_threads() == before
-    with pytest.raises(RuntimeError), folding.torch_threads(target):
+    with pytest.raises(RuntimeError), fold_threads.torch_threads(target):
         raise RuntimeError("a fold that fails")
     assert torch.get_num_threads() == before
-    monkeypatch.setattr(folding, "_settable_threads", lambda: False)
-    with folding.torch_threads(target):
+    monkeypatch.setattr(fold_threads, "_settable_threads", lambda: False)
+    with fold_threads.torch_threads(target):
         assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("n", [1000, 1_000_003])
+def test_a_sum_of_squares_that_overflows_float32_is_taken_in_float64(n: int) -> None:
+    """Finite values of 1e20 square to infinity in float32: the sum is still the finite
+    float64 one (n x 1e40, to float64 rounding), and NaN stays NaN (the update is then
+    rejected)."""
+    import torch
+
+    values = torch.full((n,), 1e20, dtype=torch.float32)
+    assert fold_threads.sum_of_squares(values) == pytest.approx(n * float(values[0]) ** 2)
+    values[n // 2] = float("nan")
+    assert math.isnan(fold_threads.sum_of_squares(values))
