@@ -16,14 +16,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from common.config import RunConfig
 from simulations.bench_measure import fmt_spread, spread
+from simulations.study import results_lock
 
 COMPRESSIONS = ("none", "fp16", "int8")
 COMPRESSION_SEEDS = 5  # training seeds for compression's effect on the AUC
@@ -93,28 +94,6 @@ def stored_seed_count(path: Path, first: int) -> int:
     return max(seeds) - first + 1 if seeds else 0
 
 
-@contextmanager
-def study_lock(runs_file: Path) -> Iterator[None]:
-    """Hold ``runs_file``'s lock (a ``.lock`` file beside it) for the study, or fail at once
-    if another bench holds it: two would run the same runs for hours."""
-    import fcntl
-
-    runs_file.parent.mkdir(parents=True, exist_ok=True)
-    with runs_file.with_name(runs_file.name + ".lock").open("w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StudyBusy(
-                f"{runs_file}: another `hepafed bench` is running this study; wait for it, "
-                "or stop it (its finished runs are kept) and run again"
-            ) from None
-        yield
-
-
-class StudyBusy(RuntimeError):
-    """Another process holds the study's runs file."""
-
-
 def simulate_runs(
     data_dir: Path,
     seeds: int = COMPRESSION_SEEDS,
@@ -137,7 +116,7 @@ def simulate_runs(
     machine), else ``StoredRunsDiffer`` and nothing more is run or written. A check run of
     a run stored without times (carried over from before the file) is stored with its
     times."""
-    with study_lock(runs_file) if runs_file is not None else nullcontext():
+    with results_lock(runs_file, "hepafed bench") if runs_file is not None else nullcontext():
         return _simulate_runs(data_dir, seeds, runs_file, runner, progress)
 
 

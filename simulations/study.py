@@ -23,6 +23,7 @@ import time
 import tomllib
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -206,6 +207,30 @@ def append_result(path: Path, record: Mapping[str, Any]) -> None:
         os.fsync(fh.fileno())
 
 
+class StudyBusy(FileExistsError):
+    """Another process holds a study's results file (``results_lock``)."""
+
+
+@contextmanager
+def results_lock(path: Path, command: str = "hepafed study") -> Iterator[None]:
+    """Hold ``path``'s lock (a ``.lock`` file beside it) while this process adds to it, or
+    fail at once with ``StudyBusy`` if another process holds it: two runs of one grid would
+    run the same cells for hours, and each would delete the run folder of a cell the other
+    is running. The lock goes with the process (``flock``): a killed run leaves none."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.with_name(path.name + ".lock").open("w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StudyBusy(
+                f"{path}: another `{command}` is running this study; wait for it, or stop "
+                "it (its finished runs are kept) and run again"
+            ) from None
+        yield
+
+
 # ---- running --------------------------------------------------------------------------------
 
 Runner = Callable[[Cell, Path, Path], dict[str, Any]]  # (cell, data dir, run dir) -> figures
@@ -227,9 +252,23 @@ def run_study(
     A cell that raises is recorded as failed and the study goes on with the next,
     unless ``max_failures`` cells in a row failed (0: never stop): then the code or
     the machine is broken, and the rest of the grid waits for the next run.
+    ``StudyBusy`` if another process is running a study into the same results file.
     """
-    run = runner or run_cell
-    runs = runs_dir or Path("runs") / f"study-{study.name}"
+    with results_lock(study.results):
+        return _run_cells(study, data_dir, runs_dir or Path("runs") / f"study-{study.name}",
+                          quick, runner or run_cell, command, max_cells, max_failures)  # fmt: skip
+
+
+def _run_cells(
+    study: Study,
+    data_dir: Path,
+    runs: Path,
+    quick: bool,
+    run: Runner,
+    command: str,
+    max_cells: int,
+    max_failures: int,
+) -> list[dict[str, Any]]:
     done = done_keys(read_results(study.results))
     grid = list(cells(study, quick))
     todo = [c for c in grid if c.key not in done]

@@ -13,7 +13,6 @@ import pytest
 from simulations.bench_compression import (
     RUNS_FILE,
     StoredRunsDiffer,
-    StudyBusy,
     paired_changes,
     simulate_runs,
     stored_seed_count,
@@ -21,7 +20,7 @@ from simulations.bench_compression import (
 )
 from simulations.bench_measure import spread
 from simulations.bench_report import BenchResult, evaluate_targets, markdown
-from simulations.study import append_result
+from simulations.study import StudyBusy, append_result
 
 NONE = {"a": [0.80, 0.82, 0.78, 0.81, 0.79], "b": [0.70, 0.71, 0.69, 0.70, 0.72]}
 INT8 = {"a": [0.81, 0.815, 0.79, 0.80, 0.80], "b": [0.70, 0.71, 0.69, 0.70, 0.72]}

@@ -16,6 +16,7 @@ from simulations.study import (
     OK,
     Cell,
     Study,
+    StudyBusy,
     StudyError,
     append_result,
     cells,
@@ -125,6 +126,35 @@ def test_a_study_resumes_where_it_stopped_and_retries_failed_cells(tmp_path: Pat
     records = read_results(study.results)
     assert len(records) == 5 and len(done_keys(records)) == 4
     assert all("wall_s" in r for r in records)
+
+
+def test_a_study_already_running_into_the_same_file_is_refused_and_left_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import fcntl
+
+    study = _study(tmp_path)
+    run_study(study, runs_dir=tmp_path / "runs", runner=lambda c, d, r: _figures(c), max_cells=1)
+    before = study.results.read_bytes()
+    running = tmp_path / "runs" / "liver-5" / "slow" / "seed-1"  # the other run's next cell
+    running.mkdir(parents=True)
+    calls: list[str] = []
+
+    def counted(cell: Cell, data_dir: Path, run_dir: Path) -> dict[str, Any]:
+        calls.append(cell.key)
+        return _figures(cell)
+
+    with study.results.with_name("results.jsonl.lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the study another process runs
+        with pytest.raises(StudyBusy, match="results.jsonl: another `hepafed study` is running"):
+            run_study(study, runs_dir=tmp_path / "runs", runner=counted)
+        assert main(["study", str(tmp_path / "mini.toml"), "--runs-dir",
+                     str(tmp_path / "runs")]) == 2  # fmt: skip
+        assert "another `hepafed study` is running this study" in capsys.readouterr().err
+    assert calls == [] and running.is_dir()  # no cell run, the other's folder untouched
+    assert study.results.read_bytes() == before
+    written = run_study(study, runs_dir=tmp_path / "runs", runner=lambda c, d, r: _figures(c))
+    assert len(written) == 3 and len(done_keys(read_results(study.results))) == 4
 
 
 def test_a_study_stops_after_failures_in_a_row(tmp_path: Path) -> None:
