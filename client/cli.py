@@ -328,8 +328,9 @@ def add_commands(sub: argparse._SubParsersAction[Any]) -> None:
         "--threads",
         type=int,
         metavar="N",
-        help="CPU threads each task's training and evaluation may use (default: all cores); "
-        "set it when the site shares its machine, e.g. with other sites' nodes",
+        help="CPU threads each task's training and evaluation may use (default: all the "
+        "cores this node may use, at most its container's CPU limit); set it when the site "
+        "shares its machine, e.g. with other sites' nodes",
     )
     c.set_defaults(func=cmd_site_start)
 

@@ -343,7 +343,8 @@ def run_task(args: argparse.Namespace) -> None:
 
 def limit_threads(n: int) -> None:
     """Let this task's torch use ``n`` CPU threads (intra-op; the forked zygote's
-    setting is the torch default, all cores)."""
+    setting is the torch default, all cores; without ``--threads`` the site's code keeps
+    it within the node's CPU limit, ``common.device.fit_threads``)."""
     import torch
 
     torch.set_num_threads(n)

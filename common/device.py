@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from common.cpu_quota import process_cpus
+
 
 @dataclass(frozen=True)
 class Compute:
@@ -35,12 +37,25 @@ class Compute:
 def select_compute(amp: bool = True, prefer: str | None = None) -> Compute:
     """CUDA (bf16 autocast where supported, else fp16) if available, else CPU fp32.
 
-    ``prefer="cpu"`` forces the CPU, e.g. for a site whose GPU is busy.
+    ``prefer="cpu"`` forces the CPU, e.g. for a site whose GPU is busy. torch's CPU
+    threads are kept within the CPUs this process may use (``fit_threads``).
     """
+    fit_threads()
     if prefer != "cpu" and torch.cuda.is_available():
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return Compute(torch.device("cuda"), dtype if amp else None)
     return Compute(torch.device("cpu"), None)
+
+
+def fit_threads() -> int:
+    """torch's CPU threads, at most the CPUs this process may use
+    (``common.cpu_quota.process_cpus``: in a container with a CPU limit, its quota,
+    where torch's default is every core of the host); never raised (a site's
+    ``--threads`` stays). The count now."""
+    usable = process_cpus()
+    if torch.get_num_threads() > usable:
+        torch.set_num_threads(usable)
+    return torch.get_num_threads()
 
 
 def seed_everything(seed: int) -> None:

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+
+from common.cpu_quota import process_cpus
 
 SPIN_S = 0.05  # a fold's threads may still be running this long after it (``FoldThreads``)
 # a block's sum of squares (``sum_of_squares``): in rows from this size, each row on one
@@ -30,17 +31,20 @@ SPLIT_VALUES = 32_768
 ROWS = 8
 
 
-def pool_size(limit: int, own: int = 0, loadavg: Path = Path("/proc/loadavg")) -> int:
+def pool_size(
+    limit: int, own: int = 0, loadavg: Path = Path("/proc/loadavg"), cores: int | None = None
+) -> int:
     """How many threads a fold may use now: ``limit`` (torch's own count), at most the
-    cores this process may run on that no other task is running on (Linux: the running
-    tasks of ``/proc/loadavg``, less this thread and ``own`` more of this process's);
-    ``limit`` where the system does not say. A container sees its host's tasks: a busy
-    host folds on one thread."""
+    cores this process may use (``cores``, by default ``common.cpu_quota.process_cpus``:
+    its affinity, at most its container's CPU quota) that no other task is running on
+    (Linux: the running tasks of ``/proc/loadavg``, less this thread and ``own`` more of
+    this process's); ``limit`` where the system does not say. A container sees its
+    host's tasks: a busy host folds on one thread."""
     try:
         running = int(loadavg.read_text(encoding="ascii").split()[3].split("/")[0])
-        cores = len(os.sched_getaffinity(0))
-    except (OSError, ValueError, IndexError, AttributeError):
+    except (OSError, ValueError, IndexError):
         return limit
+    cores = process_cpus() if cores is None else cores
     return max(1, min(limit, cores - max(0, running - 1 - own)))
 
 
@@ -77,7 +81,7 @@ class FoldThreads:
     A pass inside a fold (taking a rejected update out) keeps its threads."""
 
     def __init__(self) -> None:
-        self.limit = torch.get_num_threads()
+        self.limit = min(torch.get_num_threads(), process_cpus())
         self._used, self._ended = 1, -math.inf  # the last fold's threads, when it ended
         self._inside = False
 

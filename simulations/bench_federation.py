@@ -12,12 +12,12 @@ actors on both nodes and the ServerApp in this process: docs/cluster.md.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from common.cpu_quota import process_cpus
 from common.keys import RecordPhase
 from simulations.bench_measure import reset_peak_rss, rss_bytes
 
@@ -98,7 +98,7 @@ def cluster_sites(cfg: Any, data_dir: Path, sites: int, cases: int) -> dict[str,
     from simulations.ray_cluster import start_local_cluster
 
     many_sites_phantom(data_dir, sites, cases)  # before the cluster: it would wait idle
-    cpus = max(1, (os.cpu_count() or 1) // CLUSTER_NODES)
+    cpus = max(1, process_cpus() // CLUSTER_NODES)
     t = time.monotonic()
     with start_local_cluster(CLUSTER_NODES, cpus, object_store_bytes=500_000_000) as cluster:
         start_s = time.monotonic() - t

@@ -29,6 +29,7 @@ from flwr.simulation import run_simulation
 
 from client.app import app as client_app
 from common.config import RunConfig
+from common.cpu_quota import process_cpus
 from common.manifest import list_site_dirs
 from server.app import serve
 
@@ -84,7 +85,7 @@ def simulation_backend(
     pass ``gpu_share`` from the cluster's resources. No dashboard either way."""
     init_args: dict[str, Any] = {"include_dashboard": False}
     if address is None:
-        init_args.update(address=LOCAL, num_cpus=os.cpu_count() or 1)
+        init_args.update(address=LOCAL, num_cpus=process_cpus())
         if gpu_share is None:
             import torch
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from common.cli import toml_value
+from common.cpu_quota import process_cpus
 
 ROOT = Path(__file__).resolve().parents[1]
 HEPAFED = str(Path(sys.executable).parent / "hepafed")
@@ -269,7 +270,7 @@ class LoopbackFederation(Started):
     def __init__(self, root: Path, sites: Mapping[str, Path], threads: int | None = None) -> None:
         self.root = root
         self.sites = dict(sites)
-        self.threads = threads or max(1, (os.cpu_count() or 1) // max(1, len(self.sites)))
+        self.threads = threads or max(1, process_cpus() // max(1, len(self.sites)))
         self.processes = Processes(root / "logs")
         self.center = root / "center"
         self.ca = self.center / "certs" / "ca.pem"

@@ -498,15 +498,16 @@ def test_a_fold_uses_only_the_cores_nothing_else_runs_on(
     tasks, this one among them)."""
     path = tmp_path / "loadavg"
     path.write_text(loadavg)
-    monkeypatch.setattr(fold_threads.os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3})
-    assert fold_threads.pool_size(8, loadavg=path) == expected
-    assert fold_threads.pool_size(2, loadavg=path) == min(2, expected)
-    assert fold_threads.pool_size(8, loadavg=tmp_path / "absent") == 8
+    assert fold_threads.pool_size(8, loadavg=path, cores=4) == expected
+    assert fold_threads.pool_size(2, loadavg=path, cores=4) == min(2, expected)
+    assert fold_threads.pool_size(8, loadavg=tmp_path / "absent", cores=4) == 8
     if expected == 2:  # two of the running tasks are this process's own threads
-        assert fold_threads.pool_size(8, own=2, loadavg=path) == 4
-        assert fold_threads.pool_size(8, own=5, loadavg=path) == 4  # never more than all cores
-    monkeypatch.delattr(fold_threads.os, "sched_getaffinity")  # macOS: torch's own count
-    assert fold_threads.pool_size(8, loadavg=path) == 8
+        assert fold_threads.pool_size(8, own=2, loadavg=path, cores=4) == 4
+        assert fold_threads.pool_size(8, own=5, loadavg=path, cores=4) == 4  # at most all
+    # by default the cores this process may use: its container's CPU quota (2 CPUs)
+    monkeypatch.setattr(fold_threads, "process_cpus", lambda: 2)
+    assert fold_threads.pool_size(8, loadavg=path) == (8 if expected == 8 else max(1, expected - 2))
+    assert fold_threads.FoldThreads().limit <= 2
 
 
 def test_a_fold_just_after_another_does_not_count_its_own_spinning_threads(
