@@ -135,11 +135,14 @@ def cmd_server_start(args: argparse.Namespace) -> int:
     options.flwr_home.mkdir(parents=True, exist_ok=True)
     write_gateway_config(gateway)
     check_gateway_config(gateway)
+    from server.superlink_state import registry_path
+
     mode = "INSECURE (no TLS, no site authentication)" if options.insecure else "TLS + site auth"
     print(f"Fleet gateway for the sites on {gateway.host}:{gateway.port} ({mode}); "
           "every other API is refused there")  # fmt: skip
     print(f"SuperLink (Control and Runtime APIs, operators only) on {options.host}:"
-          f"{options.port}, state in {options.database}")  # fmt: skip
+          f"{options.port}, state in memory, registered sites in "
+          f"{registry_path(options.database)}")  # fmt: skip
     print(
         "ServerApp runs started with `hepafed run` write their run folder (output.run-dir) "
         f"relative to {Path.cwd()}",

@@ -1,24 +1,29 @@
-"""Flower's SuperLink with messages' objects held in memory: ``hepafed-superlink
-FLOWER-SUPERLINK-ARGS`` (what ``hepafed server start`` runs).
+"""Flower's SuperLink with its state in memory and its registered sites in a file:
+``hepafed-superlink FLOWER-SUPERLINK-ARGS`` (what ``hepafed server start`` runs).
 
 Given ``--database FILE``, Flower's SuperLink keeps two stores in that SQLite file: its
-state (runs, registered sites and their public keys, messages' metadata) and the object
-store, which holds every byte of every message in flight (the model sent to each site,
-each site's update), written once and deleted when the receiver confirms it. Every
-message then goes through SQLite's single writer: with a 110M-parameter model (442 MB a
-message) the writes outlast SQLite's 5 s lock wait (``busy_timeout``, fixed by Flower),
-and the SuperLink answered "database is locked" and lost its executor in both runs of
-``hepafed bench --sections large-model`` on one machine.
+state (runs, registered sites and their public keys, messages' metadata, tasks) and the
+object store, which holds every byte of every message in flight (the model sent to each
+site, each site's update), written once and deleted when the receiver confirms it.
+Every message then goes through SQLite's single writer: with a 110M-parameter model
+(442 MB a message) the writes outlast SQLite's 5 s lock wait (``busy_timeout``, fixed by
+Flower), and the SuperLink answered "database is locked" and lost its executor in both
+runs of ``hepafed bench --sections large-model`` on one machine. And every request is
+several SQL statements on the state (``server.superlink_state`` has the figures).
 
-This launcher runs Flower's own ``flower-superlink`` entry point unchanged, except that
-the object store is Flower's in-memory one (``InMemoryObjectStore``, the store Flower
-itself uses when no database file is given, and every SuperNode uses) while the state
-stays in the file. What persists across a restart is therefore unchanged in what
-matters: registered sites, their keys and the runs; a message still in flight when the
-SuperLink stops loses its bytes, and its receiver gets Flower's "object unavailable"
-error (the ServerApp files that reply as the site's error, ``server.pull``). The cost is
-memory: the SuperLink holds the messages in flight (a model sent to every site is stored
-once: objects are addressed by their content's hash).
+This launcher runs Flower's own ``flower-superlink`` entry point unchanged, except for
+the stores it builds: the object store is Flower's in-memory one (``InMemoryObjectStore``,
+the store Flower itself uses when no database file is given, and every SuperNode uses),
+and the state is Flower's in-memory one with the registered sites written through to
+``FILE.sites.json`` (``server.superlink_state.SiteRegistryState``; sites registered in
+``FILE`` by an earlier version are imported once, and ``FILE`` is then no longer
+written). What persists across a restart is what matters: the registered sites, their
+keys and SuperNode ids. A message still in flight when the SuperLink stops loses its
+bytes, and its receiver gets Flower's "object unavailable" error (the ServerApp files
+that reply as the site's error, ``server.pull``); a run in flight stops with its
+ServerApp, and ``hepafed run --resume`` continues it; Flower's list of past runs starts
+empty. The cost is memory: the SuperLink holds the messages in flight (a model sent to
+every site is stored once: objects are addressed by their content's hash).
 
 Flower is pinned to one minor release (pyproject.toml); ``check_factory_site`` fails
 loudly if a release moves the function this replaces, so it can never silently stop
@@ -48,14 +53,19 @@ def check_factory_site(module: ModuleType) -> None:
 
 
 def objects_in_memory(database: str, federation_manager: Any) -> tuple[Any, Any]:
-    """Flower's stores for ``database``, with the object store in memory whatever the
-    database (the state is Flower's for ``database``: SQLite file, or in memory)."""
+    """Flower's stores for ``database``: the objects in memory whatever the database, the
+    state in memory with its registered sites in ``database``'s registry file
+    (``server.superlink_state``; Flower's plain in-memory state for an in-memory name)."""
     from flwr.server.superlink.linkstate.linkstate_factory import LinkStateFactory
     from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME
     from flwr.supercore.object_store import ObjectStoreFactory
 
+    from server.superlink_state import RegistryStateFactory
+
     objects = ObjectStoreFactory(FLWR_IN_MEMORY_DB_NAME)
-    return objects, LinkStateFactory(database, federation_manager, objects)
+    if database in (FLWR_IN_MEMORY_DB_NAME, ":memory:"):
+        return objects, LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, federation_manager, objects)
+    return objects, RegistryStateFactory(database, federation_manager, objects)
 
 
 def keep_objects_in_memory() -> None:

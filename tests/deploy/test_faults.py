@@ -1,11 +1,14 @@
 """Faults with real processes: the server killed mid-run and resumed; a hospital killed
-mid-round.
+mid-round; the SuperLink restarted.
 
 One loopback federation (SuperLink with TLS and site authentication, three
-SuperNodes, the federation's signing keyring) serves both tests, in this order:
+SuperNodes, the federation's signing keyring) serves the three tests, in this order:
 the ServerApp process is killed with SIGKILL after a completed round and
 ``hepafed run --resume RUN_DIR`` finishes the run; then one hospital's SuperNode
-is killed (SIGKILL) while a round is under way and the run completes without it.
+is killed (SIGKILL) while a round is under way and the run completes without it; then
+the SuperLink (and its gateway) is stopped and started again on the same state folder:
+the sites are still registered, with the same SuperNode ids, their nodes come back
+online by themselves, and a run completes.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class Deployment:
     ca: Path
     keyring: Path
     procs: Processes
+    superlink_args: list[str]
 
     def run_args(self, *extra: str) -> list[str]:
         return [
@@ -81,14 +85,11 @@ def deployment(
         ca = certs / "ca.pem"
         port, control_port = free_port(), free_port()
         fleet, superlink = f"127.0.0.1:{port}", f"127.0.0.1:{control_port}"
-        procs.start(
-            "superlink",
-            [
-                HEPAFED, "server", "start", "--certs", str(certs), "--state", str(root / "state"),
-                "--host", "127.0.0.1", "--port", str(port), "--control-port", str(control_port),
-            ],
-            cwd=root,
-        )  # fmt: skip
+        superlink_args = [
+            HEPAFED, "server", "start", "--certs", str(certs), "--state", str(root / "state"),
+            "--host", "127.0.0.1", "--port", str(port), "--control-port", str(control_port),
+        ]  # fmt: skip
+        procs.start("superlink", superlink_args, cwd=root)
         assert procs.wait_for_log("superlink", "Application startup complete", 90)
         app = snapshot_app(root / "app")
         for i, name in enumerate(SITES):
@@ -117,7 +118,7 @@ def deployment(
             lambda: sum(n["status"] == "online" for n in list_nodes(connection)) == len(SITES),
             120,
         )
-        yield Deployment(root, superlink, ca, keyring, procs)
+        yield Deployment(root, superlink, ca, keyring, procs, superlink_args)
     finally:
         procs.stop_all()
 
@@ -230,3 +231,33 @@ def test_site_killed_mid_round_the_round_completes_without_it(
     )
     assert out.returncode == 0, out.stdout
     print(f"\nsite dropout run: {time.monotonic() - started:.0f} s")
+
+
+def test_superlink_restarted_keeps_its_sites_and_serves_a_run(deployment: Deployment) -> None:
+    """The SuperLink keeps its state in memory and its registered sites in a file beside
+    it (``server.superlink_state``): after a restart the two sites still running are
+    registered with the same SuperNode ids, online again by their own heartbeats, and a
+    run completes; the killed one is still registered, offline."""
+    connection = ControlConnection(deployment.superlink, deployment.ca)
+    before = {n["node-id"]: n["status"] for n in list_nodes(connection)}
+    assert len(before) == 3  # site-c was killed: offline, or not yet noticed
+    deployment.procs.stop("superlink")
+    deployment.procs.start("superlink", deployment.superlink_args, cwd=deployment.root)
+    assert deployment.procs.wait_for_log("superlink", "Application startup complete", 90)
+    registry = deployment.root / "state" / "superlink.db.sites.json"
+    assert registry.is_file()
+
+    def nodes() -> dict[Any, str]:
+        return {n["node-id"]: n["status"] for n in list_nodes(connection)}
+
+    assert wait_until(lambda: sorted(nodes().values()) == ["online", "online", "registered"],
+                      120), nodes()  # fmt: skip
+    assert set(nodes()) == set(before)  # the same SuperNode ids
+    run_dir = deployment.root / "run-after-restart"
+    base = BASE_CONFIG.replace("federation.expected-sites=3", "federation.expected-sites=2")
+    config = f"{base} federation.num-rounds=1 eval.every-round=false output.run-dir='{run_dir}'"
+    out = hepafed(*deployment.run_args("--run-config", config)[1:], timeout=900)
+    assert out.returncode == 0, out.stdout + out.stderr + deployment.procs.log("superlink")[-3000:]
+    rounds = [json.loads(x) for x in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    train = [r for r in rounds if r["phase"] == "train"]
+    assert [sorted(r["sites"]) for r in train] == [["site-a", "site-b"]]

@@ -1,33 +1,111 @@
-"""The SuperLink launcher (``server.superlink``): message objects in memory, the state (runs,
-registered sites) in the SQLite file; a Flower release that moves the factory fails loudly.
-The deployment tests (tests/deploy) run federations through it end to end."""
+"""The SuperLink launcher (``server.superlink``): message objects in memory, the state in
+memory with the registered sites in a file beside ``--database`` (``server.superlink_state``);
+a Flower release that moves the factory fails loudly. The deployment tests (tests/deploy)
+run federations through it end to end, one of them across a restart of the SuperLink."""
 
 from __future__ import annotations
 
+import json
 import types
 from pathlib import Path
 
 import pytest
+from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
 from flwr.server.superlink.linkstate.sql_linkstate import SqlLinkState
+from flwr.supercore.constant import NodeStatus
 from flwr.supercore.object_store.in_memory_object_store import InMemoryObjectStore
 from flwr.superlink import config_loader
 from flwr.superlink.federation import NoOpFederationManager
 
 from server import superlink
+from server.superlink_state import RegistryError, SiteRegistryState, registry_path
+
+KEY_A, KEY_B = b"ssh-ed25519 AAAA-site-a", b"ssh-ed25519 AAAA-site-b"
 
 
-def test_objects_are_held_in_memory_and_the_state_in_the_file(tmp_path: Path) -> None:
+def _state(database: Path) -> SiteRegistryState:
+    """The state a SuperLink started with ``--database database`` builds."""
+    objects, states = superlink.objects_in_memory(str(database), NoOpFederationManager())
+    state = states.state()
+    assert isinstance(state, SiteRegistryState) and state.object_store is objects.store()
+    return state
+
+
+def test_objects_and_state_are_held_in_memory_the_sites_in_the_registry(
+    tmp_path: Path,
+) -> None:
     database = tmp_path / "superlink.db"
     objects, states = superlink.objects_in_memory(str(database), NoOpFederationManager())
     state = states.state()
-    assert isinstance(state, SqlLinkState) and database.is_file()
+    assert isinstance(state, InMemoryLinkState) and states.state() is state
     assert isinstance(objects.store(), InMemoryObjectStore)
     assert state.object_store is objects.store()  # the one store the SuperLink serves
-    # Flower's own choice for the same file: the objects in SQLite too (what this avoids)
-    flower_objects, _ = config_loader.get_objectstore_linkstate_factories(
+    assert not database.exists() and not registry_path(database).exists()  # nothing yet
+    # Flower's own choice for the same file: objects and state in SQLite (what this avoids)
+    flower_objects, flower_states = config_loader.get_objectstore_linkstate_factories(
         str(tmp_path / "flower.db"), NoOpFederationManager()
     )
     assert not isinstance(flower_objects.store(), InMemoryObjectStore)
+    assert isinstance(flower_states.state(), SqlLinkState)
+    _, plain = superlink.objects_in_memory(":flwr-in-memory:", NoOpFederationManager())
+    assert type(plain.state()) is InMemoryLinkState  # an in-memory name: no file at all
+
+
+def test_registered_sites_survive_a_restart_with_their_ids_and_removals(tmp_path: Path) -> None:
+    database = tmp_path / "superlink.db"
+    first = _state(database)
+    a = first.create_node("center", "center", KEY_A, 10.0, name="hospital-a")
+    b = first.create_node("center", "center", KEY_B, 10.0, name="hospital-b")
+    assert first.acknowledge_node_heartbeat(a, 10.0)  # online: not written, not restored
+    first.delete_node("center", b)
+    registry = registry_path(database)
+    assert registry.stat().st_mode & 0o777 == 0o600
+    assert not list(tmp_path.glob("*.tmp"))  # written whole, then renamed
+    saved = json.loads(registry.read_text())["sites"]
+    assert sorted(s["name"] for s in saved) == ["hospital-a", "hospital-b"]
+
+    restarted = _state(database)  # the SuperLink started again on the same folder
+    assert restarted.get_node_id_by_public_key(KEY_A) == a  # same key, same SuperNode id
+    assert restarted.nodes[a].status == NodeStatus.REGISTERED  # until its next heartbeat
+    assert restarted.nodes[a].name == "hospital-a"
+    assert restarted.acknowledge_node_heartbeat(a, 10.0)
+    assert restarted.nodes[a].status == NodeStatus.ONLINE
+    # the removed site stays removed, and its key cannot come back unnoticed
+    assert restarted.get_node_id_by_public_key(KEY_B) is None
+    assert not restarted.acknowledge_node_heartbeat(b, 10.0)
+    with pytest.raises(ValueError, match="already in use"):
+        restarted.create_node("center", "center", KEY_B, 10.0)
+    c = restarted.create_node("center", "center", b"ssh-ed25519 AAAA-site-c", 10.0)
+    assert _state(database).get_node_id_by_public_key(b"ssh-ed25519 AAAA-site-c") == c
+
+
+def test_sites_of_an_earlier_versions_sqlite_state_are_imported_once(tmp_path: Path) -> None:
+    database = tmp_path / "superlink.db"
+    federation = NoOpFederationManager()
+    old = SqlLinkState(str(database), federation, InMemoryObjectStore())
+    old.initialize()
+    a = old.create_node("center", "center", KEY_A, 10.0, name="hospital-a")
+    state = _state(database)
+    assert state.get_node_id_by_public_key(KEY_A) == a
+    assert state.federation_manager.linkstate is state  # the SQL state only lent its sites
+    assert registry_path(database).is_file()
+    old.create_node("center", "center", KEY_B, 10.0)  # the old file is no longer read
+    assert _state(database).get_node_id_by_public_key(KEY_B) is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["{not json", '{"version": 9, "sites": []}', '{"version": 1, "sites": [{"name": "x"}]}'],
+    ids=["garbled", "other-version", "no-key"],
+)
+def test_a_registry_that_cannot_be_read_stops_the_superlink_and_is_left_alone(
+    tmp_path: Path, text: str
+) -> None:
+    database = tmp_path / "superlink.db"
+    registry_path(database).write_text(text)
+    with pytest.raises(RegistryError, match=r"superlink\.db\.sites\.json.*register the sites"):
+        _state(database)
+    assert registry_path(database).read_text() == text
 
 
 def test_the_launcher_replaces_the_factory_the_superlink_calls(
