@@ -345,9 +345,9 @@ def limit_threads(n: int) -> None:
     """Let this task's torch use ``n`` CPU threads (intra-op; the forked zygote's
     setting is the torch default, all cores; without ``--threads`` the site's code keeps
     it within the node's CPU limit, ``common.device.fit_threads``)."""
-    import torch
+    from common.device import set_threads
 
-    torch.set_num_threads(n)
+    set_threads(n)
     log.info("task limited to %d torch thread(s)", n)
 
 

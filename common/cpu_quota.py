@@ -28,7 +28,6 @@ from pathlib import Path
 
 PROC_CGROUP = Path("/proc/self/cgroup")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-V1_CPU_MOUNTS = ("cpu", "cpu,cpuacct", "cpuacct,cpu")
 
 
 def cpu_limit(proc_cgroup: Path = PROC_CGROUP, root: Path = CGROUP_ROOT) -> float | None:
@@ -48,11 +47,22 @@ def cpu_limit(proc_cgroup: Path = PROC_CGROUP, root: Path = CGROUP_ROOT) -> floa
         if controllers == "":  # cgroup v2's unified hierarchy
             limits += _levels(root, path, _v2_limit)
         elif "cpu" in controllers.split(","):
-            for name in V1_CPU_MOUNTS:
-                if (root / name).is_dir():
-                    limits += _levels(root / name, path, _v1_limit)
-                    break
+            mount = _v1_cpu_mount(root)
+            if mount is not None:
+                limits += _levels(mount, path, _v1_limit)
     return min(limits) if limits else None
+
+
+def _v1_cpu_mount(root: Path) -> Path | None:
+    """cgroup v1's folder of the ``cpu`` controller: ``cpu``, or a co-mount naming it
+    (``cpu,cpuacct``, ``cpuacct,cpu``, ...)."""
+    if (root / "cpu").is_dir():
+        return root / "cpu"
+    try:
+        names = sorted(p.name for p in root.iterdir() if p.is_dir())
+    except OSError:
+        return None
+    return next((root / n for n in names if "cpu" in n.split(",")), None)
 
 
 def _levels(mount: Path, path: str, read: Callable[[Path], float | None]) -> list[float]:

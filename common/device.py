@@ -47,13 +47,23 @@ def select_compute(amp: bool = True, prefer: str | None = None) -> Compute:
     return Compute(torch.device("cpu"), None)
 
 
+_EXPLICIT_THREADS: list[int] = []  # the count a site set with --threads (``set_threads``)
+
+
+def set_threads(n: int) -> None:
+    """torch's CPU threads set to ``n`` by the site's own choice (``hepafed site start
+    --threads``): ``fit_threads`` leaves it as it is, even above the CPU limit."""
+    torch.set_num_threads(n)
+    _EXPLICIT_THREADS[:] = [n]
+
+
 def fit_threads() -> int:
     """torch's CPU threads, at most the CPUs this process may use
     (``common.cpu_quota.process_cpus``: in a container with a CPU limit, its quota,
-    where torch's default is every core of the host); never raised (a site's
-    ``--threads`` stays). The count now."""
+    where torch's default is every core of the host); never raised, and a count the
+    site chose (``set_threads``) is kept. The count now."""
     usable = process_cpus()
-    if torch.get_num_threads() > usable:
+    if not _EXPLICIT_THREADS and torch.get_num_threads() > usable:
         torch.set_num_threads(usable)
     return torch.get_num_threads()
 

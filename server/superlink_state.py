@@ -20,9 +20,12 @@ registrations and removals are written through to a JSON file (atomically: a
 temporary file, fsync, rename), and read back when the SuperLink starts: each site
 comes back with its key and its SuperNode id, status registered, and is online again at
 its SuperNode's next heartbeat. A removed site stays removed (its key cannot be
-registered again without the file's entry going, as in Flower's own state). Where the
-file is missing and a SQLite state file from an earlier version is there, its sites are
-imported first. Flower is pinned to one minor release; the class checks that the
+registered again without the file's entry going, as in Flower's own state). A
+registration or removal whose write fails is undone in memory too and fails as a whole:
+the file and the SuperLink never disagree on who is registered. Where the file is
+missing and a SQLite state file from an earlier version is there, its sites are imported
+from a copy of it, and the file is renamed ``FILE.imported``: a site removed later cannot
+come back from it. Flower is pinned to one minor release; the class checks that the
 in-memory state still has the fields it restores and fails loudly if not.
 """
 
@@ -30,6 +33,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -76,31 +81,42 @@ class SiteRegistryState(InMemoryLinkState):
             self._restore(_legacy_nodes(legacy, federation_manager, object_store))
             federation_manager.linkstate = self  # the SQL state only lent its sites
             self._save()
+            legacy.rename(legacy.with_name(legacy.name + ".imported"))
 
-    # ---- the two writes a registry has --------------------------------------------------
+    # ---- the two writes a registry has: each undone in memory if it cannot be written ---
 
     def create_node(self, *args: Any, **kwargs: Any) -> int:
         with self.lock:
             node_id = int(super().create_node(*args, **kwargs))
             if node_id:
-                self._save()
+                try:
+                    self._save()
+                except BaseException:
+                    node = self.nodes.pop(node_id)
+                    self.node_public_key_to_node_id.pop(node.public_key, None)
+                    self.owner_to_node_ids.get(node.owner_aid, set()).discard(node_id)
+                    raise
             return node_id
 
     def delete_node(self, owner_aid: str, node_id: int) -> None:
-        with self.lock:
-            super().delete_node(owner_aid, node_id)
-            self._save()
-
-    # ---- the file -----------------------------------------------------------------------
-
-    def _restore(self, records: Sequence[dict[str, Any]]) -> None:
         from flwr.proto.node_pb2 import NodeInfo  # pylint: disable=no-name-in-module
 
         with self.lock:
-            for record in records:
-                node = json_format.ParseDict(
-                    {k: v for k, v in record.items() if k in DURABLE}, NodeInfo()
-                )
+            before = NodeInfo()
+            if node_id in self.nodes:
+                before.CopyFrom(self.nodes[node_id])
+            super().delete_node(owner_aid, node_id)
+            try:
+                self._save()
+            except BaseException:
+                self.nodes[node_id].CopyFrom(before)  # still registered, as the file says
+                raise
+
+    # ---- the file -----------------------------------------------------------------------
+
+    def _restore(self, nodes: Sequence[Any]) -> None:
+        with self.lock:
+            for node in nodes:
                 if node.status != NodeStatus.UNREGISTERED:
                     node.status = NodeStatus.REGISTERED  # online again at its next heartbeat
                 self.nodes[node.node_id] = node
@@ -113,13 +129,17 @@ class SiteRegistryState(InMemoryLinkState):
             for node in self.nodes.values()
         ]
         text = json.dumps({"version": REGISTRY_VERSION, "sites": records}, indent=1)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        # a new file of this process's own (0600, never a name planted beside it)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name + ".")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         dir_fd = os.open(self.path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
@@ -145,27 +165,55 @@ def _as_dict(node: Any) -> dict[str, Any]:
     return dict(json_format.MessageToDict(node, preserving_proto_field_name=True))
 
 
-def _read(path: Path) -> list[dict[str, Any]]:
+def _read(path: Path) -> list[Any]:
+    """The sites of the registry file ``path`` as Flower's ``NodeInfo``; RegistryError
+    naming the file if it cannot be read, is of another version, or is inconsistent."""
+    from flwr.proto.node_pb2 import NodeInfo  # pylint: disable=no-name-in-module
+
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or data.get("version") != REGISTRY_VERSION:
+            version = data.get("version") if isinstance(data, dict) else None
+            raise ValueError(f"version {version!r}, expected {REGISTRY_VERSION}")
         sites = data["sites"]
-        if data.get("version") != REGISTRY_VERSION or not isinstance(sites, list):
-            raise ValueError(f"version {data.get('version')!r}, expected {REGISTRY_VERSION}")
-        if not all(isinstance(s, dict) and "node_id" in s and "public_key" in s for s in sites):
+        if not isinstance(sites, list) or not all(
+            isinstance(s, dict) and "node_id" in s and "public_key" in s for s in sites
+        ):
             raise ValueError("a site without node_id or public_key")
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        nodes = [json_format.ParseDict({k: v for k, v in s.items() if k in DURABLE},
+                                       NodeInfo()) for s in sites]  # fmt: skip
+        for field in ("node_id", "public_key"):
+            values = [getattr(n, field) for n in nodes]
+            if len(set(values)) != len(values) or not all(values):
+                raise ValueError(f"a {field} missing or given to two sites")
+    except (OSError, ValueError, KeyError, TypeError, json_format.Error) as e:
         raise RegistryError(
             f"{path}: the SuperLink's registered sites cannot be read ({e}); restore it from "
             "a backup, or move it away and register the sites again "
             "(`hepafed server register-site`)"
         ) from e
-    return sites
+    return nodes
 
 
 def _legacy_nodes(database: Path, federation_manager: Any, object_store: Any) -> list[Any]:
-    """The sites registered in an earlier version's SQLite state file."""
+    """The sites registered in an earlier version's SQLite state file, read from a copy
+    (Flower's SQL state migrates and writes the file it opens)."""
     from flwr.server.superlink.linkstate.sql_linkstate import SqlLinkState
 
-    state = SqlLinkState(str(database), federation_manager, object_store)
-    state.initialize()
-    return [_as_dict(node) for node in state.get_node_info()]
+    with tempfile.TemporaryDirectory(dir=database.parent, prefix=".import-") as tmp:
+        try:
+            for suffix in ("", "-wal", "-shm"):
+                part = database.with_name(database.name + suffix)
+                if part.exists():
+                    shutil.copy2(part, Path(tmp) / (database.name + suffix))
+            state = SqlLinkState(str(Path(tmp) / database.name), federation_manager,
+                                 object_store)  # fmt: skip
+            state.initialize()
+            nodes = list(state.get_node_info())
+        except Exception as e:
+            raise RegistryError(
+                f"{database}: the sites an earlier version registered there cannot be read "
+                f"({e}); restore it from a backup, or move it away and register the sites "
+                "again (`hepafed server register-site`)"
+            ) from e
+    return nodes

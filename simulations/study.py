@@ -220,7 +220,7 @@ def results_lock(path: Path, command: str = "hepafed study") -> Iterator[None]:
     import fcntl
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.with_name(path.name + ".lock").open("w") as fh:
+    with path.with_name(path.name + ".lock").open("a") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -59,6 +59,15 @@ def test_cgroup_v1_quota_also_where_the_path_is_the_hosts(tmp_path: Path) -> Non
     assert cpu_limit(proc, root) == 2.0 and usable_cpus(proc, root, cores=32) == 2
     (mount / "cpu.cfs_quota_us").write_text("-1\n")  # no quota
     assert cpu_limit(proc, root) is None and usable_cpus(proc, root, cores=32) == 32
+    # a co-mount under another name, the process's own cgroup below it with the limit
+    other = tmp_path / "other"
+    (other / "cpuset,cpu,cpuacct" / "pod" / "ctr").mkdir(parents=True)
+    (other / "cpuacct").mkdir()
+    for folder, quota in (("pod", "300000"), ("pod/ctr", "-1")):
+        (other / "cpuset,cpu,cpuacct" / folder / "cpu.cfs_quota_us").write_text(quota)
+        (other / "cpuset,cpu,cpuacct" / folder / "cpu.cfs_period_us").write_text("100000")
+    proc.write_text("3:cpuset,cpu,cpuacct:/pod/ctr\n")
+    assert cpu_limit(proc, other) == 3.0
 
 
 @pytest.mark.parametrize(
@@ -91,9 +100,13 @@ def test_torch_threads_are_lowered_to_the_quota_never_raised(
         monkeypatch.setattr(device, "process_cpus", lambda: 1)
         assert device.select_compute(prefer="cpu").device.type == "cpu"
         assert torch.get_num_threads() == 1
-        torch.set_num_threads(1)  # a site's --threads 1 under a larger quota stays
+        torch.set_num_threads(1)  # fewer threads than a larger quota: never raised
         monkeypatch.setattr(device, "process_cpus", lambda: 4)
         assert device.fit_threads() == 1
+        monkeypatch.setattr(device, "_EXPLICIT_THREADS", [])
+        device.set_threads(2)  # the site's --threads 2 under a 1-CPU limit: its choice
+        monkeypatch.setattr(device, "process_cpus", lambda: 1)
+        assert device.fit_threads() == 2 and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
 

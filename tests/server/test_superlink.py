@@ -56,7 +56,7 @@ def test_registered_sites_survive_a_restart_with_their_ids_and_removals(tmp_path
     first = _state(database)
     a = first.create_node("center", "center", KEY_A, 10.0, name="hospital-a")
     b = first.create_node("center", "center", KEY_B, 10.0, name="hospital-b")
-    assert first.acknowledge_node_heartbeat(a, 10.0)  # online: not written, not restored
+    assert first.acknowledge_node_heartbeat(a, 10.0)  # online: restored as registered
     first.delete_node("center", b)
     registry = registry_path(database)
     assert registry.stat().st_mode & 0o777 == 0o600
@@ -85,18 +85,71 @@ def test_sites_of_an_earlier_versions_sqlite_state_are_imported_once(tmp_path: P
     old = SqlLinkState(str(database), federation, InMemoryObjectStore())
     old.initialize()
     a = old.create_node("center", "center", KEY_A, 10.0, name="hospital-a")
+    b = old.create_node("center", "center", KEY_B, 10.0, name="hospital-b")
+    before = database.read_bytes()
     state = _state(database)
     assert state.get_node_id_by_public_key(KEY_A) == a
     assert state.federation_manager.linkstate is state  # the SQL state only lent its sites
-    assert registry_path(database).is_file()
-    old.create_node("center", "center", KEY_B, 10.0)  # the old file is no longer read
-    assert _state(database).get_node_id_by_public_key(KEY_B) is None
+    imported = tmp_path / "superlink.db.imported"
+    assert registry_path(database).is_file() and not database.exists()
+    assert imported.read_bytes() == before  # read from a copy: not migrated, not written
+    assert not list(tmp_path.glob(".import-*"))
+    state.delete_node("center", b)
+    # the registry moved away: the removed site cannot come back from the imported file
+    registry_path(database).unlink()
+    assert _state(database).nodes == {}
+
+
+def test_a_legacy_state_that_cannot_be_read_stops_the_superlink(tmp_path: Path) -> None:
+    database = tmp_path / "superlink.db"
+    database.write_bytes(b"not a database, but not empty either" * 100)
+    with pytest.raises(RegistryError, match=r"superlink\.db: the sites an earlier version"):
+        _state(database)
+    assert database.exists() and not registry_path(database).exists()
+
+
+def test_a_registration_or_removal_that_cannot_be_written_is_undone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database = tmp_path / "superlink.db"
+    state = _state(database)
+    a = state.create_node("center", "center", KEY_A, 10.0, name="hospital-a")
+    saved = registry_path(database).read_bytes()
+
+    def full_disk(self: SiteRegistryState) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(SiteRegistryState, "_save", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        state.create_node("center", "center", KEY_B, 10.0, name="hospital-b")
+    assert state.get_node_id_by_public_key(KEY_B) is None and len(state.nodes) == 1
+    with pytest.raises(OSError, match="No space"):
+        state.delete_node("center", a)  # a revocation the file does not hold did not happen
+    assert state.nodes[a].status == NodeStatus.REGISTERED
+    assert state.get_node_id_by_public_key(KEY_A) == a
+    monkeypatch.undo()
+    assert registry_path(database).read_bytes() == saved
+    b = state.create_node("center", "center", KEY_B, 10.0)  # the same key: not "in use"
+    state.delete_node("center", a)
+    restarted = _state(database)
+    assert restarted.get_node_id_by_public_key(KEY_B) == b
+    assert restarted.get_node_id_by_public_key(KEY_A) is None
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("superlink.db.sites.json.")]
 
 
 @pytest.mark.parametrize(
     "text",
-    ["{not json", '{"version": 9, "sites": []}', '{"version": 1, "sites": [{"name": "x"}]}'],
-    ids=["garbled", "other-version", "no-key"],
+    [
+        "{not json",
+        '{"version": 9, "sites": []}',
+        '{"version": 1, "sites": [{"name": "x"}]}',
+        '{"version": 1, "sites": [{"node_id": "1", "public_key": "AQ==", '
+        '"heartbeat_interval": "x"}]}',
+        '{"version": 1, "sites": [{"node_id": "1", "public_key": "AQ=="}, '
+        '{"node_id": "2", "public_key": "AQ=="}]}',
+        "[]",
+    ],
+    ids=["garbled", "other-version", "no-key", "bad-field", "one-key-two-sites", "not-a-dict"],
 )
 def test_a_registry_that_cannot_be_read_stops_the_superlink_and_is_left_alone(
     tmp_path: Path, text: str
