@@ -32,6 +32,7 @@ in-memory state still has the fields it restores and fails loudly if not.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -44,6 +45,7 @@ from flwr.server.superlink.linkstate.linkstate_factory import LinkStateFactory
 from flwr.supercore.constant import NodeStatus
 from google.protobuf import json_format
 
+log = logging.getLogger("hepafed.superlink")
 REGISTRY_VERSION = 1
 DURABLE = ("node_id", "owner_aid", "owner_name", "registered_at", "unregistered_at",
            "heartbeat_interval", "public_key", "name", "location", "status")  # fmt: skip
@@ -81,11 +83,15 @@ class SiteRegistryState(InMemoryLinkState):
             self._restore(_legacy_nodes(legacy, federation_manager, object_store))
             federation_manager.linkstate = self  # the SQL state only lent its sites
             self._save()
-            legacy.rename(legacy.with_name(legacy.name + ".imported"))
+        if legacy is not None and legacy.exists():  # imported now, or a start cut short
+            _set_aside(legacy)
 
     # ---- the two writes a registry has: each undone in memory if it cannot be written ---
 
     def create_node(self, *args: Any, **kwargs: Any) -> int:
+        key = kwargs.get("public_key", args[2] if len(args) > 2 else b"")
+        if not key:  # Flower's --insecure registration passes any key through
+            raise ValueError("a site's public key is empty")
         with self.lock:
             node_id = int(super().create_node(*args, **kwargs))
             if node_id:
@@ -140,11 +146,14 @@ class SiteRegistryState(InMemoryLinkState):
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        try:  # the new file is in place: the change is made, whatever the folder's sync says
+            dir_fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as e:
+            log.warning("%s: written, but its folder could not be synced: %s", self.path, e)
 
 
 class RegistryStateFactory(LinkStateFactory):
@@ -182,6 +191,10 @@ def _read(path: Path) -> list[Any]:
             raise ValueError("a site without node_id or public_key")
         nodes = [json_format.ParseDict({k: v for k, v in s.items() if k in DURABLE},
                                        NodeInfo()) for s in sites]  # fmt: skip
+        statuses = {NodeStatus.REGISTERED, NodeStatus.ONLINE, NodeStatus.OFFLINE,
+                    NodeStatus.UNREGISTERED}  # fmt: skip
+        if not all(n.status in statuses for n in nodes):
+            raise ValueError(f"a status other than {', '.join(sorted(statuses))}")
         for field in ("node_id", "public_key"):
             values = [getattr(n, field) for n in nodes]
             if len(set(values)) != len(values) or not all(values):
@@ -195,13 +208,28 @@ def _read(path: Path) -> list[Any]:
     return nodes
 
 
+def _set_aside(legacy: Path) -> None:
+    """Rename an imported SQLite state file (and its write-ahead log and shared memory,
+    under the names SQLite pairs with the new name) to ``NAME.imported``."""
+    try:
+        for suffix in ("-wal", "-shm", ""):
+            part = legacy.with_name(legacy.name + suffix)
+            if part.exists():
+                part.rename(legacy.with_name(legacy.name + ".imported" + suffix))
+    except OSError as e:
+        raise RegistryError(
+            f"{legacy}: its sites are in the registry, but it cannot be renamed to "
+            f"{legacy.name}.imported ({e}); rename it by hand"
+        ) from e
+
+
 def _legacy_nodes(database: Path, federation_manager: Any, object_store: Any) -> list[Any]:
     """The sites registered in an earlier version's SQLite state file, read from a copy
     (Flower's SQL state migrates and writes the file it opens)."""
     from flwr.server.superlink.linkstate.sql_linkstate import SqlLinkState
 
-    with tempfile.TemporaryDirectory(dir=database.parent, prefix=".import-") as tmp:
-        try:
+    try:
+        with tempfile.TemporaryDirectory(dir=database.parent, prefix=".import-") as tmp:
             for suffix in ("", "-wal", "-shm"):
                 part = database.with_name(database.name + suffix)
                 if part.exists():
@@ -210,10 +238,10 @@ def _legacy_nodes(database: Path, federation_manager: Any, object_store: Any) ->
                                  object_store)  # fmt: skip
             state.initialize()
             nodes = list(state.get_node_info())
-        except Exception as e:
-            raise RegistryError(
-                f"{database}: the sites an earlier version registered there cannot be read "
-                f"({e}); restore it from a backup, or move it away and register the sites "
-                "again (`hepafed server register-site`)"
-            ) from e
+    except Exception as e:
+        raise RegistryError(
+            f"{database}: the sites an earlier version registered there cannot be read "
+            f"({e}); restore it from a backup, or move it away and register the sites "
+            "again (`hepafed server register-site`)"
+        ) from e
     return nodes

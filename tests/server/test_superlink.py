@@ -6,8 +6,10 @@ run federations through it end to end, one of them across a restart of the Super
 from __future__ import annotations
 
 import json
+import os
 import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
@@ -100,6 +102,49 @@ def test_sites_of_an_earlier_versions_sqlite_state_are_imported_once(tmp_path: P
     assert _state(database).nodes == {}
 
 
+def test_a_legacy_file_left_by_a_start_cut_short_is_set_aside_not_read(tmp_path: Path) -> None:
+    database = tmp_path / "superlink.db"
+    federation = NoOpFederationManager()
+    old = SqlLinkState(str(database), federation, InMemoryObjectStore())
+    old.initialize()
+    old.create_node("center", "center", KEY_A, 10.0, name="hospital-a")
+    assert (tmp_path / "superlink.db-wal").exists()  # rows only in the write-ahead log
+    state = _state(database)
+    a = state.get_node_id_by_public_key(KEY_A)
+    assert a is not None
+    for suffix in ("", "-wal"):  # renamed with it, under the names SQLite pairs with it
+        assert (tmp_path / f"superlink.db.imported{suffix}").exists()
+        assert not (tmp_path / f"superlink.db{suffix}").exists()
+    state.delete_node("center", a)
+    # killed after the registry was written, before the rename: the next start renames it
+    (tmp_path / "superlink.db.imported").rename(database)
+    assert _state(database).get_node_id_by_public_key(KEY_A) is None and not database.exists()
+    registry_path(database).unlink()  # "move it away": the removed site stays removed
+    assert _state(database).nodes == {}
+
+
+def test_an_empty_key_and_a_folder_that_cannot_be_synced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database = tmp_path / "superlink.db"
+    state = _state(database)
+    with pytest.raises(ValueError, match="public key is empty"):
+        state.create_node("center", "center", b"", 10.0)  # Flower's --insecure passes it on
+    assert state.nodes == {} and not registry_path(database).exists()
+    real_open = os.open
+
+    def no_folder_sync(path: Any, flags: int, *args: Any) -> int:
+        if Path(path) == tmp_path:
+            raise OSError(5, "Input/output error")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", no_folder_sync)
+    a = state.create_node("center", "center", KEY_A, 10.0)  # the file is in place: kept
+    monkeypatch.undo()
+    assert state.get_node_id_by_public_key(KEY_A) == a
+    assert _state(database).get_node_id_by_public_key(KEY_A) == a
+
+
 def test_a_legacy_state_that_cannot_be_read_stops_the_superlink(tmp_path: Path) -> None:
     database = tmp_path / "superlink.db"
     database.write_bytes(b"not a database, but not empty either" * 100)
@@ -148,8 +193,20 @@ def test_a_registration_or_removal_that_cannot_be_written_is_undone(
         '{"version": 1, "sites": [{"node_id": "1", "public_key": "AQ=="}, '
         '{"node_id": "2", "public_key": "AQ=="}]}',
         "[]",
+        '{"version": 1, "sites": [{"node_id": "1", "public_key": "AQ==", '
+        '"status": "unregisterd"}]}',
+        '{"version": 1, "sites": [{"node_id": "1", "public_key": "AQ=="}]}',
     ],
-    ids=["garbled", "other-version", "no-key", "bad-field", "one-key-two-sites", "not-a-dict"],
+    ids=[
+        "garbled",
+        "other-version",
+        "no-key",
+        "bad-field",
+        "one-key-two-sites",
+        "not-a-dict",
+        "misspelled-status",
+        "no-status",
+    ],
 )
 def test_a_registry_that_cannot_be_read_stops_the_superlink_and_is_left_alone(
     tmp_path: Path, text: str
