@@ -23,7 +23,9 @@ bytes, and its receiver gets Flower's "object unavailable" error (the ServerApp 
 that reply as the site's error, ``server.pull``); a run in flight stops with its
 ServerApp, and ``hepafed run --resume`` continues it; Flower's list of past runs starts
 empty. The cost is memory: the SuperLink holds the messages in flight (a model sent to
-every site is stored once: objects are addressed by their content's hash).
+every site is stored once: objects are addressed by their content's hash). A second
+SuperLink on the same ``--database`` stops before it starts (``hold_state``): both would
+write the registry.
 
 Flower is pinned to one minor release (pyproject.toml); ``check_factory_site`` fails
 loudly if a release moves the function this replaces, so it can never silently stop
@@ -35,7 +37,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from types import ModuleType
-from typing import Any
+from typing import IO, Any
 
 FACTORIES = "get_objectstore_linkstate_factories"  # what flwr.superlink.main calls
 
@@ -76,9 +78,51 @@ def keep_objects_in_memory() -> None:
     setattr(superlink_main, FACTORIES, objects_in_memory)
 
 
+def database_arg(args: Sequence[str]) -> str | None:
+    """The ``--database`` value in Flower's SuperLink arguments, None if not given."""
+    for i, arg in enumerate(args):
+        if arg == "--database" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--database="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def hold_state(database: str | None) -> IO[str] | None:
+    """Lock ``database``'s registry (``FILE.sites.json.lock``) for this process's life, or
+    raise StateBusy: two SuperLinks on one state folder would each write the registry,
+    the last one's sites winning. None (no lock) for a state in memory."""
+    import fcntl
+
+    from server.superlink_state import registry_path
+
+    if database is None or database in (":flwr-in-memory:", ":memory:"):
+        return None
+    lock = registry_path(database).with_name(registry_path(database).name + ".lock")
+    fh = lock.open("a")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise StateBusy(
+            f"{lock}: another SuperLink is running on this state; stop it, or give this "
+            "one a state folder of its own"
+        ) from None
+    return fh
+
+
+class StateBusy(RuntimeError):
+    """Another SuperLink holds the state folder's registry."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``flower-superlink`` with ``argv`` (default: this process's arguments)."""
     args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        held = hold_state(database_arg(args))  # noqa: F841  (held until the process ends)
+    except StateBusy as e:
+        print(f"hepafed-superlink: {e}", file=sys.stderr)
+        return 1
     keep_objects_in_memory()
     from flwr.superlink.cli import flower_superlink
 

@@ -236,3 +236,31 @@ def test_a_flower_release_that_moves_the_factory_fails_loudly() -> None:
     moved = types.ModuleType("flwr.superlink.main")
     with pytest.raises(RuntimeError, match="no longer builds its stores"):
         superlink.check_factory_site(moved)
+
+
+def test_a_second_superlink_on_the_same_state_is_refused_before_it_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    database = str(tmp_path / "superlink.db")
+    args = ["--insecure", "--database", database, "--port", "9093"]
+    assert superlink.database_arg(args) == database
+    assert superlink.database_arg([f"--database={database}"]) == database
+    assert superlink.database_arg(["--insecure"]) is None
+    assert superlink.hold_state(":flwr-in-memory:") is None and superlink.hold_state(None) is None
+    first = superlink.hold_state(database)  # the SuperLink running
+    assert first is not None
+    try:
+        with pytest.raises(superlink.StateBusy, match="another SuperLink is running"):
+            superlink.hold_state(database)
+
+        def started() -> None:
+            raise AssertionError("the second SuperLink was started")
+
+        monkeypatch.setattr(superlink, "keep_objects_in_memory", started)
+        assert superlink.main(args) == 1
+        assert "superlink.db.sites.json.lock: another SuperLink" in capsys.readouterr().err
+    finally:
+        first.close()
+    second = superlink.hold_state(database)  # free once the first one is gone
+    assert second is not None
+    second.close()
