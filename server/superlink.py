@@ -16,8 +16,8 @@ the stores it builds: the object store is Flower's in-memory one (``InMemoryObje
 the store Flower itself uses when no database file is given, and every SuperNode uses),
 and the state is Flower's in-memory one with the registered sites written through to
 ``FILE.sites.json`` (``server.superlink_state.SiteRegistryState``; sites registered in
-``FILE`` by an earlier version are imported once, and ``FILE`` is then no longer
-written). What persists across a restart is what matters: the registered sites, their
+``FILE`` by an earlier version are imported once, and ``FILE`` is renamed
+``FILE.imported``). What persists across a restart is what matters: the registered sites, their
 keys and SuperNode ids. A message still in flight when the SuperLink stops loses its
 bytes, and its receiver gets Flower's "object unavailable" error (the ServerApp files
 that reply as the site's error, ``server.pull``); a run in flight stops with its
@@ -39,7 +39,10 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import IO, Any
 
+from common.files import try_lock
+
 FACTORIES = "get_objectstore_linkstate_factories"  # what flwr.superlink.main calls
+IN_MEMORY = (":flwr-in-memory:", ":memory:")  # --database names Flower keeps in memory
 
 
 def check_factory_site(module: ModuleType) -> None:
@@ -65,7 +68,7 @@ def objects_in_memory(database: str, federation_manager: Any) -> tuple[Any, Any]
     from server.superlink_state import RegistryStateFactory
 
     objects = ObjectStoreFactory(FLWR_IN_MEMORY_DB_NAME)
-    if database in (FLWR_IN_MEMORY_DB_NAME, ":memory:"):
+    if database in IN_MEMORY:
         return objects, LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, federation_manager, objects)
     return objects, RegistryStateFactory(database, federation_manager, objects)
 
@@ -92,23 +95,18 @@ def hold_state(database: str | None) -> IO[str] | None:
     """Lock ``database``'s registry (``FILE.sites.json.lock``) for this process's life, or
     raise StateBusy: two SuperLinks on one state folder would each write the registry,
     the last one's sites winning. None (no lock) for a state in memory."""
-    import fcntl
-
     from server.superlink_state import registry_path
 
-    if database is None or database in (":flwr-in-memory:", ":memory:"):
+    if database is None or database in IN_MEMORY:
         return None
     lock = registry_path(database).with_name(registry_path(database).name + ".lock")
-    fh = lock.open("a")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.close()
+    held = try_lock(lock)
+    if held is None:
         raise StateBusy(
             f"{lock}: another SuperLink is running on this state; stop it, or give this "
             "one a state folder of its own"
-        ) from None
-    return fh
+        )
+    return held
 
 
 class StateBusy(RuntimeError):

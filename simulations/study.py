@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config import ConfigError, RunConfig
+from common.files import try_lock
 from simulations.phantom import TRAINING_DATA_VERSION
 
 log = logging.getLogger("hepafed.progress")
@@ -217,17 +218,13 @@ def results_lock(path: Path, command: str = "hepafed study") -> Iterator[None]:
     fail at once with ``StudyBusy`` if another process holds it: two runs of one grid would
     run the same cells for hours, and each would delete the run folder of a cell the other
     is running. The lock goes with the process (``flock``): a killed run leaves none."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.with_name(path.name + ".lock").open("a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StudyBusy(
-                f"{path}: another `{command}` is running this study; wait for it, or stop "
-                "it (its finished runs are kept) and run again"
-            ) from None
+    held = try_lock(path.with_name(path.name + ".lock"))
+    if held is None:
+        raise StudyBusy(
+            f"{path}: another `{command}` is running this study; wait for it, or stop it "
+            "(its finished runs are kept) and run again"
+        )
+    with held:
         yield
 
 
@@ -254,66 +251,56 @@ def run_study(
     the machine is broken, and the rest of the grid waits for the next run.
     ``StudyBusy`` if another process is running a study into the same results file.
     """
+    run = runner or run_cell
+    runs = runs_dir or Path("runs") / f"study-{study.name}"
     with results_lock(study.results):
-        return _run_cells(study, data_dir, runs_dir or Path("runs") / f"study-{study.name}",
-                          quick, runner or run_cell, command, max_cells, max_failures)  # fmt: skip
-
-
-def _run_cells(
-    study: Study,
-    data_dir: Path,
-    runs: Path,
-    quick: bool,
-    run: Runner,
-    command: str,
-    max_cells: int,
-    max_failures: int,
-) -> list[dict[str, Any]]:
-    done = done_keys(read_results(study.results))
-    grid = list(cells(study, quick))
-    todo = [c for c in grid if c.key not in done]
-    log.info("study %s: %d of %d cells done, %d to run", study.name, len(grid) - len(todo),
-             len(grid), len(todo))  # fmt: skip
-    written: list[dict[str, Any]] = []
-    in_a_row = 0
-    for i, cell in enumerate(todo[:max_cells] if max_cells > 0 else todo, start=1):
-        run_dir = runs / cell.scenario / cell.variant.name / f"seed-{cell.seed}"
-        if cell.quick:
-            run_dir = run_dir.with_name(run_dir.name + "-quick")
-        if run_dir.exists():  # left by a cell that crashed or was stopped: start it afresh
-            shutil.rmtree(run_dir)
-        log.info("cell %d/%d: %s", i, len(todo), cell.key)
-        record: dict[str, Any] = {
-            "key": cell.key,
-            "study": study.name,
-            "variant": cell.variant.name,
-            "seed": cell.seed,
-            "scenario": cell.scenario,
-            "quick": cell.quick,
-            "phantom": cell.phantom,
-            "overrides": cell.variant.overrides,
-            "run_dir": str(run_dir),
-            "command": command,
-            "started": datetime.now(UTC).isoformat(timespec="seconds"),
-            "host_cpus": os.cpu_count(),
-            "source": str(Path(__file__).resolve().parents[1]),  # the code tree that ran it
-        }
-        start = time.monotonic()
-        try:
-            figures = run(cell, data_dir, run_dir)
-            record.update(status=OK, **figures)
-        except Exception as e:  # one cell's crash is recorded; the grid goes on
-            log.warning("cell %s failed: %r", cell.key, e)
-            record.update(status=FAILED, error=repr(e), traceback=traceback.format_exc()[-4000:])
-        record["wall_s"] = time.monotonic() - start
-        append_result(study.results, record)
-        written.append(record)
-        in_a_row = in_a_row + 1 if record["status"] == FAILED else 0
-        if max_failures and in_a_row >= max_failures:
-            log.warning("study %s: %d cells in a row failed; stopping (run again to retry)",
-                        study.name, in_a_row)  # fmt: skip
-            break
-    return written
+        done = done_keys(read_results(study.results))
+        grid = list(cells(study, quick))
+        todo = [c for c in grid if c.key not in done]
+        log.info("study %s: %d of %d cells done, %d to run", study.name, len(grid) - len(todo),
+                 len(grid), len(todo))  # fmt: skip
+        written: list[dict[str, Any]] = []
+        in_a_row = 0
+        for i, cell in enumerate(todo[:max_cells] if max_cells > 0 else todo, start=1):
+            run_dir = runs / cell.scenario / cell.variant.name / f"seed-{cell.seed}"
+            if cell.quick:
+                run_dir = run_dir.with_name(run_dir.name + "-quick")
+            if run_dir.exists():  # left by a cell that crashed or was stopped: start it afresh
+                shutil.rmtree(run_dir)
+            log.info("cell %d/%d: %s", i, len(todo), cell.key)
+            record: dict[str, Any] = {
+                "key": cell.key,
+                "study": study.name,
+                "variant": cell.variant.name,
+                "seed": cell.seed,
+                "scenario": cell.scenario,
+                "quick": cell.quick,
+                "phantom": cell.phantom,
+                "overrides": cell.variant.overrides,
+                "run_dir": str(run_dir),
+                "command": command,
+                "started": datetime.now(UTC).isoformat(timespec="seconds"),
+                "host_cpus": os.cpu_count(),
+                "source": str(Path(__file__).resolve().parents[1]),  # the code tree that ran it
+            }
+            start = time.monotonic()
+            try:
+                figures = run(cell, data_dir, run_dir)
+                record.update(status=OK, **figures)
+            except Exception as e:  # one cell's crash is recorded; the grid goes on
+                log.warning("cell %s failed: %r", cell.key, e)
+                record.update(
+                    status=FAILED, error=repr(e), traceback=traceback.format_exc()[-4000:]
+                )
+            record["wall_s"] = time.monotonic() - start
+            append_result(study.results, record)
+            written.append(record)
+            in_a_row = in_a_row + 1 if record["status"] == FAILED else 0
+            if max_failures and in_a_row >= max_failures:
+                log.warning("study %s: %d cells in a row failed; stopping (run again to retry)",
+                            study.name, in_a_row)  # fmt: skip
+                break
+        return written
 
 
 def run_cell(cell: Cell, data_dir: Path, run_dir: Path) -> dict[str, Any]:
